@@ -1,0 +1,190 @@
+"""Linear relaxations of elementwise activations (DESIGN.md section 2).
+
+For an activation ``f`` and pre-activation bounds ``l <= x <= u`` a relaxation
+returns tensors ``(lw, lb, uw, ub)`` of the shape of ``l`` with
+
+    lw * x + lb  <=  f(x)  <=  uw * x + ub      for every x in [l, u].
+
+One function per op class, registered in ``RELAXATIONS``. ``slope`` (optional)
+overrides the free lower slope of ReLU-like units (alpha-CROWN); ``None``
+means DeepPoly's adaptive choice (slope 1 when u > -l, else 0).
+Soundness of every relaxation is tested by dense sampling
+(``tests/test_relaxations.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..graph import ops
+
+Tensor = torch.Tensor
+Relax = tuple[Tensor, Tensor, Tensor, Tensor]
+RELAXATIONS: dict[type, Callable[..., Relax]] = {}
+
+#: Below this width an interval is treated as a point for chord computations.
+_TINY = 1e-9
+
+
+def relaxation(cls: type):
+    def deco(fn):
+        RELAXATIONS[cls] = fn
+        return fn
+    return deco
+
+
+def _safe_div(a: Tensor, b: Tensor) -> Tensor:
+    return a / torch.where(b.abs() < _TINY, torch.ones_like(b), b)
+
+
+def relu_like(l: Tensor, u: Tensor, s: float = 0.0, slope: Tensor | None = None) -> Relax:
+    """Relaxation of ``max(x, 0) + s min(x, 0)`` for 0 <= s <= 1 (convex, kink at 0).
+
+    Upper: the chord from (l, f(l)) to (u, f(u)). Lower: ``a x`` with a in [s, 1]
+    (any such line through the kink is below a convex function with slopes s, 1).
+    """
+    one, zero = torch.ones_like(l), torch.zeros_like(l)
+    active, inactive = l >= 0, u <= 0
+    unstable = ~(active | inactive)
+    ch = _safe_div(u - s * l, u - l)
+    ch_b = s * l - ch * l  # intercept of the chord (at x = 0 the chord is >= 0)
+    if slope is None:
+        a = torch.where(u > -l, one, s * one)
+    else:
+        a = slope.clamp(min=s, max=1.0)
+    lw = torch.where(active, one, torch.where(inactive, s * one, a))
+    uw = torch.where(active, one, torch.where(inactive, s * one, ch))
+    ub = torch.where(unstable, ch_b, zero)
+    return lw, zero, uw, ub
+
+
+@relaxation(ops.Relu)
+def _relu(op: ops.Relu, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    return relu_like(l, u, 0.0, slope)
+
+
+@relaxation(ops.LeakyRelu)
+def _leaky(op: ops.LeakyRelu, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    s = op.slope
+    if 0.0 <= s <= 1.0:
+        return relu_like(l, u, s, slope)
+    # s > 1 (concave) or s < 0: f(x) = s*x + (1 - s) relu(x); relax relu and combine
+    rlw, rlb, ruw, rub = relu_like(l, u, 0.0, slope)
+    c = 1.0 - s
+    if c >= 0:
+        return s + c * rlw, c * rlb, s + c * ruw, c * rub
+    return s + c * ruw, c * rub, s + c * rlw, c * rlb
+
+
+def _convex_kink(l: Tensor, u: Tensor, k: Tensor, fl: Tensor, fu: Tensor, s_left: float, s_right: float,
+                 slope: Tensor | None) -> Relax:
+    """A convex piecewise-linear map with one kink at k (value fk), slopes s_left < s_right,
+    restricted to [l, u] with l < k < u: chord above, a line through the kink below."""
+    ch = _safe_div(fu - fl, u - l)
+    ch_b = fl - ch * l
+    a = torch.where(u - k > k - l, torch.full_like(l, s_right), torch.full_like(l, s_left)) if slope is None \
+        else slope.clamp(min=s_left, max=s_right)
+    fk = fl + s_left * (k - l)
+    return a, fk - a * k, ch, ch_b
+
+
+@relaxation(ops.Clip)
+def _clip(op: ops.Clip, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    lo = torch.as_tensor(op.lo, dtype=l.dtype).expand_as(l)
+    hi = torch.as_tensor(op.hi, dtype=l.dtype).expand_as(l)
+    f = lambda x: torch.minimum(torch.maximum(x, lo), hi)  # noqa: E731
+    fl, fu = f(l), f(u)
+    one, zero = torch.ones_like(l), torch.zeros_like(l)
+    # constant pieces and the identity piece
+    const = (u <= lo) | (l >= hi)
+    ident = (l >= lo) & (u <= hi)
+    # only the lower kink inside (convex): lo + relu(x - lo)
+    low_k = (l < lo) & (u > lo) & (u <= hi)
+    # only the upper kink inside (concave): hi - relu(hi - x)
+    up_k = (l >= lo) & (l < hi) & (u > hi)
+    both = (l < lo) & (u > hi)
+    lo_f = torch.where(torch.isfinite(lo), lo, l)
+    hi_f = torch.where(torch.isfinite(hi), hi, u)
+    a1, b1, c1, d1 = _convex_kink(l, u, lo_f, fl, fu, 0.0, 1.0, slope)
+    # concave case: negate the convex relaxation of -f(-x) ... done directly:
+    ch = _safe_div(fu - fl, u - l)
+    ch_b = fl - ch * l
+    a2 = torch.where(hi_f - l > u - hi_f, one, zero) if slope is None else slope.clamp(0.0, 1.0)
+    b2 = hi_f - a2 * hi_f
+    # both kinks: lines through (lo, lo)-(u, hi) below and (l, lo)-(hi, hi) above
+    s_lo = _safe_div(hi_f - lo_f, u - lo_f)
+    s_hi = _safe_div(hi_f - lo_f, hi_f - l)
+    lw = torch.where(const, zero, torch.where(ident, one, torch.where(low_k, a1, torch.where(up_k, ch, s_lo))))
+    lb = torch.where(const, fl, torch.where(ident, zero, torch.where(low_k, b1, torch.where(up_k, ch_b,
+                                                                                             lo_f - s_lo * lo_f))))
+    uw = torch.where(const, zero, torch.where(ident, one, torch.where(low_k, c1, torch.where(up_k, a2, s_hi))))
+    ub = torch.where(const, fu, torch.where(ident, zero, torch.where(low_k, d1, torch.where(up_k, b2,
+                                                                                             hi_f - s_hi * hi_f))))
+    del both
+    return lw, lb, uw, ub
+
+
+@relaxation(ops.Abs)
+def _abs(op: ops.Abs, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    one, zero = torch.ones_like(l), torch.zeros_like(l)
+    pos, neg = l >= 0, u <= 0
+    ch = _safe_div(u + l, u - l)  # chord slope through (l, -l), (u, u)
+    ch_b = -l - ch * l
+    a = ch.clamp(-1.0, 1.0) if slope is None else slope.clamp(-1.0, 1.0)
+    lw = torch.where(pos, one, torch.where(neg, -one, a))
+    uw = torch.where(pos, one, torch.where(neg, -one, ch))
+    ub = torch.where(pos | neg, zero, ch_b)
+    return lw, zero, uw, ub
+
+
+def _s_shaped(f, df, l: Tensor, u: Tensor, inflection: float = 0.0) -> Relax:
+    """Sigmoid/tanh: convex below the inflection point, concave above (DeepPoly).
+
+    Convex part: chord above, tangent at the midpoint below; concave part:
+    the mirror; across the inflection point: slope min(f'(l), f'(u)) through
+    both end points (f' is unimodal, so it is below f' on all of [l, u]).
+    """
+    fl, fu = f(l), f(u)
+    m = (l + u) / 2
+    fm, dm = f(m), df(m)
+    narrow = (u - l) < 1e-6
+    ch = _safe_div(fu - fl, u - l)
+    ch_b = fl - ch * l
+    tg_b = fm - dm * m
+    lam = torch.minimum(df(l), df(u))
+    convex = (u <= inflection) & ~narrow
+    concave = (l >= inflection) & ~narrow
+    lw = torch.where(convex, dm, torch.where(concave, ch, lam))
+    lb = torch.where(convex, tg_b, torch.where(concave, ch_b, fl - lam * l))
+    uw = torch.where(convex, ch, torch.where(concave, dm, lam))
+    ub = torch.where(convex, ch_b, torch.where(concave, tg_b, fu - lam * u))
+    return lw, lb, uw, ub
+
+
+@relaxation(ops.Sigmoid)
+def _sigmoid(op: ops.Sigmoid, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    f = torch.sigmoid
+    return _s_shaped(f, lambda x: f(x) * (1 - f(x)), l, u)
+
+
+@relaxation(ops.Tanh)
+def _tanh(op: ops.Tanh, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    return _s_shaped(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, l, u)
+
+
+@relaxation(ops.Softplus)
+def _softplus(op: ops.Softplus, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    f = torch.nn.functional.softplus
+    fl, fu = f(l), f(u)
+    m = (l + u) / 2
+    dm = torch.sigmoid(m)
+    narrow = (u - l) < 1e-6
+    ch = _safe_div(fu - fl, u - l)
+    # narrow: tangent at l below; f(x) <= f(l) + f'(u) (x - l) above (f' <= f'(u) on [l, u])
+    lam_lo, lam_hi = torch.sigmoid(l), torch.sigmoid(u)
+    lw = torch.where(narrow, lam_lo, dm)
+    lb = torch.where(narrow, fl - lam_lo * l, f(m) - dm * m)
+    uw = torch.where(narrow, lam_hi, ch)
+    ub = torch.where(narrow, fl - lam_hi * l, fl - ch * l)
+    return lw, lb, uw, ub

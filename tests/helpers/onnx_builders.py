@@ -1,0 +1,132 @@
+"""Tiny ONNX model builders and an onnxruntime oracle for the importer tests.
+
+``single(op, x_shape, *inputs, opset=13, **attrs)`` makes a one-node model whose
+inputs are the variable ``X`` (pass :data:`X`), numpy constants (stored as
+initializers) or ``None`` (an omitted optional input). ``graph_model`` builds a
+model from several nodes. ``ort_run`` evaluates a model sample by sample with
+onnxruntime (the models have a fixed batch dimension of 1) and
+``assert_matches_ort`` compares it with the certkit reference executor.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+X = "X"  # the name of the variable input in every built model
+
+#: IR version per opset that onnxruntime accepts.
+_IR_FOR_OPSET = [(21, 10), (15, 8), (0, 7)]
+
+
+def _ir_version(opset: int) -> int:
+    return next(ir for lo, ir in _IR_FOR_OPSET if opset >= lo)
+
+
+def const(name: str, value) -> onnx.TensorProto:
+    """An initializer; float arrays are stored as float32, integers as int64."""
+    a = np.asarray(value)
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32)
+    elif a.dtype.kind in "iu":
+        a = a.astype(np.int64)
+    return numpy_helper.from_array(a, name)
+
+
+def graph_model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int], *, opset: int = 13,
+                consts: dict | None = None, outputs: Sequence[str] = ("Y",),
+                inputs: Sequence[tuple[str, Sequence[int]]] | None = None,
+                check: bool = True) -> onnx.ModelProto:
+    """A float32 model with variable input ``X`` of ``x_shape`` and the given nodes."""
+    ins = inputs if inputs is not None else [(X, x_shape)]
+    g = helper.make_graph(
+        list(nodes), "test",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in ins],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[const(k, v) for k, v in (consts or {}).items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                          ir_version=_ir_version(opset), producer_name="certkit-tests")
+    if check:
+        onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def single(op_type: str, x_shape: Sequence[int], *inputs, opset: int = 13, n_outputs: int = 1,
+           use_outputs: Sequence[int] | None = None, **attrs) -> onnx.ModelProto:
+    """A model made of one node ``op_type(inputs)`` (see module docstring).
+
+    With several node outputs, ``use_outputs`` picks those that are combined
+    into the single model output by a Concat on axis 1 (default: the first).
+    """
+    consts, names = {}, []
+    for k, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+        elif isinstance(a, str):
+            names.append(a)
+        else:
+            names.append(f"c{k}")
+            consts[f"c{k}"] = a
+    outs = [f"o{k}" for k in range(n_outputs)]
+    nodes = [helper.make_node(op_type, names, outs, name=f"{op_type.lower()}_node", **attrs)]
+    use = list(use_outputs) if use_outputs is not None else [0]
+    if len(use) == 1:
+        nodes.append(helper.make_node("Identity", [outs[use[0]]], ["Y"], name="out"))
+    else:
+        nodes.append(helper.make_node("Concat", [outs[u] for u in use], ["Y"], axis=1, name="out"))
+    return graph_model(nodes, x_shape, opset=opset, consts=consts)
+
+
+def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on each sample of ``x`` (batch, *input shape); returns (batch, n_out)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+    outs = [np.asarray(sess.run(None, {inp.name: xi.reshape(shape).astype(dtype)})[0]).reshape(-1)
+            for xi in x]
+    return np.stack(outs).astype(np.float64)
+
+
+def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    inits = {t.name for t in model.graph.initializer}
+    vi = next(i for i in model.graph.input if i.name not in inits)
+    return tuple(d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim)
+
+
+def random_inputs(model: onnx.ModelProto, n: int, lo: float = -1.0, hi: float = 1.0,
+                  seed: int = 0) -> np.ndarray:
+    """``n`` float32 samples uniform in [lo, hi] of the model's input shape."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(lo, hi, size=(n,) + input_shape(model)).astype(np.float32)
+
+
+def assert_close(ours: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> None:
+    """Equal up to ``rtol`` times the magnitude of the reference (at least 1)."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
+    err = float(np.abs(ours - ref).max(initial=0.0))
+    assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol * scale:.3g}"
+
+
+def assert_matches_ort(model: onnx.ModelProto, n: int = 8, lo: float = -1.0, hi: float = 1.0,
+                       seed: int = 0, rtol: float = 1e-5):
+    """Import ``model``, run both executors on ``n`` random inputs, compare; return the graph."""
+    from certkit.onnx.importer import import_model
+
+    g = import_model(model)
+    x = random_inputs(model, n, lo, hi, seed)
+    ref = ort_run(model, x)
+    ours = g(x.reshape(n, -1))
+    assert ours.shape == (n, g.n_outputs)
+    assert_close(ours, ref, rtol)
+    assert g.n_outputs == ref.shape[1]
+    return g
