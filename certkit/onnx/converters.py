@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import onnx
 
+from ..errors import ModelError
 from ..graph import ops
 from .importer import Context, Unsupported, Var, _fold
 
@@ -74,46 +76,114 @@ def _scale(ctx: Context, v: Var, a, c, out_shape=None) -> Var:
 # --------------------------------------------------------------------------- data movement
 
 
-@converter("Transpose", "Slice", "Gather", "Pad", "Split", "Expand", "Tile", "Squeeze", "Unsqueeze",
-           "Reshape", "Flatten", "Identity", "Dropout", "DepthToSpace", "SpaceToDepth", "GatherElements",
-           "ReverseSequence", "Cast", "CastLike")
-def _data_movement(ctx: Context, node, ins: list, attrs: dict) -> list:
-    if node.op_type == "Dropout" and attrs.get("training_mode"):
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+_HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+@converter("Identity")
+def _identity(ctx: Context, node, ins: list, attrs: dict) -> list:
+    return [ins[0]]
+
+
+@converter("Cast", "CastLike")
+def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """A cast to float or double is the identity on the float64 IR values."""
+    if node.op_type == "Cast":
+        to = int(attrs.get("to", 0))
+    else:
+        if isinstance(ins[1], Var):
+            to = onnx.TensorProto.FLOAT  # a float model's variable tensor
+        else:
+            to = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(ins[1]).dtype)
+    if to in _HALF_TYPES:
+        raise Unsupported("cast to float16/bfloat16: the rounding is not modelled")
+    if to not in _FLOAT_TYPES:
+        raise Unsupported(f"cast of a variable tensor to a non-float type "
+                          f"({onnx.TensorProto.DataType.Name(to) if to else 'unknown'})")
+    return [ins[0]]
+
+
+@converter("Dropout")
+def _dropout(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """Inference-mode Dropout is the identity."""
+    if ctx.opset < 7 and not attrs.get("is_test", 0):
+        raise Unsupported("is_test=0 (training mode) before opset 7")
+    if attrs.get("training_mode"):
         raise Unsupported("training mode")
-    if node.op_type in ("Cast", "CastLike"):
-        to = attrs.get("to", 1)
-        if node.op_type == "Cast" and to not in (1, 10, 11, 16):
-            raise Unsupported("cast of a variable tensor to a non-float type")
+    if len(ins) > 2 and ins[2] is not None:
+        if isinstance(ins[2], Var):
+            raise Unsupported("a variable training_mode")
+        if bool(np.asarray(ins[2]).reshape(-1)[0]):
+            raise Unsupported("training mode")
+    if len(node.output) > 1 and ctx.uses(node.output[1]):
+        raise Unsupported("the mask output")
+    return [ins[0]] + [None] * (len(node.output) - 1)
+
+
+@converter("Transpose", "Slice", "Gather", "Split", "Expand", "Tile", "Squeeze", "Unsqueeze",
+           "Reshape", "Flatten", "DepthToSpace", "SpaceToDepth", "GatherElements", "ReverseSequence")
+def _data_movement(ctx: Context, node, ins: list, attrs: dict) -> list:
     v = ins[0]
     if not isinstance(v, Var) or any(isinstance(x, Var) for x in ins[1:]):
         raise Unsupported("only the data input may be variable")
+    # element k of the input holds k + 1, so 0 never stands for an element
     data = np.arange(1, v.size + 1, dtype=np.float64).reshape(v.shape)
-    others = list(ins[1:])
-    fill_value = 0.0
-    if node.op_type == "Pad":
-        mode = attrs.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode == "constant":
-            if ctx.opset >= 11:
-                if len(others) >= 2 and others[1] is not None:
-                    fill_value = float(np.asarray(others[1]).reshape(-1)[0]) if np.asarray(others[1]).size else 0.0
-                    others[1] = np.array(0.0)
-            else:
-                fill_value = float(attrs.get("value", 0.0))
-    results = _fold(node, [data] + others, ctx.opset)
-    if node.op_type == "Dropout":
-        results = results[:1]
-    outs = []
-    for r in results:
-        r = np.asarray(r, dtype=np.float64)
-        shape = r.shape
-        idx = np.rint(r.reshape(-1)).astype(np.int64) - 1  # -1 marks constant fill
-        if len(idx) == v.size and np.array_equal(idx, np.arange(v.size)):
-            outs.append(_alias(v, shape))
-            continue
-        fill = None if (idx >= 0).all() else np.where(idx < 0, fill_value, 0.0)
-        outs.append(ctx.add(ops.Select(idx, v.size, fill), [v], shape))
-    return outs
+    results = _fold(node, [data] + list(ins[1:]), ctx.opset)
+    return [_select_from_index(ctx, v, np.rint(np.asarray(r, np.float64)).astype(np.int64) - 1)
+            for r in results]
+
+
+def _select_from_index(ctx: Context, v: Var, idx: np.ndarray, fill_value: float = 0.0) -> Var:
+    """``y[i] = v[idx[i]]`` (``idx`` shaped like the output; -1 for the constant ``fill_value``)."""
+    shape = idx.shape
+    flat = idx.reshape(-1)
+    if len(flat) == v.size and np.array_equal(flat, np.arange(v.size)):
+        return _alias(v, shape)
+    fill = None
+    if (flat < 0).any() and fill_value != 0.0:
+        fill = np.where(flat < 0, float(fill_value), 0.0)
+    return ctx.add(ops.Select(flat.astype(np.int64), v.size, fill), [v], shape)
+
+
+@converter("Pad")
+def _pad(ctx: Context, node, ins: list, attrs: dict) -> list:
+    v = ins[0]
+    if any(isinstance(x, Var) for x in ins[1:]):
+        raise Unsupported("only the data input may be variable")
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    r = len(v.shape)
+    if ctx.opset < 11:
+        pads = np.asarray(attrs.get("pads", attrs.get("paddings", [])), np.int64)
+        value = float(attrs.get("value", 0.0))
+        axes = list(range(r))
+    else:
+        pads = np.asarray(_const(ins[1], "Pad pads"), np.int64).reshape(-1)
+        cv = ins[2] if len(ins) > 2 else None
+        value = 0.0 if cv is None or np.asarray(cv).size == 0 else float(np.asarray(cv).reshape(-1)[0])
+        ax = ins[3] if len(ins) > 3 else None
+        axes = list(range(r)) if ax is None else [int(a) % r for a in np.asarray(ax).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise ModelError(f"Pad node {ctx.node_name}: {len(pads)} pads for {len(axes)} axes")
+    begin, end = [0] * r, [0] * r
+    for k, a in enumerate(axes):
+        begin[a], end[a] = int(pads[k]), int(pads[k + len(axes)])
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise Unsupported(f"mode {mode!r}")
+    if mode != "constant" and min(begin + end) < 0:
+        raise Unsupported(f"negative pads with mode {mode!r}")
+    idx = np.arange(v.size).reshape(v.shape)
+    idx = idx[tuple(slice(max(0, -b), s - max(0, -e)) for b, e, s in zip(begin, end, v.shape))]
+    widths = [(max(0, b), max(0, e)) for b, e in zip(begin, end)]
+    if mode == "constant":
+        out = np.pad(idx, widths, constant_values=-1)
+    else:
+        if mode == "reflect" and any(w > s - 1 for (wb, we), s in zip(widths, idx.shape) for w in (wb, we)):
+            raise Unsupported("reflect padding wider than the axis")
+        if any(w and s == 0 for (wb, we), s in zip(widths, idx.shape) for w in (wb, we)):
+            raise Unsupported(f"{mode} padding of an empty axis")
+        out = np.pad(idx, widths, mode=mode)
+    return [_select_from_index(ctx, v, out, value)]
 
 
 @converter("Concat")
@@ -150,10 +220,14 @@ def _gemm(ctx: Context, node, ins: list, attrs: dict) -> list:
         raise Unsupported("Gemm needs a variable A and constant B, C")
     if attrs.get("transA", 0):
         raise Unsupported("transA=1 on a variable input")
+    if len(a.shape) != 2:
+        raise ModelError(f"Gemm node {ctx.node_name}: input A has rank {len(a.shape)}, not 2")
     w = np.asarray(b, dtype=np.float64)
     w = w if attrs.get("transB", 0) else w.T  # (n_out, n_in)
     w = alpha * w
-    rows = a.shape[0] if len(a.shape) == 2 else 1
+    if w.ndim != 2 or w.shape[1] != a.shape[1]:
+        raise ModelError(f"Gemm node {ctx.node_name}: B of shape {np.shape(b)} does not fit A {a.shape}")
+    rows = a.shape[0]
     out_shape = (a.shape[0], w.shape[0])
     bias = None
     if c is not None:
@@ -168,16 +242,26 @@ def _gemm(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 @converter("MatMul")
 def _matmul(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """``x @ W`` for a constant ``W`` (numpy matmul semantics, incl. vector and batched ``W``)."""
     a, b = ins
     if isinstance(b, Var):
         raise Unsupported("MatMul with a variable right operand")
     w = np.asarray(b, dtype=np.float64)
-    if w.ndim != 2:
-        raise Unsupported("MatMul with a constant operand of rank != 2")
-    shape = a.shape if len(a.shape) > 1 else (1,) + a.shape
-    out_shape = tuple(a.shape[:-1]) + (w.shape[1],)
-    rows = int(np.prod(shape[:-1]))
-    return [ctx.add(ops.Dense(w.T.copy(), None, rows), [a], out_shape)]
+    k = a.shape[-1] if a.shape else 0
+    if w.ndim == 0 or w.shape[-2 if w.ndim > 1 else 0] != k:
+        raise ModelError(f"MatMul node {ctx.node_name}: shapes {a.shape} and {w.shape} do not match")
+    if w.ndim == 1:  # matrix-vector product: the last axis disappears
+        w2, out_shape = w[:, None], tuple(a.shape[:-1])
+    elif w.ndim == 2:
+        w2, out_shape = w, tuple(a.shape[:-1]) + (w.shape[1],)
+    else:
+        if any(d != 1 for d in w.shape[:-2]):
+            raise Unsupported("a batched constant operand with a batch dimension other than 1")
+        w2 = w.reshape(w.shape[-2:])
+        a_batch, m = (tuple(a.shape[:-2]), (a.shape[-2],)) if len(a.shape) > 1 else ((), ())
+        out_shape = _bshape(a_batch, w.shape[:-2]) + m + (w.shape[-1],)
+    rows = a.size // k
+    return [ctx.add(ops.Dense(w2.T.copy(), None, rows), [a], out_shape)]
 
 
 @converter("Add", "Sub", "Mul", "Div")
@@ -200,6 +284,8 @@ def _arith(ctx: Context, node, ins: list, attrs: dict) -> list:
             return [_scale(ctx, x, c, None)]
         if np.asarray(y).dtype.kind in "iu":
             raise Unsupported("integer division")
+        if (c == 0).any():
+            raise Unsupported("division by zero constant")
         return [_scale(ctx, x, 1.0 / c, None)]
     c = np.asarray(x, dtype=np.float64)
     if t == "Add":
@@ -221,17 +307,37 @@ def _batchnorm(ctx: Context, node, ins: list, attrs: dict) -> list:
     x = ins[0]
     if attrs.get("training_mode"):
         raise Unsupported("training mode")
+    if ctx.opset < 7 and not attrs.get("is_test", 0):
+        raise Unsupported("is_test=0 (training mode) before opset 7")
+    if ctx.opset < 9 and not attrs.get("spatial", 1):
+        raise Unsupported("spatial=0 (per-element statistics)")
+    if any(ctx.uses(o) for o in node.output[1:]):
+        raise Unsupported("the training-mode outputs (running mean/variance)")
+    if len(x.shape) < 2:
+        raise ModelError(f"BatchNormalization node {ctx.node_name}: input of rank {len(x.shape)}")
     gamma, beta, mean, var = (np.asarray(_const(v, "BatchNormalization parameters"), np.float64) for v in ins[1:5])
     eps = float(attrs.get("epsilon", 1e-5))
     a = gamma / np.sqrt(var + eps)
     c = beta - mean * a
     bshape = (1, -1) + (1,) * (len(x.shape) - 2)
-    return [_scale(ctx, x, a.reshape(bshape), c.reshape(bshape), x.shape)]
+    y = _scale(ctx, x, a.reshape(bshape), c.reshape(bshape), x.shape)
+    return [y] + [None] * (len(node.output) - 1)
 
 
 def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
+    """ONNX padding and output sizes of a convolution or pooling window.
+
+    Returns ``(pads, outs)`` with ``pads`` in ONNX order (all begins, then all
+    ends). With ``ceil_mode``, a window that would start in the end padding is
+    dropped (ONNX pooling semantics, as onnxruntime and PyTorch do it).
+    """
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
     n = len(in_hw)
+    if len(k) != n or len(strides) != n or len(dil) != n or (pads and len(pads) != 2 * n):
+        raise ModelError(f"kernel {k}, strides {strides}, dilations {dil} or pads {pads} "
+                         f"do not fit {n} spatial dimension(s)")
+    if min(strides) < 1 or min(dil) < 1 or min(k) < 1:
+        raise ModelError(f"non-positive kernel {k}, strides {strides} or dilations {dil}")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads_b, pads_e = [], []
         for i in range(n):
@@ -243,11 +349,19 @@ def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
         pads = pads_b + pads_e
     elif auto_pad == "VALID":
         pads = [0] * (2 * n)
-    pads = list(pads) if pads else [0] * (2 * n)
+    elif auto_pad != "NOTSET":
+        raise Unsupported(f"auto_pad={auto_pad!r}")
+    pads = [int(p) for p in pads] if pads else [0] * (2 * n)
+    if min(pads) < 0:
+        raise Unsupported("negative pads")
     outs = []
     for i in range(n):
         span = in_hw[i] + pads[i] + pads[i + n] - ((k[i] - 1) * dil[i] + 1)
+        if span < 0:
+            raise ModelError(f"window {k} (dilations {dil}) larger than the padded input {in_hw}")
         o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+        if ceil_mode and (o - 1) * strides[i] >= in_hw[i] + pads[i]:
+            o -= 1
         outs.append(o)
     return pads, outs
 
@@ -255,18 +369,25 @@ def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
 @converter("Conv")
 def _conv(ctx: Context, node, ins: list, attrs: dict) -> list:
     x = ins[0]
-    w = np.asarray(_const(ins[1], "Conv weight"), np.float64)
-    b = None if len(ins) < 3 or ins[2] is None else np.asarray(_const(ins[2], "Conv bias"), np.float64)
+    if any(isinstance(v, Var) for v in ins[1:]):
+        raise Unsupported("a variable weight or bias")
+    w = np.asarray(ins[1], np.float64)
+    b = None if len(ins) < 3 or ins[2] is None else np.asarray(ins[2], np.float64).reshape(-1)
     nd = w.ndim - 2
     if nd not in (1, 2):
         raise Unsupported(f"{nd}-D convolution")
-    if x.shape[0] != 1:
-        raise Unsupported("batch dimension other than 1")
+    if len(x.shape) != nd + 2 or x.shape[0] != 1:
+        raise Unsupported(f"input of shape {x.shape} (needs (1, C, ...) with {nd} spatial dims)")
+    groups = int(attrs.get("group", 1))
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise ModelError(f"Conv node {ctx.node_name}: weight {w.shape} with group={groups} "
+                         f"does not fit input {x.shape}")
     k = list(w.shape[2:])
+    if "kernel_shape" in attrs and list(attrs["kernel_shape"]) != k:
+        raise ModelError(f"Conv node {ctx.node_name}: kernel_shape {attrs['kernel_shape']} != weight {k}")
     strides = list(attrs.get("strides", [1] * nd))
     dil = list(attrs.get("dilations", [1] * nd))
     pads, outs = _conv_geometry(list(x.shape[2:]), k, strides, dil, attrs.get("pads"), attrs.get("auto_pad", "NOTSET"))
-    groups = int(attrs.get("group", 1))
     if nd == 1:  # lower 1-D to 2-D with H = 1
         w = w[:, :, None, :]
         in_shape = (x.shape[1], 1, x.shape[2])
@@ -295,17 +416,27 @@ def _pool_common(x: Var, attrs: dict, global_: bool):
     return hw, k, strides, dil, pads, outs
 
 
+def _as_2d(hw, k, strides, dil, pads, outs):
+    """Pooling geometry of a 1-D pool as a 2-D one with H = 1."""
+    if len(hw) == 2:
+        return list(hw), list(k), list(strides), list(dil), list(pads), list(outs)
+    return [1] + list(hw), [1] + list(k), [1] + list(strides), [1] + list(dil), \
+        [0, pads[0], 0, pads[1]], [1] + list(outs)
+
+
 def _window_index(C: int, hw, k, strides, dil, pads, outs) -> np.ndarray:
-    """Index matrix (C*prod(outs), prod(k)) of each pooling window; -1 for padding."""
-    if len(hw) == 1:
-        hw, k, strides, dil, outs = [1] + hw, [1] + k, [1] + strides, [1] + dil, [1] + outs
-        pads = [0, pads[0], 0, pads[1]]
-    H, W = hw
+    """Index matrix (C*prod(outs), prod(k)) of each pooling window.
+
+    Entries are input element indices, -1 for the padding and -2 for positions
+    past the end padding (only reachable with ``ceil_mode``).
+    """
+    (H, W), k, strides, dil, pads, outs = hw, k, strides, dil, pads, outs
     idx = np.arange(C * H * W).reshape(C, H, W)
-    # enough padding on the end for ceil_mode windows
-    pe_h = max(pads[2], (outs[0] - 1) * strides[0] + (k[0] - 1) * dil[0] + 1 - H - pads[0])
-    pe_w = max(pads[3], (outs[1] - 1) * strides[1] + (k[1] - 1) * dil[1] + 1 - W - pads[1])
-    padded = np.pad(idx, ((0, 0), (pads[0], pe_h), (pads[1], pe_w)), constant_values=-1)
+    padded = np.pad(idx, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=-1)
+    # windows that run past the end padding (ceil_mode) read -2
+    over_h = max(0, (outs[0] - 1) * strides[0] + (k[0] - 1) * dil[0] + 1 - padded.shape[1])
+    over_w = max(0, (outs[1] - 1) * strides[1] + (k[1] - 1) * dil[1] + 1 - padded.shape[2])
+    padded = np.pad(padded, ((0, 0), (0, over_h), (0, over_w)), constant_values=-2)
     rows = []
     for i in range(k[0]):
         for j in range(k[1]):
@@ -318,61 +449,71 @@ def _window_index(C: int, hw, k, strides, dil, pads, outs) -> np.ndarray:
 
 @converter("MaxPool", "GlobalMaxPool")
 def _maxpool(ctx: Context, node, ins: list, attrs: dict) -> list:
-    if len(node.output) > 1 and node.output[1]:
+    if len(node.output) > 1 and ctx.uses(node.output[1]):
         raise Unsupported("the Indices output")
     if attrs.get("storage_order", 0):
         raise Unsupported("storage_order=1")
     x = ins[0]
-    hw, k, strides, dil, pads, outs = _pool_common(x, attrs, node.op_type == "GlobalMaxPool")
-    idx = _window_index(x.shape[1], hw, k, strides, dil, pads, outs)
+    geo = _pool_common(x, attrs, node.op_type == "GlobalMaxPool")
+    outs = geo[-1]
+    idx = _window_index(x.shape[1], *_as_2d(*geo))
     if (idx < 0).all(axis=1).any():
         raise Unsupported("a pooling window lies entirely in the padding")
-    return [ctx.add(ops.MaxGroup(idx), [x], (1, x.shape[1]) + tuple(outs))]
+    idx = np.where(idx < 0, -1, idx)
+    y = ctx.add(ops.MaxGroup(idx), [x], (1, x.shape[1]) + tuple(outs))
+    return [y] + [None] * (len(node.output) - 1)
 
 
 @converter("AveragePool", "GlobalAveragePool")
 def _avgpool(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """A depthwise all-ones convolution (the window sums) and a :class:`Scale` by 1/count.
+
+    ``count`` is the number of window positions inside the input, or with
+    ``count_include_pad`` inside the padded input (as onnxruntime counts it).
+    """
     x = ins[0]
     global_ = node.op_type == "GlobalAveragePool"
-    hw, k, strides, dil, pads, outs = _pool_common(x, attrs, global_)
+    geo = _pool_common(x, attrs, global_)
+    outs = geo[-1]
+    (H, W), k, strides, dil, pads, outs2 = _as_2d(*geo)
     C = x.shape[1]
-    idx = _window_index(C, hw, k, strides, dil, pads, outs)
-    count = (idx >= 0).sum(axis=1) if not attrs.get("count_include_pad", 0) else np.full(len(idx), idx.shape[1])
-    if attrs.get("ceil_mode", 0) and attrs.get("count_include_pad", 0):
-        raise Unsupported("ceil_mode with count_include_pad")
-    n_in = x.size
-    w = np.zeros((len(idx), n_in))
-    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
-    cols = idx.reshape(-1)
-    ok = cols >= 0
-    np.add.at(w, (rows[ok], cols[ok]), 1.0)
-    w /= count[:, None]
-    return [ctx.add(ops.Dense(w, None, 1), [x], (1, C) + tuple(outs))]
+    idx = _window_index(C, (H, W), k, strides, dil, pads, outs2)
+    if (idx < 0).all(axis=1).any():
+        raise Unsupported("a pooling window lies entirely in the padding")
+    count = (idx >= -1 if attrs.get("count_include_pad", 0) else idx >= 0).sum(axis=1)
+    # end padding that covers exactly the windows (zeros do not change the sums)
+    pe = [max(0, (outs2[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - hw - pads[i])
+          for i, hw in enumerate((H, W))]
+    w = np.ones((C, 1, k[0], k[1]))
+    conv = ops.Conv(w, None, (C, H, W), (C, outs2[0], outs2[1]), tuple(strides), (pads[0], pads[1], pe[0], pe[1]),
+                    tuple(dil), C)
+    out_shape = (1, C) + tuple(outs)
+    y = ctx.add(conv, [x], out_shape)
+    return [ctx.add(ops.Scale(1.0 / count.astype(np.float64), None), [y], out_shape)]
 
 
 @converter("ReduceSum", "ReduceMean")
 def _reduce(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """A :class:`Select` moving the reduced axes last, then a row-wise all-ones :class:`Dense`."""
     x = ins[0]
     axes = attrs.get("axes")
     if len(ins) > 1 and ins[1] is not None:
-        axes = list(np.asarray(_const(ins[1], "axes")).reshape(-1))
+        axes = [int(a) for a in np.asarray(_const(ins[1], "axes")).reshape(-1)]
     r = len(x.shape)
     if not axes:
         if attrs.get("noop_with_empty_axes", 0):
             return [x]
         axes = list(range(r))
-    axes = sorted(int(a) % r for a in axes)
+    axes = sorted({int(a) % r for a in axes})
     keep = attrs.get("keepdims", 1)
-    idx = np.arange(x.size).reshape(x.shape)
-    moved = np.moveaxis(idx, axes, list(range(r - len(axes), r)))
-    groups = moved.reshape(-1, int(np.prod([x.shape[a] for a in axes])))
-    w = np.zeros((groups.shape[0], x.size))
-    np.put_along_axis(w, groups, 1.0, axis=1)
-    if node.op_type == "ReduceMean":
-        w /= groups.shape[1]
+    kept = [i for i in range(r) if i not in axes]
+    moved = np.transpose(np.arange(x.size).reshape(x.shape), kept + axes)
+    n_red = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    v = _select_from_index(ctx, x, moved)
+    w = np.full((1, n_red), 1.0 / n_red if node.op_type == "ReduceMean" else 1.0)
     out_shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape)) if keep else \
-        tuple(s for i, s in enumerate(x.shape) if i not in axes)
-    return [ctx.add(ops.Dense(w, None, 1), [x], out_shape)]
+        tuple(x.shape[i] for i in kept)
+    return [ctx.add(ops.Dense(w, None, x.size // n_red), [v], out_shape)]
 
 
 # --------------------------------------------------------------------------- activations

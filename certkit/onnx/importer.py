@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
 from ..graph.graph import Graph, Node
-from ..graph.ops import Input, Op
+from ..graph.ops import Input, Op, Scale
 from .passes import simplify
 
 
@@ -41,10 +41,19 @@ class Var:
 
 
 class _Poison:
-    """Stands for the outputs of a node that could not be converted."""
+    """Stands for the outputs of a node that could not be converted.
+
+    ``const`` marks values that would have been constants (``Shape`` of a
+    poisoned tensor and what is folded from it): nodes fed only by those are not
+    reported, so one bad node does not drag its shape computations along.
+    """
+
+    def __init__(self, const: bool) -> None:
+        self.const = const
 
 
-POISON = _Poison()
+POISON = _Poison(False)
+POISON_CONST = _Poison(True)
 
 
 class Unsupported(Exception):
@@ -59,6 +68,12 @@ class Context:
     shapes: list[tuple[int, ...]] = field(default_factory=list)
     opset: int = 13
     node_name: str = ""
+    #: names of the ONNX tensors the model output depends on (optional outputs
+    #: such as Dropout's mask are only an error when they are needed)
+    needed: frozenset[str] = frozenset()
+
+    def uses(self, name: str) -> bool:
+        return bool(name) and name in self.needed
 
     def add(self, op: Op, inputs: list[Var] | tuple[Var, ...], shape: tuple[int, ...]) -> Var:
         self.nodes.append(Node(self.node_name, op, tuple(v.node for v in inputs)))
@@ -84,7 +99,12 @@ def _fold(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> 
 
 
 def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
-    dims = vi.type.tensor_type.shape.dim
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise ModelError(f"input '{vi.name}' must be a float or double tensor")
+    if not tt.HasField("shape"):
+        raise ModelError(f"input '{vi.name}' has no shape; certkit needs static shapes")
+    dims = tt.shape.dim
     shape = []
     for k, d in enumerate(dims):
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -122,13 +142,15 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
 
     where = f"{path}: " if path else ""
     try:
-        onnx.checker.check_model(model)
-    except Exception as e:
-        raise ModelError(f"{where}ONNX checker rejected the model: {str(e).strip().splitlines()[0][:300]}") from e
-    try:
+        # inference first: it fills in output shapes the checker insists on
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:
-        pass  # shapes are recomputed by the converters; inference only helps
+        pass  # shapes are recomputed by the converters; the checker reports real problems
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise ModelError(f"{where}ONNX checker rejected the model: {lines[0][:300]}") from e
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -140,25 +162,40 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
         raise ModelError(f"{where}certkit needs exactly one output, found {len(g.output)}: "
                          f"{[o.name for o in g.output]}")
     inp = real_inputs[0]
-    ctx = Context(opset=opset)
+    try:
+        in_shape = _input_shape(inp)
+    except ModelError as e:
+        raise ModelError(f"{where}{e}") from None
+    live, needed = _live_nodes(g)
+    ctx = Context(opset=opset, needed=needed)
     ctx.node_name = inp.name
     env: dict[str, object] = dict(inits)
-    env[inp.name] = ctx.add(Input(), [], _input_shape(inp))
+    env[inp.name] = ctx.add(Input(), [], in_shape)
     bad: list[tuple[str, str, int, str]] = []
 
     for k, node in enumerate(g.node):
+        if k not in live:
+            continue  # the output does not depend on it: never converted, never reported
         name = node.name or f"{node.op_type}_{k}"
         ins = [env.get(i) if i else None for i in node.input]
         missing = [i for i, v in zip(node.input, ins) if i and v is None]
         if missing:
             raise ModelError(f"{where}node {name} uses undefined tensor(s) {missing}")
-        if any(v is POISON for v in ins):
+        std = node.domain in ("", "ai.onnx")
+        if any(isinstance(v, _Poison) for v in ins):
+            var_poison = any(isinstance(v, Var) or (isinstance(v, _Poison) and not v.const) for v in ins)
+            if node.op_type in ("Shape", "Size") and std or not var_poison:
+                out_p = POISON_CONST  # would have been a constant
+            else:
+                out_p = POISON
+                if not std:
+                    bad.append((name, f"{node.domain}.{node.op_type}", opset, "custom domain"))
+                elif node.op_type not in CONVERTERS:
+                    bad.append((name, node.op_type, opset, "no converter"))
             for o in node.output:
-                env[o] = POISON
-            if node.op_type not in CONVERTERS and node.domain in ("", "ai.onnx"):
-                bad.append((name, node.op_type, opset, "no converter"))
+                env[o] = out_p
             continue
-        if node.domain not in ("", "ai.onnx"):
+        if not std:
             bad.append((name, f"{node.domain}.{node.op_type}", opset, "custom domain"))
             for o in node.output:
                 env[o] = POISON
@@ -170,13 +207,16 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
             elif node.op_type == "Size" and variables:
                 outs = [np.array(variables[0].size, dtype=np.int64)]
             elif not variables:
-                outs = _fold(node, ins, opset)
+                try:
+                    outs = _fold(node, ins, opset)
+                except Exception as e:
+                    raise Unsupported(f"constant folding failed ({type(e).__name__}: {str(e).strip()[:120]})")
             elif node.op_type in CONVERTERS:
                 ctx.node_name = name
                 ctx.opset = opset
                 outs = CONVERTERS[node.op_type](ctx, node, ins, _attrs(node))
             else:
-                raise Unsupported("")
+                raise Unsupported("no converter")
         except Unsupported as e:
             bad.append((name, node.op_type, opset, str(e)))
             outs = [POISON] * len(node.output)
@@ -193,9 +233,32 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
     out = env.get(out_name)
     if not isinstance(out, Var):
         raise ModelError(f"{where}the output '{out_name}' does not depend on the input (constant model)")
+    if out.shape != ctx.shapes[out.node]:
+        # the output is a reshaped view (Flatten, Reshape, Squeeze, ...) of its node:
+        # record the output's own shape so graph.output_shape is the model's
+        if out.node == 0:
+            ctx.node_name = out_name
+            out = ctx.add(Scale(np.ones(out.size), None), [out], out.shape)
+        else:
+            ctx.shapes[out.node] = out.shape
     graph = Graph(tuple(ctx.nodes), tuple(ctx.shapes), out.node, inp.name, out_name, source=path,
                   meta={"opset": opset, "producer": model.producer_name})
     return simplify(graph)
+
+
+def _live_nodes(g: onnx.GraphProto) -> tuple[set[int], frozenset[str]]:
+    """Indices of the nodes the graph output depends on, and the tensor names they read."""
+    needed = {o.name for o in g.output}
+    live: set[int] = set()
+    for k in range(len(g.node) - 1, -1, -1):  # the checker guarantees topological order
+        node = g.node[k]
+        if any(o in needed for o in node.output if o):
+            live.add(k)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # subgraphs may read outer tensors implicitly
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    needed.update(i for n in sub.node for i in n.input if i)
+    return live, frozenset(needed)
 
 
 def _shape_of(node: onnx.NodeProto, v: Var) -> np.ndarray:

@@ -48,17 +48,41 @@ def graph_model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int], *, opse
         initializer=[const(k, v) for k, v in (consts or {}).items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
                           ir_version=_ir_version(opset), producer_name="certkit-tests")
+    # the checker wants typed outputs: let shape inference fill them in
+    inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    del m.graph.output[:]
+    m.graph.output.extend(inferred.graph.output)
+    if any(not o.type.tensor_type.HasField("shape") for o in m.graph.output):
+        _shapes_from_ort(m)
     if check:
-        onnx.checker.check_model(m, full_check=True)
+        onnx.checker.check_model(m)
     return m
 
 
+def _shapes_from_ort(m: onnx.ModelProto) -> None:
+    """Fill in output shapes that inference could not find by running onnxruntime once."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        res = sess.run(None, {inp.name: np.zeros(shape, np.float32)})
+    except Exception:  # an invalid model: leave it to the checker to say so
+        return
+    for o, v in zip(m.graph.output, res):
+        if not o.type.tensor_type.HasField("shape"):
+            o.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)
+            for d in np.shape(v):
+                o.type.tensor_type.shape.dim.add().dim_value = d
+
+
 def single(op_type: str, x_shape: Sequence[int], *inputs, opset: int = 13, n_outputs: int = 1,
-           use_outputs: Sequence[int] | None = None, **attrs) -> onnx.ModelProto:
+           use_outputs: Sequence[int] | None = None, out_axis: int = 1, **attrs) -> onnx.ModelProto:
     """A model made of one node ``op_type(inputs)`` (see module docstring).
 
     With several node outputs, ``use_outputs`` picks those that are combined
-    into the single model output by a Concat on axis 1 (default: the first).
+    into the single model output by a Concat on ``out_axis`` (default: the first).
     """
     consts, names = {}, []
     for k, a in enumerate(inputs):
@@ -75,18 +99,30 @@ def single(op_type: str, x_shape: Sequence[int], *inputs, opset: int = 13, n_out
     if len(use) == 1:
         nodes.append(helper.make_node("Identity", [outs[use[0]]], ["Y"], name="out"))
     else:
-        nodes.append(helper.make_node("Concat", [outs[u] for u in use], ["Y"], axis=1, name="out"))
+        nodes.append(helper.make_node("Concat", [outs[u] for u in use], ["Y"], axis=out_axis, name="out"))
     return graph_model(nodes, x_shape, opset=opset, consts=consts)
 
 
-def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """onnxruntime on each sample of ``x`` (batch, *input shape); returns (batch, n_out)."""
+def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_output_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The shape of the model's output as onnxruntime computes it (on zeros)."""
+    sess = _session(model)
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    return tuple(np.shape(sess.run(None, {inp.name: np.zeros(shape, np.float32)})[0]))
+
+
+def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on each sample of ``x`` (batch, *input shape); returns (batch, n_out)."""
+    sess = _session(model)
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
     dtype = np.float64 if inp.type == "tensor(double)" else np.float32

@@ -1,0 +1,67 @@
+"""The bound-backend registry: one entry per method, one registration each.
+
+A backend maps ``(graph, inputs, C)`` to lower bounds on ``C y`` over the input
+set, shape (b, s). ``certkit ops`` prints which IR ops each backend handles,
+from ``supports``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..graph import ops
+from ..graph.graph import Graph
+from ..spec.sets import InputSet
+from .deeppoly import deeppoly_lower
+from .interval import interval_bounds
+from .relaxations import RELAXATIONS
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class BoundBackend:
+    name: str
+    summary: str
+    lower: Callable[[Graph, InputSet, Tensor], Tensor]
+    supports: Callable[[ops.Op], bool]
+
+
+BACKENDS: dict[str, BoundBackend] = {}
+
+
+def register_backend(backend: BoundBackend) -> BoundBackend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def _as_batch(C: Tensor, b: int) -> Tensor:
+    C = torch.as_tensor(C, dtype=torch.float64)
+    return C.expand(b, -1, -1) if C.dim() == 2 else C
+
+
+def interval_lower(graph: Graph, inputs: InputSet, C: Tensor) -> Tensor:
+    """``C+ l + C- u`` from the interval bounds of the output."""
+    lo, hi = interval_bounds(graph, inputs)[graph.output]
+    C = _as_batch(C, inputs.batch)
+    return torch.einsum("bsn,bn->bs", C.clamp(min=0), lo) + torch.einsum("bsn,bn->bs", C.clamp(max=0), hi)
+
+
+def _has_interval(op: ops.Op) -> bool:
+    return isinstance(op, (ops.LinearOp, ops.Activation, ops.MaxGroup, ops.Input))
+
+
+def _has_relaxation(op: ops.Op) -> bool:
+    return isinstance(op, (ops.LinearOp, ops.MaxGroup, ops.Input)) or type(op) in RELAXATIONS
+
+
+register_backend(BoundBackend("interval", "interval bound propagation (IBP)", interval_lower, _has_interval))
+register_backend(BoundBackend(
+    "deeppoly", "DeepPoly/CROWN back-substitution (same figures as auto_LiRPA's CROWN)",
+    lambda g, s, C: deeppoly_lower(g, s, C, intersect=False), _has_relaxation))
+register_backend(BoundBackend(
+    "deeppoly+interval", "DeepPoly with every intermediate bound intersected with IBP (used by auto)",
+    lambda g, s, C: torch.maximum(deeppoly_lower(g, s, C, intersect=True), interval_lower(g, s, C)),
+    _has_relaxation))

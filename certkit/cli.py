@@ -1,0 +1,232 @@
+"""The ``certkit`` command line: the only place that turns errors into messages and exit codes.
+
+Exit codes (also in the README):
+
+====  =====================================================================
+0     a verdict was produced (``unsat``, ``sat``, ``unknown``, ``timeout``)
+2     usage error (bad arguments)
+3     model error (unreadable ONNX, unsupported operators)
+4     spec or data error (malformed VNN-LIB, wrong sizes, bad ``.npz``)
+5     backend unavailable (unknown backend, missing solver or licence)
+70    internal error (a bug: please report it, with ``--debug`` output)
+====  =====================================================================
+
+Errors print one line on stderr (``certkit: error: ...``); ``--debug`` adds
+the traceback. For ``certify`` the first stdout line is the verdict word, and
+``error`` when the run could not be done.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+from .errors import CertkitError, UsageError
+
+EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
+BACKEND_CHOICES = ("interval", "deeppoly", "auto")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, documented exit code
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="certkit", description="Sound verification and certification of neural networks.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    c = sub.add_parser("certify", help="decide a VNN-LIB spec, or certify a data set")
+    c.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    c.add_argument("spec", nargs="?", help="VNN-LIB specification (.vnnlib or .vnnlib.gz)")
+    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    c.add_argument("--timeout", type=float, default=None, help="time budget in seconds")
+    c.add_argument("--out", help="write the VNN-COMP results file here")
+    c.add_argument("--json", help="write the JSON certificate here")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dataset", help="data set .npz with x (N, *input shape) and y (N,)")
+    c.add_argument("--eps", type=float, help="perturbation radius (data-set mode)")
+    c.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    c.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="valid input range, e.g. 0 1")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--limit", type=int, help="only the first N samples (data-set mode)")
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    b = sub.add_parser("bounds", help="output and spec bounds over the spec's first input box")
+    b.add_argument("model")
+    b.add_argument("spec")
+    b.add_argument("--backend", default="deeppoly", choices=BACKEND_CHOICES)
+    b.add_argument("--json", help="write the bounds as JSON here")
+    b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
+    o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _cmd_certify(a) -> int:
+    from . import api
+    from .certificate import certificate, dataset_certificate, dump, results_file
+
+    if a.dataset:
+        return _cmd_dataset(a)
+    if a.spec is None:
+        raise UsageError("certify needs a SPEC.vnnlib, or --dataset DATA.npz --eps E")
+    if a.eps is not None:
+        raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
+    if a.timeout is not None and a.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    t0 = time.monotonic()
+    model = api.load_model(a.model)
+    spec = api.load_spec(a.spec, model)
+    t_load = time.monotonic() - t0
+    res = api.certify(model, spec, a.backend, None if a.timeout is None else max(a.timeout - t_load, 1e-3), a.seed)
+    res.timings["load"] = t_load
+    print(res.verdict)
+    if res.verdict == "sat" and res.witness is not None:
+        print(f"counterexample for input region {res.witness.property_index}, "
+              f"disjunct {res.witness.disjunct_index} (validated with onnxruntime)")
+    elif res.verdict == "unsat":
+        print(f"proven by {res.stage} over {len(spec.properties)} input region(s) "
+              f"in {res.timings.get('total', 0):.3f} s")
+    elif res.reason:
+        print(res.reason)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(results_file(res))
+    if a.json:
+        dump(certificate(res, model, spec, {"timeout": a.timeout, "seed": a.seed}), a.json)
+    return EXIT_OK
+
+
+def _cmd_dataset(a) -> int:
+    from . import api
+    from .certificate import dataset_certificate, dump
+    from .verify.dataset import certify_dataset, load_dataset
+
+    if a.spec is not None:
+        raise UsageError("give either SPEC.vnnlib or --dataset, not both")
+    if a.eps is None or a.eps < 0:
+        raise UsageError("--dataset needs --eps E (E >= 0)")
+    model = api.load_model(a.model)
+    x, y = load_dataset(a.dataset, model)
+    if a.limit is not None:
+        x, y = x[: a.limit], y[: a.limit]
+    domain = tuple(a.domain) if a.domain else None
+    if domain is not None and domain[0] > domain[1]:
+        raise UsageError("--domain LO HI needs LO <= HI")
+    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
+        from .errors import DataError
+        raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
+    res = certify_dataset(model, x, y, a.eps, a.norm, domain, a.backend, a.batch_size,
+                          progress=sys.stderr.isatty())
+    counts = {v: sum(s.verdict == v for s in res.samples) for v in ("verified", "falsified", "unknown",
+                                                                    "misclassified")}
+    print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
+    if a.json:
+        dump(dataset_certificate(res, model, a.dataset, {"batch_size": a.batch_size}), a.json)
+    pct = 100.0 * res.certified / res.total if res.total else 0.0
+    print(f"certified: {res.certified}/{res.total} ({pct:.1f}%)")
+    return EXIT_OK
+
+
+def _cmd_bounds(a) -> int:
+    import json
+
+    from . import api
+
+    model = api.load_model(a.model)
+    spec = api.load_spec(a.spec, model)
+    r = api.bounds(model, spec, a.backend)
+    doc = {"backend": a.backend, "output_lower": r.output_lower.tolist(), "output_upper": r.output_upper.tolist(),
+           "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist()}
+    for j, (lo, hi) in enumerate(zip(r.output_lower, r.output_upper)):
+        print(f"Y_{j}: [{lo:.9g}, {hi:.9g}]")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    return EXIT_OK
+
+
+def _cmd_ops(a) -> int:
+    from .bounds.backends import BACKENDS
+    from .graph.ops import OPS
+    from .onnx.converters import CONVERTERS
+
+    print("ONNX operators with a converter (constant subgraphs of any op are folded):")
+    names = sorted(CONVERTERS)
+    for k in range(0, len(names), 6):
+        print("  " + "  ".join(f"{n:<20}" for n in names[k:k + 6]))
+    print()
+    print("IR op x backend:")
+    backends = list(BACKENDS)
+    print(f"  {'op':<12}" + "".join(f"{b:<20}" for b in backends))
+    for kind, cls in OPS.items():
+        op = _example(cls)
+        marks = ["yes" if op is not None and BACKENDS[b].supports(op) else "no" for b in backends]
+        print(f"  {kind:<12}" + "".join(f"{m:<20}" for m in marks))
+    return EXIT_OK
+
+
+def _example(cls):
+    import dataclasses
+
+    import numpy as np
+
+    try:
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore
+                kw[f.name] = np.zeros(1) if "ndarray" in str(f.type) else ()
+        return cls(**kw)
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = _parser()
+    try:
+        a = parser.parse_args(argv)
+        if a.version:
+            from . import __version__
+            print(f"certkit {__version__}")
+            return EXIT_OK
+        if a.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        import torch
+
+        torch.set_num_threads(max(1, a.threads))
+        return {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops}[a.command](a)
+    except CertkitError as e:
+        if debug:
+            traceback.print_exc()
+        if _first_line_is_verdict(argv):
+            print("error")
+        print(f"certkit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("certkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, unless --debug
+        if debug:
+            traceback.print_exc()
+        if _first_line_is_verdict(argv):
+            print("error")
+        print(f"certkit: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for a traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _first_line_is_verdict(argv: list[str]) -> bool:
+    return "certify" in argv and "--dataset" not in argv
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

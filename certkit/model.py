@@ -1,0 +1,48 @@
+"""A loaded model: the IR graph plus what is needed to re-run the original file."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .graph.graph import Graph
+from .onnx.importer import load_onnx
+from .verify.witness import OnnxRunner
+
+
+@dataclass(eq=False)
+class Model:
+    """An ONNX model lowered to the IR; ``runner`` evaluates the original file with onnxruntime."""
+
+    graph: Graph
+    path: str
+    _runner: OnnxRunner | None = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return self.graph.sha256
+
+    @property
+    def runner(self) -> OnnxRunner:
+        if self._runner is None:
+            src: str | bytes = self.path
+            if self.path.endswith(".gz"):
+                import gzip
+
+                with gzip.open(self.path, "rb") as f:
+                    src = f.read()
+            self._runner = OnnxRunner(src, self.graph.input_shape, self.graph.input_name)
+        return self._runner
+
+    @property
+    def n_inputs(self) -> int:
+        return self.graph.n_inputs
+
+    @property
+    def n_outputs(self) -> int:
+        return self.graph.n_outputs
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Load and lower an ONNX file (raises :class:`certkit.errors.ModelError`)."""
+    graph = load_onnx(path)
+    return Model(graph, str(path))

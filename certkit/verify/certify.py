@@ -1,0 +1,175 @@
+"""The certifier: a spec and a model in, a sound verdict out (DESIGN.md sections 1-3).
+
+For each property (input box + output DNF) it
+
+1. runs a short falsification (sampling + PGD); a candidate becomes ``sat``
+   only after onnxruntime confirms it (:mod:`certkit.verify.witness`);
+2. runs the backend's stages (cheapest first); a disjunct is ruled out when
+   some row's lower bound on ``C y - d`` exceeds the floating-point margin;
+3. if the property is still open, attacks again with the remaining budget.
+
+The verdict is ``unsat`` only when every disjunct of every property is ruled
+out by a bound, never from an attack.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..bounds.backends import BACKENDS
+from ..errors import BackendError
+from ..model import Model
+from ..spec.sets import InputSet
+from ..spec.spec import Property, Spec
+from ..tolerances import FP_ABS, FP_REL
+from .falsify import AttackConfig, attack
+from .witness import Witness, validate
+
+#: The stages each ``--backend`` runs, in order.
+STAGES: dict[str, tuple[str, ...]] = {
+    "interval": ("interval",),
+    "deeppoly": ("deeppoly",),
+    "auto": ("interval", "deeppoly+interval"),
+}
+
+QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
+LONG_ATTACK = AttackConfig(samples=1024, restarts=16, steps=100)
+
+
+@dataclass
+class PropertyResult:
+    """What was established about one property."""
+
+    index: int
+    status: str = "open"  # verified | falsified | open
+    stage: str = ""
+    spec_lower: np.ndarray | None = None  # lower bounds on C y - d, one per row
+    margin: np.ndarray | None = None  # floating-point margin per row
+    owner: np.ndarray | None = None  # disjunct of each row
+    ruled_out: np.ndarray | None = None  # per disjunct
+
+
+@dataclass
+class CertifyResult:
+    """The typed outcome of :func:`certify`; ``to_json`` gives the certificate."""
+
+    verdict: str
+    backend: str
+    stage: str = ""
+    reason: str = ""
+    witness: Witness | None = None
+    properties: list[PropertyResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    fp_depth: int = 0
+
+
+def fp_margin(depth: int, C: np.ndarray, y_centre: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Outward margin per row (see :mod:`certkit.tolerances`)."""
+    scale = np.abs(C) @ np.abs(y_centre) + np.abs(lower)
+    return depth * (FP_ABS + FP_REL * scale)
+
+
+def stages_for(backend: str) -> tuple[str, ...]:
+    if backend not in STAGES:
+        raise BackendError(f"unknown backend '{backend}' (choose from: {', '.join(STAGES)})")
+    return STAGES[backend]
+
+
+def _attack_property(model: Model, prop: Property, k: int, cfg: AttackConfig, deadline: float | None,
+                     seed: int) -> Witness | None:
+    C, d, owner = prop.stacked()
+    if C.shape[0] == 0:  # the whole output space is unsafe: any input is a counterexample
+        return validate(model.runner, prop, k, ((prop.lower + prop.upper) / 2)[None])
+    inputs = InputSet.box(prop.lower, prop.upper)
+    x, v = attack(model.graph, inputs, torch.as_tensor(C), torch.as_tensor(d), owner, cfg, deadline, seed)
+    # validate the best point; near-misses are also worth one onnxruntime call
+    if v[0] <= 1e-6 * (1 + abs(float(np.abs(d).max(initial=0)))):
+        return validate(model.runner, prop, k, x)
+    return None
+
+
+def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResult) -> bool:
+    C, d, owner = prop.stacked()
+    res.owner = owner
+    n_dj = len(prop.disjuncts)
+    if C.shape[0] == 0:
+        res.ruled_out = np.zeros(n_dj, dtype=bool)
+        return False
+    inputs = InputSet.box(prop.lower, prop.upper)
+    with torch.no_grad():
+        low = BACKENDS[stage].lower(model.graph, inputs, torch.as_tensor(C)).numpy()[0]
+        y_c = model.graph.forward(torch.as_tensor((prop.lower + prop.upper) / 2)[None]).numpy()[0]
+    slack = low - d
+    margin = fp_margin(model.graph.depth, C, y_c, low)
+    row_ok = slack > margin
+    ruled = np.zeros(n_dj, dtype=bool)
+    np.logical_or.at(ruled, owner, row_ok)
+    if res.spec_lower is None or res.ruled_out is None:
+        res.spec_lower, res.margin = slack, margin
+    else:  # keep the best of the stages, row by row
+        better = slack > res.spec_lower
+        res.spec_lower = np.where(better, slack, res.spec_lower)
+        res.margin = np.where(better, margin, res.margin)
+    res.ruled_out = ruled if res.ruled_out is None else (res.ruled_out | ruled)
+    return bool(res.ruled_out.all())
+
+
+def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | None = None,
+            seed: int = 0, attack_budget: AttackConfig | None = None) -> CertifyResult:
+    """Decide the spec on the model. See the module docstring for the procedure."""
+    stages = stages_for(backend)
+    t0 = time.monotonic()
+    deadline = None if timeout is None else t0 + timeout
+    out = CertifyResult("unknown", backend, fp_depth=model.graph.depth)
+    timings = {"attack": 0.0, "bounds": 0.0}
+    results = [PropertyResult(k) for k in range(len(spec.properties))]
+    out.properties = results
+
+    def expired() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    def try_attack(k: int, prop: Property, cfg: AttackConfig) -> bool:
+        t = time.monotonic()
+        w = _attack_property(model, prop, k, cfg, deadline, seed + k)
+        timings["attack"] += time.monotonic() - t
+        if w is not None:
+            out.verdict, out.witness, out.stage = "sat", w, "attack"
+            results[k].status = "falsified"
+            return True
+        return False
+
+    for k, prop in enumerate(spec.properties):
+        if try_attack(k, prop, attack_budget or QUICK_ATTACK):
+            break
+        for stage in stages:
+            if expired():
+                break
+            t = time.monotonic()
+            done = _bound_property(model, prop, stage, results[k])
+            timings["bounds"] += time.monotonic() - t
+            timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
+            if done:
+                results[k].status, results[k].stage = "verified", stage
+                break
+    if out.verdict != "sat":
+        for k, prop in enumerate(spec.properties):
+            if results[k].status == "open" and not expired():
+                if try_attack(k, prop, attack_budget or LONG_ATTACK):
+                    break
+    if out.verdict != "sat":
+        if all(r.status == "verified" for r in results):
+            out.verdict = "unsat"
+            out.stage = max((r.stage for r in results), key=stages.index)
+        elif expired():
+            out.verdict, out.reason = "timeout", f"time budget of {timeout:g} s used up"
+        else:
+            n_open = sum(r.status == "open" for r in results)
+            out.verdict = "unknown"
+            out.reason = (f"{n_open} of {len(results)} input region(s) not proven: bounds too loose "
+                          f"for backend '{backend}' and no counterexample found")
+    timings["total"] = time.monotonic() - t0
+    out.timings = timings
+    return out

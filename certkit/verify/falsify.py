@@ -1,0 +1,122 @@
+"""Falsification: random sampling and PGD inside the input set (DESIGN.md section 3).
+
+The attack minimises the *violation objective*
+
+    v(x) = min_k max_{i in disjunct k} (C y(x) - d)_i ,
+
+which is <= 0 exactly when ``y(x)`` lies in some disjunct's polytope. It runs on
+the float64 IR; every candidate it proposes is re-checked with onnxruntime by the
+caller (:mod:`certkit.verify.witness`). A miss proves nothing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..graph.graph import Graph
+from ..spec.sets import InputSet
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Budgets of one falsification call."""
+
+    samples: int = 256
+    restarts: int = 8
+    steps: int = 50
+    step_size: float = 0.1  # fraction of the box half-width (L_inf) or of eps (L_2)
+    target: float = 0.0  # stop once v(x) < -target (a little below 0 survives float32 rounding)
+
+
+def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: int) -> Tensor:
+    """v(x) per point: y (b, r, n_out), C (b, s, n_out), d (b, s) -> (b, r)."""
+    z = torch.einsum("bsn,brn->brs", C, y) - d[:, None, :]
+    per = torch.full((*z.shape[:2], n_disjuncts), float("-inf"), dtype=z.dtype)
+    own = torch.as_tensor(owner).expand_as(z)
+    per = per.scatter_reduce(2, own, z, reduce="amax", include_self=True)
+    return per.amin(dim=2)
+
+
+def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
+           cfg: AttackConfig = AttackConfig(), deadline: float | None = None,
+           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Search each set of the batch for a violating point.
+
+    Returns ``(x_best (b, n), v_best (b,))``: the best point found per batch
+    element and its objective (<= 0 means a float64 counterexample candidate).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    b, n = inputs.batch, inputs.n
+    n_dj = int(owner.max()) + 1 if len(owner) else 1
+    lo, hi = inputs.lower, inputs.upper
+    C = torch.as_tensor(C, dtype=torch.float64)
+    d = torch.as_tensor(d, dtype=torch.float64)
+    if C.dim() == 2:
+        C, d = C.expand(b, -1, -1), d.expand(b, -1)
+
+    def evaluate(x: Tensor) -> Tensor:  # x (b, r, n)
+        r = x.shape[1]
+        y = graph.forward(x.reshape(b * r, n)).reshape(b, r, -1)
+        return objective(y, C, d, owner, n_dj)
+
+    # random samples: the centre, corners and uniform points
+    r = max(cfg.samples, 2)
+    u = torch.rand(b, r, n, generator=gen, dtype=torch.float64)
+    u[:, : r // 4] = torch.round(u[:, : r // 4])  # vertices
+    x = lo[:, None] + u * (hi - lo)[:, None]
+    if inputs.center is not None:
+        x = torch.stack([inputs.project(x[:, k]) for k in range(r)], dim=1)
+        x[:, 0] = inputs.center
+    else:
+        x[:, 0] = (lo + hi) / 2
+    with torch.no_grad():
+        v = evaluate(x)
+    best_v, arg = v.min(dim=1)
+    best_x = x[torch.arange(b), arg]
+    if cfg.restarts <= 0 or cfg.steps <= 0:
+        return best_x.numpy(), best_v.numpy()
+
+    # PGD from the best samples and random restarts
+    k = cfg.restarts
+    order = v.argsort(dim=1)[:, : max(1, k // 2)]
+    starts = torch.cat([x[torch.arange(b)[:, None], order],
+                        lo[:, None] + torch.rand(b, k - order.shape[1], n, generator=gen, dtype=torch.float64)
+                        * (hi - lo)[:, None]], dim=1)
+    if inputs.center is not None:
+        step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
+    else:
+        step = cfg.step_size * ((hi - lo) / 2)[:, None].expand_as(starts).clone()
+    xs = starts.clone().requires_grad_(True)
+    for it in range(cfg.steps):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        val = evaluate(xs)
+        grad, = torch.autograd.grad(val.sum(), xs)
+        with torch.no_grad():
+            vb, ab = val.min(dim=1)
+            better = vb < best_v
+            best_v = torch.where(better, vb, best_v)
+            best_x = torch.where(better[:, None], xs[torch.arange(b), ab], best_x)
+            if bool((best_v < -cfg.target).all()):
+                break
+            if inputs.center is not None and inputs.p == 2:
+                g = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+                nxt = xs - step * g
+            else:
+                nxt = xs - step * grad.sign()
+            nxt = torch.stack([inputs.project(nxt[:, j]) for j in range(nxt.shape[1])], dim=1)
+            if it % 10 == 9:
+                step = step * 0.6
+        xs = nxt.detach().requires_grad_(True)
+    with torch.no_grad():
+        val = evaluate(xs.detach())
+        vb, ab = val.min(dim=1)
+        better = vb < best_v
+        best_v = torch.where(better, vb, best_v)
+        best_x = torch.where(better[:, None], xs.detach()[torch.arange(b), ab], best_x)
+    return best_x.numpy(), best_v.numpy()

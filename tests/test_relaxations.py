@@ -1,0 +1,293 @@
+"""Soundness of every linear relaxation and interval rule by dense sampling.
+
+For every op registered in ``RELAXATIONS`` and many random intervals ``[l, u]``
+(tiny, ordinary and wide; touching 0 / the clip bounds / the softplus threshold
+exactly; degenerate points) we sample ``x`` densely in ``[l, u]`` -- the end points
+and the kinks always included -- and check
+
+    lw * x + lb <= f(x) <= uw * x + ub
+
+with and without the free lower slope ``slope`` (alpha-CROWN), also for slopes
+outside their legal range (the relaxation must clamp them). ``op.interval`` of
+every activation and of MaxGroup must contain ``f`` of every sample, and the
+MaxGroup relaxation of :mod:`certkit.bounds.deeppoly` must hold too.
+
+The tolerance is relative and tight (``TOL * (1 + |x| + |f(x)| + |l| + |u|)``,
+TOL = 1e-12): floating-point rounding of a chord is ~1e-16 relative, so anything
+larger is a logic error, e.g. a bound that is off by the interval's width.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from certkit.bounds.deeppoly import _max_relax
+from certkit.bounds.relaxations import RELAXATIONS
+from certkit.graph import ops
+
+torch.set_num_threads(1)
+D = torch.float64
+TOL = 1e-12
+N_INTERVALS = 1500  # per op case
+N_SAMPLES = 160  # per interval (plus end points and kinks)
+INF = np.inf
+
+
+# --------------------------------------------------------------------------- op cases
+
+def _clip(lo, hi, n=N_INTERVALS):
+    return ops.Clip(np.broadcast_to(np.asarray(lo, dtype=np.float64), (n,)).copy(),
+                    np.broadcast_to(np.asarray(hi, dtype=np.float64), (n,)).copy())
+
+
+def _random_clip(n=N_INTERVALS, seed=7):
+    rng = np.random.default_rng(seed)
+    lo = rng.normal(0, 2, n)
+    hi = lo + np.abs(rng.normal(0, 2, n)) * (rng.random(n) > 0.05)  # 5% degenerate lo == hi
+    lo[rng.random(n) < 0.15] = -INF
+    hi[rng.random(n) < 0.15] = INF
+    return ops.Clip(lo, hi)
+
+
+def op_cases():
+    cases = [("relu", ops.Relu())]
+    cases += [(f"leaky_relu[{s}]", ops.LeakyRelu(s)) for s in (0.01, 0.3, 1.0, 2.0, -0.5, 0.0)]
+    cases += [
+        ("clip[-1,2]", _clip(-1.0, 2.0)),
+        ("clip[0,1]", _clip(0.0, 1.0)),
+        ("clip[0,inf]", _clip(0.0, INF)),
+        ("clip[-inf,1]", _clip(-INF, 1.0)),
+        ("clip[-inf,inf]", _clip(-INF, INF)),
+        ("clip[0.5,0.5]", _clip(0.5, 0.5)),
+        ("clip[1e-9 wide]", _clip(0.3, 0.3 + 1e-9)),
+        ("clip[-40,40]", _clip(-40.0, 40.0)),
+        ("clip[random]", _random_clip()),
+        ("abs", ops.Abs()),
+        ("sigmoid", ops.Sigmoid()),
+        ("tanh", ops.Tanh()),
+        ("softplus", ops.Softplus()),
+    ]
+    return cases
+
+
+CASES = op_cases()
+
+
+def test_every_registered_relaxation_is_covered():
+    covered = {type(op) for _, op in CASES}
+    assert set(RELAXATIONS) <= covered, set(RELAXATIONS) - covered
+
+
+def kinks(op) -> list[np.ndarray]:
+    """Points where f is not smooth / changes curvature (per interval, length N)."""
+    n = N_INTERVALS
+    if isinstance(op, ops.Clip):
+        return [np.where(np.isfinite(op.lo), op.lo, 0.0), np.where(np.isfinite(op.hi), op.hi, 0.0)]
+    if isinstance(op, ops.Softplus):  # torch's softplus switches to x at 20
+        return [np.zeros(n), np.full(n, 20.0)]
+    return [np.zeros(n)]
+
+
+def make_intervals(op, seed: int, n: int = N_INTERVALS) -> tuple[np.ndarray, np.ndarray]:
+    """(l, u) arrays of length n: a mix of widths and of positions relative to the kinks."""
+    rng = np.random.default_rng(seed)
+    ks = kinks(op)
+    kink = np.choose(rng.integers(0, len(ks), n), ks)
+    width = np.exp(rng.uniform(np.log(1e-12), np.log(100.0), n))
+    width[rng.random(n) < 0.05] = 0.0
+    special = rng.random(n) < 0.1
+    width[special] = rng.choice([1e-10, 1e-9, 2e-9, 1e-8, 1e-7, 1e-6, 1.5e-6, 50.0], int(special.sum()))
+    mode = rng.integers(0, 7, n)
+    frac = rng.random(n)
+    off = rng.normal(0, 1, n) * np.choose(rng.integers(0, 4, n), [np.full(n, s) for s in (1e-9, 1e-3, 1.0, 20.0)])
+    l = np.empty(n)
+    l[mode == 0] = (kink + off)[mode == 0]                       # anywhere near a kink
+    l[mode == 1] = (kink - frac * width)[mode == 1]              # spanning the kink
+    l[mode == 2] = kink[mode == 2]                               # starting at the kink
+    l[mode == 3] = (kink - width)[mode == 3]                     # ending at the kink
+    l[mode == 4] = rng.normal(0, 30, n)[mode == 4]               # wide spread
+    l[mode == 5] = (kink - frac * width)[mode == 5]
+    l[mode == 6] = (rng.choice([-1.0, 1.0], n) * rng.uniform(15, 60, n))[mode == 6]  # saturated regions
+    u = l + width
+    u[mode == 3] = kink[mode == 3]
+    # tiny widths across the kink (the chord of a straddling unit is steep)
+    tiny = rng.random(n) < 0.1
+    w2 = np.exp(rng.uniform(np.log(1e-13), np.log(1e-6), n))
+    l[tiny] = (kink - frac * w2)[tiny]
+    u[tiny] = (kink + (1 - frac) * w2)[tiny]
+    # spanning every kink (e.g. both clip bounds)
+    span = rng.random(n) < 0.08
+    kmin, kmax = np.minimum.reduce(ks), np.maximum.reduce(ks)
+    l[span] = (kmin - width * rng.random(n))[span]
+    u[span] = (kmax + width * rng.random(n))[span]
+    u = np.maximum(u, l)
+    return l, u
+
+
+def samples(op, l: np.ndarray, u: np.ndarray, seed: int, m: int = N_SAMPLES) -> np.ndarray:
+    """(m', n) points of [l, u] per column: grid, random, end points, kinks inside."""
+    rng = np.random.default_rng(seed)
+    t = np.concatenate([np.linspace(0, 1, m // 2), rng.random(m - m // 2),
+                        rng.random(8) * 1e-6, 1 - rng.random(8) * 1e-6])
+    x = l[None] + t[:, None] * (u - l)[None]
+    extra = [l, u, np.nextafter(l, u), np.nextafter(u, l)]
+    for k in kinks(op):
+        for kk in (k, np.nextafter(k, -INF), np.nextafter(k, INF)):
+            extra.append(np.where((kk >= l) & (kk <= u), kk, l))
+    x = np.concatenate([x, np.stack(extra)], 0)
+    return np.clip(x, l[None], u[None])
+
+
+def check_relaxation(op, l, u, slope=None, what=""):
+    lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
+    st = None if slope is None else torch.tensor(slope, dtype=D)[None]
+    lw, lb, uw, ub = (t.reshape(1, -1) for t in RELAXATIONS[type(op)](op, lt, ut, st))
+    for t, name in zip((lw, lb, uw, ub), ("lw", "lb", "uw", "ub")):
+        assert torch.isfinite(t).all(), f"{what}: {name} not finite at {np.flatnonzero(~torch.isfinite(t)[0].numpy())[:5]}"
+    x = torch.tensor(samples(op, l, u, 1), dtype=D)
+    fx = op.forward(x)
+    lo_line = lw * x + lb
+    hi_line = uw * x + ub
+    tol = TOL * (1 + x.abs() + fx.abs() + lt.abs() + ut.abs())
+    for side, viol in (("lower", lo_line - fx - tol), ("upper", fx - hi_line - tol)):
+        bad = viol > 0
+        if bad.any():
+            r, c = np.unravel_index(int(torch.argmax(viol)), viol.shape)
+            pytest.fail(f"{what}: {side} relaxation violated at l={l[c]!r}, u={u[c]!r}, x={x[r, c].item()!r}: "
+                        f"f={fx[r, c].item()!r}, line={[lo_line, hi_line][side == 'upper'][r, c].item()!r} "
+                        f"(lw={lw[0, c].item()!r}, lb={lb[0, c].item()!r}, uw={uw[0, c].item()!r}, "
+                        f"ub={ub[0, c].item()!r}, slope={None if slope is None else slope[c]}); "
+                        f"{int(bad.any(0).sum())} intervals bad")
+
+
+@pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relaxation_sound(name, op, seed):
+    l, u = make_intervals(op, seed)
+    check_relaxation(op, l, u, None, f"{name} seed={seed}")
+
+
+@pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("slope_range", ["legal", "wild"])
+def test_relaxation_sound_with_slopes(name, op, slope_range):
+    """alpha-CROWN's free slopes: any value must give a sound relaxation (clamped)."""
+    l, u = make_intervals(op, 11)
+    rng = np.random.default_rng(5)
+    n = len(l)
+    if slope_range == "legal":
+        slope = rng.uniform(0, 1, n)
+        slope[rng.random(n) < 0.2] = 0.0
+        slope[rng.random(n) < 0.2] = 1.0
+    else:
+        slope = rng.normal(0, 3, n)
+        slope[rng.random(n) < 0.1] = rng.choice([-1e6, 1e6, -1.0, 2.0, 1.0 + 1e-12, -1e-12])
+    check_relaxation(op, l, u, slope, f"{name} slopes={slope_range}")
+
+
+@pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
+def test_relaxation_exact_on_stable_points(name, op):
+    """On a degenerate interval [x, x] both lines pass through f(x) (up to rounding)."""
+    rng = np.random.default_rng(3)
+    l = np.concatenate([rng.normal(0, 5, N_INTERVALS - 4), [0.0, -1.0, 1.0, 20.0]])
+    if isinstance(op, ops.Clip):
+        l = l[:N_INTERVALS]
+    lt = torch.tensor(l, dtype=D)[None]
+    lw, lb, uw, ub = RELAXATIONS[type(op)](op, lt, lt)
+    fx = op.forward(lt)
+    tol = 1e-12 * (1 + lt.abs() + fx.abs())
+    assert ((lw * lt + lb - fx) <= tol).all() and ((fx - uw * lt - ub) <= tol).all()
+
+
+# --------------------------------------------------------------------------- interval rules
+
+SOFTPLUS_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="ops.Softplus.forward is torch's F.softplus, which returns x above 20: it drops by "
+           "log1p(e^-20) ~ 2.1e-9 at x = 20, so it is not monotone and Activation.interval "
+           "(f(lo), f(hi)) misses f(20) by ~2e-9 (1e-10 relative). Fix in ops.py: "
+           "F.softplus(x, threshold=40.0) or torch.logaddexp(x, 0); then remove this marker.")
+
+
+def _interval_params():
+    return [pytest.param(name, op, id=name, marks=[SOFTPLUS_XFAIL] if isinstance(op, ops.Softplus) else [])
+            for name, op in CASES]
+
+
+def _check_interval(name, op, tol_rel):
+    l, u = make_intervals(op, 21)
+    lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
+    lo, hi = op.interval(lt, ut)
+    x = torch.tensor(samples(op, l, u, 2), dtype=D)
+    fx = op.forward(x)
+    tol = tol_rel * (1 + fx.abs())
+    assert (lo <= hi + tol_rel * (1 + hi.abs())).all(), f"{name}: interval with lo > hi"
+    bad = (fx < lo - tol) | (fx > hi + tol)
+    if bad.any():
+        r, c = np.unravel_index(int(torch.argmax(bad.double())), bad.shape)
+        pytest.fail(f"{name}: interval [{lo[0, c].item()!r}, {hi[0, c].item()!r}] of [{l[c]!r}, {u[c]!r}] "
+                    f"misses f({x[r, c].item()!r}) = {fx[r, c].item()!r}; {int(bad.sum())} samples bad")
+
+
+@pytest.mark.parametrize("name,op", _interval_params())
+def test_interval_contains_samples(name, op):
+    """Tight tolerance (1e-12 relative)."""
+    _check_interval(name, op, TOL)
+
+
+@pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
+def test_interval_contains_samples_1e9(name, op):
+    """The product tolerance (1e-9 relative), which every op including softplus meets."""
+    _check_interval(name, op, 1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 9])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_maxgroup_interval_and_relaxation(k, seed):
+    rng = np.random.default_rng(100 + seed)
+    n_in, n_out = 30, 40
+    idx = rng.integers(0, n_in, (n_out, k))
+    idx[rng.random((n_out, k)) < 0.3] = -1  # padding
+    idx[:, 0] = np.where(idx[:, 0] < 0, rng.integers(0, n_in, n_out), idx[:, 0])
+    idx = np.take_along_axis(idx, rng.permuted(np.tile(np.arange(k), (n_out, 1)), axis=1), 1)
+    op = ops.MaxGroup(idx.astype(np.int64))
+    b = 20
+    c = rng.normal(0, 1, (b, n_in)) * rng.choice([1e-9, 0.1, 1, 10], (b, 1))
+    w = np.exp(rng.uniform(np.log(1e-10), np.log(10), (b, n_in)))
+    w[rng.random((b, n_in)) < 0.1] = 0.0
+    c[:, :3] = c[:, 3:6]  # ties in the lower bounds
+    lo, hi = c - w * rng.random((b, n_in)), c + w * rng.random((b, n_in))
+    lt, ut = torch.tensor(lo), torch.tensor(hi)
+    ylo, yhi = op.interval(lt, ut)
+    r = _max_relax(op, lt, ut)
+    m = 4000
+    t = rng.random((m, b, n_in))
+    t[: m // 4] = rng.integers(0, 2, (m // 4, b, n_in))  # vertices
+    x = torch.tensor(lo[None] + t * (hi - lo)[None])
+    x = torch.minimum(torch.maximum(x, lt[None]), ut[None]).reshape(m * b, n_in)
+    y = op.forward(x).reshape(m, b, n_out)
+    xs = x.reshape(m, b, n_in).gather(2, r.sel[None].expand(m, -1, -1))
+    tol = TOL * (1 + y.abs())
+    assert (y >= ylo[None] - tol).all() and (y <= yhi[None] + tol).all()
+    assert (y >= xs - tol).all(), "MaxGroup lower relaxation y >= x[sel] violated"
+    assert (y <= r.uw[None] * xs + r.ub[None] + tol).all(), "MaxGroup upper relaxation violated"
+
+
+@pytest.mark.parametrize("name,op", [c for c in CASES if isinstance(c[1], ops.Clip)],
+                         ids=[c[0] for c in CASES if isinstance(c[1], ops.Clip)])
+def test_clip_intervals_cover_every_case(name, op):
+    """The generated intervals hit every Clip case (so the tests above exercise them all)."""
+    l, u = make_intervals(op, 0)
+    lo, hi = op.lo, op.hi
+    cases = {
+        "below": u <= lo, "above": l >= hi, "inside": (l >= lo) & (u <= hi),
+        "span lo": (l < lo) & (u > lo) & (u <= hi), "span hi": (l >= lo) & (l < hi) & (u > hi),
+        "span both": (l < lo) & (u > hi), "touch lo": (l == lo) | (u == lo), "touch hi": (l == hi) | (u == hi),
+    }
+    possible = {"below": np.isfinite(lo).any(), "above": np.isfinite(hi).any(), "inside": (lo < hi).any(),
+                "span lo": (np.isfinite(lo) & (lo < hi)).any(), "span hi": (np.isfinite(hi) & (lo < hi)).any(),
+                "span both": (np.isfinite(lo) & np.isfinite(hi)).any(),
+                "touch lo": np.isfinite(lo).any(), "touch hi": np.isfinite(hi).any()}
+    for k, m in cases.items():
+        if possible[k]:
+            assert m.sum() >= 5, f"{name}: only {m.sum()} intervals in case {k!r}"
