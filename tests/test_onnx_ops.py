@@ -101,6 +101,7 @@ add_cases("Act", False, {
     "tanh": lambda: single("Tanh", (1, 6), X),
     "softplus": lambda: single("Softplus", (1, 6), X),
     "abs": lambda: single("Abs", (1, 6), X),
+    "hardsigmoid": lambda: single("HardSigmoid", (1, 6), X, alpha=0.4, beta=0.3),
 })
 add_cases("Clip", False, {
     "opset6-both": lambda: single("Clip", (1, 8), X, opset=6, min=-0.3, max=0.4),
@@ -249,6 +250,13 @@ add_cases("Shape", True, {
         helper.make_node("Constant", [], ["c"], value_floats=[1.0, 2.0, -3.0]),
         node("Mul", [X, "c"], ["Y"])]),
 })
+add_cases("Movement", True, {
+    "expand": lambda: single("Expand", (1, 3, 1), X, i64(2, 1, 3, 4)),
+    "tile": lambda: single("Tile", (1, 2, 3), X, i64(1, 2, 2)),
+    "depth-to-space": lambda: single("DepthToSpace", (1, 4, 2, 3), X, blocksize=2, mode="CRD"),
+    "space-to-depth": lambda: single("SpaceToDepth", (1, 1, 4, 4), X, blocksize=2),
+    "gather-elements": lambda: single("GatherElements", (1, 3, 2), X, np.array([[[2, 0], [1, 1]]], np.int64), axis=1),
+})
 add_cases("Concat", True, {
     "axis1": lambda: chain((1, 2, 3), [node("Neg", [X], ["n"]), node("Concat", [X, "n"], ["Y"], axis=1)]),
     "axis2": lambda: chain((1, 2, 3), [node("Neg", [X], ["n"]), node("Concat", [X, "n", X], ["Y"], axis=2)]),
@@ -256,6 +264,7 @@ add_cases("Concat", True, {
     "axis0": lambda: chain((1, 3), [node("Neg", [X], ["n"]), node("Concat", [X, "n"], ["Y"], axis=0)]),
     "const-part": lambda: chain((1, 2, 3), [node("Concat", ["c", X, "d"], ["Y"], axis=2)],
                                 c=r(1, 2, 2), d=r(1, 2, 1)),
+    "single-input": lambda: single("Concat", (1, 2, 3), X, axis=1),
     "const-part-axis1": lambda: chain((1, 2, 3), [node("Neg", [X], ["n"]),
                                                   node("Concat", [X, "c", "n"], ["Y"], axis=1)], c=r(1, 1, 3)),
 })
@@ -280,7 +289,7 @@ add_cases("Gather", True, {
     "scalar": lambda: single("Gather", (1, 4, 3), X, np.array(2, np.int64), axis=1),
     "vector": lambda: single("Gather", (1, 4, 3), X, i64(2, 0, 2), axis=2),
     "negative": lambda: single("Gather", (1, 4, 3), X, i64(-1, 1), axis=1),
-    "matrix": lambda: single("Gather", (1, 4, 3), X, i64([0, 1], [3, 3]), axis=1),
+    "matrix": lambda: single("Gather", (1, 4, 3), X, np.array([[0, 1], [3, 3]], np.int64), axis=1),
 })
 add_cases("Pad", True, {
     "constant-value": lambda: single("Pad", (1, 2, 3, 3), X, i64(0, 0, 1, 2, 0, 0, 2, 1), np.float32(1.5),
@@ -306,6 +315,14 @@ add_cases("Reduce", True, {
     "mean-input18-keep": lambda: single("ReduceMean", (1, 3, 4), X, i64(-1), opset=18),
     "mean-input18-nokeep": lambda: single("ReduceMean", (1, 3, 4, 2), X, i64(1, 3), opset=18, keepdims=0),
     "mean-all": lambda: single("ReduceMean", (1, 3, 4), X, opset=18),
+})
+add_cases("Graph", True, {
+    "linear-residual": lambda: chain((1, 2, 4, 4), [
+        node("Conv", [X, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("AveragePool", ["c1"], ["p"],
+                                                                        kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("Conv", ["p", "w2"], ["c2"], pads=[0, 0, 1, 1], kernel_shape=[2, 2]), node("Add", ["c2", X], ["s"]),
+        node("Flatten", ["s"], ["f"]), node("Gemm", ["f", "w3", "b3"], ["Y"], transB=1)],
+        w1=r(2, 2, 3, 3), b1=r(2), w2=r(2, 2, 2, 2), w3=r(3, 32), b3=r(3)),
 })
 add_cases("Graph", False, {
     "dead-branch": lambda: chain((1, 4), [

@@ -194,15 +194,24 @@ class BoundState:
                 parts = (out,)
             else:
                 lw, lb, uw, ub = self.relaxation(i)  # type: ignore[misc]
-                pos, neg = Ai.clamp(min=0), Ai.clamp(max=0)
-                parts = (pos * lw[:, None, :] + neg * uw[:, None, :],)
-                total = total + torch.einsum("bsn,bn->bs", pos, lb) + torch.einsum("bsn,bn->bs", neg, ub)
+                nonneg = Ai >= 0
+                parts = (Ai * torch.where(nonneg, lw[:, None, :], uw[:, None, :]),)
+                if self._zero_lb(i, lb):
+                    total = total + (Ai.clamp(max=0) * ub[:, None, :]).sum(-1)
+                else:
+                    total = total + (Ai * torch.where(nonneg, lb[:, None, :], ub[:, None, :])).sum(-1)
             for j, Aj in zip(node.inputs, parts):
                 acc[j] = acc[j] + Aj if j in acc else Aj
         A_in = acc.pop(0, None)
         if A_in is None:  # the target does not depend on the input
             A_in = A.new_zeros(b, s, self.graph.n_inputs)
         return A_in, total
+
+    def _zero_lb(self, i: int, lb: Tensor) -> bool:
+        cache = self.__dict__.setdefault("_zlb", {})
+        if i not in cache:
+            cache[i] = not bool(lb.any())
+        return cache[i]
 
     def lower_of(self, t: int, A: Tensor, const: Tensor | None = None) -> Tensor:
         """Lower bound of ``A y_t + const`` over the input set, (b, s)."""

@@ -6,10 +6,13 @@ node, its inputs (``Var`` for variable tensors, numpy arrays for constants,
 entry per node output. It raises :class:`~certkit.onnx.importer.Unsupported`
 with a reason when a variant is not supported.
 
-Data-movement ops (Transpose, Slice, Gather, Pad, Split, Expand, Tile,
-Squeeze, Reshape, ...) share one converter: the op is run by the reference
-evaluator on a tensor of element indices, which yields the static index map of
-a :class:`~certkit.graph.ops.Select` (or an alias, for pure reshapes).
+Data-movement ops (Transpose, Slice, Gather, Split, Expand, Tile, Squeeze,
+Reshape, ...) share one converter: the op is run by the reference evaluator on
+a tensor of element indices, which yields the static index map of a
+:class:`~certkit.graph.ops.Select` (or an alias, for pure reshapes). Pad
+computes its index map itself (constant fill, negative pads). Values are
+float64 in the IR, so Cast to float/double, Identity and inference-mode
+Dropout are aliases.
 """
 from __future__ import annotations
 
@@ -27,11 +30,21 @@ CONVERTERS: dict[str, Converter] = {}
 
 
 def converter(*op_types: str):
+    """Register ``fn`` as the converter of ``op_types`` (each op type at most once)."""
     def deco(fn: Converter) -> Converter:
         for t in op_types:
+            if t in CONVERTERS:
+                raise ValueError(f"duplicate converter for ONNX op {t}")
             CONVERTERS[t] = fn
         return fn
     return deco
+
+
+def _var(x, what: str = "the data input") -> Var:
+    if not isinstance(x, Var):
+        raise Unsupported(f"{what} must be the variable tensor (a constant {what} with variable "
+                          "parameters is not linear or not supported)")
+    return x
 
 
 def _const(x, what: str) -> np.ndarray:
@@ -82,12 +95,13 @@ _HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 @converter("Identity")
 def _identity(ctx: Context, node, ins: list, attrs: dict) -> list:
-    return [ins[0]]
+    return [_var(ins[0])]
 
 
 @converter("Cast", "CastLike")
 def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
     """A cast to float or double is the identity on the float64 IR values."""
+    _var(ins[0])
     if node.op_type == "Cast":
         to = int(attrs.get("to", 0))
     else:
@@ -106,6 +120,7 @@ def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
 @converter("Dropout")
 def _dropout(ctx: Context, node, ins: list, attrs: dict) -> list:
     """Inference-mode Dropout is the identity."""
+    _var(ins[0])
     if ctx.opset < 7 and not attrs.get("is_test", 0):
         raise Unsupported("is_test=0 (training mode) before opset 7")
     if attrs.get("training_mode"):
@@ -148,7 +163,7 @@ def _select_from_index(ctx: Context, v: Var, idx: np.ndarray, fill_value: float 
 @converter("Pad")
 def _pad(ctx: Context, node, ins: list, attrs: dict) -> list:
     v = ins[0]
-    if any(isinstance(x, Var) for x in ins[1:]):
+    if not isinstance(v, Var) or any(isinstance(x, Var) for x in ins[1:]):
         raise Unsupported("only the data input may be variable")
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -200,11 +215,12 @@ def _concat(ctx: Context, node, ins: list, attrs: dict) -> list:
                 continue
             parts.append(ctx.add(ops.Select(np.full(c.size, -1, np.int64), anchor.size, c.reshape(-1)),
                                  [anchor], c.shape))
-    shapes = [p.shape for p in parts]
     out = np.concatenate([np.arange(p.size).reshape(p.shape) + off
                           for p, off in zip(parts, np.cumsum([0] + [p.size for p in parts[:-1]]))], axis=axis)
     perm = out.reshape(-1)
     perm_arg = None if np.array_equal(perm, np.arange(perm.size)) else perm.astype(np.int64)
+    if len(parts) == 1 and perm_arg is None:
+        return [_alias(parts[0], out.shape)]
     return [ctx.add(ops.Concat(tuple(p.size for p in parts), perm_arg), parts, out.shape)]
 
 
@@ -299,12 +315,12 @@ def _arith(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 @converter("Neg")
 def _neg(ctx: Context, node, ins: list, attrs: dict) -> list:
-    return [_scale(ctx, ins[0], -1.0, None)]
+    return [_scale(ctx, _var(ins[0]), -1.0, None)]
 
 
 @converter("BatchNormalization")
 def _batchnorm(ctx: Context, node, ins: list, attrs: dict) -> list:
-    x = ins[0]
+    x = _var(ins[0])
     if attrs.get("training_mode"):
         raise Unsupported("training mode")
     if ctx.opset < 7 and not attrs.get("is_test", 0):
@@ -368,7 +384,7 @@ def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
 
 @converter("Conv")
 def _conv(ctx: Context, node, ins: list, attrs: dict) -> list:
-    x = ins[0]
+    x = _var(ins[0])
     if any(isinstance(v, Var) for v in ins[1:]):
         raise Unsupported("a variable weight or bias")
     w = np.asarray(ins[1], np.float64)
@@ -403,6 +419,7 @@ def _conv(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 
 def _pool_common(x: Var, attrs: dict, global_: bool):
+    _var(x)
     if x.shape[0] != 1 or len(x.shape) not in (3, 4):
         raise Unsupported("pooling needs an input of shape (1, C, H, W) or (1, C, L)")
     hw = list(x.shape[2:])
@@ -495,7 +512,7 @@ def _avgpool(ctx: Context, node, ins: list, attrs: dict) -> list:
 @converter("ReduceSum", "ReduceMean")
 def _reduce(ctx: Context, node, ins: list, attrs: dict) -> list:
     """A :class:`Select` moving the reduced axes last, then a row-wise all-ones :class:`Dense`."""
-    x = ins[0]
+    x = _var(ins[0])
     axes = attrs.get("axes")
     if len(ins) > 1 and ins[1] is not None:
         axes = [int(a) for a in np.asarray(_const(ins[1], "axes")).reshape(-1)]
@@ -521,22 +538,22 @@ def _reduce(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 def _unary(op_factory):
     def conv(ctx: Context, node, ins: list, attrs: dict) -> list:
-        x = ins[0]
+        x = _var(ins[0])
         return [ctx.add(op_factory(attrs, x), [x], x.shape)]
     return conv
 
 
-CONVERTERS["Relu"] = _unary(lambda a, x: ops.Relu())
-CONVERTERS["LeakyRelu"] = _unary(lambda a, x: ops.LeakyRelu(float(a.get("alpha", 0.01))))
-CONVERTERS["Sigmoid"] = _unary(lambda a, x: ops.Sigmoid())
-CONVERTERS["Tanh"] = _unary(lambda a, x: ops.Tanh())
-CONVERTERS["Softplus"] = _unary(lambda a, x: ops.Softplus())
-CONVERTERS["Abs"] = _unary(lambda a, x: ops.Abs())
+converter("Relu")(_unary(lambda a, x: ops.Relu()))
+converter("LeakyRelu")(_unary(lambda a, x: ops.LeakyRelu(float(a.get("alpha", 0.01)))))
+converter("Sigmoid")(_unary(lambda a, x: ops.Sigmoid()))
+converter("Tanh")(_unary(lambda a, x: ops.Tanh()))
+converter("Softplus")(_unary(lambda a, x: ops.Softplus()))
+converter("Abs")(_unary(lambda a, x: ops.Abs()))
 
 
 @converter("Clip")
 def _clip(ctx: Context, node, ins: list, attrs: dict) -> list:
-    x = ins[0]
+    x = _var(ins[0])
     if ctx.opset < 11:
         lo, hi = attrs.get("min", -np.inf), attrs.get("max", np.inf)
     else:
@@ -552,8 +569,7 @@ def _maxmin(ctx: Context, node, ins: list, attrs: dict) -> list:
     consts = [np.asarray(v, np.float64) for v in ins if not isinstance(v, Var)]
     shape = _bshape(*[v.shape for v in variables], *[c.shape for c in consts])
     variables = [_expand(ctx, v, shape) for v in variables]
-    if len(variables) > 1:
-        sign = 1.0 if is_max else -1.0
+    if len(variables) > 1:  # min(x, y) = -max(-x, -y)
         if not is_max:
             variables = [_scale(ctx, v, -1.0, None) for v in variables]
         n = variables[0].size
@@ -562,7 +578,6 @@ def _maxmin(ctx: Context, node, ins: list, attrs: dict) -> list:
         y = ctx.add(ops.MaxGroup(idx), [cat], shape)
         if not is_max:
             y = _scale(ctx, y, -1.0, None)
-        del sign
     else:
         y = variables[0]
     if consts:
@@ -577,7 +592,7 @@ def _maxmin(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 @converter("HardSigmoid")
 def _hardsigmoid(ctx: Context, node, ins: list, attrs: dict) -> list:
-    x = ins[0]
+    x = _var(ins[0])
     a, b = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
     y = _scale(ctx, x, a, b)
     return [ctx.add(ops.Clip(np.zeros(y.size), np.ones(y.size)), [y], y.shape)]

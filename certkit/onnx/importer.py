@@ -123,11 +123,14 @@ def load_onnx(path: str | os.PathLike) -> Graph:
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     try:
-        raw = open(path, "rb").read()
+        with open(path, "rb") as f:
+            raw = f.read()
         if path.endswith(".gz"):
             import gzip
 
             raw = gzip.decompress(raw)
+        if not raw:
+            raise ValueError("the file is empty")
         model = onnx.load_model_from_string(raw)
     except Exception as e:  # protobuf raises several types on bad bytes
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).strip()[:200]})") from e

@@ -76,7 +76,7 @@ class InputSet:
         """min over the set of ``A x + const``; A is (b, s, n), result (b, s)."""
         mid = (self.upper + self.lower) / 2
         rad = (self.upper - self.lower) / 2
-        lb = torch.einsum("bsn,bn->bs", A, mid) - torch.einsum("bsn,bn->bs", A.abs(), rad)
+        lb = (A @ mid[:, :, None] - A.abs() @ rad[:, :, None])[..., 0]
         if self.center is not None:
             q = {2.0: 2.0, 1.0: float("inf")}.get(self.p)
             if q is None:
