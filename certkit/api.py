@@ -49,14 +49,21 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly") -> BoundsResult:
     g = model.graph
     C, d, owner = prop.stacked()
     with torch.no_grad():
-        if backend == "interval":
-            lo, hi = interval_bounds(g, inputs)[g.output]
-        else:
-            lo, hi = deeppoly_output_bounds(g, inputs, intersect=(backend == "auto"))
-        name = {"auto": "deeppoly+interval"}.get(backend, backend)
-        if name not in BACKENDS:
+        names = {"auto": ("interval", "deeppoly", "deeppoly+interval")}.get(backend, (backend,))
+        if any(n not in BACKENDS for n in names):
             raise BackendError(f"unknown backend '{backend}'")
-        sl = BACKENDS[name].lower(g, inputs, torch.as_tensor(C)).numpy()[0] - d if len(d) else np.zeros(0)
+        lo, hi = interval_bounds(g, inputs)[g.output]
+        if backend != "interval":
+            dlo, dhi = deeppoly_output_bounds(g, inputs, intersect=False)
+            if backend == "auto":  # the best of every stage, entry by entry
+                ilo, ihi = deeppoly_output_bounds(g, inputs, intersect=True)
+                lo, hi = torch.maximum(torch.maximum(lo, dlo), ilo), torch.minimum(torch.minimum(hi, dhi), ihi)
+            else:
+                lo, hi = dlo, dhi
+        Ct = torch.as_tensor(C)
+        sl = np.zeros(0)
+        if len(d):
+            sl = np.max([BACKENDS[n].lower(g, inputs, Ct).numpy()[0] for n in names], axis=0) - d
     return BoundsResult(lo.numpy()[0], hi.numpy()[0], sl, owner, backend)
 
 

@@ -18,6 +18,7 @@ the traceback. For ``certify`` the first stdout line is the verdict word, and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ import traceback
 from .errors import CertkitError, UsageError
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
+EXIT_PIPE = 141  # stdout closed by the reader (as after SIGPIPE in a shell pipeline)
 BACKEND_CHOICES = ("interval", "deeppoly", "auto")
 
 
@@ -78,7 +80,7 @@ def _cmd_certify(a) -> int:
         raise UsageError("certify needs a SPEC.vnnlib, or --dataset DATA.npz --eps E")
     if a.eps is not None:
         raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
-    if a.timeout is not None and a.timeout <= 0:
+    if a.timeout is not None and not a.timeout > 0:  # also rejects nan
         raise UsageError("--timeout must be positive")
     t0 = time.monotonic()
     model = api.load_model(a.model)
@@ -110,8 +112,12 @@ def _cmd_dataset(a) -> int:
 
     if a.spec is not None:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
-    if a.eps is None or a.eps < 0:
+    if a.eps is None or not a.eps >= 0:  # also rejects nan
         raise UsageError("--dataset needs --eps E (E >= 0)")
+    if a.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if a.limit is not None and a.limit < 0:
+        raise UsageError("--limit must be >= 0")
     model = api.load_model(a.model)
     x, y = load_dataset(a.dataset, model)
     if a.limit is not None:
@@ -203,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, a.threads))
-        return {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops}[a.command](a)
+        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops}[a.command](a)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return rc
+    except BrokenPipeError:  # stdout closed early (e.g. piped into `head -1`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_PIPE
     except CertkitError as e:
         if debug:
             traceback.print_exc()
@@ -225,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _first_line_is_verdict(argv: list[str]) -> bool:
-    return "certify" in argv and "--dataset" not in argv
+    def is_dataset_flag(t: str) -> bool:  # --dataset, --dataset=F, or an abbreviation argparse accepts
+        opt = t.split("=", 1)[0]
+        return len(opt) >= 4 and "--dataset".startswith(opt)
+
+    return "certify" in argv and not any(is_dataset_flag(t) for t in argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

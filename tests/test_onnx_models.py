@@ -84,3 +84,53 @@ def test_acasxu_models_all_present():
     if not SHARED.is_dir():
         pytest.skip("../shared not found: benchmark models are only in the development checkout")
     assert len(list(SHARED.glob("benchmarks/acasxu/onnx/*.onnx"))) == 45
+
+
+class _TorchNet(torch.nn.Module):
+    """Normalise, Conv+BN, MaxPool + AvgPool(ceil), grouped strided Conv, view(N, -1) (a
+    Shape->Gather->Unsqueeze->Concat->Reshape chain), slicing, Concat, Dropout, Linear,
+    ReduceMean and a residual Add: the shapes of a typical PyTorch export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2)
+        self.fc, self.ap = nn.Linear(64, 10), nn.AvgPool2d(2, ceil_mode=True)
+
+    def forward(self, x):
+        x = (x - 0.5) / 0.25
+        y = torch.relu(self.bn(self.c1(x)))
+        y = torch.nn.functional.max_pool2d(y, 2) + self.ap(y)
+        y = torch.relu(self.c2(y) + 0.1)
+        y = y.reshape(y.size(0), -1)
+        z = torch.cat([y[:, :32], torch.sigmoid(y[:, 32:])], dim=1)
+        z = torch.nn.functional.dropout(z, 0.2, training=False)
+        return self.fc(z).mean(dim=1, keepdim=True) + torch.tanh(self.fc(z))
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_pytorch_export_matches_onnxruntime(opset, tmp_path):
+    import warnings
+
+    torch.manual_seed(0)
+    net = _TorchNet().eval()
+    with torch.no_grad():
+        net.bn.running_mean.normal_()
+        net.bn.running_var.uniform_(0.5, 2)
+    path = tmp_path / "net.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, 1, 16, 16),), str(path), opset_version=opset, dynamo=False,
+                              input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    except (ImportError, TypeError, RuntimeError) as e:  # exporter unavailable in this torch
+        pytest.skip(f"torch.onnx.export (TorchScript exporter) unavailable: {e}")
+    _check_model(path)
+    g = load_onnx(path)
+    assert g.input_shape == (1, 1, 16, 16) and g.output_shape == (1, 10)
+    x = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        want = net(x).double().numpy()
+    assert_close(g(x.numpy().reshape(5, -1)), want, 1e-5)

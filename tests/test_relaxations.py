@@ -84,7 +84,7 @@ def kinks(op) -> list[np.ndarray]:
     n = N_INTERVALS
     if isinstance(op, ops.Clip):
         return [np.where(np.isfinite(op.lo), op.lo, 0.0), np.where(np.isfinite(op.hi), op.hi, 0.0)]
-    if isinstance(op, ops.Softplus):  # torch's softplus switches to x at 20
+    if isinstance(op, ops.Softplus):  # torch's F.softplus switches to x at 20 (ops uses logaddexp)
         return [np.zeros(n), np.full(n, 20.0)]
     return [np.zeros(n)]
 
@@ -201,19 +201,6 @@ def test_relaxation_exact_on_stable_points(name, op):
 
 # --------------------------------------------------------------------------- interval rules
 
-SOFTPLUS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="ops.Softplus.forward is torch's F.softplus, which returns x above 20: it drops by "
-           "log1p(e^-20) ~ 2.1e-9 at x = 20, so it is not monotone and Activation.interval "
-           "(f(lo), f(hi)) misses f(20) by ~2e-9 (1e-10 relative). Fix in ops.py: "
-           "F.softplus(x, threshold=40.0) or torch.logaddexp(x, 0); then remove this marker.")
-
-
-def _interval_params():
-    return [pytest.param(name, op, id=name, marks=[SOFTPLUS_XFAIL] if isinstance(op, ops.Softplus) else [])
-            for name, op in CASES]
-
-
 def _check_interval(name, op, tol_rel):
     l, u = make_intervals(op, 21)
     lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
@@ -229,7 +216,7 @@ def _check_interval(name, op, tol_rel):
                     f"misses f({x[r, c].item()!r}) = {fx[r, c].item()!r}; {int(bad.sum())} samples bad")
 
 
-@pytest.mark.parametrize("name,op", _interval_params())
+@pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
 def test_interval_contains_samples(name, op):
     """Tight tolerance (1e-12 relative)."""
     _check_interval(name, op, TOL)
@@ -237,7 +224,7 @@ def test_interval_contains_samples(name, op):
 
 @pytest.mark.parametrize("name,op", CASES, ids=[c[0] for c in CASES])
 def test_interval_contains_samples_1e9(name, op):
-    """The product tolerance (1e-9 relative), which every op including softplus meets."""
+    """The product tolerance (1e-9 relative)."""
     _check_interval(name, op, 1e-9)
 
 

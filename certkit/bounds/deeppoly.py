@@ -11,8 +11,9 @@ back-substitution with ``A = [I; -I]`` on the pre-activation node, restricted to
 the neurons whose relaxation is not already exact under the interval bounds
 (the relaxation of a stable neuron does not depend on its bounds). With
 ``intersect`` the result is intersected with the interval bounds (always
-sound, never looser); without it the figures are CROWN's exactly, as in
-auto_LiRPA.
+sound, and usually tighter -- but not always: tighter intermediate bounds can
+flip DeepPoly's adaptive lower slope, so a final bound may get looser); without
+it the figures are CROWN's exactly, as in auto_LiRPA.
 """
 from __future__ import annotations
 
@@ -85,9 +86,14 @@ class BoundState:
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
 
+    #: bounds known over a superset of the input set (node -> (l, u)), intersected in
+    known: dict[int, tuple[Tensor, Tensor]] | None = None
+    #: False: keep the given intermediate bounds (e.g. forward bounds), no back-substitution
+    refine_intermediate: bool = True
+
     def __post_init__(self) -> None:
         if not self.bounds:
-            self.bounds = interval_bounds(self.graph, self.inputs)
+            self.bounds = interval_bounds(self.graph, self.inputs, self.known)
 
     # -- relaxations -------------------------------------------------------
     def relaxation(self, i: int) -> Relax | MaxRelax:
@@ -107,7 +113,7 @@ class BoundState:
 
     def refine(self, j: int, consumer) -> None:
         """Tighten the bounds of node ``j`` by back-substitution (once)."""
-        if j in self.refined or j == 0:
+        if j in self.refined or j == 0 or not self.refine_intermediate:
             return
         self.refined.add(j)
         node = self.graph.nodes[j]
@@ -200,12 +206,38 @@ class BoundState:
                     total = total + (Ai.clamp(max=0) * ub[:, None, :]).sum(-1)
                 else:
                     total = total + (Ai * torch.where(nonneg, lb[:, None, :], ub[:, None, :])).sum(-1)
+                j = node.inputs[0]
+                cols = self._alive_columns(i, j)
+                if cols is not None:  # skip the dead neurons: a smaller product through the Dense
+                    dense = self.graph.nodes[j].op
+                    Ar = parts[0][..., cols]
+                    w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]
+                    if dense.bias is not None:
+                        total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
+                    k = self.graph.nodes[j].inputs[0]
+                    Ak = Ar @ w
+                    acc[k] = acc[k] + Ak if k in acc else Ak
+                    continue
             for j, Aj in zip(node.inputs, parts):
                 acc[j] = acc[j] + Aj if j in acc else Aj
         A_in = acc.pop(0, None)
         if A_in is None:  # the target does not depend on the input
             A_in = A.new_zeros(b, s, self.graph.n_inputs)
         return A_in, total
+
+    def _alive_columns(self, i: int, j: int) -> Tensor | None:
+        """Columns of activation ``i`` with a nonzero relaxation, when its input ``j`` is a
+        plain Dense used only by ``i`` and enough columns are dead to pay off; else None."""
+        cache = self.__dict__.setdefault("_alive", {})
+        if i not in cache:
+            cache[i] = None
+            op = self.graph.nodes[j].op
+            if isinstance(op, ops.Dense) and op.rows == 1 and self.graph.consumers[j] == (i,):
+                lw, _, uw, _ = self.relaxation(i)
+                alive = ((lw != 0) | (uw != 0)).any(dim=0)
+                if float(alive.double().mean()) < 0.9:
+                    cache[i] = torch.nonzero(alive).flatten()
+        return cache[i]
 
     def _zero_lb(self, i: int, lb: Tensor) -> bool:
         cache = self.__dict__.setdefault("_zlb", {})

@@ -23,12 +23,6 @@ Tensor = torch.Tensor
 Relax = tuple[Tensor, Tensor, Tensor, Tensor]
 RELAXATIONS: dict[type, Callable[..., Relax]] = {}
 
-#: Kept for reference: chords are no longer cut off below this width. Dividing by 1
-#: instead of a nonzero width below 1e-9 made the chord of an unstable ReLU-like unit
-#: (and Clip/Abs) wrong, i.e. unsound by up to the width (tests/test_relaxations.py).
-_TINY = 1e-9
-
-
 def relaxation(cls: type):
     def deco(fn):
         RELAXATIONS[cls] = fn
@@ -38,7 +32,11 @@ def relaxation(cls: type):
 
 def _safe_div(a: Tensor, b: Tensor) -> Tensor:
     """``a / b``, with ``b == 0`` replaced by 1 (no inf/nan, also in unselected
-    ``torch.where`` branches). Every caller only uses the quotient where ``b > 0``."""
+    ``torch.where`` branches). Every caller only uses the quotient where ``b > 0``.
+
+    Only an exact 0 is replaced: replacing every ``|b| < 1e-9`` by 1 made the chord of
+    an unstable ReLU-like/Clip/Abs unit narrower than 1e-9 wrong, i.e. unsound by up to
+    the width (tests/test_relaxations.py)."""
     return a / torch.where(b == 0, torch.ones_like(b), b)
 
 
@@ -177,16 +175,10 @@ def _tanh(op: ops.Tanh, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Re
     return _s_shaped(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, l, u)
 
 
-#: torch's softplus (ops.Softplus.forward) returns x above this threshold: it lies below the
-#: true log(1 + e^x) by up to log1p(e^-20) ~ 2.1e-9 there (and jumps down at x = 20).
-_SOFTPLUS_THRESHOLD = 20.0
-
-
 @relaxation(ops.Softplus)
 def _softplus(op: ops.Softplus, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
-    # Lines are built on the exact softplus (convex); the lower one is then lowered by the
-    # largest gap between it and torch's thresholded softplus on [l, u], so the relaxation
-    # holds for both definitions.
+    # the exact log(1 + e^x), as ops.Softplus.forward: torch's F.softplus returns x above 20,
+    # up to 2.1e-9 below it, which made the chord (upper line) unsound near x = 20
     f = lambda x: torch.logaddexp(x, torch.zeros_like(x))  # noqa: E731
     fl, fu = f(l), f(u)
     m = (l + u) / 2
@@ -195,10 +187,8 @@ def _softplus(op: ops.Softplus, l: Tensor, u: Tensor, slope: Tensor | None = Non
     ch = _safe_div(fu - fl, u - l)
     # narrow: tangent at l below; f(x) <= f(l) + f'(u) (x - l) above (f' <= f'(u) on [l, u])
     lam_lo, lam_hi = torch.sigmoid(l), torch.sigmoid(u)
-    gap = torch.where(u > _SOFTPLUS_THRESHOLD,
-                      torch.log1p(torch.exp(-torch.clamp(l, min=_SOFTPLUS_THRESHOLD))), torch.zeros_like(l))
     lw = torch.where(narrow, lam_lo, dm)
-    lb = torch.where(narrow, fl - lam_lo * l, f(m) - dm * m) - gap
+    lb = torch.where(narrow, fl - lam_lo * l, f(m) - dm * m)
     uw = torch.where(narrow, lam_hi, ch)
     ub = torch.where(narrow, fl - lam_hi * l, fl - ch * l)
     return lw, lb, uw, ub

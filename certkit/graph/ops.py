@@ -410,7 +410,8 @@ class Softplus(Activation):
     kind: ClassVar[str] = "softplus"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x)
+        # exact log(1 + e^x); F.softplus returns x itself above its threshold of 20
+        return torch.logaddexp(x, torch.zeros_like(x))
 
 
 @register_op

@@ -340,7 +340,7 @@ def _batchnorm(ctx: Context, node, ins: list, attrs: dict) -> list:
     return [y] + [None] * (len(node.output) - 1)
 
 
-def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
+def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0, pool=False):
     """ONNX padding and output sizes of a convolution or pooling window.
 
     Returns ``(pads, outs)`` with ``pads`` in ONNX order (all begins, then all
@@ -355,10 +355,18 @@ def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
     if min(strides) < 1 or min(dil) < 1 or min(k) < 1:
         raise ModelError(f"non-positive kernel {k}, strides {strides} or dilations {dil}")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(d != 1 for d in dil):
+            # the ONNX spec pads for the dilated window, onnxruntime for the undilated one
+            raise Unsupported(f"auto_pad={auto_pad} with dilations {list(dil)} (ambiguous padding)")
         pads_b, pads_e = [], []
         for i in range(n):
             out = -(-in_hw[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - in_hw[i])
+            total = (out - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - in_hw[i]
+            if total < 0 and pool:
+                # onnxruntime's AveragePool crops (negative pads), its MaxPool refuses
+                raise Unsupported(f"auto_pad={auto_pad} with strides {list(strides)} > kernel "
+                                  f"{list(k)} leaving input unread (runtimes disagree)")
+            total = max(0, total)
             small, big = total // 2, total - total // 2
             pads_b.append(small if auto_pad == "SAME_UPPER" else big)
             pads_e.append(big if auto_pad == "SAME_UPPER" else small)
@@ -374,12 +382,27 @@ def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0):
     for i in range(n):
         span = in_hw[i] + pads[i] + pads[i + n] - ((k[i] - 1) * dil[i] + 1)
         if span < 0:
-            raise ModelError(f"window {k} (dilations {dil}) larger than the padded input {in_hw}")
+            raise Unsupported(f"window {k} (dilations {dil}) larger than the padded input {in_hw}")
         o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
         if ceil_mode and (o - 1) * strides[i] >= in_hw[i] + pads[i]:
             o -= 1
         outs.append(o)
     return pads, outs
+
+
+def _undilate(w: np.ndarray, dil) -> np.ndarray:
+    """The kernel of a dilated convolution spread out with zeros (dilation 1, same function).
+
+    torch has no fast float64 CPU kernel for dilated convolutions (about 100x slower than
+    the plain one), and the IR runs convolutions in float64.
+    """
+    dh, dw = dil
+    if dh == dw == 1:
+        return w
+    kh, kw = w.shape[2:]
+    out = np.zeros(w.shape[:2] + ((kh - 1) * dh + 1, (kw - 1) * dw + 1))
+    out[:, :, ::dh, ::dw] = w
+    return out
 
 
 @converter("Conv")
@@ -413,7 +436,7 @@ def _conv(ctx: Context, node, ins: list, attrs: dict) -> list:
         in_shape = tuple(x.shape[1:])
         out3 = (w.shape[0], outs[0], outs[1])
         strides, dil, pads4 = tuple(strides), tuple(dil), (pads[0], pads[1], pads[2], pads[3])
-    op = ops.Conv(w, b, in_shape, out3, tuple(strides), pads4, tuple(dil), groups)
+    op = ops.Conv(_undilate(w, dil), b, in_shape, out3, tuple(strides), pads4, (1, 1), groups)
     out_shape = (1, w.shape[0]) + tuple(outs)
     return [ctx.add(op, [x], out_shape)]
 
@@ -429,7 +452,7 @@ def _pool_common(x: Var, attrs: dict, global_: bool):
     dil = [1] * nd if global_ else list(attrs.get("dilations", [1] * nd))
     pads, outs = _conv_geometry(hw, k, strides, dil, None if global_ else attrs.get("pads"),
                                 "NOTSET" if global_ else attrs.get("auto_pad", "NOTSET"),
-                                0 if global_ else attrs.get("ceil_mode", 0))
+                                0 if global_ else attrs.get("ceil_mode", 0), pool=True)
     return hw, k, strides, dil, pads, outs
 
 
@@ -501,9 +524,9 @@ def _avgpool(ctx: Context, node, ins: list, attrs: dict) -> list:
     # end padding that covers exactly the windows (zeros do not change the sums)
     pe = [max(0, (outs2[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - hw - pads[i])
           for i, hw in enumerate((H, W))]
-    w = np.ones((C, 1, k[0], k[1]))
+    w = _undilate(np.ones((C, 1, k[0], k[1])), dil)
     conv = ops.Conv(w, None, (C, H, W), (C, outs2[0], outs2[1]), tuple(strides), (pads[0], pads[1], pe[0], pe[1]),
-                    tuple(dil), C)
+                    (1, 1), C)
     out_shape = (1, C) + tuple(outs)
     y = ctx.add(conv, [x], out_shape)
     return [ctx.add(ops.Scale(1.0 / count.astype(np.float64), None), [y], out_shape)]
@@ -573,7 +596,7 @@ def _maxmin(ctx: Context, node, ins: list, attrs: dict) -> list:
         if not is_max:
             variables = [_scale(ctx, v, -1.0, None) for v in variables]
         n = variables[0].size
-        cat = ctx.add(ops.Concat(tuple(n for _ in variables)), variables, (len(variables) * n,))
+        cat = ctx.add(ops.Concat(tuple(n for _ in variables)), variables, (1, len(variables) * n))
         idx = np.stack([np.arange(n) + k * n for k in range(len(variables))], axis=1).astype(np.int64)
         y = ctx.add(ops.MaxGroup(idx), [cat], shape)
         if not is_max:

@@ -1,7 +1,8 @@
 """ONNX -> canonical IR.
 
-The importer loads a model with ``onnx``, runs the checker and shape inference,
-then walks the nodes in order:
+The importer loads a model with ``onnx``, runs shape inference and the checker,
+then walks the nodes the output depends on, in order (dead branches are never
+converted, so they cannot make a model unsupported):
 
 * a node whose inputs are all constant is folded (the ONNX reference
   evaluator runs it), so Shape/Gather/Cast/Reshape chains and constant
@@ -10,7 +11,10 @@ then walks the nodes in order:
   :mod:`certkit.onnx.converters`, which emits canonical IR nodes.
 
 Every node that cannot be converted is collected, and one
-:class:`~certkit.errors.UnsupportedOpError` lists them all at the end.
+:class:`~certkit.errors.UnsupportedOpError` lists them all at the end. The
+outputs of a bad node are poisoned: nodes downstream of it are reported only
+when their op type has no converter at all (never for what merely consumes the
+poisoned value, nor for shape computations that would have been constants).
 """
 from __future__ import annotations
 
@@ -187,7 +191,7 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
         std = node.domain in ("", "ai.onnx")
         if any(isinstance(v, _Poison) for v in ins):
             var_poison = any(isinstance(v, Var) or (isinstance(v, _Poison) and not v.const) for v in ins)
-            if node.op_type in ("Shape", "Size") and std or not var_poison:
+            if (std and node.op_type in ("Shape", "Size")) or not var_poison:
                 out_p = POISON_CONST  # would have been a constant
             else:
                 out_p = POISON
@@ -223,8 +227,8 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
         except Unsupported as e:
             bad.append((name, node.op_type, opset, str(e)))
             outs = [POISON] * len(node.output)
-        except ModelError:
-            raise
+        except ModelError as e:  # a malformed node (shapes that do not fit, ...)
+            raise ModelError(f"{where}{e}") from e
         except Exception as e:
             raise ModelError(f"{where}cannot lower node {name} ({node.op_type}): {type(e).__name__}: {e}") from e
         for o, v in zip(node.output, outs):

@@ -4,7 +4,8 @@ random inputs against onnxruntime); they only make the graph smaller.
 * dead-node elimination;
 * fusion of elementwise affine maps (:class:`Scale`) into neighbouring
   :class:`Dense`/:class:`Conv`/:class:`Scale` nodes (input normalisation,
-  bias Adds, BatchNormalization after a convolution).
+  bias Adds, BatchNormalization after a convolution; a per-channel
+  normalisation before a convolution when the padding allows it).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _fuse_pair(prev, nxt):
         if prev.shift is not None:
             b = (0 if b is None else b) + nxt.weight @ prev.shift
         return Dense(w, b, 1)
+    if isinstance(prev, Scale) and isinstance(nxt, Conv):
+        return _scale_into_conv(prev, nxt)
     if isinstance(prev, Conv) and isinstance(nxt, Scale):
         C, H, W = prev.out_shape
         a = nxt.scale.reshape(C, H * W)
@@ -48,6 +51,33 @@ def _fuse_pair(prev, nxt):
         b = c + a * (0 if prev.bias is None else prev.bias)
         return Conv(w, b, prev.in_shape, prev.out_shape, prev.strides, prev.pads, prev.dilations, prev.groups)
     return None
+
+
+def _scale_into_conv(prev: Scale, conv: Conv):
+    """``conv(a * x + c)`` as one convolution when ``a``, ``c`` are constant per input channel.
+
+    The scale always folds into the weights (the zero padding stays zero); the shift only
+    when there is no padding (a padded border would otherwise see ``c`` instead of 0).
+    """
+    C, H, W = conv.in_shape
+    a = prev.scale.reshape(C, H * W)
+    if not (a == a[:, :1]).all():
+        return None
+    a = a[:, 0]
+    c = None
+    if prev.shift is not None and np.any(prev.shift != 0):
+        c = prev.shift.reshape(C, H * W)
+        if any(conv.pads) or not (c == c[:, :1]).all():
+            return None
+        c = c[:, 0]
+    c_out, c_in_g = conv.weight.shape[:2]
+    # input channel read by weight[o, j]: group (o // (c_out / groups)), offset j
+    chan = (np.arange(c_out)[:, None] // (c_out // conv.groups)) * c_in_g + np.arange(c_in_g)[None, :]
+    w = conv.weight * a[chan][:, :, None, None]
+    b = conv.bias
+    if c is not None:
+        b = (0 if b is None else b) + (conv.weight * c[chan][:, :, None, None]).sum(axis=(1, 2, 3))
+    return Conv(w, b, conv.in_shape, conv.out_shape, conv.strides, conv.pads, conv.dilations, conv.groups)
 
 
 def fuse_affine(g: Graph) -> Graph:

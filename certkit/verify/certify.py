@@ -32,7 +32,7 @@ from .witness import Witness, validate
 STAGES: dict[str, tuple[str, ...]] = {
     "interval": ("interval",),
     "deeppoly": ("deeppoly",),
-    "auto": ("interval", "deeppoly+interval"),
+    "auto": ("interval", "deeppoly", "deeppoly+interval"),
 }
 
 QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..bounds.backends import BACKENDS
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..model import Model
 from ..spec.sets import InputSet
 from .certify import fp_margin, stages_for
@@ -66,6 +66,8 @@ def load_dataset(path: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: no such file") from None
     except Exception as e:
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__})") from e
+    if not hasattr(data, "files"):  # a plain .npy array, not an .npz archive
+        raise DataError(f"{path}: not an .npz archive; save the data with numpy.savez(path, x=..., y=...)")
     missing = [k for k in ("x", "y") if k not in data.files]
     if missing:
         raise DataError(f"{path}: missing array(s) {missing}; the file must hold 'x' (N, *input shape) "
@@ -101,6 +103,8 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
                     progress: bool = False, indices: np.ndarray | None = None) -> DatasetResult:
     """Certify every sample of ``(x, y)`` at radius ``eps`` in ``norm`` ('linf' or 'l2')."""
     stages = stages_for(backend)
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1 (got {batch_size})")
     p = {"linf": float("inf"), "l2": 2.0}.get(norm)
     if p is None:
         raise DataError(f"unknown norm '{norm}' (choose linf or l2)")

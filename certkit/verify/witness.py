@@ -58,8 +58,8 @@ def to_float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np
     """Round ``x`` to float32 while staying in [lower, upper] (checked in float64).
 
     Rounding to nearest may leave the box; such entries step one float32 ulp
-    towards the inside. Returns None for a coordinate where the box holds no
-    float32 number (the caller drops the candidate).
+    towards the inside. Where the box holds no float32 number the entry stays
+    outside the box: callers check with :func:`inside` and drop such candidates.
     """
     xc = np.clip(np.asarray(x, dtype=np.float64), lower, upper)
     x32 = xc.astype(np.float32)

@@ -149,7 +149,7 @@ def conv_net(seed: int) -> Graph:
     """Conv(pad 1) -> relu -> Conv(stride 2, asymmetric pads, groups 2) -> relu -> maxpool(padded)
     -> avgpool (depthwise Conv) -> flatten -> Dense -> relu -> Dense."""
     rng = np.random.default_rng(seed)
-    b = Builder((1, 2, 7, 7), rng)
+    b = Builder((1, 1, 6, 6), rng)
     x = b.act(b.conv(0, 4, 3, 1, (1, 1, 1, 1)), "relu")
     x = b.act(b.conv(x, 4, 3, 2, (1, 0, 0, 1), groups=2), "relu")
     x = b.maxpool(x, 2, 1, (0, 0, 1, 1))
@@ -163,32 +163,36 @@ def conv_net2(seed: int) -> Graph:
     """Conv(dilation 2) -> leaky_relu -> maxpool(stride 2) -> Conv(stride 2) -> tanh -> avgpool (Dense)
     -> Dense."""
     rng = np.random.default_rng(seed)
-    b = Builder((1, 3, 8, 8), rng)
+    b = Builder((1, 2, 6, 6), rng)
     x = b.act(b.conv(0, 4, 3, 1, (2, 2, 2, 2), dil=2), "leaky_relu")
     x = b.maxpool(x, 2, 2)
     x = b.act(b.conv(x, 6, 2, 1, (0, 0, 1, 1)), "tanh")
-    x = b.avgpool_dense(x, 2, 2)
+    x = b.avgpool_dense(x, 2, 1)
     b.dense(x, 3)
     return b.graph()
 
 
 def residual_net(seed: int) -> Graph:
-    """y = Dense(relu(Dense(relu(Dense x)) + Dense x)): a DAG with a skip connection."""
+    """y = Dense(relu(Dense(relu(Dense x)) + Dense x)): a DAG with skip connections, fan-out,
+    two activations in a row and a dead branch (not on the output's path)."""
     rng = np.random.default_rng(seed)
     b = Builder((1, 5), rng)
     h = b.act(b.dense(0, 10), "relu")
     a = b.dense(h, 8)
     skip = b.dense(0, 8)
     s = b.add(ops.Sum((1.0, 0.7)), (a, skip), (1, 8))
-    h2 = b.act(s, "relu")
+    h2 = b.act(b.act(s, "relu"), "tanh")  # tanh(relu(.))
     h3 = b.act(b.dense(h2, 8), "sigmoid")
+    b.act(b.dense(h, 3), "relu")  # dead branch
     s2 = b.add(ops.Sum((1.0, -1.0)), (h3, s), (1, 8))  # second skip over two layers
-    b.dense(s2, 4)
-    return b.graph()
+    out = b.dense(s2, 4)
+    b.act(b.dense(out, 2), "abs")  # dead nodes after the output
+    return b.graph(out)
 
 
 def concat_net(seed: int) -> Graph:
-    """Two branches (relu / tanh) concatenated plainly and interleaved (Concat.perm)."""
+    """Two branches (relu / tanh) concatenated plainly and interleaved (Concat.perm); the
+    output is an activation (tanh)."""
     rng = np.random.default_rng(seed)
     b = Builder((1, 5), rng)
     a = b.act(b.dense(0, 6), "relu")
@@ -198,7 +202,7 @@ def concat_net(seed: int) -> Graph:
     perm = rng.permutation(12)
     cat2 = b.add(ops.Concat((6, 6), perm), (h, b.dense(0, 6)), (1, 12))
     h2 = b.act(cat2, "abs")
-    b.dense(h2, 4)
+    b.act(b.dense(h2, 4), "tanh")
     return b.graph()
 
 
@@ -257,10 +261,11 @@ def max_net(seed: int) -> Graph:
 
 
 def n_activation_net(seed: int) -> Graph:
-    """The N-shaped activation x - 2 clip(x, t1, t2) (Clip + Sum), twice."""
+    """A Clip on the input itself, then the N-shaped activation x - 2 clip(x, t1, t2)
+    (Clip + Sum), twice."""
     rng = np.random.default_rng(seed)
     b = Builder((1, 5), rng)
-    x = 0
+    x = b.add(ops.Clip(np.full(5, 0.2), np.full(5, 0.7)), 0, (1, 5))
     for n in (8, 6):
         z = b.dense(x, n)
         t1 = rng.normal(-0.3, 0.3, n)
