@@ -27,7 +27,7 @@ from .errors import CertkitError, UsageError
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
 EXIT_PIPE = 141  # stdout closed by the reader (as after SIGPIPE in a shell pipeline)
-BACKEND_CHOICES = ("interval", "deeppoly", "auto")
+BACKEND_CHOICES = ("interval", "deeppoly", "alpha", "bab", "auto")  # as verify.certify.STAGES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    from .bench import add_arguments as _bench_arguments
+    _bench_arguments(sub.add_parser("bench", help="run a VNN-COMP instances CSV, one fresh process per instance"))
     return p
 
 
@@ -158,6 +161,12 @@ def _cmd_bounds(a) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(a) -> int:
+    from .bench import run_cli
+
+    return run_cli(a)
+
+
 def _cmd_ops(a) -> int:
     from .bounds.backends import BACKENDS
     from .graph.ops import OPS
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, a.threads))
-        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops}[a.command](a)
+        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "bench": _cmd_bench}[a.command](a)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return rc
     except BrokenPipeError:  # stdout closed early (e.g. piped into `head -1`): stop quietly

@@ -26,7 +26,16 @@ from certkit.bounds.deeppoly import _max_relax
 from certkit.bounds.relaxations import RELAXATIONS
 from certkit.graph import ops
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for this module (restored afterwards, not to slow other modules)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 D = torch.float64
 TOL = 1e-12
 N_INTERVALS = 1500  # per op case
@@ -144,7 +153,8 @@ def check_relaxation(op, l, u, slope=None, what=""):
     st = None if slope is None else torch.tensor(slope, dtype=D)[None]
     lw, lb, uw, ub = (t.reshape(1, -1) for t in RELAXATIONS[type(op)](op, lt, ut, st))
     for t, name in zip((lw, lb, uw, ub), ("lw", "lb", "uw", "ub")):
-        assert torch.isfinite(t).all(), f"{what}: {name} not finite at {np.flatnonzero(~torch.isfinite(t)[0].numpy())[:5]}"
+        bad = np.flatnonzero(~torch.isfinite(t)[0].numpy())
+        assert bad.size == 0, f"{what}: {name} not finite at l={l[bad[:3]]}, u={u[bad[:3]]}"
     x = torch.tensor(samples(op, l, u, 1), dtype=D)
     fx = op.forward(x)
     lo_line = lw * x + lb

@@ -14,6 +14,7 @@ import torch
 from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
+from .alpha import alpha_lower
 from .deeppoly import deeppoly_lower
 from .interval import interval_bounds
 from .relaxations import RELAXATIONS
@@ -65,3 +66,6 @@ register_backend(BoundBackend(
     "deeppoly+interval", "DeepPoly with every intermediate bound intersected with IBP (used by auto)",
     lambda g, s, C: torch.maximum(deeppoly_lower(g, s, C, intersect=True), interval_lower(g, s, C)),
     _has_relaxation))
+register_backend(BoundBackend(
+    "alpha", "alpha-CROWN: DeepPoly with lower ReLU slopes optimised by projected gradient ascent",
+    lambda g, s, C: alpha_lower(g, s, C), _has_relaxation))

@@ -30,6 +30,9 @@ from .relaxations import RELAXATIONS, Relax
 
 Tensor = torch.Tensor
 
+#: ReLU-like ops whose lower slope alpha-CROWN optimises.
+ALPHA_OPS = (ops.Relu, ops.LeakyRelu)
+
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
 
@@ -45,6 +48,11 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
         hi = torch.as_tensor(op.hi, dtype=l.dtype)
         return ((l < lo) & (u > lo)) | ((l < hi) & (u > hi))
     return torch.ones_like(l, dtype=torch.bool)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """A relaxation tensor shaped for (b, s, n) coefficients: (b, n) gains a row axis."""
+    return t if t.dim() == 3 else t[:, None, :]
 
 
 @dataclass
@@ -82,6 +90,10 @@ class BoundState:
     inputs: InputSet
     intersect: bool = True
     slopes: dict[int, Tensor] = field(default_factory=dict)
+    #: alpha-CROWN slopes per (target, ReLU node): tensors (b, rows of the target, n); the
+    #: target is ``"out"`` or the node whose bounds are refined (rows: its [lower; upper]
+    #: neurons). Missing entries are created from DeepPoly's choice (see bounds/alpha.py).
+    alpha: dict | None = None
     bounds: list = field(default_factory=list)
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
@@ -108,7 +120,10 @@ class BoundState:
                 fn = RELAXATIONS.get(type(node.op))
                 if fn is None:
                     raise NotImplementedError(f"no DeepPoly relaxation for {node.op.kind}")
-                self.relax[i] = fn(node.op, l, u, self.slopes.get(i))
+                slope = self.slopes.get(i)
+                if slope is not None and slope.dim() == 3:  # per spec row: (b, s, n)
+                    l, u = l[:, None, :], u[:, None, :]
+                self.relax[i] = fn(node.op, l, u, slope)
         return self.relax[i]
 
     def refine(self, j: int, consumer) -> None:
@@ -131,43 +146,69 @@ class BoundState:
             # 90% of the neurons unstable gets back-substituted bounds for all of them
             dense = mask.double().mean(dim=1) > DENSE_FRACTION
             mask = mask | dense[:, None]
-        idx = torch.nonzero(mask.any(dim=0)).flatten()
-        if idx.numel() == 0:
+        union = torch.nonzero(mask.any(dim=0)).flatten()
+        if union.numel() == 0:
             return
-        lb, ub = self.bound_rows(j, idx)
-        m = mask[:, idx]
-        li, ui = l[:, idx], u[:, idx]
-        if self.intersect:
-            lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+        counts = mask.sum(dim=1)
+        k_max = int(counts.max())
         l, u = l.clone(), u.clone()
-        l[:, idx] = torch.where(m, lb, li)
-        u[:, idx] = torch.where(m, ub, ui)
+        if l.shape[0] > 1 and union.numel() > 1.5 * k_max:
+            # rows differ between batch elements: each gets its own k_max rows (padded)
+            order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
+            idx = order[:, :k_max]  # (b, k)
+            valid = torch.arange(k_max)[None, :] < counts[:, None]
+            lb, ub = self.bound_rows(j, idx)
+            li, ui = l.gather(1, idx), u.gather(1, idx)
+            if self.intersect:
+                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+            l.scatter_(1, idx, torch.where(valid, lb, li))
+            u.scatter_(1, idx, torch.where(valid, ub, ui))
+        else:
+            idx = union
+            lb, ub = self.bound_rows(j, idx)
+            m = mask[:, idx]
+            li, ui = l[:, idx], u[:, idx]
+            if self.intersect:
+                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+            l[:, idx] = torch.where(m, lb, li)
+            u[:, idx] = torch.where(m, ub, ui)
         self.bounds[j] = (l, u)
 
     def bound_rows(self, j: int, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Lower and upper bounds of entries ``idx`` of node ``j`` (b, k)."""
+        """Lower and upper bounds of entries ``idx`` of node ``j``: ``idx`` is (k,) shared by
+        the batch or (b, k) per batch element; results are (b, k)."""
         b, n = self.bounds[j][0].shape
-        k = idx.numel()
+        k = idx.shape[-1]
         node = self.graph.nodes[j]
         op = node.op
         if isinstance(op, ops.Dense) and op.rows == 1:
             # start one step down: A = [W; -W] rows, const = [c; -c]
             w = torch.as_tensor(op.weight, dtype=torch.float64)[idx]
-            A = torch.cat([w, -w], 0).expand(b, -1, -1)
-            c = torch.zeros(2 * k, dtype=torch.float64) if op.bias is None else \
-                torch.as_tensor(op.bias, dtype=torch.float64)[idx]
-            const = torch.cat([c, -c]).expand(b, -1) if op.bias is not None else None
-            lower = self.lower_of(node.inputs[0], A, const)
+            A = torch.cat([w, -w], -2)
+            A = A.expand(b, -1, -1) if idx.dim() == 1 else A
+            const = None
+            if op.bias is not None:
+                c = torch.as_tensor(op.bias, dtype=torch.float64)[idx]
+                const = torch.cat([c, -c], -1)
+                const = const.expand(b, -1) if idx.dim() == 1 else const
+            lower = self.lower_of(node.inputs[0], A, const, tag=j, rows=self._alpha_rows(j, idx, n))
         else:
-            eye = torch.zeros(2 * k, n, dtype=torch.float64)
-            ar = torch.arange(k)
-            eye[ar, idx] = 1.0
-            eye[ar + k, idx] = -1.0
-            lower = self.lower_of(j, eye.expand(b, -1, -1))
+            eye = torch.zeros(b, 2 * k, n, dtype=torch.float64)
+            ix = idx.expand(b, -1) if idx.dim() == 1 else idx
+            eye.scatter_(2, ix[:, :, None], 1.0)
+            eye[:, k:].scatter_(2, ix[:, :, None], -1.0)
+            lower = self.lower_of(j, eye, tag=j, rows=self._alpha_rows(j, idx, n))
         return lower[:, :k], -lower[:, k:]
 
+    def _alpha_rows(self, j: int, idx: Tensor, n: int) -> Tensor | None:
+        """Rows of target ``j``'s alpha tensors for the refined entries ``idx``: (2k,) or (b, 2k)."""
+        if self.alpha is None:
+            return None
+        return torch.cat([idx, idx + n], dim=-1)
+
     # -- back-substitution -----------------------------------------------------
-    def backsub(self, t: int, A: Tensor, const: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def backsub(self, t: int, A: Tensor, const: Tensor | None = None, tag=None,
+                rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Push ``A`` (b, s, n_t) from node ``t`` to the input: returns ``(A_in, const)``
         with ``A y_t >= A_in x + const`` for every x in the input set."""
         b, s = A.shape[:2]
@@ -199,13 +240,13 @@ class BoundState:
                 out.scatter_add_(2, r.sel[:, None, :].expand(b, s, -1), coef)
                 parts = (out,)
             else:
-                lw, lb, uw, ub = self.relaxation(i)  # type: ignore[misc]
+                lw, lb, uw, ub = (_rows(r) for r in self._relax_for(i, tag, rows, s))  # type: ignore[misc]
                 nonneg = Ai >= 0
-                parts = (Ai * torch.where(nonneg, lw[:, None, :], uw[:, None, :]),)
-                if self._zero_lb(i, lb):
-                    total = total + (Ai.clamp(max=0) * ub[:, None, :]).sum(-1)
+                parts = (Ai * torch.where(nonneg, lw, uw),)
+                if (self._zero_lb(i, lb) if self.alpha is None else not bool(lb.any())):
+                    total = total + (Ai.clamp(max=0) * ub).sum(-1)
                 else:
-                    total = total + (Ai * torch.where(nonneg, lb[:, None, :], ub[:, None, :])).sum(-1)
+                    total = total + (Ai * torch.where(nonneg, lb, ub)).sum(-1)
                 j = node.inputs[0]
                 cols = self._alive_columns(i, j)
                 if cols is not None:  # skip the dead neurons: a smaller product through the Dense
@@ -234,7 +275,7 @@ class BoundState:
             op = self.graph.nodes[j].op
             if isinstance(op, ops.Dense) and op.rows == 1 and self.graph.consumers[j] == (i,):
                 lw, _, uw, _ = self.relaxation(i)
-                alive = ((lw != 0) | (uw != 0)).any(dim=0)
+                alive = ((lw != 0) | (uw != 0)).reshape(-1, lw.shape[-1]).any(dim=0)
                 if float(alive.double().mean()) < 0.9:
                     cache[i] = torch.nonzero(alive).flatten()
         return cache[i]
@@ -245,9 +286,28 @@ class BoundState:
             cache[i] = not bool(lb.any())
         return cache[i]
 
-    def lower_of(self, t: int, A: Tensor, const: Tensor | None = None) -> Tensor:
+    def _relax_for(self, i: int, tag, rows: Tensor | None, s: int):
+        """The relaxation of node ``i`` used for target ``tag`` (alpha slopes when optimised)."""
+        base = self.relaxation(i)
+        if self.alpha is None or tag is None or type(self.graph.nodes[i].op) not in ALPHA_OPS:
+            return base
+        key = (tag, i)
+        l, u = self.bounds[self.graph.nodes[i].inputs[0]]
+        b, n = l.shape
+        if key not in self.alpha:
+            R = s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s)
+            lw = _rows(base[0])
+            self.alpha[key] = lw.expand(b, R, n).detach().clone().requires_grad_(True)
+        a = self.alpha[key]
+        if rows is not None:
+            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, n))
+        fn = RELAXATIONS[type(self.graph.nodes[i].op)]
+        return fn(self.graph.nodes[i].op, l[:, None, :], u[:, None, :], a)
+
+    def lower_of(self, t: int, A: Tensor, const: Tensor | None = None, tag=None,
+                 rows: Tensor | None = None) -> Tensor:
         """Lower bound of ``A y_t + const`` over the input set, (b, s)."""
-        A_in, c = self.backsub(t, A, const)
+        A_in, c = self.backsub(t, A, const, tag, rows)
         return self.inputs.concretize_lower(A_in, c)
 
     def _ancestors(self, t: int) -> set[int]:

@@ -28,15 +28,36 @@ from ..tolerances import FP_ABS, FP_REL
 from .falsify import AttackConfig, attack
 from .witness import Witness, validate
 
-#: The stages each ``--backend`` runs, in order.
+#: The stages each ``--backend`` runs, in order: bound backends (``certkit.bounds.backends``)
+#: first, then complete procedures (``COMPLETE``), which may also find counterexamples.
 STAGES: dict[str, tuple[str, ...]] = {
     "interval": ("interval",),
     "deeppoly": ("deeppoly",),
-    "auto": ("interval", "deeppoly", "deeppoly+interval"),
+    "alpha": ("deeppoly+interval", "alpha"),
+    "bab": ("deeppoly+interval", "bab"),
+    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab"),
 }
 
+
+def _run_bab(model: Model, prop: Property, k: int, deadline: float | None):
+    """Branch and bound: input splitting for low-dimensional inputs."""
+    from .input_split import input_split
+
+    if model.n_inputs > INPUT_SPLIT_MAX_DIM:
+        return None  # ReLU splitting is not available yet: leave the property open
+    return input_split(model.graph, prop, k, model.runner, deadline)
+
+
+#: Complete procedures: name -> fn(model, prop, index, deadline) -> outcome with
+#: ``status`` (verified | falsified | timeout | unknown) and ``witness``, or None when
+#: the procedure does not apply.
+COMPLETE = {"bab": _run_bab}
+
+#: Input splitting is used up to this many input dimensions.
+INPUT_SPLIT_MAX_DIM = 16
+
 QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
-LONG_ATTACK = AttackConfig(samples=1024, restarts=16, steps=100)
+LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
 
 
 @dataclass
@@ -145,7 +166,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
         if try_attack(k, prop, attack_budget or QUICK_ATTACK):
             break
         for stage in stages:
-            if expired():
+            if expired() or stage in COMPLETE:
                 break
             t = time.monotonic()
             done = _bound_property(model, prop, stage, results[k])
@@ -159,6 +180,22 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
             if results[k].status == "open" and not expired():
                 if try_attack(k, prop, attack_budget or LONG_ATTACK):
                     break
+    for stage in (st for st in stages if st in COMPLETE):
+        for k, prop in enumerate(spec.properties):
+            if out.verdict == "sat" or results[k].status != "open" or expired():
+                continue
+            t = time.monotonic()
+            res = COMPLETE[stage](model, prop, k, deadline)
+            timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
+            if res is None:
+                continue
+            if res.status == "falsified" and res.witness is not None:
+                out.verdict, out.witness, out.stage = "sat", res.witness, stage
+                results[k].status = "falsified"
+            elif res.status == "verified":
+                results[k].status, results[k].stage = "verified", stage
+                if results[k].ruled_out is not None:
+                    results[k].ruled_out[:] = True
     if out.verdict != "sat":
         if all(r.status == "verified" for r in results):
             out.verdict = "unsat"

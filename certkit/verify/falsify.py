@@ -33,13 +33,17 @@ class AttackConfig:
     target: float = 0.0  # stop once v(x) < -target (a little below 0 survives float32 rounding)
 
 
-def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: int) -> Tensor:
-    """v(x) per point: y (b, r, n_out), C (b, s, n_out), d (b, s) -> (b, r)."""
+def per_disjunct(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: int) -> Tensor:
+    """max over each disjunct's rows of ``C y - d``: y (b, r, n_out) -> (b, r, K)."""
     z = torch.einsum("bsn,brn->brs", C, y) - d[:, None, :]
     per = torch.full((*z.shape[:2], n_disjuncts), float("-inf"), dtype=z.dtype)
     own = torch.as_tensor(owner).expand_as(z)
-    per = per.scatter_reduce(2, own, z, reduce="amax", include_self=True)
-    return per.amin(dim=2)
+    return per.scatter_reduce(2, own, z, reduce="amax", include_self=True)
+
+
+def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: int) -> Tensor:
+    """v(x) per point: y (b, r, n_out), C (b, s, n_out), d (b, s) -> (b, r)."""
+    return per_disjunct(y, C, d, owner, n_disjuncts).amin(dim=2)
 
 
 def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
@@ -47,6 +51,9 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Search each set of the batch for a violating point.
 
+    Random samples (centre, vertices, uniform points) first; then PGD from the
+    best samples and from random points, each restart aimed at one disjunct in
+    turn (a min over disjuncts only has gradient for the current best one).
     Returns ``(x_best (b, n), v_best (b,))``: the best point found per batch
     element and its objective (<= 0 means a float64 counterexample candidate).
     """
@@ -59,34 +66,35 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     if C.dim() == 2:
         C, d = C.expand(b, -1, -1), d.expand(b, -1)
 
-    def evaluate(x: Tensor) -> Tensor:  # x (b, r, n)
+    def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
         r = x.shape[1]
         y = graph.forward(x.reshape(b * r, n)).reshape(b, r, -1)
-        return objective(y, C, d, owner, n_dj)
+        return per_disjunct(y, C, d, owner, n_dj)
 
-    # random samples: the centre, corners and uniform points
+    def project(x: Tensor) -> Tensor:  # (b, r, n)
+        if inputs.center is None:
+            return torch.maximum(torch.minimum(x, hi[:, None]), lo[:, None])
+        return torch.stack([inputs.project(x[:, j]) for j in range(x.shape[1])], dim=1)
+
     r = max(cfg.samples, 2)
     u = torch.rand(b, r, n, generator=gen, dtype=torch.float64)
     u[:, : r // 4] = torch.round(u[:, : r // 4])  # vertices
-    x = lo[:, None] + u * (hi - lo)[:, None]
-    if inputs.center is not None:
-        x = torch.stack([inputs.project(x[:, k]) for k in range(r)], dim=1)
-        x[:, 0] = inputs.center
-    else:
-        x[:, 0] = (lo + hi) / 2
+    x = project(lo[:, None] + u * (hi - lo)[:, None])
+    x[:, 0] = inputs.center if inputs.center is not None else (lo + hi) / 2
     with torch.no_grad():
-        v = evaluate(x)
+        v = evaluate(x).amin(dim=2)
     best_v, arg = v.min(dim=1)
     best_x = x[torch.arange(b), arg]
     if cfg.restarts <= 0 or cfg.steps <= 0:
         return best_x.numpy(), best_v.numpy()
 
-    # PGD from the best samples and random restarts
     k = cfg.restarts
     order = v.argsort(dim=1)[:, : max(1, k // 2)]
     starts = torch.cat([x[torch.arange(b)[:, None], order],
                         lo[:, None] + torch.rand(b, k - order.shape[1], n, generator=gen, dtype=torch.float64)
                         * (hi - lo)[:, None]], dim=1)
+    starts = project(starts)
+    target = torch.arange(k) % n_dj  # restart j aims at disjunct j mod K
     if inputs.center is not None:
         step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
     else:
@@ -95,8 +103,12 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     for it in range(cfg.steps):
         if deadline is not None and time.monotonic() > deadline:
             break
-        val = evaluate(xs)
-        grad, = torch.autograd.grad(val.sum(), xs)
+        per = evaluate(xs)  # (b, k, K)
+        val = per.amin(dim=2)
+        aim = per.gather(2, target[None, :, None].expand(b, -1, 1))[..., 0]
+        # once a restart's own disjunct is met, keep pushing the overall objective
+        loss = torch.where(aim > 0, aim, val)
+        grad, = torch.autograd.grad(loss.sum(), xs)
         with torch.no_grad():
             vb, ab = val.min(dim=1)
             better = vb < best_v
@@ -109,12 +121,12 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
                 nxt = xs - step * g
             else:
                 nxt = xs - step * grad.sign()
-            nxt = torch.stack([inputs.project(nxt[:, j]) for j in range(nxt.shape[1])], dim=1)
+            nxt = project(nxt)
             if it % 10 == 9:
                 step = step * 0.6
         xs = nxt.detach().requires_grad_(True)
     with torch.no_grad():
-        val = evaluate(xs.detach())
+        val = evaluate(xs.detach()).amin(dim=2)
         vb, ab = val.min(dim=1)
         better = vb < best_v
         best_v = torch.where(better, vb, best_v)

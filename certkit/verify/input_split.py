@@ -1,21 +1,25 @@
 """Branch and bound by input splitting (DESIGN.md section 3), for low-dimensional inputs.
 
-The open domains (sub-boxes of the property's box) are bounded in batches with
-DeepPoly (intermediate bounds intersected with IBP). A domain is closed when
+Domains are sub-boxes of the property's box, bounded in batches with DeepPoly
+(intermediate bounds intersected with interval bounds). A domain is closed when
 every disjunct has a row whose lower bound on ``C y - d`` exceeds the
-floating-point margin. An open domain is bisected along the dimension with the
-largest ``|a_i| * width_i``, ``a`` being the input coefficients of its worst
-row's linear lower bound (the "gradient x width" score). The point that
-minimises that linear bound, and the domain centre, are tried as
-counterexamples; a hit is confirmed with onnxruntime before anything is
-reported. The property holds when no open domain is left.
+floating-point margin.
+
+Branching looks ahead: an open domain is bisected along each candidate
+dimension (the ``lookahead`` dimensions with the largest ``|a_i| * width_i``,
+``a`` being the input coefficients of the worst row's linear bound, the
+"gradient x width" score) and all the children are bounded in one batch; the
+dimension whose worse child has the best value is kept, and only its open
+children are queued (with their bounds already known). The minimiser of each
+worst row's linear bound and the centre of every child are tried as
+counterexamples; a hit counts only after onnxruntime confirms it. The property
+holds when no open domain is left.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..bounds.deeppoly import BoundState
@@ -25,6 +29,9 @@ from ..spec.spec import Property
 from ..tolerances import FP_ABS, FP_REL
 from .falsify import objective
 from .witness import OnnxRunner, Witness, validate
+
+Tensor = torch.Tensor
+INTERSECT = True
 
 
 @dataclass
@@ -36,98 +43,103 @@ class SplitOutcome:
     max_queue: int = 0
 
 
-def _margins(depth: int, C: torch.Tensor, y_c: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    scale = y_c.abs() @ C.abs().T + low.abs()
-    return depth * (FP_ABS + FP_REL * scale)
+@dataclass
+class _Bounded:
+    """A batch of bounded domains."""
+
+    lo: Tensor
+    hi: Tensor
+    value: Tensor  # (b,) min over disjuncts of the best row slack minus margin (> 0: closed)
+    a: Tensor  # (b, n) input coefficients of the worst open row's linear bound
+
+
+class _Problem:
+    def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner) -> None:
+        Cn, dn, owner = prop.stacked()
+        self.graph, self.prop, self.k, self.runner = graph, prop, prop_index, runner
+        self.C, self.d = torch.as_tensor(Cn), torch.as_tensor(dn)
+        self.owner = owner
+        self.own = torch.as_tensor(owner)
+        self.K = len(prop.disjuncts)
+        self.domains = 0
+
+    def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
+        b = lo.shape[0]
+        self.domains += b
+        S = InputSet(lo, hi)
+        g, C, d = self.graph, self.C, self.d
+        with torch.no_grad():
+            st = BoundState(g, S, intersect=INTERSECT)
+            A_in, const = st.backsub(g.output, C.expand(b, -1, -1))
+            low = S.concretize_lower(A_in, const)
+            mid = (lo + hi) / 2
+            y_c = g.forward(mid)
+            margin = g.depth * (FP_ABS + FP_REL * (y_c.abs() @ C.abs().T + low.abs()))
+            slack = low - d - margin  # > 0: the row is proven
+            per = torch.full((b, self.K), float("-inf"), dtype=slack.dtype)
+            per = per.scatter_reduce(1, self.own.expand(b, -1), slack, "amax")
+            value = per.min(dim=1).values
+            worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
+            a = A_in[torch.arange(b), worst]
+            cand = torch.cat([mid, torch.where(a >= 0, lo, hi)])
+            v = objective(g.forward(cand)[:, None, :], C.expand(cand.shape[0], -1, -1),
+                          d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
+        hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
+        w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) if hits.numel() else None
+        return _Bounded(lo, hi, value, a), w
 
 
 def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
-                batch: int = 256, max_domains: int = 5_000_000) -> SplitOutcome:
+                batch: int = 64, lookahead: int = 5, max_domains: int = 50_000_000) -> SplitOutcome:
     """Decide one property by input splitting; see the module docstring."""
-    Cn, dn, owner = prop.stacked()
-    if Cn.shape[0] == 0:
+    if prop.stacked()[0].shape[0] == 0:
         return SplitOutcome("unknown")
-    C = torch.as_tensor(Cn)
-    d = torch.as_tensor(dn)
-    K = len(prop.disjuncts)
-    own = torch.as_tensor(owner)
+    pb = _Problem(graph, prop, prop_index, runner)
     out = SplitOutcome("verified")
-    # the queue: input boxes plus, per refined node, bounds proven on the parent domain
-    queue: dict = {"lo": torch.as_tensor(prop.lower)[None], "hi": torch.as_tensor(prop.upper)[None]}
-    depth = graph.depth
-    while queue["lo"].shape[0]:
+    root, w = pb.bound(torch.as_tensor(prop.lower)[None], torch.as_tensor(prop.upper)[None])
+    if w is not None:
+        return SplitOutcome("falsified", w, pb.domains, 0, 0)
+    queue = root if bool(root.value[0] <= 0) else None
+    n = graph.n_inputs
+    while queue is not None and queue.lo.shape[0]:
         if deadline is not None and time.monotonic() > deadline:
             out.status = "timeout"
-            return out
-        if out.domains > max_domains:
+            break
+        if pb.domains > max_domains:
             out.status = "unknown"
-            return out
-        take = {k: v[-batch:] for k, v in queue.items()}
-        queue = {k: v[:-batch] for k, v in queue.items()}
-        lo, hi = take["lo"], take["hi"]
-        b = lo.shape[0]
+            break
         out.iterations += 1
-        out.domains += b
-        S = InputSet(lo, hi)
-        known = {j: (take[("l", j)], take[("u", j)]) for j in {k[1] for k in take if isinstance(k, tuple)}}
-        with torch.no_grad():
-            st = BoundState(graph, S, intersect=True, known=known)
-            A_in, const = st.backsub(graph.output, C.expand(b, -1, -1))
-            low = S.concretize_lower(A_in, const)  # (b, s) bounds on C y
-            mid = (lo + hi) / 2
-            y_c = graph.forward(mid)
-            slack = low - d
-            ok = slack > _margins(depth, C, y_c, low)
-            ruled = _any_per_disjunct(ok, own, K)
-            closed = ruled.all(dim=1)
-            # candidates: the centre and the minimiser of each open row's linear bound
-            worst = torch.where(ok, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
-            a = A_in[torch.arange(b), worst]  # (b, n)
-            vert = torch.where(a >= 0, lo, hi)
-            cand = torch.cat([mid, vert])
-            v = objective(graph.forward(cand)[:, None, :], C.expand(cand.shape[0], -1, -1),
-                          d.expand(cand.shape[0], -1), owner, K)[:, 0]
-        hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
-        if hits.numel():
-            w = validate(runner, prop, prop_index, cand[hits[:64]].numpy())
-            if w is not None:
-                out.status, out.witness = "falsified", w
-                return out
-        open_ = torch.nonzero(~closed).flatten()
-        if open_.numel() == 0:
-            continue
-        lo_o, hi_o, a_o = lo[open_], hi[open_], a[open_]
-        width = hi_o - lo_o
-        score = a_o.abs() * width
-        score = torch.where(width > 0, score, torch.full_like(score, -1.0))
-        dim = score.argmax(dim=1)
-        ar = torch.arange(open_.numel())
-        if bool((width[ar, dim] <= 0).any()):
-            out.status = "unknown"  # a degenerate domain that bounds cannot close
-            return out
-        midv = (lo_o[ar, dim] + hi_o[ar, dim]) / 2
-        left_hi = hi_o.clone()
-        left_hi[ar, dim] = midv
-        right_lo = lo_o.clone()
-        right_lo[ar, dim] = midv
-        children = {"lo": torch.cat([lo_o, right_lo]), "hi": torch.cat([left_hi, hi_o])}
-        for j in st.refined - {0}:
-            l, u = st.bounds[j]
-            children[("l", j)] = l[open_].repeat(2, 1)
-            children[("u", j)] = u[open_].repeat(2, 1)
-        if set(children) != set(queue) and queue["lo"].shape[0] == 0:
-            queue = {k: v[:0] for k, v in children.items()}
-        if set(children) == set(queue):
-            queue = {k: torch.cat([queue[k], children[k]]) for k in queue}
-        else:  # different refined sets: keep only what both have
-            common = set(children) & set(queue)
-            queue = {k: torch.cat([queue[k], children[k]]) for k in common}
-        out.max_queue = max(out.max_queue, queue["lo"].shape[0])
+        take = _Bounded(*(t[-batch:] for t in (queue.lo, queue.hi, queue.value, queue.a)))
+        queue = _Bounded(*(t[:-batch] for t in (queue.lo, queue.hi, queue.value, queue.a)))
+        m = take.lo.shape[0]
+        width = take.hi - take.lo
+        score = torch.where(width > 0, take.a.abs() * width, torch.full_like(width, -1.0))
+        L = min(lookahead, n)
+        dims = score.topk(L, dim=1).indices  # (m, L)
+        if bool((width.gather(1, dims[:, :1]) <= 0).any()):
+            out.status = "unknown"  # a point domain that the bounds cannot close
+            break
+        # children: (m, L, 2) boxes
+        lo = take.lo[:, None, None, :].repeat(1, L, 2, 1)
+        hi = take.hi[:, None, None, :].repeat(1, L, 2, 1)
+        ar_m = torch.arange(m)[:, None].expand(m, L)
+        ar_l = torch.arange(L)[None, :].expand(m, L)
+        mid = (take.lo.gather(1, dims) + take.hi.gather(1, dims)) / 2
+        hi[ar_m, ar_l, 0, dims] = mid
+        lo[ar_m, ar_l, 1, dims] = mid
+        kids, w = pb.bound(lo.reshape(-1, n), hi.reshape(-1, n))
+        if w is not None:
+            out.status, out.witness = "falsified", w
+            break
+        val = kids.value.reshape(m, L, 2)
+        best = val.min(dim=2).values.argmax(dim=1)  # (m,)
+        pick = (torch.arange(m) * L + best)[:, None] * 2 + torch.arange(2)[None, :]
+        pick = pick.reshape(-1)
+        keep = pick[kids.value[pick] <= 0]
+        new = _Bounded(kids.lo[keep], kids.hi[keep], kids.value[keep], kids.a[keep])
+        queue = new if queue.lo.shape[0] == 0 else _Bounded(
+            *(torch.cat([q, c]) for q, c in zip((queue.lo, queue.hi, queue.value, queue.a),
+                                                (new.lo, new.hi, new.value, new.a))))
+        out.max_queue = max(out.max_queue, queue.lo.shape[0])
+    out.domains = pb.domains
     return out
-
-
-def _any_per_disjunct(ok: torch.Tensor, owner: torch.Tensor, K: int) -> torch.Tensor:
-    """(b, s) row flags -> (b, K): does some row of disjunct k hold."""
-    res = torch.zeros(ok.shape[0], K, dtype=torch.float64)
-    res.index_add_(1, owner, ok.double())
-    return res > 0
