@@ -27,7 +27,7 @@ from .errors import CertkitError, UsageError
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
 EXIT_PIPE = 141  # stdout closed by the reader (as after SIGPIPE in a shell pipeline)
-BACKEND_CHOICES = ("interval", "deeppoly", "alpha", "bab", "auto")  # as verify.certify.STAGES
+BACKEND_CHOICES = ("interval", "deeppoly", "alpha", "bab", "milp", "auto")  # as verify.certify.STAGES
 
 
 class _Parser(argparse.ArgumentParser):

@@ -28,14 +28,14 @@ def _slope_range(op) -> tuple[float, float]:
 
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = 0.1,
-                keep_state: bool = False):
+                keep_state: bool = False, shared: bool = False):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use)."""
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
-    alphas: dict = {}
+    alphas: dict = {"shared": True} if shared else {}
     best = None
     best_state = None
     opt = None
@@ -47,7 +47,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
             if best is None or bool((det > best).any()):
                 best_state = st
             best = det if best is None else torch.maximum(best, det)
-            params = [a for a in alphas.values() if a.requires_grad]
+            params = [a for k, a in alphas.items() if k != "shared" and a.requires_grad]
             if not params or it == iterations - 1:
                 break
             if opt is None:
@@ -56,8 +56,10 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
             (-low.sum()).backward()
             opt.step()
             with torch.no_grad():
-                for (tag, i), a in alphas.items():
-                    lo, hi = _slope_range(graph.nodes[i].op)
+                for key, a in alphas.items():
+                    if key == "shared":
+                        continue
+                    lo, hi = _slope_range(graph.nodes[key[1]].op)
                     a.clamp_(lo, hi)
     if keep_state:
         return best, best_state

@@ -294,12 +294,13 @@ class BoundState:
         key = (tag, i)
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]
         b, n = l.shape
+        shared = tag != "out" and self.alpha.get("shared", False)
         if key not in self.alpha:
-            R = s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s)
+            R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
             lw = _rows(base[0])
             self.alpha[key] = lw.expand(b, R, n).detach().clone().requires_grad_(True)
         a = self.alpha[key]
-        if rows is not None:
+        if rows is not None and not shared:
             a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, n))
         fn = RELAXATIONS[type(self.graph.nodes[i].op)]
         return fn(self.graph.nodes[i].op, l[:, None, :], u[:, None, :], a)

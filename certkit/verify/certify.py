@@ -35,23 +35,44 @@ STAGES: dict[str, tuple[str, ...]] = {
     "deeppoly": ("deeppoly",),
     "alpha": ("deeppoly+interval", "alpha"),
     "bab": ("deeppoly+interval", "bab"),
-    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab"),
+    "milp": ("deeppoly+interval", "milp"),
+    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab", "milp"),
 }
 
 
-def _run_bab(model: Model, prop: Property, k: int, deadline: float | None):
-    """Branch and bound: input splitting for low-dimensional inputs."""
-    from .input_split import input_split
+def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
+    """Branch and bound: input splitting for low-dimensional inputs, as a small portfolio:
+    DeepPoly-only domains first (cheap, best on shallow problems), then, if that phase
+    used up its share of the budget, domains tightened by alpha-CROWN."""
+    from .input_split import SplitConfig, input_split
 
     if model.n_inputs > INPUT_SPLIT_MAX_DIM:
         return None  # ReLU splitting is not available yet: leave the property open
-    return input_split(model.graph, prop, k, model.runner, deadline)
+    now = time.monotonic()
+    share = 20.0 if deadline is None else 0.25 * max(deadline - now, 0.0)
+    first = input_split(model.graph, prop, k, model.runner, now + share, SplitConfig(alpha_iterations=0))
+    if first.status != "timeout":
+        return first
+    return input_split(model.graph, prop, k, model.runner, deadline, SplitConfig())
 
 
-#: Complete procedures: name -> fn(model, prop, index, deadline) -> outcome with
-#: ``status`` (verified | falsified | timeout | unknown) and ``witness``, or None when
-#: the procedure does not apply.
-COMPLETE = {"bab": _run_bab}
+def _run_milp(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
+    """Exact MILP (HiGHS) on piecewise-linear nets; None where it does not apply."""
+    from ..errors import BackendError
+    from .milp import milp_decide
+
+    if model.n_inputs <= INPUT_SPLIT_MAX_DIM and not explicit:
+        return None  # input splitting already decided or ran out of time
+    try:
+        return milp_decide(model.graph, prop, k, model.runner, deadline)
+    except BackendError:
+        return None
+
+
+#: Complete procedures: name -> fn(model, prop, index, deadline, explicit) -> outcome with
+#: ``status`` (verified | falsified | timeout | unknown) and ``witness``, or None when the
+#: procedure does not apply (``explicit``: the user asked for this very backend).
+COMPLETE = {"bab": _run_bab, "milp": _run_milp}
 
 #: Input splitting is used up to this many input dimensions.
 INPUT_SPLIT_MAX_DIM = 16
@@ -185,7 +206,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
             if out.verdict == "sat" or results[k].status != "open" or expired():
                 continue
             t = time.monotonic()
-            res = COMPLETE[stage](model, prop, k, deadline)
+            res = COMPLETE[stage](model, prop, k, deadline, backend == stage)
             timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
             if res is None:
                 continue

@@ -1,7 +1,10 @@
 """Branch and bound by input splitting (DESIGN.md section 3), for low-dimensional inputs.
 
 Domains are sub-boxes of the property's box, bounded in batches with DeepPoly
-(intermediate bounds intersected with interval bounds). A domain is closed when
+(intermediate bounds intersected with interval bounds); the domains DeepPoly
+leaves open get a few alpha-CROWN steps (per-domain slopes, intermediate
+bounds optimised too), which cuts the tree by an order of magnitude on ACAS Xu's
+deep nets. A domain is closed when
 every disjunct has a row whose lower bound on ``C y - d`` exceeds the
 floating-point margin.
 
@@ -31,7 +34,17 @@ from .falsify import objective
 from .witness import OnnxRunner, Witness, validate
 
 Tensor = torch.Tensor
-INTERSECT = True
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Options of input splitting."""
+
+    batch: int = 64  # domains expanded per iteration (each gives 2 * lookahead children)
+    lookahead: int = 5  # candidate dimensions tried per domain
+    alpha_iterations: int = 5  # alpha-CROWN steps on domains DeepPoly leaves open (0: DeepPoly only)
+    alpha_lr: float = 0.3
+    max_domains: int = 50_000_000
 
 
 @dataclass
@@ -54,7 +67,8 @@ class _Bounded:
 
 
 class _Problem:
-    def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner) -> None:
+    def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner,
+                 cfg: SplitConfig) -> None:
         Cn, dn, owner = prop.stacked()
         self.graph, self.prop, self.k, self.runner = graph, prop, prop_index, runner
         self.C, self.d = torch.as_tensor(Cn), torch.as_tensor(dn)
@@ -62,39 +76,70 @@ class _Problem:
         self.own = torch.as_tensor(owner)
         self.K = len(prop.disjuncts)
         self.domains = 0
+        self.cfg = cfg
 
     def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
-        b = lo.shape[0]
-        self.domains += b
-        S = InputSet(lo, hi)
-        g, C, d = self.graph, self.C, self.d
+        """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
+        self.domains += lo.shape[0]
         with torch.no_grad():
-            st = BoundState(g, S, intersect=INTERSECT)
-            A_in, const = st.backsub(g.output, C.expand(b, -1, -1))
-            low = S.concretize_lower(A_in, const)
+            value, a, low = self._crown(lo, hi)
+        if self.cfg.alpha_iterations:
+            open_ = torch.nonzero(value <= 0).flatten()
+            if open_.numel():
+                v2, a2 = self._alpha(lo[open_], hi[open_])
+                better = v2 > value[open_]
+                value = value.clone()
+                a = a.clone()
+                value[open_] = torch.where(better, v2, value[open_])
+                a[open_] = torch.where(better[:, None], a2, a[open_])
+        with torch.no_grad():
             mid = (lo + hi) / 2
-            y_c = g.forward(mid)
-            margin = g.depth * (FP_ABS + FP_REL * (y_c.abs() @ C.abs().T + low.abs()))
-            slack = low - d - margin  # > 0: the row is proven
-            per = torch.full((b, self.K), float("-inf"), dtype=slack.dtype)
-            per = per.scatter_reduce(1, self.own.expand(b, -1), slack, "amax")
-            value = per.min(dim=1).values
-            worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
-            a = A_in[torch.arange(b), worst]
             cand = torch.cat([mid, torch.where(a >= 0, lo, hi)])
-            v = objective(g.forward(cand)[:, None, :], C.expand(cand.shape[0], -1, -1),
-                          d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
+            v = objective(self.graph.forward(cand)[:, None, :], self.C.expand(cand.shape[0], -1, -1),
+                          self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) if hits.numel() else None
         return _Bounded(lo, hi, value, a), w
 
+    def _value(self, lo: Tensor, hi: Tensor, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
+        """value (b,): min over disjuncts of the best row's slack beyond the margin; a: worst row's
+        input coefficients."""
+        b = lo.shape[0]
+        g, C = self.graph, self.C
+        y_c = g.forward((lo + hi) / 2)
+        margin = g.depth * (FP_ABS + FP_REL * (y_c.abs() @ C.abs().T + low.abs()))
+        slack = low - self.d - margin  # > 0: the row is proven
+        per = torch.full((b, self.K), float("-inf"), dtype=slack.dtype)
+        per = per.scatter_reduce(1, self.own.expand(b, -1), slack, "amax")
+        worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
+        return per.min(dim=1).values, A_in[torch.arange(b), worst]
+
+    def _crown(self, lo: Tensor, hi: Tensor):
+        S = InputSet(lo, hi)
+        st = BoundState(self.graph, S, intersect=True)
+        A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
+        low = S.concretize_lower(A_in, const)
+        value, a = self._value(lo, hi, low, A_in)
+        return value, a, low
+
+    def _alpha(self, lo: Tensor, hi: Tensor):
+        from ..bounds.alpha import alpha_lower
+
+        S = InputSet(lo, hi)
+        low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.alpha_iterations,
+                              keep_state=True, lr=self.cfg.alpha_lr)
+        with torch.no_grad():
+            A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
+            return self._value(lo, hi, low, A_in.detach())
+
 
 def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
-                batch: int = 64, lookahead: int = 5, max_domains: int = 50_000_000) -> SplitOutcome:
+                cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
     """Decide one property by input splitting; see the module docstring."""
     if prop.stacked()[0].shape[0] == 0:
         return SplitOutcome("unknown")
-    pb = _Problem(graph, prop, prop_index, runner)
+    batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
+    pb = _Problem(graph, prop, prop_index, runner, cfg)
     out = SplitOutcome("verified")
     root, w = pb.bound(torch.as_tensor(prop.lower)[None], torch.as_tensor(prop.upper)[None])
     if w is not None:
@@ -116,8 +161,9 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
         score = torch.where(width > 0, take.a.abs() * width, torch.full_like(width, -1.0))
         L = min(lookahead, n)
         dims = score.topk(L, dim=1).indices  # (m, L)
-        if bool((width.gather(1, dims[:, :1]) <= 0).any()):
-            out.status = "unknown"  # a point domain that the bounds cannot close
+        lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
+        if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
+            out.status = "unknown"  # a domain too small to bisect that the bounds cannot close
             break
         # children: (m, L, 2) boxes
         lo = take.lo[:, None, None, :].repeat(1, L, 2, 1)
@@ -131,8 +177,14 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
         if w is not None:
             out.status, out.witness = "falsified", w
             break
-        val = kids.value.reshape(m, L, 2)
-        best = val.min(dim=2).values.argmax(dim=1)  # (m,)
+        # a child lies inside its parent, so the parent's value is a floor (DeepPoly is not
+        # monotone in the box); pick the split that improves the worse child most, then the
+        # better one; a dimension too narrow to split is never picked
+        val = torch.maximum(kids.value.reshape(m, L, 2), take.value[:, None, None])
+        kids.value = val.reshape(-1)
+        gain = (val.min(dim=2).values - take.value[:, None]) + 0.5 * (val.max(dim=2).values - take.value[:, None])
+        narrow = width.gather(1, dims) <= 1e-9 * width.max(dim=1, keepdim=True).values
+        best = torch.where(narrow, torch.full_like(gain, float("-inf")), gain).argmax(dim=1)  # (m,)
         pick = (torch.arange(m) * L + best)[:, None] * 2 + torch.arange(2)[None, :]
         pick = pick.reshape(-1)
         keep = pick[kids.value[pick] <= 0]

@@ -3,10 +3,15 @@
 Encoding
 --------
 Every live IR node value gets one continuous variable per entry, boxed by
-intermediate bounds: DeepPoly back-substitution (intersected with interval
-bounds, :class:`certkit.bounds.deeppoly.BoundState`) for the inputs of the
-nonlinear nodes, interval propagation of those for everything else, all widened
-outward by ``BOUND_WIDEN * (1 + |b|)`` against rounding in float64.
+intermediate bounds, widened outward by ``BOUND_WIDEN * (1 + |b|)`` against
+rounding. The bounds come from DeepPoly back-substitution (intersected with
+interval bounds, :class:`certkit.bounds.deeppoly.BoundState`) and interval
+propagation; with ``tighten="lp"`` (the default) the inputs of every activation
+are then tightened, layer by layer, by the LP relaxation of the network encoded
+so far (two LPs per unstable entry). Each such LP bound is made rigorous from
+its row duals (any multipliers ``y`` give the valid bound
+``min_{Ax in rows} y.Ax + min_{x in box} (c - A^T y).x``), so solver tolerances
+cannot make an intermediate bound too tight.
 
 * **Linear ops** are equality rows ``y - sum_k M_k x_k = c``. ``M`` is the weight
   for a Dense, ``diag(scale)`` for a Scale, a 0/1 matrix for a Select; for every
@@ -16,7 +21,7 @@ outward by ``BOUND_WIDEN * (1 + |b|)`` against rounding in float64.
   a Clip) ``f(x) = s_lo x + c_lo`` for ``x <= theta``, ``s_hi x + c_hi`` for
   ``x >= theta``: a stable entry (``u <= theta`` or ``l >= theta``, or equal
   slopes) is one linear row. An unstable entry gets a binary ``z`` and the
-  disaggregated (convex-hull, i.e. the tightest) big-M form: with
+  disaggregated (convex-hull, i.e. the tightest single-neuron) big-M form: with
   ``x - theta = p + q`` and ``y = f(theta) + s_hi p + s_lo q``,
   ``0 <= p <= (u - theta) z`` and ``(l - theta)(1 - z) <= q <= 0``, where ``p`` and
   ``q`` are eliminated (they are affine in x and y). For the ReLU this is exactly
@@ -32,54 +37,74 @@ outward by ``BOUND_WIDEN * (1 + |b|)`` against rounding in float64.
 
 Deciding a property
 -------------------
-For each disjunct ``C y <= d`` of the property: if a DeepPoly row bound already
-rules it out (as in the certifier), no MILP is solved. Otherwise the MILP
-``min t  s.t. t >= C_i y - d_i (all rows i), x in box, y = f(x)`` is solved. Its
-optimum ``t*`` is the largest violation margin the disjunct is guaranteed:
-``t* > 0`` means the disjunct's polytope is unreachable. Early stops: as soon as
-the solver's **dual bound** exceeds the tolerance ``tau`` below (the disjunct
-is ruled out), or as soon as an improving solution with ``t <= tau`` has an
-input that onnxruntime confirms as a counterexample
-(:func:`certkit.verify.witness.validate`; only that makes ``sat``). The solver
-also prunes with the cutoff ``2 tau``: nothing above it matters.
+A disjunct ``C y <= d`` is unreachable iff ``t* = min_x max_i (C_i y(x) - d_i) > 0``.
+For each disjunct, cheapest first:
 
-Soundness tolerance (why ``dual bound > tau`` is a proof)
----------------------------------------------------------
-The MILP is exact in real arithmetic; the solver is not. Three gaps, all
-accounted for in ``tau = tau_fp + tau_lp``:
+1. DeepPoly: some row's lower bound on ``C_i y - d_i`` exceeds the floating-point
+   margin (exactly the certifier's test);
+2. the LP relaxation of ``min t s.t. t >= C_i y - d_i, x in box, y = f(x)``, its
+   bound made rigorous from the duals as above, exceeds the floating-point margin.
+   Its optimal input is also tried as a counterexample;
+3. the MILP itself, with two early stops: the solver's **dual bound** exceeds the
+   tolerance ``tau`` below (ruled out), or an improving solution with ``t <= tau``
+   has an input that onnxruntime confirms (:func:`certkit.verify.witness.validate`;
+   only that makes ``falsified``). Nodes above the cutoff ``2 tau`` are pruned:
+   nothing above it matters for the decision.
 
-1. *Primal tolerances are harmless for a proof.* The solver accepts points that
-   violate rows by up to its feasibility tolerance and integrality by its
-   integrality tolerance. That enlarges the feasible set, which can only lower
-   the minimum: a dual bound of the relaxed problem is a dual bound of the exact
-   one. (It is why a primal *solution* is never trusted: it is only a
-   candidate, re-checked with onnxruntime.) For the same reason the proof uses
-   the dual (MIP) bound, never a primal objective value.
-2. *Dual bounds carry the LP's dual-feasibility error.* Every node bound of
-   branch and bound is an LP dual objective computed from multipliers whose
-   reduced costs may have the wrong sign by up to the dual feasibility tolerance
-   ``eps`` (``FEAS_TOL = 1e-9``, set for both solvers). With every variable boxed,
-   the rigorous bound (Neumaier & Shcherbina, Math. Prog. 2004) differs from the
-   computed one by at most ``eps * (sum_j (u_j - l_j) + sum_{inequality rows i}
-   |A_i| (u - l))``: each wrong-signed reduced cost or row multiplier can cost
-   at most ``eps`` times the range of its column or row activity. ``tau_lp`` is
-   that quantity times ``SOLVER_SAFETY = 10`` (for scaling, presolve and cut
-   round-off), plus ``SOLVER_ABS``. It grows with the big-M magnitudes -- the
-   bound widths are the big-M constants -- which is why tight intermediate
-   bounds matter for soundness as well as for speed.
+The property is ``verified`` when every disjunct is ruled out, ``falsified`` on
+the first confirmed witness; otherwise ``timeout`` (deadline; each solve gets
+the remaining time as its time limit) or ``unknown`` with the reason.
+
+Soundness tolerance (why ``dual bound > tau`` is taken as a proof)
+------------------------------------------------------------------
+The MILP is exact in real arithmetic; the solver works in floating point with
+tolerances. ``tau = tau_fp + tau_lp``:
+
+1. *Primal tolerances cannot fake a proof.* The solver accepts points that
+   violate rows by its feasibility tolerance and integrality by its integrality
+   tolerance. That enlarges the feasible set and can only lower the minimum, so
+   a dual bound of the relaxed problem bounds the exact one. It is also why a
+   primal solution is never trusted -- it is a candidate for onnxruntime -- and
+   why the proof is the **dual (MIP) bound**, never a primal objective value.
+2. *A dual bound carries the LP's dual-feasibility error.* Every branch-and-bound
+   node bound is an LP dual objective built from multipliers whose reduced costs
+   may have the wrong sign by the dual tolerance ``eps_d``. With every variable
+   boxed, the rigorous bound (Neumaier & Shcherbina, Math. Prog. 99, 2004)
+   differs from the computed one by at most
+   ``eps_d * (sum_j (u_j - l_j) + sum_{inequality rows i} |A_i| (u - l))``: each
+   wrong-signed reduced cost or row multiplier costs at most ``eps_d`` times the
+   range of its column or row activity. HiGHS solves the LPs of its MIP with
+   ``eps_d = mip_feasibility_tolerance / 10`` and ``eps_p = mip_feasibility_tolerance``
+   (1e-6, see :mod:`certkit.verify.solvers`); Gurobi with ``OptimalityTol``. Bound
+   propagation, presolve and cuts work at the primal tolerance ``eps_p``; a point
+   cut off by at most ``eps_p`` in a big-M row moves the output by about ``eps_p``
+   times the big-M magnitude ``M = max_j |bound_j|``. Hence
+   ``tau_lp = SOLVER_SAFETY * (eps_d * (sum of ranges) + eps_p * M) + SOLVER_ABS``,
+   with ``SOLVER_SAFETY = 4`` for scaling and round-off. Both terms grow with the
+   big-M constants (the bound widths): tight intermediate bounds matter for
+   soundness as well as for speed. On ACAS Xu ``tau_lp`` is 1e-4..1e-3 for the small
+   boxes of properties 3/4 and ~0.1-2 for the full boxes of properties 1/2, where
+   hidden pre-activation bounds reach the thousands.
 3. *The model runs in float32, the MILP in real arithmetic*: ``tau_fp`` is
-   certkit's floating-point margin (:mod:`certkit.tolerances`), the same the
-   bound backends use, taken as the largest over the disjunct's rows.
+   certkit's floating-point margin (:mod:`certkit.tolerances`), the one the bound
+   backends use, the largest over the disjunct's rows.
 
-A disjunct is ruled out only when ``dual bound > tau``. When the solver stops
-with a bound in ``(-inf, tau]`` and no validated witness the answer is
-``unknown`` (or ``timeout``), with the bound in the message. A primal solution
-with ``t <= tau`` whose input onnxruntime does not confirm (float32 rounding,
-tolerances) is also ``unknown``, with that reason.
+This is a tolerance argument, not a certificate checkable in exact arithmetic:
+it covers the errors the solvers are designed to make, not bugs. (Tightening
+HiGHS 1.16's MIP tolerance below 1e-7 produced outright wrong answers -- a
+feasible MILP reported infeasible, an optimum reported too high -- which is why
+the default 1e-6 is used and accounted for instead.) Stages 1 and 2 above are
+rigorous up to float64 rounding.
 
-:func:`milp_bound` returns ``dual bound - tau_lp`` for a linear objective, a
-lower bound that is sound in the same sense (without the float32 margin, which
-callers that compare against the float32 model add themselves).
+A disjunct is ruled out only when ``dual bound > tau``. A bound in
+``(-inf, tau]`` without a confirmed witness gives ``unknown`` (or ``timeout``)
+with the bound in the message; a MILP solution with ``t <= tau`` whose input
+onnxruntime does not confirm (float32 rounding, solver tolerance) gives
+``unknown`` with that reason.
+
+:func:`milp_bound` / :func:`milp_minimize` return ``dual bound - tau_lp`` for a
+linear objective ``c.y``: a lower bound that is sound in the same sense, without
+the float32 margin (callers comparing with the float32 model add it themselves).
 """
 from __future__ import annotations
 
@@ -97,13 +122,13 @@ from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Property
 from ..tolerances import FP_ABS, FP_REL
-from .solvers import FEAS_TOL, MipProblem, MipResult, solve_mip
+from .solvers import MipProblem, MipResult, new_highs, solve_mip, tolerances
 from .witness import Witness, validate
 
 #: Relative outward widening of every intermediate bound (float64 rounding in the bounds).
 BOUND_WIDEN = 1e-9
 #: Safety factor on the LP dual-bound error estimate (scaling, presolve, cuts).
-SOLVER_SAFETY = 10.0
+SOLVER_SAFETY = 4.0
 #: Absolute floor of the solver tolerance.
 SOLVER_ABS = 1e-7
 #: Identity rows pushed through ``op.backward`` at a time when reading off a linear map.
@@ -398,8 +423,7 @@ class _LpRelaxation:
 
         self.p = p
         self.A_T = sp.csr_matrix(p.A.T)
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = new_highs()
         h.setOptionValue("threads", 1)
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = p.n_cols, p.n_rows
@@ -437,6 +461,12 @@ class _LpRelaxation:
             c[j] = v
         y = np.asarray(self.h.getSolution().row_dual, dtype=np.float64)
         return _safe_lp_min(self.p, self.A_T, c, y)
+
+    def x(self) -> np.ndarray | None:
+        """The primal point of the last solve (None if it failed)."""
+        if self.h.getModelStatus() != self.ok:
+            return None
+        return np.asarray(self.h.getSolution().col_value, dtype=np.float64)
 
     def tighten(self, cols: np.ndarray, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Rigorous LP bounds ``(lo, hi)`` of the columns ``cols`` (-inf/inf where not solved)."""
@@ -570,12 +600,16 @@ def intermediate_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, C: n
 # --------------------------------------------------------------------------- objectives
 
 
-def _lp_error(p: MipProblem) -> float:
-    """Estimate of the error of an LP dual bound over ``p`` (see module doc, point 2)."""
-    w = np.where(np.isfinite(p.ub) & np.isfinite(p.lb), p.ub - p.lb, 0.0)
+def _lp_error(p: MipProblem, solver: str) -> float:
+    """``tau_lp``: the error a MIP dual bound over ``p`` may carry (module doc, point 2)."""
+    dual_tol, primal_tol = tolerances(solver)
+    fin = np.isfinite(p.ub) & np.isfinite(p.lb)
+    w = np.where(fin, p.ub - p.lb, 0.0)
     ineq = ~(np.isfinite(p.row_lo) & np.isfinite(p.row_hi) & (p.row_lo == p.row_hi))
     act = abs(p.A[np.flatnonzero(ineq)]) @ w if ineq.any() else np.zeros(0)
-    return SOLVER_SAFETY * FEAS_TOL * float(w.sum() + act.sum()) + SOLVER_ABS
+    cont = fin & ~p.integer
+    big_m = float(np.maximum(np.abs(p.lb[cont]), np.abs(p.ub[cont])).max(initial=0.0))
+    return SOLVER_SAFETY * (dual_tol * float(w.sum() + act.sum()) + primal_tol * big_m) + SOLVER_ABS
 
 
 def _with_objective(enc: Encoding, C: np.ndarray, d: np.ndarray, t_lo: float, t_hi: float) -> MipProblem:
@@ -585,7 +619,8 @@ def _with_objective(enc: Encoding, C: np.ndarray, d: np.ndarray, t_lo: float, t_
     yc = enc.cols[enc.output]
     n = base.n_cols
     Cs = sp.coo_matrix(C)
-    extra = sp.csr_matrix((np.r_[np.ones(m), -Cs.data], (np.r_[np.arange(m), Cs.row], np.r_[np.full(m, n), yc[Cs.col]])),
+    rows, cols = np.r_[np.arange(m), Cs.row], np.r_[np.full(m, n), yc[Cs.col]]
+    extra = sp.csr_matrix((np.r_[np.ones(m), -Cs.data], (rows, cols)),
                           shape=(m, n + 1))
     A = sp.vstack([sp.hstack([base.A, sp.csr_matrix((base.n_rows, 1))]), extra], format="csr")
     c = np.zeros(n + 1)
@@ -605,12 +640,32 @@ def _fp_margin(depth: int, C: np.ndarray, y_c: np.ndarray, low: np.ndarray) -> n
     return depth * (FP_ABS + FP_REL * scale)
 
 
-def milp_bound(graph: Graph, inputs_box, c_row, solver: str = "highs", time_limit: float | None = None,
-               threads: int = 1, tighten: str = "lp") -> float:
-    """A sound lower bound of ``c . y`` over the input box: the MIP dual bound at termination
-    minus the solver tolerance (module doc). ``inputs_box`` is ``(lower, upper)`` or a
-    box :class:`InputSet` (batch 1). Equals the exact minimum (up to that tolerance) when the
-    solve finishes; a weaker but still valid bound on a time limit."""
+@dataclass
+class MilpMinimum:
+    """Result of :func:`milp_minimize`: ``bound`` is a sound lower bound of ``min c.y`` (the
+    dual bound minus the solver tolerance, never below the DeepPoly bound); ``value`` the best
+    primal objective the solver found and ``x`` its input (a candidate minimiser, re-evaluate
+    it: its objective holds only up to the solver's tolerances); ``status`` the solver's."""
+
+    bound: float
+    value: float = math.inf
+    x: np.ndarray | None = None
+    status: str = ""
+    tolerance: float = 0.0
+    nodes: int = 0
+    time: float = 0.0
+    n_binaries: int = 0
+    solver: str = ""
+
+
+def milp_minimize(graph: Graph, inputs_box, c_row, solver: str = "highs", time_limit: float | None = None,
+                  threads: int = 1, tighten: str = "lp") -> MilpMinimum:
+    """Minimise ``c . y`` over the input box exactly (up to the solver tolerance) by MILP.
+
+    ``inputs_box`` is ``(lower, upper)`` or a box :class:`InputSet` (batch 1). On a time limit
+    ``bound`` is still valid, just weaker.
+    """
+    t0 = time.monotonic()
     if isinstance(inputs_box, InputSet):
         lower, upper = inputs_box.lower.numpy()[0], inputs_box.upper.numpy()[0]
     else:
@@ -618,19 +673,27 @@ def milp_bound(graph: Graph, inputs_box, c_row, solver: str = "highs", time_limi
     c_row = np.asarray(c_row, dtype=np.float64).reshape(1, -1)
     check_encodable(graph)
     sb, lowc = intermediate_bounds(graph, lower, upper, c_row)
-    deadline = None if time_limit is None else time.monotonic() + time_limit
+    deadline = None if time_limit is None else t0 + time_limit
     enc = encode(graph, lower, upper, sb, tighten, deadline)
     yl, yu = enc.bounds[enc.output]
     lo_r, hi_r = _row_range(c_row, np.zeros(1), yl, yu)
     t_lo = max(float(lo_r[0]), float(lowc[0])) if lowc is not None else float(lo_r[0])
     t_lo -= BOUND_WIDEN * (1 + abs(t_lo))
     p = _with_objective(enc, c_row, np.zeros(1), t_lo, float(hi_r[0]) + BOUND_WIDEN * (1 + abs(hi_r[0])))
-    tol = _lp_error(p)
+    tol = _lp_error(p, solver)
     res = solve_mip(p, solver, None if deadline is None else deadline - time.monotonic(), threads)
     if res.status == "error":
         raise BackendError(f"MILP solver failed: {res.message}")
     b = res.bound if res.bound > -math.inf else t_lo
-    return max(float(b) - tol, t_lo)
+    return MilpMinimum(max(float(b) - tol, t_lo), res.objective, None if res.x is None else res.x[enc.cols[0]],
+                       res.status, tol, res.nodes, time.monotonic() - t0, enc.n_binaries, res.solver)
+
+
+def milp_bound(graph: Graph, inputs_box, c_row, solver: str = "highs", time_limit: float | None = None,
+               threads: int = 1, tighten: str = "lp") -> float:
+    """A sound lower bound of ``c . y`` over the input box: the MIP dual bound at termination
+    minus the solver tolerance (module doc); see :func:`milp_minimize`."""
+    return milp_minimize(graph, inputs_box, c_row, solver, time_limit, threads, tighten).bound
 
 
 # --------------------------------------------------------------------------- decision
@@ -670,25 +733,33 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
     sb, lowC = intermediate_bounds(graph, lower, upper, C_all if len(C_all) else None)
     with torch.no_grad():
         y_c = graph.forward(torch.as_tensor((lower + upper) / 2)[None]).numpy()[0]
-    enc = encode(graph, lower, upper, sb, tighten, deadline)
-    out.n_binaries = enc.n_binaries
-    yl, yu = enc.bounds[enc.output]
     depth = graph.depth
     reasons: list[str] = []
-    timed_out = False
+    # 1. DeepPoly alone, as the certifier does
     for k, dj in enumerate(prop.disjuncts):
-        C, d = np.asarray(dj.C, np.float64), np.asarray(dj.d, np.float64)
-        if C.shape[0] == 0:
-            reasons.append(f"disjunct {k}: no atoms and no runner to confirm a witness")
+        if dj.C.shape[0] == 0:
             continue
-        rows = np.flatnonzero(owner == k)
-        dp_low = lowC[rows] - d
-        margin_dp = _fp_margin(depth, C, y_c, dp_low)
+        dp_low = lowC[owner == k] - np.asarray(dj.d, np.float64)
+        margin_dp = _fp_margin(depth, np.asarray(dj.C, np.float64), y_c, dp_low)
         if bool((dp_low > margin_dp).any()):
             out.bounds[k] = float(dp_low.max())
             out.tolerances[k] = float(margin_dp[np.argmax(dp_low - margin_dp)])
             out.methods[k] = "deeppoly"
+    if all(m == "deeppoly" for m in out.methods):
+        return finish("verified", "every disjunct ruled out by DeepPoly")
+    # 2. the network's MILP, shared by the disjuncts
+    enc = encode(graph, lower, upper, sb, tighten, deadline)
+    out.n_binaries = enc.n_binaries
+    yl, yu = enc.bounds[enc.output]
+    timed_out = False
+    for k, dj in enumerate(prop.disjuncts):
+        if out.methods[k] == "deeppoly":
             continue
+        C, d = np.asarray(dj.C, np.float64), np.asarray(dj.d, np.float64)
+        if C.shape[0] == 0:
+            reasons.append(f"disjunct {k}: no atoms and no runner to confirm a witness")
+            continue
+        dp_low = lowC[owner == k] - d
         rem = remaining()
         if rem is not None and rem <= 0:
             timed_out = True
@@ -699,9 +770,23 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
         t_hi = float(hi_r.max())
         t_hi += BOUND_WIDEN * (1 + abs(t_hi))
         p = _with_objective(enc, C, d, t_lo, t_hi)
-        tau_lp = _lp_error(p)
         # the fp margin at the bound we need: scale with |t| ~ tau (small), i.e. at low = 0
-        tau = float(_fp_margin(depth, C, y_c, np.zeros(len(d))).max()) + tau_lp
+        tau_fp = float(_fp_margin(depth, C, y_c, np.zeros(len(d))).max())
+        # the LP relaxation first: its bound is made rigorous from the duals, so only the
+        # floating-point margin applies
+        lpr = _LpRelaxation(p)
+        lp_low = lpr.minimum({p.n_cols - 1: 1.0})
+        if lp_low > tau_fp:
+            out.bounds[k], out.tolerances[k], out.methods[k] = lp_low, tau_fp, "lp"
+            continue
+        x_lp = lpr.x()
+        if runner is not None and x_lp is not None:  # the LP's point is a free candidate
+            w = validate(runner, prop, prop_index, x_lp[enc.cols[0]][None])
+            if w is not None:
+                out.witness, out.methods[k] = w, "witness"
+                return finish("falsified", f"disjunct {k}: the LP relaxation's point is a counterexample "
+                                           f"(confirmed by onnxruntime)")
+        tau = tau_fp + _lp_error(p, solver)
         out.tolerances[k] = tau
         xin = enc.cols[0]
         found: dict = {"w": None, "tried": 0, "best_bad": math.inf}
@@ -718,7 +803,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
             return False
 
         res: MipResult = solve_mip(p, solver, rem, threads, stop_bound=tau, on_solution=on_solution,
-                                   cutoff=2 * tau, verbose=verbose)
+                                   cutoff=2 * tau + 10 * tolerances(solver)[1], verbose=verbose)
         out.solver = res.solver
         out.nodes += res.nodes
         out.native_status.append(res.native_status)
@@ -730,7 +815,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
             out.bounds[k] = max(out.bounds[k], res.bound)
             return finish("falsified", f"disjunct {k}: MILP solution confirmed by onnxruntime "
                                        f"({res.solver}, {res.nodes} nodes)")
-        out.bounds[k] = max(res.bound, float(dp_low.max()))
+        out.bounds[k] = max(res.bound, lp_low, float(dp_low.max()))
         if res.bound > tau:
             out.methods[k] = "milp"
             continue
@@ -748,8 +833,9 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
         else:
             reasons.append(f"disjunct {k}: MILP bound {res.bound:.6g} within tolerance {tau:.3g} of 0 "
                            f"({res.message})")
-    if all(m in ("deeppoly", "milp") for m in out.methods):
-        how = "DeepPoly" if all(m == "deeppoly" for m in out.methods) else f"MILP ({out.solver})"
+    if all(m in ("deeppoly", "lp", "milp") for m in out.methods):
+        strongest = max(out.methods, key=["deeppoly", "lp", "milp"].index)
+        how = {"deeppoly": "DeepPoly", "lp": "the LP relaxation"}.get(strongest, f"MILP ({out.solver})")
         return finish("verified", f"every disjunct ruled out by {how}; {enc.n_binaries} binaries, "
                                   f"{out.nodes} nodes")
     if timed_out:

@@ -18,8 +18,8 @@ Two early stops make the MILP a decision procedure rather than an optimiser:
 * ``on_solution(x, obj) -> bool``: called with every improving solution; when it
   returns True the solve stops (e.g. once a counterexample is confirmed).
 
-The tolerances the solvers are run with are set here (``FEAS_TOL``) and
-reported in ``MipResult.tolerance`` so that callers can account for them.
+The tolerances the solvers are run with are set here (``INT_TOL``, ``FEAS_TOL``)
+and reported by :func:`tolerances` so that callers can account for them.
 
 Solver problems become :class:`certkit.errors.BackendError` with a one-line
 message: HiGHS missing, gurobipy missing, or no Gurobi licence / the
@@ -40,12 +40,26 @@ import scipy.sparse as sp
 
 from ..errors import BackendError
 
-#: Primal and dual feasibility tolerance requested from every solver (the smallest
-#: value both HiGHS and Gurobi accept is 1e-9 for Gurobi's FeasibilityTol/OptimalityTol).
-FEAS_TOL = 1e-9
-#: Integrality tolerance. Relaxing integrality only enlarges the feasible set, so it
-#: cannot make a dual bound unsound; it only affects how exact a primal candidate is.
-INT_TOL = 1e-9
+#: MIP feasibility/integrality tolerance for both solvers: HiGHS's default and tuned value.
+#: HiGHS runs the LP relaxations of its MIP with this primal tolerance and a tenth of it as
+#: dual tolerance, whatever the LP options say. Do not tighten it: with 1e-8 HiGHS 1.16 was
+#: seen to report a wrong optimum (too high) and with 1e-9 a feasible ACAS Xu MILP as
+#: infeasible (presolve off) -- exactly the kind of error a proof cannot absorb.
+INT_TOL = 1e-6
+#: Primal/dual feasibility tolerance of pure LPs (HiGHS) and of Gurobi's LPs.
+FEAS_TOL = 1e-7
+
+
+def tolerances(solver: str) -> tuple[float, float]:
+    """``(dual_tol, primal_tol)`` the solver effectively works with in branch and bound: the
+    error of a reduced cost / row multiplier sign, and the violation of a row or of
+    integrality it accepts (see :mod:`certkit.verify.milp` for how they enter the margin)."""
+    if solver == "highs":
+        return 0.1 * INT_TOL, INT_TOL
+    if solver == "gurobi":
+        return FEAS_TOL, max(FEAS_TOL, INT_TOL)
+    return max(tolerances("highs")[0], tolerances("gurobi")[0]), max(tolerances("highs")[1], tolerances("gurobi")[1])
+
 
 SOLVERS = ("highs", "gurobi")
 
@@ -97,17 +111,49 @@ class MipResult:
     solver: str = ""
     native_status: str = ""
     message: str = ""
-    tolerance: float = FEAS_TOL
+    tolerance: float = FEAS_TOL  # the dual tolerance it ran with
     extra: dict = field(default_factory=dict)
 
 
 def _below(cutoff: float) -> float:
     """The bound a cutoff proof establishes: the solver prunes against the cutoff up to its
     feasibility tolerance."""
-    return float(cutoff) - FEAS_TOL * (1.0 + abs(float(cutoff)))
+    return float(cutoff) - INT_TOL * (1.0 + abs(float(cutoff)))
 
 
 SolutionCallback = Callable[[np.ndarray, float], bool]
+
+
+_HIGHS_QUIET = False
+
+
+def new_highs():
+    """A silent ``highspy.Highs``. HiGHS prints a banner to the process's stdout (C level)
+    when the first instance is built, before any option can be set; it is swallowed here so
+    that it cannot mix with certkit's own output."""
+    global _HIGHS_QUIET
+    try:
+        import highspy
+    except ImportError as e:  # pragma: no cover - highspy is a dependency
+        raise BackendError("the MILP backend needs HiGHS: pip install highspy") from e
+    if _HIGHS_QUIET:
+        h = highspy.Highs()
+    else:
+        import os
+        import sys
+
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _HIGHS_QUIET = True
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 def solver_available(name: str) -> bool:
@@ -159,13 +205,10 @@ def solve_mip(problem: MipProblem, solver: str = "highs", time_limit: float | No
 
 def _solve_highs(p: MipProblem, time_limit, threads, stop_bound, on_solution, cutoff, verbose,
                  options=None) -> MipResult:
-    try:
-        import highspy
-    except ImportError as e:  # pragma: no cover - highspy is a dependency
-        raise BackendError("the MILP backend needs HiGHS: pip install highspy") from e
-
     t0 = time.monotonic()
-    h = highspy.Highs()
+    h = new_highs()
+    import highspy
+
     h.setOptionValue("output_flag", bool(verbose))
     if threads and threads > 0:
         h.setOptionValue("threads", int(threads))
@@ -175,7 +218,7 @@ def _solve_highs(p: MipProblem, time_limit, threads, stop_bound, on_solution, cu
     h.setOptionValue("mip_abs_gap", 0.0)
     h.setOptionValue("primal_feasibility_tolerance", FEAS_TOL)
     h.setOptionValue("dual_feasibility_tolerance", FEAS_TOL)
-    h.setOptionValue("mip_feasibility_tolerance", INT_TOL)
+    h.setOptionValue("mip_feasibility_tolerance", INT_TOL)  # also the MIP's LP tolerances
     h.setOptionValue("random_seed", 0)
     for k, v in (options or {}).items():
         h.setOptionValue(k, v)
@@ -275,8 +318,10 @@ def _solve_highs(p: MipProblem, time_limit, threads, stop_bound, on_solution, cu
         res.bound = db if p.n_int else -math.inf
     if not (res.bound == res.bound):  # NaN
         res.bound = -math.inf
+    if cutoff is not None and res.bound > cutoff:  # pruning at the cutoff proves no more than it
+        res.bound = _below(cutoff)
     res.message = f"HiGHS {native} (run status {run_status.name if hasattr(run_status, 'name') else run_status})"
-    res.tolerance = FEAS_TOL
+    res.tolerance = tolerances("highs")[0]
     return res
 
 
@@ -291,7 +336,7 @@ def _gurobi_error(e) -> BackendError:
                             "Gurobi licence (gurobi.com, free for academics) or use --solver highs")
     if code in _GUROBI_LICENCE_ERRORS:
         return BackendError(f"Gurobi: {_GUROBI_LICENCE_ERRORS[code]} (error {code}: {str(e).strip()}); "
-                            "install a Gurobi licence or use --solver highs")
+                            "install a Gurobi licence or use the HiGHS solver")
     return BackendError(f"Gurobi failed (error {code}): {str(e).strip()}")
 
 
@@ -318,8 +363,8 @@ def _solve_gurobi(p: MipProblem, time_limit, threads, stop_bound, on_solution, c
         m.Params.OptimalityTol = FEAS_TOL
         m.Params.IntFeasTol = INT_TOL
         m.Params.Seed = 0
-        if stop_bound is not None:
-            m.Params.BestBdStop = float(stop_bound)
+        if stop_bound is not None:  # Gurobi stops at ObjBound >= value; we need > stop_bound
+            m.Params.BestBdStop = float(stop_bound) + 1e-9 * (1.0 + abs(float(stop_bound)))
         if cutoff is not None and math.isfinite(cutoff):
             m.Params.Cutoff = float(cutoff)
         for k, v in (options or {}).items():
@@ -391,6 +436,9 @@ def _solve_gurobi(p: MipProblem, time_limit, threads, stop_bound, on_solution, c
         res.status, res.bound = "error", -math.inf
     else:
         res.bound = _objbound() if st != GRB.INF_OR_UNBD else -math.inf
+    if cutoff is not None and res.bound > cutoff:
+        res.bound = _below(cutoff)
+    res.tolerance = tolerances("gurobi")[0]
     m.dispose()
     env.dispose()
     return res

@@ -1,0 +1,107 @@
+"""alpha-CROWN and input-split branch and bound: soundness by sampling, and agreement
+with a brute-force oracle on tiny nets (issue 3)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from certkit.bounds.alpha import alpha_lower
+from certkit.bounds.deeppoly import deeppoly_lower
+from certkit.model import Model
+from certkit.onnx.importer import import_model
+from certkit.spec.sets import InputSet
+from certkit.spec.spec import Disjunct, Property, Spec
+from certkit.verify.certify import certify
+from certkit.verify.input_split import SplitConfig, input_split
+from tests.helpers.random_nets import ALL_NETS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("net", ["mlp_relu", "mlp_relu_deep", "mlp_leaky_relu", "residual", "conv", "max"])
+def test_alpha_sound_and_not_looser(net):
+    graph = ALL_NETS[net](0)
+    rng = np.random.default_rng(1)
+    n = graph.n_inputs
+    centre = rng.uniform(-0.5, 0.5, n)
+    S = InputSet.box(centre - 0.3, centre + 0.3)
+    m = graph.n_outputs
+    C = torch.as_tensor(rng.choice([-1.0, 1.0], size=(4, m)) * (rng.random((4, m)) < 0.6))
+    a = alpha_lower(graph, S, C, iterations=10)
+    dp = torch.maximum(deeppoly_lower(graph, S, C, intersect=True), deeppoly_lower(graph, S, C, intersect=True))
+    assert (a >= dp - 1e-9).all()
+    # sampling: no point of the box goes below the bound
+    x = torch.as_tensor(rng.uniform(centre - 0.3, centre + 0.3, size=(100_000, n)))
+    x[: 2 ** min(n, 12)] = torch.as_tensor(np.where(rng.random((2 ** min(n, 12), n)) < 0.5, centre - 0.3,
+                                                    centre + 0.3))
+    with torch.no_grad():
+        vals = graph.forward(x) @ C.T
+    assert (vals.min(dim=0).values >= a[0] - 1e-9 * (1 + a[0].abs())).all()
+
+
+def _tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    sizes = (n_in, *hidden, 1)
+    nodes, inits, prev = [], [], "x"
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        inits += [numpy_helper.from_array(rng.normal(0, 1, (a, b)).astype(np.float32), f"W{k}"),
+                  numpy_helper.from_array(rng.normal(0, 0.5, b).astype(np.float32), f"b{k}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [f"g{k}"]))
+        prev = f"g{k}"
+        if k < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            prev = f"r{k}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", 1, [1, n_in])],
+                          [helper.make_tensor_value_info("y", 1, [1, 1])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_input_split_agrees_with_grid(seed, tmp_path):
+    proto = _tiny_relu_onnx(seed)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(proto, path)
+    model = Model(import_model(proto, str(path)), str(path))
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 401), np.linspace(-1, 1, 401)), -1).reshape(-1, 2)
+    ys = model.graph(g)[:, 0]
+    top, spread = ys.max(), ys.max() - ys.min() + 1e-9
+    for t, expect in ((top + 0.02 * spread, "verified"), (top - 0.02 * spread, "falsified")):
+        # unsafe: y >= t, i.e. -y <= -t
+        prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+        out = input_split(model.graph, prop, 0, model.runner, time.monotonic() + 60, SplitConfig(alpha_iterations=0))
+        assert out.status == expect, (seed, t, top)
+        if expect == "falsified":
+            x = out.witness.x.astype(np.float64)
+            assert (x >= lo).all() and (x <= hi).all() and out.witness.y[0] >= t
+        out_a = input_split(model.graph, prop, 0, model.runner, time.monotonic() + 60,
+                            SplitConfig(alpha_iterations=3))
+        assert out_a.status == expect
+
+
+def test_certify_bab_stage_on_tiny_net(tmp_path):
+    proto = _tiny_relu_onnx(3, n_in=3, hidden=(10, 10, 10))
+    path = tmp_path / "tiny3.onnx"
+    onnx.save(proto, path)
+    model = Model(import_model(proto, str(path)), str(path))
+    lo, hi = -np.ones(3), np.ones(3)
+    rng = np.random.default_rng(0)
+    ys = model.graph(rng.uniform(-1, 1, (200_000, 3)))[:, 0]
+    t = ys.max() + 0.05 * (ys.max() - ys.min())
+    spec = Spec((Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),)),), 3, 1)
+    res = certify(model, spec, "bab", timeout=60)
+    assert res.verdict == "unsat" and res.stage in ("deeppoly+interval", "bab")
+    res = certify(model, spec, "auto", timeout=60)
+    assert res.verdict == "unsat"
