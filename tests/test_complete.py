@@ -105,3 +105,19 @@ def test_certify_bab_stage_on_tiny_net(tmp_path):
     assert res.verdict == "unsat" and res.stage in ("deeppoly+interval", "bab")
     res = certify(model, spec, "auto", timeout=60)
     assert res.verdict == "unsat"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_milp_and_bab_agree(seed, tmp_path):
+    """Both complete procedures give the same verdict on tiny nets (issue 3)."""
+    pytest.importorskip("highspy")
+    proto = _tiny_relu_onnx(seed + 10, n_in=2, hidden=(6, 6))
+    path = tmp_path / "t.onnx"
+    onnx.save(proto, path)
+    model = Model(import_model(proto, str(path)), str(path))
+    rng = np.random.default_rng(seed)
+    ys = model.graph(rng.uniform(-1, 1, (50_000, 2)))[:, 0]
+    for t in (ys.max() + 0.03 * (ys.max() - ys.min()), ys.max() - 0.03 * (ys.max() - ys.min())):
+        spec = Spec((Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-t])),)),), 2, 1)
+        verdicts = {b: certify(model, spec, b, timeout=60).verdict for b in ("bab", "milp")}
+        assert verdicts["bab"] == verdicts["milp"] and verdicts["bab"] in ("sat", "unsat"), verdicts
