@@ -13,6 +13,8 @@ kept row by row, so the result is never looser than DeepPoly's.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..graph.graph import Graph
@@ -28,10 +30,11 @@ def _slope_range(op) -> tuple[float, float]:
 
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = 0.1,
-                keep_state: bool = False, shared: bool = False):
+                keep_state: bool = False, shared: bool = False, deadline: float | None = None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
-    final BoundState (its intermediate bounds are sound for later use)."""
+    final BoundState (its intermediate bounds are sound for later use). Optimisation stops
+    early at ``deadline`` (``time.monotonic()``); the bound so far is returned."""
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
@@ -48,7 +51,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
                 best_state = st
             best = det if best is None else torch.maximum(best, det)
             params = [a for k, a in alphas.items() if k != "shared" and a.requires_grad]
-            if not params or it == iterations - 1:
+            if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline):
                 break
             if opt is None:
                 opt = torch.optim.Adam(params, lr=lr)

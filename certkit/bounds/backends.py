@@ -68,4 +68,4 @@ register_backend(BoundBackend(
     _has_relaxation))
 register_backend(BoundBackend(
     "alpha", "alpha-CROWN: DeepPoly with lower ReLU slopes optimised by projected gradient ascent",
-    lambda g, s, C: alpha_lower(g, s, C), _has_relaxation))
+    lambda g, s, C, deadline=None: alpha_lower(g, s, C, deadline=deadline), _has_relaxation))

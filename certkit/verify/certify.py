@@ -133,7 +133,8 @@ def _attack_property(model: Model, prop: Property, k: int, cfg: AttackConfig, de
     return None
 
 
-def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResult) -> bool:
+def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResult,
+                    deadline: float | None = None) -> bool:
     C, d, owner = prop.stacked()
     res.owner = owner
     n_dj = len(prop.disjuncts)
@@ -142,7 +143,9 @@ def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResul
         return False
     inputs = InputSet.box(prop.lower, prop.upper)
     with torch.no_grad():
-        low = BACKENDS[stage].lower(model.graph, inputs, torch.as_tensor(C)).numpy()[0]
+        bk = BACKENDS[stage]
+        kw = {"deadline": deadline} if stage == "alpha" else {}
+        low = bk.lower(model.graph, inputs, torch.as_tensor(C), **kw).numpy()[0]
         y_c = model.graph.forward(torch.as_tensor((prop.lower + prop.upper) / 2)[None]).numpy()[0]
     slack = low - d
     margin = fp_margin(model.graph.depth, C, y_c, low)
@@ -190,7 +193,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
             if expired() or stage in COMPLETE:
                 break
             t = time.monotonic()
-            done = _bound_property(model, prop, stage, results[k])
+            done = _bound_property(model, prop, stage, results[k], deadline)
             timings["bounds"] += time.monotonic() - t
             timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
             if done:
