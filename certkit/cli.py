@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_certify(a) -> int:
     from . import api
-    from .certificate import certificate, dataset_certificate, dump, results_file
+    from .certificate import certificate, dump, results_file
 
     if a.dataset:
         return _cmd_dataset(a)

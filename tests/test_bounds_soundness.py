@@ -40,14 +40,6 @@ from certkit.spec.sets import InputSet
 from tests.helpers.random_nets import ALL_NETS, single_dense
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread for this module (restored afterwards, not to slow other modules)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 D = torch.float64
 SET_KINDS = ("box", "linf", "l2_domain", "l2_free", "box_small", "l2_small")

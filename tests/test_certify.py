@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 import certkit
 from certkit.certificate import certificate, results_file
@@ -28,14 +27,6 @@ CONV_UNSAT = VNN / "digits_conv_0_eps0.02.vnnlib"
 DIGIT_CASES = [(FC, UNSAT, "unsat"), (FC, SAT, "sat"), (FC, MARGIN, "unsat"), (CONV, CONV_UNSAT, "unsat")]
 DIGIT_IDS = ["fc_eps0.02", "fc_eps0.3", "fc_margin", "conv_eps0.02"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small nets: one torch thread is fastest, and far faster on a busy machine (the CLI's default too)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BENCH = SHARED / "benchmarks"

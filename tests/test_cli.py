@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from certkit.cli import main
@@ -33,14 +32,6 @@ MARGIN = VNN / "digits_fc_margin.vnnlib"
 CONV_UNSAT = VNN / "digits_conv_0_eps0.02.vnnlib"
 VERDICTS = {"unsat", "sat", "unknown", "timeout"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small nets: one torch thread is fastest, and far faster on a busy machine (the CLI's default too)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(capsys, *args) -> tuple[int, list[str], list[str]]:

@@ -21,13 +21,6 @@ from certkit.verify.input_split import SplitConfig, input_split
 from tests.helpers.random_nets import ALL_NETS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("net", ["mlp_relu", "mlp_relu_deep", "mlp_leaky_relu", "residual", "conv", "max"])
 def test_alpha_sound_and_not_looser(net):

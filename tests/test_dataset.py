@@ -29,14 +29,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 VERDICTS = ("verified", "falsified", "unknown", "misclassified")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small nets: one torch thread is fastest, and far faster on a busy machine (the CLI's default too)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -37,14 +37,6 @@ from tests.helpers.onnx_builders import graph_model
 BENCH = "/work/shared/benchmarks"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small float64 matmuls are ~100x slower with 2 intra-op threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --------------------------------------------------------------------------- ONNX nets
 

@@ -27,14 +27,6 @@ from certkit.bounds.relaxations import RELAXATIONS
 from certkit.graph import ops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread for this module (restored afterwards, not to slow other modules)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 D = torch.float64
 TOL = 1e-12
