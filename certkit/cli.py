@@ -8,6 +8,7 @@ Exit codes (also in the README):
 3     model error (unreadable ONNX, unsupported operators)
 4     spec or data error (malformed VNN-LIB, wrong sizes, bad ``.npz``)
 5     backend unavailable (unknown backend, missing solver or licence)
+6     ``certkit check``: the certificate failed a check
 70    internal error (a bug: please report it, with ``--debug`` output)
 ====  =====================================================================
 
@@ -26,6 +27,7 @@ import traceback
 from .errors import CertkitError, UsageError
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
+EXIT_INVALID = 6  # certkit check: a certificate failed a check
 EXIT_PIPE = 141  # stdout closed by the reader (as after SIGPIPE in a shell pipeline)
 BACKEND_CHOICES = ("interval", "deeppoly", "alpha", "bab", "milp", "auto")  # as verify.certify.STAGES
 
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", default="deeppoly", choices=BACKEND_CHOICES)
     b.add_argument("--json", help="write the bounds as JSON here")
     b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    k = sub.add_parser("check", help="re-check a JSON certificate (witness with onnxruntime, bounds re-derived)")
+    k.add_argument("certificate", help="CERT.json written by certkit certify --json")
+    k.add_argument("--model", help="the model file (default: the path in the certificate)")
+    k.add_argument("--spec", help="the spec file (default: the path in the certificate)")
+    k.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -167,6 +175,19 @@ def _cmd_bench(a) -> int:
     return run_cli(a)
 
 
+def _cmd_check(a) -> int:
+    from .check import check_certificate
+
+    rep = check_certificate(a.certificate, a.model, a.spec)
+    for line in rep.lines:
+        print(line)
+    if not rep.ok:
+        print("invalid")
+        return EXIT_INVALID
+    print("valid" if rep.complete else "valid (complete-search regions not re-derived)")
+    return EXIT_OK
+
+
 def _cmd_ops(a) -> int:
     from .bounds.backends import BACKENDS
     from .graph.ops import OPS
@@ -218,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, a.threads))
-        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "bench": _cmd_bench}[a.command](a)
+        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "bench": _cmd_bench,
+              "check": _cmd_check}[a.command](a)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return rc
     except BrokenPipeError:  # stdout closed early (e.g. piped into `head -1`): stop quietly
