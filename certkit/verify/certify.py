@@ -206,6 +206,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
             if results[k].status == "open" and not expired():
                 if try_attack(k, prop, attack_budget or LONG_ATTACK):
                     break
+    ran_out = False  # a complete procedure stopped at the deadline
     for stage in (st for st in stages if st in COMPLETE):
         for k, prop in enumerate(spec.properties):
             if out.verdict == "sat" or results[k].status != "open" or expired():
@@ -222,11 +223,13 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
                 results[k].status, results[k].stage = "verified", stage
                 if results[k].ruled_out is not None:
                     results[k].ruled_out[:] = True
+            elif res.status == "timeout":
+                ran_out = True
     if out.verdict != "sat":
         if all(r.status == "verified" for r in results):
             out.verdict = "unsat"
             out.stage = max((r.stage for r in results), key=stages.index)
-        elif expired():
+        elif expired() or ran_out:
             out.verdict, out.reason = "timeout", f"time budget of {timeout:g} s used up"
         else:
             n_open = sum(r.status == "open" for r in results)

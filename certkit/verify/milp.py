@@ -445,8 +445,10 @@ class _LpRelaxation:
         self.ok = highspy.HighsModelStatus.kOptimal
         self.cost: dict[int, float] = {}
 
-    def minimum(self, cost: dict[int, float]) -> float:
-        """Rigorous lower bound of ``min sum_j cost[j] x_j`` (``-inf`` if the LP fails)."""
+    def minimum(self, cost: dict[int, float], deadline: float | None = None) -> float:
+        """Rigorous lower bound of ``min sum_j cost[j] x_j`` (``-inf`` if the LP fails or
+        runs out of time)."""
+        self.h.setOptionValue("time_limit", math.inf if deadline is None else max(deadline - time.monotonic(), 1e-3))
         for j in self.cost:
             if j not in cost:
                 self.h.changeColCost(j, 0.0)
@@ -475,8 +477,8 @@ class _LpRelaxation:
         for t, col in enumerate(cols):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            lo[t] = self.minimum({int(col): 1.0})
-            hi[t] = -self.minimum({int(col): -1.0})
+            lo[t] = self.minimum({int(col): 1.0}, deadline)
+            hi[t] = -self.minimum({int(col): -1.0}, deadline)
         return lo, hi
 
 
