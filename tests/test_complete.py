@@ -114,3 +114,23 @@ def test_milp_and_bab_agree(seed, tmp_path):
         spec = Spec((Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-t])),)),), 2, 1)
         verdicts = {b: certify(model, spec, b, timeout=60).verdict for b in ("bab", "milp")}
         assert verdicts["bab"] == verdicts["milp"] and verdicts["bab"] in ("sat", "unsat"), verdicts
+
+
+def test_milp_without_solver_is_a_backend_error(monkeypatch, capsys):
+    """No highspy/scipy: `--backend milp` is exit 5 with a one-line hint; `auto` skips the stage."""
+    import sys
+
+    from certkit.cli import main
+
+    monkeypatch.setitem(sys.modules, "certkit.verify.milp", None)
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    fc, spec = str(root / "models" / "digits_fc.onnx"), str(root / "vnnlib" / "digits_fc_0_eps0.02.vnnlib")
+    assert main(["certify", fc, spec, "--backend", "milp"]) in (0, 5)  # deeppoly may decide first
+    hard = str(root / "vnnlib" / "digits_fc_margin.vnnlib")
+    model = Model(import_model(onnx.load(fc), fc), fc)
+    from certkit.spec.vnnlib import parse_vnnlib
+    from certkit.verify.certify import _run_milp
+    from certkit.errors import BackendError
+    with pytest.raises(BackendError, match="highspy"):
+        _run_milp(model, parse_vnnlib(hard).properties[0], 0, None, True)
+    assert _run_milp(model, parse_vnnlib(hard).properties[0], 0, None, False) is None

@@ -59,7 +59,14 @@ def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, expli
 def _run_milp(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
     """Exact MILP (HiGHS) on piecewise-linear nets; None where it does not apply."""
     from ..errors import BackendError
-    from .milp import milp_decide
+
+    try:
+        from .milp import milp_decide
+    except ImportError as e:
+        if explicit:
+            raise BackendError(f"the milp backend needs highspy and scipy ({e.name} is missing): "
+                               "pip install highspy scipy") from e
+        return None
 
     if model.n_inputs <= INPUT_SPLIT_MAX_DIM and not explicit:
         return None  # input splitting already decided or ran out of time
