@@ -13,19 +13,16 @@ compares their SHA-256, and then
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .bounds.backends import BACKENDS
 from .errors import SpecError
 from .model import load_model
-from .spec.sets import InputSet
 from .spec.vnnlib import parse_vnnlib
-from .verify.certify import fp_margin
+from .verify.certify import prove_rows
 from .verify.witness import satisfied_disjunct
 
 
@@ -45,15 +42,6 @@ class CheckReport:
         self.lines.append("ok   " + msg)
 
 
-def _sha(path: str) -> str:
-    raw = open(path, "rb").read()
-    if raw[:2] == b"\x1f\x8b":
-        import gzip
-
-        raw = gzip.decompress(raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
 def check_certificate(cert_path: str, model_path: str | None = None, spec_path: str | None = None) -> CheckReport:
     try:
         doc = json.load(open(cert_path))
@@ -68,8 +56,8 @@ def check_certificate(cert_path: str, model_path: str | None = None, spec_path: 
     spath = spec_path or doc["spec"]["path"]
     model = load_model(mpath)
     spec = parse_vnnlib(spath, model.n_inputs, model.n_outputs)
-    for what, path, want in (("model", mpath, doc["model"].get("sha256")), ("spec", spath, doc["spec"].get("sha256"))):
-        got = _sha(path)
+    for what, path, got, want in (("model", mpath, model.sha256, doc["model"].get("sha256")),
+                                  ("spec", spath, spec.sha256, doc["spec"].get("sha256"))):
         (rep.good if got == want else rep.fail)(f"{what} sha256 {'matches' if got == want else 'differs'}: {path}")
     verdict = doc["verdict"]
     if verdict == "sat":
@@ -96,14 +84,7 @@ def check_certificate(cert_path: str, model_path: str | None = None, spec_path: 
                 rep.lines.append(f"skip region {entry['index']}: decided by '{stage}', not re-derived "
                                  "(re-run certkit certify to reproduce)")
                 continue
-            C, d, owner = prop.stacked()
-            with torch.no_grad():
-                low = BACKENDS[stage].lower(model.graph, InputSet.box(prop.lower, prop.upper),
-                                            torch.as_tensor(C)).numpy()[0]
-                y_c = model.graph.forward(torch.as_tensor((prop.lower + prop.upper) / 2)[None]).numpy()[0]
-            ok_row = (low - d) > fp_margin(model.graph.depth, C, y_c, low)
-            ruled = np.zeros(len(prop.disjuncts), dtype=bool)
-            np.logical_or.at(ruled, owner, ok_row)
+            _, _, ruled = prove_rows(model, prop, stage)
             (rep.good if ruled.all() else rep.fail)(
                 f"region {entry['index']}: {stage} bounds re-derived, "
                 f"{int(ruled.sum())}/{len(ruled)} disjuncts ruled out")

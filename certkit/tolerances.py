@@ -11,3 +11,12 @@ magnitudes involved (|C_i| . |y(centre)| + |lower_i|). The certificate states it
 """
 FP_REL = 1e-6
 FP_ABS = 1e-7
+
+
+def fp_margin(depth: int, C, y_centre, lower):
+    """The margin per row: ``depth * (FP_ABS + FP_REL * (|C| |y(centre)| + |lower|))``.
+
+    Works on numpy arrays and torch tensors alike; ``y_centre`` is (n_out,) or batched
+    (b, n_out), ``lower`` the rows' lower bounds with the matching shape.
+    """
+    return depth * (FP_ABS + FP_REL * (abs(y_centre) @ abs(C).T + abs(lower)))

@@ -18,10 +18,8 @@ from certkit import bench
 from certkit.cli import main
 from certkit.verify.certify import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
-FC = ROOT / "models" / "digits_fc.onnx"
-UNSAT = ROOT / "vnnlib" / "digits_fc_0_eps0.02.vnnlib"
-SAT = ROOT / "vnnlib" / "digits_fc_0_eps0.3.vnnlib"
+from tests.helpers.examples import FC, SAT, UNSAT
+
 HEAD = ["benchmark", "onnx", "vnnlib", "timeout_s", "expected", "note"]
 
 

@@ -17,18 +17,12 @@ import certkit
 from certkit.certificate import certificate, results_file
 from certkit.errors import BackendError, SpecError
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS, VNN = ROOT / "models", ROOT / "vnnlib"
-FC, CONV = MODELS / "digits_fc.onnx", MODELS / "digits_conv.onnx"
-UNSAT = VNN / "digits_fc_0_eps0.02.vnnlib"
-SAT = VNN / "digits_fc_0_eps0.3.vnnlib"
-MARGIN = VNN / "digits_fc_margin.vnnlib"
-CONV_UNSAT = VNN / "digits_conv_0_eps0.02.vnnlib"
+from tests.helpers.examples import CONV, CONV_UNSAT, FC, MARGIN, SAT, SHARED, UNSAT
+
 DIGIT_CASES = [(FC, UNSAT, "unsat"), (FC, SAT, "sat"), (FC, MARGIN, "unsat"), (CONV, CONV_UNSAT, "unsat")]
 DIGIT_IDS = ["fc_eps0.02", "fc_eps0.3", "fc_margin", "conv_eps0.02"]
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 BENCH = SHARED / "benchmarks"
 # a few fast rows of instances.csv: (benchmark, onnx file name, vnnlib file name), sat and unsat
 INSTANCE_ROWS = [

@@ -22,14 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from certkit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS, VNN = ROOT / "models", ROOT / "vnnlib"
-FC, CONV = MODELS / "digits_fc.onnx", MODELS / "digits_conv.onnx"
-DATA, DATA_CONV = MODELS / "digits_test.npz", MODELS / "digits_test_conv.npz"
-UNSAT = VNN / "digits_fc_0_eps0.02.vnnlib"
-SAT = VNN / "digits_fc_0_eps0.3.vnnlib"
-MARGIN = VNN / "digits_fc_margin.vnnlib"
-CONV_UNSAT = VNN / "digits_conv_0_eps0.02.vnnlib"
+from tests.helpers.examples import CONV, CONV_UNSAT, DATA, DATA_CONV, FC, MARGIN, ROOT, SAT, UNSAT
+
 VERDICTS = {"unsat", "sat", "unknown", "timeout"}
 
 

@@ -21,11 +21,8 @@ from certkit.errors import DataError, UsageError
 from certkit.verify.certify import STAGES
 from certkit.verify.dataset import certify_dataset, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
-FC, CONV = MODELS / "digits_fc.onnx", MODELS / "digits_conv.onnx"
-DATA, DATA_CONV = MODELS / "digits_test.npz", MODELS / "digits_test_conv.npz"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers.examples import CONV, DATA, DATA_CONV, FC, SHARED
+
 VERDICTS = ("verified", "falsified", "unknown", "misclassified")
 
 

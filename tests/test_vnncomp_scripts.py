@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.examples import FC, ROOT, SAT, UNSAT
+
 SCRIPTS = ROOT / "vnncomp"
-FC = ROOT / "models" / "digits_fc.onnx"
-UNSAT = ROOT / "vnnlib" / "digits_fc_0_eps0.02.vnnlib"
-SAT = ROOT / "vnnlib" / "digits_fc_0_eps0.3.vnnlib"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 

@@ -1,7 +1,6 @@
 """Counterexample witnesses: float32 rounding inside boxes, onnxruntime validation, the results file."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +11,7 @@ from certkit.spec.spec import Disjunct, Property
 from certkit.verify.certify import CertifyResult
 from certkit.verify.witness import Witness, inside, satisfied_disjunct, to_float32_inside, validate
 
-ROOT = Path(__file__).resolve().parents[1]
-FC = ROOT / "models" / "digits_fc.onnx"
-UNSAT = ROOT / "vnnlib" / "digits_fc_0_eps0.02.vnnlib"
-SAT = ROOT / "vnnlib" / "digits_fc_0_eps0.3.vnnlib"
+from tests.helpers.examples import FC, SAT, UNSAT
 
 
 def has_float32(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -98,14 +98,10 @@ class BoundState:
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
 
-    #: bounds known over a superset of the input set (node -> (l, u)), intersected in
-    known: dict[int, tuple[Tensor, Tensor]] | None = None
-    #: False: keep the given intermediate bounds (e.g. forward bounds), no back-substitution
-    refine_intermediate: bool = True
 
     def __post_init__(self) -> None:
         if not self.bounds:
-            self.bounds = interval_bounds(self.graph, self.inputs, self.known)
+            self.bounds = interval_bounds(self.graph, self.inputs)
 
     # -- relaxations -------------------------------------------------------
     def relaxation(self, i: int) -> Relax | MaxRelax:
@@ -128,7 +124,7 @@ class BoundState:
 
     def refine(self, j: int, consumer) -> None:
         """Tighten the bounds of node ``j`` by back-substitution (once)."""
-        if j in self.refined or j == 0 or not self.refine_intermediate:
+        if j in self.refined or j == 0:
             return
         self.refined.add(j)
         node = self.graph.nodes[j]

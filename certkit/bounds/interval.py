@@ -28,23 +28,13 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     raise NotImplementedError(f"no interval rule for {op.kind}")
 
 
-def interval_bounds(graph: Graph, inputs: InputSet,
-                    known: dict[int, tuple[Tensor, Tensor]] | None = None) -> list[tuple[Tensor, Tensor] | None]:
-    """IBP bounds of every live node: a list indexed like ``graph.nodes``.
-
-    ``known`` holds bounds already proven for some nodes over a superset of the
-    input set (e.g. a parent domain in branch and bound); they are intersected in
-    as the propagation reaches them.
-    """
+def interval_bounds(graph: Graph, inputs: InputSet) -> list[tuple[Tensor, Tensor] | None]:
+    """IBP bounds of every live node: a list indexed like ``graph.nodes``."""
     out: list[tuple[Tensor, Tensor] | None] = [None] * len(graph.nodes)
     out[0] = (inputs.lower, inputs.upper)
     for i in range(1, len(graph.nodes)):
         if i not in graph.live:
             continue
         n = graph.nodes[i]
-        lo, hi = interval_node(n.op, [out[j] for j in n.inputs])
-        if known is not None and i in known:
-            kl, ku = known[i]
-            lo, hi = torch.maximum(lo, kl), torch.minimum(hi, ku)
-        out[i] = (lo, hi)
+        out[i] = interval_node(n.op, [out[j] for j in n.inputs])
     return out

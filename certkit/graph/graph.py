@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .ops import Activation, Input, LinearOp, MaxGroup, Op
+from .ops import Input, LinearOp, Op
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,13 +135,3 @@ class Graph:
         kinds = ", ".join(f"{k} x{v}" for k, v in self.op_counts().items())
         return f"{self.n_inputs} inputs -> {self.n_outputs} outputs; {kinds}"
 
-
-def is_piecewise_linear(graph: Graph) -> bool:
-    """True when every live nonlinear node is piecewise linear (MILP-encodable)."""
-    from .ops import Abs, Clip, LeakyRelu, Relu
-
-    for i in graph.live:
-        op = graph.nodes[i].op
-        if isinstance(op, (Activation, MaxGroup)) and not isinstance(op, (Relu, LeakyRelu, Clip, Abs, MaxGroup)):
-            return False
-    return True

@@ -24,7 +24,7 @@ from ..errors import BackendError
 from ..model import Model
 from ..spec.sets import InputSet
 from ..spec.spec import Property, Spec
-from ..tolerances import FP_ABS, FP_REL
+from ..tolerances import fp_margin
 from .falsify import AttackConfig, attack
 from .witness import Witness, validate
 
@@ -117,12 +117,6 @@ class CertifyResult:
     fp_depth: int = 0
 
 
-def fp_margin(depth: int, C: np.ndarray, y_centre: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """Outward margin per row (see :mod:`certkit.tolerances`)."""
-    scale = np.abs(C) @ np.abs(y_centre) + np.abs(lower)
-    return depth * (FP_ABS + FP_REL * scale)
-
-
 def stages_for(backend: str) -> tuple[str, ...]:
     if backend not in STAGES:
         raise BackendError(f"unknown backend '{backend}' (choose from: {', '.join(STAGES)})")
@@ -142,25 +136,31 @@ def _attack_property(model: Model, prop: Property, k: int, cfg: AttackConfig, de
     return None
 
 
-def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResult,
-                    deadline: float | None = None) -> bool:
+def prove_rows(model: Model, prop: Property, stage: str,
+               deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bound the property's rows with one bound backend: ``(slack, margin, ruled)`` with
+    ``slack`` the lower bounds on ``C y - d``, ``margin`` the floating-point margin per row
+    and ``ruled`` per disjunct (some row has ``slack > margin``)."""
     C, d, owner = prop.stacked()
-    res.owner = owner
-    n_dj = len(prop.disjuncts)
-    if C.shape[0] == 0:
-        res.ruled_out = np.zeros(n_dj, dtype=bool)
-        return False
     inputs = InputSet.box(prop.lower, prop.upper)
+    kw = {"deadline": deadline} if stage == "alpha" else {}
     with torch.no_grad():
-        bk = BACKENDS[stage]
-        kw = {"deadline": deadline} if stage == "alpha" else {}
-        low = bk.lower(model.graph, inputs, torch.as_tensor(C), **kw).numpy()[0]
+        low = BACKENDS[stage].lower(model.graph, inputs, torch.as_tensor(C), **kw).numpy()[0]
         y_c = model.graph.forward(torch.as_tensor((prop.lower + prop.upper) / 2)[None]).numpy()[0]
     slack = low - d
     margin = fp_margin(model.graph.depth, C, y_c, low)
-    row_ok = slack > margin
-    ruled = np.zeros(n_dj, dtype=bool)
-    np.logical_or.at(ruled, owner, row_ok)
+    ruled = np.zeros(len(prop.disjuncts), dtype=bool)
+    np.logical_or.at(ruled, owner, slack > margin)
+    return slack, margin, ruled
+
+
+def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResult,
+                    deadline: float | None = None) -> bool:
+    res.owner = prop.stacked()[2]
+    if len(res.owner) == 0:
+        res.ruled_out = np.zeros(len(prop.disjuncts), dtype=bool)
+        return False
+    slack, margin, ruled = prove_rows(model, prop, stage, deadline)
     if res.spec_lower is None or res.ruled_out is None:
         res.spec_lower, res.margin = slack, margin
     else:  # keep the best of the stages, row by row

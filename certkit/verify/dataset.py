@@ -23,7 +23,8 @@ from ..bounds.backends import BACKENDS
 from ..errors import DataError, UsageError
 from ..model import Model
 from ..spec.sets import InputSet
-from .certify import fp_margin, stages_for
+from ..tolerances import fp_margin
+from .certify import stages_for
 from .falsify import AttackConfig, attack
 from .witness import to_float32_inside
 

@@ -29,7 +29,7 @@ from ..bounds.deeppoly import BoundState
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Property
-from ..tolerances import FP_ABS, FP_REL
+from ..tolerances import fp_margin
 from .falsify import objective
 from .witness import OnnxRunner, Witness, validate
 
@@ -82,47 +82,45 @@ class _Problem:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
         self.domains += lo.shape[0]
         with torch.no_grad():
-            value, a, low = self._crown(lo, hi)
+            mid = (lo + hi) / 2
+            y_c = self.graph.forward(mid)
+            value, a = self._crown(lo, hi, y_c)
         if self.cfg.alpha_iterations:
             open_ = torch.nonzero(value <= 0).flatten()
             if open_.numel():
-                v2, a2 = self._alpha(lo[open_], hi[open_])
+                v2, a2 = self._alpha(lo[open_], hi[open_], y_c[open_])
                 better = v2 > value[open_]
                 value = value.clone()
                 a = a.clone()
                 value[open_] = torch.where(better, v2, value[open_])
                 a[open_] = torch.where(better[:, None], a2, a[open_])
-        with torch.no_grad():
-            mid = (lo + hi) / 2
-            cand = torch.cat([mid, torch.where(a >= 0, lo, hi)])
-            v = objective(self.graph.forward(cand)[:, None, :], self.C.expand(cand.shape[0], -1, -1),
+        with torch.no_grad():  # counterexample candidates: each centre and worst-row minimiser
+            vert = torch.where(a >= 0, lo, hi)
+            cand = torch.cat([mid, vert])
+            y = torch.cat([y_c, self.graph.forward(vert)])
+            v = objective(y[:, None, :], self.C.expand(cand.shape[0], -1, -1),
                           self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) if hits.numel() else None
         return _Bounded(lo, hi, value, a), w
 
-    def _value(self, lo: Tensor, hi: Tensor, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
+    def _value(self, y_c: Tensor, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
         """value (b,): min over disjuncts of the best row's slack beyond the margin; a: worst row's
         input coefficients."""
-        b = lo.shape[0]
-        g, C = self.graph, self.C
-        y_c = g.forward((lo + hi) / 2)
-        margin = g.depth * (FP_ABS + FP_REL * (y_c.abs() @ C.abs().T + low.abs()))
-        slack = low - self.d - margin  # > 0: the row is proven
+        b = low.shape[0]
+        slack = low - self.d - fp_margin(self.graph.depth, self.C, y_c, low)  # > 0: the row is proven
         per = torch.full((b, self.K), float("-inf"), dtype=slack.dtype)
         per = per.scatter_reduce(1, self.own.expand(b, -1), slack, "amax")
         worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
         return per.min(dim=1).values, A_in[torch.arange(b), worst]
 
-    def _crown(self, lo: Tensor, hi: Tensor):
+    def _crown(self, lo: Tensor, hi: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
         S = InputSet(lo, hi)
         st = BoundState(self.graph, S, intersect=True)
         A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
-        low = S.concretize_lower(A_in, const)
-        value, a = self._value(lo, hi, low, A_in)
-        return value, a, low
+        return self._value(y_c, S.concretize_lower(A_in, const), A_in)
 
-    def _alpha(self, lo: Tensor, hi: Tensor):
+    def _alpha(self, lo: Tensor, hi: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
         from ..bounds.alpha import alpha_lower
 
         S = InputSet(lo, hi)
@@ -130,7 +128,7 @@ class _Problem:
                               keep_state=True, lr=self.cfg.alpha_lr)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
-            return self._value(lo, hi, low, A_in.detach())
+            return self._value(y_c, low, A_in.detach())
 
 
 def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,

@@ -121,7 +121,7 @@ from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Property
-from ..tolerances import FP_ABS, FP_REL
+from ..tolerances import fp_margin
 from .solvers import MipProblem, MipResult, new_highs, solve_mip, tolerances
 from .witness import Witness, validate
 
@@ -636,12 +636,6 @@ def _row_range(C: np.ndarray, d: np.ndarray, yl: np.ndarray, yu: np.ndarray) -> 
     return pos @ yl + neg @ yu - d, pos @ yu + neg @ yl - d
 
 
-def _fp_margin(depth: int, C: np.ndarray, y_c: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """certkit's floating-point margin per row (as in :func:`certkit.verify.certify.fp_margin`)."""
-    scale = np.abs(C) @ np.abs(y_c) + np.abs(low)
-    return depth * (FP_ABS + FP_REL * scale)
-
-
 @dataclass
 class MilpMinimum:
     """Result of :func:`milp_minimize`: ``bound`` is a sound lower bound of ``min c.y`` (the
@@ -742,7 +736,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
         if dj.C.shape[0] == 0:
             continue
         dp_low = lowC[owner == k] - np.asarray(dj.d, np.float64)
-        margin_dp = _fp_margin(depth, np.asarray(dj.C, np.float64), y_c, dp_low)
+        margin_dp = fp_margin(depth, np.asarray(dj.C, np.float64), y_c, dp_low)
         if bool((dp_low > margin_dp).any()):
             out.bounds[k] = float(dp_low.max())
             out.tolerances[k] = float(margin_dp[np.argmax(dp_low - margin_dp)])
@@ -773,7 +767,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
         t_hi += BOUND_WIDEN * (1 + abs(t_hi))
         p = _with_objective(enc, C, d, t_lo, t_hi)
         # the fp margin at the bound we need: scale with |t| ~ tau (small), i.e. at low = 0
-        tau_fp = float(_fp_margin(depth, C, y_c, np.zeros(len(d))).max())
+        tau_fp = float(fp_margin(depth, C, y_c, np.zeros(len(d))).max())
         # the LP relaxation first: its bound is made rigorous from the duals, so only the
         # floating-point margin applies
         lpr = _LpRelaxation(p)
