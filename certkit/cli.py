@@ -92,9 +92,38 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    from .bench import add_arguments as _bench_arguments
-    _bench_arguments(sub.add_parser("bench", help="run a VNN-COMP instances CSV, one fresh process per instance"))
+    for name, (module, helptext) in PLUGINS.items():
+        mod = _plugin(module)
+        if mod is not None:
+            q = sub.add_parser(name, help=helptext)
+            mod.add_arguments(q)
+            if "--debug" not in q._option_string_actions:
+                q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+#: Sub-commands that live in their own module: ``name -> (module, help)``. The module
+#: defines ``add_arguments(parser)`` and ``run_cli(args) -> exit code``; it raises
+#: :class:`CertkitError` for bad input like every other command.
+PLUGINS: dict[str, tuple[str, str]] = {
+    "bench": ("certkit.bench", "run a VNN-COMP instances CSV, one fresh process per instance"),
+    "lipschitz": ("certkit.lipschitz.cli", "Lipschitz constant bounds (nonneg, ABBA, separable, signed, SDP)"),
+    "abba": ("certkit.lipschitz.abba_cli", "ABBA networks: convert a signed net to its exact ABBA form"),
+    "fixedpoint": ("certkit.fixedpoint.cli", "fixed points of nonnegative nets R^k -> R^k (paper 001)"),
+    "sparsify": ("certkit.sparsify.cli", "verification-friendly sparsification by the VNN LP (paper 002)"),
+}
+
+
+def _plugin(module: str):
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:  # parent package absent
+        return None
+    return importlib.import_module(module)
 
 
 def _cmd_certify(a) -> int:
@@ -187,12 +216,6 @@ def _cmd_bounds(a) -> int:
     return EXIT_OK
 
 
-def _cmd_bench(a) -> int:
-    from .bench import run_cli
-
-    return run_cli(a)
-
-
 def _cmd_check(a) -> int:
     from .check import check_certificate
 
@@ -257,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, a.threads))
-        rc = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "bench": _cmd_bench,
-              "check": _cmd_check}[a.command](a)
+        builtin = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "check": _cmd_check}
+        if a.command in builtin:
+            rc = builtin[a.command](a)
+        else:
+            rc = _plugin(PLUGINS[a.command][0]).run_cli(a)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return rc
     except BrokenPipeError:  # stdout closed early (e.g. piped into `head -1`): stop quietly
