@@ -20,10 +20,11 @@ import numpy as np
 from ..errors import UsageError
 from ..graph.graph import Graph
 from ..graph.ops import Relu
+from ..verify.solvers import FEAS_TOL
 from .downstream import tail_rows
 from .layers import (LayerRef, find_layers, layer_system, n_params, nonzeros, replace_node, select_layers,
                      values, with_params)
-from .lp import LpOptions, coupled_lp, row_bounds, row_violation
+from .lp import LpOptions, coupled_lp, row_bounds, row_violation, violation
 from .solve import ROW_TOL, SolverOptions, check_solver, clean, solve_lp, solve_units
 
 
@@ -83,8 +84,8 @@ def accuracy(g: Graph, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(g(x).argmax(1) == y)) if len(y) else float("nan")
 
 
-def _per_unit(system, z, opts: LpOptions, sopts: SolverOptions, rep: LayerReport) -> np.ndarray:
-    lo, hi = row_bounds(z, opts)
+def _per_unit(system, z, act, opts: LpOptions, sopts: SolverOptions, rep: LayerReport) -> np.ndarray:
+    lo, hi = row_bounds(z, opts, act)
     params = system.params.copy()
     t0 = time.monotonic()
     results = solve_units(system, lo, hi, sopts)
@@ -110,10 +111,11 @@ def _per_unit(system, z, opts: LpOptions, sopts: SolverOptions, rep: LayerReport
     return params
 
 
-def _coupled(g, layer, vals, labels, system, z, opts, sopts, rep) -> np.ndarray:
+def _coupled(g, layer, vals, labels, states, system, z, opts, sopts, rep) -> np.ndarray:
     t0 = time.monotonic()
-    tail = tail_rows(g, layer.relu, vals, labels, opts.margin)
-    lp = coupled_lp(system, z, opts, tail)
+    act = states[layer.relu]
+    tail = tail_rows(g, layer.relu, vals, labels, opts.margin, states)
+    lp = coupled_lp(system, z, opts, tail, act)
     rep.t_build += time.monotonic() - t0
     res = solve_lp(lp.problem, sopts)
     rep.n_lps, rep.rows, rep.cols, rep.lp_nnz = 1, res.rows, res.cols, res.nnz
@@ -127,31 +129,27 @@ def _coupled(g, layer, vals, labels, system, z, opts, sopts, rep) -> np.ndarray:
         rep.failures.append(f"note: {res.message}")
     params = lp.params(res.x)
     # clean per unit against the own rows, then check every row (own and downstream)
-    lo, hi = row_bounds(z, opts)
+    lo, hi = row_bounds(z, opts, act)
     for u in range(system.n_units):
         idx = system.out_index(u)
         params[u], _ = clean(params[u], system.matrix(u), lo[:, idx].reshape(-1), hi[:, idx].reshape(-1))
-    if not _coupled_rows_hold(system, params, z, opts, tail):
+    if not _coupled_rows_hold(system, params, z, act, opts, tail):
         cleaned_off = lp.params(res.x)
-        if _coupled_rows_hold(system, cleaned_off, z, opts, tail):
+        if _coupled_rows_hold(system, cleaned_off, z, act, opts, tail):
             return cleaned_off
         rep.failures.append(f"coupled LP solution violates its rows beyond {ROW_TOL:g}; weights kept")
         return system.params.copy()
     return params
 
 
-def _coupled_rows_hold(system, params, z, opts, tail) -> bool:
+def _coupled_rows_hold(system, params, z, act, opts, tail) -> bool:
     zn = system.pre_activations(params)
-    lo, hi = row_bounds(z, opts)
-    own = np.maximum(np.where(np.isfinite(lo), (lo - zn) / (1 + np.abs(lo)), 0),
-                     np.where(np.isfinite(hi), (zn - hi) / (1 + np.abs(hi)), 0))
-    if own.max(initial=0.0) > ROW_TOL:
+    lo, hi = row_bounds(z, opts, act)
+    if violation(zn, lo, hi).max(initial=0.0) > ROW_TOL:
         return False
-    x = np.where(z > 0, zn, 0.0)
+    x = np.where(act, zn, 0.0)
     val = np.einsum("stn,sn->st", tail.G, x) + tail.g
-    bad = np.maximum(np.where(np.isfinite(tail.lo), (tail.lo - val) / (1 + np.abs(tail.lo)), 0),
-                     np.where(np.isfinite(tail.hi), (val - tail.hi) / (1 + np.abs(tail.hi)), 0))
-    return bad.max(initial=0.0) <= ROW_TOL
+    return violation(val, tail.lo, tail.hi).max(initial=0.0) <= ROW_TOL
 
 
 def check(g0: Graph, g1: Graph, x: np.ndarray, y: np.ndarray, margin: float | None) -> CheckReport:
@@ -199,10 +197,12 @@ def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all"
     xs, ys = x_val[ok], y_val[ok]
     if not len(ys):
         raise UsageError("no validation sample is classified correctly: nothing to keep")
+    v0 = values(g, xs)
+    states = {i: v0[g.nodes[i].inputs[0]] > 0 for i in sorted(g.live) if isinstance(g.nodes[i].op, Relu)}
     cur = g
     reports = []
     for layer in chosen:
-        rep = _solve_layer(cur, layer, xs, ys, lp, solver)
+        rep = _solve_layer(cur, layer, xs, ys, states, lp, solver)
         cur = replace_node(cur, layer.node, with_params(cur.nodes[layer.node].op, rep.pop_params()))
         rep.acc_val = accuracy(cur, x_val, y_val)
         if test is not None:
@@ -227,7 +227,7 @@ class _Report(LayerReport):
         return p
 
 
-def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, lp: LpOptions, solver: SolverOptions) -> _Report:
+def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions, solver: SolverOptions) -> _Report:
     t0 = time.monotonic()
     op = cur.nodes[layer.node].op
     vals = values(cur, xs)
@@ -237,10 +237,14 @@ def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, lp: LpOptions, solver: Sol
                   "coupled LP" if lp.downstream and not lp.exact else "per-unit LP",
                   n_params(op), nonzeros(op), nonzeros(op))
     rep.t_build = time.monotonic() - t0
+    # the current states: z > 0, except that a pre-activation within the solvers' feasibility
+    # tolerance of 0 (where an earlier LP left a kept state) takes the original net's state
+    states = {i: np.where(np.abs(vals[cur.nodes[i].inputs[0]]) <= FEAS_TOL, st, vals[cur.nodes[i].inputs[0]] > 0)
+              for i, st in states.items()}
     if rep.method == "coupled LP":
-        params = _coupled(cur, layer, vals, ys, system, z, lp, solver, rep)
+        params = _coupled(cur, layer, vals, ys, states, system, z, lp, solver, rep)
     else:
-        params = _per_unit(system, z, lp, solver, rep)
+        params = _per_unit(system, z, states[layer.relu], lp, solver, rep)
     rep.objective = float(np.abs(params).sum())
     rep.nnz_after = int(np.count_nonzero(params))
     if op.bias is None:  # a layer without bias keeps none unless the LP used it

@@ -51,16 +51,19 @@ def _tail_forward(g: Graph, start: int, x: torch.Tensor, vals: list, masks: dict
     return out
 
 
-def tail_rows(g: Graph, relu: int, vals: list[np.ndarray], labels: np.ndarray, margin: float) -> TailRows:
+def tail_rows(g: Graph, relu: int, vals: list[np.ndarray], labels: np.ndarray, margin: float,
+              states: dict[int, np.ndarray] | None = None) -> TailRows:
     """The downstream rows of the layer whose ReLU is node ``relu``, on the samples of ``vals``
-    (every node's value, from :func:`certkit.sparsify.layers.values`)."""
+    (every node's value, from :func:`certkit.sparsify.layers.values`). ``states[i]``: the
+    states to keep at ReLU node ``i`` (default: its pre-activation > 0 in ``vals``)."""
     S, n = vals[relu].shape
     later = [i for i in range(relu + 1, len(g.nodes)) if i in g.live and isinstance(g.nodes[i].op, Relu)]
     # inputs: for each sample the basis vectors e_1..e_n and 0; G e_i = tail(e_i) - tail(0)
     basis = torch.cat([torch.eye(n, dtype=torch.float64), torch.zeros(1, n, dtype=torch.float64)])
     x = basis.repeat(S, 1)  # (S * (n + 1), n)
-    masks = {i: torch.as_tensor(vals[g.nodes[i].inputs[0]] > 0, dtype=torch.float64).repeat_interleave(n + 1, 0)
-             for i in later}
+    st = {i: (states[i] if states is not None and i in states else vals[g.nodes[i].inputs[0]] > 0)
+          for i in later}
+    masks = {i: torch.as_tensor(st[i], dtype=torch.float64).repeat_interleave(n + 1, 0) for i in later}
     with torch.no_grad():
         out = _tail_forward(g, relu, x, vals, masks, n + 1)
     pre = [out[g.nodes[i].inputs[0]] for i in later]
@@ -69,9 +72,7 @@ def tail_rows(g: Graph, relu: int, vals: list[np.ndarray], labels: np.ndarray, m
     g0 = Y[:, n, :]
     G = np.transpose(Y[:, :n, :] - g0[:, None, :], (0, 2, 1))  # (S, T0, n)
     n_state = sum(p.shape[1] for p in pre)
-    ref = np.concatenate([vals[g.nodes[i].inputs[0]] for i in later] + [vals[g.output]], axis=1) \
-        if later else vals[g.output]
-    act = ref[:, :n_state] > 0
+    act = np.concatenate([st[i] for i in later], axis=1) if later else np.zeros((S, 0), bool)
     lo_s = np.where(act, 0.0, -np.inf)
     hi_s = np.where(act, np.inf, 0.0)
     # class rows: logit_y - logit_k >= min(M, current margin), k != y

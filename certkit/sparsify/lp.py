@@ -43,15 +43,17 @@ class LpOptions:
         return self.eps == 0.0
 
 
-def row_bounds(z: np.ndarray, opts: LpOptions) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi]`` for new pre-activations with reference ``z`` (states: active iff z > 0).
+def row_bounds(z: np.ndarray, opts: LpOptions, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi]`` for new pre-activations with reference ``z`` and ReLU states ``active``
+    (default ``z > 0``; the original net's states when given, so that a reference exactly at 0
+    cannot flip a state).
 
     additive (eq. 5 on x = relu(z)): active ``max(0, z - eps) <= z~ <= z + eps``, inactive
     ``z~ <= 0`` (the output stays 0); relative: active ``max(0, (1-eps) z) <= z~ <= (1+eps) z``,
     inactive ``(1+eps) z <= z~ <= min(0, (1-eps) z)`` (the public code's rows).
     """
     z = np.asarray(z, dtype=np.float64)
-    act = z > 0
+    act = z > 0 if active is None else np.asarray(active, dtype=bool)
     e = float(opts.eps)
     if opts.mode == "additive":
         lo = np.where(act, np.maximum(0.0, z - e), -np.inf)
@@ -111,7 +113,7 @@ class CoupledLp:
         return out
 
 
-def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail) -> CoupledLp:
+def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail, active: np.ndarray | None = None) -> CoupledLp:
     """The coupled LP of eq. 11 for a :class:`~certkit.sparsify.layers.LayerSystem`.
 
     ``z`` (S, n_out) are the reference pre-activations; ``tail`` a
@@ -135,7 +137,8 @@ def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail) -> CoupledLp:
         rows_link.append((u, Ac, col, k))
         col += 2 * k
     n_cols = col + n_z
-    lo_z, hi_z = row_bounds(z.reshape(-1), opts)
+    act = z > 0 if active is None else np.asarray(active, dtype=bool)
+    lo_z, hi_z = row_bounds(z.reshape(-1), opts, act.reshape(-1))
     # linking rows: A_u (p - q) - z~ = 0, one per (sample, position) of each unit
     link = []
     for u, Ac, o, k in rows_link:
@@ -150,7 +153,6 @@ def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail) -> CoupledLp:
     row_lo = [np.zeros(sum(b.shape[0] for b in link))]
     row_hi = [np.zeros_like(row_lo[0])]
     # downstream rows: G[s] (D_s z~_s) + g[s] in [lo, hi]
-    act = z > 0
     if tail is not None and tail.n_rows:
         r_idx, c_idx, vals = [], [], []
         lo_d, hi_d = [], []
@@ -181,9 +183,15 @@ def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail) -> CoupledLp:
     return CoupledLp(prob, unit_cols, system.n_vars, offsets)
 
 
-def row_violation(A: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """How far ``A v`` lies outside ``[lo, hi]``, relative to ``1 + |bound|`` (0 inside)."""
-    y = A @ v
-    below = np.where(np.isfinite(lo), (lo - y) / (1.0 + np.abs(lo)), 0.0)
-    above = np.where(np.isfinite(hi), (y - hi) / (1.0 + np.abs(hi)), 0.0)
+def violation(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How far ``y`` lies outside ``[lo, hi]``, relative to ``1 + |bound|`` (0 inside)."""
+    lo_f = np.where(np.isfinite(lo), lo, 0.0)
+    hi_f = np.where(np.isfinite(hi), hi, 0.0)
+    below = np.where(np.isfinite(lo), (lo_f - y) / (1.0 + np.abs(lo_f)), 0.0)
+    above = np.where(np.isfinite(hi), (y - hi_f) / (1.0 + np.abs(hi_f)), 0.0)
     return np.maximum(0.0, np.maximum(below, above))
+
+
+def row_violation(A: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`violation` of ``A v``."""
+    return violation(A @ v, lo, hi)
