@@ -68,15 +68,28 @@ def op_cases():
         ("sigmoid", ops.Sigmoid()),
         ("tanh", ops.Tanh()),
         ("softplus", ops.Softplus()),
+        # paper activations (tests/test_paper_activations.py tests MaxMin, which is pairwise)
+        ("n_activation[-1,2]", ops.NActivation(np.full(N_INTERVALS, -1.0), np.full(N_INTERVALS, 2.0))),
+        ("n_activation[0.5,0.5]", ops.NActivation(np.full(N_INTERVALS, 0.5), np.full(N_INTERVALS, 0.5))),
+        ("n_activation[random]", _random_n()),
+        ("capped_leaky_relu[0.1,1]", ops.CappedLeakyRelu(0.1, 1.0)),
+        ("capped_leaky_relu[0,2]", ops.CappedLeakyRelu(0.0, 2.0)),
+        ("capped_leaky_relu[f32]", ops.CappedLeakyRelu(float(np.float32(0.1)), 0.5, float(np.float32(0.9)))),
     ]
     return cases
+
+
+def _random_n(n=N_INTERVALS, seed=8):
+    rng = np.random.default_rng(seed)
+    t1 = rng.normal(0, 2, n)
+    return ops.NActivation(t1, t1 + np.abs(rng.normal(0, 2, n)) * (rng.random(n) > 0.05))
 
 
 CASES = op_cases()
 
 
 def test_every_registered_relaxation_is_covered():
-    covered = {type(op) for _, op in CASES}
+    covered = {type(op) for _, op in CASES} | {ops.MaxMin}  # MaxMin: tests/test_paper_activations.py
     assert set(RELAXATIONS) <= covered, set(RELAXATIONS) - covered
 
 
@@ -85,6 +98,10 @@ def kinks(op) -> list[np.ndarray]:
     n = N_INTERVALS
     if isinstance(op, ops.Clip):
         return [np.where(np.isfinite(op.lo), op.lo, 0.0), np.where(np.isfinite(op.hi), op.hi, 0.0)]
+    if isinstance(op, ops.NActivation):
+        return [np.asarray(op.t1, np.float64), np.asarray(op.t2, np.float64)]
+    if isinstance(op, ops.CappedLeakyRelu):
+        return [np.full(n, -op.beta), np.full(n, op.beta)]
     if isinstance(op, ops.Softplus):  # torch's F.softplus switches to x at 20 (ops uses logaddexp)
         return [np.zeros(n), np.full(n, 20.0)]
     return [np.zeros(n)]

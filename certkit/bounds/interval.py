@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.graph import Graph
-from ..graph.ops import Activation, LinearOp, MaxGroup
+from ..graph.ops import Activation, LinearOp, MaxGroup, MaxMin
 from ..spec.sets import InputSet
 
 Tensor = torch.Tensor
@@ -23,7 +23,7 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
         m = op.forward(*mids)
         r = op.apply_abs(*rads)
         return m - r, m + r
-    if isinstance(op, (Activation, MaxGroup)):
+    if isinstance(op, (Activation, MaxGroup, MaxMin)):
         return op.interval(*ins[0])
     raise NotImplementedError(f"no interval rule for {op.kind}")
 

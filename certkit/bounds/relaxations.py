@@ -192,3 +192,81 @@ def _softplus(op: ops.Softplus, l: Tensor, u: Tensor, slope: Tensor | None = Non
     uw = torch.where(narrow, lam_hi, ch)
     ub = torch.where(narrow, fl - lam_hi * l, fl - ch * l)
     return lw, lb, uw, ub
+
+
+# --------------------------------------------------------------------------- activations from the papers
+
+
+def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float]) -> Relax:
+    """Relaxation of a continuous piecewise-linear ``f`` with the given kinks on ``[l, u]``.
+
+    For any slope ``k`` the lines ``k x + min_p (f(p) - k p)`` and ``k x + max_p (f(p) - k p)``,
+    ``p`` over the end points and the kinks inside ``[l, u]``, are below/above ``f`` on
+    ``[l, u]`` (``f - k x`` is piecewise linear, so its extremes are at those points): sound for
+    every ``k``. Candidates: the chord slope and the slopes of the pieces; per neuron the
+    line closest to ``f`` at the midpoint (smallest area between line and ``f``) is kept.
+    On an interval without a kink inside the chord is exact.
+    """
+    pts = torch.stack([l, u] + [torch.minimum(torch.maximum(k.expand_as(l), l), u) for k in kinks])
+    fp = f(pts)
+    ch = _safe_div(f(u) - f(l), u - l)
+    cands = torch.stack([ch] + [torch.full_like(l, s) for s in slopes])  # (K, ...)
+    gap = fp[None] - cands[:, None] * pts[None]  # (K, P, ...)
+    up_c, lo_c = gap.amax(1), gap.amin(1)
+    m = (l + u) / 2
+    ku = (up_c + cands * m).argmin(0, keepdim=True)
+    kl = (lo_c + cands * m).argmax(0, keepdim=True)
+    pick = lambda t, k: t.gather(0, k).squeeze(0)  # noqa: E731
+    return pick(cands, kl), pick(lo_c, kl), pick(cands, ku), pick(up_c, ku)
+
+
+@relaxation(ops.NActivation)
+def _n_activation(op: ops.NActivation, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    t1, t2 = (torch.as_tensor(t, dtype=l.dtype) for t in (op.t1, op.t2))
+    return pwl_relax(op.forward, l, u, [t1, t2], [1.0, -1.0])
+
+
+@relaxation(ops.CappedLeakyRelu)
+def _capped_leaky(op: ops.CappedLeakyRelu, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    b = torch.full((), op.beta, dtype=l.dtype)
+    return pwl_relax(op.forward, l, u, [-b, b], list(op.slope_bounds()))
+
+
+class PairRelax:
+    """Relaxation of :class:`~certkit.graph.ops.MaxMin`, one slope ``s`` per pair ``(a, b)``.
+
+    With ``d = a - b`` in ``[ld, ud] = [l_a - u_b, u_a - l_b]`` and ``s = ud / (ud - ld)`` when
+    ``ld < 0 < ud`` (else ``s`` = 1 or 0, exact), and ``c = -s ld >= 0``:
+    ``max(a, b) = b + relu(d)`` lies in ``[s a + (1-s) b, s a + (1-s) b + c]`` (a convex
+    combination of a and b below; the ReLU chord above), and ``min(a, b) = a + b - max(a, b)``
+    in ``[(1-s) a + s b - c, (1-s) a + s b]``. ``backsub`` maps coefficients on the output to
+    coefficients on the input plus a constant, keeping a lower bound.
+    """
+
+    def __init__(self, op: ops.MaxMin, l: Tensor, u: Tensor) -> None:
+        a, b = torch.as_tensor(op.a), torch.as_tensor(op.b)
+        ld, ud = l[:, a] - u[:, b], u[:, a] - l[:, b]
+        unstable = (ld < 0) & (ud > 0)
+        s = torch.where(ld >= 0, torch.ones_like(ld), torch.zeros_like(ld))
+        s = torch.where(unstable, _safe_div(ud, ud - ld), s)
+        self.a, self.b, self.n_in = a, b, l.shape[1]
+        self.s = s  # (batch, m)
+        self.c = torch.where(unstable, -s * ld, torch.zeros_like(ld))
+        pmax, pmin = op.positions()
+        self.pmax, self.pmin = torch.as_tensor(pmax), torch.as_tensor(pmin)
+
+    def backsub(self, A: Tensor) -> tuple[tuple[Tensor], Tensor]:
+        """``A`` (batch, spec, n_out) -> ((A_in,), const (batch, spec)) with
+        ``A y >= A_in x + const`` for every ``x`` in the box."""
+        amax, amin = A[..., self.pmax], A[..., self.pmin]
+        s, c = self.s[:, None, :], self.c[:, None, :]
+        out = A.new_zeros(*A.shape[:-1], self.n_in)
+        out.index_add_(2, self.a, amax * s + amin * (1 - s))
+        out.index_add_(2, self.b, amax * (1 - s) + amin * s)
+        const = (amax.clamp(max=0) * c).sum(-1) - (amin.clamp(min=0) * c).sum(-1)
+        return (out,), const
+
+
+@relaxation(ops.MaxMin)
+def _max_min(op: ops.MaxMin, l: Tensor, u: Tensor, slope: Tensor | None = None) -> PairRelax:
+    return PairRelax(op, l, u)

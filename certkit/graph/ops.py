@@ -478,3 +478,95 @@ class MaxGroup(Op):
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         return self.forward(lo), self.forward(hi)
+
+
+# --------------------------------------------------------------------------- activations from the papers
+
+
+def _kink_extremes(f, lo: Tensor, hi: Tensor, kinks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Exact image of ``[lo, hi]`` under a continuous piecewise-linear ``f`` whose kinks are
+    ``kinks``: the extremes are at the end points or at the kinks inside (clamped into the box)."""
+    vals = [f(lo), f(hi)] + [f(torch.minimum(torch.maximum(k.expand_as(lo), lo), hi)) for k in kinks]
+    v = torch.stack(vals)
+    return v.amin(0), v.amax(0)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class NActivation(Activation):
+    """The N-activation (paper 004; DESIGN.md section 5): ``N(x) = x - 2 clip(x, t1, t2)``
+    per element, ``t1 <= t2`` (flat arrays). Slopes +1, -1, +1: 1-Lipschitz, not monotone;
+    local maximum ``-t1`` at ``t1``, local minimum ``-t2`` at ``t2``."""
+
+    kind: ClassVar[str] = "n_activation"
+    monotone: ClassVar[bool] = False
+    t1: np.ndarray
+    t2: np.ndarray
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = torch.minimum(torch.maximum(x, _t(self.t1, x)), _t(self.t2, x))
+        return x - 2.0 * c
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        return _kink_extremes(self.forward, lo, hi, [_t(self.t1, lo), _t(self.t2, lo)])
+
+    def slope_bounds(self) -> tuple[float, float]:
+        """Range of the derivative (for Lipschitz bounds)."""
+        return (-1.0, 1.0)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class CappedLeakyRelu(Activation):
+    """Capped symmetric leaky ReLU (paper 000, eq. 20; DESIGN.md section 5):
+    ``f(x) = alpha x + gamma clip(x, -beta, beta)`` with ``gamma = 1 - alpha`` unless given
+    (a float32 export stores ``alpha`` and ``1 - alpha`` rounded separately; keeping both
+    makes the op equal to the file). ``alpha >= 0``, ``alpha + gamma >= 0``, ``beta > 0``:
+    odd, nondecreasing, slopes ``{alpha, alpha + gamma}``."""
+
+    kind: ClassVar[str] = "capped_leaky_relu"
+    alpha: float
+    beta: float
+    gamma: float | None = None
+
+    @property
+    def gain(self) -> float:
+        return 1.0 - self.alpha if self.gamma is None else self.gamma
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alpha * x + self.gain * x.clamp(-self.beta, self.beta)
+
+    def slope_bounds(self) -> tuple[float, float]:
+        return (min(self.alpha, self.alpha + self.gain), max(self.alpha, self.alpha + self.gain))
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class MaxMin(Op):
+    """MaxMin / GroupSort(2) (paper 004; DESIGN.md section 5): pairs ``(x[a_k], x[b_k])`` go
+    to ``(max, min)``. The plain result is ``[max_1..max_m, min_1..min_m]``; ``perm`` (as in
+    :class:`Concat`) maps it to the output order: ``y_i = plain[perm[i]]``. Nondecreasing in
+    every input; with every input in exactly one pair a permutation of the input, hence
+    1-Lipschitz in every L_p norm."""
+
+    kind: ClassVar[str] = "max_min"
+    a: np.ndarray  # int64 (m,)
+    b: np.ndarray  # int64 (m,)
+    perm: np.ndarray | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xa, xb = x[:, torch.as_tensor(self.a)], x[:, torch.as_tensor(self.b)]
+        y = torch.cat([torch.maximum(xa, xb), torch.minimum(xa, xb)], dim=-1)
+        return y if self.perm is None else y[:, torch.as_tensor(self.perm)]
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward(lo), self.forward(hi)
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Output positions of the max and of the min of each pair."""
+        m = len(self.a)
+        if self.perm is None:
+            return np.arange(m), np.arange(m, 2 * m)
+        inv = np.empty_like(self.perm)
+        inv[self.perm] = np.arange(len(self.perm))
+        return inv[:m], inv[m:]

@@ -2,6 +2,8 @@
 random inputs against onnxruntime); they only make the graph smaller.
 
 * dead-node elimination;
+* recognition of the paper activations (N-activation, capped leaky ReLU, MaxMin) in their
+  lowered form, one IR op each (:mod:`certkit.onnx.patterns`);
 * fusion of elementwise affine maps (:class:`Scale`) into neighbouring
   :class:`Dense`/:class:`Conv`/:class:`Scale` nodes (input normalisation,
   bias Adds, BatchNormalization after a convolution; a per-channel
@@ -13,6 +15,7 @@ import numpy as np
 
 from ..graph.graph import Graph, Node
 from ..graph.ops import Conv, Dense, Scale
+from .patterns import recognise_activations
 
 
 def _single_consumer(g: Graph, i: int) -> bool:
@@ -111,4 +114,4 @@ def prune(g: Graph) -> Graph:
 
 
 def simplify(g: Graph) -> Graph:
-    return prune(fuse_affine(prune(g)))
+    return prune(fuse_affine(prune(recognise_activations(prune(g)))))

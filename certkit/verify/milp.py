@@ -119,6 +119,7 @@ import torch
 from ..errors import BackendError
 from ..graph import ops
 from ..graph.graph import Graph
+from ..graph.lower import lower_paper_ops
 from ..spec.sets import InputSet
 from ..spec.spec import Property
 from ..tolerances import fp_margin
@@ -667,6 +668,7 @@ def milp_minimize(graph: Graph, inputs_box, c_row, solver: str = "highs", time_l
     else:
         lower, upper = (np.asarray(a, dtype=np.float64).reshape(-1) for a in inputs_box)
     c_row = np.asarray(c_row, dtype=np.float64).reshape(1, -1)
+    graph = lower_paper_ops(graph)
     check_encodable(graph)
     sb, lowc = intermediate_bounds(graph, lower, upper, c_row)
     deadline = None if time_limit is None else t0 + time_limit
@@ -705,6 +707,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
     possible. ``deadline``: absolute ``time.monotonic()`` time, or None.
     """
     t0 = time.monotonic()
+    graph = lower_paper_ops(graph)
     check_encodable(graph)
     n_dj = len(prop.disjuncts)
     out = MilpOutcome("unknown", bounds=[-math.inf] * n_dj, tolerances=[math.nan] * n_dj,
