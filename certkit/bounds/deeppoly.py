@@ -135,7 +135,7 @@ class BoundState:
         mask = torch.zeros_like(l, dtype=torch.bool)
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
-            if isinstance(op, (ops.Activation, ops.MaxGroup)):
+            if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
                 mask = mask | _needs_refine(op, l, u)
         if not self.intersect:
             # pure CROWN, as auto_LiRPA: a sample whose interval bounds leave more than
@@ -213,7 +213,7 @@ class BoundState:
         # relaxations are needed for nodes on the way; compute them first (they may
         # themselves run back-substitutions) in topological order
         for i in sorted(self._ancestors(t)):
-            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup)):
+            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
                 self.relaxation(i)
         for i in range(t, 0, -1):
             Ai = acc.pop(i, None)
@@ -235,6 +235,9 @@ class BoundState:
                 out = Ai.new_zeros(b, s, n_in)
                 out.scatter_add_(2, r.sel[:, None, :].expand(b, s, -1), coef)
                 parts = (out,)
+            elif isinstance(op, ops.MaxMin):  # pairwise relaxation (bounds/relaxations.py)
+                parts, c = self.relaxation(i).backsub(Ai)
+                total = total + c
             else:
                 lw, lb, uw, ub = (_rows(r) for r in self._relax_for(i, tag, rows, s))  # type: ignore[misc]
                 nonneg = Ai >= 0
