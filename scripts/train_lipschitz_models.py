@@ -14,7 +14,7 @@ the same 80/20 split by index), and the models then have 64 inputs. Writes into 
 - ``mnist_abba.onnx``      nonnegative ABBA net (paper 000, eqs. 9-12): x -> [x; -x],
   ABBA layers [[A, B], [B, A]] with A, B >= 0 (784 -> 64 -> 64 -> 10 per half), capped
   symmetric leaky ReLU (eq. 20), last layer (y1 - y2) / 2; Lipschitz constraint
-  ||A_i + B_i||_2 <= THETA_MAX^(1/3) after each step, so theta (eq. 17) <= THETA_MAX
+  ||A_i + B_i||_2 <= THETA_MAX^(1/3) after each step, so theta (eq. 17) <= THETA_MAX = 100
 - ``mnist_1lip.onnx``      1-Lipschitz net (paper 004): AOL dense layers 784-128-128-10 with
   N-activations
 - ``mnist_ae_nonneg.onnx`` nonnegative ReLU autoencoder 784 -> 64 -> 784 (W, b >= 0, each
@@ -49,7 +49,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 SEED = 0
 N_TRAIN = 8000
 N_TEST_FILE = 500
-THETA_MAX = 10.0
+THETA_MAX = 100.0
 AE_RADIUS = 0.995
 
 

@@ -8,6 +8,7 @@ activation patterns of DESIGN.md section 5.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,10 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     path = Path(path)
     frozen = freeze(model)
     x = torch.rand(1, *input_shape[1:]) if input_shape[0] == 1 else torch.rand(*input_shape)
-    torch.onnx.export(frozen, (x,), str(path), input_names=[input_name], output_names=[output_name],
-                      opset_version=opset, do_constant_folding=True, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, not removed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(frozen, (x,), str(path), input_names=[input_name], output_names=[output_name],
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
     if check:
         _check(frozen, path, x.shape, input_name)
     return path
