@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default="highs", help="LP solver: highs (default) or gurobi")
     p.add_argument("--fallback", choices=("stop", "highs"), default="stop",
                    help="when Gurobi is missing or its licence too small: stop (default) or use HiGHS")
+    p.add_argument("--lp-method", choices=("auto", "simplex", "ipm"), default="auto",
+                   help="LP algorithm: auto (default: dual simplex, interior point with crossover for LPs "
+                        "of 40000 columns or more), simplex, ipm")
+    p.add_argument("--time-limit", type=float, help="seconds per LP (default: none)")
     p.add_argument("--threads", dest="lp_threads", type=int, default=2,
                    help="processes for the per-neuron LPs (default 2)")
     p.add_argument("--json", help="write the report as JSON")
@@ -87,7 +91,7 @@ def run_cli(a: argparse.Namespace) -> int:
         res = prune(model.graph, xv, yv, a.sparsity, a.layers, test)
     else:
         res = sparsify(model.graph, xv, yv, a.layers, LpOptions(a.eps, a.eps_mode, a.margin, a.downstream),
-                       SolverOptions(a.solver, a.fallback, a.lp_threads), test, log)
+                       SolverOptions(a.solver, a.fallback, a.lp_threads, a.time_limit, a.lp_method), test, log)
     export_onnx(res.graph, a.out)
     new = load_model(a.out)
     ort = new.runner(xv.astype(np.float32))
@@ -99,6 +103,7 @@ def run_cli(a: argparse.Namespace) -> int:
     extra = {"model": a.model, "out": a.out, "method": a.method,
              "options": {"eps": a.eps, "eps_mode": a.eps_mode, "margin": a.margin, "downstream": a.downstream,
                          "layers": a.layers, "solver": a.solver, "fallback": a.fallback, "threads": a.lp_threads,
+                         "lp_method": a.lp_method, "time_limit": a.time_limit,
                          "sparsity": a.sparsity},
              "onnxruntime": {"max_abs_diff": diff, "same_predictions": same, "samples": len(xv)}}
     if eps_list:
