@@ -1,0 +1,44 @@
+"""``certkit lipschitz MODEL.onnx [--norm 2|inf] [--method ...] [--json OUT.json]``.
+
+Prints the interval ``[lower, upper]`` on the Lipschitz constant and the method behind each
+end, then one line per method tried (its bound, or why it does not apply).
+"""
+from __future__ import annotations
+
+import json
+
+from .methods import METHODS
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    p.add_argument("--norm", default="2", choices=("2", "inf"), help="L_p -> L_p operator norm (default 2)")
+    p.add_argument("--method", default="auto", choices=("auto",) + tuple(METHODS),
+                   help="upper-bound method (default auto: the tightest that applies)")
+    p.add_argument("--samples", type=int, default=32, help="random points for the lower bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write lower, upper, method and per-method details here")
+
+
+def run_cli(a) -> int:
+    from ..errors import UsageError
+    from ..model import load_model
+    from . import lipschitz_bounds
+
+    if a.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    model = load_model(a.model)
+    r = lipschitz_bounds(model, a.norm, a.method, samples=a.samples, seed=a.seed)
+    print(f"Lipschitz constant (L_{a.norm}): [{r.lower:.6g}, {r.upper:.6g}]")
+    print(f"lower: {r.method_lower}; upper: {r.method_upper}")
+    for name, m in r.methods.items():
+        print(f"  {name:<10} {m.upper:.6g}")
+    for name, why in r.refused.items():
+        print(f"  {name:<10} n/a: {why}")
+    if a.json:
+        doc = r.to_json()
+        doc = {"model": a.model, "lower": doc["lower"], "upper": doc["upper"],
+               "method": doc["method"], **{k: v for k, v in doc.items() if k not in ("lower", "upper", "method")}}
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0
