@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .activations import NActivation
-from .layers import ABBAConv2d, ABBALinear, AOLLinear
+from .layers import ABBAConv2d, ABBALinear, AOLLinear, NonnegLinear
 
 
 class _FixedN(nn.Module):
@@ -37,7 +37,7 @@ class _FixedN(nn.Module):
 
 def _frozen(m: nn.Module) -> nn.Module | None:
     with torch.no_grad():
-        if isinstance(m, (ABBALinear, AOLLinear)):
+        if isinstance(m, (ABBALinear, AOLLinear, NonnegLinear)):
             w = m.weight if isinstance(m, ABBALinear) else m.effective_weight()
             lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
             lin.weight.copy_(w)

@@ -27,17 +27,30 @@ class NonnegLinear(nn.Linear):
     """``y = W x + b`` with ``W >= 0`` elementwise (paper 000, Prop. 2.1; paper 001).
 
     ``nonneg_bias`` also keeps ``b >= 0`` (weak scalability in paper 001 needs it).
+    ``max_norm``: spectral normalisation in the forward pass, the effective weight is
+    ``W min(1, max_norm / ||W||_2)`` (paper 001's "spectral" nets; trains far better than
+    rescaling after each step); the export stores the effective weight.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 nonneg_bias: bool = False) -> None:
+                 nonneg_bias: bool = False, max_norm: float | None = None) -> None:
         super().__init__(in_features, out_features, bias)
         self.nonneg_bias = nonneg_bias
+        self.max_norm = max_norm
         _uniform_(self.weight, in_features)
         if self.bias is not None:
             with torch.no_grad():
                 self.bias.zero_()
         self.project_()
+
+    def effective_weight(self) -> Tensor:
+        if self.max_norm is None:
+            return self.weight
+        n = torch.linalg.matrix_norm(self.weight, ord=2)
+        return self.weight * torch.clamp(self.max_norm / n.clamp(min=1e-30), max=1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
 
     @torch.no_grad()
     def project_(self) -> None:
