@@ -93,8 +93,10 @@ def solve_lp(problem: MipProblem, opts: SolverOptions) -> LpOutcome:
         res = solve_mip(problem, name, time_limit=opts.time_limit, threads=1,
                         options=_native_options(name, opts.method, problem.n_cols))
     except BackendError as e:
-        if name != "gurobi" or opts.fallback != "highs":
+        if name != "gurobi":
             raise
+        if opts.fallback != "highs":
+            raise BackendError(f"{e} (or --fallback highs to solve such LPs with HiGHS)") from e
         note = f"{e}; fell back to HiGHS"
         res = solve_mip(problem, "highs", time_limit=opts.time_limit, threads=1,
                         options=_native_options("highs", opts.method, problem.n_cols))
