@@ -19,8 +19,10 @@ from .verify.certify import CertifyResult, stages_for
 from .verify.certify import certify as _certify
 from .verify.dataset import DatasetResult
 from .verify.dataset import certify_dataset as _certify_dataset
+from .lipschitz import LipschitzResult, lipschitz_bounds
 
-__all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult"]
+__all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
+           "lipschitz_bounds", "LipschitzResult"]
 
 
 def load_spec(path: str | os.PathLike, model: Model | None = None) -> Spec:

@@ -76,7 +76,8 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
                    for v in ("verified", "falsified", "unknown", "misclassified")},
         "per_sample": [{"index": s.index, "label": s.label, "verdict": s.verdict,
                         "margin_lower": None if np.isnan(s.margin_lower) or np.isinf(s.margin_lower)
-                        else s.margin_lower, "stage": s.stage, "time": round(s.time, 6)}
+                        else s.margin_lower, "stage": s.stage, "time": round(s.time, 6),
+                        **({"radius": s.radius if np.isfinite(s.radius) else None} if s.radius == s.radius else {})}
                        for s in result.samples],
         "timings": {k: round(v, 6) for k, v in result.timings.items()},
     }

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="decide a VNN-LIB spec, or certify a data set")
     c.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     c.add_argument("spec", nargs="?", help="VNN-LIB specification (.vnnlib or .vnnlib.gz)")
-    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES + ("lipschitz",),
+                   help="bound backend; lipschitz: Lipschitz-margin certificates (data-set mode)")
     c.add_argument("--timeout", type=float, default=None, help="time budget in seconds")
     c.add_argument("--out", help="write the VNN-COMP results file here")
     c.add_argument("--json", help="write the JSON certificate here")
@@ -134,6 +135,8 @@ def _cmd_certify(a) -> int:
         return _cmd_dataset(a)
     if a.spec is None:
         raise UsageError("certify needs a SPEC.vnnlib, or --dataset DATA.npz --eps E")
+    if a.backend == "lipschitz":
+        raise UsageError("--backend lipschitz certifies data sets: use --dataset DATA.npz --eps E")
     if a.eps is not None:
         raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
     if a.timeout is not None and not a.timeout > 0:  # also rejects nan
@@ -193,6 +196,13 @@ def _cmd_dataset(a) -> int:
     print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
     if a.json:
         dump(dataset_certificate(res, model, a.dataset, {"batch_size": a.batch_size}), a.json)
+    if a.backend == "lipschitz":
+        import numpy as np
+
+        r = [s.radius for s in res.samples if s.verdict != "misclassified" and s.radius == s.radius]
+        if r:
+            print(f"certified {a.norm} radius per sample (JSON per_sample.radius): "
+                  f"median {float(np.median(r)):.4g}, min {min(r):.4g}, max {max(r):.4g}")
     pct = 100.0 * res.certified / res.total if res.total else 0.0
     print(f"certified: {res.certified}/{res.total} ({pct:.1f}%)")
     return EXIT_OK
@@ -241,11 +251,12 @@ def _cmd_ops(a) -> int:
     print()
     print("IR op x backend:")
     backends = list(BACKENDS)
-    print(f"  {'op':<12}" + "".join(f"{b:<20}" for b in backends))
+    w = max(12, max(len(k) for k in OPS) + 2)
+    print(f"  {'op':<{w}}" + "".join(f"{b:<20}" for b in backends))
     for kind, cls in OPS.items():
         op = _example(cls)
         marks = ["yes" if op is not None and BACKENDS[b].supports(op) else "no" for b in backends]
-        print(f"  {kind:<12}" + "".join(f"{m:<20}" for m in marks))
+        print(f"  {kind:<{w}}" + "".join(f"{m:<20}" for m in marks))
     return EXIT_OK
 
 
