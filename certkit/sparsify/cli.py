@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downstream", action="store_true",
                    help="also keep every later ReLU state and the predicted class (eq. 11): one coupled LP "
                         "per layer (implied, and skipped, when eps = 0)")
+    p.add_argument("--all-samples", action="store_true",
+                   help="constrain every validation sample, misclassified ones included (their predicted "
+                        "class kept), not only the correctly classified ones (the paper's choice)")
     p.add_argument("--layers", default="all", help="'all' or 1-based ReLU layer numbers, e.g. 1,2")
     p.add_argument("--solver", default="highs", help="LP solver: highs (default) or gurobi")
     p.add_argument("--fallback", choices=("stop", "highs"), default="stop",
@@ -91,7 +94,8 @@ def run_cli(a: argparse.Namespace) -> int:
         res = prune(model.graph, xv, yv, a.sparsity, a.layers, test)
     else:
         res = sparsify(model.graph, xv, yv, a.layers, LpOptions(a.eps, a.eps_mode, a.margin, a.downstream),
-                       SolverOptions(a.solver, a.fallback, a.lp_threads, a.time_limit, a.lp_method), test, log)
+                       SolverOptions(a.solver, a.fallback, a.lp_threads, a.time_limit, a.lp_method), test, log,
+                       a.all_samples)
     export_onnx(res.graph, a.out)
     new = load_model(a.out)
     ort = new.runner(xv.astype(np.float32))
@@ -102,7 +106,7 @@ def run_cli(a: argparse.Namespace) -> int:
           f"same prediction on {same}/{len(xv)} validation samples")
     extra = {"model": a.model, "out": a.out, "method": a.method,
              "options": {"eps": a.eps, "eps_mode": a.eps_mode, "margin": a.margin, "downstream": a.downstream,
-                         "layers": a.layers, "solver": a.solver, "fallback": a.fallback, "threads": a.lp_threads,
+                         "layers": a.layers, "all_samples": a.all_samples, "solver": a.solver, "fallback": a.fallback, "threads": a.lp_threads,
                          "lp_method": a.lp_method, "time_limit": a.time_limit,
                          "sparsity": a.sparsity},
              "onnxruntime": {"max_abs_diff": diff, "same_predictions": same, "samples": len(xv)}}

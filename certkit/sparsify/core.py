@@ -181,8 +181,13 @@ def check(g0: Graph, g1: Graph, x: np.ndarray, y: np.ndarray, margin: float | No
 
 def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all",
              lp: LpOptions = LpOptions(), solver: SolverOptions = SolverOptions(),
-             test: tuple[np.ndarray, np.ndarray] | None = None, log=None) -> SparsifyResult:
-    """Re-solve the chosen layers of the ReLU net ``g`` by the VNN LP on ``(x_val, y_val)``."""
+             test: tuple[np.ndarray, np.ndarray] | None = None, log=None,
+             all_samples: bool = False) -> SparsifyResult:
+    """Re-solve the chosen layers of the ReLU net ``g`` by the VNN LP on ``(x_val, y_val)``.
+
+    The constraints hold on the correctly classified samples (paper 002, eq. 6-7); with
+    ``all_samples`` on every validation sample, the predicted class standing for the label.
+    """
     if lp.mode not in ("additive", "relative"):
         raise UsageError(f"--eps-mode must be additive or relative (got '{lp.mode}')")
     if not lp.eps >= 0:
@@ -193,8 +198,9 @@ def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all"
     check_solver(solver)
     t_all = time.monotonic()
     x_val = np.asarray(x_val, dtype=np.float64).reshape(len(x_val), -1)
-    ok = g(x_val).argmax(1) == y_val
-    xs, ys = x_val[ok], y_val[ok]
+    pred = g(x_val).argmax(1)
+    ok = np.ones(len(pred), bool) if all_samples else pred == y_val
+    xs, ys = x_val[ok], pred[ok]
     if not len(ys):
         raise UsageError("no validation sample is classified correctly: nothing to keep")
     v0 = values(g, xs)
@@ -202,8 +208,8 @@ def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all"
     cur = g
     reports = []
     for layer in chosen:
-        rep = _solve_layer(cur, layer, xs, ys, states, lp, solver)
-        cur = replace_node(cur, layer.node, with_params(cur.nodes[layer.node].op, rep.pop_params()))
+        rep, params = _solve_layer(cur, layer, xs, ys, states, lp, solver)
+        cur = replace_node(cur, layer.node, with_params(cur.nodes[layer.node].op, params))
         rep.acc_val = accuracy(cur, x_val, y_val)
         if test is not None:
             rep.acc_test = accuracy(cur, *test)
@@ -217,23 +223,16 @@ def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all"
                           time.monotonic() - t_all)
 
 
-class _Report(LayerReport):
-    """A LayerReport that carries the new parameters until they are installed."""
-
-    _params: np.ndarray | None = None
-
-    def pop_params(self) -> np.ndarray:
-        p, self._params = self._params, None
-        return p
-
-
-def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions, solver: SolverOptions) -> _Report:
+def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions,
+                 solver: SolverOptions) -> tuple[LayerReport, np.ndarray]:
+    """One layer's LP(s) on the samples ``xs`` (predicted classes ``ys``): the report and the new
+    parameters (one row per unit, see :func:`certkit.sparsify.layers.layer_system`)."""
     t0 = time.monotonic()
     op = cur.nodes[layer.node].op
     vals = values(cur, xs)
     system = layer_system(op, vals[cur.nodes[layer.node].inputs[0]])
     z = vals[layer.node]
-    rep = _Report(layer.number, cur.nodes[layer.node].name, layer.kind,
+    rep = LayerReport(layer.number, cur.nodes[layer.node].name, layer.kind,
                   "coupled LP" if lp.downstream and not lp.exact else "per-unit LP",
                   n_params(op), nonzeros(op), nonzeros(op))
     rep.t_build = time.monotonic() - t0
@@ -249,6 +248,5 @@ def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions, sol
     rep.nnz_after = int(np.count_nonzero(params))
     if op.bias is None:  # a layer without bias keeps none unless the LP used it
         rep.params = n_params(op) + system.n_units
-    rep._params = params
     rep.t_wall += rep.t_build
-    return rep
+    return rep, params

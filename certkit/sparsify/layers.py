@@ -34,9 +34,6 @@ class LayerRef:
     relu: int
     kind: str  # dense | conv
 
-    def label(self, g: Graph) -> str:
-        return f"{self.number} ({g.nodes[self.node].name}, {self.kind})"
-
 
 def check_relu_net(g: Graph) -> None:
     """Raise :class:`ModelError` unless every live node is an affine op or a ReLU."""

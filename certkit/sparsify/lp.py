@@ -121,7 +121,6 @@ def coupled_lp(system, z: np.ndarray, opts: LpOptions, tail, active: np.ndarray 
     + g[s, t] <= hi_t`` per sample over the layer's outputs ``x~``.
     """
     S, n_out = z.shape
-    P = system.positions
     blocks, unit_cols, offsets = [], [], []
     col = 0
     n_z = S * n_out

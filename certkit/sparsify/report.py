@@ -25,7 +25,7 @@ def format_report(r: SparsifyResult) -> str:
     lines.append(f"non-zeros in the chosen layers: {before} -> {after} ({100 * after / max(before, 1):.1f}%)")
     c = r.check
     kept = "kept" if c.ok else "NOT kept"
-    lines.append(f"validation check ({c.samples} correctly classified samples): {kept}: predictions "
+    lines.append(f"validation check ({c.samples} constrained samples): {kept}: predictions "
                  f"{c.predictions_kept}/{c.samples}, ReLU states changed {c.state_violations}/{c.states}"
                  + (f", margin >= min({c.margin_required:g}, original) violated on {c.margin_violations}"
                     if c.margin_required is not None else "")
