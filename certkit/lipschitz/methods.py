@@ -65,8 +65,9 @@ def _product_norm(st: Structure, p: float, start: int = 0, end: int | None = Non
     return nb.upper, {"power_lower": nb.lower, "iterations": nb.iterations}
 
 
-def nonneg_violation(st: Structure, nodes=None) -> str | None:
-    """The first op that keeps the net from being nonnegative, as a message, or None."""
+def nonneg_violation(st: Structure, nodes=None, slopes: bool = True) -> str | None:
+    """The first op that keeps the net from being nonnegative, as a message, or None
+    (activations with negative slopes count unless ``slopes`` is False)."""
     g = st.graph
     for i in (st.order if nodes is None else nodes):
         n = g.nodes[i]
@@ -74,7 +75,7 @@ def nonneg_violation(st: Structure, nodes=None) -> str | None:
             where = first_negative(n.op)
             if where is not None:
                 return f"layer '{n.name}' ({n.op.kind}) has a negative weight at {where}"
-        elif i in st.slopes and not st.slopes[i].nonnegative:
+        elif slopes and i in st.slopes and not st.slopes[i].nonnegative:
             return f"activation '{n.name}' ({n.op.kind}) has negative slopes"
     return None
 
@@ -148,7 +149,8 @@ def abba_split(st: Structure) -> tuple[int, int]:
     """``(s, t)``: cut nodes such that the head (input -> ``s``) holds the signed first
     layer ``W_0``, the middle (``s`` -> ``t``) is a nonnegative ABBA chain, and the tail
     (``t`` -> output) holds the signed last layer ``W_{m+1}`` (paper 000, Def. 3.2). The
-    middle is taken as long as possible."""
+    middle is taken as long as possible. Its activations need only be componentwise
+    (Prop. 3.3): with ``|D| <= max|s|`` the middle Jacobian is entrywise below ``P_mid``."""
     g = st.graph
     segs = _segments(st, "ABBA")
     if not st.nonlinear:
@@ -160,7 +162,7 @@ def abba_split(st: Structure) -> tuple[int, int]:
         nodes = st.nodes_between(a, b)
         prev = a
         for i in nodes:
-            if g.nodes[i].inputs != (prev,) or nonneg_violation(st, [i]) is not None:
+            if g.nodes[i].inputs != (prev,) or nonneg_violation(st, [i], slopes=False) is not None:
                 return False
             prev = i
         return True
@@ -170,7 +172,7 @@ def abba_split(st: Structure) -> tuple[int, int]:
     t = max(c for c in cuts if c >= last_nl and nonneg_chain(last_nl, c))
     if s == 0 and t == g.output:
         raise NotApplicable("no signed first or last layer: the net is nonnegative (use the nonneg method)")
-    why = nonneg_violation(st, st.nodes_between(s, t))
+    why = nonneg_violation(st, st.nodes_between(s, t), slopes=False)
     if why is not None:
         raise NotApplicable(f"not an ABBA net: the hidden part is not nonnegative: {why}")
     for i in st.nodes_between(s, t):

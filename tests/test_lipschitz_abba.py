@@ -1,0 +1,87 @@
+"""`certkit abba convert` (paper 000, eqs. 9-12): the converted net equals the original on
+random inputs (onnxruntime), and its ABBA bound (eq. 17) is || |W_m| ... |W_1| || of the original."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from certkit.cli import main
+from certkit.lipschitz import lipschitz_bounds
+from certkit.lipschitz.convert import abba_convert, check_equivalence
+from certkit.model import load_model
+
+nn_mod = pytest.importorskip("certkit.nn")
+
+
+def _act(kind: str, n: int) -> nn.Module:
+    from certkit.nn.activations import CappedLeakyReLU, NActivation
+
+    return {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "hardtanh": nn.Hardtanh,
+            "capped": lambda: CappedLeakyReLU(0.2, 0.7), "nact": lambda: NActivation(n),
+            "relu": nn.ReLU}[kind]()
+
+
+def dense_net(acts: list[str], seed: int, sizes=(6, 9, 7, 3)) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if k < len(acts):
+            layers.append(_act(acts[k], b))
+    return nn.Sequential(*layers)
+
+
+def conv_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2), nn.Sigmoid(),
+                         nn.AvgPool2d(1), nn.Flatten(), nn.Linear(16, 5), nn.Hardtanh(), nn.Linear(5, 3))
+
+
+def export(model: nn.Module, path, shape) -> str:
+    from certkit.nn.export import export_onnx
+
+    for p in model.parameters():
+        p.data = p.data.double().float()
+    export_onnx(model.eval(), path, shape)
+    return str(path)
+
+
+CASES = {
+    "tanh_sigmoid": (lambda s: dense_net(["tanh", "sigmoid"], s), (1, 6)),
+    "hardtanh_capped": (lambda s: dense_net(["hardtanh", "capped"], s), (1, 6)),
+    "nact": (lambda s: dense_net(["nact", "tanh"], s), (1, 6)),
+    "conv": (conv_net, (1, 2, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conversion_is_exact_and_abba_bound_is_signed_bound(case, tmp_path):
+    build, shape = CASES[case]
+    path = export(build(0), tmp_path / "net.onnx", shape)
+    g = load_model(path).graph
+    conv = abba_convert(g)
+    n = 10_000 if case == "tanh_sigmoid" else 1000
+    assert check_equivalence(path, conv, n, scale=3.0) < 1e-6
+    out = tmp_path / "abba.onnx"
+    onnx.save(conv, out)
+    abba = lipschitz_bounds(load_model(out), 2, "abba", lower=False).upper
+    signed = lipschitz_bounds(g, 2, "signed", lower=False).upper
+    assert abba == pytest.approx(signed, rel=1e-6)
+    if case != "nact":  # the converted net is nonnegative in the middle: the auto bound never exceeds it
+        r = lipschitz_bounds(load_model(out), 2, "auto", samples=8)
+        assert r.lower <= r.upper <= abba * (1 + 1e-9)
+
+
+def test_cli_converts_and_refuses_relu(tmp_path, capsys):
+    path = export(dense_net(["tanh", "tanh"], 1), tmp_path / "net.onnx", (1, 6))
+    out = tmp_path / "abba.onnx"
+    assert main(["abba", "convert", path, "-o", str(out), "--samples", "200"]) == 0
+    assert out.exists() and "max relative difference" in capsys.readouterr().out
+    relu = export(dense_net(["relu", "tanh"], 1), tmp_path / "relu.onnx", (1, 6))
+    assert main(["abba", "convert", relu, "-o", str(tmp_path / "x.onnx")]) == 3
+    err = capsys.readouterr().err
+    assert "ReLU is not symmetric" in err and not (tmp_path / "x.onnx").exists()
+    assert main(["abba"]) == 2
