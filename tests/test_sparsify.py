@@ -296,3 +296,30 @@ def test_vnn_2x50_first_layer_on_50_validation_images(tmp_path):
     assert r.layers[0].nnz_after < 0.2 * r.layers[0].nnz_before
     export_onnx(r.graph, str(tmp_path / "v.onnx"))
     assert (load_model(str(tmp_path / "v.onnx")).runner(x.astype(np.float32)).argmax(1) == r.graph(x).argmax(1)).all()
+
+
+def test_clean_zeroes_tiny_entries_only_when_the_rows_still_hold():
+    from certkit.sparsify.solve import clean
+
+    A = np.array([[1.0, 1e12, 1.0]])
+    v = np.array([2.0, 1e-13, 0.5])
+    # zeroing v[1] moves the row by 0.1: kept when the row is an equality, cleaned when it is loose
+    w, done = clean(v, A, np.array([2.6]), np.array([2.6]))
+    assert not done and w[1] == 1e-13
+    w, done = clean(v, A, np.array([0.0]), np.array([5.0]))
+    assert done and w[1] == 0.0 and w[0] == 2.0
+
+
+def test_a_failed_lp_keeps_the_weights_and_the_native_status(monkeypatch):
+    import certkit.sparsify.solve as solve
+    from certkit.verify.solvers import MipResult
+
+    monkeypatch.setattr(solve, "solve_mip", lambda *a, **k: MipResult(
+        "error", solver="highs", native_status="Solve error", message="HiGHS Solve error (run status kError)"))
+    g = mlp("relu", 3, (6, 12, 10, 4))
+    x, y = _data(g)
+    r = sparsify(g, x, y, layers="1", solver=HIGHS)
+    L = r.layers[0]
+    assert L.nnz_after == L.nnz_before and len(L.failures) == 12
+    assert "HiGHS Solve error (run status kError)" in L.failures[0]
+    assert r.check.ok and np.allclose(r.graph(x), g(x))
