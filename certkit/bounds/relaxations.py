@@ -203,14 +203,16 @@ def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float])
     For any slope ``k`` the lines ``k x + min_p (f(p) - k p)`` and ``k x + max_p (f(p) - k p)``,
     ``p`` over the end points and the kinks inside ``[l, u]``, are below/above ``f`` on
     ``[l, u]`` (``f - k x`` is piecewise linear, so its extremes are at those points): sound for
-    every ``k``. Candidates: the chord slope and the slopes of the pieces; per neuron the
-    line closest to ``f`` at the midpoint (smallest area between line and ``f``) is kept.
-    On an interval without a kink inside the chord is exact.
+    every ``k``. Candidates: the slopes of the pieces and of every secant between two of those
+    points, which include the edges of the upper and lower convex hulls of ``f`` on ``[l, u]``;
+    per neuron the line closest to ``f`` at the midpoint (the smallest area between line and
+    ``f``: the hull's supporting line there) is kept. Without a kink inside, the chord is exact.
     """
     pts = torch.stack([l, u] + [torch.minimum(torch.maximum(k.expand_as(l), l), u) for k in kinks])
     fp = f(pts)
-    ch = _safe_div(f(u) - f(l), u - l)
-    cands = torch.stack([ch] + [torch.full_like(l, s) for s in slopes])  # (K, ...)
+    n_p = pts.shape[0]
+    secants = [_safe_div(fp[j] - fp[i], pts[j] - pts[i]) for i in range(n_p) for j in range(i + 1, n_p)]
+    cands = torch.stack(secants + [torch.full_like(l, s) for s in slopes])  # (K, ...)
     gap = fp[None] - cands[:, None] * pts[None]  # (K, P, ...)
     up_c, lo_c = gap.amax(1), gap.amin(1)
     m = (l + u) / 2
