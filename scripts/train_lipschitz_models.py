@@ -54,10 +54,10 @@ THETA_MAX = 100.0
 AE_RADIUS = 0.995
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+def load_data(mnist: Path = MNIST) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """(x_train, y_train, x_test, y_test, source); x flat float32 in [0, 1]."""
-    if MNIST.exists():
-        d = np.load(MNIST)
+    if mnist.exists():
+        d = np.load(mnist)
         x = (d["x_test"].reshape(len(d["x_test"]), -1) / 255.0).astype(np.float32)
         y = d["y_test"].astype(np.int64)
         return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:], "mnist"
@@ -168,14 +168,14 @@ SPECS = {
 }
 
 
-def build(name: str, data) -> str:
+def build(name: str, data, out_dir: Path = MODELS) -> str:
     x_tr, y_tr, x_te, y_te, _ = data
     builder, epochs, lr, loss, after, out_name = SPECS[name]
     torch.manual_seed(SEED)
     model = builder(x_tr.shape[1])
     t0 = time.perf_counter()
     train(model, x_tr, y_tr, epochs, lr, loss, after)
-    path = MODELS / f"{name}.onnx"
+    path = out_dir / f"{name}.onnx"
     export_onnx(model, path, (1, x_tr.shape[1]), output_name=out_name)
     out = ort_outputs(path, x_te)
     with torch.no_grad():
@@ -195,16 +195,18 @@ def build(name: str, data) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=sorted(SPECS), help="build only these models")
+    ap.add_argument("--out", type=Path, default=MODELS, help="output folder (default: models/)")
+    ap.add_argument("--mnist", type=Path, default=MNIST, help="mnist.npz (sklearn digits when absent)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    MODELS.mkdir(exist_ok=True)
-    data = load_data()
+    args.out.mkdir(exist_ok=True)
+    data = load_data(args.mnist)
     x_te, y_te = data[2], data[3]
     print(f"data: {data[4]}, train {len(data[0])}, test {len(x_te)}")
-    np.savez_compressed(MODELS / "mnist_lip_test.npz", x=x_te[:N_TEST_FILE], y=y_te[:N_TEST_FILE])
+    np.savez_compressed(args.out / "mnist_lip_test.npz", x=x_te[:N_TEST_FILE], y=y_te[:N_TEST_FILE])
     for name in args.only or SPECS:
-        build(name, data)
+        build(name, data, args.out)
 
 
 if __name__ == "__main__":
