@@ -48,7 +48,8 @@ class LayerReport:
     t_wall: float = 0.0
     objective: float = 0.0  # L1 norm of the new weights and biases
     solver: str = ""
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # LPs that failed: their units kept their weights
+    notes: list[str] = field(default_factory=list)  # solver fall-backs, decompositions
     acc_val: float = float("nan")
     acc_test: float = float("nan")
 
@@ -98,7 +99,7 @@ def _per_unit(system, z, act, opts: LpOptions, sopts: SolverOptions, rep: LayerR
         rep.t_solve += res.time
         rep.solver = res.solver if not rep.solver or rep.solver == res.solver else "mixed"
         if v is None:
-            rep.failures.append(f"unit {u}: {res.status} ({res.message})")
+            rep.failures.append(f"unit {u}: {res.status} ({res.native_status}: {res.message}); weights kept")
             continue
         idx = system.out_index(u)
         A = system.matrix(u)
@@ -106,8 +107,8 @@ def _per_unit(system, z, act, opts: LpOptions, sopts: SolverOptions, rep: LayerR
             rep.failures.append(f"unit {u}: solution violates its rows beyond {ROW_TOL:g}; weights kept")
             continue
         params[u] = v
-        if "fell back" in res.message and not any("fell back" in f for f in rep.failures):
-            rep.failures.append(f"note: {res.message}")
+        if "fell back" in res.message and not any("fell back" in f for f in rep.notes):
+            rep.notes.append(res.message)
     return params
 
 
@@ -126,7 +127,7 @@ def _coupled(g, layer, vals, labels, states, system, z, opts, sopts, rep) -> np.
         rep.failures.append(f"coupled LP: {res.status} ({res.native_status}: {res.message}); weights kept")
         return system.params.copy()
     if "fell back" in res.message:
-        rep.failures.append(f"note: {res.message}")
+        rep.notes.append(res.message)
     params = lp.params(res.x)
     # clean per unit against the own rows, then check every row (own and downstream)
     lo, hi = row_bounds(z, opts, act)
@@ -240,6 +241,9 @@ def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions,
     # tolerance of 0 (where an earlier LP left a kept state) takes the original net's state
     states = {i: np.where(np.abs(vals[cur.nodes[i].inputs[0]]) <= FEAS_TOL, st, vals[cur.nodes[i].inputs[0]] > 0)
               for i, st in states.items()}
+    if lp.downstream and lp.exact:
+        rep.notes.append("eps = 0 keeps this layer's outputs, so the downstream rows (eq. 11) hold "
+                            "by themselves: solved per unit")
     if rep.method == "coupled LP":
         params = _coupled(cur, layer, vals, ys, states, system, z, lp, solver, rep)
     else:

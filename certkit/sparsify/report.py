@@ -19,7 +19,9 @@ def format_report(r: SparsifyResult) -> str:
                      f"{L.n_lps:>5}{L.rows:>9}{L.cols:>9}{L.t_build:>8.2f}{L.t_solve:>8.2f}{L.t_wall:>8.2f}"
                      f"{_pct(L.acc_val):>7}{_pct(L.acc_test):>7}")
         for f in L.failures:
-            lines.append(f"       {f}")
+            lines.append(f"       failed: {f}")
+        for f in L.notes:
+            lines.append(f"       note: {f}")
     before = sum(L.nnz_before for L in r.layers)
     after = sum(L.nnz_after for L in r.layers)
     lines.append(f"non-zeros in the chosen layers: {before} -> {after} ({100 * after / max(before, 1):.1f}%)")
