@@ -79,6 +79,7 @@ class SparsifyResult:
     acc_val: tuple[float, float]  # before, after (all validation samples)
     acc_test: tuple[float, float] | None
     time: float
+    same_predictions: tuple[int, int] = (0, 0)  # validation samples predicted as by the original, of all
 
 
 def accuracy(g: Graph, x: np.ndarray, y: np.ndarray) -> float:
@@ -220,8 +221,9 @@ def sparsify(g: Graph, x_val: np.ndarray, y_val: np.ndarray, layers: str = "all"
                 f"{rep.n_lps} LP(s), {rep.t_wall:.1f} s")
     chk = check(g, cur, xs, ys, lp.margin if lp.downstream else None)
     acc_t = (accuracy(g, *test), accuracy(cur, *test)) if test is not None else None
+    same = (int(np.count_nonzero(cur(x_val).argmax(1) == g(x_val).argmax(1))), len(x_val))
     return SparsifyResult(cur, reports, chk, (accuracy(g, x_val, y_val), accuracy(cur, x_val, y_val)), acc_t,
-                          time.monotonic() - t_all)
+                          time.monotonic() - t_all, same)
 
 
 def _solve_layer(cur: Graph, layer: LayerRef, xs, ys, states, lp: LpOptions,

@@ -40,5 +40,6 @@ def prune(g: Graph, x_val: np.ndarray, y_val: np.ndarray, sparsity: float, layer
     ok = g(x_val).argmax(1) == y_val
     chk = check(g, cur, x_val[ok], y_val[ok], None)
     acc_t = (accuracy(g, *test), accuracy(cur, *test)) if test is not None else None
+    same = (int(np.count_nonzero(cur(x_val).argmax(1) == g(x_val).argmax(1))), len(x_val))
     return SparsifyResult(cur, reports, chk, (accuracy(g, x_val, y_val), accuracy(cur, x_val, y_val)), acc_t,
-                          time.monotonic() - t0)
+                          time.monotonic() - t0, same)

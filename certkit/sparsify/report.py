@@ -32,6 +32,10 @@ def format_report(r: SparsifyResult) -> str:
                  + (f", margin >= min({c.margin_required:g}, original) violated on {c.margin_violations}"
                     if c.margin_required is not None else "")
                  + f", smallest logit margin {c.min_margin:.4g}")
+    n_same, n_all = r.same_predictions
+    lines.append(f"validation predictions as the original's: {n_same}/{n_all}"
+                 + (" (the others were misclassified and are not constrained; --all-samples constrains them)"
+                    if n_same < n_all and c.samples < n_all else ""))
     acc = f"accuracy: validation {_pct(r.acc_val[0])}% -> {_pct(r.acc_val[1])}%"
     if r.acc_test is not None:
         acc += f", test {_pct(r.acc_test[0])}% -> {_pct(r.acc_test[1])}%"
@@ -58,6 +62,7 @@ def report_json(r: SparsifyResult, extra: dict) -> dict:
     doc = {"layers": [dataclasses.asdict(L) for L in r.layers],
            "check": dict(dataclasses.asdict(r.check), ok=r.check.ok),
            "accuracy": {"validation": list(r.acc_val), "test": list(r.acc_test) if r.acc_test else None},
+           "same_predictions": list(r.same_predictions),
            "nnz_before": sum(L.nnz_before for L in r.layers), "nnz_after": sum(L.nnz_after for L in r.layers),
            "time": r.time}
     doc.update(extra)
