@@ -323,3 +323,13 @@ def test_a_failed_lp_keeps_the_weights_and_the_native_status(monkeypatch):
     assert L.nnz_after == L.nnz_before and len(L.failures) == 12
     assert "HiGHS Solve error (run status kError)" in L.failures[0]
     assert r.check.ok and np.allclose(r.graph(x), g(x))
+
+
+def test_downstream_on_conv_layers():
+    g = _conv_relu_net()
+    x, y = _data(g, 12)
+    opts = LpOptions(0.2, "relative", margin=0.3, downstream=True)
+    r = sparsify(g, x, y, lp=opts, solver=HIGHS)
+    assert [L.method for L in r.layers] == ["coupled LP"] * 3 and not any(L.failures for L in r.layers)
+    assert r.check.ok
+    _rows_hold(g, r.graph, x, y, opts)
