@@ -97,7 +97,19 @@ class BoundState:
     bounds: list = field(default_factory=list)
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
-
+    #: ReLU splits of branch and bound: ReLU node -> (b, n) int8, +1 (pre-activation >= 0),
+    #: -1 (<= 0) or 0 (free). Each split clamps the pre-activation bounds of its domain.
+    splits: dict = field(default_factory=dict)
+    #: beta-CROWN multipliers of the splits for the final rows: ReLU node -> (b, s, n) >= 0.
+    #: ``f - sum beta * sign * z`` is below ``f`` on the domain, so its bound stays sound.
+    beta: dict | None = None
+    #: also apply ``beta`` (then (b, 1, n), shared by all rows) to intermediate bounds
+    beta_everywhere: bool = False
+    #: optimise alpha slopes for the final rows only (intermediate bounds keep DeepPoly's).
+    alpha_out_only: bool = False
+    #: when a dict, ``backsub`` for the final rows records the coefficients reaching each
+    #: ReLU output (node -> (b, s, n)): the branching scores of ReLU splitting use them.
+    record: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.bounds:
@@ -109,6 +121,8 @@ class BoundState:
             node = self.graph.nodes[i]
             j = node.inputs[0]
             self.refine(j, node.op)
+            if i in self.splits:
+                self._clamp(j, self.splits[i])
             l, u = self.bounds[j]
             if isinstance(node.op, ops.MaxGroup):
                 self.relax[i] = _max_relax(node.op, l, u)
@@ -121,6 +135,21 @@ class BoundState:
                     l, u = l[:, None, :], u[:, None, :]
                 self.relax[i] = fn(node.op, l, u, slope)
         return self.relax[i]
+
+    def _clamp(self, j: int, split: Tensor) -> None:
+        """Intersect node ``j``'s bounds with its split constraints (sign * z >= 0)."""
+        l, u = self.bounds[j]
+        zero = torch.zeros((), dtype=l.dtype)
+        self.bounds[j] = (torch.where(split > 0, torch.maximum(l, zero), l),
+                          torch.where(split < 0, torch.minimum(u, zero), u))
+
+    def infeasible(self) -> Tensor:
+        """(b,) domains whose split constraints contradict their bounds (empty domains)."""
+        bad = torch.zeros(self.inputs.batch, dtype=torch.bool)
+        for i in self.splits:
+            l, u = self.bounds[self.graph.nodes[i].inputs[0]]
+            bad = bad | (l > u).any(dim=1)
+        return bad
 
     def refine(self, j: int, consumer) -> None:
         """Tighten the bounds of node ``j`` by back-substitution (once)."""
@@ -215,12 +244,18 @@ class BoundState:
         for i in sorted(self._ancestors(t)):
             if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
                 self.relaxation(i)
+        beta_at = self._beta_nodes() if (tag == "out" or self.beta_everywhere) else {}
         for i in range(t, 0, -1):
             Ai = acc.pop(i, None)
             if Ai is None:
                 continue
             node = self.graph.nodes[i]
             op = node.op
+            if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
+                r = beta_at[i]
+                Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
+            if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
+                self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
                 parts = op.backward(Ai)
                 bt = op.bias_term(Ai)
@@ -265,6 +300,12 @@ class BoundState:
             A_in = A.new_zeros(b, s, self.graph.n_inputs)
         return A_in, total
 
+    def _beta_nodes(self) -> dict[int, int]:
+        """Pre-activation node -> ReLU node, for the splits with beta multipliers."""
+        if not self.beta:
+            return {}
+        return {self.graph.nodes[r].inputs[0]: r for r in self.beta if r in self.splits}
+
     def _alive_columns(self, i: int, j: int) -> Tensor | None:
         """Columns of activation ``i`` with a nonzero relaxation, when its input ``j`` is a
         plain Dense used only by ``i`` and enough columns are dead to pay off; else None."""
@@ -272,7 +313,8 @@ class BoundState:
         if i not in cache:
             cache[i] = None
             op = self.graph.nodes[j].op
-            if isinstance(op, ops.Dense) and op.rows == 1 and self.graph.consumers[j] == (i,):
+            if isinstance(op, ops.Dense) and op.rows == 1 and self.graph.consumers[j] == (i,) \
+                    and not (self.beta and i in self.beta):  # beta terms enter at node j
                 lw, _, uw, _ = self.relaxation(i)
                 alive = ((lw != 0) | (uw != 0)).reshape(-1, lw.shape[-1]).any(dim=0)
                 if float(alive.double().mean()) < 0.9:
@@ -288,7 +330,8 @@ class BoundState:
     def _relax_for(self, i: int, tag, rows: Tensor | None, s: int):
         """The relaxation of node ``i`` used for target ``tag`` (alpha slopes when optimised)."""
         base = self.relaxation(i)
-        if self.alpha is None or tag is None or type(self.graph.nodes[i].op) not in ALPHA_OPS:
+        if self.alpha is None or tag is None or type(self.graph.nodes[i].op) not in ALPHA_OPS \
+                or (self.alpha_out_only and tag != "out"):
             return base
         key = (tag, i)
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]

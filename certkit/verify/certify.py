@@ -41,13 +41,19 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 
 def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
-    """Branch and bound: input splitting for low-dimensional inputs, as a small portfolio:
+    """Branch and bound. Low-dimensional inputs: input splitting, as a small portfolio:
     DeepPoly-only domains first (cheap, best on shallow problems), then, if that phase
-    used up its share of the budget, domains tightened by alpha-CROWN."""
+    used up its share of the budget, domains tightened by alpha-CROWN. Otherwise ReLU
+    splitting with beta-CROWN bounds (ReLU nets)."""
     from .input_split import SplitConfig, input_split
+    from .relu_split import relu_split, supports
 
     if model.n_inputs > INPUT_SPLIT_MAX_DIM:
-        return None  # ReLU splitting is not available yet: leave the property open
+        if not supports(model.graph):
+            return None  # not a ReLU net: leave the property open
+        if not explicit and deadline is not None:  # leave the MILP stage a share (small nets)
+            deadline = time.monotonic() + RELU_SPLIT_SHARE * max(deadline - time.monotonic(), 0.0)
+        return relu_split(model.graph, prop, k, model.runner, deadline)
     now = time.monotonic()
     share = 20.0 if deadline is None else 0.25 * max(deadline - now, 0.0)
     first = input_split(model.graph, prop, k, model.runner, now + share, SplitConfig(alpha_iterations=0))
@@ -83,8 +89,11 @@ def _run_milp(model: Model, prop: Property, k: int, deadline: float | None, expl
 #: procedure does not apply (``explicit``: the user asked for this very backend).
 COMPLETE = {"bab": _run_bab, "milp": _run_milp}
 
-#: Input splitting is used up to this many input dimensions.
+#: Input splitting is used up to this many input dimensions; ReLU splitting above.
 INPUT_SPLIT_MAX_DIM = 16
+#: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest
+#: (the MILP finds the rare counterexamples of small nets that only a tiny region holds).
+RELU_SPLIT_SHARE = 0.6
 
 QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
 LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
