@@ -20,9 +20,10 @@ from .verify.certify import certify as _certify
 from .verify.dataset import DatasetResult
 from .verify.dataset import certify_dataset as _certify_dataset
 from .lipschitz import LipschitzResult, lipschitz_bounds
+from .fixedpoint import FixedPointReport
 
 __all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
-           "lipschitz_bounds", "LipschitzResult"]
+           "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport"]
 
 
 def load_spec(path: str | os.PathLike, model: Model | None = None) -> Spec:
@@ -81,3 +82,10 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
     """Per-sample robustness certificates: see :mod:`certkit.verify.dataset`."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     return _certify_dataset(model, x, np.asarray(y, dtype=np.int64), eps, norm, domain, backend, batch_size)
+
+
+def fixedpoint(model: Model, max_iter: int = 100000, tol: float = 1e-10) -> FixedPointReport:
+    """Fixed-point analysis of a net R^k -> R^k (paper 001): see :mod:`certkit.fixedpoint.analysis`."""
+    from .fixedpoint import analyse
+
+    return analyse(model.graph, model.path, max_iter, tol)
