@@ -122,3 +122,10 @@ def test_shipped_autoencoder_fixed_point(tmp_path, capsys):
 def test_cli_errors():
     assert cli_main(["fixedpoint", str(MODELS / "mnist_std.onnx")]) == 3
     assert cli_main(["fixedpoint", str(MODELS / "mnist_ae_nonneg.onnx"), "--max-iter", "0"]) == 2
+
+
+def test_python_api():
+    import certkit
+
+    rep = certkit.fixedpoint(certkit.load_model(MODELS / "mnist_ae_nonneg.onnx"))
+    assert isinstance(rep, certkit.FixedPointReport) and rep.converged and rep.rho_upper < 1

@@ -189,6 +189,15 @@ def test_hand_built_n_activation(swap):
     assert_matches_ort(m, n=16, lo=-2.0, hi=2.0)
 
 
+def test_hand_built_n_activation_with_scalar_clip():
+    nodes = [helper.make_node("Clip", [X, "lo", "hi"], ["c"]), helper.make_node("Mul", ["c", "two"], ["m2"]),
+             helper.make_node("Sub", [X, "m2"], ["Y"])]
+    m = graph_model(nodes, (1, 5), consts={"lo": np.float32(-0.25), "hi": np.float32(0.5), "two": np.float32(2)})
+    g = import_model(m)
+    assert kinds(g) == ["input", "n_activation"]
+    assert_matches_ort(m, n=16, lo=-2.0, hi=2.0)
+
+
 def test_near_miss_stays_generic_and_correct():
     t1 = np.full((1, 4), -0.3, np.float32)
     m = _n_model(t1, t1 + np.float32(1.0), (1, 4), two=3.0)  # x - 3 clip(x): not the N-activation
