@@ -129,3 +129,12 @@ def test_python_api():
 
     rep = certkit.fixedpoint(certkit.load_model(MODELS / "mnist_ae_nonneg.onnx"))
     assert isinstance(rep, certkit.FixedPointReport) and rep.converged and rep.rho_upper < 1
+
+
+def test_clip_with_positive_floor_is_not_scalable():
+    """clip(t, 0.1, 5) has f(0) > 0 but f(r t) = r f(t) on [0.1, 5]: weakly, not strictly scalable."""
+    rng = np.random.default_rng(4)
+    W1, W2 = rng.random((4, 6)) * 0.2, rng.random((6, 4)) * 0.2
+    clip = ops.Clip(np.full(6, 0.1), np.full(6, 5.0))
+    rep = analyse(chain([(W1, np.zeros(4), ops.Relu()), (W2, np.zeros(6), clip)], 6))
+    assert rep.weakly_scalable and not rep.scalable and rep.rho_upper == 0.0 and rep.converged

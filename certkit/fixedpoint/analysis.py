@@ -13,7 +13,8 @@ identity at the end). Per layer we check, with the activation classes of :data:`
   ``f(r M x + c) <= f(r (M x + c)) <= r f(M x + c)``, and layers compose by monotonicity;
 * **scalable** ``T(r x) << r T(x)`` for ``r > 1`` (sufficient condition): weakly scalable and
   the last layer has ``c >> 0`` with ``f`` strictly increasing on ``R_+``, or ``f`` strictly
-  subhomogeneous (``f(0) > 0``, e.g. sigmoid).
+  subhomogeneous (``f(r t) < r f(t)``: sigmoid, concave with ``f(0) > 0``; softplus, whose
+  ``f(t)/t`` strictly decreases).
 
 Asymptotic map: with ``M_i >= 0`` and Lipschitz activations of tail slope
 ``s_i = lim_{t -> inf} f_i(t) / t``, ``T_inf(x) = lim T(p x) / p = (prod s_i) M_n ... M_1 x``
@@ -55,6 +56,7 @@ class ActClass:
     subhomogeneous: bool  # f(r t) <= r f(t), t >= 0, r >= 1
     strict_increasing: bool  # strictly increasing on [0, inf)
     tail: float  # lim f(t) / t, t -> inf
+    strictly_sub: bool = False  # f(r t) < r f(t), t >= 0, r > 1 (sigmoid: concave, f(0) > 0)
 
 
 IDENTITY = ActClass(True, False, 0.0, True, True, 1.0)
@@ -70,12 +72,12 @@ def classify(op) -> ActClass | None:
         s = op.slope
         return ActClass(s >= 0, False, 0.0, True, True, 1.0)  # the identity on R_+
     if isinstance(op, ops.Sigmoid):
-        return ActClass(True, True, 0.5, True, True, 0.0)
+        return ActClass(True, True, 0.5, True, True, 0.0, strictly_sub=True)
     if isinstance(op, ops.Tanh):
         return ActClass(True, False, 0.0, True, True, 0.0)
     if isinstance(op, ops.Softplus):
         # f(t)/t is decreasing on (0, inf): (f(t) - t f'(t) = log(1+e^t) - t sigmoid(t) > 0)
-        return ActClass(True, True, float(np.log(2.0)), True, True, 1.0)
+        return ActClass(True, True, float(np.log(2.0)), True, True, 1.0, strictly_sub=True)
     if isinstance(op, ops.CappedLeakyRelu):
         a, g = op.alpha, op.gain
         concave = g >= 0  # slope a + g on [0, beta], then a
@@ -274,7 +276,7 @@ def analyse(g: Graph, model: str = "", max_iter: int = 100000, tol: float = 1e-1
     weak = all(r.weakly_scalable for r in reps)
     last, lcls = reps[-1], classes[-1]
     scalable = weak and lcls is not None and (
-        (last.min_bias > 0 and lcls.strict_increasing) or (lcls.f0 > 0 and lcls.subhomogeneous))
+        (last.min_bias > 0 and lcls.strict_increasing) or lcls.strictly_sub)
     notes: list[str] = []
     # linear parts, norms, asymptotic map
     lin = [lay.linear for lay in layers if lay.linear]
