@@ -23,6 +23,9 @@ import numpy as np
 from ..graph import ops
 from ..graph.graph import Graph, Node
 
+#: How far back :func:`_gather` follows data-movement ops.
+MAX_DEPTH = 8
+
 
 def _scales(g: Graph, v: int) -> tuple[int, np.ndarray]:
     """Follow shift-free ``Scale`` ops back from ``v``: ``value(v) = k * value(w)``."""
@@ -85,24 +88,27 @@ def _as_activation(m) -> ops.Op | None:
     return None
 
 
-def _gather(g: Graph, v: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+def _gather(g: Graph, v: int, depth: int = 0) -> tuple[int, np.ndarray, np.ndarray] | None:
     """``value(v) = sign * value(x)[index]`` through Select (no fill), Concat and shift-free
-    Scale ops with scale +-1; returns (x, index, sign) with the deepest such x."""
+    Scale ops with scale +-1; returns (x, index, sign) with the deepest such x (at most
+    ``MAX_DEPTH`` ops back: the patterns are short, and a long chain is left as it is)."""
     op = g.nodes[v].op
+    if depth > MAX_DEPTH:
+        return None
     if isinstance(op, ops.Select) and (op.index >= 0).all():
-        r = _gather(g, g.nodes[v].inputs[0])
+        r = _gather(g, g.nodes[v].inputs[0], depth + 1)
         if r is None:
             return g.nodes[v].inputs[0], op.index.astype(np.int64), np.ones(len(op.index))
         return r[0], r[1][op.index], r[2][op.index]
     if isinstance(op, ops.Scale) and (op.shift is None or not np.any(op.shift)) \
             and np.all(np.abs(op.scale) == 1.0):
-        r = _gather(g, g.nodes[v].inputs[0])
+        r = _gather(g, g.nodes[v].inputs[0], depth + 1)
         if r is None:
             n = g.size(v)
             return g.nodes[v].inputs[0], np.arange(n), np.asarray(op.scale, np.float64).copy()
         return r[0], r[1], r[2] * op.scale
     if isinstance(op, ops.Concat):
-        parts = [_gather(g, j) or (j, np.arange(g.size(j)), np.ones(g.size(j))) for j in g.nodes[v].inputs]
+        parts = [_gather(g, j, depth + 1) or (j, np.arange(g.size(j)), np.ones(g.size(j))) for j in g.nodes[v].inputs]
         if len({p[0] for p in parts}) != 1:
             return None
         idx = np.concatenate([p[1] for p in parts])
