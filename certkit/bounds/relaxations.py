@@ -235,25 +235,27 @@ def _capped_leaky(op: ops.CappedLeakyRelu, l: Tensor, u: Tensor, slope: Tensor |
 
 
 class PairRelax:
-    """Relaxation of :class:`~certkit.graph.ops.MaxMin`, one slope ``s`` per pair ``(a, b)``.
+    """Relaxation of :class:`~certkit.graph.ops.MaxMin`, per pair ``(a, b)``.
 
-    With ``d = a - b`` in ``[ld, ud] = [l_a - u_b, u_a - l_b]`` and ``s = ud / (ud - ld)`` when
-    ``ld < 0 < ud`` (else ``s`` = 1 or 0, exact), and ``c = -s ld >= 0``:
-    ``max(a, b) = b + relu(d)`` lies in ``[s a + (1-s) b, s a + (1-s) b + c]`` (a convex
-    combination of a and b below; the ReLU chord above), and ``min(a, b) = a + b - max(a, b)``
-    in ``[(1-s) a + s b - c, (1-s) a + s b]``. ``backsub`` maps coefficients on the output to
-    coefficients on the input plus a constant, keeping a lower bound.
+    With ``d = a - b`` in ``[ld, ud] = [l_a - u_b, u_a - l_b]``, ``max(a, b) = b + relu(d)``:
+    when ``ld < 0 < ud``, above by the ReLU chord, ``b + s (d - ld)`` with ``s = ud / (ud - ld)``
+    (``c = -s ld >= 0``), below by ``b + lam d`` for any ``lam`` in [0, 1] (a convex combination
+    of a and b; DeepPoly's choice ``lam = 1`` if ``ud > -ld`` else 0); when ``d`` has one sign
+    the max is exactly ``a`` or ``b``. So ``max`` lies in ``[lam a + (1-lam) b, s a + (1-s) b + c]``
+    and ``min = a + b - max`` in ``[(1-s) a + s b - c, (1-lam) a + lam b]``. ``backsub`` maps
+    coefficients on the output to coefficients on the input plus a constant, keeping a lower bound.
     """
 
     def __init__(self, op: ops.MaxMin, l: Tensor, u: Tensor) -> None:
         a, b = torch.as_tensor(op.a), torch.as_tensor(op.b)
         ld, ud = l[:, a] - u[:, b], u[:, a] - l[:, b]
         unstable = (ld < 0) & (ud > 0)
-        s = torch.where(ld >= 0, torch.ones_like(ld), torch.zeros_like(ld))
-        s = torch.where(unstable, _safe_div(ud, ud - ld), s)
+        one, zero = torch.ones_like(ld), torch.zeros_like(ld)
+        exact = torch.where(ld >= 0, one, zero)
+        self.s = torch.where(unstable, _safe_div(ud, ud - ld), exact)  # (batch, m)
+        self.lam = torch.where(unstable, torch.where(ud > -ld, one, zero), exact)
+        self.c = torch.where(unstable, -self.s * ld, zero)
         self.a, self.b, self.n_in = a, b, l.shape[1]
-        self.s = s  # (batch, m)
-        self.c = torch.where(unstable, -s * ld, torch.zeros_like(ld))
         pmax, pmin = op.positions()
         self.pmax, self.pmin = torch.as_tensor(pmax), torch.as_tensor(pmin)
 
@@ -261,11 +263,12 @@ class PairRelax:
         """``A`` (batch, spec, n_out) -> ((A_in,), const (batch, spec)) with
         ``A y >= A_in x + const`` for every ``x`` in the box."""
         amax, amin = A[..., self.pmax], A[..., self.pmin]
-        s, c = self.s[:, None, :], self.c[:, None, :]
+        xp, xn, np_, nn_ = amax.clamp(min=0), amax.clamp(max=0), amin.clamp(min=0), amin.clamp(max=0)
+        s, lam, c = self.s[:, None, :], self.lam[:, None, :], self.c[:, None, :]
         out = A.new_zeros(*A.shape[:-1], self.n_in)
-        out.index_add_(2, self.a, amax * s + amin * (1 - s))
-        out.index_add_(2, self.b, amax * (1 - s) + amin * s)
-        const = (amax.clamp(max=0) * c).sum(-1) - (amin.clamp(min=0) * c).sum(-1)
+        out.index_add_(2, self.a, xp * lam + xn * s + np_ * (1 - s) + nn_ * (1 - lam))
+        out.index_add_(2, self.b, xp * (1 - lam) + xn * (1 - s) + np_ * s + nn_ * lam)
+        const = (xn * c).sum(-1) - (np_ * c).sum(-1)
         return (out,), const
 
 
