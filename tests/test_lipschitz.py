@@ -198,3 +198,14 @@ def test_sdp_is_sound_and_tighter_than_separable():
     sdp = r.methods["sdp"].upper
     assert sdp <= r.methods["separable"].upper * (1 + 1e-6)
     assert sdp >= float(jacobian_norms(g, 2).max())
+
+
+def test_average_pooling_has_norm_one_over_k():
+    """Paper 000: a k x k average pooling with stride k has Lipschitz constant 1/k (L_2)."""
+    for k in (2, 3):
+        b = Builder((1, 2, 6, 6), np.random.default_rng(0))
+        b.avgpool_conv(0, k, k)
+        g = b.graph()
+        for method in ("nonneg", "separable", "signed"):
+            assert lipschitz_bounds(g, 2, method, lower=False).upper == pytest.approx(1 / k, rel=1e-8)
+        assert lipschitz_bounds(g, "inf", "nonneg", lower=False).upper == pytest.approx(1.0, rel=1e-8)

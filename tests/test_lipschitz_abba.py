@@ -36,8 +36,8 @@ def dense_net(acts: list[str], seed: int, sizes=(6, 9, 7, 3)) -> nn.Module:
 
 def conv_net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2), nn.Sigmoid(),
-                         nn.AvgPool2d(1), nn.Flatten(), nn.Linear(16, 5), nn.Hardtanh(), nn.Linear(5, 3))
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2, padding=1),
+                         nn.Sigmoid(), nn.AvgPool2d(3), nn.Flatten(), nn.Linear(4, 5), nn.Hardtanh(), nn.Linear(5, 3))
 
 
 def export(model: nn.Module, path, shape) -> str:
