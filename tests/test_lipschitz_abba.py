@@ -2,7 +2,6 @@
 random inputs (onnxruntime), and its ABBA bound (eq. 17) is || |W_m| ... |W_1| || of the original."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -115,3 +115,23 @@ def test_shipped_1lip_model_certifies_in_l2():
     res = certify_dataset(model, x, y, 0.3, "l2", backend="lipschitz")
     assert res.certified >= 0.7 * res.total
     assert all(s.verdict != "falsified" for s in res.samples if s.verdict == "verified")
+
+
+def test_cli_dataset_backend_lipschitz(tmp_path, capsys):
+    import json
+
+    from certkit.cli import main
+    from tests.helpers.examples import DATA, FC, UNSAT
+
+    out = tmp_path / "c.json"
+    assert main(["certify", str(FC), "--dataset", str(DATA), "--eps", "0.05", "--norm", "l2", "--limit", "20",
+                 "--backend", "lipschitz", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "certified l2 radius per sample" in text and "certified:" in text
+    doc = json.loads(out.read_text())
+    assert doc["backend"] == "lipschitz"
+    for s in doc["per_sample"]:
+        if s["verdict"] != "misclassified":
+            assert "radius" in s and (s["verdict"] != "verified" or s["radius"] >= 0.05)
+    assert main(["certify", str(FC), str(UNSAT), "--backend", "lipschitz"]) == 2
+    assert "data sets" in capsys.readouterr().err

@@ -113,8 +113,8 @@ def lipschitz_bounds(model_or_graph, norm=2, method: str = "auto", lower: bool =
 def _sdp_in_auto(st: Structure, p: float) -> bool:
     if p != 2:
         return False
-    try:
-        import cvxpy  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("cvxpy") is None:
         return False
     return st.size(0) + sum(st.size(i) for i in st.nonlinear) <= SDP_AUTO_MAX_NEURONS

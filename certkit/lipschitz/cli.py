@@ -37,8 +37,9 @@ def run_cli(a) -> int:
         print(f"  {name:<10} n/a: {why}")
     if a.json:
         doc = r.to_json()
-        doc = {"model": a.model, "lower": doc["lower"], "upper": doc["upper"],
-               "method": doc["method"], **{k: v for k, v in doc.items() if k not in ("lower", "upper", "method")}}
+        doc = {"model": a.model, "lower": doc["lower"], "upper": doc["upper"], "method": doc["method"],
+               "method_lower": r.method_lower, "method_upper": r.method_upper,
+               **{k: v for k, v in doc.items() if k not in ("lower", "upper", "method")}}
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=1)
     return 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 from ..errors import ModelError
 from ..graph.ops import Conv, Dense, LinearOp, Scale, Select
 from .abba import abba_blocks, eq19_layer_bound
@@ -152,7 +150,7 @@ def abba_split(st: Structure) -> tuple[int, int]:
     middle is taken as long as possible. Its activations need only be componentwise
     (Prop. 3.3): with ``|D| <= max|s|`` the middle Jacobian is entrywise below ``P_mid``."""
     g = st.graph
-    segs = _segments(st, "ABBA")
+    _segments(st, "ABBA")  # the activations in sequence
     if not st.nonlinear:
         raise NotApplicable("no activation: the net is linear (use separable)")
     first_nl, last_nl = st.nonlinear[0], st.nonlinear[-1]
@@ -216,7 +214,3 @@ def sdp(st: Structure, p: float) -> MethodResult:
 
 def run_method(name: str, st: Structure, p: float) -> MethodResult:
     return METHODS[name](st, p)
-
-
-def finite(x: float) -> bool:
-    return bool(np.isfinite(x))
