@@ -205,7 +205,7 @@ def _matrix(linear: list[ops.LinearOp], n_in: int) -> np.ndarray:
 # --------------------------------------------------------------------------- analysis
 
 
-def _layer_report(k: int, g: Graph, lay: _Layer, last: bool) -> tuple[LayerReport, ActClass | None, np.ndarray]:
+def _layer_report(k: int, g: Graph, lay: _Layer) -> tuple[LayerReport, ActClass | None]:
     n_in = g.size(g.nodes[lay.nodes[0]].inputs[0])
     c = _apply(lay.linear, torch.zeros(1, n_in, dtype=torch.float64), True).numpy()[0] if lay.linear \
         else np.zeros(n_in)
@@ -234,7 +234,7 @@ def _layer_report(k: int, g: Graph, lay: _Layer, last: bool) -> tuple[LayerRepor
             why.append(f"activation {name} is not subhomogeneous on R_+")
     rep = LayerReport(k, [g.nodes[i].name for i in lay.nodes], name, n_in, g.size(lay.nodes[-1]),
                       minw, minb, mono, weak, why)
-    return rep, cls, c
+    return rep, cls
 
 
 def perron_bounds(apply_p, n: int, iters: int = 3000, tol: float = 1e-12) -> tuple[float, float]:
@@ -267,9 +267,9 @@ def analyse(g: Graph, model: str = "", max_iter: int = 100000, tol: float = 1e-1
         raise ModelError(f"fixedpoint needs a map R^k -> R^k; {model or 'the model'} maps "
                          f"R^{g.n_inputs} -> R^{g.n_outputs}")
     layers = _split_layers(g)
-    reps, classes, mats = [], [], []
+    reps, classes = [], []
     for i, lay in enumerate(layers):
-        rep, cls, _ = _layer_report(i + 1, g, lay, i == len(layers) - 1)
+        rep, cls = _layer_report(i + 1, g, lay)
         reps.append(rep)
         classes.append(cls)
     monotone = all(r.monotone for r in reps)
