@@ -138,3 +138,10 @@ def test_clip_with_positive_floor_is_not_scalable():
     clip = ops.Clip(np.full(6, 0.1), np.full(6, 5.0))
     rep = analyse(chain([(W1, np.zeros(4), ops.Relu()), (W2, np.zeros(6), clip)], 6))
     assert rep.weakly_scalable and not rep.scalable and rep.rho_upper == 0.0 and rep.converged
+
+
+def test_diverging_iteration_stops():
+    """Not monotone (negative weights): the iteration is tried, stops when it overflows."""
+    W = -np.eye(3) * 1e200
+    rep = analyse(chain([(W, np.ones(3), None), (W, None, None)], 3), max_iter=50)
+    assert not rep.monotone and not rep.converged and rep.iterations < 50

@@ -348,7 +348,7 @@ def _iterate(g: Graph, rep: FixedPointReport, max_iter: int, tol: float, guarant
             y = g.forward(x)
             res = float((y - x).abs().max())
             x = y
-            if res <= tol:
+            if res <= tol or not np.isfinite(res):
                 break
         r = g.forward(x) - x
     rep.iterations = it
