@@ -100,7 +100,9 @@ def lipschitz_bounds(model_or_graph, norm=2, method: str = "auto", lower: bool =
                 raise
             refused[name] = str(e)
         timings[name] = time.monotonic() - t
-    best = min(results.values(), key=lambda r: r.upper)
+    low = min(r.upper for r in results.values())
+    # on a near tie (rounding), the first in AUTO_METHODS order: the structural method names the reason
+    best = next(r for r in results.values() if r.upper <= low * (1 + 1e-9))
     lo, how = 0.0, "none"
     if lower:
         t = time.monotonic()

@@ -22,7 +22,10 @@ from typing import Callable
 from ..errors import ModelError
 from ..graph.ops import Conv, Dense, LinearOp, Scale, Select
 from .abba import abba_blocks, eq19_layer_bound
-from .blocks import segment_norm
+import numpy as np
+import torch
+
+from .blocks import EXPLICIT_MAX, explicit, segment_norm
 from .norms import nonneg_norm2, nonneg_norm_inf
 from .structure import Structure, first_negative
 
@@ -89,8 +92,49 @@ def nonneg(st: Structure, p: float) -> MethodResult:
 
 @method("signed")
 def signed(st: Structure, p: float) -> MethodResult:
-    up, det = _product_norm(st, p)
-    return MethodResult("signed", up, det)
+    """``|| |B_k| S ... S |B_1| ||`` with each linear part ``B_i`` between activations formed
+    explicitly when small (``|B_i| <=`` the product of its ops' absolute values, so this is
+    never looser than the op-by-op product, and keeps cancellations inside a part, e.g. an
+    ABBA doubling followed by its first layer); otherwise op by op."""
+    fwd = _explicit_abs_operator(st)
+    if fwd is None:
+        up, det = _product_norm(st, p)
+        return MethodResult("signed", up, det)
+    n_in = st.size(0)
+    if p == INF:
+        nb = nonneg_norm_inf(fwd, n_in)
+    else:
+        def vjp(u):
+            v = torch.zeros(u.shape[0], n_in, dtype=u.dtype, requires_grad=True)
+            with torch.enable_grad():
+                (gr,) = torch.autograd.grad(fwd(v), v, grad_outputs=u)
+            return gr.detach()
+        nb = nonneg_norm2(fwd, vjp, n_in)
+    return MethodResult("signed", nb.upper, {"power_lower": nb.lower, "iterations": nb.iterations,
+                                             "explicit_blocks": True})
+
+
+def _explicit_abs_operator(st: Structure):
+    """``v -> |B_k| S ... S |B_1| v`` with explicit ``|B_i|``, or None when a part is too big
+    or the activations are not in sequence."""
+    segs = st.segments()
+    if segs is None:
+        return None
+    mats: list = []
+    for kind, a, b in segs:
+        if kind == "nonlinear":
+            mats.append(("act", a))
+        elif st.size(a) * st.size(b) <= EXPLICIT_MAX:
+            m = np.abs(explicit(lambda e, a=a, b=b: st.linear_forward(e, a, b), st.size(a)))
+            mats.append(("mat", torch.as_tensor(m.T.copy())))
+        else:
+            return None
+
+    def fwd(v):
+        for kind, m in mats:
+            v = v @ m if kind == "mat" else st.abs_forward(v, st.graph.nodes[m].inputs[0], m)
+        return v
+    return fwd
 
 
 def _segments(st: Structure, what: str) -> list[tuple[str, int, int]]:
