@@ -197,7 +197,8 @@ def _softplus(op: ops.Softplus, l: Tensor, u: Tensor, slope: Tensor | None = Non
 # --------------------------------------------------------------------------- activations from the papers
 
 
-def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float]) -> Relax:
+def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float],
+              slope: Tensor | None = None) -> Relax:
     """Relaxation of a continuous piecewise-linear ``f`` with the given kinks on ``[l, u]``.
 
     For any slope ``k`` the lines ``k x + min_p (f(p) - k p)`` and ``k x + max_p (f(p) - k p)``,
@@ -207,6 +208,8 @@ def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float])
     points, which include the edges of the upper and lower convex hulls of ``f`` on ``[l, u]``;
     per neuron the line closest to ``f`` at the midpoint (the smallest area between line and
     ``f``: the hull's supporting line there) is kept. Without a kink inside, the chord is exact.
+    ``slope`` (alpha-CROWN) fixes the lower line's slope, clamped to ``[min(slopes), max(slopes)]``
+    (its intercept is still the exact minimum, so any value is sound).
     """
     pts = torch.stack([l, u] + [torch.minimum(torch.maximum(k.expand_as(l), l), u) for k in kinks])
     fp = f(pts)
@@ -219,19 +222,22 @@ def pwl_relax(f, l: Tensor, u: Tensor, kinks: list[Tensor], slopes: list[float])
     ku = (up_c + cands * m).argmin(0, keepdim=True)
     kl = (lo_c + cands * m).argmax(0, keepdim=True)
     pick = lambda t, k: t.gather(0, k).squeeze(0)  # noqa: E731
+    if slope is not None:
+        a = slope.clamp(min(slopes), max(slopes))
+        return a, (fp - a[None] * pts).amin(0), pick(cands, ku), pick(up_c, ku)
     return pick(cands, kl), pick(lo_c, kl), pick(cands, ku), pick(up_c, ku)
 
 
 @relaxation(ops.NActivation)
 def _n_activation(op: ops.NActivation, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     t1, t2 = (torch.as_tensor(t, dtype=l.dtype) for t in (op.t1, op.t2))
-    return pwl_relax(op.forward, l, u, [t1, t2], [1.0, -1.0])
+    return pwl_relax(op.forward, l, u, [t1, t2], [1.0, -1.0], slope)
 
 
 @relaxation(ops.CappedLeakyRelu)
 def _capped_leaky(op: ops.CappedLeakyRelu, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     b = torch.full((), op.beta, dtype=l.dtype)
-    return pwl_relax(op.forward, l, u, [-b, b], list(op.slope_bounds()))
+    return pwl_relax(op.forward, l, u, [-b, b], list(op.slope_bounds()), slope)
 
 
 class PairRelax:
