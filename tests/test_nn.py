@@ -145,3 +145,15 @@ def test_shipped_accuracy(name, acc):
     assert 0.0 <= d["x"].min() and d["x"].max() <= 1.0
     g = load_onnx(MODELS / f"{name}.onnx")
     assert float((g(d["x"].astype(np.float64)).argmax(1) == d["y"]).mean()) >= acc
+
+
+def test_conv_layers_export(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(SignedDoubling(), ABBAConv2d(1, 2, 3, stride=2, padding=1), CappedLeakyReLU(0.1, 0.5),
+                      NonnegConv2d(4, 4, 3, padding=1), MaxMin(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    path = export_onnx(m, tmp_path / "c.onnx", (1, 1, 8, 8))
+    g = load_onnx(path)
+    conv = [n.op for n in g.nodes if isinstance(n.op, ops.Conv)]
+    assert len(conv) == 2 and (conv[1].weight >= 0).all()
+    assert {"capped_leaky_relu", "max_min"} <= {n.op.kind for n in g.nodes}
+    assert_matches_ort(onnx.load(str(path)), n=6, lo=0.0, hi=1.0)
