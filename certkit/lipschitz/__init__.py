@@ -73,11 +73,14 @@ def _graph(model_or_graph) -> Graph:
 
 
 def lipschitz_bounds(model_or_graph, norm=2, method: str = "auto", lower: bool = True,
-                     samples: int = 32, data: np.ndarray | None = None, seed: int = 0) -> LipschitzResult:
+                     samples: int = 32, data: np.ndarray | None = None, seed: int = 0,
+                     lower_time: float = 3.0) -> LipschitzResult:
     """Sound bounds on the L_p -> L_p Lipschitz constant (p = 2 or inf) of a model.
 
     With ``method`` other than ``auto`` only that method runs, and a net it does not apply to
     raises :class:`NotApplicable` (a :class:`certkit.errors.ModelError`) with the reason.
+    The lower bound samples ``samples`` points (fewer on large nets) plus ``data`` for about
+    ``lower_time`` seconds.
     """
     p = parse_norm(norm)
     g = _graph(model_or_graph)
@@ -106,7 +109,7 @@ def lipschitz_bounds(model_or_graph, norm=2, method: str = "auto", lower: bool =
     lo, how = 0.0, "none"
     if lower:
         t = time.monotonic()
-        lb = sampled_lower(g, p, samples=samples, x=data, seed=seed)
+        lb = sampled_lower(g, p, samples=samples, x=data, seed=seed, time_budget=lower_time)
         timings["lower"] = time.monotonic() - t
         lo, how = lb.value, "sampled"
     return LipschitzResult(p, lo, best.upper, how, best.method, results, refused, timings)

@@ -16,6 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--method", default="auto", choices=("auto",) + tuple(METHODS),
                    help="upper-bound method (default auto: the tightest that applies)")
     p.add_argument("--samples", type=int, default=32, help="random points for the lower bound")
+    p.add_argument("--lower-time", type=float, default=3.0, help="seconds for the lower-bound search (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write lower, upper, method and per-method details here")
 
@@ -27,8 +28,10 @@ def run_cli(a) -> int:
 
     if a.samples < 1:
         raise UsageError("--samples must be at least 1")
+    if not a.lower_time >= 0:
+        raise UsageError("--lower-time must be >= 0")
     model = load_model(a.model)
-    r = lipschitz_bounds(model, a.norm, a.method, samples=a.samples, seed=a.seed)
+    r = lipschitz_bounds(model, a.norm, a.method, samples=a.samples, seed=a.seed, lower_time=a.lower_time)
     print(f"Lipschitz constant (L_{a.norm}): [{r.lower:.6g}, {r.upper:.6g}]")
     print(f"lower: {r.method_lower}; upper: {r.method_upper}")
     for name, m in r.methods.items():

@@ -10,6 +10,7 @@ the row of ``J`` with the largest L_1 norm); ``x`` is then moved by gradient asc
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +33,14 @@ def _pnorm(t: torch.Tensor, p: float) -> torch.Tensor:
     return t.abs().amax(dim=-1) if p == INF else t.norm(dim=-1)
 
 
-def _top_direction(f, x: torch.Tensor, p: float, iters: int, rng: torch.Generator) -> torch.Tensor:
+def _top_direction(f, x: torch.Tensor, p: float, iters: int, rng: torch.Generator,
+                   deadline: float = float("inf")) -> torch.Tensor:
     v = torch.randn(x.shape, dtype=x.dtype, generator=rng)
     if p == INF:
         v = torch.sign(v)
         for _ in range(iters):
+            if time.monotonic() > deadline:
+                break
             _, jv = jvp(f, (x,), (v,))
             i = jv.abs().argmax(dim=-1)
             u = torch.zeros_like(jv)
@@ -47,6 +51,8 @@ def _top_direction(f, x: torch.Tensor, p: float, iters: int, rng: torch.Generato
         return v
     v = v / v.norm(dim=-1, keepdim=True)
     for _ in range(iters):
+        if time.monotonic() > deadline:
+            break
         _, jv = jvp(f, (x,), (v,))
         _, back = vjp(f, x)
         (w,) = back(jv)
@@ -56,11 +62,19 @@ def _top_direction(f, x: torch.Tensor, p: float, iters: int, rng: torch.Generato
 
 
 def sampled_lower(graph: Graph, p: float = 2.0, samples: int = 32, x: np.ndarray | None = None,
-                  ascent_steps: int = 20, power_iters: int = 20, seed: int = 0) -> LowerBound:
+                  ascent_steps: int = 20, power_iters: int = 20, seed: int = 0,
+                  time_budget: float = 3.0) -> LowerBound:
     """The best difference quotient found from ``samples`` random points (uniform in
-    [0, 1]^n and standard normal) plus the rows of ``x`` (e.g. data), after gradient ascent."""
+    [0, 1]^n and standard normal) plus the rows of ``x`` (e.g. data), after gradient ascent.
+    The search stops after about ``time_budget`` seconds (the final quotient is always taken)."""
+    deadline = time.monotonic() + time_budget
     rng = torch.Generator().manual_seed(seed)
     n = graph.n_inputs
+    t = time.monotonic()
+    with torch.no_grad():
+        graph.forward(torch.zeros(2, n, dtype=torch.float64))
+    per_point = (time.monotonic() - t) / 2  # about 100 passes per point fit the budget
+    samples = int(max(2, min(samples, time_budget / max(100 * per_point, 1e-9))))
     pts = [torch.rand(samples // 2, n, generator=rng, dtype=torch.float64),
            torch.randn(samples - samples // 2, n, generator=rng, dtype=torch.float64)]
     if x is not None and len(x):
@@ -70,11 +84,13 @@ def sampled_lower(graph: Graph, p: float = 2.0, samples: int = 32, x: np.ndarray
     def f(z):
         return graph.forward(z)
 
-    v = _top_direction(f, xs, p, power_iters, rng)
-    if ascent_steps:  # eq. 4: gradient ascent on the local gain ||J(x) v||
+    v = _top_direction(f, xs, p, power_iters, rng, deadline)
+    if ascent_steps and time.monotonic() < deadline:  # eq. 4: gradient ascent on the local gain ||J(x) v||
         z = xs.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.05)
         for _ in range(ascent_steps):
+            if time.monotonic() > deadline:
+                break
             opt.zero_grad()
             _, jv = jvp(f, (z,), (v,))
             loss = -_pnorm(jv, p).sum()
@@ -83,7 +99,7 @@ def sampled_lower(graph: Graph, p: float = 2.0, samples: int = 32, x: np.ndarray
             loss.backward()
             opt.step()
         xs = z.detach()
-        v = _top_direction(f, xs, p, power_iters // 2, rng)
+        v = _top_direction(f, xs, p, power_iters // 2, rng, deadline + time_budget / 2)
     with torch.no_grad():
         vn = _pnorm(v, p)
         h = (1e-4 * (1 + xs.abs().amax(dim=-1)) / torch.clamp(vn, min=1e-300))[:, None]
