@@ -3,8 +3,9 @@ with a PGD soundness check of every certified sample.
 
     python benchmarks/lipschitz_certified.py [--count 100] [--models models]
 
-For each model (``models/mnist_{std,nonneg,abba,1lip}.onnx``, test set
-``models/mnist_lip_test.npz``; missing ones are skipped) and radius, prints the certified
+For each shipped classifier (``models/mnist_{std,nonneg,abba,1lip}.onnx`` on
+``models/mnist_lip_test.npz``, ``models/digits_{fc,conv}.onnx`` on their test sets; missing
+ones are skipped) and radius, prints the certified
 accuracy (% of all samples) with ``certify --backend lipschitz`` and with
 ``--backend deeppoly`` (pixels in [0, 1]: the ball is clipped to the domain for DeepPoly and
 PGD; the Lipschitz certificate covers the whole ball). Then a strong PGD (256 samples,
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("mnist_std", "mnist_nonneg", "mnist_abba", "mnist_1lip")
+#: model -> its test set (every shipped classifier; pixels in [0, 1] for all of them)
+MODELS = {"mnist_std": "mnist_lip_test", "mnist_nonneg": "mnist_lip_test", "mnist_abba": "mnist_lip_test",
+          "mnist_1lip": "mnist_lip_test", "digits_fc": "digits_test", "digits_conv": "digits_test_conv"}
 RADII = {"l2": (0.1, 0.3, 0.5, 1.0), "linf": (0.004, 0.01, 0.02, 0.03)}
 
 
@@ -62,23 +65,19 @@ def main() -> None:
     from certkit.model import load_model
 
     mdir = Path(a.models)
-    data = mdir / "mnist_lip_test.npz"
-    if not data.exists():
-        print(f"{data} not found: run scripts/train_lipschitz_models.py")
-        return
-    d = np.load(data)
-    x = d["x"].reshape(len(d["x"]), -1)[: a.count].astype(np.float64)
-    y = d["y"][: a.count].astype(np.int64)
-    print(f"{len(y)} samples of {data.name}; certified accuracy in % of all samples")
+    print(f"first {a.count} samples of each model's test set; certified accuracy in % of those samples")
     print("| model | norm | eps | Lipschitz-certified % | DeepPoly-certified % | pgd broke (Lipschitz / DeepPoly) |")
     print("|---|---|---|---|---|---|")
     total_broke = 0
-    for name in MODELS:
-        path = mdir / f"{name}.onnx"
-        if not path.exists():
-            print(f"skipped {name}: {path} not found")
+    for name, dname in MODELS.items():
+        path, data = mdir / f"{name}.onnx", mdir / f"{dname}.npz"
+        if not path.exists() or not data.exists():
+            print(f"skipped {name}: {path} or {data} not found")
             continue
         model = load_model(path)
+        d = np.load(data)
+        x = d["x"].reshape(len(d["x"]), -1)[: a.count].astype(np.float64)
+        y = d["y"][: a.count].astype(np.int64)
         for norm, radii in RADII.items():
             for eps in radii:
                 t = time.monotonic()
