@@ -239,8 +239,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     out, rep = str(tmp_path / "out.onnx"), str(tmp_path / "r.json")
     rc = main(["sparsify", net, "--data", val, "--test", test, "-o", out, "--json", rep, "--threads", "2",
                "--verify-eps", "0.01,0.05"])
-    text = capsys.readouterr().out
-    assert rc == 0, text
+    cap = capsys.readouterr()
+    text = cap.out
+    assert rc == 0, text + cap.err
     assert "validation check (37 constrained samples): kept" in text and "Org     VNN" in text
     doc = json.load(open(rep))
     assert doc["check"]["ok"] and doc["onnxruntime"]["same_predictions"] == 40
