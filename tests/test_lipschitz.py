@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from certkit.cli import main
 from certkit.graph import ops
@@ -15,20 +14,10 @@ from certkit.lipschitz import NotApplicable, lipschitz_bounds
 from certkit.lipschitz.blocks import block_matrix
 from certkit.lipschitz.lower import sampled_lower
 from certkit.lipschitz.norms import conv_norm2, matrix_norm
+from tests.helpers.jacobians import jacobian_norms
 from tests.helpers.random_nets import ALL_NETS, Builder
 
 INF = float("inf")
-
-
-def jacobian_norms(g: Graph, p: float, n: int = 200, seed: int = 0) -> np.ndarray:
-    """||J(x)||_p at random points (uniform in [0, 1], normal, and far out), by autograd."""
-    rng = np.random.default_rng(seed)
-    x = np.concatenate([rng.random((n // 2, g.n_inputs)), rng.normal(0, 2, (n - n // 2, g.n_inputs))])
-    xs = torch.as_tensor(x)
-    jac = torch.func.vmap(torch.func.jacrev(lambda z: g.forward(z[None])[0]))(xs)  # (n, out, in)
-    if p == INF:
-        return jac.abs().sum(-1).amax(-1).numpy()
-    return torch.linalg.matrix_norm(jac, ord=2).numpy()
 
 
 def assert_sound(g: Graph, upper: float, p: float, seed: int = 0) -> None:

@@ -11,6 +11,7 @@ from certkit.cli import main
 from certkit.lipschitz import lipschitz_bounds
 from certkit.lipschitz.convert import abba_convert, check_equivalence
 from certkit.model import load_model
+from tests.helpers.jacobians import jacobian_norms
 
 nn_mod = pytest.importorskip("certkit.nn")
 
@@ -66,9 +67,11 @@ def test_conversion_is_exact_and_abba_bound_is_signed_bound(case, tmp_path):
     assert check_equivalence(path, conv, n, scale=3.0) < 1e-6
     out = tmp_path / "abba.onnx"
     onnx.save(conv, out)
-    abba = lipschitz_bounds(load_model(out), 2, "abba", lower=False).upper
+    ga = load_model(out).graph
+    abba = lipschitz_bounds(ga, 2, "abba", lower=False).upper
     signed = lipschitz_bounds(g, 2, "signed", lower=False).upper
     assert abba == pytest.approx(signed, rel=1e-6)
+    assert abba >= float(jacobian_norms(ga, 2.0, n=100).max())  # attacked by sampled Jacobians
     if case != "nact":  # the converted net is nonnegative in the middle: the auto bound never exceeds it
         r = lipschitz_bounds(load_model(out), 2, "auto", samples=8)
         assert r.lower <= r.upper <= abba * (1 + 1e-9)
