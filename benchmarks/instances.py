@@ -30,10 +30,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="deeppoly")
     ap.add_argument("--timeout-scale", type=float, default=1.0)
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", default="", help="substring of the benchmark, onnx or vnnlib column")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    rows = [r for r in csv.DictReader(open(os.path.join(SHARED, "instances.csv"))) if a.filter in r["benchmark"]]
+    rows = [r for r in csv.DictReader(open(os.path.join(SHARED, "instances.csv"))) if a.filter in r["benchmark"] + " " + r["onnx"] + " " + r["vnnlib"]]
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     times: dict[str, list[float]] = collections.defaultdict(list)
     wrong = 0

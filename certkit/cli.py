@@ -146,7 +146,8 @@ def _cmd_certify(a) -> int:
     spec = api.load_spec(a.spec, model)
     t_load = time.monotonic() - t0
     # --timeout counts from process start, interpreter and imports included (as VNN-COMP measures)
-    budget = None if a.timeout is None else max(a.timeout - _process_age() - _EXIT_RESERVE, 1e-3)
+    spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
+    budget = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
     res = api.certify(model, spec, a.backend, budget, a.seed)
     res.timings["load"] = t_load
     print(res.verdict)
@@ -275,7 +276,15 @@ def _example(cls):
         return None
 
 
+#: ``--timeout`` counts from process start (imports included) when certkit runs as a command,
+#: and from the call of :func:`main` when a program calls it with explicit arguments.
+_FROM_CONSOLE = True
+_T_MAIN = _T_IMPORT
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _FROM_CONSOLE, _T_MAIN
+    _FROM_CONSOLE, _T_MAIN = argv is None, time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = _parser()

@@ -100,14 +100,14 @@ def test_relu_split_agrees_with_milp_on_20_inputs(seed, tmp_path):
     pytest.importorskip("highspy")
     from certkit.verify.milp import milp_bound
 
-    model = _model(_tiny_relu_onnx(seed + 40, n_in=20, hidden=(16, 16)), tmp_path)
+    model = _model(_tiny_relu_onnx(seed + 40, n_in=20, hidden=(12, 12)), tmp_path)
     lo, hi = -0.3 * np.ones(20), 0.3 * np.ones(20)
     top = -milp_bound(model.graph, (lo, hi), np.array([-1.0]), time_limit=30)
     bottom = milp_bound(model.graph, (lo, hi), np.array([1.0]), time_limit=30)
     spread = top - bottom
     for t, expect in ((top + 0.05 * spread, "unsat"), (top + 0.01 * spread, "unsat"), (top - 0.05 * spread, "sat")):
         spec = Spec((Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),)),), 20, 1)
-        verdicts = {b: certify(model, spec, b, timeout=20).verdict for b in ("bab", "milp", "auto")}
+        verdicts = {b: certify(model, spec, b, timeout=10).verdict for b in ("bab", "milp", "auto")}
         # bab alone may run out of time on these (MILP's home ground); when it finishes it agrees
         assert verdicts["bab"] in (expect, "timeout") and verdicts["milp"] == verdicts["auto"] == expect, \
             (t, top, verdicts)

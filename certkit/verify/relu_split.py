@@ -5,11 +5,11 @@ are instead sets of ReLU *splits*: a split fixes the sign of one unstable
 pre-activation ``z_k`` (``z_k >= 0`` or ``z_k <= 0``), so the two children cover
 the parent and the ReLU becomes linear in each. A domain is bounded by
 
-- intermediate bounds inherited from its parent, clamped by its splits
-  (``l_k := max(l_k, 0)`` or ``u_k := min(u_k, 0)``), then tightened by one
-  DeepPoly pass over the layers after its earliest new split (intersected
-  with the inherited bounds: each is sound on the domain, so the
-  intersection is);
+- intermediate bounds from alpha-CROWN at the root (one run for all rows),
+  inherited by every domain and clamped by its splits (``l_k := max(l_k, 0)``
+  or ``u_k := min(u_k, 0)``); optionally (``refine_intermediate``) tightened by
+  a DeepPoly pass over the layers after the new split, intersected with the
+  inherited bounds (each is sound on the domain, so the intersection is);
 - a final bound optimised over the alpha slopes of the unstable ReLUs *and* a
   multiplier ``beta_k >= 0`` per split (beta-CROWN, Wang et al. 2021): for any
   ``beta >= 0``, ``min_x f(x) - sum_k beta_k s_k z_k(x)`` over the whole box is
@@ -55,7 +55,10 @@ class ReluSplitConfig:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     root_iterations: int = 30  # alpha-CROWN steps at the root (intermediate bounds optimised too)
-    refine_intermediate: bool = True  # DeepPoly pass over the layers after each new split
+    #: a DeepPoly pass over the layers after each new split (intersected with the inherited
+    #: bounds). Off by default: on mnist-net_256x2 and paper 002's 5x100 and 8x100 nets it cut
+    #: the domains by about a third but doubled the time per domain (benchmarks/relu_split.py).
+    refine_intermediate: bool = False
     beta_intermediate: bool = True  # that pass uses the parent's multipliers (any beta >= 0 is sound)
     max_domains: int = 5_000_000
     pgd_starts: int = 8  # worst open domains whose bound minimisers start a short PGD, per batch
@@ -120,6 +123,7 @@ class _Tree:
         self.graph, self.prop, self.k, self.runner, self.cfg = graph, prop, prop_index, runner, cfg
         self.C_all, self.d_all, self.owner = torch.as_tensor(Cs), torch.as_tensor(ds), owner
         self.K = len(prop.disjuncts)
+        self.rows = rows
         self.C, self.d = self.C_all[rows], self.d_all[rows]
         self.lo = torch.as_tensor(prop.lower, dtype=torch.float64)[None]
         self.hi = torch.as_tensor(prop.upper, dtype=torch.float64)[None]
@@ -138,23 +142,14 @@ class _Tree:
         slack = low - self.d - fp_margin(self.graph.depth, self.C, self.y_c, low)
         return slack.max(dim=1).values
 
-    def root(self) -> tuple[_Domains, Witness | None]:
-        S = self._inputs(1)
-        low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.root_iterations, keep_state=True)
-        for r in self.relus:  # make sure every pre-activation bound exists
-            st.relaxation(r)
-        n_rows = self.C.shape[0]
-        alpha = {}
-        for r in self.relus:
-            a = (st.alpha or {}).get(("out", r))
-            if a is None:
-                a = st.relaxation(r)[0]
-                a = (a if a.dim() == 3 else a[:, None, :]).expand(1, n_rows, -1)
-            alpha[r] = a.detach().clone()
+    def root(self, shared: "_Root") -> tuple[_Domains, Witness | None]:
+        """The root domain of this disjunct, from the alpha-CROWN run shared by all disjuncts."""
+        rows = torch.as_tensor(self.rows)
+        alpha = {r: a[:, rows].clone() for r, a in shared.alpha.items()}
         dom = _Domains({r: torch.zeros(1, self.graph.size(r), dtype=torch.int8) for r in self.relus},
-                       {j: tuple(t.detach().clone() for t in st.bounds[j]) for j in self.pre},
+                       {j: tuple(t.clone() for t in shared.bounds[j]) for j in self.pre},
                        alpha, {r: torch.zeros_like(alpha[r]) for r in self.relus},
-                       self._value(low.detach()), torch.full((1, 2), -1, dtype=torch.long))
+                       self._value(shared.low[:, rows]), torch.full((1, 2), -1, dtype=torch.long))
         return self.bound(dom, first_changed=None, optimise=False)
 
     def bound(self, dom: _Domains, first_changed: int | None, optimise: bool = True,
@@ -388,6 +383,33 @@ class _Tree:
         return validate(self.runner, self.prop, self.k, x[hits[:64]].numpy())
 
 
+@dataclass
+class _Root:
+    """alpha-CROWN over the property's box for all rows at once (intermediate bounds optimised)."""
+
+    low: Tensor  # (1, s_all) lower bounds of every row
+    bounds: dict[int, tuple[Tensor, Tensor]]  # pre-activation node -> (1, n) bounds
+    alpha: dict[int, Tensor]  # ReLU node -> (1, s_all, n) slopes of the final rows
+
+
+def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) -> _Root:
+    C = torch.as_tensor(prop.stacked()[0])
+    S = InputSet.box(prop.lower, prop.upper)
+    low, st = alpha_lower(graph, S, C, iterations=cfg.root_iterations, keep_state=True)
+    alpha = {}
+    with torch.no_grad():
+        for r in relus:
+            st.relaxation(r)  # every pre-activation bound exists
+            a = (st.alpha or {}).get(("out", r))
+            if a is None:
+                a = st.relaxation(r)[0]
+                a = (a if a.dim() == 3 else a[:, None, :]).expand(1, C.shape[0], -1)
+            alpha[r] = a.detach().clone()
+        bounds = {graph.nodes[r].inputs[0]: tuple(t.detach().clone() for t in st.bounds[graph.nodes[r].inputs[0]])
+                  for r in relus}
+    return _Root(low.detach(), bounds, alpha)
+
+
 def bounds_of(st: BoundState, graph: Graph) -> list:
     """A copy of a state's bounds list (the tensors are shared, never modified in place)."""
     return list(st.bounds) + [None] * (len(graph.nodes) - len(st.bounds))
@@ -400,11 +422,13 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
     out = ReluSplitOutcome("verified")
     if len(owner) == 0 or not supports(graph):
         return ReluSplitOutcome("unknown")
+    if any(not (owner == k).any() for k in range(len(prop.disjuncts))):
+        return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
+    relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Relu) and i in graph.live]
+    shared = _root(graph, prop, relus, cfg)
     for disjunct in range(len(prop.disjuncts)):
         rows = np.nonzero(owner == disjunct)[0]
-        if len(rows) == 0:
-            return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
-        res = _decide_disjunct(graph, prop, prop_index, runner, rows, deadline, cfg)
+        res = _decide_disjunct(graph, prop, prop_index, runner, rows, deadline, cfg, shared)
         out.domains += res.domains
         out.iterations += res.iterations
         out.max_queue = max(out.max_queue, res.max_queue)
@@ -415,10 +439,10 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
 
 
 def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, rows: np.ndarray,
-                     deadline: float | None, cfg: ReluSplitConfig) -> ReluSplitOutcome:
+                     deadline: float | None, cfg: ReluSplitConfig, shared: _Root) -> ReluSplitOutcome:
     tree = _Tree(graph, prop, prop_index, runner, rows, cfg)
     out = ReluSplitOutcome("verified")
-    root, w = tree.root()
+    root, w = tree.root(shared)
     if w is not None:
         return ReluSplitOutcome("falsified", w, tree.domains)
     queue: _Domains | None = root if bool(root.value[0] <= 0) else None

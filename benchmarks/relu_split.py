@@ -1,0 +1,93 @@
+"""ReLU-splitting branch and bound on its own: verdicts, domains and time per instance, for
+configurations side by side (the figures behind ReluSplitConfig's defaults).
+
+Usage: python benchmarks/relu_split.py [--budget 30] [--count 6]
+
+Instances: the shared mnistfc ones that bounds alone leave open, and robustness properties of
+paper 002's 5x100 and 8x100 nets on MNIST test images 200.. that alpha-CROWN does not prove and
+PGD does not break (delta 0.015 and 0.012). One thread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from certkit.model import load_model  # noqa: E402
+from certkit.spec.sets import InputSet  # noqa: E402
+from certkit.spec.spec import Disjunct, Property  # noqa: E402
+from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
+from certkit.verify.certify import prove_rows  # noqa: E402
+from certkit.verify.falsify import attack  # noqa: E402
+from certkit.verify.relu_split import ReluSplitConfig, relu_split  # noqa: E402
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+CONFIGS = {"default": ReluSplitConfig(), "refine": ReluSplitConfig(refine_intermediate=True)}
+MNISTFC = [("mnistfc_2021", "prop_1_0.03"), ("mnistfc_2021", "prop_9_0.05"), ("mnistfc_2021", "prop_0_0.03"),
+           ("mnistfc_2022", "prop_10_0.05"), ("mnistfc_2021", "prop_5_0.03")]
+
+
+def _open_images(model, eps: float, count: int):
+    d = np.load(os.path.join(SHARED, "data", "mnist.npz"))
+    X, Y = d["x_test"].reshape(len(d["x_test"]), -1) / 255.0, d["y_test"]
+    for i in range(200, 400):
+        x, y = X[i], int(Y[i])
+        if model.graph(x[None]).argmax() != y:
+            continue
+        lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+        prop = Property(lo, hi, tuple(Disjunct((np.eye(10)[y] - np.eye(10)[j])[None], np.zeros(1))
+                                      for j in range(10) if j != y))
+        if prove_rows(model, prop, "alpha")[2].all():
+            continue
+        C, dd, own = prop.stacked()
+        if attack(model.graph, InputSet.box(lo, hi), torch.as_tensor(C), torch.as_tensor(dd), own)[1][0] <= 0:
+            continue
+        yield f"image {i}", prop
+        count -= 1
+        if count == 0:
+            return
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds per instance and configuration")
+    ap.add_argument("--count", type=int, default=6, help="open images per paper-002 net")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    cases = []
+    for bench, name in MNISTFC:
+        base = os.path.join(SHARED, "benchmarks", bench)
+        if os.path.exists(base):
+            m = load_model(os.path.join(base, "onnx", "mnist-net_256x2.onnx"))
+            spec = parse_vnnlib(os.path.join(base, "vnnlib", name + ".vnnlib"), m.n_inputs, m.n_outputs)
+            cases.append((f"{bench} 256x2", name, m, spec.properties[0]))
+    for net, eps in (("5_100", 0.015), ("8_100", 0.012)):
+        path = os.path.join(SHARED, "data", "vnn_models", f"mnist_relu_{net}.onnx")
+        if os.path.exists(path):
+            m = load_model(path)
+            cases += [(f"paper 002 {net} d={eps}", name, m, p) for name, p in _open_images(m, eps, a.count)]
+    if not cases:
+        sys.exit("../shared is absent: nothing to run")
+    print(f"{'net':<24}{'instance':<14}" + "".join(f"{c:>28}" for c in CONFIGS))
+    totals = {c: [0, 0.0] for c in CONFIGS}
+    for net, name, m, prop in cases:
+        cells = []
+        for c, cfg in CONFIGS.items():
+            t = time.monotonic()
+            r = relu_split(m.graph, prop, 0, m.runner, t + a.budget, cfg)
+            dt = time.monotonic() - t
+            totals[c][0] += r.status in ("verified", "falsified")
+            totals[c][1] += dt
+            cells.append(f"{r.status:>10} {r.domains:>7} {dt:6.1f} s")
+        print(f"{net:<24}{name:<14}" + "".join(f"{x:>28}" for x in cells), flush=True)
+    print(f"{'decided / total time':<38}" + "".join(f"{f'{n} of {len(cases)}, {t:.0f} s':>28}"
+                                                   for n, t in totals.values()))
+
+
+if __name__ == "__main__":
+    main()
