@@ -87,3 +87,21 @@ def test_cli_converts_and_refuses_relu(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ReLU is not symmetric" in err and not (tmp_path / "x.onnx").exists()
     assert main(["abba"]) == 2
+
+
+def test_shipped_abba_model_is_detected_and_meets_its_theta():
+    """``models/mnist_abba.onnx`` (scripts/train_lipschitz_models.py) was trained with theta
+    (paper 000, eq. 17) <= 100 on the whole bound: the ABBA method must find the doubling
+    ``[x; -x]`` as ``W_0``, the halving as ``W_{m+1}``, and a theta <= 100; the per-layer
+    separable product (eq. 3) is >= eq. 17 (its layers' norms are not constrained one by one)."""
+    from tests.helpers.examples import MODELS
+
+    path = MODELS / "mnist_abba.onnx"
+    if not path.exists():
+        pytest.skip("models/mnist_abba.onnx absent (scripts/train_lipschitz_models.py builds it)")
+    r = lipschitz_bounds(load_model(path), 2, "auto", lower=False)
+    ab, sep = r.methods["abba"], r.methods["separable"]
+    assert ab.details["head_end"] == "/0/Concat" and ab.details["tail_start"] == "/5/Gemm"
+    assert ab.details["first_norm"] * ab.details["last_norm"] == pytest.approx(1.0, rel=1e-6)
+    assert 50.0 < ab.upper <= 100.0 * (1 + 1e-4)
+    assert sep.details["per_layer"] >= ab.upper
