@@ -63,6 +63,7 @@ class ReluSplitConfig:
     max_domains: int = 5_000_000
     pgd_starts: int = 8  # worst open domains whose bound minimisers start a short PGD, per batch
     pgd_steps: int = 20
+    pgd_every: int = 3  # batches between two PGD runs (the first batch always gets one)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class _Tree:
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
         self.position = {r: p for p, r in enumerate(self.relus)}
         self.domains = 0
+        self.attacks = 0
 
     # -- bounding ----------------------------------------------------------------
     def _inputs(self, n: int) -> InputSet:
@@ -188,7 +190,8 @@ class _Tree:
                 rec: dict = {}
                 st = BoundState(self.graph, S, intersect=True, bounds=list(bounds_of(st0, self.graph)),
                                 refined=set(range(len(self.graph.nodes))), splits=dom.splits,
-                                alpha=alpha, beta=beta, alpha_out_only=True, record=rec)
+                                alpha=alpha, beta=beta, alpha_out_only=True, record=rec,
+                                relax=dict(st0.relax))  # the DeepPoly relaxations do not change
                 A_in, const = st.backsub(self.graph.output, self.C.expand(n, -1, -1), tag="out")
                 low = S.concretize_lower(A_in, const)
                 val = self._value(low.detach())
@@ -348,7 +351,8 @@ class _Tree:
             A = A_in[worst]  # (m, s, n)
             x = torch.where(A >= 0, self.lo[:, None, :], self.hi[:, None, :]).reshape(-1, self.lo.shape[1])
         w = self._try_points(x)
-        if w is None and self.cfg.pgd_steps:
+        self.attacks += 1
+        if w is None and self.cfg.pgd_steps and self.attacks % self.cfg.pgd_every == 1 % self.cfg.pgd_every:
             w = self._try_points(self._pgd(x))
         return w
 
