@@ -41,7 +41,7 @@ class SplitConfig:
     """Options of input splitting."""
 
     batch: int = 64  # domains expanded per iteration (each gives 2 * lookahead children)
-    lookahead: int = 5  # candidate dimensions tried per domain
+    lookahead: int = 2  # candidate dimensions tried per domain
     alpha_iterations: int = 5  # alpha-CROWN steps on domains DeepPoly leaves open (0: DeepPoly only)
     alpha_lr: float = 0.3
     max_domains: int = 50_000_000
@@ -77,6 +77,7 @@ class _Problem:
         self.K = len(prop.disjuncts)
         self.domains = 0
         self.cfg = cfg
+        self.deadline: float | None = None  # alpha-CROWN steps stop there
 
     def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
@@ -125,7 +126,7 @@ class _Problem:
 
         S = InputSet(lo, hi)
         low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.alpha_iterations,
-                              keep_state=True, lr=self.cfg.alpha_lr)
+                              keep_state=True, lr=self.cfg.alpha_lr, deadline=self.deadline)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
             return self._value(y_c, low, A_in.detach())
@@ -138,6 +139,7 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
         return SplitOutcome("unknown")
     batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
     pb = _Problem(graph, prop, prop_index, runner, cfg)
+    pb.deadline = deadline
     out = SplitOutcome("verified")
     root, w = pb.bound(torch.as_tensor(prop.lower)[None], torch.as_tensor(prop.upper)[None])
     if w is not None:
