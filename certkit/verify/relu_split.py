@@ -116,7 +116,8 @@ class _Domains:
 
 
 class _Tree:
-    """The branch and bound of one disjunct (rows ``C y >= d`` to rule out... any one suffices)."""
+    """The branch and bound of one disjunct: a domain is closed when one of its rows has
+    ``C_i y - d_i`` above the floating-point margin everywhere on it."""
 
     def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner,
                  rows: np.ndarray, cfg: ReluSplitConfig) -> None:
