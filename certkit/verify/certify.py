@@ -26,6 +26,7 @@ from ..spec.sets import InputSet
 from ..spec.spec import Property, Spec
 from ..tolerances import fp_margin
 from .falsify import AttackConfig, attack
+from .input_split import SplitConfig
 from .witness import Witness, validate
 
 #: The stages each ``--backend`` runs, in order: bound backends (``certkit.bounds.backends``)
@@ -41,11 +42,11 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 
 def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
-    """Branch and bound. Low-dimensional inputs: input splitting, as a small portfolio:
-    DeepPoly-only domains first (cheap, best on shallow problems), then, if that phase
-    used up its share of the budget, domains tightened by alpha-CROWN. Otherwise ReLU
+    """Branch and bound. Low-dimensional inputs: input splitting as a small portfolio
+    (``INPUT_SPLIT_PORTFOLIO``): DeepPoly-only domains with two branching look-aheads, each
+    for a share of the budget, then domains tightened by alpha-CROWN. Otherwise ReLU
     splitting with beta-CROWN bounds (ReLU nets)."""
-    from .input_split import SplitConfig, input_split
+    from .input_split import input_split
     from .relu_split import relu_split, supports
 
     if model.n_inputs > INPUT_SPLIT_MAX_DIM:
@@ -54,12 +55,13 @@ def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, expli
         if not explicit and deadline is not None:  # leave the MILP stage a share (small nets)
             deadline = time.monotonic() + RELU_SPLIT_SHARE * max(deadline - time.monotonic(), 0.0)
         return relu_split(model.graph, prop, k, model.runner, deadline)
-    now = time.monotonic()
-    share = 20.0 if deadline is None else 0.25 * max(deadline - now, 0.0)
-    first = input_split(model.graph, prop, k, model.runner, now + share, SplitConfig(alpha_iterations=0))
-    if first.status != "timeout":
-        return first
-    return input_split(model.graph, prop, k, model.runner, deadline, SplitConfig())
+    for share, cfg in INPUT_SPLIT_PORTFOLIO:
+        now = time.monotonic()
+        stop = deadline if share is None else now + (20.0 if deadline is None else share * max(deadline - now, 0.0))
+        out = input_split(model.graph, prop, k, model.runner, stop, cfg)
+        if out.status in ("verified", "falsified"):
+            return out
+    return out
 
 
 def _run_milp(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):
@@ -88,6 +90,16 @@ def _run_milp(model: Model, prop: Property, k: int, deadline: float | None, expl
 #: ``status`` (verified | falsified | timeout | unknown) and ``witness``, or None when the
 #: procedure does not apply (``explicit``: the user asked for this very backend).
 COMPLETE = {"bab": _run_bab, "milp": _run_milp}
+
+#: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
+#: Which branching look-ahead wins is instance-dependent on ACAS Xu (each is 5-20x faster than the
+#: other on some instances; benchmarks/instances.py), so both DeepPoly-only variants get a short turn
+#: before the alpha-CROWN run that gets the rest.
+INPUT_SPLIT_PORTFOLIO = (
+    (0.15, SplitConfig(lookahead=5, alpha_iterations=0)),
+    (0.18, SplitConfig(lookahead=2, alpha_iterations=0)),
+    (None, SplitConfig(lookahead=5)),
+)
 
 #: Input splitting is used up to this many input dimensions; ReLU splitting above.
 INPUT_SPLIT_MAX_DIM = 16
