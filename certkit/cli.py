@@ -116,15 +116,39 @@ PLUGINS: dict[str, tuple[str, str]] = {
 
 
 def _plugin(module: str):
+    """The sub-command's module; a stand-in that names the missing package when the module needs
+    an optional dependency that is not installed; None when the module is absent."""
     import importlib
-    import importlib.util
 
     try:
-        if importlib.util.find_spec(module) is None:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "certkit":
             return None
-    except ModuleNotFoundError:  # parent package absent
-        return None
-    return importlib.import_module(module)
+        return _MissingDependency(e.name.split(".")[0])
+
+
+#: The pip extra that brings each optional package.
+_EXTRAS = {"highspy": "highs", "scipy": "highs", "cvxpy": "sdp", "gurobipy": "gurobi"}
+
+
+class _MissingDependency:
+    """A sub-command whose module needs a package that is not installed: it still parses, and
+    says what to install (exit 5) instead of vanishing from the command list."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def run_cli(self, a) -> int:
+        from .errors import BackendError
+
+        extra = _EXTRAS.get(self.package)
+        hint = f"pip install 'certkit[{extra}]' (or pip install {self.package})" if extra \
+            else f"pip install {self.package}"
+        raise BackendError(f"certkit {a.command} needs the package '{self.package}': {hint}")
 
 
 def _cmd_certify(a) -> int:

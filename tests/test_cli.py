@@ -495,3 +495,16 @@ def test_results_file_values_round_trip(capsys, tmp_path):
     w = json.loads(cert.read_text())["witness"]
     assert vals == w["x"] + w["y"]
     assert all(math.isfinite(v) for v in vals)
+
+
+def test_plugin_with_missing_optional_package(monkeypatch, capsys):
+    """A sub-command whose optional package is absent stays listed and says what to install (exit 5)."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("certkit.sparsify")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)
+    rc, out, err = run(capsys, "sparsify", FC, "--data", "x.npz", "-o", "y.onnx")
+    assert rc == 5
+    assert_one_error_line(err, "pip install")
