@@ -82,6 +82,11 @@ def supports(graph: Graph) -> bool:
         all(isinstance(n.op, kinds) for n in graph.nodes)
 
 
+def relu_nodes(graph: Graph) -> list[int]:
+    """The ReLU nodes the output depends on, in topological order."""
+    return [i for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Relu) and i in graph.live]
+
+
 @dataclass
 class _Domains:
     """A batch of domains (first axis of every tensor)."""
@@ -131,9 +136,8 @@ class _Tree:
         self.hi = torch.as_tensor(prop.upper, dtype=torch.float64)[None]
         with torch.no_grad():
             self.y_c = graph.forward((self.lo + self.hi) / 2)
-        self.relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Relu) and i in graph.live]
+        self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
-        self.position = {r: p for p, r in enumerate(self.relus)}
         self.domains = 0
         self.attacks = 0
 
@@ -189,7 +193,7 @@ class _Tree:
         with torch.enable_grad():
             for it in range(steps):
                 rec: dict = {}
-                st = BoundState(self.graph, S, intersect=True, bounds=list(bounds_of(st0, self.graph)),
+                st = BoundState(self.graph, S, intersect=True, bounds=list(st0.bounds),
                                 refined=set(range(len(self.graph.nodes))), splits=dom.splits,
                                 alpha=alpha, beta=beta, alpha_out_only=True, record=rec,
                                 relax=dict(st0.relax))  # the DeepPoly relaxations do not change
@@ -415,11 +419,6 @@ def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) 
     return _Root(low.detach(), bounds, alpha)
 
 
-def bounds_of(st: BoundState, graph: Graph) -> list:
-    """A copy of a state's bounds list (the tensors are shared, never modified in place)."""
-    return list(st.bounds) + [None] * (len(graph.nodes) - len(st.bounds))
-
-
 def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
                cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
     """Decide one property by ReLU splitting; see the module docstring."""
@@ -429,8 +428,7 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
         return ReluSplitOutcome("unknown")
     if any(not (owner == k).any() for k in range(len(prop.disjuncts))):
         return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
-    relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Relu) and i in graph.live]
-    shared = _root(graph, prop, relus, cfg)
+    shared = _root(graph, prop, relu_nodes(graph), cfg)
     for disjunct in range(len(prop.disjuncts)):
         rows = np.nonzero(owner == disjunct)[0]
         res = _decide_disjunct(graph, prop, prop_index, runner, rows, deadline, cfg, shared)
