@@ -61,6 +61,13 @@ def _tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+def grid_top(model) -> tuple[float, float]:
+    """The oracle of the 2-input tests: max and spread of the output on a 401 x 401 grid of [-1, 1]^2."""
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 401), np.linspace(-1, 1, 401)), -1).reshape(-1, 2)
+    ys = model.graph(g)[:, 0]
+    return ys.max(), ys.max() - ys.min() + 1e-9
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_input_split_agrees_with_grid(seed, tmp_path):
     proto = _tiny_relu_onnx(seed)
@@ -68,9 +75,7 @@ def test_input_split_agrees_with_grid(seed, tmp_path):
     onnx.save(proto, path)
     model = Model(import_model(proto, str(path)), str(path))
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
-    g = np.stack(np.meshgrid(np.linspace(-1, 1, 401), np.linspace(-1, 1, 401)), -1).reshape(-1, 2)
-    ys = model.graph(g)[:, 0]
-    top, spread = ys.max(), ys.max() - ys.min() + 1e-9
+    top, spread = grid_top(model)
     for t, expect in ((top + 0.02 * spread, "verified"), (top - 0.02 * spread, "falsified")):
         # unsafe: y >= t, i.e. -y <= -t
         prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))

@@ -18,7 +18,7 @@ from certkit.spec.spec import Disjunct, Property, Spec
 from certkit.verify.certify import certify
 from certkit.verify.relu_split import ReluSplitConfig, relu_split, supports
 from tests.helpers.random_nets import ALL_NETS
-from tests.test_complete import _tiny_relu_onnx
+from tests.test_complete import _tiny_relu_onnx, grid_top
 
 
 def _relus(graph):
@@ -81,9 +81,7 @@ def test_relu_split_agrees_with_grid(seed, tmp_path):
     """2 inputs (input splitting's home ground, but ReLU splitting must be right too)."""
     model = _model(_tiny_relu_onnx(seed + 20, n_in=2, hidden=(10, 10)), tmp_path)
     lo, hi = -np.ones(2), np.ones(2)
-    g = np.stack(np.meshgrid(np.linspace(-1, 1, 401), np.linspace(-1, 1, 401)), -1).reshape(-1, 2)
-    ys = model.graph(g)[:, 0]
-    top, spread = ys.max(), ys.max() - ys.min() + 1e-9
+    top, spread = grid_top(model)
     for t, expect in ((top + 0.05 * spread, "verified"), (top - 0.02 * spread, "falsified")):
         prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
         out = relu_split(model.graph, prop, 0, model.runner, time.monotonic() + 60, ReluSplitConfig(batch=8))

@@ -101,6 +101,13 @@ class _Domains:
     def __len__(self) -> int:
         return int(self.value.shape[0])
 
+    def bounds_list(self, n_nodes: int) -> list:
+        """The intermediate bounds as a BoundState wants them: a list indexed by node."""
+        out: list = [None] * n_nodes
+        for j, lu in self.bounds.items():
+            out[j] = lu
+        return out
+
     def map(self, fn) -> "_Domains":
         return _Domains({r: fn(t) for r, t in self.splits.items()},
                         {j: (fn(lu[0]), fn(lu[1])) for j, lu in self.bounds.items()},
@@ -165,9 +172,7 @@ class _Tree:
         n = len(dom)
         self.domains += n
         S = self._inputs(n)
-        bounds: list = [None] * len(self.graph.nodes)
-        for j, lu in dom.bounds.items():
-            bounds[j] = lu
+        bounds = dom.bounds_list(len(self.graph.nodes))
         refined = set(range(len(self.graph.nodes)))
         if self.cfg.refine_intermediate and first_changed is not None:
             refined = {j for j in refined if j <= self.pre[first_changed]}
@@ -272,11 +277,8 @@ class _Tree:
         for k in range(len(dom)):
             one = dom.map(lambda t: t[k:k + 1])
             S = self._inputs(1)
-            bounds: list = [None] * len(self.graph.nodes)
-            for j, lu in one.bounds.items():
-                bounds[j] = lu
             with torch.no_grad():
-                st = BoundState(self.graph, S, intersect=True, bounds=bounds,
+                st = BoundState(self.graph, S, intersect=True, bounds=one.bounds_list(len(self.graph.nodes)),
                                 refined=set(range(len(self.graph.nodes))), splits=one.splits)
                 A_out, c_out = st.backsub(self.graph.output, self.C[None])  # exact on the domain
                 rows, rhs, where = [], [], []
