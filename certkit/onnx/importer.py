@@ -10,6 +10,14 @@ converted, so they cannot make a model unsupported):
 * any other node goes to the converter registered for its op type in
   :mod:`certkit.onnx.converters`, which emits canonical IR nodes.
 
+Before that, the model's parameters are checked: an initializer or ``Constant``
+holding NaN or an infinity, and a default-domain opset newer than both ``onnx``
+and onnxruntime know, are model errors. After conversion, every IR parameter
+must be finite (apart from the open sides of a ``Clip``): finite ONNX
+parameters can still lower to infinite ones (BatchNormalization with
+``var + epsilon = 0``, division by a subnormal constant). A zero-size variable
+tensor is unsupported where it is produced, so no empty value reaches a backend.
+
 Every node that cannot be converted is collected, and one
 :class:`~certkit.errors.UnsupportedOpError` lists them all at the end. The
 outputs of a bad node are poisoned: nodes downstream of it are reported only
@@ -18,6 +26,8 @@ poisoned value, nor for shape computations that would have been constants).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -28,7 +38,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
 from ..graph.graph import Graph, Node
-from ..graph.ops import Input, Op, Scale
+from ..graph.ops import Clip, Input, Op, Scale
 from .passes import simplify
 
 
@@ -80,6 +90,9 @@ class Context:
         return bool(name) and name in self.needed
 
     def add(self, op: Op, inputs: list[Var] | tuple[Var, ...], shape: tuple[int, ...]) -> Var:
+        if 0 in shape:  # every variable tensor starts here: refuse empties where they arise
+            raise Unsupported(f"it produces an empty tensor of shape {tuple(int(s) for s in shape)} "
+                              "(zero-size tensors are not lowered)")
         self.nodes.append(Node(self.node_name, op, tuple(v.node for v in inputs)))
         self.shapes.append(tuple(int(s) for s in shape))
         return Var(len(self.nodes) - 1, tuple(int(s) for s in shape))
@@ -143,6 +156,7 @@ def load_onnx(path: str | os.PathLike) -> Graph:
                  source=path, sha256=hashlib.sha256(raw).hexdigest(), meta=graph.meta)
 
 
+@np.errstate(all="ignore")  # overflow to inf/NaN is caught by the finiteness checks, silently
 def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
     """Lower an in-memory ONNX model to the IR (see module docstring)."""
     from .converters import CONVERTERS
@@ -160,7 +174,9 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
         raise ModelError(f"{where}ONNX checker rejected the model: {lines[0][:300]}") from e
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    _check_opset(opset, where)
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    _check_finite_params(g, inits, where)
     real_inputs = [vi for vi in g.input if vi.name not in inits]
     if len(real_inputs) != 1:
         raise ModelError(f"{where}certkit needs exactly one (non-initializer) input, found "
@@ -248,9 +264,12 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
             out = ctx.add(Scale(np.ones(out.size), None), [out], out.shape)
         else:
             ctx.shapes[out.node] = out.shape
+    _check_finite_ir(ctx.nodes, where)
     graph = Graph(tuple(ctx.nodes), tuple(ctx.shapes), out.node, inp.name, out_name, source=path,
                   meta={"opset": opset, "producer": model.producer_name})
-    return simplify(graph)
+    graph = simplify(graph)
+    _check_finite_ir(graph.nodes, where)  # fusion multiplies parameters: it may overflow
+    return graph
 
 
 def _live_nodes(g: onnx.GraphProto) -> tuple[set[int], frozenset[str]]:
@@ -273,3 +292,112 @@ def _shape_of(node: onnx.NodeProto, v: Var) -> np.ndarray:
     shape = np.array(v.shape, dtype=np.int64)
     start, end = a.get("start", 0), a.get("end", None)
     return shape[start:end]
+
+
+@functools.lru_cache(maxsize=1)
+def max_opset() -> int:
+    """The newest default-domain opset both ``onnx`` and onnxruntime support.
+
+    onnxruntime does not publish its newest opset; the newest ``since_version`` of its
+    default-domain operator schemas can only understate it, so a model it would run may be
+    refused, never the other way round.
+    """
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        from onnxruntime.capi import _pybind_state as ort_state
+
+        ort_newest = max(s.since_version for s in ort_state.get_all_operator_schema() if s.domain in ("", "ai.onnx"))
+    except Exception:  # no onnxruntime, or a build without schemas: onnx's figure alone
+        return newest
+    return min(newest, int(ort_newest))
+
+
+def _check_opset(opset: int, where: str) -> None:
+    """A default-domain opset newer than :func:`max_opset` is a model error: neither the
+    checker nor the reference evaluator know its ops, so the import would be a guess."""
+    newest = max_opset()
+    if opset > newest:
+        raise ModelError(f"{where}opset {opset} is newer than the newest supported, {newest} "
+                         f"(onnx {onnx.__version__} and the installed onnxruntime)")
+
+
+def _nonfinite(a) -> str:
+    """'' when every entry of ``a`` is finite (or not a float), else what is wrong with it."""
+    a = np.asarray(a)
+    if a.dtype.kind in "biuSUOVmM":
+        return ""
+    a = a.astype(np.float64)  # float16, bfloat16, ... included
+    nan, pinf, ninf = int(np.isnan(a).sum()), int(np.isposinf(a).sum()), int(np.isneginf(a).sum())
+    if not nan + pinf + ninf:
+        return ""
+    parts = [f"{k} {w}" for k, w in ((nan, "NaN"), (pinf, "+inf"), (ninf, "-inf")) if k]
+    return f"{', '.join(parts)} of {a.size} entries"
+
+
+def _constant_values(node: onnx.NodeProto) -> list[np.ndarray]:
+    """The value of a ``Constant`` node, whichever attribute holds it."""
+    vals = []
+    for a in node.attribute:
+        if a.name == "value":
+            vals.append(numpy_helper.to_array(a.t))
+        elif a.name == "sparse_value":
+            vals.append(numpy_helper.to_array(a.sparse_tensor.values))
+        elif a.name in ("value_float", "value_floats"):
+            vals.append(np.asarray(onnx.helper.get_attribute_value(a), np.float64))
+    return vals
+
+
+def _check_finite_params(g: onnx.GraphProto, inits: dict[str, np.ndarray], where: str) -> None:
+    """NaN or an infinity in an initializer or a ``Constant`` (in ``g`` or any subgraph) is a
+    model error naming every such tensor. onnxruntime runs such a model, but bounds that
+    contain NaN close nothing and an infinite weight makes every bound infinite, so no
+    verdict about it could be trusted (issue 9)."""
+    bad = [f"initializer '{name}' ({why})" for name, a in inits.items() if (why := _nonfinite(a))]
+
+    def walk(graph: onnx.GraphProto, top: bool) -> None:
+        if not top:
+            bad.extend(f"initializer '{t.name}' of subgraph '{graph.name}' ({why})" for t in graph.initializer
+                       if (why := _nonfinite(numpy_helper.to_array(t))))
+        bad.extend(f"sparse initializer '{t.values.name}' ({why})" for t in graph.sparse_initializer
+                   if (why := _nonfinite(numpy_helper.to_array(t.values))))
+        for k, node in enumerate(graph.node):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for v in _constant_values(node):
+                    if why := _nonfinite(v):
+                        bad.append(f"Constant node '{node.name or f'Constant_{k}'}' output "
+                                   f"'{node.output[0]}' ({why})")
+            for a in node.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub, False)
+
+    walk(g, True)
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ModelError(f"{where}non-finite model parameters: {'; '.join(bad[:5])}{more}")
+
+
+#: The IR parameters allowed an infinity, and which one: a Clip's missing side
+#: (``Clip``, Min/Max with a constant). Everything else must be finite.
+_OPEN_SIDES = {(Clip, "lo"): -np.inf, (Clip, "hi"): np.inf}
+
+
+def _check_finite_ir(nodes, where: str) -> None:
+    """Every float parameter of every IR op is finite (see ``_OPEN_SIDES``); else a model
+    error naming the first node whose lowering overflowed."""
+    for nd in nodes:
+        op = nd.op
+        for f in dataclasses.fields(op):
+            v = getattr(op, f.name)
+            if isinstance(v, float):
+                v = np.float64(v)
+            elif isinstance(v, tuple) and v and all(isinstance(e, float) for e in v):
+                v = np.asarray(v)
+            elif not isinstance(v, np.ndarray) or v.dtype.kind not in "fc":
+                continue
+            side = _OPEN_SIDES.get((type(op), f.name))
+            if side is not None:
+                v = np.where(v == side, 0.0, v)
+            if why := _nonfinite(v):
+                raise ModelError(f"{where}node {nd.name}: its lowering has a non-finite '{f.name}' in a "
+                                 f"{op.kind} op ({why}): its constants are degenerate (an overflow, "
+                                 "a division by a subnormal, ...)")
