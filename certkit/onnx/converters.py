@@ -144,8 +144,10 @@ def _data_movement(ctx: Context, node, ins: list, attrs: dict) -> list:
     # element k of the input holds k + 1, so 0 never stands for an element
     data = np.arange(1, v.size + 1, dtype=np.float64).reshape(v.shape)
     results = _fold(node, [data] + list(ins[1:]), ctx.opset)
-    return [_select_from_index(ctx, v, np.rint(np.asarray(r, np.float64)).astype(np.int64) - 1)
-            for r in results]
+    # an empty output nobody reads (a zero-size part of a Split) is not a tensor certkit must hold
+    return [None if np.size(r) == 0 and not ctx.uses(o) else
+            _select_from_index(ctx, v, np.rint(np.asarray(r, np.float64)).astype(np.int64) - 1)
+            for o, r in zip([o for o in node.output if o], results)]
 
 
 def _select_from_index(ctx: Context, v: Var, idx: np.ndarray, fill_value: float = 0.0) -> Var:
@@ -333,6 +335,11 @@ def _batchnorm(ctx: Context, node, ins: list, attrs: dict) -> list:
         raise ModelError(f"BatchNormalization node {ctx.node_name}: input of rank {len(x.shape)}")
     gamma, beta, mean, var = (np.asarray(_const(v, "BatchNormalization parameters"), np.float64) for v in ins[1:5])
     eps = float(attrs.get("epsilon", 1e-5))
+    den = (var + eps).reshape(-1)
+    bad = np.flatnonzero(~(den > 0))  # NaN included; onnxruntime then outputs inf or NaN
+    if bad.size:
+        raise ModelError(f"BatchNormalization node {ctx.node_name}: var + epsilon = {den[bad[0]]:g} "
+                         f"is not positive in channel {int(bad[0])} ({bad.size} channel(s) in all)")
     a = gamma / np.sqrt(var + eps)
     c = beta - mean * a
     bshape = (1, -1) + (1,) * (len(x.shape) - 2)
@@ -574,15 +581,30 @@ converter("Softplus")(_unary(lambda a, x: ops.Softplus()))
 converter("Abs")(_unary(lambda a, x: ops.Abs()))
 
 
+def _clip_bound(v, default: float, what: str, ctx: Context) -> np.ndarray:
+    if v is None:
+        return np.float64(default)
+    a = np.asarray(_const(v, f"Clip {what}"), np.float64)
+    if a.ndim > 1 or a.size != 1:  # onnxruntime: "min should be a scalar" (rank 0, or 1-D of size 1)
+        raise ModelError(f"Clip node {ctx.node_name}: {what} of shape {a.shape} is not a scalar")
+    return a.reshape(())
+
+
 @converter("Clip")
 def _clip(ctx: Context, node, ins: list, attrs: dict) -> list:
+    """``min(max(x, lo), hi)``. With ``lo > hi`` onnxruntime returns ``hi`` everywhere (opset >= 11;
+    before, it refuses the model): the IR gets ``lo := min(lo, hi)``, the same function, so that
+    every relaxation may assume ``lo <= hi``."""
     x = _var(ins[0])
     if ctx.opset < 11:
-        lo, hi = attrs.get("min", -np.inf), attrs.get("max", np.inf)
+        lo, hi = np.float64(attrs.get("min", -np.inf)), np.float64(attrs.get("max", np.inf))
+        if lo > hi:
+            raise ModelError(f"Clip node {ctx.node_name}: min {lo:g} > max {hi:g} "
+                             f"(onnxruntime refuses it before opset 11)")
     else:
-        lo = -np.inf if len(ins) < 2 or ins[1] is None else _const(ins[1], "Clip min")
-        hi = np.inf if len(ins) < 3 or ins[2] is None else _const(ins[2], "Clip max")
-    return [ctx.add(ops.Clip(_flat(lo, x.shape), _flat(hi, x.shape)), [x], x.shape)]
+        lo = _clip_bound(ins[1] if len(ins) > 1 else None, -np.inf, "min", ctx)
+        hi = _clip_bound(ins[2] if len(ins) > 2 else None, np.inf, "max", ctx)
+    return [ctx.add(ops.Clip(_flat(np.minimum(lo, hi), x.shape), _flat(hi, x.shape)), [x], x.shape)]
 
 
 @converter("Max", "Min")
