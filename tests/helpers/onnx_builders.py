@@ -5,7 +5,9 @@ inputs are the variable ``X`` (pass :data:`X`), numpy constants (stored as
 initializers) or ``None`` (an omitted optional input). ``graph_model`` builds a
 model from several nodes. ``ort_run`` evaluates a model sample by sample with
 onnxruntime (the models have a fixed batch dimension of 1) and
-``assert_matches_ort`` compares it with the certkit reference executor.
+``assert_matches_ort`` compares it with the certkit reference executor;
+``assert_bounds_contain_ort`` also checks that every bound backend's output bounds
+over a box contain onnxruntime's outputs there.
 """
 from __future__ import annotations
 
@@ -165,4 +167,50 @@ def assert_matches_ort(model: onnx.ModelProto, n: int = 8, lo: float = -1.0, hi:
     assert ours.shape == (n, g.n_outputs)
     assert_close(ours, ref, rtol)
     assert g.n_outputs == ref.shape[1]
+    return g
+
+
+#: The backends whose bounds must contain onnxruntime's outputs (tests/test_onnx_degenerate.py).
+BOUND_BACKENDS = ("interval", "deeppoly", "deeppoly+interval", "alpha")
+
+
+def box_samples(lo: np.ndarray, hi: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 points of the box [lo, hi] (flat): its two end corners, random vertices and
+    uniform points. ``lo``/``hi`` should be float32 numbers, so rounding keeps the points inside."""
+    rng = np.random.default_rng(seed)
+    m = max(0, n - 2)
+    k = m // 2
+    vert = np.where(rng.random((k, lo.size)) < 0.5, lo, hi)
+    unif = rng.uniform(lo, hi, (m - k, lo.size))
+    pts = np.concatenate([lo[None], hi[None], vert, unif]).astype(np.float32)
+    return np.clip(pts, lo.astype(np.float32), hi.astype(np.float32))
+
+
+def assert_bounds_contain_ort(model: onnx.ModelProto, lo: float = -2.0, hi: float = 2.0, n: int = 200,
+                              seed: int = 0, rtol: float = 1e-5, backends: Sequence[str] = BOUND_BACKENDS):
+    """Import ``model``; on ``n`` points of the box [lo, hi]^n_in, the IR forward equals onnxruntime
+    and every backend's output bounds (finite, lower <= upper) contain onnxruntime's outputs, up to
+    ``rtol`` times (1 + |value|) (onnxruntime computes in float32). Returns the graph."""
+    import torch
+
+    from certkit.bounds.backends import BACKENDS
+    from certkit.onnx.importer import import_model
+    from certkit.spec.sets import InputSet
+
+    g = import_model(model)
+    shape = input_shape(model)
+    blo, bhi = np.full(g.n_inputs, float(lo)), np.full(g.n_inputs, float(hi))
+    x = box_samples(blo, bhi, n, seed)
+    ref = ort_run(model, x.reshape((n,) + shape))
+    assert_close(g(x), ref, rtol)
+    m = g.n_outputs
+    C = torch.cat([torch.eye(m), -torch.eye(m)]).to(torch.float64)
+    slack = rtol * (1.0 + np.abs(ref))
+    for name in backends:
+        low = BACKENDS[name].lower(g, InputSet.box(blo[None], bhi[None]), C)[0].numpy()
+        y_lo, y_hi = low[:m], -low[m:]
+        assert np.isfinite(low).all(), (name, low)
+        assert (y_lo <= y_hi).all(), (name, y_lo, y_hi)
+        assert (ref >= y_lo - slack).all(), (name, "below the lower bound", (y_lo - ref).max())
+        assert (ref <= y_hi + slack).all(), (name, "above the upper bound", (ref - y_hi).max())
     return g
