@@ -1,22 +1,40 @@
-"""Every numerical tolerance certkit relies on, in one place.
+"""Every numerical constant certkit's soundness relies on, in one place.
 
-Floating-point margin (DESIGN.md section 2): bounds are computed in float64 on
-exact real arithmetic, while the model runs in float32. A spec row counts as
-proven only when its lower bound exceeds
-
-    margin = depth * (FP_ABS + FP_REL * scale)
-
-where ``depth`` is the number of layers of the graph and ``scale`` bounds the
-magnitudes involved (|C_i| . |y(centre)| + |lower_i|). The certificate states it.
+Floating-point error of the model (DESIGN.md section 2, "Floating point"; the argument is in
+:mod:`certkit.bounds.fperror`). The constants below are the per-op rounding budgets that
+module charges; each says where it comes from.
 """
-FP_REL = 1e-6
-FP_ABS = 1e-7
+#: Unit roundoff of the float64 arithmetic certkit's own bound computations run in.
+U64 = 2.0 ** -53
+
+#: Extra roundings charged to every affine ONNX op beyond its dot product (fan-in + 1):
+#: onnxruntime's graph optimiser may pre-multiply constants in float32 (Conv+BatchNorm,
+#: Conv+Mul, MatMul+Scale fusions; Gemm's alpha and beta), which perturbs each weight by a
+#: few relative ulps, and certkit's IR holds such parameters in float64 (1/c for a Div,
+#: gamma/sqrt(var+eps) for a BatchNorm), a relative 2^-53 away from the real value.
+PARAM_STEPS = 4
+
+#: Elementwise transcendental ops (Sigmoid, Tanh, Softplus) in onnxruntime (MLAS kernels,
+#: polynomial approximations with clamped inputs): |computed - exact| <= ACT_ULPS ulp(|y|)
+#: + ACT_ABS * 2^24 u. Measured on every float32 input in [-100, 100] on x86-64 (AVX2):
+#: Sigmoid 1.78e-7 absolute at most (its relative error is large for tiny outputs: MLAS
+#: clamps the input to [-18, 18]), Tanh 3.1e-7 (5.2 ulp), Softplus 4.4 ulp; the budget is
+#: 16 ulp + 2^-20 (9.5e-7) for float32, i.e. more than 5x each measured maximum
+#: (benchmarks/float_soundness.py re-measures it).
+ACT_ULPS = 16
+ACT_ABS = 2.0 ** -20
+
+#: Safety factor on the float64 allowance of certkit's own arithmetic (see fperror).
+COMPUTE_SAFETY = 2.0
 
 
-def fp_margin(depth: int, C, y_centre, lower):
-    """The margin per row: ``depth * (FP_ABS + FP_REL * (|C| |y(centre)| + |lower|))``.
+def gamma(k: int | float, u: float) -> float:
+    """Higham's ``gamma_k = k u / (1 - k u)``: the relative error bound of ``k`` chained
+    roundings in precision ``u`` (Accuracy and Stability of Numerical Algorithms, ch. 3)."""
+    if u == 0.0:
+        return 0.0
+    ku = k * u
+    if ku >= 0.5:
+        return float("inf")
+    return ku / (1.0 - ku)
 
-    Works on numpy arrays and torch tensors alike; ``y_centre`` is (n_out,) or batched
-    (b, n_out), ``lower`` the rows' lower bounds with the matching shape.
-    """
-    return depth * (FP_ABS + FP_REL * (abs(y_centre) @ abs(C).T + abs(lower)))

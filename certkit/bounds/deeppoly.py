@@ -14,6 +14,13 @@ the neurons whose relaxation is not already exact under the interval bounds
 sound, and usually tighter -- but not always: tighter intermediate bounds can
 flip DeepPoly's adaptive lower slope, so a final bound may get looser); without
 it the figures are CROWN's exactly, as in auto_LiRPA.
+
+Floating point (:mod:`certkit.bounds.fperror`): every node's computed value is its exact
+image plus an error ``e_i``, ``|e_i| <= err_i``, so ``A_i y_i >= A_i op(...) - |A_i| err_i``:
+back-substitution subtracts ``|A_i| err_i`` at every node it passes (the error is one more
+input-independent constant), and the bounds hold for the model as onnxruntime runs it.
+``err_i`` is computed from the tightest bounds of the node's inputs known when it is first
+needed (any sound bounds give a sound ``err_i``).
 """
 from __future__ import annotations
 
@@ -25,7 +32,8 @@ import torch
 from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
-from .interval import interval_bounds
+from .fperror import compute_steps, interval_with_error, node_error, precision_of
+from .interval import interval_bounds, interval_node
 from .relaxations import RELAXATIONS, Relax
 
 Tensor = torch.Tensor
@@ -110,10 +118,32 @@ class BoundState:
     #: when a dict, ``backsub`` for the final rows records the coefficients reaching each
     #: ReLU output (node -> (b, s, n)): the branching scores of ReLU splitting use them.
     record: dict | None = None
+    #: floating-point error bound of each node's computed value (node -> (b, n) or None)
+    errors: dict = field(default_factory=dict)
+    #: per-node caches: ancestors, alive columns, zero lower intercepts
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.bounds:
-            self.bounds = interval_bounds(self.graph, self.inputs)
+        # missing entries (ReLU splitting passes pre-activation bounds only) by interval arithmetic
+        if not self.bounds or any(b is None for i, b in enumerate(self.bounds) if i in self.graph.live):
+            self.bounds = interval_bounds(self.graph, self.inputs, self.bounds or None)
+
+    # -- floating point ----------------------------------------------------------
+    def error(self, i: int) -> Tensor | None:
+        """``err_i`` (b, n): bound on the rounding error of node ``i``'s computed value."""
+        if i not in self.errors:
+            node = self.graph.nodes[i]
+            ins = [tuple(t.detach() for t in self.bounds[j]) for j in node.inputs]
+            out = None
+            if not isinstance(node.op, ops.LinearOp):
+                out = interval_node(node.op, ins)
+            self.errors[i] = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
+        return self.errors[i]
+
+    def _steps(self) -> int:
+        if "steps" not in self._cache:
+            self._cache["steps"] = compute_steps(self.graph)
+        return self._cache["steps"]
 
     # -- relaxations -------------------------------------------------------
     def relaxation(self, i: int) -> Relax | MaxRelax:
@@ -124,6 +154,7 @@ class BoundState:
             if i in self.splits:
                 self._clamp(j, self.splits[i])
             l, u = self.bounds[j]
+            self._tighten_output(i, l, u)
             if isinstance(node.op, ops.MaxGroup):
                 self.relax[i] = _max_relax(node.op, l, u)
             else:
@@ -135,6 +166,14 @@ class BoundState:
                     l, u = l[:, None, :], u[:, None, :]
                 self.relax[i] = fn(node.op, l, u, slope)
         return self.relax[i]
+
+    def _tighten_output(self, i: int, l: Tensor, u: Tensor) -> None:
+        """Intersect the bounds of activation ``i``'s output with the (error-widened) image of its
+        refined input bounds: later layers' errors are computed from them."""
+        lo, hi = interval_with_error(self.graph.nodes[i].op, [(l.detach(), u.detach())],
+                                     precision_of(self.graph), self._steps())
+        old = self.bounds[i]
+        self.bounds[i] = (lo, hi) if old is None else (torch.maximum(old[0], lo), torch.minimum(old[1], hi))
 
     def _clamp(self, j: int, split: Tensor) -> None:
         """Intersect node ``j``'s bounds with its split constraints (sign * z >= 0)."""
@@ -217,6 +256,10 @@ class BoundState:
                 const = torch.cat([c, -c], -1)
                 const = const.expand(b, -1) if idx.dim() == 1 else const
             lower = self.lower_of(node.inputs[0], A, const, tag=j, rows=self._alpha_rows(j, idx, n))
+            e = self.error(j)  # node j itself was skipped: its rounding error still applies
+            if e is not None:
+                ej = e[:, idx] if idx.dim() == 1 else e.gather(1, idx)
+                lower = lower - torch.cat([ej, ej], -1)
         else:
             eye = torch.zeros(b, 2 * k, n, dtype=torch.float64)
             ix = idx.expand(b, -1) if idx.dim() == 1 else idx
@@ -254,6 +297,9 @@ class BoundState:
             if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
                 r = beta_at[i]
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
+            e = self.error(i)
+            if e is not None:  # y_i = op(...) + e_i with |e_i| <= err_i
+                total = total - torch.einsum("bsn,bn->bs", Ai.abs(), e)
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
@@ -286,6 +332,9 @@ class BoundState:
                 if cols is not None:  # skip the dead neurons: a smaller product through the Dense
                     dense = self.graph.nodes[j].op
                     Ar = parts[0][..., cols]
+                    e = self.error(j)
+                    if e is not None:
+                        total = total - torch.einsum("bsn,bn->bs", Ar.abs(), e[:, cols])
                     w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]
                     if dense.bias is not None:
                         total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
@@ -309,7 +358,7 @@ class BoundState:
     def _alive_columns(self, i: int, j: int) -> Tensor | None:
         """Columns of activation ``i`` with a nonzero relaxation, when its input ``j`` is a
         plain Dense used only by ``i`` and enough columns are dead to pay off; else None."""
-        cache = self.__dict__.setdefault("_alive", {})
+        cache = self._cache.setdefault("alive", {})
         if i not in cache:
             cache[i] = None
             op = self.graph.nodes[j].op
@@ -322,7 +371,7 @@ class BoundState:
         return cache[i]
 
     def _zero_lb(self, i: int, lb: Tensor) -> bool:
-        cache = self.__dict__.setdefault("_zlb", {})
+        cache = self._cache.setdefault("zlb", {})
         if i not in cache:
             cache[i] = not bool(lb.any())
         return cache[i]
@@ -354,7 +403,7 @@ class BoundState:
         return self.inputs.concretize_lower(A_in, c)
 
     def _ancestors(self, t: int) -> set[int]:
-        cache = self.__dict__.setdefault("_anc", {})
+        cache = self._cache.setdefault("anc", {})
         if t not in cache:
             seen, stack = {t}, [t]
             while stack:

@@ -2,7 +2,9 @@
 
 Affine maps push the box as centre/radius (``M c + b``, ``|M| r``); monotone
 activations map the end points; MaxGroup takes the max of both ends. Sound for
-any input set through its enclosing box.
+any input set through its enclosing box. Every node's interval is widened by its
+floating-point error (:mod:`certkit.bounds.fperror`), so the bounds hold for the
+model as onnxruntime computes it.
 """
 from __future__ import annotations
 
@@ -28,13 +30,20 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     raise NotImplementedError(f"no interval rule for {op.kind}")
 
 
-def interval_bounds(graph: Graph, inputs: InputSet) -> list[tuple[Tensor, Tensor] | None]:
-    """IBP bounds of every live node: a list indexed like ``graph.nodes``."""
-    out: list[tuple[Tensor, Tensor] | None] = [None] * len(graph.nodes)
-    out[0] = (inputs.lower, inputs.upper)
+def interval_bounds(graph: Graph, inputs: InputSet,
+                    known: list | None = None) -> list[tuple[Tensor, Tensor] | None]:
+    """IBP bounds of every live node of the computed (floating-point) network: a list indexed like
+    ``graph.nodes``. ``known``: bounds already at hand (a list indexed like the nodes, None where
+    missing); they are kept, and only the missing nodes are computed from them."""
+    from .fperror import compute_steps, interval_with_error, precision_of
+
+    p, steps = precision_of(graph), compute_steps(graph)
+    out: list[tuple[Tensor, Tensor] | None] = list(known) if known else [None] * len(graph.nodes)
+    if out[0] is None:
+        out[0] = (inputs.lower, inputs.upper)
     for i in range(1, len(graph.nodes)):
-        if i not in graph.live:
+        if i not in graph.live or out[i] is not None:
             continue
         n = graph.nodes[i]
-        out[i] = interval_node(n.op, [out[j] for j in n.inputs])
+        out[i] = interval_with_error(n.op, [out[j] for j in n.inputs], p, steps)
     return out

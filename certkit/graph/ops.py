@@ -116,6 +116,11 @@ class Dense(LinearOp):
     weight: np.ndarray
     bias: np.ndarray | None
     rows: int = 1
+    #: Floating-point bookkeeping of elementwise affine ops fused into this one
+    #: (:mod:`certkit.bounds.fperror`): roundings beyond this op's own, and the magnitude of the
+    #: constant terms before cancellation (None: ``|bias|``).
+    fp_extra: int = 0
+    fp_bias: np.ndarray | None = None
 
     def _w(self, like: Tensor) -> Tensor:
         cache = self.__dict__.setdefault("_cache", {})
@@ -166,6 +171,11 @@ class Conv(LinearOp):
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilations: tuple[int, int] = (1, 1)
     groups: int = 1
+    #: Floating-point bookkeeping of elementwise affine ops fused into this one
+    #: (:mod:`certkit.bounds.fperror`): roundings beyond this op's own, and the magnitude of the
+    #: constant terms before cancellation (None: ``|bias|``).
+    fp_extra: int = 0
+    fp_bias: np.ndarray | None = None
 
     def _w(self, like: Tensor) -> tuple[Tensor, Tensor]:
         cache = self.__dict__.setdefault("_cache", {})
@@ -222,6 +232,11 @@ class Scale(LinearOp):
     kind: ClassVar[str] = "scale"
     scale: np.ndarray
     shift: np.ndarray | None
+    #: Floating-point bookkeeping of elementwise affine ops fused into this one
+    #: (:mod:`certkit.bounds.fperror`): roundings beyond this op's own, and the magnitude of the
+    #: constant terms before cancellation (None: ``|bias|``).
+    fp_extra: int = 0
+    fp_bias: np.ndarray | None = None
 
     def apply(self, x: Tensor) -> Tensor:
         return x * _t(self.scale, x)

@@ -5,10 +5,14 @@ For a sample ``x0`` with label ``y`` and every other class ``j``, let ``m_j = f_
 L_2 ball, ``||grad m_j||_1`` for an L_inf ball (then ``|m_j(x) - m_j(x0)| <= G_j ||x - x0||_p``
 for all x). The sample is certified at radius ``eps`` when, for every ``j``,
 
-    m_j(x0) - eps G_j  >  fp_margin            (certkit.tolerances, as for every other backend)
+    m_j(x0) - eps G_j - 2 |c_j| E  >  0
 
-and its certified radius is ``min_j (m_j(x0) - fp_margin_j) / G_j``. The ball is not
-intersected with the input domain (certifying the whole ball is sound, and simpler).
+and its certified radius is ``min_j (m_j(x0) - 2 |c_j| E) / G_j``. Here ``m_j(x0)`` is computed
+in float64 by the IR and ``E`` bounds, over a box around ``x0`` containing every ball considered,
+both ``|f^(x) - f(x)|`` (f^ the network as onnxruntime computes it) and the float64 evaluation
+error (:func:`certkit.bounds.fperror.propagated_error`): the Lipschitz bound is about the real
+network, the verdict about the computed one. The ball is not intersected with the input domain
+(certifying the whole ball is sound, and simpler).
 
 ``G_j`` (:func:`pair_lipschitz`) is the smallest of, with ``u_j = M_tail^T (e_y - e_j)`` the
 exact (signed) row of the linear part after the last activation:
@@ -31,8 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..bounds.fperror import propagated_error
 from ..graph.graph import Graph
-from ..tolerances import fp_margin
+from ..spec.sets import InputSet
 from .blocks import EXPLICIT_MAX, explicit, segment_norm
 from .structure import Structure
 
@@ -129,6 +134,7 @@ class MarginCertificate:
     verified: np.ndarray  # bool (b,)
     radius: np.ndarray  # (b,)
     margin_lower: np.ndarray  # (b,): min_j m_j(x0) - eps G_j
+    rows_lower: np.ndarray  # (b, n - 1): lower bounds of f^_y - f^_j over the ball (floating point included)
 
 
 def certify_margins(graph: Graph, x: np.ndarray, y: np.ndarray, eps: float, pair: PairLipschitz) -> MarginCertificate:
@@ -143,12 +149,24 @@ def certify_margins(graph: Graph, x: np.ndarray, y: np.ndarray, eps: float, pair
     C = np.zeros((b, n - 1, n))
     C[np.arange(b)[:, None], np.arange(n - 1)[None], y[:, None]] = 1.0
     C[np.arange(b)[:, None], np.arange(n - 1)[None], others] = -1.0
-    fp = np.stack([fp_margin(graph.depth, C[i], f[i], np.abs(m[i])) for i in range(b)]) if b else m
+    # E over the box of the largest radius any row could certify (and at least eps): sound for
+    # every ball used below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = np.where(G > 0, np.abs(m) / G, 0.0).max(axis=1) if b else np.zeros(0)
+    R = np.maximum(np.nan_to_num(reach, posinf=0.0), eps) * (1 + 1e-6) if b else np.zeros(0)
+    x64 = np.asarray(x, np.float64).reshape(b, -1)
+    if b:
+        E = propagated_error(graph, InputSet(torch.as_tensor(x64 - R[:, None]), torch.as_tensor(x64 + R[:, None]))).numpy()
+        fp = 2.0 * np.einsum("bjn,bn->bj", np.abs(C), E)
+    else:
+        fp = m
+    fp = np.where(np.isfinite(fp), fp, np.inf)
     slack = m - fp
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(G > 0, slack / G, np.where(slack > 0, np.inf, -np.inf))
     radius = np.maximum(r.min(axis=1), 0.0) if b else np.zeros(0)
     radius = np.where((slack > 0).all(axis=1), radius, 0.0) if b else radius
     low = (m - eps * G).min(axis=1) if b else np.zeros(0)
-    verified = ((slack - eps * G) > 0).all(axis=1) if b else np.zeros(0, bool)
-    return MarginCertificate(verified, radius, low)
+    rows = slack - eps * G
+    verified = (np.isfinite(rows) & (rows > 0)).all(axis=1) if b else np.zeros(0, bool)
+    return MarginCertificate(verified, radius, low, rows)

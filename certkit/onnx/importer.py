@@ -266,10 +266,29 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
             ctx.shapes[out.node] = out.shape
     _check_finite_ir(ctx.nodes, where)
     graph = Graph(tuple(ctx.nodes), tuple(ctx.shapes), out.node, inp.name, out_name, source=path,
-                  meta={"opset": opset, "producer": model.producer_name})
+                  meta={"opset": opset, "producer": model.producer_name,
+                        "precision": model_precision(model)})
     graph = simplify(graph)
     _check_finite_ir(graph.nodes, where)  # fusion multiplies parameters: it may overflow
     return graph
+
+
+def model_precision(model: onnx.ModelProto) -> str:
+    """The precision onnxruntime computes the model in: ``float64`` when every float tensor (inputs,
+    outputs, initializers, inferred values, constants, casts) is double, else ``float32`` (the
+    coarser one governs the rounding error, :mod:`certkit.bounds.fperror`)."""
+    g = model.graph
+    types = [vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.output) + list(g.value_info)
+             if vi.type.HasField("tensor_type")]
+    types += [t.data_type for t in g.initializer]
+    for n in g.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to":
+                types.append(int(a.i))
+            elif a.type == onnx.AttributeProto.TENSOR:
+                types.append(a.t.data_type)
+    floats = {t for t in types if t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)}
+    return "float64" if floats == {onnx.TensorProto.DOUBLE} else "float32"
 
 
 def _live_nodes(g: onnx.GraphProto) -> tuple[set[int], frozenset[str]]:

@@ -11,8 +11,12 @@ random inputs against onnxruntime); they only make the graph smaller.
 """
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
+import numpy as np
+import torch
+
+from ..bounds.fperror import bias_magnitude, own_steps
 from ..graph.graph import Graph, Node
 from ..graph.ops import Conv, Dense, Scale
 from .patterns import recognise_activations
@@ -23,7 +27,31 @@ def _single_consumer(g: Graph, i: int) -> bool:
 
 
 def _fuse_pair(prev, nxt):
-    """Return an op equal to ``nxt(prev(x))`` or None."""
+    """Return an op equal to ``nxt(prev(x))`` (with the floating-point bookkeeping of both, see
+    :func:`_with_fp`) or None."""
+    fused = _fuse_exact(prev, nxt)
+    return None if fused is None else _with_fp(prev, nxt, fused)
+
+
+def _with_fp(prev, nxt, fused):
+    """``fused`` carrying the roundings of both ops and the magnitude ``|M2| beta1 + beta2`` of
+    their constants before cancellation (:mod:`certkit.bounds.fperror`: the error of ``nxt o prev``
+    is at most ``gamma_{S1+S2} (|M| |x| + |M2| beta1 + beta2)`` when one of them is diagonal, as
+    every fusion here is)."""
+    steps = own_steps(prev) + own_steps(nxt)
+    base = own_steps(dataclasses.replace(fused, fp_extra=0))
+    b1, b2 = bias_magnitude(prev), bias_magnitude(nxt)
+    beta = None
+    if b1 is not None:
+        with torch.no_grad():
+            beta = nxt.apply_abs(torch.as_tensor(b1, dtype=torch.float64)[None])[0].numpy()
+    if b2 is not None:
+        beta = b2 if beta is None else beta + b2
+    return dataclasses.replace(fused, fp_extra=steps - base, fp_bias=beta)
+
+
+def _fuse_exact(prev, nxt):
+    """Return an op equal to ``nxt(prev(x))`` in real arithmetic, or None."""
     if isinstance(prev, Scale) and isinstance(nxt, Scale):
         a = prev.scale * nxt.scale
         c = None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..tolerances import COMPUTE_SAFETY, U64, gamma
+
 Tensor = torch.Tensor
 
 
@@ -73,17 +75,28 @@ class InputSet:
         return InputSet(self.lower[idx], self.upper[idx], pick(self.center), pick(self.eps), self.p)
 
     def concretize_lower(self, A: Tensor, const: Tensor | None = None) -> Tensor:
-        """min over the set of ``A x + const``; A is (b, s, n), result (b, s)."""
+        """min over the set of ``A x + const``; A is (b, s, n), result (b, s).
+
+        The result is lowered by a bound on the float64 rounding of this computation itself
+        (``gamma_{n+8}(u64)`` of the magnitudes of its terms; :mod:`certkit.bounds.fperror`)."""
         mid = (self.upper + self.lower) / 2
         rad = (self.upper - self.lower) / 2
-        lb = (A @ mid[:, :, None] - A.abs() @ rad[:, :, None])[..., 0]
+        absA = A.abs()
+        lb = (A @ mid[:, :, None] - absA @ rad[:, :, None])[..., 0]
+        mag = torch.maximum(self.lower.abs(), self.upper.abs())
+        terms = (absA @ mag[:, :, None])[..., 0]
         if self.center is not None:
             q = {2.0: 2.0, 1.0: float("inf")}.get(self.p)
             if q is None:
                 raise ValueError(f"unsupported norm p={self.p}")
-            ball = torch.einsum("bsn,bn->bs", A, self.center) - self.eps[:, None] * torch.linalg.vector_norm(A, ord=q, dim=-1)
+            norm = torch.linalg.vector_norm(A, ord=q, dim=-1)
+            ball = torch.einsum("bsn,bn->bs", A, self.center) - self.eps[:, None] * norm
             lb = torch.maximum(lb, ball)
-        return lb if const is None else lb + const
+            terms = terms + self.eps[:, None] * norm
+        if const is not None:
+            terms = terms + const.abs()
+            lb = lb + const
+        return lb - COMPUTE_SAFETY * gamma(A.shape[-1] + 8, U64) * (terms + lb.abs())
 
     def contains(self, x: np.ndarray) -> np.ndarray:
         """(b,) boolean: is ``x[k]`` (b, n) in set k (exactly, in float64)."""

@@ -5,11 +5,17 @@ For each property (input box + output DNF) it
 1. runs a short falsification (sampling + PGD); a candidate becomes ``sat``
    only after onnxruntime confirms it (:mod:`certkit.verify.witness`);
 2. runs the backend's stages (cheapest first); a disjunct is ruled out when
-   some row's lower bound on ``C y - d`` exceeds the floating-point margin;
-3. if the property is still open, attacks again with the remaining budget.
+   some row's lower bound on ``C y - d`` exceeds the row margin; bounds are those
+   of the model as onnxruntime computes it (:mod:`certkit.bounds.fperror`), over
+   the box rounded outward to the model's precision;
+3. if the property is still open, attacks again with the remaining budget, then
+   runs the complete procedures.
 
-The verdict is ``unsat`` only when every disjunct of every property is ruled
-out by a bound, never from an attack.
+A property becomes ``verified`` only through the verdict gate
+(:mod:`certkit.verify.gate`), which admits a complete proof (rows, a proof tree,
+MILP bounds) and records it; the verdict is ``unsat`` only when
+:func:`certkit.verify.gate.verdict` accepts every property's proof -- never from
+an attack.
 """
 from __future__ import annotations
 
@@ -20,11 +26,13 @@ import numpy as np
 import torch
 
 from ..bounds.backends import BACKENDS
+from ..bounds.fperror import input_set, precision_of, row_margin
+from ..bounds.interval import interval_bounds
 from ..errors import BackendError
 from ..model import Model
 from ..spec.sets import InputSet
 from ..spec.spec import Property, Spec
-from ..tolerances import fp_margin
+from . import gate
 from .falsify import AttackConfig, attack
 from .input_split import SplitConfig
 from .witness import Witness, validate
@@ -113,15 +121,18 @@ LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
 
 @dataclass
 class PropertyResult:
-    """What was established about one property."""
+    """What was established about one property. ``status`` becomes ``verified`` only through
+    :func:`certkit.verify.gate.admit`, which records the ``proof``."""
 
     index: int
     status: str = "open"  # verified | falsified | open
     stage: str = ""
     spec_lower: np.ndarray | None = None  # lower bounds on C y - d, one per row
-    margin: np.ndarray | None = None  # floating-point margin per row
+    margin: np.ndarray | None = None  # row margin (float64 evaluation of C y - d) per row
     owner: np.ndarray | None = None  # disjunct of each row
     ruled_out: np.ndarray | None = None  # per disjunct
+    row_stage: list[str] | None = None  # the bound stage behind each row's best bound
+    proof: gate.Proof | None = None  # what the gate admitted
 
 
 @dataclass
@@ -135,7 +146,7 @@ class CertifyResult:
     witness: Witness | None = None
     properties: list[PropertyResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    fp_depth: int = 0
+    precision: str = "float32"  # the model's, as the bounds assumed it
 
 
 def stages_for(backend: str) -> tuple[str, ...]:
@@ -159,19 +170,20 @@ def _attack_property(model: Model, prop: Property, k: int, cfg: AttackConfig, de
 
 def prove_rows(model: Model, prop: Property, stage: str,
                deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bound the property's rows with one bound backend: ``(slack, margin, ruled)`` with
-    ``slack`` the lower bounds on ``C y - d``, ``margin`` the floating-point margin per row
-    and ``ruled`` per disjunct (some row has ``slack > margin``)."""
+    """Bound the property's rows with one bound backend over the box rounded outward to the
+    model's precision: ``(slack, margin, ruled)`` with ``slack`` the lower bounds on ``C y - d``
+    (of the computed network), ``margin`` the row margin and ``ruled`` per disjunct (some row is
+    proven in the gate's sense)."""
     C, d, owner = prop.stacked()
-    inputs = InputSet.box(prop.lower, prop.upper)
+    inputs = input_set(model.graph, prop.lower, prop.upper)
     kw = {"deadline": deadline} if stage == "alpha" else {}
     with torch.no_grad():
         low = BACKENDS[stage].lower(model.graph, inputs, torch.as_tensor(C), **kw).numpy()[0]
-        y_c = model.graph.forward(torch.as_tensor((prop.lower + prop.upper) / 2)[None]).numpy()[0]
+        y_lo, y_hi = interval_bounds(model.graph, inputs)[model.graph.output]
+        margin = row_margin(torch.as_tensor(C), torch.as_tensor(d), y_lo, y_hi).numpy()[0]
     slack = low - d
-    margin = fp_margin(model.graph.depth, C, y_c, low)
     ruled = np.zeros(len(prop.disjuncts), dtype=bool)
-    np.logical_or.at(ruled, owner, slack > margin)
+    np.logical_or.at(ruled, owner, gate.rows_proven(slack, margin))
     return slack, margin, ruled
 
 
@@ -183,13 +195,31 @@ def _bound_property(model: Model, prop: Property, stage: str, res: PropertyResul
         return False
     slack, margin, ruled = prove_rows(model, prop, stage, deadline)
     if res.spec_lower is None or res.ruled_out is None:
-        res.spec_lower, res.margin = slack, margin
+        res.spec_lower, res.margin, res.row_stage = slack, margin, [stage] * len(slack)
     else:  # keep the best of the stages, row by row
-        better = slack > res.spec_lower
+        better = (slack - margin > res.spec_lower - res.margin) | ~np.isfinite(res.spec_lower - res.margin)
+        better &= np.isfinite(slack - margin)
         res.spec_lower = np.where(better, slack, res.spec_lower)
         res.margin = np.where(better, margin, res.margin)
+        res.row_stage = [stage if b else s for b, s in zip(better, res.row_stage or [stage] * len(slack))]
     res.ruled_out = ruled if res.ruled_out is None else (res.ruled_out | ruled)
-    return bool(res.ruled_out.all())
+    proof = gate.Proof("bounds", stage, res.spec_lower, res.margin, res.owner, list(res.row_stage))
+    return gate.admit(res, proof, len(prop.disjuncts))
+
+
+def _complete_proof(stage: str, res, prop: Property, rows: PropertyResult) -> gate.Proof | None:
+    """The proof a complete procedure's ``verified`` outcome carries (None when it has none)."""
+    K = len(prop.disjuncts)
+    keep = dict(lower=rows.spec_lower, margin=rows.margin, owner=rows.owner, row_stage=rows.row_stage)
+    if getattr(res, "tree", None) is not None:  # input splitting: one tree for all disjuncts
+        return gate.Proof("input_split", stage, trees=[res.tree], groups=[list(range(K))], **keep)
+    if getattr(res, "trees", None):  # ReLU splitting: one tree per disjunct
+        return gate.Proof("relu_split", stage, trees=list(res.trees),
+                          groups=[[int(k)] for k in range(K)], **keep)
+    if hasattr(res, "methods"):  # the MILP
+        return gate.Proof("milp", stage, milp={"bounds": list(res.bounds), "tolerances": list(res.tolerances),
+                                                "methods": list(res.methods), "solver": res.solver}, **keep)
+    return None
 
 
 def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | None = None,
@@ -198,7 +228,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
     stages = stages_for(backend)
     t0 = time.monotonic()
     deadline = None if timeout is None else t0 + timeout
-    out = CertifyResult("unknown", backend, fp_depth=model.graph.depth)
+    out = CertifyResult("unknown", backend, precision=precision_of(model.graph).name)
     timings = {"attack": 0.0, "bounds": 0.0}
     results = [PropertyResult(k) for k in range(len(spec.properties))]
     out.properties = results
@@ -227,7 +257,6 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
             timings["bounds"] += time.monotonic() - t
             timings[stage] = timings.get(stage, 0.0) + time.monotonic() - t
             if done:
-                results[k].status, results[k].stage = "verified", stage
                 break
     if out.verdict != "sat":
         for k, prop in enumerate(spec.properties):
@@ -248,13 +277,14 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
                 out.verdict, out.witness, out.stage = "sat", res.witness, stage
                 results[k].status = "falsified"
             elif res.status == "verified":
-                results[k].status, results[k].stage = "verified", stage
-                if results[k].ruled_out is not None:
-                    results[k].ruled_out[:] = True
+                proof = _complete_proof(stage, res, prop, results[k])
+                if proof is not None and gate.admit(results[k], proof, len(prop.disjuncts)):
+                    if results[k].ruled_out is not None:
+                        results[k].ruled_out[:] = True
             elif res.status == "timeout":
                 ran_out = True
     if out.verdict != "sat":
-        if all(r.status == "verified" for r in results):
+        if gate.verdict(results, [len(p.disjuncts) for p in spec.properties]):
             out.verdict = "unsat"
             out.stage = max((r.stage for r in results), key=stages.index)
         elif expired() or ran_out:

@@ -17,6 +17,13 @@ children are queued (with their bounds already known). The minimiser of each
 worst row's linear bound and the centre of every child are tried as
 counterexamples; a hit counts only after onnxruntime confirms it. The property
 holds when no open domain is left.
+
+The root box is the property's box rounded outward to the model's precision
+(:func:`certkit.bounds.fperror.round_outward`); bounds are those of the computed
+network (:mod:`certkit.bounds.fperror`), and a domain closes only through
+:func:`certkit.verify.gate.domain_value` (finite, above the row margin). The
+search records every split and closed leaf (:class:`certkit.verify.proof.TreeLog`):
+a ``verified`` outcome carries its proof tree, which :func:`recheck` re-derives.
 """
 from __future__ import annotations
 
@@ -25,13 +32,20 @@ from dataclasses import dataclass
 
 import torch
 
+import numpy as np
+
 from ..bounds.deeppoly import BoundState
+from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Property
-from ..tolerances import fp_margin
 from .falsify import objective
+from .gate import closed, domain_value
+from .proof import ProofTree, TreeLog, leaves_in_preorder
 from .witness import OnnxRunner, Witness, validate
+
+#: Leaf kinds of an input-splitting proof tree: which bound closed the leaf.
+LEAF_KINDS = ("deeppoly", "alpha")
 
 Tensor = torch.Tensor
 
@@ -54,6 +68,7 @@ class SplitOutcome:
     domains: int = 0  # domains bounded
     iterations: int = 0
     max_queue: int = 0
+    tree: ProofTree | None = None  # the proof, when verified
 
 
 @dataclass
@@ -64,6 +79,18 @@ class _Bounded:
     hi: Tensor
     value: Tensor  # (b,) min over disjuncts of the best row slack minus margin (> 0: closed)
     a: Tensor  # (b, n) input coefficients of the worst open row's linear bound
+    how: Tensor  # (b,) int64: index in LEAF_KINDS of the bound that gave ``value``
+    ids: Tensor  # (b,) int64: domain ids in the proof log
+
+    def rows(self, idx) -> "_Bounded":
+        return _Bounded(*(t[idx] for t in self.fields()))
+
+    def fields(self) -> tuple[Tensor, ...]:
+        return self.lo, self.hi, self.value, self.a, self.how, self.ids
+
+    @staticmethod
+    def cat(a: "_Bounded", b: "_Bounded") -> "_Bounded":
+        return b if a.lo.shape[0] == 0 else _Bounded(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields())))
 
 
 class _Problem:
@@ -85,16 +112,18 @@ class _Problem:
         with torch.no_grad():
             mid = (lo + hi) / 2
             y_c = self.graph.forward(mid)
-            value, a = self._crown(lo, hi, y_c)
+            value, a = self._crown(lo, hi)
+        how = torch.zeros(lo.shape[0], dtype=torch.int64)
         if self.cfg.alpha_iterations:
-            open_ = torch.nonzero(value <= 0).flatten()
+            open_ = torch.nonzero(~closed(value)).flatten()
             if open_.numel():
-                v2, a2 = self._alpha(lo[open_], hi[open_], y_c[open_])
+                v2, a2 = self._alpha(lo[open_], hi[open_])
                 better = v2 > value[open_]
                 value = value.clone()
                 a = a.clone()
                 value[open_] = torch.where(better, v2, value[open_])
                 a[open_] = torch.where(better[:, None], a2, a[open_])
+                how[open_] = torch.where(better, 1, 0)
         with torch.no_grad():  # counterexample candidates: each centre and worst-row minimiser
             vert = torch.where(a >= 0, lo, hi)
             cand = torch.cat([mid, vert])
@@ -102,26 +131,27 @@ class _Problem:
             v = objective(y[:, None, :], self.C.expand(cand.shape[0], -1, -1),
                           self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
-        w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) if hits.numel() else None
-        return _Bounded(lo, hi, value, a), w
+        w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) \
+            if hits.numel() and self.runner is not None else None
+        return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1)), w
 
-    def _value(self, y_c: Tensor, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
-        """value (b,): min over disjuncts of the best row's slack beyond the margin; a: worst row's
-        input coefficients."""
+    def _value(self, st: BoundState, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
+        """value (b,): min over disjuncts of the best row's slack beyond the margin (the gate's
+        rule); a: worst row's input coefficients."""
         b = low.shape[0]
-        slack = low - self.d - fp_margin(self.graph.depth, self.C, y_c, low)  # > 0: the row is proven
-        per = torch.full((b, self.K), float("-inf"), dtype=slack.dtype)
-        per = per.scatter_reduce(1, self.own.expand(b, -1), slack, "amax")
+        y_lo, y_hi = st.bounds[self.graph.output]
+        slack = low - self.d - row_margin(self.C, self.d, y_lo.detach(), y_hi.detach())
+        value = domain_value(slack, torch.zeros_like(slack), self.own, self.K)
         worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
-        return per.min(dim=1).values, A_in[torch.arange(b), worst]
+        return value, A_in[torch.arange(b), worst]
 
-    def _crown(self, lo: Tensor, hi: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
+    def _crown(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         S = InputSet(lo, hi)
         st = BoundState(self.graph, S, intersect=True)
         A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
-        return self._value(y_c, S.concretize_lower(A_in, const), A_in)
+        return self._value(st, S.concretize_lower(A_in, const), A_in)
 
-    def _alpha(self, lo: Tensor, hi: Tensor, y_c: Tensor) -> tuple[Tensor, Tensor]:
+    def _alpha(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         from ..bounds.alpha import alpha_lower
 
         S = InputSet(lo, hi)
@@ -129,7 +159,7 @@ class _Problem:
                               keep_state=True, lr=self.cfg.alpha_lr, deadline=self.deadline)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
-            return self._value(y_c, low, A_in.detach())
+            return self._value(st, low, A_in.detach())
 
 
 def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
@@ -140,11 +170,18 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
     batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
     pb = _Problem(graph, prop, prop_index, runner, cfg)
     pb.deadline = deadline
+    log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
-    root, w = pb.bound(torch.as_tensor(prop.lower)[None], torch.as_tensor(prop.upper)[None])
+    lo0, hi0 = root_box(graph, prop)
+    root, w = pb.bound(lo0, hi0)
     if w is not None:
         return SplitOutcome("falsified", w, pb.domains, 0, 0)
-    queue = root if bool(root.value[0] <= 0) else None
+    root.ids = torch.zeros(1, dtype=torch.int64)
+    if bool(closed(root.value)[0]):
+        log.close(root.ids, root.how, root.value)
+        queue = None
+    else:
+        queue = root
     n = graph.n_inputs
     while queue is not None and queue.lo.shape[0]:
         if deadline is not None and time.monotonic() > deadline:
@@ -154,44 +191,123 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
             out.status = "unknown"
             break
         out.iterations += 1
-        take = _Bounded(*(t[-batch:] for t in (queue.lo, queue.hi, queue.value, queue.a)))
-        queue = _Bounded(*(t[:-batch] for t in (queue.lo, queue.hi, queue.value, queue.a)))
+        take, queue = queue.rows(slice(-batch, None)), queue.rows(slice(None, -batch))
         m = take.lo.shape[0]
         width = take.hi - take.lo
         score = torch.where(width > 0, take.a.abs() * width, torch.full_like(width, -1.0))
+        score = torch.nan_to_num(score, nan=0.0, posinf=1e300)
         L = min(lookahead, n)
         dims = score.topk(L, dim=1).indices  # (m, L)
         lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
         if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
             out.status = "unknown"  # a domain too small to bisect that the bounds cannot close
             break
-        # children: (m, L, 2) boxes
-        lo = take.lo[:, None, None, :].repeat(1, L, 2, 1)
-        hi = take.hi[:, None, None, :].repeat(1, L, 2, 1)
-        ar_m = torch.arange(m)[:, None].expand(m, L)
-        ar_l = torch.arange(L)[None, :].expand(m, L)
-        mid = (take.lo.gather(1, dims) + take.hi.gather(1, dims)) / 2
-        hi[ar_m, ar_l, 0, dims] = mid
-        lo[ar_m, ar_l, 1, dims] = mid
+        lo, hi = children(take.lo, take.hi, dims)  # (m, L, 2, n)
         kids, w = pb.bound(lo.reshape(-1, n), hi.reshape(-1, n))
         if w is not None:
             out.status, out.witness = "falsified", w
             break
         # a child lies inside its parent, so the parent's value is a floor (DeepPoly is not
-        # monotone in the box); pick the split that improves the worse child most, then the
-        # better one; a dimension too narrow to split is never picked
+        # monotone in the box); the parent is open, so the floor never closes a child. Pick the
+        # split that improves the worse child most, then the better one; a dimension too
+        # narrow to split is never picked
         val = torch.maximum(kids.value.reshape(m, L, 2), take.value[:, None, None])
         kids.value = val.reshape(-1)
-        gain = (val.min(dim=2).values - take.value[:, None]) + 0.5 * (val.max(dim=2).values - take.value[:, None])
+        base = take.value[:, None].clamp(min=-1e300)
+        gain = (val.min(dim=2).values.clamp(min=-1e300) - base) + 0.5 * (val.max(dim=2).values.clamp(min=-1e300) - base)
         narrow = width.gather(1, dims) <= 1e-9 * width.max(dim=1, keepdim=True).values
         best = torch.where(narrow, torch.full_like(gain, float("-inf")), gain).argmax(dim=1)  # (m,)
-        pick = (torch.arange(m) * L + best)[:, None] * 2 + torch.arange(2)[None, :]
-        pick = pick.reshape(-1)
-        keep = pick[kids.value[pick] <= 0]
-        new = _Bounded(kids.lo[keep], kids.hi[keep], kids.value[keep], kids.a[keep])
-        queue = new if queue.lo.shape[0] == 0 else _Bounded(
-            *(torch.cat([q, c]) for q, c in zip((queue.lo, queue.hi, queue.value, queue.a),
-                                                (new.lo, new.hi, new.value, new.a))))
+        pick = ((torch.arange(m) * L + best)[:, None] * 2 + torch.arange(2)[None, :]).reshape(-1)
+        chosen = kids.rows(pick)
+        chosen.ids = torch.as_tensor(log.new_ids(len(pick)))
+        log.split(take.ids, torch.zeros(m, dtype=torch.int64), dims.gather(1, best[:, None])[:, 0],
+                  chosen.ids[0::2], chosen.ids[1::2])
+        done = closed(chosen.value)
+        log.close(chosen.ids[done], chosen.how[done], chosen.value[done])
+        queue = _Bounded.cat(queue, chosen.rows(~done))
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains
+    if out.status == "verified":
+        out.tree = log.tree("input_split", meta={"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations,
+                                                  "alpha_lr": cfg.alpha_lr, "domains": pb.domains})
     return out
+
+
+def root_box(graph: Graph, prop: Property) -> tuple[Tensor, Tensor]:
+    """The property's box rounded outward to the model's precision, (1, n) each."""
+    lo, hi = round_outward(prop.lower, prop.upper, precision_of(graph))
+    return torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
+
+
+def children(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:
+    """Both halves of each box (m, n) along each of its candidate dimensions ``dims`` (m, L):
+    boxes (m, L, 2, n), the lower half first; the cut is the midpoint, as computed here."""
+    m, L = dims.shape
+    lo2 = lo[:, None, None, :].repeat(1, L, 2, 1)
+    hi2 = hi[:, None, None, :].repeat(1, L, 2, 1)
+    ar_m = torch.arange(m)[:, None].expand(m, L)
+    ar_l = torch.arange(L)[None, :].expand(m, L)
+    mid = (lo.gather(1, dims) + hi.gather(1, dims)) / 2
+    hi2[ar_m, ar_l, 0, dims] = mid
+    lo2[ar_m, ar_l, 1, dims] = mid
+    return lo2, hi2
+
+
+@dataclass
+class RecheckReport:
+    """What :func:`recheck` re-derived: leaves closed by their recorded bound, by a further split
+    (a sub-search of the leaf), and not re-derived."""
+
+    leaves: int = 0
+    direct: int = 0
+    resplit: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.leaves > 0
+
+
+def recheck(graph: Graph, prop: Property, tree: ProofTree, time_per_leaf: float = 5.0,
+            batch: int = 256) -> RecheckReport:
+    """Re-derive an input-splitting proof: replay the splits from the property's (rounded) box
+    -- so the leaves cover it by construction -- and bound every leaf again, DeepPoly first, then
+    alpha-CROWN with the recorded settings; a leaf that still does not close is searched again on
+    its own (input splitting, ``time_per_leaf`` seconds) before it counts as failed."""
+    t0 = time.monotonic()
+    rep = RecheckReport()
+    if not tree.well_formed():
+        rep.failed = 1
+        return rep
+    lo0, hi0 = root_box(graph, prop)
+
+    def child(box, pos, dim, side):
+        lo, hi = box
+        c_lo, c_hi = children(lo[None], hi[None], torch.tensor([[dim]]))
+        return c_lo[0, 0, side], c_hi[0, 0, side]
+
+    boxes = [b for b, _, _, _ in leaves_in_preorder(tree, (lo0[0], hi0[0]), child)]
+    rep.leaves = len(boxes)
+    cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)),
+                      alpha_lr=float(tree.meta.get("alpha_lr", 0.3)))
+    pb = _Problem(graph, prop, -1, None, cfg)
+    for s in range(0, len(boxes), batch):
+        lo = torch.stack([b[0] for b in boxes[s:s + batch]])
+        hi = torch.stack([b[1] for b in boxes[s:s + batch]])
+        value, _ = pb._crown(lo, hi)
+        open_ = torch.nonzero(~closed(value)).flatten()
+        if open_.numel() and cfg.alpha_iterations:
+            v2, _ = pb._alpha(lo[open_], hi[open_])
+            value[open_] = torch.maximum(value[open_], v2)
+            open_ = open_[~closed(value[open_])]
+        rep.direct += len(value) - open_.numel()
+        for k in open_.tolist():  # re-derive the leaf by a search of its own
+            sub = Property(lo[k].numpy(), hi[k].numpy(), prop.disjuncts)
+            res = input_split(graph, sub, -1, None, time.monotonic() + time_per_leaf, cfg)
+            if res.status == "verified":
+                rep.resplit += 1
+            else:
+                rep.failed += 1
+    rep.seconds = time.monotonic() - t0
+    return rep

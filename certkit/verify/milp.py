@@ -13,7 +13,8 @@ its row duals (any multipliers ``y`` give the valid bound
 ``min_{Ax in rows} y.Ax + min_{x in box} (c - A^T y).x``), so solver tolerances
 cannot make an intermediate bound too tight.
 
-* **Linear ops** are equality rows ``y - sum_k M_k x_k = c``. ``M`` is the weight
+* **Linear ops** are rows ``c - err <= y - sum_k M_k x_k <= c + err`` (``err``: the node's
+  floating-point error bound; 0 for copies). ``M`` is the weight
   for a Dense, ``diag(scale)`` for a Scale, a 0/1 matrix for a Select; for every
   other linear op (Conv, Sum, Concat) it is read off ``op.backward`` applied to
   identity rows, in chunks, into a ``scipy.sparse`` matrix.
@@ -85,9 +86,13 @@ tolerances. ``tau = tau_fp + tau_lp``:
    soundness as well as for speed. On ACAS Xu ``tau_lp`` is 1e-4..1e-3 for the small
    boxes of properties 3/4 and ~0.1-2 for the full boxes of properties 1/2, where
    hidden pre-activation bounds reach the thousands.
-3. *The model runs in float32, the MILP in real arithmetic*: ``tau_fp`` is
-   certkit's floating-point margin (:mod:`certkit.tolerances`), the one the bound
-   backends use, the largest over the disjunct's rows.
+3. *The model runs in float32, the MILP in real arithmetic*: the encoding is of
+   the computed network (:mod:`certkit.bounds.fperror`): every affine node's
+   equality row is a ranged row ``c - err <= y - M x <= c + err`` (a bounded slack
+   per neuron), every intermediate bound carries the error terms, and the input
+   box is rounded outward to the model's precision. ``tau_fp`` is then only the
+   float64 error of evaluating the rows on the output
+   (:func:`certkit.bounds.fperror.row_margin`).
 
 This is a tolerance argument, not a certificate checkable in exact arithmetic:
 it covers the errors the solvers are designed to make, not bugs. (Tightening
@@ -122,7 +127,7 @@ from ..graph.graph import Graph
 from ..graph.lower import lower_paper_ops
 from ..spec.sets import InputSet
 from ..spec.spec import Property
-from ..tolerances import fp_margin
+from ..bounds.fperror import compute_steps, interval_with_error, node_error, precision_of, round_outward, row_margin
 from .solvers import MipProblem, MipResult, new_highs, solve_mip, tolerances
 from .witness import Witness, validate
 
@@ -381,13 +386,21 @@ def _max_group(mdl: _Model, op: ops.MaxGroup, xc: np.ndarray, yc: np.ndarray, l:
     return nb
 
 
-def _interval(op, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    from ..bounds.interval import interval_node
-
+def _interval(graph: Graph, op, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interval image of the box ``ins`` under the computed (floating-point) op."""
     tins = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in ins]
     with torch.no_grad():
-        lo, hi = interval_node(op, tins)
+        lo, hi = interval_with_error(op, tins, precision_of(graph), compute_steps(graph))
     return lo[0].numpy().astype(np.float64), hi[0].numpy().astype(np.float64)
+
+
+def _rounding(graph: Graph, op, ins: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """``err`` of an affine node given bounds of its inputs (:mod:`certkit.bounds.fperror`): the
+    equality row ``y - M x = c`` becomes the ranged row ``c - err <= y - M x <= c + err``."""
+    tins = [(torch.as_tensor(l)[None], torch.as_tensor(u)[None]) for l, u in ins]
+    with torch.no_grad():
+        err = node_error(op, tins, None, precision_of(graph), compute_steps(graph))
+    return np.zeros(n) if err is None else err[0].numpy().astype(np.float64)
 
 
 def _unstable(op, l: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -527,7 +540,7 @@ def encode(graph: Graph, lower: np.ndarray, upper: np.ndarray, state_bounds=None
                     raw[j] = (rl, ru)
                     used[j] = _widen(rl, ru)
                     mdl.set_bounds(cols[j], *used[j])
-        l, u = _interval(op, [raw[j] for j in node.inputs])
+        l, u = _interval(graph, op, [raw[j] for j in node.inputs])
         if state_bounds is not None and state_bounds[i] is not None:
             sl, su = state_bounds[i]
             l, u = np.maximum(l, sl[0].numpy()), np.minimum(u, su[0].numpy())
@@ -549,7 +562,8 @@ def encode(graph: Graph, lower: np.ndarray, upper: np.ndarray, state_bounds=None
                 vv.append(-M.data)
             c = op.bias_vector()
             c = np.zeros(n) if c is None else np.asarray(c, dtype=np.float64)
-            mdl.rows(np.concatenate(rr), np.concatenate(cc), np.concatenate(vv), c, c, n)
+            err = _rounding(graph, op, [raw[j] for j in node.inputs], n)
+            mdl.rows(np.concatenate(rr), np.concatenate(cc), np.concatenate(vv), c - err, c + err, n)
             continue
         j = node.inputs[0]
         xc = cols[j]
@@ -667,6 +681,7 @@ def milp_minimize(graph: Graph, inputs_box, c_row, solver: str = "highs", time_l
         lower, upper = inputs_box.lower.numpy()[0], inputs_box.upper.numpy()[0]
     else:
         lower, upper = (np.asarray(a, dtype=np.float64).reshape(-1) for a in inputs_box)
+    lower, upper = round_outward(lower, upper, precision_of(graph))
     c_row = np.asarray(c_row, dtype=np.float64).reshape(1, -1)
     graph = lower_paper_ops(graph)
     check_encodable(graph)
@@ -712,7 +727,7 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
     n_dj = len(prop.disjuncts)
     out = MilpOutcome("unknown", bounds=[-math.inf] * n_dj, tolerances=[math.nan] * n_dj,
                       methods=["open"] * n_dj, solver=solver)
-    lower, upper = np.asarray(prop.lower, np.float64), np.asarray(prop.upper, np.float64)
+    lower, upper = round_outward(prop.lower, prop.upper, precision_of(graph))
 
     def remaining() -> float | None:
         return None if deadline is None else deadline - time.monotonic()
@@ -730,16 +745,15 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
                 return finish("falsified", f"disjunct {k} has no atoms: every input is a counterexample")
     C_all, d_all, owner = prop.stacked()
     sb, lowC = intermediate_bounds(graph, lower, upper, C_all if len(C_all) else None)
-    with torch.no_grad():
-        y_c = graph.forward(torch.as_tensor((lower + upper) / 2)[None]).numpy()[0]
-    depth = graph.depth
+    y_lo, y_hi = (torch.as_tensor(t) for t in sb[graph.output])
     reasons: list[str] = []
     # 1. DeepPoly alone, as the certifier does
     for k, dj in enumerate(prop.disjuncts):
         if dj.C.shape[0] == 0:
             continue
         dp_low = lowC[owner == k] - np.asarray(dj.d, np.float64)
-        margin_dp = fp_margin(depth, np.asarray(dj.C, np.float64), y_c, dp_low)
+        margin_dp = row_margin(torch.as_tensor(dj.C, dtype=torch.float64), torch.as_tensor(dj.d, dtype=torch.float64),
+                               y_lo, y_hi).numpy()[0]
         if bool((dp_low > margin_dp).any()):
             out.bounds[k] = float(dp_low.max())
             out.tolerances[k] = float(margin_dp[np.argmax(dp_low - margin_dp)])
@@ -769,8 +783,10 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
         t_hi = float(hi_r.max())
         t_hi += BOUND_WIDEN * (1 + abs(t_hi))
         p = _with_objective(enc, C, d, t_lo, t_hi)
-        # the fp margin at the bound we need: scale with |t| ~ tau (small), i.e. at low = 0
-        tau_fp = float(fp_margin(depth, C, y_c, np.zeros(len(d))).max())
+        # the float64 error of evaluating the rows on the output (the model's rounding is in the
+        # encoding: every affine row is ranged by its error bound)
+        tau_fp = float(row_margin(torch.as_tensor(C), torch.as_tensor(d), torch.as_tensor(yl)[None],
+                                  torch.as_tensor(yu)[None]).max())
         # the LP relaxation first: its bound is made rigorous from the duals, so only the
         # floating-point margin applies
         lpr = _LpRelaxation(p)

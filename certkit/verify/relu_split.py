@@ -24,6 +24,15 @@ al. 2020). The worst open domains are split first, many per batch; children
 warm-start from their parent's slopes and multipliers. The minimiser of each
 domain's linear bound over the box is tried as a counterexample (confirmed
 with onnxruntime). Each disjunct of the property gets its own tree.
+
+Soundness for the model as onnxruntime runs it: the box is rounded outward and every bound
+carries the floating-point error terms (:mod:`certkit.bounds.fperror`); a domain closes only
+through :func:`certkit.verify.gate.domain_value` (a finite value above the row margin; NaN
+never closes). The search records its tree (:class:`certkit.verify.proof.TreeLog`): every
+split, and every closed leaf with the multipliers that closed it -- the alpha slopes and beta
+multipliers are kept float32-representable throughout, so the stored values are exactly the
+ones used -- or ``empty`` when the clamped bounds contradict the splits. :func:`recheck`
+re-derives such a proof from the root.
 """
 from __future__ import annotations
 
@@ -35,13 +44,19 @@ import torch
 
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
+from ..bounds.fperror import row_margin
 from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Property
-from ..tolerances import fp_margin
 from .falsify import objective
+from .gate import closed, domain_value
+from .input_split import root_box
+from .proof import ProofTree, TreeLog, leaves_in_preorder
 from .witness import OnnxRunner, Witness, validate
+
+#: Leaf kinds of a ReLU-splitting proof tree.
+LEAF_KINDS = ("bound", "lp", "empty")
 
 Tensor = torch.Tensor
 
@@ -73,6 +88,13 @@ class ReluSplitOutcome:
     domains: int = 0
     iterations: int = 0
     max_queue: int = 0
+    trees: list[ProofTree] | None = None  # one per disjunct, when verified
+
+
+def _f32(t: Tensor) -> Tensor:
+    """``t`` rounded to float32-representable values (kept float64): multipliers stored in a proof
+    are then exactly the ones the bound was computed with."""
+    return t.float().double()
 
 
 def supports(graph: Graph) -> bool:
@@ -97,6 +119,7 @@ class _Domains:
     beta: dict[int, Tensor]  # ReLU node -> (N, s, n) split multipliers
     value: Tensor  # (N,) best row slack minus margin (> 0: closed)
     branch: Tensor  # (N, 2) (position in the ReLU list, neuron); (-1, -1) when none is left
+    ids: Tensor  # (N,) int64: domain ids in the proof log
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -113,7 +136,7 @@ class _Domains:
                         {j: (fn(lu[0]), fn(lu[1])) for j, lu in self.bounds.items()},
                         {r: fn(t) for r, t in self.alpha.items()},
                         {r: fn(t) for r, t in self.beta.items()},
-                        fn(self.value), fn(self.branch))
+                        fn(self.value), fn(self.branch), fn(self.ids))
 
     @staticmethod
     def cat(a: "_Domains | None", b: "_Domains") -> "_Domains":
@@ -124,7 +147,8 @@ class _Domains:
                          for j, lu in b.bounds.items()},
                         {r: torch.cat([a.alpha[r], t]) for r, t in b.alpha.items()},
                         {r: torch.cat([a.beta[r], t]) for r, t in b.beta.items()},
-                        torch.cat([a.value, b.value]), torch.cat([a.branch, b.branch]))
+                        torch.cat([a.value, b.value]), torch.cat([a.branch, b.branch]),
+                        torch.cat([a.ids, b.ids]))
 
 
 class _Tree:
@@ -139,22 +163,39 @@ class _Tree:
         self.K = len(prop.disjuncts)
         self.rows = rows
         self.C, self.d = self.C_all[rows], self.d_all[rows]
-        self.lo = torch.as_tensor(prop.lower, dtype=torch.float64)[None]
-        self.hi = torch.as_tensor(prop.upper, dtype=torch.float64)[None]
-        with torch.no_grad():
-            self.y_c = graph.forward((self.lo + self.hi) / 2)
+        self.lo, self.hi = root_box(graph, prop)
         self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
         self.domains = 0
         self.attacks = 0
+        self.log = TreeLog(LEAF_KINDS)
+
+    def close(self, dom: _Domains, kind: str | None = None) -> None:
+        """Record the domains of ``dom`` as closed leaves, with the multipliers that closed them
+        (slopes where a ReLU is free and unstable, multipliers where it is split; zeros elsewhere,
+        where they do not matter)."""
+        if len(dom) == 0:
+            return
+        empty = torch.isinf(dom.value) & (dom.value > 0)
+        kinds = torch.full((len(dom),), LEAF_KINDS.index(kind or "bound"), dtype=torch.int64)
+        kinds = torch.where(empty, LEAF_KINDS.index("empty"), kinds)
+        alphas, betas = [], []
+        for r, j in zip(self.relus, self.pre):
+            l, u = dom.bounds[j]
+            free = ((l < 0) & (u > 0) & (dom.splits[r] == 0))[:, None, :]
+            alphas.append(torch.where(free, dom.alpha[r], torch.zeros_like(dom.alpha[r])))
+            betas.append(torch.where((dom.splits[r] != 0)[:, None, :], dom.beta[r], torch.zeros_like(dom.beta[r])))
+        self.log.close(dom.ids.numpy(), kinds.numpy(), dom.value.numpy(),
+                       {"alpha": torch.cat(alphas, -1).float().numpy(), "beta": torch.cat(betas, -1).float().numpy()})
 
     # -- bounding ----------------------------------------------------------------
     def _inputs(self, n: int) -> InputSet:
         return InputSet(self.lo.expand(n, -1), self.hi.expand(n, -1))
 
-    def _value(self, low: Tensor) -> Tensor:
-        slack = low - self.d - fp_margin(self.graph.depth, self.C, self.y_c, low)
-        return slack.max(dim=1).values
+    def _value(self, low: Tensor, y_bounds: tuple[Tensor, Tensor]) -> Tensor:
+        """The gate's domain value for this disjunct's rows (> 0: closed)."""
+        margin = row_margin(self.C, self.d, y_bounds[0].detach(), y_bounds[1].detach())
+        return domain_value(low - self.d, margin, torch.zeros(self.C.shape[0], dtype=torch.int64), 1)
 
     def root(self, shared: "_Root") -> tuple[_Domains, Witness | None]:
         """The root domain of this disjunct, from the alpha-CROWN run shared by all disjuncts."""
@@ -163,7 +204,8 @@ class _Tree:
         dom = _Domains({r: torch.zeros(1, self.graph.size(r), dtype=torch.int8) for r in self.relus},
                        {j: tuple(t.clone() for t in shared.bounds[j]) for j in self.pre},
                        alpha, {r: torch.zeros_like(alpha[r]) for r in self.relus},
-                       self._value(shared.low[:, rows]), torch.full((1, 2), -1, dtype=torch.long))
+                       self._value(shared.low[:, rows], shared.y_bounds), torch.full((1, 2), -1, dtype=torch.long),
+                       torch.zeros(1, dtype=torch.int64))
         return self.bound(dom, first_changed=None, optimise=False)
 
     def bound(self, dom: _Domains, first_changed: int | None, optimise: bool = True,
@@ -204,7 +246,7 @@ class _Tree:
                                 relax=dict(st0.relax))  # the DeepPoly relaxations do not change
                 A_in, const = st.backsub(self.graph.output, self.C.expand(n, -1, -1), tag="out")
                 low = S.concretize_lower(A_in, const)
-                val = self._value(low.detach())
+                val = self._value(low.detach(), st.bounds[self.graph.output])
                 better = val > best
                 if it == 0 or bool(better.any()):
                     best = torch.where(better, val, best)
@@ -215,15 +257,15 @@ class _Tree:
                     A_best = A_in.detach() if A_best is None else torch.where(keep[:, None, None], A_in.detach(), A_best)
                     for r, A in rec.items():
                         record[r] = A if r not in record else torch.where(keep[:, None, None], A, record[r])
-                if it == steps - 1 or bool((best > 0).all()) or (deadline is not None and time.monotonic() > deadline):
+                if it == steps - 1 or bool(closed(best).all()) or (deadline is not None and time.monotonic() > deadline):
                     break
                 opt.zero_grad()
                 (-low.sum()).backward()
                 opt.step()
                 with torch.no_grad():
                     for r in self.relus:
-                        alpha[("out", r)].clamp_(0.0, 1.0)
-                        beta[r].clamp_(min=0.0)
+                        alpha[("out", r)].copy_(_f32(alpha[("out", r)].clamp(0.0, 1.0)))
+                        beta[r].copy_(_f32(beta[r].clamp(min=0.0)))
         best = torch.where(empty, torch.full_like(best, float("inf")), best)
         dom.value, dom.alpha, dom.beta = best, best_alpha, best_beta
         dom.branch = self._choose(dom, record)
@@ -324,9 +366,12 @@ class _Tree:
                 one.beta[r][0, 0, idx] = torch.as_tensor(np.maximum(duals[off:off + idx.numel()], 0.0))
                 off += idx.numel()
             floor = one.value.clone()
+            one.beta = {r: _f32(b) for r, b in one.beta.items()}
             one, _ = self.bound(one, None, optimise=False)
-            if not bool(torch.maximum(one.value, floor)[0] > 0):
+            one.value = torch.maximum(one.value, floor)
+            if not bool(closed(one.value)[0]):
                 return "unknown", None
+            self.close(one, "lp")
         return "verified", None
 
     @staticmethod
@@ -351,7 +396,7 @@ class _Tree:
         if A_in is None:
             return None
         with torch.no_grad():
-            open_ = torch.nonzero(value <= 0).flatten()
+            open_ = torch.nonzero(~closed(value)).flatten()
             if open_.numel() == 0:
                 return None
             worst = open_[value[open_].argsort()[:self.cfg.pgd_starts]]
@@ -383,6 +428,8 @@ class _Tree:
 
     def _try_points(self, x: Tensor) -> Witness | None:
         """Points of the box violating the property, confirmed with onnxruntime."""
+        if self.runner is None:
+            return None
         with torch.no_grad():
             y = self.graph.forward(x)
             m = x.shape[0]
@@ -401,11 +448,12 @@ class _Root:
     low: Tensor  # (1, s_all) lower bounds of every row
     bounds: dict[int, tuple[Tensor, Tensor]]  # pre-activation node -> (1, n) bounds
     alpha: dict[int, Tensor]  # ReLU node -> (1, s_all, n) slopes of the final rows
+    y_bounds: tuple[Tensor, Tensor]  # (1, n_out) bounds of the output
 
 
 def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) -> _Root:
     C = torch.as_tensor(prop.stacked()[0])
-    S = InputSet.box(prop.lower, prop.upper)
+    S = InputSet(*root_box(graph, prop))
     low, st = alpha_lower(graph, S, C, iterations=cfg.root_iterations, keep_state=True)
     alpha = {}
     with torch.no_grad():
@@ -415,10 +463,11 @@ def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) 
             if a is None:
                 a = st.relaxation(r)[0]
                 a = (a if a.dim() == 3 else a[:, None, :]).expand(1, C.shape[0], -1)
-            alpha[r] = a.detach().clone()
+            alpha[r] = _f32(a.detach().clone())
         bounds = {graph.nodes[r].inputs[0]: tuple(t.detach().clone() for t in st.bounds[graph.nodes[r].inputs[0]])
                   for r in relus}
-    return _Root(low.detach(), bounds, alpha)
+        y = tuple(t.detach().clone() for t in st.bounds[graph.output])
+    return _Root(low.detach(), bounds, alpha, y)
 
 
 def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
@@ -431,6 +480,7 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
     if any(not (owner == k).any() for k in range(len(prop.disjuncts))):
         return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
     shared = _root(graph, prop, relu_nodes(graph), cfg)
+    out.trees = []
     for disjunct in range(len(prop.disjuncts)):
         rows = np.nonzero(owner == disjunct)[0]
         res = _decide_disjunct(graph, prop, prop_index, runner, rows, deadline, cfg, shared)
@@ -438,8 +488,9 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
         out.iterations += res.iterations
         out.max_queue = max(out.max_queue, res.max_queue)
         if res.status != "verified":
-            out.status, out.witness = res.status, res.witness
+            out.status, out.witness, out.trees = res.status, res.witness, None
             return out
+        out.trees.extend(res.trees or [])
     return out
 
 
@@ -450,7 +501,11 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
     root, w = tree.root(shared)
     if w is not None:
         return ReluSplitOutcome("falsified", w, tree.domains)
-    queue: _Domains | None = root if bool(root.value[0] <= 0) else None
+    queue: _Domains | None = None
+    if bool(closed(root.value)[0]):
+        tree.close(root)
+    else:
+        queue = root
     while queue is not None and len(queue):
         if deadline is not None and time.monotonic() > deadline:
             out.status = "timeout"
@@ -474,14 +529,122 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
             if len(parents) == 0:
                 continue
         kids, first = tree.children(parents)
+        kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
+        tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
         floor = kids.value.clone()
         kids, w = tree.bound(kids, first, deadline=deadline)
         if w is not None:
             out.status, out.witness = "falsified", w
             break
-        kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent
-        open_ = torch.nonzero(kids.value <= 0).flatten()
-        queue = _Domains.cat(queue, kids.map(lambda t: t[open_]))
+        kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent (open: no closing)
+        done = closed(kids.value)
+        tree.close(kids.map(lambda t: t[done]))
+        queue = _Domains.cat(queue, kids.map(lambda t: t[~done]))
         out.max_queue = max(out.max_queue, len(queue))
     out.domains = tree.domains
+    if out.status == "verified":
+        out.trees = [tree.log.tree("relu_split", meta={"rows": rows.tolist(), "domains": tree.domains,
+                                                        "root_iterations": cfg.root_iterations})]
     return out
+
+
+@dataclass
+class RecheckReport:
+    """What :func:`recheck` re-derived: leaves closed with their recorded multipliers, empty
+    leaves confirmed, leaves closed only by a fresh search of their own, and failures."""
+
+    leaves: int = 0
+    direct: int = 0
+    resplit: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.leaves > 0
+
+
+def recheck(graph: Graph, prop: Property, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSplitConfig(),
+            batch: int = 128, time_per_leaf: float = 5.0) -> RecheckReport:
+    """Re-derive a ReLU-splitting proof (one tree per disjunct): recompute the root's
+    intermediate bounds (the same alpha-CROWN run as the search), replay each tree's splits --
+    the two children of a split cover their parent, so the leaves cover the root -- and bound
+    every leaf again with its recorded slopes and multipliers (any slopes in [0, 1] and any
+    multipliers >= 0 give a sound bound, so nothing recorded is trusted); an ``empty`` leaf must
+    show its clamped bounds contradicting its splits. A leaf that does not close that way gets
+    a fresh search of its own (``time_per_leaf`` seconds) before it counts as failed."""
+    t0 = time.monotonic()
+    rep = RecheckReport()
+    _, _, owner = prop.stacked()
+    relus = relu_nodes(graph)
+    if not supports(graph) or not trees:
+        rep.failed = 1
+        return rep
+    cfg = ReluSplitConfig(root_iterations=int(trees[0].meta.get("root_iterations", cfg.root_iterations)))
+    shared = _root(graph, prop, relus, cfg)
+    sizes = [graph.size(r) for r in relus]
+    for t in trees:
+        rows = np.asarray(t.meta.get("rows", []), dtype=np.int64)
+        if not t.well_formed() or len(rows) == 0:
+            rep.failed += 1
+            continue
+        tree = _Tree(graph, prop, -1, None, rows, cfg)
+        root, _ = tree.root(shared)
+
+        def child(splits, pos, k, side):
+            new = dict(splits)
+            new[(pos, k)] = 1 if side == 0 else -1
+            return new
+
+        leaves = list(leaves_in_preorder(t, {}, child))
+        rep.leaves += len(leaves)
+        for s in range(0, len(leaves), batch):
+            part = leaves[s:s + batch]
+            n = len(part)
+            dom = root.map(lambda x: x.expand(n, *x.shape[1:]).clone())
+            dom.splits = {r: torch.zeros(n, graph.size(r), dtype=torch.int8) for r in relus}
+            for b, (splits, kind, slot, _) in enumerate(part):
+                for (pos, k), sign in splits.items():
+                    dom.splits[relus[pos]][b, k] = sign
+                if slot >= 0:
+                    a = torch.as_tensor(t.payload["alpha"][slot], dtype=torch.float64)
+                    be = torch.as_tensor(t.payload["beta"][slot], dtype=torch.float64)
+                    off = 0
+                    for r, size in zip(relus, sizes):
+                        dom.alpha[r][b] = a[:, off:off + size]
+                        dom.beta[r][b] = be[:, off:off + size]
+                        off += size
+                else:
+                    for r in relus:
+                        dom.beta[r][b] = 0.0
+            dom.value = torch.full((n,), float("-inf"), dtype=torch.float64)
+            dom, _ = tree.bound(dom, None, optimise=False)
+            ok = closed(dom.value)
+            rep.direct += int(ok.sum())
+            for b in torch.nonzero(~ok).flatten().tolist():  # a fresh search under this leaf
+                if _research(tree, dom.map(lambda x: x[b:b + 1]), cfg, time_per_leaf):
+                    rep.resplit += 1
+                else:
+                    rep.failed += 1
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _research(tree: "_Tree", leaf: _Domains, cfg: ReluSplitConfig, seconds: float) -> bool:
+    """ReLU splitting below one leaf, with optimisation, until closed or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    leaf, _ = tree.bound(leaf, None, optimise=True, deadline=deadline)
+    queue = None if bool(closed(leaf.value)[0]) else leaf
+    while queue is not None and len(queue):
+        if time.monotonic() > deadline:
+            return False
+        parents = queue.map(lambda t: t[:cfg.batch])
+        queue = queue.map(lambda t: t[cfg.batch:])
+        if bool((parents.branch[:, 0] < 0).any()):
+            return False  # fully split and still open: not re-derived here
+        kids, first = tree.children(parents)
+        floor = kids.value.clone()
+        kids, _ = tree.bound(kids, first, deadline=deadline)
+        kids.value = torch.maximum(kids.value, floor)
+        queue = _Domains.cat(queue, kids.map(lambda t: t[~closed(kids.value)]))
+    return True

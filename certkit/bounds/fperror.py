@@ -1,0 +1,337 @@
+"""The floating-point error of the model as onnxruntime runs it (DESIGN.md section 2).
+
+A verdict is about the network that onnxruntime executes in float32 (or float64), not about the
+real-valued network of the same weights. certkit's bound backends therefore analyse the
+*computed* network
+
+    y^_i = op_i(y^_j, ...) + e_i,      |e_i| <= err_i                                  (1)
+
+in which every node's value is the exact image of its computed inputs plus a rounding error
+bounded by ``err_i`` (this module), a function of bounds on the inputs' magnitudes. A bound that
+holds for (1) for every admissible ``e`` holds for every rounding onnxruntime can make, whatever
+its summation order, blocking or FMA use. The terms, for a node in precision ``u`` (2^-24 for
+float32, 2^-53 for float64):
+
+* **Affine ops** (Dense, Conv, Scale, Sum) with fan-in ``n``: any order of summation gives
+  ``|fl(w.x + b) - (w.x + b)| <= gamma_{n+1} (|w|.|x| + |b|)``, ``gamma_k = k u / (1 - k u)``
+  (Higham, ch. 3). certkit charges ``gamma_S (|M| |x| + beta) + S tiny`` with
+  ``S = n + 1 + PARAM_STEPS + fp_extra``: PARAM_STEPS covers onnxruntime's own constant
+  folding (fused Conv+BatchNorm weights) and the float64 form of parameters such as 1/c;
+  ``fp_extra``/``beta`` (``fp_bias``) carry the roundings and the magnitudes before cancellation
+  of the elementwise affine ops fused into the node (``onnx/passes.py``): for ``L2 o L1`` with one
+  of them diagonal, ``|M2||M1| = |M2 M1|`` and the error of the composition is at most
+  ``gamma_{S1+S2} (|M||x| + |M2| beta1 + beta2)``, since ``gamma_a + gamma_b + gamma_a gamma_b
+  <= gamma_{a+b}``. ``tiny`` (the smallest normal number) bounds the absolute error of an
+  underflow or of flushing a denormal to zero, per operation and per input.
+* **Exact ops**: ReLU, Max, Min, Clip, Abs, MaxPool, copies (Select, Concat) and negation
+  round nothing.
+* **Transcendental elementwise ops** (Sigmoid, Tanh, Softplus): ``ACT_ULPS ulp(|y|) + ACT_ABS``
+  (``certkit.tolerances``: measured maxima times more than 5). LeakyReLU: one rounding of
+  ``s x``. The paper activations: the roundings of their ONNX forms.
+* **Overflow**: where a magnitude bound exceeds the largest finite number, the computed value
+  may be ``inf`` or NaN and (1) does not describe it: the error is ``inf`` there, so no bound
+  that depends on it is finite, and no verdict can rest on it (:mod:`certkit.verify.gate`).
+* **Inputs**: a float64 point the user gives is rounded to the model's precision before
+  onnxruntime sees it, so input boxes are rounded outward (:func:`round_input_set`).
+
+Magnitudes ``|x|`` come from whatever sound bounds of the inputs are at hand (interval or
+back-substituted), so the errors get smaller as the bounds get tighter.
+
+**certkit's own float64 arithmetic** is covered the same way. Back-substitution charges each
+product and sum it forms against the node it is at: with ``A_i`` the coefficients reaching node
+``i``, the rounding of ``A_i M_i`` and of ``A_i c_i`` moves the bound by at most
+``gamma_{n_i} |A_i| (|M_i| |x| + |c_i|)``, and the running sums of the constant by at most
+``gamma_N`` times the sum of the magnitudes of the terms. Every node therefore also charges
+``COMPUTE_SAFETY * gamma_L(u64) * mag_i`` (``L`` = the largest node size + the number of nodes +
+16; ``mag_i`` the magnitude of the terms formed there), and concretisation over the input set
+charges ``gamma_{n+8}(u64)`` of its own terms (:meth:`certkit.spec.sets.InputSet.concretize_lower`).
+In back-substitution every error enters as one more constant: ``A_i y_i >= A_i op(...) - |A_i|
+err_i`` (:class:`certkit.bounds.deeppoly.BoundState`); interval bounds widen by ``err``; the MILP
+turns each affine equality row into a ranged row ``c - err <= y - M x <= c + err``.
+
+Assumptions, stated: onnxruntime evaluates each ONNX op in the tensor's precision with
+round-to-nearest (no Winograd/FFT convolutions on the CPU provider, no reduced-precision
+accumulation); the activation budgets are measured, not proven.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..graph import ops
+from ..graph.graph import Graph
+from ..spec.sets import InputSet
+from ..tolerances import ACT_ABS, ACT_ULPS, COMPUTE_SAFETY, PARAM_STEPS, U64, gamma
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A floating-point format: unit roundoff ``u``, smallest normal ``tiny``, largest finite ``max``."""
+
+    name: str
+    u: float
+    tiny: float
+    max: float
+
+
+FLOAT32 = Precision("float32", 2.0 ** -24, 2.0 ** -126, float(np.finfo(np.float32).max))
+FLOAT64 = Precision("float64", 2.0 ** -53, 2.0 ** -1022, float(np.finfo(np.float64).max))
+#: Real arithmetic: no model error terms (for measuring what they cost; never for verdicts).
+EXACT = Precision("exact", 0.0, 0.0, float("inf"))
+PRECISIONS = {p.name: p for p in (FLOAT32, FLOAT64, EXACT)}
+
+
+def precision_of(graph: Graph) -> Precision:
+    """The precision the model runs in (``graph.meta['precision']``, set by the importer;
+    float32, the coarser, when unknown)."""
+    return PRECISIONS[graph.meta.get("precision", "float32")]
+
+
+def with_precision(graph: Graph, name: str) -> Graph:
+    """The same graph analysed in another precision (``"exact"``: without model error terms)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision '{name}' (choose from {', '.join(PRECISIONS)})")
+    return dataclasses.replace(graph, meta={**graph.meta, "precision": name})
+
+
+def compute_steps(graph: Graph) -> int:
+    """``L``: a bound on the roundings any one term of certkit's float64 bound computation goes
+    through (a dot product within a node, then the running sums over the nodes)."""
+    return max(graph.size(i) for i in range(len(graph.nodes))) + len(graph.nodes) + 16
+
+
+# --------------------------------------------------------------------------- per-op model error
+
+#: op class -> fn(op, mags_in, mag_out, prec) -> (model error (b, n) or None, magnitude of the terms
+#: formed at the node (b, n), for the float64 allowance). ``mags_in`` bound |inputs|, ``mag_out``
+#: bounds |output| (from the exact image of the input bounds).
+ERRORS: dict[type, Callable] = {}
+
+
+def fp_error(*classes: type):
+    def deco(fn):
+        for c in classes:
+            ERRORS[c] = fn
+        return fn
+    return deco
+
+
+def own_steps(op: ops.LinearOp) -> int:
+    """Roundings of the affine op itself: fan-in + 1 for a dot product, 0 for a copy."""
+    if isinstance(op, ops.Dense):
+        return int(op.weight.shape[1]) + 1 + PARAM_STEPS + op.fp_extra
+    if isinstance(op, ops.Conv):
+        return int(np.prod(op.weight.shape[1:])) + 1 + PARAM_STEPS + op.fp_extra
+    if isinstance(op, ops.Scale):
+        return 2 + PARAM_STEPS + op.fp_extra
+    if isinstance(op, ops.Sum):
+        return 2 * len(op.coeffs)
+    return 0  # Select, Concat: copies
+
+
+def bias_magnitude(op: ops.LinearOp) -> np.ndarray | None:
+    """``beta``: the magnitude of the constant terms before cancellation (``fp_bias`` of a fused
+    op, else ``|c|``)."""
+    b = getattr(op, "fp_bias", None)
+    if b is not None:
+        return np.asarray(b, dtype=np.float64)
+    c = op.bias_vector()
+    return None if c is None else np.abs(np.asarray(c, dtype=np.float64))
+
+
+@fp_error(ops.Dense, ops.Conv, ops.Scale, ops.Sum, ops.Select, ops.Concat)
+def _affine(op: ops.LinearOp, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
+    S = own_steps(op)
+    mag = op.apply_abs(*[m + p.tiny for m in mags])
+    beta = bias_magnitude(op)
+    if beta is not None:
+        mag = mag + torch.as_tensor(beta, dtype=mag.dtype)
+    model = None if S == 0 else gamma(S, p.u) * mag + S * p.tiny
+    return model, mag
+
+
+def _slope(op) -> float:
+    if hasattr(op, "slope_bounds"):
+        return float(max(abs(v) for v in op.slope_bounds()))
+    if isinstance(op, ops.LeakyRelu):
+        return max(1.0, abs(op.slope))
+    return 1.0
+
+
+@fp_error(ops.Relu, ops.Clip, ops.Abs)
+def _exact(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    return None, 4.0 * (mags[0] + mag_out)
+
+
+@fp_error(ops.LeakyRelu)
+def _leaky(op: ops.LeakyRelu, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    s = abs(op.slope)
+    return p.u * s * mags[0] + p.tiny, 4.0 * (max(1.0, s) * mags[0] + mag_out)
+
+
+@fp_error(ops.Sigmoid, ops.Tanh, ops.Softplus)
+def _transcendental(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    # ulp(y) <= 2 u |y| for a normal y; ACT_ABS is stated for float32 and scales with u
+    model = ACT_ULPS * 2.0 * p.u * mag_out + ACT_ABS * (p.u / 2.0 ** -24) + p.tiny
+    return model, 4.0 * (_slope(op) * mags[0] + mag_out)
+
+
+@fp_error(ops.NActivation)
+def _n_activation(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    return gamma(3, p.u) * 3.0 * mags[0] + 3 * p.tiny, 4.0 * (3.0 * mags[0] + mag_out)
+
+
+@fp_error(ops.CappedLeakyRelu)
+def _capped(op: ops.CappedLeakyRelu, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    k = abs(op.alpha) + abs(op.gain)
+    return gamma(3, p.u) * k * mags[0] + 3 * p.tiny, 4.0 * (k * mags[0] + mag_out)
+
+
+@fp_error(ops.MaxGroup, ops.MaxMin)
+def _max(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+    return None, 4.0 * (mags[0].amax(dim=-1, keepdim=True) + mag_out)
+
+
+def _error_fn(op):
+    for cls in type(op).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    raise NotImplementedError(f"no floating-point error rule for {op.kind}")
+
+
+def magnitude(lo: Tensor, hi: Tensor, p: Precision) -> Tensor:
+    """``max(|lo|, |hi|)``, with NaN and infinities replaced by a value above ``p.max`` (so an error
+    computed from it is ``inf`` rather than NaN)."""
+    m = torch.maximum(lo.abs(), hi.abs())
+    big = 1e300 if p.max > 1e300 else p.max * 4.0
+    return torch.nan_to_num(m, nan=big, posinf=big)
+
+
+def node_error(op, ins: list[tuple[Tensor, Tensor]], out: tuple[Tensor, Tensor] | None, p: Precision,
+               steps: int) -> Tensor | None:
+    """``err`` (b, n_out) for one node: the model's rounding error plus the float64 allowance of
+    certkit's own arithmetic at the node; ``inf`` where the computation may overflow. ``ins`` are
+    bounds on the node's (computed) inputs, ``out`` bounds on the exact image of those (needed for
+    nonlinear ops). None when nothing is charged."""
+    mags = [magnitude(lo, hi, p) for lo, hi in ins]
+    mag_out = None if out is None else magnitude(*out, p)
+    model, terms = _error_fn(op)(op, mags, mag_out, p)
+    if isinstance(op, ops.Concat) or (isinstance(op, ops.Select) and model is None
+                                      and _injective(op)):
+        return None  # pure copies: neither onnxruntime nor certkit rounds anything there
+    err = COMPUTE_SAFETY * gamma(steps, U64) * terms
+    if model is not None:
+        err = err + model
+    limit = terms if mag_out is None else torch.maximum(terms, mag_out)
+    bad = (limit > p.max) | ~torch.isfinite(limit)
+    return torch.where(bad, torch.full_like(err, float("inf")), err)
+
+
+def _injective(op: ops.Select) -> bool:
+    idx = np.asarray(op.index)
+    valid = idx[idx >= 0]
+    return len(np.unique(valid)) == len(valid)
+
+
+def interval_with_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision, steps: int) -> tuple[Tensor, Tensor]:
+    """Interval image of the box ``ins`` under the computed op: the exact image widened by ``err``."""
+    from .interval import interval_node
+
+    lo, hi = interval_node(op, ins)
+    if isinstance(op, EXACT_INTERVAL):
+        return lo, hi  # no rounding in the model nor in float64: a ReLU output stays >= 0 exactly
+    err = node_error(op, ins, (lo, hi), p, steps)
+    if err is None:
+        return lo, hi
+    return lo - err, hi + err
+
+
+#: Ops that round nothing in the model and whose interval image certkit computes exactly (max,
+#: min, abs and copies of the end points): their intervals are not widened (back-substitution
+#: still charges the float64 arithmetic of their relaxations).
+EXACT_INTERVAL = (ops.Relu, ops.Clip, ops.Abs, ops.MaxGroup, ops.MaxMin, ops.Select, ops.Concat)
+
+
+# --------------------------------------------------------------------------- inputs and rows
+
+
+def round_outward(lo: np.ndarray, hi: np.ndarray, p: Precision) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest box of ``p``-representable end points containing ``[lo, hi]`` (float64 arrays):
+    every float64 point of the box rounds to a point of this one."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if p.name != "float32":
+        return lo, hi
+    with np.errstate(over="ignore"):
+        l32, h32 = lo.astype(np.float32), hi.astype(np.float32)
+    l32 = np.where(l32.astype(np.float64) > lo, np.nextafter(l32, np.float32(-np.inf)), l32)
+    h32 = np.where(h32.astype(np.float64) < hi, np.nextafter(h32, np.float32(np.inf)), h32)
+    return l32.astype(np.float64), h32.astype(np.float64)
+
+
+def round_input_set(S: InputSet, p: Precision) -> InputSet:
+    """``S`` enlarged so that it contains the rounding to ``p`` of each of its points: the box
+    rounded outward; an L_p ball's radius grown by the norm of the largest rounding move
+    (``ulp/2`` per coordinate)."""
+    if p.name != "float32":
+        return S
+    lo, hi = round_outward(S.lower.numpy(), S.upper.numpy(), p)
+    lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+    if S.center is None:
+        return InputSet(lo_t, hi_t)
+    half_ulp = p.u * torch.maximum(lo_t.abs(), hi_t.abs()).clamp(min=p.tiny)  # ulp/2 <= u |x|
+    grow = torch.linalg.vector_norm(half_ulp, ord=S.p, dim=1)
+    return InputSet(lo_t, hi_t, S.center, S.eps + grow * (1 + 1e-6), S.p)
+
+
+def input_set(graph: Graph, lower, upper) -> InputSet:
+    """The box ``[lower, upper]`` (batched or not) as the model's input set: rounded outward to
+    the model's precision."""
+    return round_input_set(InputSet.box(lower, upper), precision_of(graph))
+
+
+def row_margin(C: Tensor, d: Tensor, y_lo: Tensor, y_hi: Tensor) -> Tensor:
+    """The float64 error of evaluating ``C y - d`` on an output in ``[y_lo, y_hi]`` (how a checker
+    tests the spec on onnxruntime's output): a row is proven when its lower bound exceeds this.
+    ``C`` (s, m) or (b, s, m), bounds (b, m); result (b, s)."""
+    mag = torch.maximum(y_lo.abs(), y_hi.abs())
+    Cb = C if C.dim() == 3 else C.expand(mag.shape[0], -1, -1)
+    m = float(gamma(C.shape[-1] + 2, U64)) * COMPUTE_SAFETY
+    val = torch.einsum("bsm,bm->bs", Cb.abs(), mag) + d.abs()
+    return torch.nan_to_num(m * val, nan=float("inf"))
+
+
+def propagated_error(graph: Graph, inputs: InputSet) -> Tensor:
+    """``E`` (b, n_out): a bound, for every input of the set, on both ``|f^(x) - f(x)|`` (f^ the
+    network as the model's precision computes it, f the real one) and on the float64 evaluation
+    error of certkit's reference executor. Each node's own error ``err_i`` (from interval bounds of
+    the computed network) plus its inputs' errors carried through: ``|M| E`` for an affine op,
+    ``max|slope| E`` for a Lipschitz activation, the group maximum for a max."""
+    from .interval import interval_bounds
+
+    p, steps = precision_of(graph), compute_steps(graph)
+    bounds = interval_bounds(graph, inputs)
+    E: list[Tensor | None] = [None] * len(graph.nodes)
+    E[0] = torch.zeros_like(inputs.lower)
+    for i in range(1, len(graph.nodes)):
+        if i not in graph.live:
+            continue
+        node = graph.nodes[i]
+        op = node.op
+        ins = [bounds[j] for j in node.inputs]
+        out = None if isinstance(op, ops.LinearOp) else interval_with_error(op, ins, p, steps)
+        err = node_error(op, ins, out, p, steps)
+        if isinstance(op, ops.LinearOp):
+            carried = op.apply_abs(*[E[j] for j in node.inputs])
+        elif isinstance(op, (ops.MaxGroup, ops.MaxMin)):
+            carried = op.forward(E[node.inputs[0]]) if isinstance(op, ops.MaxGroup) else \
+                E[node.inputs[0]].amax(dim=-1, keepdim=True).expand(-1, graph.size(i))
+        else:
+            carried = _slope(op) * E[node.inputs[0]]
+        E[i] = carried if err is None else carried + err
+    return torch.nan_to_num(E[graph.output], nan=float("inf"))
