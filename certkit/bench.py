@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from .cli_paths import output_path
 from .errors import DataError, UsageError
 
 #: Columns of the results CSV, in this order; the input CSV's other columns follow.
@@ -75,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
                    help="run each instance with its timeout times F (default 1)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="instances run at once (default 1)")
-    p.add_argument("--out", metavar="RESULTS.csv", help="write one row per instance here (flushed per row)")
+    p.add_argument("--out", metavar="RESULTS.csv", type=output_path,
+                   help="write one row per instance here (flushed per row)")
     p.add_argument("--filter", metavar="SUBSTR", help="only rows whose benchmark, onnx or vnnlib contains SUBSTR")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N rows (after --filter)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")

@@ -18,6 +18,13 @@ class UsageError(CertkitError):
     exit_code = 2
 
 
+class OutputError(UsageError):
+    """An output file (``--out``, ``--json``) could not be written after the result was printed.
+
+    The paths are checked before any work starts, so this is rare (a folder removed
+    meanwhile, a full disk); the printed result stands, and the other files are written."""
+
+
 class ModelError(CertkitError):
     """The model file cannot be read, checked, or lowered to the IR."""
 

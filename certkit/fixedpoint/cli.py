@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cli_paths import output_path
 from ..errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX model mapping R^k -> R^k (e.g. an autoencoder)")
-    p.add_argument("--json", metavar="OUT.json", help="write the full report (fixed point included) as JSON")
+    p.add_argument("--json", metavar="OUT.json", type=output_path,
+                   help="write the full report (fixed point included) as JSON")
     p.add_argument("--max-iter", type=int, default=100000, help="iterations from 0 at most (default 100000)")
     p.add_argument("--tol", type=float, default=1e-10, help="stop when ||T(x) - x||_inf <= TOL (default 1e-10)")
 

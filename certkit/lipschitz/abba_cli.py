@@ -5,12 +5,14 @@ before it is written; a mismatch is an error (nothing is written).
 """
 from __future__ import annotations
 
+from ..cli_paths import output_path
+
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="abba_command", parser_class=type(p))
     c = sub.add_parser("convert", help="write the nonnegative ABBA net equal to MODEL (symmetric activations)")
     c.add_argument("model", help="ONNX model (.onnx): a chain of linear layers and symmetric activations")
-    c.add_argument("-o", "--output", required=True, help="where to write the ABBA model (.onnx)")
+    c.add_argument("-o", "--output", required=True, type=output_path, help="where to write the ABBA model (.onnx)")
     c.add_argument("--samples", type=int, default=10000, help="random inputs for the equivalence check")
     c.add_argument("--float32", action="store_true", help="compute in float32 inside (default float64)")
     c.add_argument("--debug", action="store_true", help=argparse_suppress())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ..cli_paths import output_path
 from .methods import METHODS
 
 
@@ -18,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", type=int, default=32, help="random points for the lower bound")
     p.add_argument("--lower-time", type=float, default=3.0, help="seconds for the lower-bound search (default 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write lower, upper, method and per-method details here")
+    p.add_argument("--json", type=output_path, help="write lower, upper, method and per-method details here")
 
 
 def run_cli(a) -> int:

@@ -17,13 +17,14 @@ import sys
 
 import numpy as np
 
+from ..cli_paths import output_path
 from ..errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX ReLU net")
     p.add_argument("--data", required=True, help="validation set .npz (x: (N, *input shape), y: (N,))")
-    p.add_argument("-o", "--out", required=True, help="where to write the sparsified ONNX net")
+    p.add_argument("-o", "--out", required=True, type=output_path, help="where to write the sparsified ONNX net")
     p.add_argument("--eps", type=float, default=0.0, help="closeness of the new outputs (default 0: exact)")
     p.add_argument("--eps-mode", choices=("relative", "additive"), default="relative",
                    help="relative: (1-eps) z <= z~ <= (1+eps) z on every pre-activation (public code, Fig. 4; "
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, help="seconds per LP (default: none)")
     p.add_argument("--threads", dest="lp_threads", type=int, default=2,
                    help="processes for the per-neuron LPs (default 2)")
-    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--json", type=output_path, help="write the report as JSON")
     p.add_argument("--test", help="test set .npz: accuracy before/after (and --verify-eps)")
     p.add_argument("--method", choices=("lp", "mbp"), default="lp",
                    help="lp: the VNN LP (default); mbp: magnitude-based pruning to --sparsity")
