@@ -57,7 +57,7 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     Returns ``(x_best (b, n), v_best (b,))``: the best point found per batch
     element and its objective (<= 0 means a float64 counterexample candidate).
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed % 2**64)  # callers add offsets to seeds up to 2**64 - 1
     b, n = inputs.batch, inputs.n
     n_dj = int(owner.max()) + 1 if len(owner) else 1
     lo, hi = inputs.lower, inputs.upper
