@@ -15,14 +15,14 @@ from .model import Model, load_model
 from .spec.sets import InputSet
 from .spec.spec import Spec
 from .spec.vnnlib import parse_vnnlib
-from .verify.certify import CertifyResult, stages_for
+from .verify.certify import STAGES, CertifyResult
 from .verify.certify import certify as _certify
-from .verify.dataset import DatasetResult
+from .verify.dataset import DatasetResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
 from .lipschitz import LipschitzResult, lipschitz_bounds
 from .fixedpoint import FixedPointReport
 
-__all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
+__all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult", "BOUNDS_BACKENDS",
            "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport"]
 
 
@@ -44,17 +44,26 @@ class BoundsResult:
     backend: str
 
 
+def _bound_names(backend: str) -> tuple[str, ...]:
+    """The registered bound backends :func:`bounds` runs for ``backend``."""
+    return ("interval", "deeppoly", "deeppoly+interval") if backend == "auto" else (backend,)
+
+
+#: The backends :func:`bounds` runs: the certify stages made of registered bound backends only
+#: (``bab`` and ``milp`` are complete searches, not bounds).
+BOUNDS_BACKENDS: tuple[str, ...] = tuple(b for b in STAGES if all(n in BACKENDS for n in _bound_names(b)))
+
+
 def bounds(model: Model, spec: Spec, backend: str = "deeppoly") -> BoundsResult:
-    """Output bounds and spec-row lower bounds with one backend (``interval``, ``deeppoly``, ``auto``)."""
-    stages_for(backend)
+    """Output bounds and spec-row lower bounds with one backend of :data:`BOUNDS_BACKENDS`."""
+    if backend not in BOUNDS_BACKENDS:
+        raise BackendError(f"bounds cannot run backend '{backend}' (choose from: {', '.join(BOUNDS_BACKENDS)})")
     prop = spec.properties[0]
     inputs = InputSet.box(prop.lower, prop.upper)
     g = model.graph
     C, d, owner = prop.stacked()
     with torch.no_grad():
-        names = {"auto": ("interval", "deeppoly", "deeppoly+interval")}.get(backend, (backend,))
-        if any(n not in BACKENDS for n in names):
-            raise BackendError(f"unknown backend '{backend}'")
+        names = _bound_names(backend)
         lo, hi = interval_bounds(g, inputs)[g.output]
         if backend != "interval":
             dlo, dhi = deeppoly_output_bounds(g, inputs, intersect=False)
@@ -79,9 +88,10 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | No
 def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str = "linf",
                     domain: tuple[float, float] | None = None, backend: str = "auto",
                     batch_size: int = 32) -> DatasetResult:
-    """Per-sample robustness certificates: see :mod:`certkit.verify.dataset`."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    return _certify_dataset(model, x, np.asarray(y, dtype=np.int64), eps, norm, domain, backend, batch_size)
+    """Per-sample robustness certificates: see :mod:`certkit.verify.dataset`. ``x`` and ``y`` are checked
+    as a data file is (:func:`~certkit.verify.dataset.check_samples`: DataError when they do not fit)."""
+    x, y = check_samples(x, y, model, "certify_dataset")
+    return _certify_dataset(model, x, y, eps, norm, domain, backend, batch_size)
 
 
 def fixedpoint(model: Model, max_iter: int = 100000, tol: float = 1e-10) -> FixedPointReport:

@@ -4,7 +4,7 @@ Exit codes (also in the README):
 
 ====  =====================================================================
 0     a verdict was produced (``unsat``, ``sat``, ``unknown``, ``timeout``)
-2     usage error (bad arguments)
+2     usage error (bad arguments or option values, an output path that cannot be written)
 3     model error (unreadable ONNX, unsupported operators)
 4     spec or data error (malformed VNN-LIB, wrong sizes, bad ``.npz``)
 5     backend unavailable (unknown backend, missing solver or licence)
@@ -19,12 +19,16 @@ the traceback. For ``certify`` the first stdout line is the verdict word, and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
 import traceback
+import warnings
 
-from .errors import CertkitError, UsageError
+from .cli_paths import output_path, write_outputs
+from .errors import CertkitError, OutputError, UsageError
 
 
 
@@ -44,8 +48,10 @@ _EXIT_RESERVE = 1.0
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_SPEC, EXIT_BACKEND, EXIT_INTERNAL = 0, 2, 3, 4, 5, 70
 EXIT_INVALID = 6  # certkit check: a certificate failed a check
+EXIT_PARTIAL = 7  # certkit check: no check failed, but some part could not be re-derived
 EXIT_PIPE = 141  # stdout closed by the reader (as after SIGPIPE in a shell pipeline)
-BACKEND_CHOICES = ("interval", "deeppoly", "alpha", "bab", "milp", "auto")  # as verify.certify.STAGES
+#: torch.set_num_threads accepts any count, then crashes in the first matmul at 100000 (observed).
+MAX_THREADS = 1024
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +60,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .api import BOUNDS_BACKENDS
+    from .verify.certify import STAGES
+
     p = _Parser(prog="certkit", description="Sound verification and certification of neural networks.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -63,12 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="decide a VNN-LIB spec, or certify a data set")
     c.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     c.add_argument("spec", nargs="?", help="VNN-LIB specification (.vnnlib or .vnnlib.gz)")
-    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES + ("lipschitz",),
+    c.add_argument("--backend", default="auto", choices=(*STAGES, "lipschitz"),
                    help="bound backend; lipschitz: Lipschitz-margin certificates (data-set mode)")
     c.add_argument("--timeout", type=float, default=None, help="time budget in seconds")
-    c.add_argument("--out", help="write the VNN-COMP results file here")
-    c.add_argument("--json", help="write the JSON certificate here")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", type=output_path, help="write the VNN-COMP results file here")
+    c.add_argument("--json", type=output_path, help="write the JSON certificate here")
+    c.add_argument("--seed", type=int, default=0, help="attack seed, in [0, 2**64 - 1] (default 0)")
     c.add_argument("--dataset", help="data set .npz with x (N, *input shape) and y (N,)")
     c.add_argument("--eps", type=float, help="perturbation radius (data-set mode)")
     c.add_argument("--norm", default="linf", choices=("linf", "l2"))
@@ -80,14 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bounds", help="output and spec bounds over the spec's first input box")
     b.add_argument("model")
     b.add_argument("spec")
-    b.add_argument("--backend", default="deeppoly", choices=BACKEND_CHOICES)
-    b.add_argument("--json", help="write the bounds as JSON here")
+    b.add_argument("--backend", default="deeppoly", choices=BOUNDS_BACKENDS)
+    b.add_argument("--json", type=output_path, help="write the bounds as JSON here")
     b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     k = sub.add_parser("check", help="re-check a JSON certificate (witness with onnxruntime, bounds re-derived)")
     k.add_argument("certificate", help="CERT.json written by certkit certify --json")
     k.add_argument("--model", help="the model file (default: the path in the certificate)")
     k.add_argument("--spec", help="the spec file (default: the path in the certificate)")
+    k.add_argument("--data", help="the data set .npz of a data-set certificate (default: the path in it)")
+    k.add_argument("--time-per-leaf", type=float, default=5.0, dest="time_per_leaf",
+                   help="seconds for re-searching a proof-tree leaf that does not close as recorded")
     k.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
@@ -163,8 +175,6 @@ def _cmd_certify(a) -> int:
         raise UsageError("--backend lipschitz certifies data sets: use --dataset DATA.npz --eps E")
     if a.eps is not None:
         raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
-    if a.timeout is not None and not a.timeout > 0:  # also rejects nan
-        raise UsageError("--timeout must be positive")
     t0 = time.monotonic()
     model = api.load_model(a.model)
     spec = api.load_spec(a.spec, model)
@@ -174,6 +184,8 @@ def _cmd_certify(a) -> int:
     budget = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
     res = api.certify(model, spec, a.backend, budget, a.seed)
     res.timings["load"] = t_load
+    if res.verdict == "timeout" and a.timeout is not None:  # the user's budget, not what start-up left
+        res.reason = f"time budget of {a.timeout:g} s used up"
     print(res.verdict)
     if res.verdict == "sat" and res.witness is not None:
         print(f"counterexample for input region {res.witness.property_index}, "
@@ -183,12 +195,15 @@ def _cmd_certify(a) -> int:
               f"in {res.timings.get('total', 0):.3f} s")
     elif res.reason:
         print(res.reason)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(results_file(res))
-    if a.json:
-        dump(certificate(res, model, spec, {"timeout": a.timeout, "seed": a.seed}), a.json)
+    write_outputs([("--out", a.out, lambda p: _write_text(p, results_file(res))),
+                   ("--json", a.json, lambda p: dump(certificate(res, model, spec,
+                                                                 {"timeout": a.timeout, "seed": a.seed}), p, a.json))])
     return EXIT_OK
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _cmd_dataset(a) -> int:
@@ -198,19 +213,15 @@ def _cmd_dataset(a) -> int:
 
     if a.spec is not None:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
-    if a.eps is None or not a.eps >= 0:  # also rejects nan
+    if a.eps is None:
         raise UsageError("--dataset needs --eps E (E >= 0)")
-    if a.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if a.limit is not None and a.limit < 0:
-        raise UsageError("--limit must be >= 0")
+    if a.out:
+        raise UsageError("--out writes the results file of a VNN-LIB spec; with --dataset use --json")
     model = api.load_model(a.model)
     x, y = load_dataset(a.dataset, model)
     if a.limit is not None:
         x, y = x[: a.limit], y[: a.limit]
     domain = tuple(a.domain) if a.domain else None
-    if domain is not None and domain[0] > domain[1]:
-        raise UsageError("--domain LO HI needs LO <= HI")
     if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
         from .errors import DataError
         raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
@@ -219,8 +230,6 @@ def _cmd_dataset(a) -> int:
     counts = {v: sum(s.verdict == v for s in res.samples) for v in ("verified", "falsified", "unknown",
                                                                     "misclassified")}
     print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
-    if a.json:
-        dump(dataset_certificate(res, model, a.dataset, {"batch_size": a.batch_size}), a.json)
     if a.backend == "lipschitz":
         import numpy as np
 
@@ -230,6 +239,8 @@ def _cmd_dataset(a) -> int:
                   f"median {float(np.median(r)):.4g}, min {min(r):.4g}, max {max(r):.4g}")
     pct = 100.0 * res.certified / res.total if res.total else 0.0
     print(f"certified: {res.certified}/{res.total} ({pct:.1f}%)")
+    write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset,
+                                                                         {"batch_size": a.batch_size}), p, a.json))])
     return EXIT_OK
 
 
@@ -245,22 +256,26 @@ def _cmd_bounds(a) -> int:
            "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist()}
     for j, (lo, hi) in enumerate(zip(r.output_lower, r.output_upper)):
         print(f"Y_{j}: [{lo:.9g}, {hi:.9g}]")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(doc, f, indent=1)
+    write_outputs([("--json", a.json, lambda p: _write_text(p, json.dumps(doc, indent=1)))])
     return EXIT_OK
 
 
 def _cmd_check(a) -> int:
     from .check import check_certificate
+    from .errors import SpecError
 
-    rep = check_certificate(a.certificate, a.model, a.spec)
+    if os.path.isdir(a.certificate):
+        raise SpecError(f"{a.certificate}: is a folder, not a certificate file")
+    rep = check_certificate(a.certificate, a.model, a.spec, a.data, a.time_per_leaf)
     for line in rep.lines:
         print(line)
     if not rep.ok:
         print("invalid")
         return EXIT_INVALID
-    print("valid" if rep.complete else "valid (complete-search regions not re-derived)")
+    if not rep.complete:
+        print("not fully checked: the parts marked 'skip' were not re-derived")
+        return EXIT_PARTIAL
+    print(f"valid: everything re-derived in {rep.seconds:.2f} s" + (f" ({rep.leaves} proof-tree leaves)" if rep.leaves else ""))
     return EXIT_OK
 
 
@@ -314,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         a = parser.parse_args(argv)
+        _check_ranges(a)
         if a.version:
             from . import __version__
             print(f"certkit {__version__}")
@@ -323,12 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         import torch
 
-        torch.set_num_threads(max(1, a.threads))
+        torch.set_num_threads(a.threads)
         builtin = {"certify": _cmd_certify, "bounds": _cmd_bounds, "ops": _cmd_ops, "check": _cmd_check}
-        if a.command in builtin:
-            rc = builtin[a.command](a)
-        else:
-            rc = _plugin(PLUGINS[a.command][0]).run_cli(a)
+        with _quiet(debug):
+            if a.command in builtin:
+                rc = builtin[a.command](a)
+            else:
+                rc = _plugin(PLUGINS[a.command][0]).run_cli(a)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return rc
     except BrokenPipeError:  # stdout closed early (e.g. piped into `head -1`): stop quietly
@@ -340,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except CertkitError as e:
         if debug:
             traceback.print_exc()
-        if _first_line_is_verdict(argv):
+        if _first_line_is_verdict(argv) and not isinstance(e, OutputError):  # its verdict is printed
             print("error")
         print(f"certkit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return e.exit_code
@@ -355,6 +372,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"certkit: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(rerun with --debug for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+#: Ranges of option values, checked once after parsing for whichever command has the option
+#: (``dest -> (accepts(value), what is accepted)``); the option's name is ``--`` + dest.
+_RANGES = {
+    "seed": (lambda v: 0 <= v <= 2**64 - 1, "an integer in [0, 2**64 - 1]"),
+    "eps": (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
+    "timeout": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    "domain": (lambda v: all(map(math.isfinite, v)) and v[0] <= v[1], "finite, with LO <= HI"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "limit": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: 1 <= v <= MAX_THREADS, f"in [1, {MAX_THREADS}]"),
+    "time_per_leaf": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+}
+
+
+def _check_ranges(a: argparse.Namespace) -> None:
+    """A usage error for the first option value out of its range, before anything is loaded."""
+    for dest, (accepts, what) in _RANGES.items():
+        v = getattr(a, dest, None)
+        if v is not None and not accepts(v):
+            shown = " ".join(map(str, v)) if isinstance(v, list) else v
+            raise UsageError(f"--{dest.replace('_', '-')} must be {what} (got {shown})")
+    outs = [p for p in (getattr(a, "out", None), getattr(a, "json", None)) if isinstance(p, str)]
+    if len(outs) == 2 and os.path.realpath(outs[0]) == os.path.realpath(outs[1]) and \
+            not (os.path.exists(outs[0]) and not os.path.isfile(outs[0])):  # /dev/null twice is fine
+        raise UsageError(f"--out and --json name the same file ({outs[0]})")
+    inputs = [getattr(a, k, None) for k in ("model", "spec", "dataset")]
+    for p in outs:
+        if any(isinstance(q, str) and os.path.exists(q) and os.path.realpath(q) == os.path.realpath(p) for q in inputs):
+            raise UsageError(f"{p} is an input of this command: it would be overwritten")
+
+
+@contextlib.contextmanager
+def _quiet(debug: bool):
+    """No library warnings on stderr, which holds at most the one error line: numpy's floating-point
+    warnings (a model with 3e38 weights gives inf outputs, and 0 * inf in the witness check warns)
+    and the libraries' Python warnings are silenced; ``--debug`` shows them."""
+    if debug:
+        yield
+        return
+    import numpy as np
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _first_line_is_verdict(argv: list[str]) -> bool:

@@ -119,8 +119,8 @@ def test_json_certificate_unsat(capsys, tmp_path):
     assert doc["spec"]["sha256"] == hashlib.sha256(UNSAT.read_bytes()).hexdigest()
     assert doc["verdict"] == "unsat"
     assert doc["options"]["seed"] == 3
-    fp = doc["fp_margin"]
-    assert fp["depth"] >= 1 and fp["relative"] > 0 and fp["absolute"] > 0
+    fp = doc["floating_point"]
+    assert fp["precision"] == "float32" and fp["unit_roundoff"] == 2.0 ** -24 and "gamma" in fp["rule"]
     assert doc["timings"]["total"] >= 0 and "load" in doc["timings"]
     assert "witness" not in doc
     (prop,) = doc["properties"]
@@ -129,9 +129,10 @@ def test_json_certificate_unsat(capsys, tmp_path):
     assert len(prop["disjuncts"]) == 9
     for dj in prop["disjuncts"]:
         assert dj["ruled_out"] is True
-        assert len(dj["spec_lower"]) == len(dj["fp_margin"]) >= 1
-        assert any(s > m for s, m in zip(dj["spec_lower"], dj["fp_margin"]))
-        assert all(m > 0 for m in dj["fp_margin"])
+        assert len(dj["spec_lower"]) == len(dj["row_margin"]) == len(dj["row_stage"]) >= 1
+        assert any(s > m for s, m in zip(dj["spec_lower"], dj["row_margin"]))
+        assert all(m > 0 for m in dj["row_margin"])
+    assert prop["proof"]["method"] == "bounds"
 
 
 def test_json_certificate_sat(capsys, tmp_path):
@@ -356,8 +357,8 @@ def test_bad_data_file(capsys, tmp_path, case):
     elif case == "npy_not_npz":
         f = tmp_path / "x.npy"
         np.save(f, d["x"])
-    elif case == "float_labels":
-        np.savez(f, x=d["x"], y=d["y"].astype(np.float32))
+    elif case == "float_labels":  # integral floats (3.0) are labels; 2.5 is not
+        np.savez(f, x=d["x"], y=d["y"] + 0.5)
     else:
         np.savez(f, x=d["x"] * 255, y=d["y"])
     extra = ["--domain", 0, 1] if case == "outside_domain" else []
