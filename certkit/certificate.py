@@ -133,7 +133,7 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
             e["radius"] = s.radius if np.isfinite(s.radius) else None
         if s.witness is not None:
             e["witness"] = f"w{s.index}"
-            arrays[f"w{s.index}"] = np.asarray(s.witness, dtype=np.float32)
+            arrays[f"w{s.index}"] = np.asarray(s.witness)
         per.append(e)
     doc = {
         "format": FORMAT,

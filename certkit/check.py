@@ -86,6 +86,13 @@ def _read(cert_path: str) -> dict:
         raise SpecError(f"{cert_path}: not a JSON certificate ({e})") from e
     if not isinstance(doc, dict) or "model" not in doc or not ("verdict" in doc or "per_sample" in doc):
         raise SpecError(f"{cert_path}: not a certkit certificate (missing verdict/model)")
+    shapes = {"model": dict, "spec": dict, "properties": list, "per_sample": list, "witness": dict,
+              "proof_file": dict, "verdict": str}
+    for key, kind in shapes.items():
+        if key in doc and not isinstance(doc[key], kind):
+            raise SpecError(f"{cert_path}: malformed certificate: '{key}' must be a JSON {kind.__name__}")
+    if not isinstance(doc["model"].get("path", ""), str):
+        raise SpecError(f"{cert_path}: malformed certificate: 'model.path' must be a string")
     return doc
 
 
@@ -94,10 +101,13 @@ def check_certificate(cert_path: str, model_path: str | None = None, spec_path: 
     """Re-check the certificate at ``cert_path`` (see the module docstring)."""
     t0 = time.monotonic()
     doc = _read(cert_path)
-    if "per_sample" in doc:
-        rep = _check_dataset(cert_path, doc, model_path, data_path)
-    else:
-        rep = _check_spec(cert_path, doc, model_path, spec_path, time_per_leaf)
+    try:
+        if "per_sample" in doc:
+            rep = _check_dataset(cert_path, doc, model_path, data_path)
+        else:
+            rep = _check_spec(cert_path, doc, model_path, spec_path, time_per_leaf)
+    except (KeyError, TypeError, IndexError) as e:  # a field missing or of the wrong kind
+        raise SpecError(f"{cert_path}: malformed certificate ({type(e).__name__}: {e})") from e
     rep.seconds = time.monotonic() - t0
     return rep
 
@@ -142,7 +152,7 @@ def _check_witness(rep: CheckReport, doc: dict, model, spec) -> None:
         rep.fail("sat certificate without a witness")
         return
     prop = spec.properties[w["property"]]
-    x = np.asarray(w["x"], dtype=np.float32)
+    x = np.asarray(w["x"], dtype=model.runner.dtype)
     inside = bool(((x.astype(np.float64) >= prop.lower) & (x.astype(np.float64) <= prop.upper)).all())
     (rep.good if inside else rep.fail)("witness inside its input box" if inside else "witness outside its box")
     y = model.runner(x[None])[0]
@@ -276,7 +286,7 @@ def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckRep
         ok = prove_samples(model, x[ids_a], y[ids_a], eps, norm, domain, stage)
         (rep.good if ok.all() else rep.fail)(
             f"{int(ok.sum())}/{len(ids)} verified sample(s) re-derived with {stage}")
-    pred = model.runner(x.astype(np.float32)).argmax(axis=1)
+    pred = model.runner(x).argmax(axis=1)
     wrong = [s["index"] for s in per if s["verdict"] == "misclassified" and pred[s["index"]] == y[s["index"]]]
     (rep.good if not wrong else rep.fail)(f"misclassified samples re-predicted ({len(wrong)} disagree)")
     bad = 0
@@ -291,12 +301,12 @@ def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckRep
 
 
 def _witness_ok(model, w: np.ndarray, x0: np.ndarray, label: int, eps: float, norm: str, domain) -> bool:
-    w64 = np.asarray(w, np.float32).astype(np.float64).reshape(-1)
+    w64 = np.asarray(w).astype(np.float64).reshape(-1)
     p = {"linf": np.inf, "l2": 2.0}[norm]
     if not np.linalg.norm(w64 - x0, ord=p) <= eps:
         return False
     if domain is not None and ((w64 < domain[0]).any() or (w64 > domain[1]).any()):
         return False
-    out = model.runner(np.asarray(w, np.float32)[None])[0]
+    out = model.runner(np.asarray(w)[None])[0]
     others = np.delete(out, label)
     return bool((others >= out[label]).any())

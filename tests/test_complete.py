@@ -18,6 +18,7 @@ from certkit.spec.sets import InputSet
 from certkit.spec.spec import Disjunct, Property, Spec
 from certkit.verify.certify import certify
 from certkit.verify.input_split import SplitConfig, input_split
+from tests.helpers.onnx_builders import tiny_relu_onnx as _tiny_relu_onnx
 from tests.helpers.random_nets import ALL_NETS
 
 
@@ -41,24 +42,6 @@ def test_alpha_sound_and_not_looser(net):
     with torch.no_grad():
         vals = graph.forward(x) @ C.T
     assert (vals.min(dim=0).values >= a[0] - 1e-9 * (1 + a[0].abs())).all()
-
-
-def _tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    sizes = (n_in, *hidden, 1)
-    nodes, inits, prev = [], [], "x"
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        inits += [numpy_helper.from_array(rng.normal(0, 1, (a, b)).astype(np.float32), f"W{k}"),
-                  numpy_helper.from_array(rng.normal(0, 0.5, b).astype(np.float32), f"b{k}")]
-        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [f"g{k}"]))
-        prev = f"g{k}"
-        if k < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
-            prev = f"r{k}"
-    nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", 1, [1, n_in])],
-                          [helper.make_tensor_value_info("y", 1, [1, 1])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 def grid_top(model) -> tuple[float, float]:

@@ -183,3 +183,17 @@ def test_results_file_sat_format_and_round_trip():
     np.testing.assert_array_equal(vals[3:].astype(np.float32), y)
     np.testing.assert_array_equal(vals[:3], x.astype(np.float64))
     assert text.endswith("))\n")
+
+
+def test_infinite_output_with_zero_coefficient_still_decides():
+    """0 * inf must not hide a counterexample: y = (inf, -2) satisfies Y_1 <= -1."""
+    import numpy as np
+
+    from certkit.spec.spec import Disjunct, Property
+    from certkit.verify.witness import satisfied_disjunct
+
+    prop = Property(np.zeros(2), np.ones(2), (Disjunct(np.array([[0.0, 1.0]]), np.array([-1.0])),))
+    assert satisfied_disjunct(prop, np.array([np.inf, -2.0])) == 0
+    assert satisfied_disjunct(prop, np.array([np.inf, 0.0])) == -1
+    both = Property(np.zeros(2), np.ones(2), (Disjunct(np.array([[1.0, -1.0]]), np.array([0.0])),))
+    assert satisfied_disjunct(both, np.array([np.inf, np.inf])) == -1  # inf - inf: NaN decides nothing

@@ -214,3 +214,22 @@ def assert_bounds_contain_ort(model: onnx.ModelProto, lo: float = -2.0, hi: floa
         assert (ref >= y_lo - slack).all(), (name, "below the lower bound", (y_lo - ref).max())
         assert (ref <= y_hi + slack).all(), (name, "above the upper bound", (ref - y_hi).max())
     return g
+
+
+def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
+    """A small random ReLU MLP (Gemm layers), inputs (1, n_in), one output."""
+    rng = np.random.default_rng(seed)
+    sizes = (n_in, *hidden, 1)
+    nodes, inits, prev = [], [], "x"
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        inits += [numpy_helper.from_array(rng.normal(0, 1, (a, b)).astype(np.float32), f"W{k}"),
+                  numpy_helper.from_array(rng.normal(0, 0.5, b).astype(np.float32), f"b{k}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [f"g{k}"]))
+        prev = f"g{k}"
+        if k < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            prev = f"r{k}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", 1, [1, n_in])],
+                          [helper.make_tensor_value_info("y", 1, [1, 1])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)

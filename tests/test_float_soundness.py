@@ -1,0 +1,178 @@
+"""Floating-point soundness (DESIGN.md section 2, certkit.bounds.fperror; issue "Trust").
+
+Every verdict is about the model as onnxruntime computes it. These tests try to break that:
+trap nets whose real-valued output is 0 while onnxruntime's is not (tests/helpers/fp_traps.py)
+must never get ``unsat`` from any backend; the error terms must bound the measured difference
+between onnxruntime and certkit's float64 reference on sampled points; NaN and infinite bounds
+must never close anything; the verdict gate must refuse incomplete proofs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import certkit
+from certkit.bounds.deeppoly import deeppoly_output_bounds
+from certkit.bounds.fperror import (EXACT, FLOAT32, propagated_error, round_input_set, round_outward,
+                                    with_precision)
+from certkit.bounds.interval import interval_bounds
+from certkit.model import Model
+from certkit.onnx.importer import import_model
+from certkit.spec.sets import InputSet
+from certkit.spec.vnnlib import parse_vnnlib
+from certkit.tolerances import gamma
+from certkit.verify import gate
+from certkit.verify.proof import ProofTree
+from tests.helpers.fp_traps import FAMILIES, make_trap, ort_outputs
+
+BACKENDS = ("interval", "deeppoly", "alpha", "bab", "milp", "auto")
+
+
+def trap_files(tmp_path, family: str, seed: int):
+    trap = make_trap(family, seed, samples=400)
+    assert trap is not None, (family, seed)
+    onnx_path = tmp_path / f"{trap.name}.onnx"
+    onnx_path.write_bytes(trap.model.SerializeToString())
+    spec_path = tmp_path / f"{trap.name}.vnnlib"
+    spec_path.write_text(trap.vnnlib())
+    return trap, onnx_path, spec_path
+
+
+TRAPS = [("cancel", 0), ("cancel", 1), ("deep", 0), ("conv", 0), ("float64", 0)]
+
+
+@pytest.mark.parametrize("family,seed", [t for t in TRAPS if t[0] != "float64"])
+def test_trap_is_a_trap(tmp_path, family, seed):
+    """The real-valued network satisfies the property (certkit's analysis without the model's
+    error terms proves it), while onnxruntime violates it at the recorded point. (Not for the
+    float64 family: with magnitudes of 1e16 certkit's own float64 arithmetic is too coarse to
+    prove even the real-valued property, and it says so by not proving it.)"""
+    trap, onnx_path, spec_path = trap_files(tmp_path, family, seed)
+    assert ort_outputs(trap.model, trap.witness[None])[0] >= trap.threshold
+    model = certkit.load_model(onnx_path)
+    exact = Model(with_precision(model.graph, "exact"), str(onnx_path))
+    spec = parse_vnnlib(str(spec_path), model.n_inputs, model.n_outputs)
+    assert certkit.certify(exact, spec, "deeppoly", timeout=20).verdict == "unsat"
+
+
+@pytest.mark.parametrize("family,seed", TRAPS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_backend_proves_a_trap(tmp_path, family, seed, backend):
+    trap, onnx_path, spec_path = trap_files(tmp_path, family, seed)
+    model = certkit.load_model(onnx_path)
+    spec = certkit.load_spec(spec_path, model)
+    res = certkit.certify(model, spec, backend, timeout=10)
+    assert res.verdict != "unsat", (trap.name, backend, res.stage)
+    if res.verdict == "sat":
+        assert ort_outputs(trap.model, res.witness.x[None])[0] >= trap.threshold
+
+
+@pytest.mark.parametrize("family,seed", TRAPS)
+def test_bounds_contain_onnxruntime(tmp_path, family, seed):
+    """Interval and DeepPoly output bounds contain onnxruntime's outputs at the trap point and on
+    random points; the propagated error bounds |onnxruntime - float64 reference|."""
+    trap, onnx_path, _ = trap_files(tmp_path, family, seed)
+    g = certkit.load_model(onnx_path).graph
+    S = round_input_set(InputSet.box(trap.lower, trap.upper), FLOAT32)
+    rng = np.random.default_rng(seed)
+    xs = np.concatenate([trap.witness[None], rng.uniform(0, 1, (64, len(trap.lower)))]).astype(trap.witness.dtype)
+    ys = ort_outputs(trap.model, xs)
+    lo, hi = interval_bounds(g, S)[g.output]
+    assert (lo[0, 0] <= ys.min()) and (ys.max() <= hi[0, 0])
+    dlo, dhi = deeppoly_output_bounds(g, S)
+    assert (dlo[0, 0] <= ys.min()) and (ys.max() <= dhi[0, 0])
+    E = propagated_error(g, S)[0, 0].item()
+    ref = g(xs.astype(np.float64))[:, 0]
+    assert np.all(np.abs(ys - ref) <= E), (np.abs(ys - ref).max(), E)
+
+
+def test_rounding_bound_of_dot_products():
+    """|fl32(w.x + b) - (w.x + b)| <= gamma_{n+1} (|w|.|x| + |b|) for random orders and sizes
+    (numpy's float32 matmul, and naive left-to-right sums in float32)."""
+    rng = np.random.default_rng(0)
+    u = 2.0 ** -24
+    for n in (3, 50, 784, 4096):
+        w = (rng.standard_normal((16, n)) * 10.0 ** rng.integers(-3, 5, (16, n))).astype(np.float32)
+        x = rng.standard_normal(n).astype(np.float32)
+        b = rng.standard_normal(16).astype(np.float32) * 1e4
+        exact = w.astype(np.float64) @ x.astype(np.float64) + b
+        bound = gamma(n + 1, u) * (np.abs(w).astype(np.float64) @ np.abs(x) + np.abs(b))
+        blas = (w @ x + b).astype(np.float64)
+        assert np.all(np.abs(blas - exact) <= bound)
+        naive = np.zeros(16, np.float32)
+        for k in rng.permutation(n):
+            naive = naive + w[:, k] * x[k]
+        naive = (naive + b).astype(np.float64)
+        assert np.all(np.abs(naive - exact) <= bound)
+
+
+def test_round_outward():
+    lo, hi = round_outward(np.array([0.1, -0.1, 1.0]), np.array([0.2, 0.3, 1.0]), FLOAT32)
+    assert np.all(lo <= [0.1, -0.1, 1.0]) and np.all(hi >= [0.2, 0.3, 1.0])
+    assert np.array_equal(lo.astype(np.float32).astype(np.float64), lo)
+    assert lo[2] == hi[2] == 1.0  # representable end points stay
+    # every float64 point of the box rounds (to nearest float32) into the rounded box
+    xs = np.random.default_rng(1).uniform(0.1, 0.2, 10000)
+    r = xs.astype(np.float32).astype(np.float64)
+    assert np.all((r >= lo[0]) & (r <= hi[0]))
+    assert round_outward(np.array([0.1]), np.array([0.2]), EXACT)[0][0] == 0.1
+
+
+def test_overflow_gives_no_finite_bound(tmp_path):
+    """Weights near the float32 maximum: the computed values may overflow, so no bound is finite
+    and nothing is proven, and the run prints no warnings."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    W = np.full((2, 2), 3e38, np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])],
+                          "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                          [numpy_helper.from_array(W, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    graph = import_model(m)
+    lo, hi = interval_bounds(graph, InputSet.box(np.zeros(2), np.ones(2)))[graph.output]
+    assert not torch.isfinite(hi).all()
+    low = gate.domain_value(torch.tensor([[float("nan")]]), torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), 1)
+    assert not bool(gate.closed(low)[0])
+    onnx.checker.check_model(m)
+
+
+def test_gate_refuses_non_finite_and_incomplete_proofs():
+    owner = np.array([0, 1])
+    ok = gate.Proof("bounds", "deeppoly", np.array([1.0, 2.0]), np.array([1e-12, 1e-12]), owner)
+    assert gate.check_proof(ok, 2)[0]
+    for lower in ([np.nan, 2.0], [np.inf, 2.0], [1.0, -0.5], [1e-13, 2.0]):
+        bad = gate.Proof("bounds", "deeppoly", np.array(lower), np.array([1e-12, 1e-12]), owner)
+        assert not gate.check_proof(bad, 2)[0], lower
+    leaf = ProofTree("input_split", np.array([[-1, -1]]), np.array([0.5]), ("deeppoly", "alpha"))
+    split = ProofTree("input_split", np.array([[0, 1], [-1, -1]]), np.array([0.5]), ("deeppoly", "alpha"))
+    assert gate.check_proof(gate.Proof("input_split", "bab", trees=[leaf], groups=[[0, 1]]), 2)[0]
+    assert not gate.check_proof(gate.Proof("input_split", "bab", trees=[split], groups=[[0, 1]]), 2)[0]
+    assert not gate.check_proof(gate.Proof("input_split", "bab", trees=[leaf], groups=[[0]]), 2)[0]
+    nan_leaf = ProofTree("input_split", np.array([[-1, -1]]), np.array([np.nan]), ("deeppoly", "alpha"))
+    assert not gate.check_proof(gate.Proof("input_split", "bab", trees=[nan_leaf], groups=[[0, 1]]), 2)[0]
+    milp = gate.Proof("milp", "milp", milp={"bounds": [0.1, np.nan], "tolerances": [0.01, 0.01],
+                                            "methods": ["milp", "milp"]})
+    assert not gate.check_proof(milp, 2)[0]
+
+
+def test_bounds_match_exact_analysis_up_to_the_error_terms():
+    """On an ordinary net the float32 error terms cost little: the bounds differ from the exact
+    analysis by at most 1e-3 of their width (DeepPoly, a random box)."""
+    from tests.helpers.random_nets import ALL_NETS
+
+    g = ALL_NETS["mlp_mixed"](0)
+    S = InputSet.box(-np.ones(g.n_inputs), np.ones(g.n_inputs))
+    lo32, hi32 = deeppoly_output_bounds(g, S)
+    lo, hi = deeppoly_output_bounds(with_precision(g, "exact"), S)
+    width = (hi - lo).clamp(min=1e-9)
+    assert torch.all(lo32 <= lo + 1e-12) and torch.all(hi32 >= hi - 1e-12)
+    assert float(((lo - lo32) / width).max()) < 1e-3 and float(((hi32 - hi) / width).max()) < 1e-3
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_families_build(family):
+    trap = make_trap(family, 0, samples=200)
+    assert trap is not None and trap.output >= trap.threshold > 0
