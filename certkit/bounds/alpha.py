@@ -20,6 +20,7 @@ import torch
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .deeppoly import ALPHA_OPS, BoundState
+from .interval import interval_bounds
 
 Tensor = torch.Tensor
 
@@ -42,9 +43,10 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     best = None
     best_state = None
     opt = None
+    ibp = interval_bounds(graph, inputs)  # the same at every iterate
     with torch.enable_grad():
         for it in range(max(1, iterations)):
-            st = BoundState(graph, inputs, intersect=True, alpha=alphas)
+            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp))
             low = st.lower_of(graph.output, C, tag="out")
             det = low.detach()
             if best is None or bool((det > best).any()):

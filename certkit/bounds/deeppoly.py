@@ -32,7 +32,8 @@ import torch
 from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
-from .fperror import compute_steps, interval_with_error, node_error, precision_of
+from ..tolerances import COMPUTE_SAFETY, U64, gamma
+from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
 from .interval import interval_bounds, interval_node
 from .relaxations import RELAXATIONS, Relax
 
@@ -56,6 +57,13 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
         hi = torch.as_tensor(op.hi, dtype=l.dtype)
         return ((l < lo) & (u > lo)) | ((l < hi) & (u > hi))
     return torch.ones_like(l, dtype=torch.bool)
+
+
+def _charge(A: Tensor, err: Tensor) -> Tensor:
+    """``|A| err`` (b, s): the most the errors ``err`` (b, n) can lower ``A y``. Computed without
+    gradient: alpha/beta optimisation steers by the relaxation, and the value is the same."""
+    with torch.no_grad():
+        return torch.bmm(A.detach().abs(), err[:, :, None])[..., 0]
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -130,15 +138,38 @@ class BoundState:
 
     # -- floating point ----------------------------------------------------------
     def error(self, i: int) -> Tensor | None:
-        """``err_i`` (b, n): bound on the rounding error of node ``i``'s computed value."""
+        """``err_i`` (b, n): bound on the rounding error of node ``i``'s computed value, plus the
+        float64 allowance of the back-substitution step at ``i`` (:mod:`certkit.bounds.fperror`).
+
+        A ReLU whose input ``j`` is an affine node feeding nothing else is charged at ``j``: the
+        coefficient the ReLU passes to ``j`` is ``P = A_i w`` (w = its slopes, >= 0) and every term the
+        ReLU step forms is at most ``|P| |x_j|`` (products) or ``|P| |l_j|`` (the chord's intercept,
+        ``|ub| = uw |l|``), so ``2 gamma_L |x_j|`` added to ``err_j`` covers it and one product per
+        ReLU is saved."""
         if i not in self.errors:
             node = self.graph.nodes[i]
+            if self._relu_charged_below(i):
+                self.errors[i] = None
+                return None
             ins = [tuple(t.detach() for t in self.bounds[j]) for j in node.inputs]
             out = None
             if not isinstance(node.op, ops.LinearOp):
                 out = interval_node(node.op, ins)
-            self.errors[i] = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
+            err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
+            consumers = self.graph.consumers[i]
+            if err is not None and len(consumers) == 1 and self._relu_charged_below(consumers[0]):
+                lo, hi = (t.detach() for t in self.bounds[i])
+                err = err + 2.0 * COMPUTE_SAFETY * gamma(self._steps(), U64) * magnitude(lo, hi, precision_of(self.graph))
+            self.errors[i] = err
         return self.errors[i]
+
+    def _relu_charged_below(self, i: int) -> bool:
+        """Is ``i`` a ReLU whose float64 allowance is charged at its input (see :meth:`error`)?"""
+        node = self.graph.nodes[i]
+        if not isinstance(node.op, ops.Relu):
+            return False
+        j = node.inputs[0]
+        return j != 0 and isinstance(self.graph.nodes[j].op, ops.LinearOp) and self.graph.consumers[j] == (i,)
 
     def _steps(self) -> int:
         if "steps" not in self._cache:
@@ -299,7 +330,7 @@ class BoundState:
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
             e = self.error(i)
             if e is not None:  # y_i = op(...) + e_i with |e_i| <= err_i
-                total = total - torch.einsum("bsn,bn->bs", Ai.abs(), e)
+                total = total - _charge(Ai, e)
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
@@ -334,7 +365,7 @@ class BoundState:
                     Ar = parts[0][..., cols]
                     e = self.error(j)
                     if e is not None:
-                        total = total - torch.einsum("bsn,bn->bs", Ar.abs(), e[:, cols])
+                        total = total - _charge(Ar, e[:, cols])
                     w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]
                     if dense.bias is not None:
                         total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
