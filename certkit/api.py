@@ -12,7 +12,7 @@ from .bounds.deeppoly import deeppoly_output_bounds
 from .bounds.interval import interval_bounds
 from .errors import BackendError
 from .model import Model, load_model
-from .spec.sets import InputSet
+from .bounds.fperror import input_set
 from .spec.spec import Spec
 from .spec.vnnlib import parse_vnnlib
 from .verify.certify import STAGES, CertifyResult
@@ -59,7 +59,7 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly") -> BoundsResult:
     if backend not in BOUNDS_BACKENDS:
         raise BackendError(f"bounds cannot run backend '{backend}' (choose from: {', '.join(BOUNDS_BACKENDS)})")
     prop = spec.properties[0]
-    inputs = InputSet.box(prop.lower, prop.upper)
+    inputs = input_set(model.graph, prop.lower, prop.upper)  # as the model sees it (rounded outward)
     g = model.graph
     C, d, owner = prop.stacked()
     with torch.no_grad():

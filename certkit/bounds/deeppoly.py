@@ -128,6 +128,9 @@ class BoundState:
     record: dict | None = None
     #: floating-point error bound of each node's computed value (node -> (b, n) or None)
     errors: dict = field(default_factory=dict)
+    #: refine every neuron of every node :meth:`refine` is asked for, not only those whose
+    #: relaxation depends on its bounds (tight magnitudes, e.g. for rounding-error bounds)
+    refine_all: bool = False
     #: per-node caches: ancestors, alive columns, zero lower intercepts
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -236,6 +239,8 @@ class BoundState:
             op = self.graph.nodes[c].op
             if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
                 mask = mask | _needs_refine(op, l, u)
+        if self.refine_all:
+            mask = torch.ones_like(mask)
         if not self.intersect:
             # pure CROWN, as auto_LiRPA: a sample whose interval bounds leave more than
             # 90% of the neurons unstable gets back-substituted bounds for all of them

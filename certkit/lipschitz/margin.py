@@ -5,10 +5,11 @@ For a sample ``x0`` with label ``y`` and every other class ``j``, let ``m_j = f_
 L_2 ball, ``||grad m_j||_1`` for an L_inf ball (then ``|m_j(x) - m_j(x0)| <= G_j ||x - x0||_p``
 for all x). The sample is certified at radius ``eps`` when, for every ``j``,
 
-    m_j(x0) - eps G_j - 2 |c_j| E  >  0
+    m_j(x0) - eps G_j - 2 min(|c_j| E, ||c_j||_2 E2)  >  0
 
-and its certified radius is ``min_j (m_j(x0) - 2 |c_j| E) / G_j``. Here ``m_j(x0)`` is computed
-in float64 by the IR and ``E`` bounds, over a box around ``x0`` containing every ball considered,
+and its certified radius is ``min_j (m_j(x0) - 2 min(|c_j| E, ||c_j||_2 E2)) / G_j``. Here ``m_j(x0)`` is computed
+in float64 by the IR and ``E`` (``E2``) bounds coordinatewise (in L_2), over a ball around ``x0``
+containing every ball considered,
 both ``|f^(x) - f(x)|`` (f^ the network as onnxruntime computes it) and the float64 evaluation
 error (:func:`certkit.bounds.fperror.propagated_error`): the Lipschitz bound is about the real
 network, the verdict about the computed one. The ball is not intersected with the input domain
@@ -156,8 +157,10 @@ def certify_margins(graph: Graph, x: np.ndarray, y: np.ndarray, eps: float, pair
     R = np.maximum(np.nan_to_num(reach, posinf=0.0), eps) * (1 + 1e-6) if b else np.zeros(0)
     x64 = np.asarray(x, np.float64).reshape(b, -1)
     if b:
-        E = propagated_error(graph, InputSet(torch.as_tensor(x64 - R[:, None]), torch.as_tensor(x64 + R[:, None]))).numpy()
-        fp = 2.0 * np.einsum("bjn,bn->bj", np.abs(C), E)
+        ball = InputSet.ball(x64, R, 2.0 if pair.ball == "l2" else float("inf"))
+        E, E2 = (t.numpy() for t in propagated_error(graph, ball, tight=True))
+        fp = 2.0 * np.minimum(np.einsum("bjn,bn->bj", np.abs(C), E),
+                              np.linalg.norm(C, axis=-1) * E2[:, None])
     else:
         fp = m
     fp = np.where(np.isfinite(fp), fp, np.inf)
