@@ -108,6 +108,49 @@ def test_rounding_bound_of_dot_products():
         assert np.all(np.abs(naive - exact) <= bound)
 
 
+def test_dot_product_rule_at_points():
+    """The sharper rule of fperror._dot (gamma_n max(P, N) + ...) holds for float32 sums in many
+    orders, on terms of mixed signs and of one sign, with onnxruntime's Gemm among them."""
+    import torch as th
+
+    from certkit.bounds.fperror import FLOAT32, node_error
+    from certkit.graph import ops as irops
+    from tests.helpers.fp_traps import ort_outputs
+
+    rng = np.random.default_rng(3)
+    for n, sign in ((64, 0), (784, 0), (784, 1), (2048, -1)):
+        w = rng.standard_normal((8, n)).astype(np.float32)
+        if sign:
+            w = (np.abs(w) * sign).astype(np.float32)
+        b = (rng.standard_normal(8) * 100).astype(np.float32)
+        x = rng.uniform(0, 3, n).astype(np.float32)
+        op = irops.Dense(w.astype(np.float64), b.astype(np.float64))
+        xt = th.as_tensor(x.astype(np.float64))[None]
+        err = node_error(op, [(xt, xt)], None, FLOAT32, n + 16)[0].numpy()
+        exact = w.astype(np.float64) @ x.astype(np.float64) + b
+        sums = [(w @ x + b).astype(np.float64)]
+        for _ in range(3):
+            acc = np.zeros(8, np.float32)
+            for k in rng.permutation(n):
+                acc = acc + w[:, k] * x[k]
+            sums.append((acc + b).astype(np.float64))
+        acc = b.copy()  # the bias first, then descending terms: large partial sums
+        for k in np.argsort(-np.abs(w[0] * x)):
+            acc = acc + w[:, k] * x[k]
+        sums.append(acc.astype(np.float64))
+        from onnx import TensorProto, helper, numpy_helper
+        g = helper.make_graph([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        import onnxruntime as ort
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        sums.append(sess.run(None, {"x": x[None]})[0][0].astype(np.float64))
+        for s_ in sums:
+            assert np.all(np.abs(s_ - exact) <= err), (n, sign, np.abs(s_ - exact).max(), err.min())
+
+
 def test_round_outward():
     lo, hi = round_outward(np.array([0.1, -0.1, 1.0]), np.array([0.2, 0.3, 1.0]), FLOAT32)
     assert np.all(lo <= [0.1, -0.1, 1.0]) and np.all(hi >= [0.2, 0.3, 1.0])

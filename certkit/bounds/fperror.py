@@ -14,7 +14,9 @@ float32, 2^-53 for float64):
 
 * **Affine ops** (Dense, Conv, Scale, Sum) with fan-in ``n``: any order of summation gives
   ``|fl(w.x + b) - (w.x + b)| <= gamma_{n+1} (|w|.|x| + |b|)``, ``gamma_k = k u / (1 - k u)``
-  (Higham, ch. 3). certkit charges ``gamma_S (|M| |x| + beta) + S tiny`` with
+  (Higham, ch. 3); for a plain Dense or Conv the sharper ``gamma_n max(P, N) + O(u^2 + k u)(P + N)``
+  holds, ``P`` and ``N`` the largest sums of the positive and negative parts of the terms
+  (:func:`_dot`). Otherwise certkit charges ``gamma_S (|M| |x| + beta) + S tiny`` with
   ``S = n + 1 + PARAM_STEPS + fp_extra``: PARAM_STEPS covers onnxruntime's own constant
   folding (fused Conv+BatchNorm weights) and the float64 form of parameters such as 1/c;
   ``fp_extra``/``beta`` (``fp_bias``) carry the roundings and the magnitudes before cancellation
@@ -108,9 +110,9 @@ def compute_steps(graph: Graph) -> int:
 
 # --------------------------------------------------------------------------- per-op model error
 
-#: op class -> fn(op, mags_in, mag_out, prec) -> (model error (b, n) or None, magnitude of the terms
-#: formed at the node (b, n), for the float64 allowance). ``mags_in`` bound |inputs|, ``mag_out``
-#: bounds |output| (from the exact image of the input bounds).
+#: op class -> fn(op, ins, mags_in, mag_out, prec) -> (model error (b, n) or None, magnitude of the
+#: terms formed at the node (b, n), for the float64 allowance). ``ins`` are the inputs' bounds,
+#: ``mags_in`` bound |inputs|, ``mag_out`` bounds |output| (from the exact image of the input bounds).
 ERRORS: dict[type, Callable] = {}
 
 
@@ -145,8 +147,35 @@ def bias_magnitude(op: ops.LinearOp) -> np.ndarray | None:
     return None if c is None else np.abs(np.asarray(c, dtype=np.float64))
 
 
-@fp_error(ops.Dense, ops.Conv, ops.Scale, ops.Sum, ops.Select, ops.Concat)
-def _affine(op: ops.LinearOp, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
+@fp_error(ops.Dense, ops.Conv)
+def _dot(op, ins, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
+    """A dot product of fan-in ``n`` plus a bias, summed in any order (any summation tree, FMA or
+    not): every one of the ``n`` roundings of the sums is relative to a partial sum, and a partial
+    sum of some of the terms lies in ``[-N, P]`` with ``P`` (``N``) the largest sum of the positive
+    (negative) parts of the terms over the input box; so the error is at most
+    ``gamma_n (1 + gamma_{k+1}) max(P, N) + (gamma_n^2 + gamma_k) (P + N)``, where the second-order
+    term covers the errors already in the partial sums and ``k`` = 1 + PARAM_STEPS counts the
+    rounding of the products and of the parameters (an improvement over ``gamma_{n+1} (P + N)``
+    by up to 2 when the terms have mixed signs). An op with fused elementwise maps (``fp_extra``) uses
+    the general rule of :func:`_affine`: its terms are not those of the fused weights."""
+    if op.fp_extra or op.fp_bias is not None:
+        return _affine(op, ins, mags, mag_out, p)
+    lo, hi = ins[0]
+    P, N = op.apply_split(hi.clamp(min=0) + p.tiny, (-lo).clamp(min=0) + p.tiny)
+    c = op.bias_vector()
+    if c is not None:
+        c = torch.as_tensor(c, dtype=P.dtype)
+        P, N = P + c.clamp(min=0), N + (-c).clamp(min=0)
+    n = own_steps(op) - PARAM_STEPS  # fan-in + 1
+    k = 1 + PARAM_STEPS
+    total = P + N
+    g = gamma(n, p.u)
+    model = g * (1 + gamma(k + 1, p.u)) * torch.maximum(P, N) + (g * g + gamma(k, p.u)) * total + n * p.tiny
+    return model, total
+
+
+@fp_error(ops.Scale, ops.Sum, ops.Select, ops.Concat)
+def _affine(op: ops.LinearOp, ins, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
     S = own_steps(op)
     mag = op.apply_abs(*[m + p.tiny for m in mags])
     beta = bias_magnitude(op)
@@ -165,36 +194,36 @@ def _slope(op) -> float:
 
 
 @fp_error(ops.Relu, ops.Clip, ops.Abs)
-def _exact(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _exact(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     return None, 4.0 * (mags[0] + mag_out)
 
 
 @fp_error(ops.LeakyRelu)
-def _leaky(op: ops.LeakyRelu, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _leaky(op: ops.LeakyRelu, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     s = abs(op.slope)
     return p.u * s * mags[0] + p.tiny, 4.0 * (max(1.0, s) * mags[0] + mag_out)
 
 
 @fp_error(ops.Sigmoid, ops.Tanh, ops.Softplus)
-def _transcendental(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _transcendental(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     # ulp(y) <= 2 u |y| for a normal y; ACT_ABS is stated for float32 and scales with u
     model = ACT_ULPS * 2.0 * p.u * mag_out + ACT_ABS * (p.u / 2.0 ** -24) + p.tiny
     return model, 4.0 * (_slope(op) * mags[0] + mag_out)
 
 
 @fp_error(ops.NActivation)
-def _n_activation(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _n_activation(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     return gamma(3, p.u) * 3.0 * mags[0] + 3 * p.tiny, 4.0 * (3.0 * mags[0] + mag_out)
 
 
 @fp_error(ops.CappedLeakyRelu)
-def _capped(op: ops.CappedLeakyRelu, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _capped(op: ops.CappedLeakyRelu, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     k = abs(op.alpha) + abs(op.gain)
     return gamma(3, p.u) * k * mags[0] + 3 * p.tiny, 4.0 * (k * mags[0] + mag_out)
 
 
 @fp_error(ops.MaxGroup, ops.MaxMin)
-def _max(op, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _max(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
     return None, 4.0 * (mags[0].amax(dim=-1, keepdim=True) + mag_out)
 
 
@@ -221,7 +250,7 @@ def node_error(op, ins: list[tuple[Tensor, Tensor]], out: tuple[Tensor, Tensor] 
     nonlinear ops). None when nothing is charged."""
     mags = [magnitude(lo, hi, p) for lo, hi in ins]
     mag_out = None if out is None else magnitude(*out, p)
-    model, terms = _error_fn(op)(op, mags, mag_out, p)
+    model, terms = _error_fn(op)(op, ins, mags, mag_out, p)
     if isinstance(op, ops.Concat) or (isinstance(op, ops.Select) and model is None
                                       and _injective(op)):
         return None  # pure copies: neither onnxruntime nor certkit rounds anything there

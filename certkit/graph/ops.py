@@ -43,6 +43,16 @@ def _t(a: np.ndarray | float, like: Tensor) -> Tensor:
     return torch.as_tensor(a, dtype=like.dtype, device=like.device)
 
 
+def _split_weights(op, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(max(W, 0), max(-W, 0))`` of a Dense or Conv, kept with its other weight forms."""
+    cache = op.__dict__.setdefault("_cache", {})
+    key = ("split", like.dtype, like.device)
+    if key not in cache:
+        w = torch.as_tensor(op.weight, dtype=like.dtype, device=like.device)
+        cache[key] = (w.clamp(min=0), (-w).clamp(min=0))
+    return cache[key]
+
+
 @dataclass(frozen=True, eq=False)
 class Op:
     """Base of all IR operators."""
@@ -140,6 +150,15 @@ class Dense(LinearOp):
         b = r.shape[0]
         return (r.reshape(b, self.rows, -1) @ wa.T).reshape(b, -1)
 
+    def apply_split(self, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W+ pos + W- neg, W+ neg + W- pos)`` with ``W+ = max(W, 0)``, ``W- = max(-W, 0)``: for
+        ``x`` in a box, ``pos = max(u, 0)`` and ``neg = max(-l, 0)`` give the largest positive and
+        negative parts of the sums (floating-point error bounds, :mod:`certkit.bounds.fperror`)."""
+        wp, wn = _split_weights(self, pos)
+        b = pos.shape[0]
+        f = lambda x, w: (x.reshape(b, self.rows, -1) @ w.T).reshape(b, -1)  # noqa: E731
+        return f(pos, wp) + f(neg, wn), f(neg, wp) + f(pos, wn)
+
     def backward(self, A: Tensor) -> tuple[Tensor]:
         w, _ = self._w(A)
         bsz, s = A.shape[:2]
@@ -199,6 +218,11 @@ class Conv(LinearOp):
 
     def apply_abs(self, r: Tensor) -> Tensor:
         return self._conv(r, self._w(r)[1])
+
+    def apply_split(self, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        """As :meth:`Dense.apply_split`, with the kernel split by sign."""
+        wp, wn = _split_weights(self, pos)
+        return self._conv(pos, wp) + self._conv(neg, wn), self._conv(neg, wp) + self._conv(pos, wn)
 
     def backward(self, A: Tensor) -> tuple[Tensor]:
         w, _ = self._w(A)
