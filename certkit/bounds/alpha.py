@@ -43,10 +43,11 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     best = None
     best_state = None
     opt = None
-    ibp = interval_bounds(graph, inputs)  # the same at every iterate
+    ibp_errors: dict = {}
+    ibp = interval_bounds(graph, inputs, errors=ibp_errors)  # the same at every iterate
     with torch.enable_grad():
         for it in range(max(1, iterations)):
-            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp))
+            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp), ibp_errors=ibp_errors)
             low = st.lower_of(graph.output, C, tag="out")
             det = low.detach()
             if best is None or bool((det > best).any()):

@@ -131,13 +131,16 @@ class BoundState:
     #: refine every neuron of every node :meth:`refine` is asked for, not only those whose
     #: relaxation depends on its bounds (tight magnitudes, e.g. for rounding-error bounds)
     refine_all: bool = False
+    #: the rounding errors interval propagation computed (node -> (b, n)); reused for the nodes
+    #: fed by the input alone, whose input bounds never change
+    ibp_errors: dict = field(default_factory=dict)
     #: per-node caches: ancestors, alive columns, zero lower intercepts
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # missing entries (ReLU splitting passes pre-activation bounds only) by interval arithmetic
         if not self.bounds or any(b is None for i, b in enumerate(self.bounds) if i in self.graph.live):
-            self.bounds = interval_bounds(self.graph, self.inputs, self.bounds or None)
+            self.bounds = interval_bounds(self.graph, self.inputs, self.bounds or None, self.ibp_errors)
 
     # -- floating point ----------------------------------------------------------
     def error(self, i: int) -> Tensor | None:
@@ -158,7 +161,10 @@ class BoundState:
             out = None
             if not isinstance(node.op, ops.LinearOp):
                 out = interval_node(node.op, ins)
-            err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
+            if node.inputs == (0,) and i in self.ibp_errors:
+                err = self.ibp_errors[i]  # the input's bounds are never refined: the same error
+            else:
+                err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
             consumers = self.graph.consumers[i]
             if err is not None and len(consumers) == 1 and self._relu_charged_below(consumers[0]):
                 lo, hi = (t.detach() for t in self.bounds[i])

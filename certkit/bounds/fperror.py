@@ -105,14 +105,14 @@ def with_precision(graph: Graph, name: str) -> Graph:
 def compute_steps(graph: Graph) -> int:
     """``L``: a bound on the roundings any one term of certkit's float64 bound computation goes
     through (a dot product within a node, then the running sums over the nodes)."""
-    return max(graph.size(i) for i in range(len(graph.nodes))) + len(graph.nodes) + 16
+    return graph.max_node_size + len(graph.nodes) + 16
 
 
 # --------------------------------------------------------------------------- per-op model error
 
-#: op class -> fn(op, ins, mags_in, mag_out, prec) -> (model error (b, n) or None, magnitude of the
-#: terms formed at the node (b, n), for the float64 allowance). ``ins`` are the inputs' bounds,
-#: ``mags_in`` bound |inputs|, ``mag_out`` bounds |output| (from the exact image of the input bounds).
+#: op class -> fn(op, ins, mag_out, prec) -> (model error (b, n) or None, magnitude of the terms
+#: formed at the node (b, n), for the float64 allowance). ``ins`` are the inputs' bounds (their
+#: magnitudes: :func:`magnitude`), ``mag_out`` bounds |output| (from the exact image of ``ins``).
 ERRORS: dict[type, Callable] = {}
 
 
@@ -148,7 +148,7 @@ def bias_magnitude(op: ops.LinearOp) -> np.ndarray | None:
 
 
 @fp_error(ops.Dense, ops.Conv)
-def _dot(op, ins, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
+def _dot(op, ins, mag_out: Tensor | None, p: Precision):
     """A dot product of fan-in ``n`` plus a bias, summed in any order (any summation tree, FMA or
     not): every one of the ``n`` roundings of the sums is relative to a partial sum, and a partial
     sum of some of the terms lies in ``[-N, P]`` with ``P`` (``N``) the largest sum of the positive
@@ -159,25 +159,32 @@ def _dot(op, ins, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
     by up to 2 when the terms have mixed signs). An op with fused elementwise maps (``fp_extra``) uses
     the general rule of :func:`_affine`: its terms are not those of the fused weights."""
     if op.fp_extra or op.fp_bias is not None:
-        return _affine(op, ins, mags, mag_out, p)
+        return _affine(op, ins, mag_out, p)
     lo, hi = ins[0]
-    P, N = op.apply_split(hi.clamp(min=0) + p.tiny, (-lo).clamp(min=0) + p.tiny)
+    pos, neg = hi.clamp(min=0), (-lo).clamp(min=0)
+    # P + N = |W| (pos + neg) and P - N = W (pos - neg): two products instead of four; a denormal
+    # input flushed to zero moves by at most tiny, on either side
+    return _dot_error(op, op.apply_abs(pos + neg + 2 * p.tiny), op.apply(pos - neg), p)
+
+
+def _dot_error(op, total: Tensor, diff: Tensor, p: Precision):
+    """The rule of :func:`_dot` from ``|W| (pos + neg)`` and ``W (pos - neg)`` (no bias yet)."""
     c = op.bias_vector()
     if c is not None:
-        c = torch.as_tensor(c, dtype=P.dtype)
-        P, N = P + c.clamp(min=0), N + (-c).clamp(min=0)
+        c = torch.as_tensor(c, dtype=total.dtype)
+        total, diff = total + c.abs(), diff + c
+    big = (total + diff.abs()) * (0.5 * (1 + 1e-12))  # max(P, N), rounded up
     n = own_steps(op) - PARAM_STEPS  # fan-in + 1
     k = 1 + PARAM_STEPS
-    total = P + N
     g = gamma(n, p.u)
-    model = g * (1 + gamma(k + 1, p.u)) * torch.maximum(P, N) + (g * g + gamma(k, p.u)) * total + n * p.tiny
+    model = g * (1 + gamma(k + 1, p.u)) * big + (g * g + gamma(k, p.u)) * total + n * p.tiny
     return model, total
 
 
 @fp_error(ops.Scale, ops.Sum, ops.Select, ops.Concat)
-def _affine(op: ops.LinearOp, ins, mags: list[Tensor], mag_out: Tensor | None, p: Precision):
+def _affine(op: ops.LinearOp, ins, mag_out: Tensor | None, p: Precision):
     S = own_steps(op)
-    mag = op.apply_abs(*[m + p.tiny for m in mags])
+    mag = op.apply_abs(*[magnitude(lo, hi, p) + p.tiny for lo, hi in ins])
     beta = bias_magnitude(op)
     if beta is not None:
         mag = mag + torch.as_tensor(beta, dtype=mag.dtype)
@@ -194,37 +201,40 @@ def _slope(op) -> float:
 
 
 @fp_error(ops.Relu, ops.Clip, ops.Abs)
-def _exact(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
-    return None, 4.0 * (mags[0] + mag_out)
+def _exact(op, ins, mag_out: Tensor, p: Precision):
+    return None, 4.0 * (magnitude(*ins[0], p) + mag_out)
 
 
 @fp_error(ops.LeakyRelu)
-def _leaky(op: ops.LeakyRelu, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _leaky(op: ops.LeakyRelu, ins, mag_out: Tensor, p: Precision):
     s = abs(op.slope)
-    return p.u * s * mags[0] + p.tiny, 4.0 * (max(1.0, s) * mags[0] + mag_out)
+    m = magnitude(*ins[0], p)
+    return p.u * s * m + p.tiny, 4.0 * (max(1.0, s) * m + mag_out)
 
 
 @fp_error(ops.Sigmoid, ops.Tanh, ops.Softplus)
-def _transcendental(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _transcendental(op, ins, mag_out: Tensor, p: Precision):
     # ulp(y) <= 2 u |y| for a normal y; ACT_ABS is stated for float32 and scales with u
     model = ACT_ULPS * 2.0 * p.u * mag_out + ACT_ABS * (p.u / 2.0 ** -24) + p.tiny
-    return model, 4.0 * (_slope(op) * mags[0] + mag_out)
+    return model, 4.0 * (_slope(op) * magnitude(*ins[0], p) + mag_out)
 
 
 @fp_error(ops.NActivation)
-def _n_activation(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
-    return gamma(3, p.u) * 3.0 * mags[0] + 3 * p.tiny, 4.0 * (3.0 * mags[0] + mag_out)
+def _n_activation(op, ins, mag_out: Tensor, p: Precision):
+    m = magnitude(*ins[0], p)
+    return gamma(3, p.u) * 3.0 * m + 3 * p.tiny, 4.0 * (3.0 * m + mag_out)
 
 
 @fp_error(ops.CappedLeakyRelu)
-def _capped(op: ops.CappedLeakyRelu, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
+def _capped(op: ops.CappedLeakyRelu, ins, mag_out: Tensor, p: Precision):
     k = abs(op.alpha) + abs(op.gain)
-    return gamma(3, p.u) * k * mags[0] + 3 * p.tiny, 4.0 * (k * mags[0] + mag_out)
+    m = magnitude(*ins[0], p)
+    return gamma(3, p.u) * k * m + 3 * p.tiny, 4.0 * (k * m + mag_out)
 
 
 @fp_error(ops.MaxGroup, ops.MaxMin)
-def _max(op, ins, mags: list[Tensor], mag_out: Tensor, p: Precision):
-    return None, 4.0 * (mags[0].amax(dim=-1, keepdim=True) + mag_out)
+def _max(op, ins, mag_out: Tensor, p: Precision):
+    return None, 4.0 * (magnitude(*ins[0], p).amax(dim=-1, keepdim=True) + mag_out)
 
 
 def _error_fn(op):
@@ -248,37 +258,71 @@ def node_error(op, ins: list[tuple[Tensor, Tensor]], out: tuple[Tensor, Tensor] 
     certkit's own arithmetic at the node; ``inf`` where the computation may overflow. ``ins`` are
     bounds on the node's (computed) inputs, ``out`` bounds on the exact image of those (needed for
     nonlinear ops). None when nothing is charged."""
-    mags = [magnitude(lo, hi, p) for lo, hi in ins]
-    mag_out = None if out is None else magnitude(*out, p)
-    model, terms = _error_fn(op)(op, ins, mags, mag_out, p)
-    if isinstance(op, ops.Concat) or (isinstance(op, ops.Select) and model is None
-                                      and _injective(op)):
+    if isinstance(op, ops.Concat) or (isinstance(op, ops.Select) and _injective(op)):
         return None  # pure copies: neither onnxruntime nor certkit rounds anything there
-    err = COMPUTE_SAFETY * gamma(steps, U64) * terms
-    if model is not None:
-        err = err + model
+    mag_out = None if out is None else magnitude(*out, p)
+    model, terms = _error_fn(op)(op, ins, mag_out, p)
+    return _finish(model, terms, mag_out, p, steps)
+
+
+def _finish(model: Tensor | None, terms: Tensor, mag_out: Tensor | None, p: Precision, steps: int) -> Tensor:
+    """Model error plus the float64 allowance on ``terms``; ``inf`` where a magnitude may overflow."""
+    c64 = COMPUTE_SAFETY * gamma(steps, U64)
+    err = c64 * terms if model is None else torch.add(model, terms, alpha=c64)
     limit = terms if mag_out is None else torch.maximum(terms, mag_out)
-    bad = (limit > p.max) | ~torch.isfinite(limit)
-    return torch.where(bad, torch.full_like(err, float("inf")), err)
+    fine = limit <= p.max  # False for NaN too
+    if not bool(fine.all()):
+        err = torch.where(fine, err, torch.full_like(err, float("inf")))
+    return err
 
 
 def _injective(op: ops.Select) -> bool:
-    idx = np.asarray(op.index)
-    valid = idx[idx >= 0]
-    return len(np.unique(valid)) == len(valid)
+    """Does the Select copy each input entry at most once (no sums in its adjoint)?"""
+    cache = op.__dict__.setdefault("_cache", {})
+    if "injective" not in cache:
+        idx = np.asarray(op.index)
+        valid = idx[idx >= 0]
+        cache["injective"] = len(np.unique(valid)) == len(valid)
+    return cache["injective"]
 
 
 def interval_with_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision, steps: int) -> tuple[Tensor, Tensor]:
     """Interval image of the box ``ins`` under the computed op: the exact image widened by ``err``."""
+    lo, hi, _ = interval_and_error(op, ins, p, steps)
+    return lo, hi
+
+
+def interval_and_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision,
+                       steps: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`interval_with_error` and the error it used (None when none: exact ops)."""
     from .interval import interval_node
 
+    if isinstance(op, (ops.Dense, ops.Conv)) and not op.fp_extra and op.fp_bias is None:
+        return _dot_interval(op, ins[0], p, steps)
     lo, hi = interval_node(op, ins)
     if isinstance(op, EXACT_INTERVAL):
-        return lo, hi  # no rounding in the model nor in float64: a ReLU output stays >= 0 exactly
+        return lo, hi, None  # no rounding in the model nor in float64: a ReLU output stays >= 0 exactly
     err = node_error(op, ins, (lo, hi), p, steps)
     if err is None:
-        return lo, hi
-    return lo - err, hi + err
+        return lo, hi, None
+    return lo - err, hi + err, err
+
+
+def _dot_interval(op, box: tuple[Tensor, Tensor], p: Precision, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Interval image and error of a plain Dense/Conv with one product per weight form: the centre
+    and the ``P - N`` vector share ``W``, the radius and ``P + N`` share ``|W|``."""
+    lo, hi = box
+    b = lo.shape[0]
+    pos, neg = hi.clamp(min=0), (-lo).clamp(min=0)
+    signed = op.apply(torch.cat([(lo + hi) / 2, pos - neg]))
+    absolute = op.apply_abs(torch.cat([(hi - lo) / 2, pos + neg + 2 * p.tiny]))
+    c = op.bias_vector()
+    m = signed[:b] if c is None else signed[:b] + torch.as_tensor(c, dtype=signed.dtype)
+    r = absolute[:b]
+    model, total = _dot_error(op, absolute[b:], signed[b:], p)
+    out = (m - r, m + r)
+    err = _finish(model, total, magnitude(*out, p), p, steps)
+    return out[0] - err, out[1] + err, err
 
 
 #: Ops that round nothing in the model and whose interval image certkit computes exactly (max,

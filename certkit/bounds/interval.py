@@ -30,12 +30,13 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     raise NotImplementedError(f"no interval rule for {op.kind}")
 
 
-def interval_bounds(graph: Graph, inputs: InputSet,
-                    known: list | None = None) -> list[tuple[Tensor, Tensor] | None]:
+def interval_bounds(graph: Graph, inputs: InputSet, known: list | None = None,
+                    errors: dict | None = None) -> list[tuple[Tensor, Tensor] | None]:
     """IBP bounds of every live node of the computed (floating-point) network: a list indexed like
     ``graph.nodes``. ``known``: bounds already at hand (a list indexed like the nodes, None where
-    missing); they are kept, and only the missing nodes are computed from them."""
-    from .fperror import compute_steps, interval_with_error, precision_of
+    missing); they are kept, and only the missing nodes are computed from them. ``errors``: a dict
+    that receives each computed node's rounding-error bound."""
+    from .fperror import compute_steps, interval_and_error, precision_of
 
     p, steps = precision_of(graph), compute_steps(graph)
     out: list[tuple[Tensor, Tensor] | None] = list(known) if known else [None] * len(graph.nodes)
@@ -45,5 +46,8 @@ def interval_bounds(graph: Graph, inputs: InputSet,
         if i not in graph.live or out[i] is not None:
             continue
         n = graph.nodes[i]
-        out[i] = interval_with_error(n.op, [out[j] for j in n.inputs], p, steps)
+        lo, hi, err = interval_and_error(n.op, [out[j] for j in n.inputs], p, steps)
+        out[i] = (lo, hi)
+        if errors is not None and err is not None:
+            errors[i] = err
     return out

@@ -91,6 +91,11 @@ class Graph:
         return frozenset(seen)
 
     @cached_property
+    def max_node_size(self) -> int:
+        """The largest flat size of any node's value."""
+        return max(self.size(i) for i in range(len(self.nodes)))
+
+    @cached_property
     def depth(self) -> int:
         """Number of nonlinear layers on the longest path (for floating-point margins)."""
         d = [0] * len(self.nodes)
