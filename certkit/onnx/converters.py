@@ -16,6 +16,7 @@ Dropout are aliases.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -344,6 +345,12 @@ def _batchnorm(ctx: Context, node, ins: list, attrs: dict) -> list:
     c = beta - mean * a
     bshape = (1, -1) + (1,) * (len(x.shape) - 2)
     y = _scale(ctx, x, a.reshape(bshape), c.reshape(bshape), x.shape)
+    # onnxruntime computes (x - mean) * inv_std * gamma + beta: its intermediate magnitudes are
+    # |a| (|x| + |mean|) and |beta|, not |a x| and |c| (mean * a and beta may cancel in c), and the
+    # factor a itself is rounded a few times (sqrt, division, product): certkit.bounds.fperror
+    magnitude = _flat((np.abs(a * mean) + np.abs(beta)).reshape(bshape), x.shape)
+    node_ = ctx.nodes[y.node]
+    ctx.nodes[y.node] = dataclasses.replace(node_, op=dataclasses.replace(node_.op, fp_extra=4, fp_bias=magnitude))
     return [y] + [None] * (len(node.output) - 1)
 
 

@@ -152,3 +152,4 @@ def make_trap(family: str, seed: int = 0, samples: int = 2000, **kw) -> Trap | N
     if not ys[k] > 0:
         return None
     return Trap(f"{family}-{seed}", model, np.zeros(n), np.ones(n), float(ys[k]) / 2, xs[k], float(ys[k]))
+
