@@ -35,18 +35,11 @@ from ..spec.spec import Property, Spec
 from . import gate
 from .falsify import AttackConfig, attack
 from .input_split import SplitConfig
+from .plan import PLANS
 from .witness import Witness, validate
 
-#: The stages each ``--backend`` runs, in order: bound backends (``certkit.bounds.backends``)
-#: first, then complete procedures (``COMPLETE``), which may also find counterexamples.
-STAGES: dict[str, tuple[str, ...]] = {
-    "interval": ("interval",),
-    "deeppoly": ("deeppoly",),
-    "alpha": ("deeppoly+interval", "alpha"),
-    "bab": ("deeppoly+interval", "bab"),
-    "milp": ("deeppoly+interval", "milp"),
-    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab", "milp"),
-}
+#: The stages each ``--backend`` runs, in order (:mod:`certkit.verify.plan`).
+STAGES = PLANS
 
 
 def _run_bab(model: Model, prop: Property, k: int, deadline: float | None, explicit: bool):

@@ -1,0 +1,27 @@
+"""What each ``--backend`` runs: the plan table, as data (DESIGN.md sections 2-3).
+
+A plan is the sequence of procedures a backend runs on a query, cheapest first: bound procedures
+(``certkit.bounds.backends``), whose proved rows accumulate, then complete procedures
+(``certkit.verify.procedures``), which may also find counterexamples. This module imports nothing
+heavy, so that the command line can offer the choices without loading torch.
+"""
+from __future__ import annotations
+
+#: The bound procedures, in the order ``auto`` runs them.
+BOUND_PROCEDURES = ("interval", "deeppoly", "deeppoly+interval", "alpha")
+#: The complete procedures (branch and bound, MILP).
+COMPLETE_PROCEDURES = ("bab", "milp")
+
+#: backend -> procedures, in order.
+PLANS: dict[str, tuple[str, ...]] = {
+    "interval": ("interval",),
+    "deeppoly": ("deeppoly",),
+    "alpha": ("deeppoly+interval", "alpha"),
+    "bab": ("deeppoly+interval", "bab"),
+    "milp": ("deeppoly+interval", "milp"),
+    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab", "milp"),
+}
+
+#: The backends ``certkit bounds`` runs: the plans made of bound procedures only.
+BOUNDS_BACKENDS: tuple[str, ...] = tuple(b for b, plan in PLANS.items()
+                                         if all(p in BOUND_PROCEDURES for p in plan) or b == "auto")
