@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .graph.graph import Graph
 from .onnx.importer import load_onnx
-from .verify.witness import OnnxRunner
+from .onnx.runner import OnnxRunner
 
 
 @dataclass(eq=False)

@@ -248,7 +248,7 @@ def check_equivalence(original: str, converted: onnx.ModelProto, n: int = 1000, 
                       scale: float = 1.0) -> float:
     """Largest ``|y_abba - y| / (1 + |y|)`` over ``n`` random inputs (uniform in [-scale, scale]
     and normal), both models run by onnxruntime."""
-    from ..verify.witness import OnnxRunner
+    from ..onnx.runner import OnnxRunner
 
     a = OnnxRunner(original, _shape_of(original), "")
     bb = OnnxRunner(converted.SerializeToString(), a.input_shape, "")
