@@ -1,8 +1,9 @@
 """ONNX -> canonical IR.
 
-The importer loads a model with ``onnx``, runs shape inference and the checker,
-then walks the nodes the output depends on, in order (dead branches are never
-converted, so they cannot make a model unsupported):
+The importer reads the model's protobuf and runs ONNX shape inference and the checker
+(through :mod:`certkit.onnx.proto`, without ``import onnx``: that import costs more than the
+rest of a small net's start-up), then walks the nodes the output depends on, in order (dead
+branches are never converted, so they cannot make a model unsupported):
 
 * a node whose inputs are all constant is folded (the ONNX reference
   evaluator runs it), so Shape/Gather/Cast/Reshape chains and constant
@@ -33,13 +34,13 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
 from ..graph.graph import Graph, Node
 from ..graph.ops import Clip, Input, Op, Scale
+from . import proto
 from .passes import simplify
+from .proto import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,13 @@ class Context:
         return Var(len(self.nodes) - 1, tuple(int(s) for s in shape))
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+def _attrs(node: NodeProto) -> dict:
+    return {a.name: proto.attribute_value(a) for a in node.attribute}
 
 
-def _fold(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+def _fold(node: NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Run one node on constant inputs with the ONNX reference evaluator (this imports ``onnx``)."""
+    import onnx
     from onnx.reference import ReferenceEvaluator
 
     feeds = {name: v for name, v in zip(node.input, values) if name}
@@ -115,9 +118,9 @@ def _fold(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> 
     return [np.asarray(r) for r in res]
 
 
-def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+def _input_shape(vi: ValueInfoProto) -> tuple[int, ...]:
     tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+    if not vi.type.HasField("tensor_type") or tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
         raise ModelError(f"input '{vi.name}' must be a float or double tensor")
     if not tt.HasField("shape"):
         raise ModelError(f"input '{vi.name}' has no shape; certkit needs static shapes")
@@ -148,7 +151,7 @@ def load_onnx(path: str | os.PathLike) -> Graph:
             raw = gzip.decompress(raw)
         if not raw:
             raise ValueError("the file is empty")
-        model = onnx.load_model_from_string(raw)
+        model = proto.parse_model(raw)
     except Exception as e:  # protobuf raises several types on bad bytes
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).strip()[:200]})") from e
     graph = import_model(model, path)
@@ -157,25 +160,25 @@ def load_onnx(path: str | os.PathLike) -> Graph:
 
 
 @np.errstate(all="ignore")  # overflow to inf/NaN is caught by the finiteness checks, silently
-def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
+def import_model(model: ModelProto, path: str = "") -> Graph:
     """Lower an in-memory ONNX model to the IR (see module docstring)."""
     from .converters import CONVERTERS
 
     where = f"{path}: " if path else ""
     try:
         # inference first: it fills in output shapes the checker insists on
-        model = onnx.shape_inference.infer_shapes(model)
+        model = proto.infer_shapes(model)
     except Exception:
         pass  # shapes are recomputed by the converters; the checker reports real problems
     try:
-        onnx.checker.check_model(model)
+        proto.check_model(model)
     except Exception as e:
         lines = str(e).strip().splitlines() or [type(e).__name__]
         raise ModelError(f"{where}ONNX checker rejected the model: {lines[0][:300]}") from e
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     _check_opset(opset, where)
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: proto.to_array(t) for t in g.initializer}
     _check_finite_params(g, inits, where)
     real_inputs = [vi for vi in g.input if vi.name not in inits]
     if len(real_inputs) != 1:
@@ -273,7 +276,7 @@ def import_model(model: onnx.ModelProto, path: str = "") -> Graph:
     return graph
 
 
-def model_precision(model: onnx.ModelProto) -> str:
+def model_precision(model: ModelProto) -> str:
     """The precision onnxruntime computes the model in: ``float64`` when every float tensor (inputs,
     outputs, initializers, inferred values, constants, casts) is double, else ``float32`` (the
     coarser one governs the rounding error, :mod:`certkit.bounds.fperror`)."""
@@ -285,13 +288,13 @@ def model_precision(model: onnx.ModelProto) -> str:
         for a in n.attribute:
             if n.op_type == "Cast" and a.name == "to":
                 types.append(int(a.i))
-            elif a.type == onnx.AttributeProto.TENSOR:
+            elif a.type == AttributeProto.TENSOR:
                 types.append(a.t.data_type)
-    floats = {t for t in types if t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)}
-    return "float64" if floats == {onnx.TensorProto.DOUBLE} else "float32"
+    floats = {t for t in types if t in (TensorProto.FLOAT, TensorProto.DOUBLE)}
+    return "float64" if floats == {TensorProto.DOUBLE} else "float32"
 
 
-def _live_nodes(g: onnx.GraphProto) -> tuple[set[int], frozenset[str]]:
+def _live_nodes(g: GraphProto) -> tuple[set[int], frozenset[str]]:
     """Indices of the nodes the graph output depends on, and the tensor names they read."""
     needed = {o.name for o in g.output}
     live: set[int] = set()
@@ -306,7 +309,7 @@ def _live_nodes(g: onnx.GraphProto) -> tuple[set[int], frozenset[str]]:
     return live, frozenset(needed)
 
 
-def _shape_of(node: onnx.NodeProto, v: Var) -> np.ndarray:
+def _shape_of(node: NodeProto, v: Var) -> np.ndarray:
     a = _attrs(node)
     shape = np.array(v.shape, dtype=np.int64)
     start, end = a.get("start", 0), a.get("end", None)
@@ -321,7 +324,7 @@ def max_opset() -> int:
     default-domain operator schemas can only understate it, so a model it would run may be
     refused, never the other way round.
     """
-    newest = onnx.defs.onnx_opset_version()
+    newest = proto.opset_version()
     try:
         from onnxruntime.capi import _pybind_state as ort_state
 
@@ -331,13 +334,22 @@ def max_opset() -> int:
     return min(newest, int(ort_newest))
 
 
+#: Every onnxruntime certkit accepts (pyproject.toml: onnxruntime>=1.15, which implements ONNX 1.14)
+#: runs the default-domain ops of opsets up to 19. A model no newer than this and than onnx's own
+#: newest opset is accepted without asking onnxruntime: loading it costs about 0.1 s of start-up, and
+#: a run that finds no counterexample candidate needs no onnxruntime at all.
+ORT_MIN_OPSET = 19
+
+
 def _check_opset(opset: int, where: str) -> None:
     """A default-domain opset newer than :func:`max_opset` is a model error: neither the
     checker nor the reference evaluator know its ops, so the import would be a guess."""
+    if opset <= ORT_MIN_OPSET and opset <= proto.opset_version():
+        return
     newest = max_opset()
     if opset > newest:
         raise ModelError(f"{where}opset {opset} is newer than the newest supported, {newest} "
-                         f"(onnx {onnx.__version__} and the installed onnxruntime)")
+                         f"(onnx {proto.onnx_version()} and the installed onnxruntime)")
 
 
 def _nonfinite(a) -> str:
@@ -353,32 +365,32 @@ def _nonfinite(a) -> str:
     return f"{', '.join(parts)} of {a.size} entries"
 
 
-def _constant_values(node: onnx.NodeProto) -> list[np.ndarray]:
+def _constant_values(node: NodeProto) -> list[np.ndarray]:
     """The value of a ``Constant`` node, whichever attribute holds it."""
     vals = []
     for a in node.attribute:
         if a.name == "value":
-            vals.append(numpy_helper.to_array(a.t))
+            vals.append(proto.to_array(a.t))
         elif a.name == "sparse_value":
-            vals.append(numpy_helper.to_array(a.sparse_tensor.values))
+            vals.append(proto.to_array(a.sparse_tensor.values))
         elif a.name in ("value_float", "value_floats"):
-            vals.append(np.asarray(onnx.helper.get_attribute_value(a), np.float64))
+            vals.append(np.asarray(proto.attribute_value(a), np.float64))
     return vals
 
 
-def _check_finite_params(g: onnx.GraphProto, inits: dict[str, np.ndarray], where: str) -> None:
+def _check_finite_params(g: GraphProto, inits: dict[str, np.ndarray], where: str) -> None:
     """NaN or an infinity in an initializer or a ``Constant`` (in ``g`` or any subgraph) is a
     model error naming every such tensor. onnxruntime runs such a model, but bounds that
     contain NaN close nothing and an infinite weight makes every bound infinite, so no
     verdict about it could be trusted (issue 9)."""
     bad = [f"initializer '{name}' ({why})" for name, a in inits.items() if (why := _nonfinite(a))]
 
-    def walk(graph: onnx.GraphProto, top: bool) -> None:
+    def walk(graph: GraphProto, top: bool) -> None:
         if not top:
             bad.extend(f"initializer '{t.name}' of subgraph '{graph.name}' ({why})" for t in graph.initializer
-                       if (why := _nonfinite(numpy_helper.to_array(t))))
+                       if (why := _nonfinite(proto.to_array(t))))
         bad.extend(f"sparse initializer '{t.values.name}' ({why})" for t in graph.sparse_initializer
-                   if (why := _nonfinite(numpy_helper.to_array(t.values))))
+                   if (why := _nonfinite(proto.to_array(t.values))))
         for k, node in enumerate(graph.node):
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for v in _constant_values(node):

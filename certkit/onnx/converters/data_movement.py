@@ -11,16 +11,16 @@ Dropout are aliases.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var, _fold
+from ..proto import TensorProto
 from . import alias, constant, converter, select_from_index, variable
 
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-_HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
+_HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 @converter("Identity")
@@ -36,14 +36,16 @@ def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
         to = int(attrs.get("to", 0))
     else:
         if isinstance(ins[1], Var):
-            to = onnx.TensorProto.FLOAT  # a float model's variable tensor
+            to = TensorProto.FLOAT  # a float model's variable tensor
         else:
-            to = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(ins[1]).dtype)
+            from onnx.helper import np_dtype_to_tensor_dtype  # rare: the full onnx package
+
+            to = np_dtype_to_tensor_dtype(np.asarray(ins[1]).dtype)
     if to in _HALF_TYPES:
         raise Unsupported("cast to float16/bfloat16: the rounding is not modelled")
     if to not in _FLOAT_TYPES:
         raise Unsupported(f"cast of a variable tensor to a non-float type "
-                          f"({onnx.TensorProto.DataType.Name(to) if to else 'unknown'})")
+                          f"({TensorProto.DataType.Name(to) if to else 'unknown'})")
     return [ins[0]]
 
 
@@ -71,6 +73,9 @@ def _data_movement(ctx: Context, node, ins: list, attrs: dict) -> list:
     v = ins[0]
     if not isinstance(v, Var) or any(isinstance(x, Var) for x in ins[1:]):
         raise Unsupported("only the data input may be variable")
+    shape = _reshaped(node.op_type, v.shape, ins[1:], attrs, ctx.opset)
+    if shape is not None:
+        return [alias(v, shape)]
     # element k of the input holds k + 1, so 0 never stands for an element
     data = np.arange(1, v.size + 1, dtype=np.float64).reshape(v.shape)
     results = _fold(node, [data] + list(ins[1:]), ctx.opset)
@@ -78,6 +83,57 @@ def _data_movement(ctx: Context, node, ins: list, attrs: dict) -> list:
     return [None if np.size(r) == 0 and not ctx.uses(o) else
             select_from_index(ctx, v, np.rint(np.asarray(r, np.float64)).astype(np.int64) - 1)
             for o, r in zip([o for o in node.output if o], results)]
+
+
+def _reshaped(op: str, shape: tuple[int, ...], args: list, attrs: dict, opset: int) -> tuple[int, ...] | None:
+    """The output shape of a pure reshape (Flatten, Reshape, Squeeze, Unsqueeze), which keeps every
+    element in place; None for any other op, and for arguments out of the ordinary (the reference
+    evaluator then runs the op and decides). Computed here because the common Flatten of a model's
+    input would otherwise import the reference evaluator, and with it the whole onnx package
+    (:mod:`certkit.onnx.proto`)."""
+    r, size = len(shape), int(np.prod(shape, dtype=np.int64))
+
+    def ints(k: int) -> list[int] | None:  # the k-th constant argument after the data
+        return None if len(args) <= k or args[k] is None else [int(a) for a in np.asarray(args[k]).reshape(-1)]
+
+    if op == "Flatten":
+        axis = int(attrs.get("axis", 1))
+        if not (-r if opset >= 11 else 0) <= axis <= r:
+            return None
+        axis = axis + r if axis < 0 else axis
+        return int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64))
+    if op == "Reshape":
+        target = ints(0)
+        if opset < 5 or target is None or min(target, default=0) < -1 or target.count(-1) > 1:
+            return None
+        if not attrs.get("allowzero", 0):
+            if any(t == 0 and k >= r for k, t in enumerate(target)):
+                return None
+            target = [shape[k] if t == 0 else t for k, t in enumerate(target)]
+        if -1 in target:
+            known = int(np.prod([t for t in target if t != -1], dtype=np.int64))
+            if known <= 0 or size % known:
+                return None
+            target[target.index(-1)] = size // known
+        return tuple(target) if int(np.prod(target, dtype=np.int64)) == size else None
+    if op in ("Squeeze", "Unsqueeze"):
+        if opset < 13:  # axes: an attribute, then an input
+            axes = [int(a) for a in attrs["axes"]] if "axes" in attrs else None
+        else:
+            axes = ints(0)
+        if op == "Squeeze" and axes is None:
+            return tuple(d for d in shape if d != 1)
+        rank = r if op == "Squeeze" else r + len(axes or ())
+        if axes is None or any(not (-rank if opset >= 11 else 0) <= a < rank for a in axes):
+            return None
+        axes = [a % rank for a in axes]
+        if len(set(axes)) != len(axes) or (opset < 13 and axes != sorted(axes)):
+            return None  # before opset 13 the reference evaluator refuses unsorted axes: it still decides
+        if op == "Squeeze":
+            return None if any(shape[a] != 1 for a in axes) else tuple(d for k, d in enumerate(shape) if k not in axes)
+        rest = iter(shape)
+        return tuple(1 if k in axes else next(rest) for k in range(rank))
+    return None
 
 
 @converter("Pad")
