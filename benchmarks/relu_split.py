@@ -25,6 +25,7 @@ from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
 from certkit.verify.certify import prove_rows  # noqa: E402
 from certkit.verify.falsify import attack  # noqa: E402
 from certkit.verify.relu_split import ReluSplitConfig, relu_split  # noqa: E402
+from certkit.verify.query import Budget, Query  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 CONFIGS = {"default": ReluSplitConfig(), "refine": ReluSplitConfig(refine_intermediate=True)}
@@ -79,7 +80,7 @@ def main() -> None:
         cells = []
         for c, cfg in CONFIGS.items():
             t = time.monotonic()
-            r = relu_split(m.graph, prop, 0, m.runner, t + a.budget, cfg)
+            r = relu_split(Query.of_property(m.graph, prop, 0, m.runner), Budget.of(a.budget), cfg)
             dt = time.monotonic() - t
             totals[c][0] += r.status in ("verified", "falsified")
             totals[c][1] += dt

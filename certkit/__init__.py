@@ -8,18 +8,33 @@ Python API (the same contract as the CLI):
 - :func:`certify_dataset` certifies per-sample robustness on a data set;
 - :func:`lipschitz_bounds` gives a sound interval on a net's Lipschitz constant;
 - :func:`fixedpoint` analyses the fixed points of a nonnegative net R^k -> R^k (paper 001).
+
+The API names are loaded on first use (PEP 562): ``import certkit`` alone, and so
+``certkit --version`` and ``certkit --help``, import neither torch nor onnx.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import BoundsResult, bounds, certify, certify_dataset, load_model, load_spec  # noqa: E402
-from .api import LipschitzResult, lipschitz_bounds  # noqa: E402
-from .api import FixedPointReport, fixedpoint  # noqa: E402
 from .errors import (BackendError, CertkitError, DataError, ModelError, SpecError,  # noqa: E402
                      UnsupportedOpError, UsageError)
 
-__all__ = ["__version__", "load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
-           "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport",
+#: The names :mod:`certkit.api` provides here, loaded on first access.
+_API = ("load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
+        "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport")
+
+__all__ = ["__version__", *_API,
            "CertkitError", "ModelError", "UnsupportedOpError", "SpecError", "DataError", "BackendError",
            "UsageError"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'certkit' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -39,6 +39,7 @@ from .spec.vnnlib import parse_vnnlib
 from .verify import gate
 from .verify.certify import prove_rows
 from .verify.proof import ProofTree
+from .verify.query import Query
 from .verify.witness import satisfied_disjunct
 
 
@@ -187,10 +188,10 @@ def _check_region(rep: CheckReport, entry: dict, prop, model, arrays: dict, time
             return
         if method == "input_split":
             from .verify.input_split import recheck
-            res = [recheck(model.graph, prop, t, time_per_leaf) for t in trees]
+            res = [recheck(Query.of_property(model.graph, prop, k), t, time_per_leaf) for t in trees]
         else:
-            from .verify.relu_split import recheck as relu_recheck
-            res = [relu_recheck(model.graph, prop, trees, time_per_leaf=time_per_leaf)]
+            from .verify.relu_recheck import recheck as relu_recheck
+            res = [relu_recheck(Query.of_property(model.graph, prop, k), trees, time_per_leaf=time_per_leaf)]
         leaves = sum(r.leaves for r in res)
         direct, resplit, failed = (sum(getattr(r, a) for r in res) for a in ("direct", "resplit", "failed"))
         secs = sum(r.seconds for r in res)

@@ -18,6 +18,7 @@ from certkit.spec.sets import InputSet
 from certkit.spec.spec import Disjunct, Property, Spec
 from certkit.verify.certify import certify
 from certkit.verify.input_split import SplitConfig, input_split
+from certkit.verify.query import Budget, Query
 from tests.helpers.onnx_builders import tiny_relu_onnx as _tiny_relu_onnx
 from tests.helpers.random_nets import ALL_NETS
 
@@ -62,12 +63,12 @@ def test_input_split_agrees_with_grid(seed, tmp_path):
     for t, expect in ((top + 0.02 * spread, "verified"), (top - 0.02 * spread, "falsified")):
         # unsafe: y >= t, i.e. -y <= -t
         prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
-        out = input_split(model.graph, prop, 0, model.runner, time.monotonic() + 60, SplitConfig(alpha_iterations=0))
+        out = input_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), SplitConfig(alpha_iterations=0))
         assert out.status == expect, (seed, t, top)
         if expect == "falsified":
             x = out.witness.x.astype(np.float64)
             assert (x >= lo).all() and (x <= hi).all() and out.witness.y[0] >= t
-        out_a = input_split(model.graph, prop, 0, model.runner, time.monotonic() + 60,
+        out_a = input_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60),
                             SplitConfig(alpha_iterations=3))
         assert out_a.status == expect
 
@@ -117,8 +118,9 @@ def test_milp_without_solver_is_a_backend_error(monkeypatch, capsys):
     hard = str(root / "vnnlib" / "digits_fc_margin.vnnlib")
     model = Model(import_model(onnx.load(fc), fc), fc)
     from certkit.spec.vnnlib import parse_vnnlib
-    from certkit.verify.certify import _run_milp
+    from certkit.verify.procedures import run_milp
+    from certkit.verify.query import Budget as B, Query as Q
     from certkit.errors import BackendError
     with pytest.raises(BackendError, match="highspy"):
-        _run_milp(model, parse_vnnlib(hard).properties[0], 0, None, True)
-    assert _run_milp(model, parse_vnnlib(hard).properties[0], 0, None, False) is None
+        run_milp(Q.of_property(model.graph, parse_vnnlib(hard).properties[0], 0), B(), True)
+    assert run_milp(Q.of_property(model.graph, parse_vnnlib(hard).properties[0], 0), B(), False) is None

@@ -23,7 +23,7 @@ from certkit.verify.dataset import certify_dataset, load_dataset
 
 from tests.helpers.examples import CONV, DATA, DATA_CONV, FC, SHARED
 
-VERDICTS = ("verified", "falsified", "unknown", "misclassified")
+VERDICTS = ("verified", "falsified", "timeout", "unknown", "misclassified")
 
 
 
@@ -199,15 +199,15 @@ def test_misclassified_are_exactly_onnxruntime_errors(fc, conv):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.02), ("linf", 0.05), ("l2", 0.1), ("l2", 0.3)])
 def test_counts_add_up_fc(fc, norm, eps):
     m, x, y = fc
-    res = certify_dataset(m, x, y, eps, norm, (0.0, 1.0), "auto")
+    res = certify_dataset(m, x, y, eps, norm, (0.0, 1.0), "alpha")
     c = counts(res)
     assert sum(c.values()) == res.total == 450
     assert res.certified == c["verified"]
     assert [s.index for s in res.samples] == list(range(450))
     assert all(s.label == y[s.index] for s in res.samples)
     for s in res.samples:
-        if s.verdict == "verified":
-            assert s.margin_lower > 0 and s.stage in STAGES["auto"]
+        if s.verdict == "verified":  # by the bounds: every row positive
+            assert s.margin_lower > 0 and s.stage in STAGES["alpha"]
         elif s.verdict == "misclassified":
             assert np.isnan(s.margin_lower)
         elif s.verdict == "falsified":
@@ -240,10 +240,10 @@ def test_batch_size_does_not_change_bounds(fc):
 
 def test_api_wrapper_and_bad_arguments(fc):
     m, x, y = fc
-    res = certkit.certify_dataset(m, x[:20].reshape(20, 1, 8, 8), y[:20], 0.02, "linf", (0.0, 1.0), "auto")
+    res = certkit.certify_dataset(m, x[:20].reshape(20, 1, 8, 8), y[:20], 0.02, "linf", (0.0, 1.0), "alpha")
     assert res.total == 20 and res.eps == 0.02 and res.norm == "linf"
     with pytest.raises(DataError):
-        certify_dataset(m, x[:5], y[:5], 0.02, "l1")
+        certify_dataset(m, x[:5], y[:5], 0.02, "l3")
     with pytest.raises(UsageError):
         certify_dataset(m, x[:5], y[:5], 0.02, batch_size=0)
     empty = certify_dataset(m, x[:0], y[:0], 0.02)
@@ -276,7 +276,7 @@ def test_verified_samples_survive_pgd(fc, conv, model_name, norm, eps):
     path = FC if model_name == "fc" else CONV
     n = 450 if model_name == "fc" else 64
     x, y = x[:n], y[:n]
-    res = certify_dataset(m, x, y, eps, norm, (0.0, 1.0), "auto")
+    res = certify_dataset(m, x, y, eps, norm, (0.0, 1.0), "alpha")
     assert sum(counts(res).values()) == n
     _soundness(path, x, y, res, eps, norm, (0.0, 1.0))
 
@@ -284,13 +284,57 @@ def test_verified_samples_survive_pgd(fc, conv, model_name, norm, eps):
 def test_pgd_is_strong_enough(fc):
     """Sanity check of the test's own attack: at a large radius it breaks the samples certkit falsifies."""
     m, x, y = fc
-    res = certify_dataset(m, x, y, 0.1, "linf", (0.0, 1.0), "auto")
+    res = certify_dataset(m, x, y, 0.1, "linf", (0.0, 1.0), "alpha")
     fal = np.array([s.index for s in res.samples if s.verdict == "falsified"])
     assert len(fal) > 20
     xs = pgd(TorchNet(FC), x[fal], y[fal], 0.1, "linf", (0.0, 1.0), steps=100, restarts=5)
     x32, ok = to_float32_in_ball(xs, x[fal], 0.1, "linf", (0.0, 1.0))
     pred = Ort(FC)(x32.reshape(-1, 64)).argmax(axis=1).reshape(len(fal), -1)
     assert ((pred != y[fal][:, None]) & ok).any(axis=1).mean() >= 0.9
+
+
+# ---------------------------------------------------------------------------------------------- complete per sample
+
+
+@pytest.mark.parametrize("backend", ["bab", "auto"])
+def test_complete_backends_per_sample(fc, backend):
+    """bab/auto decide samples one by one after the batched bounds: at least alpha's count, within
+    each sample's budget, every verified sample surviving PGD and every witness validating."""
+    m, x, y = fc
+    x, y = x[:40], y[:40]
+    base = certify_dataset(m, x, y, 0.06, "linf", (0.0, 1.0), "alpha")
+    res = certify_dataset(m, x, y, 0.06, "linf", (0.0, 1.0), backend, timeout=1.0, seed=3)
+    assert res.certified >= base.certified
+    assert all(s.time <= 1.0 + 1.5 for s in res.samples)  # its own budget, plus the batched stages
+    _soundness(FC, x, y, res, 0.06, "linf", (0.0, 1.0))
+    for s in res.samples:
+        if s.verdict == "falsified":
+            w = s.witness.astype(np.float64)
+            assert np.abs(w - x[s.index]).max() <= 0.06 and w.min() >= 0 and w.max() <= 1
+            assert Ort(FC)(s.witness[None].astype(np.float32)).argmax() != y[s.index]
+
+
+def test_l1_balls(fc):
+    """L_1 balls: verified samples keep their label at every vertex of the ball (+-eps e_i, clipped
+    to the domain) and at random points of it, under onnxruntime."""
+    m, x, y = fc
+    x, y = x[:30], y[:30]
+    eps = 0.3
+    res = certify_dataset(m, x, y, eps, "l1", (0.0, 1.0), "deeppoly")
+    assert sum(counts(res).values()) == 30 and res.certified > 0
+    rng = np.random.default_rng(0)
+    n = x.shape[1]
+    for s in res.samples:
+        if s.verdict != "verified":
+            continue
+        x0 = x[s.index]
+        pts = [x0 + sg * eps * np.eye(n)[i] for i in range(n) for sg in (1, -1)]
+        for _ in range(200):
+            v = rng.laplace(size=n)
+            pts.append(x0 + eps * rng.uniform() * v / np.abs(v).sum())
+        pts = np.clip(np.array(pts), 0.0, 1.0)
+        pts = pts[np.abs(pts - x0).sum(axis=1) <= eps]
+        assert (Ort(FC)(pts.astype(np.float32)).argmax(axis=1) == y[s.index]).all()
 
 
 # ---------------------------------------------------------------------------------------------- paper-002

@@ -17,6 +17,7 @@ from certkit.spec.sets import InputSet
 from certkit.spec.spec import Disjunct, Property, Spec
 from certkit.verify.certify import certify
 from certkit.verify.relu_split import ReluSplitConfig, relu_split, supports
+from certkit.verify.query import Budget, Query
 from tests.helpers.random_nets import ALL_NETS
 from tests.test_complete import _tiny_relu_onnx, grid_top
 
@@ -84,7 +85,7 @@ def test_relu_split_agrees_with_grid(seed, tmp_path):
     top, spread = grid_top(model)
     for t, expect in ((top + 0.05 * spread, "verified"), (top - 0.02 * spread, "falsified")):
         prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
-        out = relu_split(model.graph, prop, 0, model.runner, time.monotonic() + 60, ReluSplitConfig(batch=8))
+        out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=8))
         assert out.status == expect, (seed, t, top, out)
         if expect == "falsified":
             x = out.witness.x.astype(np.float64)
@@ -123,7 +124,7 @@ def test_relu_split_multi_disjunct_and_stage(tmp_path):
     t1, t2 = top + 0.1 * (top - bottom), bottom - 0.1 * (top - bottom)
     prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t1])),  # y >= t1
                              Disjunct(np.array([[1.0]]), np.array([t2]))))  # y <= t2
-    out = relu_split(model.graph, prop, 0, model.runner, time.monotonic() + 60)
+    out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60))
     assert out.status == "verified"
     res = certify(model, Spec((prop,), 20, 1), "bab", timeout=60)
     assert res.verdict == "unsat"

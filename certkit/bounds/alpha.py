@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .deeppoly import ALPHA_OPS, BoundState
@@ -31,11 +32,16 @@ def _slope_range(op) -> tuple[float, float]:
 
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = 0.1,
-                keep_state: bool = False, shared: bool = False, deadline: float | None = None):
+                keep_state: bool = False, shared: bool = False, deadline: float | None = None,
+                budget=None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use). Optimisation stops
-    early at ``deadline`` (``time.monotonic()``); the bound so far is returned."""
+    early at ``deadline`` (``time.monotonic()``) or at the ``budget``'s: the bound so far is
+    returned (the first iterate, DeepPoly's, is always completed unless the budget ran out,
+    which raises ``BudgetExpired``)."""
+    if budget is not None and budget.deadline is not None:
+        deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
@@ -47,8 +53,14 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     ibp = interval_bounds(graph, inputs, errors=ibp_errors)  # the same at every iterate
     with torch.enable_grad():
         for it in range(max(1, iterations)):
-            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp), ibp_errors=ibp_errors)
-            low = st.lower_of(graph.output, C, tag="out")
+            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp), ibp_errors=ibp_errors,
+                            budget=budget)
+            try:
+                low = st.lower_of(graph.output, C, tag="out")
+            except VerificationTimeout:
+                if best is None:
+                    raise
+                break  # the best iterate so far stands
             det = low.detach()
             if best is None or bool((det > best).any()):
                 best_state = st

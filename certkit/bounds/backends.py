@@ -1,7 +1,7 @@
 """The bound-backend registry: one entry per method, one registration each.
 
-A backend maps ``(graph, inputs, C)`` to lower bounds on ``C y`` over the input
-set, shape (b, s). ``certkit ops`` prints which IR ops each backend handles,
+A backend maps ``(graph, inputs, C, budget=None)`` to lower bounds on ``C y`` over the
+input set, shape (b, s); it stops (raising ``BudgetExpired``) soon after the budget's deadline. ``certkit ops`` prints which IR ops each backend handles,
 from ``supports``.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ Tensor = torch.Tensor
 class BoundBackend:
     name: str
     summary: str
-    lower: Callable[[Graph, InputSet, Tensor], Tensor]
+    lower: Callable[..., Tensor]
     supports: Callable[[ops.Op], bool]
 
 
@@ -43,7 +43,7 @@ def _as_batch(C: Tensor, b: int) -> Tensor:
     return C.expand(b, -1, -1) if C.dim() == 2 else C
 
 
-def interval_lower(graph: Graph, inputs: InputSet, C: Tensor) -> Tensor:
+def interval_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Tensor:
     """``C+ l + C- u`` from the interval bounds of the output."""
     lo, hi = interval_bounds(graph, inputs)[graph.output]
     C = _as_batch(C, inputs.batch)
@@ -60,12 +60,13 @@ def _has_relaxation(op: ops.Op) -> bool:
 
 register_backend(BoundBackend("interval", "interval bound propagation (IBP)", interval_lower, _has_interval))
 register_backend(BoundBackend(
-    "deeppoly", "DeepPoly/CROWN back-substitution (same figures as auto_LiRPA's CROWN)",
-    lambda g, s, C: deeppoly_lower(g, s, C, intersect=False), _has_relaxation))
+    "deeppoly", "DeepPoly/CROWN back-substitution (the relaxation of auto_LiRPA's CROWN)",
+    lambda g, s, C, budget=None: deeppoly_lower(g, s, C, intersect=False, budget=budget), _has_relaxation))
 register_backend(BoundBackend(
     "deeppoly+interval", "DeepPoly with every intermediate bound intersected with IBP (used by auto)",
-    lambda g, s, C: torch.maximum(deeppoly_lower(g, s, C, intersect=True), interval_lower(g, s, C)),
+    lambda g, s, C, budget=None: torch.maximum(deeppoly_lower(g, s, C, intersect=True, budget=budget),
+                                               interval_lower(g, s, C)),
     _has_relaxation))
 register_backend(BoundBackend(
     "alpha", "alpha-CROWN: DeepPoly with lower ReLU slopes optimised by projected gradient ascent",
-    lambda g, s, C, deadline=None: alpha_lower(g, s, C, deadline=deadline), _has_relaxation))
+    lambda g, s, C, budget=None: alpha_lower(g, s, C, budget=budget), _has_relaxation))

@@ -134,6 +134,9 @@ class BoundState:
     #: the rounding errors interval propagation computed (node -> (b, n)); reused for the nodes
     #: fed by the input alone, whose input bounds never change
     ibp_errors: dict = field(default_factory=dict)
+    #: a time budget (:class:`certkit.verify.query.Budget`): ``check()`` is called at every node of
+    #: every back-substitution, so a long bound computation stops soon after the deadline
+    budget: object | None = None
     #: per-node caches: ancestors, alive columns, zero lower intercepts
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -334,6 +337,8 @@ class BoundState:
             Ai = acc.pop(i, None)
             if Ai is None:
                 continue
+            if self.budget is not None:
+                self.budget.check()
             node = self.graph.nodes[i]
             op = node.op
             if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
@@ -458,9 +463,9 @@ class BoundState:
 
 
 def deeppoly_lower(graph: Graph, inputs: InputSet, C: Tensor, intersect: bool = True,
-                   state: BoundState | None = None) -> Tensor:
+                   state: BoundState | None = None, budget=None) -> Tensor:
     """Lower bounds of ``C y`` (C: (b, s, n_out) or (s, n_out)) over the input set, (b, s)."""
-    st = state or BoundState(graph, inputs, intersect)
+    st = state or BoundState(graph, inputs, intersect, budget=budget)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)

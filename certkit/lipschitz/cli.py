@@ -8,14 +8,28 @@ from __future__ import annotations
 import json
 
 from ..cli_paths import output_path
-from .methods import METHODS
+
+
+class _MethodChoices:
+    """The ``--method`` choices: ``auto`` and the method registry, read only when argparse needs
+    them (a ``--method`` value to check, or this command's help), since the registry imports torch
+    and the parser is built on every start of ``certkit``. (With a ``metavar``, argparse does not
+    list the choices when the argument is declared.)"""
+
+    def __iter__(self):
+        from .methods import METHODS
+
+        return iter(("auto", *METHODS))
+
+    def __contains__(self, name) -> bool:
+        return name in tuple(self)
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     p.add_argument("--norm", default="2", choices=("2", "inf"), help="L_p -> L_p operator norm (default 2)")
-    p.add_argument("--method", default="auto", choices=("auto",) + tuple(METHODS),
-                   help="upper-bound method (default auto: the tightest that applies)")
+    p.add_argument("--method", default="auto", choices=_MethodChoices(), metavar="METHOD",
+                   help="upper-bound method: %(choices)s (default auto: the tightest that applies)")
     p.add_argument("--samples", type=int, default=32, help="random points for the lower bound")
     p.add_argument("--lower-time", type=float, default=3.0, help="seconds for the lower-bound search (default 3)")
     p.add_argument("--seed", type=int, default=0)

@@ -6,9 +6,11 @@ i.e. rows ``(e_y - e_j) . f(x) <= 0``. Samples are processed in batches: one
 bound computation bounds every sample of a batch.
 
 Verdicts per sample: ``misclassified`` (onnxruntime's prediction on ``x0`` is
-not ``y``; not attempted), ``verified`` (every row's lower bound exceeds the
-floating-point margin), ``falsified`` (an attack point inside the set on which
-onnxruntime's output satisfies a row), ``unknown``.
+not ``y``; not attempted), ``verified`` (the verdict gate admitted its proof:
+every row above its margin, or a complete procedure's proof), ``falsified`` (a
+point of the ball on which onnxruntime's output satisfies a row, confirmed by
+:meth:`~certkit.verify.query.Query.confirm`), ``timeout`` (its own budget ran
+out), ``unknown``.
 """
 from __future__ import annotations
 
@@ -20,22 +22,22 @@ import numpy as np
 import torch
 
 from ..bounds.backends import BACKENDS
+from ..bounds.fperror import precision_of
 from ..errors import DataError, UsageError
 from ..model import Model
-from ..spec.sets import InputSet
-from ..bounds.fperror import precision_of, round_input_set, row_margin
-from ..bounds.interval import interval_bounds
 from . import gate
 from .certify import stages_for
-from .falsify import AttackConfig, attack
-from .witness import to_float32_inside
+from .falsify import AttackConfig
+from .pipeline import PropertyResult, decide
+from .procedures import bound_rows, lipschitz_rows
+from .query import Budget, Query
 
 
 @dataclass(frozen=True)
 class SampleResult:
     index: int
     label: int
-    verdict: str  # verified | falsified | unknown | misclassified
+    verdict: str  # verified | falsified | timeout | unknown | misclassified
     margin_lower: float  # lower bound on min_j (f_y - f_j) over the set (nan if not bounded)
     time: float
     stage: str = ""
@@ -142,26 +144,38 @@ def _rows(labels: np.ndarray, n_out: int) -> tuple[torch.Tensor, np.ndarray]:
     return torch.as_tensor(C), others
 
 
+NORMS = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
+
+
 def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str = "linf",
                     domain: tuple[float, float] | None = None, backend: str = "auto",
                     batch_size: int = 32, attack_cfg: AttackConfig = AttackConfig(128, 4, 20),
-                    progress: bool = False, indices: np.ndarray | None = None) -> DatasetResult:
-    """Certify every sample of ``(x, y)`` at radius ``eps`` in ``norm`` ('linf' or 'l2').
+                    progress: bool = False, indices: np.ndarray | None = None,
+                    timeout: float | None = None, total_timeout: float | Budget | None = None,
+                    seed: int = 0) -> DatasetResult:
+    """Certify every sample of ``(x, y)`` at radius ``eps`` in ``norm`` (``linf``, ``l2``, ``l1``).
 
-    ``backend="lipschitz"``: Lipschitz-margin certificates (:mod:`certkit.lipschitz.margin`)
-    instead of bound propagation; each sample also gets its certified radius."""
+    Each correctly classified sample is a :class:`~certkit.verify.query.Query` (its ball, clipped to
+    ``domain``) and goes through the one pipeline (:func:`certkit.verify.pipeline.decide`), a batch
+    of ``batch_size`` samples at a time: the bound procedures of the backend's plan bound the whole
+    batch at once, then each sample still open gets the complete procedures (``bab``, ``milp``,
+    ``auto``) within ``timeout`` seconds of its own; ``total_timeout`` bounds the whole run.
+    ``backend="lipschitz"``: Lipschitz-margin certificates (:mod:`certkit.lipschitz.margin`); each
+    sample also gets its certified radius."""
     lip = backend == "lipschitz"
-    stages = () if lip else stages_for(backend)
+    plan = ("lipschitz",) if lip else stages_for(backend)
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1 (got {batch_size})")
-    p = {"linf": float("inf"), "l2": 2.0}.get(norm)
+    p = NORMS.get(norm)
     if p is None:
-        raise DataError(f"unknown norm '{norm}' (choose linf or l2)")
+        raise DataError(f"unknown norm '{norm}' (choose {', '.join(NORMS)})")
+    if lip and norm == "l1":
+        raise UsageError("--backend lipschitz certifies L_inf and L_2 balls, not L_1")
     g = model.graph
-    n_out = g.n_outputs
     idx_all = np.arange(len(x)) if indices is None else np.asarray(indices)
     out = DatasetResult(eps, norm, backend, domain, precision=precision_of(g).name)
     t_all = time.monotonic()
+    total = total_timeout if isinstance(total_timeout, Budget) else Budget.of(total_timeout)
     timings = {"predict": 0.0, "bounds": 0.0, "attack": 0.0}
     t = time.monotonic()
     pred = model.runner(x).argmax(axis=1) if len(x) else np.zeros(0, int)
@@ -170,110 +184,99 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
     for k in np.nonzero(pred != y)[0]:
         results[int(k)] = SampleResult(int(idx_all[k]), int(y[k]), "misclassified", float("nan"), 0.0)
     todo = np.nonzero(pred == y)[0]
+    rows = bound_rows
     if lip and len(todo):
         from ..lipschitz.margin import pair_lipschitz
 
         t = time.monotonic()
         pair = pair_lipschitz(g, norm)
         timings["lipschitz"] = time.monotonic() - t
+        rows = lambda qs, stage, b: lipschitz_rows(qs, b, pair)  # noqa: E731
+    run = (lambda z: model.runner(z))  # noqa: E731
+    per_sample = None if timeout is None else (lambda b: b.cap(timeout))
+    bar = _progress(len(todo)) if progress else None
     for start in range(0, len(todo), batch_size):
         ks = todo[start:start + batch_size]
+        qs = [Query.robustness(g, x[k], int(y[k]), eps, p, domain, run, int(idx_all[k])) for k in ks]
         t0 = time.monotonic()
-        # the ball as the model sees it: rounded outward to its precision (bounds only; attack
-        # points are checked against the ball itself)
-        sets = InputSet.ball(x[ks], eps, p, domain)
-        rows_owner = np.arange(n_out - 1)
-        bound_sets = round_input_set(sets, precision_of(g))
-        C, others = _rows(y[ks], n_out)
-        verified = np.zeros(len(ks), dtype=bool)
-        best = np.full(len(ks), -np.inf)
-        stage_of = [""] * len(ks)
-        radius = np.full(len(ks), np.nan)
-        if lip:
-            from ..lipschitz.margin import certify_margins
-
-            cert = certify_margins(g, x[ks], y[ks], eps, pair)
-            best, radius = cert.margin_lower, cert.radius
-            for i in range(len(ks)):  # through the gate, like every other proof
-                proof = gate.Proof("lipschitz", "lipschitz", cert.rows_lower[i], np.zeros(n_out - 1), rows_owner)
-                verified[i] = gate.check_proof(proof, n_out - 1)[0]
-            stage_of = ["lipschitz" if v else "" for v in verified]
-        with torch.no_grad():
-            y_lo, y_hi = interval_bounds(g, bound_sets)[g.output]
-            margins = row_margin(C, torch.zeros(C.shape[:2], dtype=torch.float64), y_lo, y_hi).numpy()
-        for stage in (st for st in stages if st in BACKENDS):  # complete procedures: not per sample
-            open_ = np.nonzero(~verified)[0]
-            if len(open_) == 0:
-                break
-            sub = bound_sets.select(torch.as_tensor(open_))
-            with torch.no_grad():
-                low = BACKENDS[stage].lower(g, sub, C[open_]).numpy()
-            for r, i in enumerate(open_):
-                m = float(low[r].min())
-                best[i] = max(best[i], m) if np.isfinite(m) else best[i]
-                # every row j != y is its own disjunct: each must be proven
-                proof = gate.Proof("bounds", stage, low[r], margins[i], rows_owner)
-                if gate.check_proof(proof, n_out - 1)[0]:
-                    verified[i] = True
-                    stage_of[i] = stage
-        t1 = time.monotonic()
-        timings["bounds"] += t1 - t0
-        falsified = np.zeros(len(ks), dtype=bool)
-        witnesses: dict[int, np.ndarray] = {}
-        open_ = np.nonzero(~verified)[0]
-        if len(open_):
-            sub = sets.select(torch.as_tensor(open_))
-            owner = np.arange(n_out - 1)
-            xa, va = attack(g, sub, C[open_], torch.zeros(len(open_), n_out - 1), owner, attack_cfg, seed=start)
-            cand = [r for r in range(len(open_)) if va[r] <= 1e-6]
-            if cand:
-                x32 = to_float32_inside(xa[cand], sub.lower.numpy()[cand], sub.upper.numpy()[cand],
-                                        getattr(model.runner, "dtype", np.float32))
-                inside = sub.select(torch.as_tensor(cand)).contains(x32.astype(np.float64))
-                ys = model.runner(x32)
-                for c, r in enumerate(cand):
-                    i = open_[r]
-                    if inside[c] and (ys[c][others[i]] >= ys[c][y[ks[i]]]).any():
-                        falsified[i] = True
-                        witnesses[i] = x32[c].copy()
-        timings["attack"] += time.monotonic() - t1
-        per = (time.monotonic() - t0) / len(ks)
-        for i, k in enumerate(ks):
-            v = "verified" if verified[i] else "falsified" if falsified[i] else "unknown"
-            results[int(k)] = SampleResult(int(idx_all[k]), int(y[k]), v, float(best[i]), per, stage_of[i],
-                                           float(radius[i]), witnesses.get(i))
-        if progress:
-            done = min(start + batch_size, len(todo))
-            cert = sum(r.verdict == "verified" for r in results.values())
-            bar = "#" * int(30 * done / max(len(todo), 1))
-            print(f"\r[{bar:<30}] {done}/{len(todo)} bounded, {cert} verified", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        res = decide(qs, plan, total, seed=seed + start, quick=None, long=attack_cfg, stop_on_sat=False,
+                     explicit=backend, query_budget=per_sample, timings=timings, rows=rows)
+        for k, q, r in zip(ks, qs, res):
+            results[int(k)] = _sample_result(q, r, int(y[k]))
+        if bar is not None:
+            bar.update(len(ks))
+            bar.set_postfix(verified=sum(s.verdict == "verified" for s in results.values()))
+        del t0
+    if bar is not None:
+        bar.close()
     out.samples = [results[k] for k in sorted(results)]
     timings["total"] = time.monotonic() - t_all
     out.timings = timings
     return out
 
 
+def _sample_result(q: Query, r: PropertyResult, label: int) -> SampleResult:
+    if r.status == "verified":
+        verdict = "verified"
+    elif r.status == "falsified":
+        verdict = "falsified"
+    else:
+        verdict = "timeout" if r.timed_out else "unknown"
+    low = float(np.min(r.spec_lower)) if r.spec_lower is not None and len(r.spec_lower) else float("nan")
+    return SampleResult(q.index, label, verdict, low, r.time, r.stage if verdict == "verified" else "",
+                        float(r.extra.get("radius", float("nan"))),
+                        None if r.witness is None else np.asarray(r.witness.x).copy())
+
+
+def _progress(total: int):
+    """A progress bar on stderr (tqdm when installed, else a minimal one)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _Bar(total)
+    return tqdm(total=total, unit="sample", file=sys.stderr, leave=False)
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.note = total, 0, ""
+
+    def update(self, n: int) -> None:
+        self.done += n
+        bar = "#" * int(30 * self.done / max(self.total, 1))
+        print(f"\r[{bar:<30}] {self.done}/{self.total} {self.note}", end="", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **kw) -> None:
+        self.note = ", ".join(f"{k} {v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
 def prove_samples(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
                   domain: tuple[float, float] | None, stage: str, batch_size: int = 32) -> np.ndarray:
-    """Re-derive the per-sample proofs of one stage (a bound backend of
-    :data:`certkit.bounds.backends.BACKENDS`, or ``lipschitz``), as :func:`certify_dataset`
-    derives them, through the verdict gate: (N,) bool, verified or not (``certkit check``)."""
-    p = {"linf": float("inf"), "l2": 2.0}[norm]
+    """Re-derive the per-sample proofs of one bound stage (a bound backend of
+    :data:`certkit.bounds.backends.BACKENDS`, or ``lipschitz``), as :func:`certify_dataset` derives
+    them, through the verdict gate: (N,) bool, verified or not (``certkit check``)."""
     g = model.graph
-    n_out = g.n_outputs
-    owner = np.arange(n_out - 1)
+    p = NORMS[norm]
     x = np.asarray(x, np.float64).reshape(len(x), -1)
+    qs = [Query.robustness(g, x[i], int(y[i]), eps, p, domain, None, i) for i in range(len(x))]
     ok = np.zeros(len(x), dtype=bool)
     if stage == "lipschitz":
-        from ..lipschitz.margin import certify_margins, pair_lipschitz
+        from ..lipschitz.margin import pair_lipschitz
 
-        cert = certify_margins(g, x, y, eps, pair_lipschitz(g, norm))
-        for i in range(len(x)):
-            proof = gate.Proof("lipschitz", stage, cert.rows_lower[i], np.zeros(n_out - 1), owner)
-            ok[i] = gate.check_proof(proof, n_out - 1)[0]
+        got = lipschitz_rows(qs, Budget(), pair_lipschitz(g, norm)) if qs else []
+    elif stage in BACKENDS:
+        got = []
+        for s in range(0, len(qs), batch_size):
+            got += bound_rows(qs[s:s + batch_size], stage, Budget())
+    else:
         return ok
+    for i, (q, row) in enumerate(zip(qs, got)):
+        proof = gate.Proof("bounds", stage, row[0], row[1], q.owner)
+        ok[i] = gate.check_proof(proof, q.n_disjuncts)[0]
+    return ok
     if stage not in BACKENDS:
         return ok
     for s in range(0, len(x), batch_size):

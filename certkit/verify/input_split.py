@@ -38,11 +38,11 @@ from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
-from ..spec.spec import Property
 from .falsify import objective
 from .gate import closed, domain_value
-from .proof import ProofTree, TreeLog, leaves_in_preorder
-from .witness import OnnxRunner, Witness, validate
+from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
+from .query import Budget, Query
+from .witness import Witness
 
 #: Leaf kinds of an input-splitting proof tree: which bound closed the leaf.
 LEAF_KINDS = ("deeppoly", "alpha")
@@ -94,17 +94,15 @@ class _Bounded:
 
 
 class _Problem:
-    def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner,
-                 cfg: SplitConfig) -> None:
-        Cn, dn, owner = prop.stacked()
-        self.graph, self.prop, self.k, self.runner = graph, prop, prop_index, runner
+    def __init__(self, query: Query, cfg: SplitConfig, budget: Budget) -> None:
+        Cn, dn, owner = query.C, query.d, query.owner
+        self.graph, self.query, self.budget = query.graph, query, budget
         self.C, self.d = torch.as_tensor(Cn), torch.as_tensor(dn)
         self.owner = owner
         self.own = torch.as_tensor(owner)
-        self.K = len(prop.disjuncts)
+        self.K = query.n_disjuncts
         self.domains = 0
         self.cfg = cfg
-        self.deadline: float | None = None  # alpha-CROWN steps stop there
 
     def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
@@ -131,8 +129,7 @@ class _Problem:
             v = objective(y[:, None, :], self.C.expand(cand.shape[0], -1, -1),
                           self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
-        w = validate(self.runner, self.prop, self.k, cand[hits[:64]].numpy()) \
-            if hits.numel() and self.runner is not None else None
+        w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
         return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1)), w
 
     def _value(self, st: BoundState, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,7 +144,7 @@ class _Problem:
 
     def _crown(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         S = InputSet(lo, hi)
-        st = BoundState(self.graph, S, intersect=True)
+        st = BoundState(self.graph, S, intersect=True, budget=self.budget)
         A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
         return self._value(st, S.concretize_lower(A_in, const), A_in)
 
@@ -156,23 +153,22 @@ class _Problem:
 
         S = InputSet(lo, hi)
         low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.alpha_iterations,
-                              keep_state=True, lr=self.cfg.alpha_lr, deadline=self.deadline)
+                              keep_state=True, lr=self.cfg.alpha_lr, budget=self.budget)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
             return self._value(st, low, A_in.detach())
 
 
-def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
-                cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
-    """Decide one property by input splitting; see the module docstring."""
-    if prop.stacked()[0].shape[0] == 0:
+def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
+    """Decide one query by input splitting (over its box; see the module docstring)."""
+    if query.C.shape[0] == 0:
         return SplitOutcome("unknown")
+    graph = query.graph
     batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
-    pb = _Problem(graph, prop, prop_index, runner, cfg)
-    pb.deadline = deadline
+    pb = _Problem(query, cfg, budget)
     log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
-    lo0, hi0 = root_box(graph, prop)
+    lo0, hi0 = root_box(query)
     root, w = pb.bound(lo0, hi0)
     if w is not None:
         return SplitOutcome("falsified", w, pb.domains, 0, 0)
@@ -184,7 +180,7 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
         queue = root
     n = graph.n_inputs
     while queue is not None and queue.lo.shape[0]:
-        if deadline is not None and time.monotonic() > deadline:
+        if budget.expired():
             out.status = "timeout"
             break
         if pb.domains > max_domains:
@@ -233,9 +229,9 @@ def input_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunne
     return out
 
 
-def root_box(graph: Graph, prop: Property) -> tuple[Tensor, Tensor]:
-    """The property's box rounded outward to the model's precision, (1, n) each."""
-    lo, hi = round_outward(prop.lower, prop.upper, precision_of(graph))
+def root_box(query: Query) -> tuple[Tensor, Tensor]:
+    """The query's box rounded outward to the model's precision, (1, n) each."""
+    lo, hi = round_outward(query.lower, query.upper, precision_of(query.graph))
     return torch.as_tensor(lo)[None], torch.as_tensor(hi)[None]
 
 
@@ -253,24 +249,7 @@ def children(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:
     return lo2, hi2
 
 
-@dataclass
-class RecheckReport:
-    """What :func:`recheck` re-derived: leaves closed by their recorded bound, by a further split
-    (a sub-search of the leaf), and not re-derived."""
-
-    leaves: int = 0
-    direct: int = 0
-    resplit: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.leaves > 0
-
-
-def recheck(graph: Graph, prop: Property, tree: ProofTree, time_per_leaf: float = 5.0,
-            batch: int = 256) -> RecheckReport:
+def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: int = 256) -> RecheckReport:
     """Re-derive an input-splitting proof: replay the splits from the property's (rounded) box
     -- so the leaves cover it by construction -- and bound every leaf again, DeepPoly first, then
     alpha-CROWN with the recorded settings; a leaf that still does not close is searched again on
@@ -280,7 +259,7 @@ def recheck(graph: Graph, prop: Property, tree: ProofTree, time_per_leaf: float 
     if not tree.well_formed():
         rep.failed = 1
         return rep
-    lo0, hi0 = root_box(graph, prop)
+    lo0, hi0 = root_box(query)
 
     def child(box, pos, dim, side):
         lo, hi = box
@@ -291,7 +270,7 @@ def recheck(graph: Graph, prop: Property, tree: ProofTree, time_per_leaf: float 
     rep.leaves = len(boxes)
     cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)),
                       alpha_lr=float(tree.meta.get("alpha_lr", 0.3)))
-    pb = _Problem(graph, prop, -1, None, cfg)
+    pb = _Problem(query, cfg, Budget())
     for s in range(0, len(boxes), batch):
         lo = torch.stack([b[0] for b in boxes[s:s + batch]])
         hi = torch.stack([b[1] for b in boxes[s:s + batch]])
@@ -303,8 +282,9 @@ def recheck(graph: Graph, prop: Property, tree: ProofTree, time_per_leaf: float 
             open_ = open_[~closed(value[open_])]
         rep.direct += len(value) - open_.numel()
         for k in open_.tolist():  # re-derive the leaf by a search of its own
-            sub = Property(lo[k].numpy(), hi[k].numpy(), prop.disjuncts)
-            res = input_split(graph, sub, -1, None, time.monotonic() + time_per_leaf, cfg)
+            sub = Query(query.graph, InputSet(lo[k:k + 1], hi[k:k + 1]), query.C, query.d, query.owner,
+                        query.n_disjuncts, None, query.index)
+            res = input_split(sub, Budget.of(time_per_leaf), cfg)
             if res.status == "verified":
                 rep.resplit += 1
             else:

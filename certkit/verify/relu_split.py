@@ -48,12 +48,13 @@ from ..bounds.fperror import row_margin
 from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
-from ..spec.spec import Property
 from .falsify import objective
 from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog, leaves_in_preorder
-from .witness import OnnxRunner, Witness, validate
+from .query import Budget, Query
+from .relu_leaves import _f32, lp_leaves
+from .witness import Witness
 
 #: Leaf kinds of a ReLU-splitting proof tree.
 LEAF_KINDS = ("bound", "lp", "empty")
@@ -89,12 +90,6 @@ class ReluSplitOutcome:
     iterations: int = 0
     max_queue: int = 0
     trees: list[ProofTree] | None = None  # one per disjunct, when verified
-
-
-def _f32(t: Tensor) -> Tensor:
-    """``t`` rounded to float32-representable values (kept float64): multipliers stored in a proof
-    are then exactly the ones the bound was computed with."""
-    return t.float().double()
 
 
 def supports(graph: Graph) -> bool:
@@ -155,15 +150,14 @@ class _Tree:
     """The branch and bound of one disjunct: a domain is closed when one of its rows has
     ``C_i y - d_i`` above the floating-point margin everywhere on it."""
 
-    def __init__(self, graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner,
-                 rows: np.ndarray, cfg: ReluSplitConfig) -> None:
-        Cs, ds, owner = prop.stacked()
-        self.graph, self.prop, self.k, self.runner, self.cfg = graph, prop, prop_index, runner, cfg
-        self.C_all, self.d_all, self.owner = torch.as_tensor(Cs), torch.as_tensor(ds), owner
-        self.K = len(prop.disjuncts)
+    def __init__(self, query: Query, rows: np.ndarray, cfg: ReluSplitConfig, budget: Budget = Budget()) -> None:
+        graph = query.graph
+        self.graph, self.query, self.cfg, self.budget = graph, query, cfg, budget
+        self.C_all, self.d_all, self.owner = torch.as_tensor(query.C), torch.as_tensor(query.d), query.owner
+        self.K = query.n_disjuncts
         self.rows = rows
         self.C, self.d = self.C_all[rows], self.d_all[rows]
-        self.lo, self.hi = root_box(graph, prop)
+        self.lo, self.hi = root_box(query)
         self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
         self.domains = 0
@@ -208,8 +202,7 @@ class _Tree:
                        torch.zeros(1, dtype=torch.int64))
         return self.bound(dom, first_changed=None, optimise=False)
 
-    def bound(self, dom: _Domains, first_changed: int | None, optimise: bool = True,
-              deadline: float | None = None) -> tuple[_Domains, Witness | None]:
+    def bound(self, dom: _Domains, first_changed: int | None, optimise: bool = True) -> tuple[_Domains, Witness | None]:
         """(Re)bound a batch of domains in place; returns it and a confirmed witness, if any."""
         n = len(dom)
         self.domains += n
@@ -222,6 +215,7 @@ class _Tree:
             shared = {r: b.mean(dim=1, keepdim=True) for r, b in dom.beta.items()} \
                 if self.cfg.beta_intermediate else None
             st0 = BoundState(self.graph, S, intersect=True, bounds=bounds, refined=refined, splits=dom.splits,
+                             budget=self.budget,
                              beta=shared, beta_everywhere=shared is not None)
             for r in self.relus:
                 st0.relaxation(r)  # clamps and (after the first new split) refines
@@ -240,7 +234,7 @@ class _Tree:
         with torch.enable_grad():
             for it in range(steps):
                 rec: dict = {}
-                st = BoundState(self.graph, S, intersect=True, bounds=list(st0.bounds),
+                st = BoundState(self.graph, S, intersect=True, bounds=list(st0.bounds), budget=self.budget,
                                 refined=set(range(len(self.graph.nodes))), splits=dom.splits,
                                 alpha=alpha, beta=beta, alpha_out_only=True, record=rec,
                                 relax=dict(st0.relax))  # the DeepPoly relaxations do not change
@@ -257,7 +251,7 @@ class _Tree:
                     A_best = A_in.detach() if A_best is None else torch.where(keep[:, None, None], A_in.detach(), A_best)
                     for r, A in rec.items():
                         record[r] = A if r not in record else torch.where(keep[:, None, None], A, record[r])
-                if it == steps - 1 or bool(closed(best).all()) or (deadline is not None and time.monotonic() > deadline):
+                if it == steps - 1 or bool(closed(best).all()) or self.budget.expired():
                     break
                 opt.zero_grad()
                 (-low.sum()).backward()
@@ -306,91 +300,6 @@ class _Tree:
         first = int(parents.branch[:, 0].min())
         return kids, first
 
-    # -- leaves ------------------------------------------------------------------
-    def leaves(self, dom: _Domains) -> tuple[str, Witness | None]:
-        """Decide domains whose ReLUs are all fixed (stable or split): the net is affine on each,
-        so ``min_x max_i (C_i y - d_i)`` over the domain is an LP. Its minimiser is tried as a
-        counterexample; its duals become the beta multipliers of a sound bound (LP duality:
-        with exact multipliers the beta-CROWN bound equals the LP minimum)."""
-        try:
-            from scipy.optimize import linprog
-        except ImportError:
-            return "unknown", None
-        for k in range(len(dom)):
-            one = dom.map(lambda t: t[k:k + 1])
-            S = self._inputs(1)
-            with torch.no_grad():
-                st = BoundState(self.graph, S, intersect=True, bounds=one.bounds_list(len(self.graph.nodes)),
-                                refined=set(range(len(self.graph.nodes))), splits=one.splits)
-                A_out, c_out = st.backsub(self.graph.output, self.C[None])  # exact on the domain
-                rows, rhs, where = [], [], []
-                for r, j in zip(self.relus, self.pre):
-                    idx = torch.nonzero(one.splits[r][0]).flatten()
-                    if idx.numel() == 0:
-                        continue
-                    eye = torch.zeros(1, idx.numel(), self.graph.size(j), dtype=torch.float64)
-                    eye[0, torch.arange(idx.numel()), idx] = 1.0
-                    A_z, c_z = st.backsub(j, eye)
-                    sg = one.splits[r][0, idx].to(torch.float64)
-                    rows.append(-sg[:, None] * A_z[0])  # -s z <= 0
-                    rhs.append(sg * c_z[0])
-                    where.append((r, idx))
-            n = self.lo.shape[1]
-            s = self.C.shape[0]
-            A_ub = [np.hstack([A_out[0].numpy(), -np.ones((s, 1))])]
-            b_ub = [(self.d - c_out[0]).numpy()]
-            for a, c in zip(rows, rhs):
-                A_ub.append(np.hstack([a.numpy(), np.zeros((a.shape[0], 1))]))
-                b_ub.append(c.numpy())
-            cost = np.zeros(n + 1)
-            cost[-1] = 1.0
-            box = list(zip(self.lo[0].tolist(), self.hi[0].tolist())) + [(None, None)]
-            res = linprog(cost, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub), bounds=box, method="highs")
-            if res.status == 2 and rows:  # empty domain: certify it with a Farkas-like combination
-                free_min = float((S.concretize_lower(A_out, c_out) - self.d).min())  # no multipliers
-                duals = self._emptiness_multipliers(linprog, rows, rhs, box, free_min)
-                if duals is None:
-                    return "unknown", None
-            elif res.status != 0:
-                return "unknown", None  # numerical trouble
-            else:
-                w = self._try_points(torch.as_tensor(res.x[:n])[None])
-                if w is not None:
-                    return "falsified", w
-                if s != 1:
-                    return "unknown", None
-                duals = -np.asarray(res.ineqlin.marginals)[s:]
-            off = 0
-            for r, idx in where:
-                one.beta[r] = torch.zeros_like(one.beta[r])
-                one.beta[r][0, 0, idx] = torch.as_tensor(np.maximum(duals[off:off + idx.numel()], 0.0))
-                off += idx.numel()
-            floor = one.value.clone()
-            one.beta = {r: _f32(b) for r, b in one.beta.items()}
-            one, _ = self.bound(one, None, optimise=False)
-            one.value = torch.maximum(one.value, floor)
-            if not bool(closed(one.value)[0]):
-                return "unknown", None
-            self.close(one, "lp")
-        return "verified", None
-
-    @staticmethod
-    def _emptiness_multipliers(linprog, rows, rhs, box, value: float) -> np.ndarray | None:
-        """Multipliers showing the split constraints ``-s z(x) <= 0`` have no solution in the box:
-        ``min sigma`` s.t. ``-s z(x) <= sigma`` has ``sigma* > 0`` and its duals ``y`` (>= 0, sum 1)
-        give ``sum y (-s z(x)) >= sigma*`` on the box; scaled so that the beta bound (re-derived
-        soundly afterwards) exceeds the domain's current deficit ``value``."""
-        A = np.vstack([r.numpy() for r in rows])
-        b = np.concatenate([c.numpy() for c in rhs])
-        cost = np.zeros(A.shape[1] + 1)
-        cost[-1] = 1.0
-        res = linprog(cost, A_ub=np.hstack([A, -np.ones((A.shape[0], 1))]), b_ub=b, bounds=box,
-                      method="highs")
-        if res.status != 0 or not res.fun > 0:
-            return None
-        y = np.maximum(-np.asarray(res.ineqlin.marginals), 0.0)
-        return y * 2.0 * (abs(value) + 1.0) / res.fun
-
     # -- counterexamples ---------------------------------------------------------
     def _try_counterexamples(self, A_in: Tensor | None, value: Tensor) -> Witness | None:
         if A_in is None:
@@ -428,7 +337,7 @@ class _Tree:
 
     def _try_points(self, x: Tensor) -> Witness | None:
         """Points of the box violating the property, confirmed with onnxruntime."""
-        if self.runner is None:
+        if self.query.runner is None:
             return None
         with torch.no_grad():
             y = self.graph.forward(x)
@@ -438,7 +347,7 @@ class _Tree:
             hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         if hits.numel() == 0:
             return None
-        return validate(self.runner, self.prop, self.k, x[hits[:64]].numpy())
+        return self.query.confirm(x[hits[:64]])
 
 
 @dataclass
@@ -451,10 +360,11 @@ class _Root:
     y_bounds: tuple[Tensor, Tensor]  # (1, n_out) bounds of the output
 
 
-def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) -> _Root:
-    C = torch.as_tensor(prop.stacked()[0])
-    S = InputSet(*root_box(graph, prop))
-    low, st = alpha_lower(graph, S, C, iterations=cfg.root_iterations, keep_state=True)
+def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget = Budget()) -> _Root:
+    graph = query.graph
+    C = torch.as_tensor(query.C)
+    S = InputSet(*root_box(query))
+    low, st = alpha_lower(graph, S, C, iterations=cfg.root_iterations, keep_state=True, budget=budget)
     alpha = {}
     with torch.no_grad():
         for r in relus:
@@ -470,20 +380,19 @@ def _root(graph: Graph, prop: Property, relus: list[int], cfg: ReluSplitConfig) 
     return _Root(low.detach(), bounds, alpha, y)
 
 
-def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, deadline: float | None,
-               cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
-    """Decide one property by ReLU splitting; see the module docstring."""
-    _, _, owner = prop.stacked()
+def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
+    """Decide one query by ReLU splitting (over its box; see the module docstring)."""
+    owner = query.owner
     out = ReluSplitOutcome("verified")
-    if len(owner) == 0 or not supports(graph):
+    if len(owner) == 0 or not supports(query.graph):
         return ReluSplitOutcome("unknown")
-    if any(not (owner == k).any() for k in range(len(prop.disjuncts))):
+    if any(not (owner == k).any() for k in range(query.n_disjuncts)):
         return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
-    shared = _root(graph, prop, relu_nodes(graph), cfg)
+    shared = _root(query, relu_nodes(query.graph), cfg, budget)
     out.trees = []
-    for disjunct in range(len(prop.disjuncts)):
+    for disjunct in range(query.n_disjuncts):
         rows = np.nonzero(owner == disjunct)[0]
-        res = _decide_disjunct(graph, prop, prop_index, runner, rows, deadline, cfg, shared)
+        res = _decide_disjunct(query, rows, budget, cfg, shared)
         out.domains += res.domains
         out.iterations += res.iterations
         out.max_queue = max(out.max_queue, res.max_queue)
@@ -494,9 +403,9 @@ def relu_split(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner
     return out
 
 
-def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: OnnxRunner, rows: np.ndarray,
-                     deadline: float | None, cfg: ReluSplitConfig, shared: _Root) -> ReluSplitOutcome:
-    tree = _Tree(graph, prop, prop_index, runner, rows, cfg)
+def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSplitConfig,
+                     shared: _Root) -> ReluSplitOutcome:
+    tree = _Tree(query, rows, cfg, budget)
     out = ReluSplitOutcome("verified")
     root, w = tree.root(shared)
     if w is not None:
@@ -507,7 +416,7 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
     else:
         queue = root
     while queue is not None and len(queue):
-        if deadline is not None and time.monotonic() > deadline:
+        if budget.expired():
             out.status = "timeout"
             break
         if tree.domains > cfg.max_domains:
@@ -521,7 +430,7 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
         queue = queue.map(lambda t: t[rest])
         stuck = parents.branch[:, 0] < 0
         if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
-            status, w = tree.leaves(parents.map(lambda t: t[stuck]))
+            status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
             if status != "verified":
                 out.status, out.witness = status, w
                 break
@@ -532,7 +441,7 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
         kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
         tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
         floor = kids.value.clone()
-        kids, w = tree.bound(kids, first, deadline=deadline)
+        kids, w = tree.bound(kids, first)
         if w is not None:
             out.status, out.witness = "falsified", w
             break
@@ -546,105 +455,3 @@ def _decide_disjunct(graph: Graph, prop: Property, prop_index: int, runner: Onnx
         out.trees = [tree.log.tree("relu_split", meta={"rows": rows.tolist(), "domains": tree.domains,
                                                         "root_iterations": cfg.root_iterations})]
     return out
-
-
-@dataclass
-class RecheckReport:
-    """What :func:`recheck` re-derived: leaves closed with their recorded multipliers, empty
-    leaves confirmed, leaves closed only by a fresh search of their own, and failures."""
-
-    leaves: int = 0
-    direct: int = 0
-    resplit: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.leaves > 0
-
-
-def recheck(graph: Graph, prop: Property, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSplitConfig(),
-            batch: int = 128, time_per_leaf: float = 5.0) -> RecheckReport:
-    """Re-derive a ReLU-splitting proof (one tree per disjunct): recompute the root's
-    intermediate bounds (the same alpha-CROWN run as the search), replay each tree's splits --
-    the two children of a split cover their parent, so the leaves cover the root -- and bound
-    every leaf again with its recorded slopes and multipliers (any slopes in [0, 1] and any
-    multipliers >= 0 give a sound bound, so nothing recorded is trusted); an ``empty`` leaf must
-    show its clamped bounds contradicting its splits. A leaf that does not close that way gets
-    a fresh search of its own (``time_per_leaf`` seconds) before it counts as failed."""
-    t0 = time.monotonic()
-    rep = RecheckReport()
-    _, _, owner = prop.stacked()
-    relus = relu_nodes(graph)
-    if not supports(graph) or not trees:
-        rep.failed = 1
-        return rep
-    cfg = ReluSplitConfig(root_iterations=int(trees[0].meta.get("root_iterations", cfg.root_iterations)))
-    shared = _root(graph, prop, relus, cfg)
-    sizes = [graph.size(r) for r in relus]
-    for t in trees:
-        rows = np.asarray(t.meta.get("rows", []), dtype=np.int64)
-        if not t.well_formed() or len(rows) == 0:
-            rep.failed += 1
-            continue
-        tree = _Tree(graph, prop, -1, None, rows, cfg)
-        root, _ = tree.root(shared)
-
-        def child(splits, pos, k, side):
-            new = dict(splits)
-            new[(pos, k)] = 1 if side == 0 else -1
-            return new
-
-        leaves = list(leaves_in_preorder(t, {}, child))
-        rep.leaves += len(leaves)
-        for s in range(0, len(leaves), batch):
-            part = leaves[s:s + batch]
-            n = len(part)
-            dom = root.map(lambda x: x.expand(n, *x.shape[1:]).clone())
-            dom.splits = {r: torch.zeros(n, graph.size(r), dtype=torch.int8) for r in relus}
-            for b, (splits, kind, slot, _) in enumerate(part):
-                for (pos, k), sign in splits.items():
-                    dom.splits[relus[pos]][b, k] = sign
-                if slot >= 0:
-                    a = torch.as_tensor(t.payload["alpha"][slot], dtype=torch.float64)
-                    be = torch.as_tensor(t.payload["beta"][slot], dtype=torch.float64)
-                    off = 0
-                    for r, size in zip(relus, sizes):
-                        dom.alpha[r][b] = a[:, off:off + size]
-                        dom.beta[r][b] = be[:, off:off + size]
-                        off += size
-                else:
-                    for r in relus:
-                        dom.beta[r][b] = 0.0
-            dom.value = torch.full((n,), float("-inf"), dtype=torch.float64)
-            dom, _ = tree.bound(dom, None, optimise=False)
-            ok = closed(dom.value)
-            rep.direct += int(ok.sum())
-            for b in torch.nonzero(~ok).flatten().tolist():  # a fresh search under this leaf
-                if _research(tree, dom.map(lambda x: x[b:b + 1]), cfg, time_per_leaf):
-                    rep.resplit += 1
-                else:
-                    rep.failed += 1
-    rep.seconds = time.monotonic() - t0
-    return rep
-
-
-def _research(tree: "_Tree", leaf: _Domains, cfg: ReluSplitConfig, seconds: float) -> bool:
-    """ReLU splitting below one leaf, with optimisation, until closed or ``seconds`` pass."""
-    deadline = time.monotonic() + seconds
-    leaf, _ = tree.bound(leaf, None, optimise=True, deadline=deadline)
-    queue = None if bool(closed(leaf.value)[0]) else leaf
-    while queue is not None and len(queue):
-        if time.monotonic() > deadline:
-            return False
-        parents = queue.map(lambda t: t[:cfg.batch])
-        queue = queue.map(lambda t: t[cfg.batch:])
-        if bool((parents.branch[:, 0] < 0).any()):
-            return False  # fully split and still open: not re-derived here
-        kids, first = tree.children(parents)
-        floor = kids.value.clone()
-        kids, _ = tree.bound(kids, first, deadline=deadline)
-        kids.value = torch.maximum(kids.value, floor)
-        queue = _Domains.cat(queue, kids.map(lambda t: t[~closed(kids.value)]))
-    return True

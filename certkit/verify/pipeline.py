@@ -1,0 +1,176 @@
+"""The one pipeline every question goes through (DESIGN.md sections 1-3): VNN-LIB specs and
+data-set samples alike.
+
+For a list of queries and a plan (:mod:`certkit.verify.plan`):
+
+1. a quick attack on every query (batched); a hit is a counterexample only once
+   :meth:`Query.confirm` accepts it;
+2. the plan's bound procedures in order, on the queries still open, batched across queries; each
+   query keeps the best bound of every row across stages, and is proved when the verdict gate admits
+   its rows (:mod:`certkit.verify.gate`);
+3. a longer attack on the queries still open;
+4. the plan's complete procedures in order, query by query, each within its own budget
+   (``query_budget``) and the overall one.
+
+A query's budget running out inside a procedure (:class:`BudgetExpired`) ends that procedure, never
+the run. ``stop_on_sat``: one confirmed counterexample ends the run (a VNN-LIB spec is violated by
+one point); otherwise every query is decided on its own (data sets).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import gate
+from .falsify import AttackConfig
+from .plan import BOUND_PROCEDURES
+from .procedures import COMPLETE, attack_queries, bound_rows
+from .query import Budget, BudgetExpired, Query, Status
+from .witness import Witness
+
+QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
+LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
+
+
+@dataclass
+class PropertyResult:
+    """What was established about one query. ``status`` becomes ``verified`` only through
+    :func:`certkit.verify.gate.admit`, which records the ``proof``."""
+
+    index: int
+    status: str = "open"  # verified | falsified | open
+    stage: str = ""
+    spec_lower: np.ndarray | None = None  # lower bounds on C y - d, one per row
+    margin: np.ndarray | None = None  # row margin (float64 evaluation of C y - d) per row
+    owner: np.ndarray | None = None  # disjunct of each row
+    ruled_out: np.ndarray | None = None  # per disjunct
+    row_stage: list[str] | None = None  # the bound stage behind each row's best bound
+    proof: gate.Proof | None = None  # what the gate admitted
+    witness: Witness | None = None
+    timed_out: bool = False  # a procedure stopped at its budget
+    reason: str = ""
+    time: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def merge_rows(res: PropertyResult, query: Query, stage: str, slack: np.ndarray, margin: np.ndarray) -> bool:
+    """Keep the best of the stages, row by row (by slack beyond the margin), and ask the gate to
+    admit the rows; True when the query is now proved."""
+    res.owner = query.owner
+    if res.spec_lower is None:
+        res.spec_lower, res.margin, res.row_stage = slack, margin, [stage] * len(slack)
+    else:
+        old = res.spec_lower - res.margin
+        better = ((slack - margin > old) | ~np.isfinite(old)) & np.isfinite(slack - margin)
+        res.spec_lower = np.where(better, slack, res.spec_lower)
+        res.margin = np.where(better, margin, res.margin)
+        res.row_stage = [stage if b else s for b, s in zip(better, res.row_stage)]
+    ruled = np.zeros(query.n_disjuncts, dtype=bool)
+    np.logical_or.at(ruled, query.owner, gate.rows_proven(res.spec_lower, res.margin))
+    res.ruled_out = ruled
+    proof = gate.Proof("bounds", stage, res.spec_lower, res.margin, query.owner, list(res.row_stage))
+    return gate.admit(res, proof, query.n_disjuncts)
+
+
+def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed: int = 0,
+           quick: AttackConfig | None = QUICK_ATTACK, long: AttackConfig | None = LONG_ATTACK,
+           stop_on_sat: bool = True,
+           explicit: str | None = None, query_budget: Callable[[Budget], Budget] | None = None,
+           timings: dict | None = None, rows: Callable | None = None) -> list[PropertyResult]:
+    """Run the pipeline (module docstring) on ``queries``; results in the same order.
+
+    ``explicit``: the backend the user named (a complete procedure then always applies where it
+    can); ``query_budget(budget)``: the budget one query's complete procedures get (default: the
+    overall one); ``rows(queries, stage, budget)``: the bound procedure (default
+    :func:`certkit.verify.procedures.bound_rows`; data-set mode adds ``lipschitz``)."""
+    timings = {} if timings is None else timings
+    results = [PropertyResult(q.index, owner=q.owner) for q in queries]
+    rows = rows or bound_rows
+    started = [time.monotonic()] * len(queries)
+
+    def tick(key: str, t: float) -> None:
+        timings[key] = timings.get(key, 0.0) + time.monotonic() - t
+
+    def open_ones() -> list[int]:
+        return [i for i, r in enumerate(results) if r.status == "open"]
+
+    def falsify(cfg: AttackConfig | None) -> bool:
+        ids = open_ones()
+        if cfg is None or not ids or budget.expired():
+            return False
+        t = time.monotonic()
+        found = attack_queries([queries[i] for i in ids], cfg, budget, seed)
+        tick("attack", t)
+        for pos, w in found.items():
+            i = ids[pos]
+            results[i].status, results[i].witness, results[i].stage = "falsified", w, "attack"
+        return bool(found)
+
+    if falsify(quick) and stop_on_sat:
+        return _finish(results, started)
+    for stage in (p for p in plan if p in BOUND_PROCEDURES or p == "lipschitz"):
+        ids = open_ones()
+        if not ids or budget.expired():
+            break
+        t = time.monotonic()
+        try:
+            got = rows([queries[i] for i in ids], stage, budget)
+        except BudgetExpired:
+            for i in ids:
+                results[i].timed_out = True
+            tick(stage, t)
+            break
+        tick(stage, t)
+        timings["bounds"] = timings.get("bounds", 0.0) + time.monotonic() - t
+        for i, row in zip(ids, got):
+            slack, margin = row[0], row[1]
+            if len(row) > 2:
+                results[i].extra["radius"] = row[2]
+            if merge_rows(results[i], queries[i], stage, slack, margin):
+                results[i].time = time.monotonic() - started[i]
+    if falsify(long) and stop_on_sat:
+        return _finish(results, started)
+    complete = [p for p in plan if p in COMPLETE]
+    for i in (open_ones() if complete else []):
+        q, res = queries[i], results[i]
+        qb = budget if query_budget is None else query_budget(budget)  # one budget for all its stages
+        for stage in complete:
+            if qb.expired() or budget.expired() or res.status != "open":
+                break
+            t = time.monotonic()
+            try:
+                out = COMPLETE[stage].run(q, qb, explicit == stage)
+            except BudgetExpired:
+                res.timed_out = True
+                tick(stage, t)
+                continue
+            tick(stage, t)
+            if out is None:
+                continue
+            if out.status == Status.FALSIFIED and out.witness is not None:
+                res.status, res.witness, res.stage = "falsified", out.witness, stage
+                if stop_on_sat:
+                    return _finish(results, started)
+            elif out.status == Status.PROVED and out.proof is not None:
+                out.proof.lower, out.proof.margin = res.spec_lower, res.margin
+                out.proof.owner, out.proof.row_stage = res.owner, res.row_stage
+                if gate.admit(res, out.proof, q.n_disjuncts) and res.ruled_out is not None:
+                    res.ruled_out[:] = True
+            elif out.status == Status.TIMEOUT:
+                res.timed_out = True
+            if out.reason:
+                res.reason = out.reason
+        if budget.expired():
+            break
+    return _finish(results, started)
+
+
+def _finish(results: list[PropertyResult], started: list[float]) -> list[PropertyResult]:
+    now = time.monotonic()
+    for r, t in zip(results, started):
+        if not r.time:
+            r.time = now - t
+    return results

@@ -1,0 +1,236 @@
+"""The procedure registry (DESIGN.md sections 2-3): every way certkit bounds, decides or attacks a query.
+
+* **Bound procedures** (``interval``, ``deeppoly``, ``deeppoly+interval``, ``alpha``, and ``lipschitz``
+  for data sets) bound the rows ``C y - d`` of many queries at once (:func:`bound_rows`): the rows of
+  the stages accumulate per query, and a query is proved when the verdict gate admits its rows.
+* **Complete procedures** (``bab``, ``milp``) decide one query within a :class:`Budget`
+  (:data:`COMPLETE`); each returns an :class:`Outcome` with the proof the gate admits or a witness
+  confirmed by :meth:`Query.confirm`, or None when it does not apply to the query.
+* **Attacks** (:func:`attack_queries`): sampling and PGD on many queries at once, every hit confirmed
+  by :meth:`Query.confirm`.
+
+Which procedures a ``--backend`` runs, in which order, is data: :mod:`certkit.verify.plan`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..bounds.backends import BACKENDS
+from ..bounds.fperror import row_margin
+from ..bounds.interval import interval_bounds
+from ..errors import BackendError
+from ..spec.sets import InputSet
+from . import gate
+from .falsify import AttackConfig, attack
+from .input_split import SplitConfig
+from .query import Budget, Outcome, Query, Status
+from .witness import Witness
+
+Tensor = torch.Tensor
+
+#: Input splitting is used up to this many input dimensions; ReLU splitting above.
+INPUT_SPLIT_MAX_DIM = 16
+#: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest
+#: (the MILP finds the rare counterexamples of small nets that only a tiny region holds).
+RELU_SPLIT_SHARE = 0.6
+#: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
+#: Which branching look-ahead wins is instance-dependent on ACAS Xu (each is 5-20x faster than the
+#: other on some instances; benchmarks/instances.py), so both DeepPoly-only variants get a short turn
+#: before the alpha-CROWN run that gets the rest.
+INPUT_SPLIT_PORTFOLIO = (
+    (0.15, SplitConfig(lookahead=5, alpha_iterations=0)),
+    (0.18, SplitConfig(lookahead=2, alpha_iterations=0)),
+    (None, SplitConfig(lookahead=5)),
+)
+#: A share of the portfolio when there is no deadline at all, in seconds.
+UNBOUNDED_SHARE = 20.0
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _group(queries: list[Query], key: Callable[[Query], tuple]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(key(q), []).append(i)
+    return list(groups.values())
+
+
+def _shape_key(q: Query) -> tuple:
+    S = q.region
+    return (q.C.shape, q.n_disjuncts, tuple(q.owner.tolist()), S.center is not None, S.p)
+
+
+def stack_sets(sets: list[InputSet]) -> InputSet:
+    """One batched input set from sets of the same kind (all boxes, or balls of one norm)."""
+    first = sets[0]
+    cat = (lambda ts: torch.cat(ts)) if len(sets) > 1 else (lambda ts: ts[0])
+    if first.center is None:
+        return InputSet(cat([s.lower for s in sets]), cat([s.upper for s in sets]))
+    return InputSet(cat([s.lower for s in sets]), cat([s.upper for s in sets]), cat([s.center for s in sets]),
+                    cat([s.eps for s in sets]), first.p)
+
+
+# --------------------------------------------------------------------------- bound procedures
+
+
+def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(lower bounds of C y - d, row margins)`` per query with one bound procedure, over each
+    query's region as the model sees it (rounded outward), queries of one shape in one batch."""
+    out: list = [None] * len(queries)
+    for idx in _group(queries, _shape_key):
+        qs = [queries[i] for i in idx]
+        graph = qs[0].graph
+        S = stack_sets([q.bound_set() for q in qs])
+        C = torch.as_tensor(np.stack([q.C for q in qs]))
+        d = torch.as_tensor(np.stack([q.d for q in qs]))
+        with torch.no_grad():
+            low = BACKENDS[stage].lower(graph, S, C, budget=budget)
+            y_lo, y_hi = interval_bounds(graph, S)[graph.output]
+            margin = row_margin(C, d, y_lo, y_hi)
+        for r, i in enumerate(idx):
+            out[i] = ((low[r] - d[r]).numpy(), margin[r].numpy())
+    return out
+
+
+def lipschitz_rows(queries: list[Query], budget: Budget, pair) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Lipschitz-margin rows of robustness queries (:mod:`certkit.lipschitz.margin`): per query the
+    lower bounds of ``f_label - f_j`` over the ball (rounding error included), zero margins, and the
+    certified radius."""
+    from ..lipschitz.margin import certify_margins
+
+    qs = queries
+    x = np.stack([q.region.center.numpy()[0] if q.region.center is not None
+                  else (q.lower + q.upper) / 2 for q in qs])
+    y = np.asarray([q.label for q in qs], dtype=np.int64)
+    eps = float(qs[0].region.eps[0]) if qs[0].region.eps is not None else float((qs[0].upper - qs[0].lower).max() / 2)
+    cert = certify_margins(qs[0].graph, x, y, eps, pair)
+    return [(cert.rows_lower[i], np.zeros(len(q.d)), float(cert.radius[i])) for i, q in enumerate(qs)]
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def attack_queries(queries: list[Query], cfg: AttackConfig, budget: Budget, seed: int) -> dict[int, Witness]:
+    """Sampling and PGD inside each query's region (:func:`certkit.verify.falsify.attack`), one
+    batch per shape; the best point of each query is confirmed (:meth:`Query.confirm`) when its
+    float64 objective is within a near-miss of 0. Returns {position in ``queries``: witness}."""
+    found: dict[int, Witness] = {}
+    for idx in _group(queries, _shape_key):
+        if budget.expired():
+            break
+        qs = [queries[i] for i in idx]
+        if qs[0].C.shape[0] == 0:  # the whole output space is unsafe: any point is a counterexample
+            for i, q in zip(idx, qs):
+                w = q.confirm(((q.lower + q.upper) / 2)[None])
+                if w is not None:
+                    found[i] = w
+            continue
+        S = stack_sets([q.region for q in qs])
+        C = torch.as_tensor(np.stack([q.C for q in qs]))
+        d = torch.as_tensor(np.stack([q.d for q in qs]))
+        x, v = attack(qs[0].graph, S, C, d, qs[0].owner, cfg, budget.deadline, seed + qs[0].index)
+        for r, (i, q) in enumerate(zip(idx, qs)):
+            if v[r] <= 1e-6 * (1 + abs(float(np.abs(q.d).max(initial=0)))):
+                w = q.confirm(x[r][None])
+                if w is not None:
+                    found[i] = w
+    return found
+
+
+# --------------------------------------------------------------------------- complete procedures
+
+
+def _proof_of_split(res, query: Query, stage: str) -> gate.Proof | None:
+    K = query.n_disjuncts
+    if getattr(res, "tree", None) is not None:  # input splitting: one tree for all disjuncts
+        return gate.Proof("input_split", stage, trees=[res.tree], groups=[list(range(K))])
+    if getattr(res, "trees", None):  # ReLU splitting: one tree per disjunct
+        return gate.Proof("relu_split", stage, trees=list(res.trees), groups=[[k] for k in range(K)])
+    return None
+
+
+def _outcome(res, query: Query, stage: str, proof: gate.Proof | None) -> Outcome:
+    """A search's own result as an :class:`Outcome`."""
+    stats = {"domains": getattr(res, "domains", 0)}
+    if res.status == "falsified" and res.witness is not None:
+        return Outcome(Status.FALSIFIED, witness=res.witness, stats=stats)
+    if res.status == "verified" and proof is not None:
+        return Outcome(Status.PROVED, proof=proof, stats=stats)
+    if res.status == "timeout":
+        return Outcome(Status.TIMEOUT, reason=getattr(res, "message", ""), stats=stats)
+    return Outcome(Status.OPEN, reason=getattr(res, "message", ""), stats=stats)
+
+
+def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
+    """Branch and bound. Low-dimensional inputs: input splitting as a small portfolio
+    (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise ReLU splitting with beta-CROWN bounds (ReLU nets)."""
+    from .input_split import input_split
+    from .relu_split import relu_split, supports
+
+    graph = query.graph
+    if graph.n_inputs > INPUT_SPLIT_MAX_DIM:
+        if not supports(graph):
+            return None  # not a ReLU net: leave the query open
+        res = relu_split(query, budget if explicit else budget.share(RELU_SPLIT_SHARE))
+        return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
+    res = None
+    for share, cfg in INPUT_SPLIT_PORTFOLIO:
+        part = budget if share is None else (budget.share(share) if budget.deadline is not None
+                                             else Budget.of(UNBOUNDED_SHARE))
+        res = input_split(query, part, cfg)
+        if res.status in ("verified", "falsified"):
+            break
+    if res.status not in ("verified", "falsified") and budget.expired():
+        res.status = "timeout"
+    return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
+
+
+def run_milp(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
+    """The exact MILP (HiGHS) of the query's box on piecewise-linear nets; None where it does not
+    apply. For an L_2 or L_1 ball the box is a superset: a proof holds, and a counterexample is kept
+    only when :meth:`Query.confirm` finds it inside the ball."""
+    try:
+        from .milp import milp_decide
+    except ImportError as e:
+        if explicit:
+            raise BackendError(f"the milp backend needs highspy and scipy ({e.name} is missing): "
+                               "pip install highspy scipy") from e
+        return None
+    if query.graph.n_inputs <= INPUT_SPLIT_MAX_DIM and not explicit:
+        return None  # input splitting already decided or ran out of time
+    rem = budget.remaining()
+    part = budget if rem is None else budget.before_end(min(2.0, 0.2 * rem))  # solvers overshoot their stop
+    try:
+        res = milp_decide(query.graph, query.property(), query.index, query.runner, part.deadline)
+    except BackendError:
+        return None
+    if res.status == "falsified" and res.witness is not None:
+        res.witness = query.confirm(res.witness.x[None])
+        if res.witness is None:
+            res.status = "unknown"
+    proof = None
+    if res.status == "verified":
+        proof = gate.Proof("milp", "milp", milp={"bounds": list(res.bounds), "tolerances": list(res.tolerances),
+                                                  "methods": list(res.methods), "solver": res.solver})
+    return _outcome(res, query, "milp", proof)
+
+
+@dataclass(frozen=True)
+class CompleteProcedure:
+    """A complete procedure: ``run(query, budget, explicit)`` -> :class:`Outcome` or None when it does
+    not apply (``explicit``: the user asked for this very procedure as the backend)."""
+
+    name: str
+    summary: str
+    run: Callable[[Query, Budget, bool], Outcome | None]
+
+
+COMPLETE: dict[str, CompleteProcedure] = {p.name: p for p in (
+    CompleteProcedure("bab", "branch and bound: input splitting (<= 16 inputs) or ReLU splitting", run_bab),
+    CompleteProcedure("milp", "exact MILP of piecewise-linear nets (HiGHS, Gurobi)", run_milp),
+)}
