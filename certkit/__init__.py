@@ -28,6 +28,15 @@ __all__ = ["__version__", *_API,
            "UsageError"]
 
 
+# ``bounds`` and ``fixedpoint`` name both an API function and a subpackage. The first import of a
+# subpackage sets the package attribute of its name, which would hide __getattr__: import both
+# subpackages now (their __init__s import nothing heavy) and drop the attributes, so that the names
+# reach __getattr__ and mean the API functions, as they did when the API was imported eagerly.
+from . import bounds, fixedpoint  # noqa: E402
+
+del bounds, fixedpoint
+
+
 def __getattr__(name: str):
     if name in _API:
         from . import api
