@@ -1,4 +1,4 @@
-"""The MILP backend (certkit.verify.milp / certkit.verify.solvers) against independent oracles.
+"""The MILP backend (certkit.verify.milp / certkit.solvers) against independent oracles.
 
 Oracles, none of which uses the MILP encoding:
 * the float64 reference executor on a dense grid (2-D inputs) or many random samples, with a
@@ -31,7 +31,8 @@ from certkit.graph.graph import Graph
 from certkit.model import Model, load_model
 from certkit.onnx.importer import import_model
 from certkit.spec.spec import Disjunct, Property
-from certkit.verify import milp, solvers
+from certkit import solvers
+from certkit.verify import milp
 from certkit.verify.witness import OnnxRunner
 from tests.helpers.onnx_builders import graph_model
 
@@ -501,7 +502,7 @@ def test_highs_prints_nothing():
     import subprocess
     import sys
 
-    code = ("from certkit.verify import solvers; from tests.test_milp import _knapsack; "
+    code = ("from certkit import solvers; from tests.test_milp import _knapsack; "
             "r = solvers.solve_mip(_knapsack(8)); assert r.status == 'optimal'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

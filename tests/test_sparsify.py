@@ -15,7 +15,7 @@ from certkit.sparsify.downstream import tail_rows
 from certkit.sparsify.layers import find_layers, layer_system, values
 from certkit.sparsify.lp import coupled_lp, row_bounds, unit_lp, violation
 from certkit.sparsify.solve import ROW_TOL, solve_lp
-from certkit.verify.solvers import solver_available
+from certkit.solvers import solver_available
 from tests.helpers.examples import SHARED
 from tests.helpers.random_nets import Builder, mlp
 
@@ -313,7 +313,7 @@ def test_clean_zeroes_tiny_entries_only_when_the_rows_still_hold():
 
 def test_a_failed_lp_keeps_the_weights_and_the_native_status(monkeypatch):
     import certkit.sparsify.solve as solve
-    from certkit.verify.solvers import MipResult
+    from certkit.solvers import MipResult
 
     monkeypatch.setattr(solve, "solve_mip", lambda *a, **k: MipResult(
         "error", solver="highs", native_status="Solve error", message="HiGHS Solve error (run status kError)"))

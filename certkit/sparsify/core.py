@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UsageError
 from ..graph.graph import Graph
 from ..graph.ops import Relu
-from ..verify.solvers import FEAS_TOL
+from ..solvers import FEAS_TOL
 from .downstream import tail_rows
 from .layers import (LayerRef, find_layers, layer_system, n_params, nonzeros, replace_node, select_layers,
                      values, with_params)

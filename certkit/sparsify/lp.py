@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..verify.solvers import MipProblem
+from ..solvers import MipProblem
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Solving the VNN LPs: HiGHS or Gurobi behind :func:`certkit.verify.solvers.solve_mip`,
+"""Solving the VNN LPs: HiGHS or Gurobi behind :func:`certkit.solvers.solve_mip`,
 with the fall-back policy, clean-up of tiny coefficients and a process pool for the
 per-unit LPs (paper 002, section 2.5; DESIGN.md section 7).
 
 Gurobi's pip wheel ships a size-limited licence (2000 variables and constraints): a larger
-LP fails with error 10010, which :func:`certkit.verify.solvers.solve_mip` turns into a
+LP fails with error 10010, which :func:`certkit.solvers.solve_mip` turns into a
 :class:`BackendError` saying so. ``fallback="highs"`` then solves that LP with HiGHS and
 records why; ``fallback="stop"`` stops with the error.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BackendError, UsageError
-from ..verify.solvers import MipProblem, solve_mip, solver_available
+from ..solvers import MipProblem, solve_mip, solver_available
 
 #: Entries below this (relative to the unit's largest) are solver noise: set to exact 0
 #: when the rows still hold (see :func:`clean`).

@@ -76,7 +76,7 @@ tolerances. ``tau = tau_fp + tau_lp``:
    wrong-signed reduced cost or row multiplier costs at most ``eps_d`` times the
    range of its column or row activity. HiGHS solves the LPs of its MIP with
    ``eps_d = mip_feasibility_tolerance / 10`` and ``eps_p = mip_feasibility_tolerance``
-   (1e-6, see :mod:`certkit.verify.solvers`); Gurobi with ``OptimalityTol``. Bound
+   (1e-6, see :mod:`certkit.solvers`); Gurobi with ``OptimalityTol``. Bound
    propagation, presolve and cuts work at the primal tolerance ``eps_p``; a point
    cut off by at most ``eps_p`` in a big-M row moves the output by about ``eps_p``
    times the big-M magnitude ``M = max_j |bound_j|``. Hence
@@ -128,7 +128,7 @@ from ..graph.lower import lower_paper_ops
 from ..spec.sets import InputSet
 from ..spec.spec import Property
 from ..bounds.fperror import compute_steps, interval_with_error, node_error, precision_of, round_outward, row_margin
-from .solvers import MipProblem, MipResult, new_highs, solve_mip, tolerances
+from ..solvers import MipProblem, MipResult, lp_session, solve_mip, tolerances
 from .witness import Witness, validate
 
 #: Relative outward widening of every intermediate bound (float64 rounding in the bounds).
@@ -428,61 +428,29 @@ def _safe_lp_min(p: MipProblem, A_T: sp.csr_matrix, c: np.ndarray, y: np.ndarray
 
 
 class _LpRelaxation:
-    """The LP relaxation of a :class:`MipProblem` (integrality dropped) in one HiGHS instance,
+    """The LP relaxation of a :class:`MipProblem` (integrality dropped) in one solver session,
     for many objectives in a row (warm-started), each minimum made rigorous from the row
     duals (:func:`_safe_lp_min`)."""
 
     def __init__(self, p: MipProblem) -> None:
-        import highspy
-
         self.p = p
         self.A_T = sp.csr_matrix(p.A.T)
-        h = new_highs()
-        h.setOptionValue("threads", 1)
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = p.n_cols, p.n_rows
-        inf = highspy.kHighsInf
-        lp.col_cost_ = np.zeros(p.n_cols)
-        lp.col_lower_ = np.where(np.isfinite(p.lb), p.lb, -inf)
-        lp.col_upper_ = np.where(np.isfinite(p.ub), p.ub, inf)
-        lp.row_lower_ = np.where(np.isfinite(p.row_lo), p.row_lo, -inf)
-        lp.row_upper_ = np.where(np.isfinite(p.row_hi), p.row_hi, inf)
-        A = sp.csc_matrix(p.A)
-        A.sort_indices()
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = p.n_cols, p.n_rows
-        lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = A.indices.astype(np.int32)
-        lp.a_matrix_.value_ = A.data.astype(np.float64)
-        h.passModel(lp)
-        self.h = h
-        self.ok = highspy.HighsModelStatus.kOptimal
-        self.cost: dict[int, float] = {}
+        self.session = lp_session(p)
 
     def minimum(self, cost: dict[int, float], deadline: float | None = None) -> float:
         """Rigorous lower bound of ``min sum_j cost[j] x_j`` (``-inf`` if the LP fails or
         runs out of time)."""
-        self.h.setOptionValue("time_limit", math.inf if deadline is None else max(deadline - time.monotonic(), 1e-3))
-        for j in self.cost:
-            if j not in cost:
-                self.h.changeColCost(j, 0.0)
-        for j, v in cost.items():
-            self.h.changeColCost(j, float(v))
-        self.cost = dict(cost)
-        self.h.run()
-        if self.h.getModelStatus() != self.ok:
+        self.session.set_objective(cost)
+        if self.session.solve(None if deadline is None else deadline - time.monotonic()) != "optimal":
             return -math.inf
         c = np.zeros(self.p.n_cols)
         for j, v in cost.items():
             c[j] = v
-        y = np.asarray(self.h.getSolution().row_dual, dtype=np.float64)
-        return _safe_lp_min(self.p, self.A_T, c, y)
+        return _safe_lp_min(self.p, self.A_T, c, self.session.row_duals())
 
     def x(self) -> np.ndarray | None:
         """The primal point of the last solve (None if it failed)."""
-        if self.h.getModelStatus() != self.ok:
-            return None
-        return np.asarray(self.h.getSolution().col_value, dtype=np.float64)
+        return self.session.x()
 
     def tighten(self, cols: np.ndarray, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Rigorous LP bounds ``(lo, hi)`` of the columns ``cols`` (-inf/inf where not solved)."""
