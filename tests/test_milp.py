@@ -33,7 +33,7 @@ from certkit.onnx.importer import import_model
 from certkit.spec.spec import Disjunct, Property
 from certkit import solvers
 from certkit.verify import milp
-from certkit.verify.witness import OnnxRunner
+from certkit.onnx.runner import OnnxRunner
 from tests.helpers.onnx_builders import graph_model
 
 BENCH = "/work/shared/benchmarks"

@@ -17,11 +17,6 @@ from ..spec.spec import Property
 if TYPE_CHECKING:
     from ..onnx.runner import OnnxRunner
 
-# Transitional: OnnxRunner lives in certkit.onnx.runner. input_split.py, relu_split.py and
-# tests/test_milp.py as committed still import it from here (their rewrites in progress drop or
-# move that import); delete this line once they are committed.
-from ..onnx.runner import OnnxRunner  # noqa: E402,F401,F811
-
 
 @dataclass(frozen=True, eq=False)
 class Witness:
