@@ -130,6 +130,8 @@ class Gurobi(Backend):
             dual = -math.inf
         word = self.STATUS_MAP.get(st, "other")
         res.status = (stop.reason or "other") if word == "stopped" else word
+        if not p.n_int and word != "optimal":  # an unfinished LP's objective bounds nothing
+            dual = -math.inf
         res.bound = proven_bound(res.status, dual, res.objective, cutoff)
         res.tolerance = self.tolerances[0]
         m.dispose()

@@ -165,10 +165,10 @@ class Highs(Backend):
             res.objective = float(info.objective_function_value)
         word = self.STATUS_MAP.get(ms.name, "other")
         res.status = (stop.reason or "other") if word == "stopped" else word
-        # an LP's objective value is its only bound; for an LP stopped for a reason we do not
-        # know, it bounds nothing
+        # an LP's objective value bounds the minimum only once the LP is solved to optimality: a
+        # simplex stopped early (time limit, interrupt) may report a primal value above it
         dual = float(info.mip_dual_bound) if p.n_int else float(info.objective_function_value)
-        if not p.n_int and word == "other":
+        if not p.n_int and word != "optimal":
             dual = -math.inf
         res.bound = proven_bound(res.status, dual, res.objective, cutoff)
         res.message = f"HiGHS {native} (run status {getattr(run_status, 'name', run_status)})"
