@@ -28,9 +28,9 @@ def lp_leaves(tree, dom) -> tuple[str, Witness | None]:
     so ``min_x max_i (C_i y - d_i)`` over the domain is an LP. Its minimiser is tried as a
     counterexample; its duals become the beta multipliers of a sound bound (LP duality:
     with exact multipliers the beta-CROWN bound equals the LP minimum)."""
-    try:
-        from scipy.optimize import linprog
-    except ImportError:
+    from ..solvers import solve_lp, solver_available
+
+    if not solver_available("highs"):
         return "unknown", None
     for k in range(len(dom)):
         one = dom.map(lambda t: t[k:k + 1])
@@ -61,10 +61,11 @@ def lp_leaves(tree, dom) -> tuple[str, Witness | None]:
         cost = np.zeros(n + 1)
         cost[-1] = 1.0
         box = list(zip(tree.lo[0].tolist(), tree.hi[0].tolist())) + [(None, None)]
-        res = linprog(cost, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub), bounds=box, method="highs")
+        tree.budget.check()
+        res = solve_lp(cost, np.vstack(A_ub), np.concatenate(b_ub), box, time_limit=tree.budget.remaining())
         if res.status == 2 and rows:  # empty domain: certify it with a Farkas-like combination
             free_min = float((S.concretize_lower(A_out, c_out) - tree.d).min())  # no multipliers
-            duals = _emptiness_multipliers(linprog, rows, rhs, box, free_min)
+            duals = _emptiness_multipliers(rows, rhs, box, free_min)
             if duals is None:
                 return "unknown", None
         elif res.status != 0:
@@ -75,7 +76,7 @@ def lp_leaves(tree, dom) -> tuple[str, Witness | None]:
                 return "falsified", w
             if s != 1:
                 return "unknown", None
-            duals = -np.asarray(res.ineqlin.marginals)[s:]
+            duals = -np.asarray(res.marginals)[s:]
         off = 0
         for r, idx in where:
             one.beta[r] = torch.zeros_like(one.beta[r])
@@ -90,7 +91,7 @@ def lp_leaves(tree, dom) -> tuple[str, Witness | None]:
         tree.close(one, "lp")
     return "verified", None
 
-def _emptiness_multipliers(linprog, rows, rhs, box, value: float) -> np.ndarray | None:
+def _emptiness_multipliers(rows, rhs, box, value: float) -> np.ndarray | None:
     """Multipliers showing the split constraints ``-s z(x) <= 0`` have no solution in the box:
     ``min sigma`` s.t. ``-s z(x) <= sigma`` has ``sigma* > 0`` and its duals ``y`` (>= 0, sum 1)
     give ``sum y (-s z(x)) >= sigma*`` on the box; scaled so that the beta bound (re-derived
@@ -99,9 +100,10 @@ def _emptiness_multipliers(linprog, rows, rhs, box, value: float) -> np.ndarray 
     b = np.concatenate([c.numpy() for c in rhs])
     cost = np.zeros(A.shape[1] + 1)
     cost[-1] = 1.0
-    res = linprog(cost, A_ub=np.hstack([A, -np.ones((A.shape[0], 1))]), b_ub=b, bounds=box,
-                  method="highs")
-    if res.status != 0 or not res.fun > 0:
+    from ..solvers import solve_lp
+
+    res = solve_lp(cost, np.hstack([A, -np.ones((A.shape[0], 1))]), b, box)
+    if res.status != 0 or not res.objective > 0:
         return None
-    y = np.maximum(-np.asarray(res.ineqlin.marginals), 0.0)
-    return y * 2.0 * (abs(value) + 1.0) / res.fun
+    y = np.maximum(-np.asarray(res.marginals), 0.0)
+    return y * 2.0 * (abs(value) + 1.0) / res.objective
