@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .bounds.fperror import __doc__ as _FP_DOC  # noqa: F401  (the rule the certificate cites)
 from .verify.certify import CertifyResult
 from .verify.dataset import DatasetResult
 

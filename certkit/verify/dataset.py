@@ -277,17 +277,3 @@ def prove_samples(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: 
         proof = gate.Proof("bounds", stage, row[0], row[1], q.owner)
         ok[i] = gate.check_proof(proof, q.n_disjuncts)[0]
     return ok
-    if stage not in BACKENDS:
-        return ok
-    for s in range(0, len(x), batch_size):
-        sl = slice(s, s + batch_size)
-        sets = round_input_set(InputSet.ball(x[sl], eps, p, domain), precision_of(g))
-        C, _ = _rows(y[sl], n_out)
-        with torch.no_grad():
-            low = BACKENDS[stage].lower(g, sets, C).numpy()
-            y_lo, y_hi = interval_bounds(g, sets)[g.output]
-            margins = row_margin(C, torch.zeros(C.shape[:2], dtype=torch.float64), y_lo, y_hi).numpy()
-        for r in range(low.shape[0]):
-            proof = gate.Proof("bounds", stage, low[r], margins[r], owner)
-            ok[s + r] = gate.check_proof(proof, n_out - 1)[0]
-    return ok

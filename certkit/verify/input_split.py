@@ -32,11 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-import numpy as np
 
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
-from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .falsify import objective
 from .gate import closed, domain_value
