@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,11 +20,24 @@ from .verify.certify import STAGES, CertifyResult
 from .verify.certify import certify as _certify
 from .verify.dataset import DatasetResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
-from .lipschitz import LipschitzResult, lipschitz_bounds
-from .fixedpoint import FixedPointReport
+
+if TYPE_CHECKING:
+    from .fixedpoint import FixedPointReport
 
 __all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult", "BOUNDS_BACKENDS",
            "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport"]
+
+
+#: Names served here from other packages, loaded on first use (PEP 562): ``certify`` needs neither.
+_ELSEWHERE = {"lipschitz_bounds": "lipschitz", "LipschitzResult": "lipschitz", "FixedPointReport": "fixedpoint"}
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_ELSEWHERE[name]}", __package__), name)
+    raise AttributeError(f"module 'certkit.api' has no attribute '{name}'")
 
 
 def load_spec(path: str | os.PathLike, model: Model | None = None) -> Spec:
@@ -79,9 +93,10 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly") -> BoundsResult:
     return BoundsResult(lo.numpy()[0], hi.numpy()[0], sl, owner, backend)
 
 
-def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | None = None,
+def certify(model: Model, spec: Spec, backend: str = "auto", timeout=None,
             seed: int = 0) -> CertifyResult:
-    """Decide ``spec`` on ``model``: see :mod:`certkit.verify.certify`."""
+    """Decide ``spec`` on ``model``: see :mod:`certkit.verify.certify`. ``timeout``: seconds, or a
+    :class:`certkit.verify.query.Budget`."""
     return _certify(model, spec, backend, timeout, seed)
 
 

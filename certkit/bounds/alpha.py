@@ -20,6 +20,7 @@ import torch
 from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
+from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
 from .interval import interval_bounds
 
@@ -69,7 +70,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
             if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline):
                 break
             if opt is None:
-                opt = torch.optim.Adam(params, lr=lr)
+                opt = Adam(params, lr=lr)
             opt.zero_grad()
             (-low.sum()).backward()
             opt.step()

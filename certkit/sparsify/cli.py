@@ -15,8 +15,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from ..cli_paths import output_path
 from ..errors import UsageError
 
@@ -71,6 +69,8 @@ def _eps_list(text: str) -> list[float]:
 
 
 def run_cli(a: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..model import load_model
     from ..verify.dataset import load_dataset
     from .core import sparsify

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin
@@ -173,7 +174,7 @@ class _Tree:
         record: dict = {}
         A_best = None
         steps = self.cfg.iterations if optimise else 1
-        opt = torch.optim.Adam([{"params": list(alpha.values()), "lr": self.cfg.lr_alpha},
+        opt = Adam([{"params": list(alpha.values()), "lr": self.cfg.lr_alpha},
                                 {"params": list(beta.values()), "lr": self.cfg.lr_beta}])
         with torch.enable_grad():
             for it in range(steps):

@@ -8,7 +8,7 @@ import numpy as np
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Var
-from . import broadcast_shape, constant, converter, expand, flat, scale, variable
+from .base import broadcast_shape, constant, converter, expand, flat, scale, variable
 
 
 def _unary(op_factory):

@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var
-from . import broadcast_shape, constant, converter, expand, flat, scale, select_from_index, variable
+from .base import broadcast_shape, constant, converter, expand, flat, scale, select_from_index, variable
 
 
 @converter("Gemm")

@@ -8,7 +8,7 @@ import numpy as np
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var
-from . import converter, variable
+from .base import converter, variable
 
 
 def _conv_geometry(in_hw, k, strides, dil, pads, auto_pad, ceil_mode=0, pool=False):

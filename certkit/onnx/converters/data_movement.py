@@ -16,7 +16,7 @@ from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var, _fold
 from ..proto import TensorProto
-from . import alias, constant, converter, select_from_index, variable
+from .base import alias, constant, converter, select_from_index, variable
 
 
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)

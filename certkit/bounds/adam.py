@@ -1,0 +1,42 @@
+"""Adam (Kingma and Ba, 2015) for the slope and multiplier optimisation of alpha- and beta-CROWN.
+
+The same update as ``torch.optim.Adam`` with its defaults (no weight decay, no amsgrad), written out
+because ``torch.optim``'s first step imports ``torch._dynamo``: 0.7-0.9 s in every process that
+reaches alpha-CROWN (measured with ``python -X importtime``), which is a third of the wall time of
+an easy ACAS Xu instance run as VNN-COMP runs it (``benchmarks/startup.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Adam:
+    """``Adam([params] or [{"params": [...], "lr": lr}, ...], lr)``: ``zero_grad()``, ``step()``."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        self.groups = [{"params": list(g["params"]), "lr": g.get("lr", lr)} for g in groups]
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self) -> None:
+        for g in self.groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v.sqrt() / c2 ** 0.5).add_(self.eps)
+                p.addcdiv_(m, denom, value=-g["lr"] / c1)
