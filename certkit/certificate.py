@@ -56,8 +56,9 @@ def _fp_section(precision: str) -> dict:
             "module": "certkit.bounds.fperror"}
 
 
-def _proof_entry(proof, prop_index: int, arrays: dict) -> dict:
-    """The JSON part of a proof; its trees go into ``arrays`` under ``p<k>_t<i>_*``."""
+def _proof_entry(proof, prefix: str, arrays: dict) -> dict:
+    """The JSON part of a proof; its trees go into ``arrays`` under ``<prefix>_t<i>_*`` (``p<k>`` for
+    input region k, ``s<i>`` for data-set sample i)."""
     entry: dict[str, Any] = {"method": proof.method, "stage": proof.stage}
     if proof.milp is not None:
         entry["milp"] = {"bounds": [_jsonable(float(b)) for b in proof.milp["bounds"]],
@@ -65,7 +66,7 @@ def _proof_entry(proof, prop_index: int, arrays: dict) -> dict:
                          "methods": list(proof.milp["methods"]), "solver": proof.milp.get("solver", "")}
     trees = []
     for i, (t, grp) in enumerate(zip(proof.trees, proof.groups)):
-        key = f"p{prop_index}_t{i}"
+        key = f"{prefix}_t{i}"
         arrays[f"{key}_codes"] = t.codes.astype(np.int32)
         arrays[f"{key}_values"] = t.leaf_values
         for name, arr in t.payload.items():
@@ -95,7 +96,7 @@ def certificate(result: CertifyResult, model, spec, options: dict[str, Any] | No
                  "row_stage": [str(s) for s in stages[pr.owner == k]]}
                 for k in range(len(prop.disjuncts))]
         if pr.status == "verified" and pr.proof is not None:
-            entry["proof"] = _proof_entry(pr.proof, pr.index, arrays)
+            entry["proof"] = _proof_entry(pr.proof, f"p{pr.index}", arrays)
         props.append(entry)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -130,6 +131,8 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
                              "stage": s.stage, "time": round(s.time, 6)}
         if s.radius == s.radius:
             e["radius"] = s.radius if np.isfinite(s.radius) else None
+        if s.verdict == "verified" and s.proof is not None and s.proof.method not in ("bounds", "lipschitz"):
+            e["proof"] = _proof_entry(s.proof, f"s{s.index}", arrays)
         if s.witness is not None:
             e["witness"] = f"w{s.index}"
             arrays[f"w{s.index}"] = np.asarray(s.witness)
@@ -174,6 +177,25 @@ def results_file(result: CertifyResult) -> str:
     parts = [f"(X_{i} {float(v)!r})" for i, v in enumerate(w.x)] + \
             [f"(Y_{j} {float(v)!r})" for j, v in enumerate(w.y)]
     return "sat\n(" + "\n".join(parts) + ")\n"
+
+
+def save_counterexamples(result: DatasetResult, folder: str) -> list[str]:
+    """Every falsified sample's counterexample into ``folder`` (created if needed): ``sample_<i>.npz``
+    (``x`` as the model reads it, ``y`` onnxruntime's output, ``label``, ``index``) and
+    ``sample_<i>.counterexample`` in the VNN-COMP results format. Returns the paths written."""
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for s in result.samples:
+        if s.verdict != "falsified" or s.witness is None:
+            continue
+        base = os.path.join(folder, f"sample_{s.index}")
+        np.savez(base + ".npz", x=s.witness, y=s.witness_output, label=s.label, index=s.index)
+        parts = [f"(X_{i} {float(v)!r})" for i, v in enumerate(np.ravel(s.witness))] + \
+                [f"(Y_{j} {float(v)!r})" for j, v in enumerate(np.ravel(s.witness_output))]
+        with open(base + ".counterexample", "w") as f:
+            f.write("sat\n(" + "\n".join(parts) + ")\n")
+        written += [base + ".npz", base + ".counterexample"]
+    return written
 
 
 def proof_file_name(cert_path: str) -> str:

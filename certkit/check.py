@@ -164,7 +164,6 @@ def _check_witness(rep: CheckReport, doc: dict, model, spec) -> None:
 
 def _check_region(rep: CheckReport, entry: dict, prop, model, arrays: dict, time_per_leaf: float) -> None:
     k = entry.get("index")
-    K = len(prop.disjuncts)
     proof = entry.get("proof")
     if entry.get("status") != "verified" or not proof:
         rep.fail(f"region {k} is not marked verified with a proof")
@@ -172,37 +171,53 @@ def _check_region(rep: CheckReport, entry: dict, prop, model, arrays: dict, time
     method = proof.get("method")
     if method == "bounds":
         _check_rows(rep, k, entry, prop, model)
-    elif method in ("input_split", "relu_split"):
-        trees = []
-        for t in proof.get("trees", []):
-            key = t["key"]
-            if f"{key}_codes" not in arrays:
-                rep.fail(f"region {k}: proof tree {key} missing from the proof file")
-                return
-            payload = {name: arrays[f"{key}_{name}"] for name in t.get("payload", [])}
-            trees.append(ProofTree(t["method"], arrays[f"{key}_codes"].astype(np.int64),
-                                   arrays[f"{key}_values"].astype(np.float64), tuple(t["kinds"]), payload, t.get("meta", {})))
-        covered = sorted({int(d) for t in proof.get("trees", []) for d in t.get("disjuncts", [])})
-        if covered != list(range(K)):
-            rep.fail(f"region {k}: the proof trees cover disjuncts {covered}, not all {K}")
-            return
-        if method == "input_split":
-            from .verify.input_split import recheck
-            res = [recheck(Query.of_property(model.graph, prop, k), t, time_per_leaf) for t in trees]
-        else:
-            from .verify.relu_recheck import recheck as relu_recheck
-            res = [relu_recheck(Query.of_property(model.graph, prop, k), trees, time_per_leaf=time_per_leaf)]
-        leaves = sum(r.leaves for r in res)
-        direct, resplit, failed = (sum(getattr(r, a) for r in res) for a in ("direct", "resplit", "failed"))
-        secs = sum(r.seconds for r in res)
-        rep.leaves += leaves
-        msg = (f"region {k}: {method} proof re-derived: {leaves} leaves ({direct} by their recorded bound, "
-               f"{resplit} by a further split, {failed} failed) in {secs:.2f} s")
-        (rep.good if failed == 0 and leaves > 0 else rep.fail)(msg)
-    elif method == "milp":
-        _check_milp(rep, k, prop, model, proof)
+    elif method in ("input_split", "relu_split", "milp"):
+        _check_complete(rep, f"region {k}", Query.of_property(model.graph, prop, k), proof, arrays, time_per_leaf)
     else:
         rep.fail(f"region {k}: unknown proof method '{method}'")
+
+
+def _trees(proof: dict, arrays: dict) -> list[ProofTree] | None:
+    trees = []
+    for t in proof.get("trees", []):
+        key = t["key"]
+        if f"{key}_codes" not in arrays:
+            return None
+        payload = {name: arrays[f"{key}_{name}"] for name in t.get("payload", [])}
+        trees.append(ProofTree(t["method"], arrays[f"{key}_codes"].astype(np.int64),
+                               arrays[f"{key}_values"].astype(np.float64), tuple(t["kinds"]), payload, t.get("meta", {})))
+    return trees
+
+
+def _check_complete(rep: CheckReport, what: str, query: Query, proof: dict, arrays: dict,
+                    time_per_leaf: float) -> bool:
+    """Re-derive a complete procedure's proof of ``query``: the trees replayed leaf by leaf, or the
+    MILP solved again. Returns whether it re-derived."""
+    method = proof.get("method")
+    if method == "milp":
+        return _check_milp(rep, what, query)
+    trees = _trees(proof, arrays)
+    if trees is None:
+        rep.fail(f"{what}: a proof tree is missing from the proof file")
+        return False
+    covered = sorted({int(d) for t in proof.get("trees", []) for d in t.get("disjuncts", [])})
+    if covered != list(range(query.n_disjuncts)):
+        rep.fail(f"{what}: the proof trees cover disjuncts {covered}, not all {query.n_disjuncts}")
+        return False
+    if method == "input_split":
+        from .verify.input_split import recheck
+        res = [recheck(query, t, time_per_leaf) for t in trees]
+    else:
+        from .verify.relu_recheck import recheck as relu_recheck
+        res = [relu_recheck(query, trees, time_per_leaf=time_per_leaf)]
+    leaves = sum(r.leaves for r in res)
+    direct, resplit, failed = (sum(getattr(r, a) for r in res) for a in ("direct", "resplit", "failed"))
+    secs = sum(r.seconds for r in res)
+    rep.leaves += leaves
+    ok = failed == 0 and leaves > 0
+    (rep.good if ok else rep.fail)(f"{what}: {method} proof re-derived: {leaves} leaves ({direct} by their "
+                                   f"recorded bound, {resplit} by a further split, {failed} failed) in {secs:.2f} s")
+    return ok
 
 
 def _check_rows(rep: CheckReport, k, entry: dict, prop, model) -> None:
@@ -226,32 +241,34 @@ def _check_rows(rep: CheckReport, k, entry: dict, prop, model) -> None:
                                    + ("every disjunct ruled out" if ok else why))
 
 
-def _check_milp(rep: CheckReport, k, prop, model, proof: dict) -> None:
+def _check_milp(rep: CheckReport, what: str, query: Query) -> bool:
     try:
         from .verify.milp import milp_decide
     except ImportError as e:
-        rep.skip(f"region {k}: decided by the MILP; not re-derived ({e.name} is not installed: "
+        rep.skip(f"{what}: decided by the MILP; not re-derived ({e.name} is not installed: "
                  "pip install 'certkit[highs]')")
-        return
+        return False
     t = time.monotonic()
     try:
-        res = milp_decide(model.graph, prop, k, None, time.monotonic() + 600.0)
+        res = milp_decide(query.graph, query.property(), query.index, None, time.monotonic() + 600.0)
     except BackendError as e:
-        rep.skip(f"region {k}: decided by the MILP; not re-derived ({e})")
-        return
+        rep.skip(f"{what}: decided by the MILP; not re-derived ({e})")
+        return False
     if res.status == "verified":
-        rep.good(f"region {k}: MILP solved again: verified ({res.message}) in {time.monotonic() - t:.2f} s")
-    elif res.status in ("timeout", "unknown"):
-        rep.skip(f"region {k}: the MILP solved again did not decide ({res.status}: {res.message})")
+        rep.good(f"{what}: MILP solved again: verified ({res.message}) in {time.monotonic() - t:.2f} s")
+        return True
+    if res.status in ("timeout", "unknown"):
+        rep.skip(f"{what}: the MILP solved again did not decide ({res.status}: {res.message})")
     else:
-        rep.fail(f"region {k}: the MILP solved again says {res.status} ({res.message})")
+        rep.fail(f"{what}: the MILP solved again says {res.status} ({res.message})")
+    return False
 
 
 # --------------------------------------------------------------------------- data sets
 
 
 def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckReport:
-    from .verify.dataset import load_dataset, prove_samples
+    from .verify.dataset import NORMS, load_dataset, prove_samples
 
     rep = CheckReport()
     mpath = model_path or resolve(cert_path, doc["model"].get("path", ""))
@@ -280,7 +297,11 @@ def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckRep
         rep.fail("the certified count does not match the per-sample verdicts")
     by_stage: dict[str, list[int]] = {}
     for s in per:
-        if s["verdict"] == "verified":
+        if s["verdict"] == "verified" and s.get("proof"):  # a complete procedure's proof
+            i = int(s["index"])
+            q = Query.robustness(model.graph, x[i], int(y[i]), eps, NORMS[norm], domain, None, i)
+            _check_complete(rep, f"sample {i}", q, s["proof"], arrays, 5.0)
+        elif s["verdict"] == "verified":
             by_stage.setdefault(s.get("stage", ""), []).append(int(s["index"]))
     for stage, ids in sorted(by_stage.items()):
         ids_a = np.asarray(ids)

@@ -27,7 +27,7 @@ import time
 import traceback
 import warnings
 
-from .cli_paths import output_path, write_outputs
+from .cli_paths import output_path, output_path_or_folder, write_outputs
 from .errors import CertkitError, OutputError, UsageError
 
 
@@ -76,12 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default="auto", choices=(*PLANS, "lipschitz"),
                    help="bound backend; lipschitz: Lipschitz-margin certificates (data-set mode)")
     c.add_argument("--timeout", type=float, default=None, help="time budget in seconds")
-    c.add_argument("--out", type=output_path, help="write the VNN-COMP results file here")
+    c.add_argument("--out", type=output_path_or_folder,
+                   help="VNN-LIB: write the VNN-COMP results file here; --dataset: a folder for the "
+                        "counterexamples of falsified samples")
     c.add_argument("--json", type=output_path, help="write the JSON certificate here")
     c.add_argument("--seed", type=int, default=0, help="attack seed, in [0, 2**64 - 1] (default 0)")
     c.add_argument("--dataset", help="data set .npz with x (N, *input shape) and y (N,)")
     c.add_argument("--eps", type=float, help="perturbation radius (data-set mode)")
-    c.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    c.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"))
+    c.add_argument("--total-timeout", type=float, default=None, dest="total_timeout",
+                   help="data-set mode: budget of the whole run in seconds (--timeout is per sample)")
     c.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="valid input range, e.g. 0 1")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--limit", type=int, help="only the first N samples (data-set mode)")
@@ -191,6 +195,10 @@ def _cmd_certify(a) -> int:
         raise UsageError("--backend lipschitz certifies data sets: use --dataset DATA.npz --eps E")
     if a.eps is not None:
         raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
+    if a.total_timeout is not None:
+        raise UsageError("--total-timeout belongs to the data-set mode (--dataset); use --timeout")
+    if a.out and os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out}: is a folder; a VNN-LIB run writes one results file")
     t0 = time.monotonic()
     model = api.load_model(a.model)
     spec = api.load_spec(a.spec, model)
@@ -232,8 +240,8 @@ def _cmd_dataset(a) -> int:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
     if a.eps is None:
         raise UsageError("--dataset needs --eps E (E >= 0)")
-    if a.out:
-        raise UsageError("--out writes the results file of a VNN-LIB spec; with --dataset use --json")
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out}: with --dataset, --out names a folder for counterexamples, and this is a file")
     model = api.load_model(a.model)
     x, y = load_dataset(a.dataset, model)
     if a.limit is not None:
@@ -242,10 +250,15 @@ def _cmd_dataset(a) -> int:
     if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
         from .errors import DataError
         raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
+    total = None
+    if a.total_timeout is not None:  # the whole run, counted from process start like --timeout
+        from .verify.query import Budget
+        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
+        total = Budget.of(max(a.total_timeout - spent - _EXIT_RESERVE, 1e-3), label=a.total_timeout, startup=spent)
     res = certify_dataset(model, x, y, a.eps, a.norm, domain, a.backend, a.batch_size,
-                          progress=sys.stderr.isatty())
-    counts = {v: sum(s.verdict == v for s in res.samples) for v in ("verified", "falsified", "unknown",
-                                                                    "misclassified")}
+                          progress=sys.stderr.isatty(), timeout=a.timeout, total_timeout=total, seed=a.seed)
+    counts = {v: sum(s.verdict == v for s in res.samples)
+              for v in ("verified", "falsified", "timeout", "unknown", "misclassified")}
     print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
     if a.backend == "lipschitz":
         import numpy as np
@@ -254,10 +267,15 @@ def _cmd_dataset(a) -> int:
         if r:
             print(f"certified {a.norm} radius per sample (JSON per_sample.radius): "
                   f"median {float(np.median(r)):.4g}, min {min(r):.4g}, max {max(r):.4g}")
+    if a.out:
+        from .certificate import save_counterexamples
+        n = len(save_counterexamples(res, a.out)) // 2
+        print(f"{n} counterexample(s) saved in {a.out}")
     pct = 100.0 * res.certified / res.total if res.total else 0.0
     print(f"certified: {res.certified}/{res.total} ({pct:.1f}%)")
-    write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset,
-                                                                         {"batch_size": a.batch_size}), p, a.json))])
+    write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset, {
+        "batch_size": a.batch_size, "timeout": a.timeout, "total_timeout": a.total_timeout, "seed": a.seed}),
+        p, a.json))])
     return EXIT_OK
 
 
@@ -431,6 +449,7 @@ _RANGES = {
     "limit": (lambda v: v >= 0, ">= 0"),
     "threads": (lambda v: 1 <= v <= MAX_THREADS, f"in [1, {MAX_THREADS}]"),
     "time_per_leaf": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    "total_timeout": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
 }
 
 

@@ -44,6 +44,16 @@ def output_path(path: str) -> str:
     return path
 
 
+def output_path_or_folder(path: str) -> str:
+    """argparse ``type`` of ``certify --out``: a writable file path, or a folder (existing and
+    writable, or one that can be created) -- which one the mode needs is checked by the command."""
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"cannot write into {path}: no write permission")
+        return path
+    return output_path(path)
+
+
 def write_file(path: str, write: Writer) -> None:
     """``write(p)`` into a temporary file beside ``path``, then rename it onto ``path``.
 

@@ -386,13 +386,13 @@ def test_missing_data_file(capsys, tmp_path):
     ["certify", FC, "--dataset", DATA, "--eps", "nan"],
     ["certify", FC, "--dataset", DATA, "--eps", "0.1", "--batch-size", "0"],
     ["certify", FC, "--dataset", DATA, "--eps", "0.1", "--limit", "-1"],
-    ["certify", FC, "--dataset", DATA, "--eps", "0.1", "--norm", "l1"],
+    ["certify", FC, "--dataset", DATA, "--eps", "0.1", "--norm", "l3"],
     ["certify", FC, "--dataset", DATA, "--eps", "0.1", "--domain", "1", "0"],
     ["certify", FC, UNSAT, "--no-such-option"],
     ["bounds", FC],
     ["frobnicate"],
 ], ids=["backend", "dataset_no_eps", "no_spec", "eps_with_spec", "spec_and_dataset", "negative_eps", "nan_eps",
-        "batch0", "negative_limit", "norm_l1", "domain_reversed", "unknown_option", "bounds_no_spec",
+        "batch0", "negative_limit", "norm_l3", "domain_reversed", "unknown_option", "bounds_no_spec",
         "unknown_command"])
 def test_usage_errors(capsys, args):
     rc, out, err = run(capsys, *args)

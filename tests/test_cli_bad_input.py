@@ -162,7 +162,8 @@ def test_device_output_is_written_in_place(capsys):
 @pytest.mark.parametrize("failing", ["--out", "--json"])
 def test_verdict_is_kept_when_one_output_cannot_be_written(capsys, tmp_path, monkeypatch, failing):
     """The folder vanishes between the check and the write: the verdict stands, the other file is written."""
-    monkeypatch.setattr(cli, "output_path", lambda p: p)  # skip the check made before any work
+    monkeypatch.setattr(cli, "output_path", lambda p: p)  # skip the checks made before any work
+    monkeypatch.setattr(cli, "output_path_or_folder", lambda p: p)
     gone, res, cert = tmp_path / "gone", tmp_path / "r.txt", tmp_path / "c.json"
     if failing == "--out":
         res = gone / "r.txt"

@@ -22,6 +22,7 @@ from certkit.verify.certify import STAGES
 from certkit.verify.dataset import certify_dataset, load_dataset
 
 from tests.helpers.examples import CONV, DATA, DATA_CONV, FC, SHARED
+from tests.helpers.examples import UNSAT as UNSAT_SPEC
 
 VERDICTS = ("verified", "falsified", "timeout", "unknown", "misclassified")
 
@@ -355,3 +356,34 @@ def test_paper_002_mnist_relu_2_50():
     assert res.total == 200
     assert res.certified == 155
     _soundness(model_path, x.astype(np.float64), y, res, 0.02, "linf", (0.0, 1.0))
+
+
+def test_cli_dataset_options(tmp_path, capsys):
+    """--timeout per sample, --total-timeout, --seed, --out DIR with each counterexample (npz and the
+    VNN-COMP format), and a certificate whose complete-procedure proofs certkit check re-derives."""
+    from certkit.cli import main
+
+    out, cert = tmp_path / "cex", tmp_path / "c.json"
+    rc = main(["certify", str(FC), "--dataset", str(DATA), "--eps", "0.08", "--domain", "0", "1", "--limit", "30",
+               "--backend", "bab", "--timeout", "1", "--total-timeout", "120", "--seed", "7",
+               "--out", str(out), "--json", str(cert)])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("certified: ")
+    doc = __import__("json").loads(cert.read_text())
+    assert doc["options"]["seed"] == 7 and doc["options"]["timeout"] == 1
+    fal = [s for s in doc["per_sample"] if s["verdict"] == "falsified"]
+    assert fal and len(list(out.glob("*.npz"))) == len(fal) == len(list(out.glob("*.counterexample")))
+    for s in fal:
+        z = np.load(out / f"sample_{s['index']}.npz")
+        assert int(z["label"]) == s["label"]
+        assert Ort(FC)(z["x"][None].astype(np.float32)).argmax() != s["label"]
+        assert (out / f"sample_{s['index']}.counterexample").read_text().startswith("sat\n((X_0 ")
+    assert any("proof" in s for s in doc["per_sample"])  # some samples need ReLU splitting
+    assert main(["check", str(cert)]) == 0
+    # --out must be a folder here, and a file for a VNN-LIB spec
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["certify", str(FC), "--dataset", str(DATA), "--eps", "0.08", "--out", str(f)]) == 2
+    assert main(["certify", str(FC), str(UNSAT_SPEC), "--out", str(tmp_path)]) == 2
+    assert main(["certify", str(FC), str(UNSAT_SPEC), "--total-timeout", "5"]) == 2

@@ -42,7 +42,9 @@ class SampleResult:
     time: float
     stage: str = ""
     radius: float = float("nan")  # certified radius (backend lipschitz only)
-    witness: np.ndarray | None = None  # float32 counterexample (falsified only)
+    witness: np.ndarray | None = None  # counterexample in the model's precision (falsified only)
+    witness_output: np.ndarray | None = None  # onnxruntime's output on it
+    proof: object | None = None  # what the verdict gate admitted (verified only)
 
 
 @dataclass
@@ -223,9 +225,11 @@ def _sample_result(q: Query, r: PropertyResult, label: int) -> SampleResult:
     else:
         verdict = "timeout" if r.timed_out else "unknown"
     low = float(np.min(r.spec_lower)) if r.spec_lower is not None and len(r.spec_lower) else float("nan")
+    w = r.witness
     return SampleResult(q.index, label, verdict, low, r.time, r.stage if verdict == "verified" else "",
                         float(r.extra.get("radius", float("nan"))),
-                        None if r.witness is None else np.asarray(r.witness.x).copy())
+                        None if w is None else np.asarray(w.x).copy(), None if w is None else np.asarray(w.y).copy(),
+                        r.proof if verdict == "verified" else None)
 
 
 def _progress(total: int):
