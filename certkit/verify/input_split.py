@@ -39,7 +39,7 @@ from ..spec.sets import InputSet
 from .falsify import objective
 from .gate import closed, domain_value
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
-from .query import Budget, Query
+from .query import Budget, BudgetExpired, Query
 from .witness import Witness
 
 #: Leaf kinds of an input-splitting proof tree: which bound closed the leaf.
@@ -158,7 +158,15 @@ class _Problem:
 
 
 def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
-    """Decide one query by input splitting (over its box; see the module docstring)."""
+    """Decide one query by input splitting (over its box; see the module docstring). The budget
+    running out, between or inside bound computations, ends the search with ``timeout``."""
+    try:
+        return _input_split(query, budget, cfg)
+    except BudgetExpired:
+        return SplitOutcome("timeout")
+
+
+def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome:
     if query.C.shape[0] == 0:
         return SplitOutcome("unknown")
     graph = query.graph

@@ -50,7 +50,7 @@ from .falsify import objective
 from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
-from .query import Budget, Query
+from .query import Budget, BudgetExpired, Query
 from .relu_domains import Domains as _Domains, relu_nodes, supports
 from .relu_leaves import _f32, lp_leaves
 from .witness import Witness
@@ -326,7 +326,15 @@ def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget =
 
 
 def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
-    """Decide one query by ReLU splitting (over its box; see the module docstring)."""
+    """Decide one query by ReLU splitting (over its box; see the module docstring). The budget
+    running out, between or inside bound computations, ends the search with ``timeout``."""
+    try:
+        return _relu_split(query, budget, cfg)
+    except BudgetExpired:
+        return ReluSplitOutcome("timeout")
+
+
+def _relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig) -> ReluSplitOutcome:
     owner = query.owner
     out = ReluSplitOutcome("verified")
     if len(owner) == 0 or not supports(query.graph):
