@@ -44,6 +44,10 @@ ALPHA_OPS = (ops.Relu, ops.LeakyRelu)
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
+#: Intermediate bounds are back-substituted in chunks of rows whose coefficient matrices hold at
+#: most this many floats (128 MB in float64): memory stays bounded and the budget is checked between
+#: chunks (a single 4 GB allocation on cifar_biasfield had overrun --timeout by 20 s).
+MAX_COEFFICIENTS = 2 ** 24
 
 
 def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
@@ -261,26 +265,31 @@ class BoundState:
         counts = mask.sum(dim=1)
         k_max = int(counts.max())
         l, u = l.clone(), u.clone()
+        # rows are back-substituted in chunks whose coefficients stay within MAX_COEFFICIENTS floats
+        # (a conv net's [I; -I] over 16k neurons is GBs otherwise), the budget checked between them
+        step = max(1, MAX_COEFFICIENTS // (2 * l.shape[0] * self.graph.max_node_size))
         if l.shape[0] > 1 and union.numel() > 1.5 * k_max:
             # rows differ between batch elements: each gets its own k_max rows (padded)
             order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
-            idx = order[:, :k_max]  # (b, k)
-            valid = torch.arange(k_max)[None, :] < counts[:, None]
-            lb, ub = self.bound_rows(j, idx)
-            li, ui = l.gather(1, idx), u.gather(1, idx)
-            if self.intersect:
-                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
-            l.scatter_(1, idx, torch.where(valid, lb, li))
-            u.scatter_(1, idx, torch.where(valid, ub, ui))
+            for s in range(0, k_max, step):
+                idx = order[:, s:min(s + step, k_max)]  # (b, k)
+                valid = (torch.arange(s, s + idx.shape[1])[None, :] < counts[:, None])
+                lb, ub = self.bound_rows(j, idx)
+                li, ui = l.gather(1, idx), u.gather(1, idx)
+                if self.intersect:
+                    lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+                l.scatter_(1, idx, torch.where(valid, lb, li))
+                u.scatter_(1, idx, torch.where(valid, ub, ui))
         else:
-            idx = union
-            lb, ub = self.bound_rows(j, idx)
-            m = mask[:, idx]
-            li, ui = l[:, idx], u[:, idx]
-            if self.intersect:
-                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
-            l[:, idx] = torch.where(m, lb, li)
-            u[:, idx] = torch.where(m, ub, ui)
+            for s in range(0, union.numel(), step):
+                idx = union[s:s + step]
+                lb, ub = self.bound_rows(j, idx)
+                m = mask[:, idx]
+                li, ui = l[:, idx], u[:, idx]
+                if self.intersect:
+                    lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+                l[:, idx] = torch.where(m, lb, li)
+                u[:, idx] = torch.where(m, ub, ui)
         self.bounds[j] = (l, u)
 
     def bound_rows(self, j: int, idx: Tensor) -> tuple[Tensor, Tensor]:
