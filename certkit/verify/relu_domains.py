@@ -64,3 +64,29 @@ class Domains:
                         {r: torch.cat([a.beta[r], t]) for r, t in b.beta.items()},
                         torch.cat([a.value, b.value]), torch.cat([a.branch, b.branch]),
                         torch.cat([a.ids, b.ids]))
+
+
+def choose_branch(dom: Domains, record: dict, relus: list[int], pre: list[int]) -> Tensor:
+    """Per domain, the unstable free ReLU with the largest BaBSR-like score (Bunel et al. 2020): the
+    relaxation gap it costs the final bound, ``|coefficient| x intercept`` from the coefficients the
+    final rows' back-substitution recorded at each ReLU. (N, 2): (position in ``relus``, neuron), or
+    (-1, -1) when every ReLU is fixed."""
+    n = len(dom)
+    best_score = torch.full((n,), 0.0, dtype=torch.float64)
+    branch = torch.full((n, 2), -1, dtype=torch.long)
+    for p, (r, j) in enumerate(zip(relus, pre)):
+        l, u = dom.bounds[j]
+        free = (l < 0) & (u > 0) & (dom.splits[r] == 0)
+        if not bool(free.any()):
+            continue
+        A = record[r].sum(dim=1) if r in record else torch.ones_like(l)  # (N, n) over the rows
+        width = (u - l).clamp(min=1e-30)
+        intercept = (u * -l / width).clamp(min=0)
+        score = A.clamp(max=0).abs() * intercept + 1e-3 * A.abs() * torch.minimum(u, -l).clamp(min=0)
+        score = torch.where(free, score + 1e-12, torch.zeros_like(score))
+        s, k = score.max(dim=1)
+        take = s > best_score
+        best_score = torch.where(take, s, best_score)
+        branch[take, 0] = p
+        branch[take, 1] = k[take]
+    return branch

@@ -51,7 +51,7 @@ from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import Domains as _Domains, relu_nodes, supports
+from .relu_domains import Domains as _Domains, choose_branch, relu_nodes, supports
 from .relu_leaves import _f32, lp_leaves
 from .witness import Witness
 
@@ -212,26 +212,7 @@ class _Tree:
 
     # -- branching ---------------------------------------------------------------
     def _choose(self, dom: _Domains, record: dict) -> Tensor:
-        """Per domain, the unstable free ReLU with the largest relaxation gap in the final bound."""
-        n = len(dom)
-        best_score = torch.full((n,), 0.0, dtype=torch.float64)
-        branch = torch.full((n, 2), -1, dtype=torch.long)
-        for p, (r, j) in enumerate(zip(self.relus, self.pre)):
-            l, u = dom.bounds[j]
-            free = (l < 0) & (u > 0) & (dom.splits[r] == 0)
-            if not bool(free.any()):
-                continue
-            A = record[r].sum(dim=1) if r in record else torch.ones_like(l)  # (N, n) over the rows
-            width = (u - l).clamp(min=1e-30)
-            intercept = (u * -l / width).clamp(min=0)
-            score = A.clamp(max=0).abs() * intercept + 1e-3 * A.abs() * torch.minimum(u, -l).clamp(min=0)
-            score = torch.where(free, score + 1e-12, torch.zeros_like(score))
-            s, k = score.max(dim=1)
-            take = s > best_score
-            best_score = torch.where(take, s, best_score)
-            branch[take, 0] = p
-            branch[take, 1] = k[take]
-        return branch
+        return choose_branch(dom, record, self.relus, self.pre)
 
     def children(self, parents: _Domains) -> tuple[_Domains, int]:
         """Both children of every parent (interleaved); also the earliest split layer."""
