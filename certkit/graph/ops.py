@@ -609,3 +609,7 @@ class MaxMin(Op):
         inv = np.empty_like(self.perm)
         inv[self.perm] = np.arange(len(self.perm))
         return inv[:m], inv[m:]
+
+
+# the elementwise nonlinear ops of their own module (Exp, Log, Reciprocal, Sqrt, ...), registered on import
+from .elementwise import Exp, Log, Reciprocal, Sqrt  # noqa: E402,F401
