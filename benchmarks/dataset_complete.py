@@ -50,11 +50,14 @@ def main() -> None:
     ap.add_argument("--eps-mnist", type=float, default=0.02)
     ap.add_argument("--backends", default="alpha,bab")
     ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--filter", default="", help="only the models whose name contains this")
     a = ap.parse_args()
     torch.set_num_threads(1)
     print(f"{'model':<18}{'eps':>6}{'backend':>9}{'verified':>9}{'falsified':>10}{'timeout':>8}{'unknown':>8}"
           f"{'time s':>8}  witnesses re-run")
     for name, m, x, y, eps in cases(a):
+        if a.filter not in name:
+            continue
         for b in a.backends.split(","):
             t = time.perf_counter()
             r = certify_dataset(m, x, y, eps, "linf", (0.0, 1.0), b, timeout=a.timeout, seed=0)
