@@ -51,7 +51,7 @@ def interval_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Te
 
 
 def _has_interval(op: ops.Op) -> bool:
-    return isinstance(op, (ops.LinearOp, ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Input))
+    return isinstance(op, (ops.LinearOp, ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear, ops.Input))
 
 
 def _has_relaxation(op: ops.Op) -> bool:

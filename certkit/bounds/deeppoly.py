@@ -35,6 +35,7 @@ from ..spec.sets import InputSet
 from ..tolerances import COMPUTE_SAFETY, U64, gamma
 from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
 from .interval import interval_bounds, interval_node
+from .memory import rows_within
 from .relaxations import RELAXATIONS, Relax
 
 Tensor = torch.Tensor
@@ -44,8 +45,9 @@ ALPHA_OPS = (ops.Relu, ops.LeakyRelu)
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
-#: Intermediate bounds are back-substituted in chunks of rows whose coefficient matrices hold at
-#: most this many floats (128 MB in float64): memory stays bounded and the budget is checked between
+#: Rows are back-substituted in chunks whose coefficient matrices hold at most this many floats
+#: (128 MB in float64), fewer when the memory budget leaves less (:func:`certkit.bounds.memory.rows_within`,
+#: which raises ``MemoryExceeded`` when not even one row fits); the time budget is checked between
 #: chunks (a single 4 GB allocation on cifar_biasfield had overrun --timeout by 20 s).
 MAX_COEFFICIENTS = 2 ** 24
 
@@ -196,12 +198,15 @@ class BoundState:
     def relaxation(self, i: int) -> Relax | MaxRelax:
         if i not in self.relax:
             node = self.graph.nodes[i]
+            if isinstance(node.op, ops.Bilinear):
+                self.relax[i] = self._multi_relaxation(i)
+                return self.relax[i]
             j = node.inputs[0]
             self.refine(j, node.op)
             if i in self.splits:
                 self._clamp(j, self.splits[i])
             l, u = self.bounds[j]
-            self._tighten_output(i, l, u)
+            self._tighten_output(i, [(l, u)])
             if isinstance(node.op, ops.MaxGroup):
                 self.relax[i] = _max_relax(node.op, l, u)
             else:
@@ -214,10 +219,22 @@ class BoundState:
                 self.relax[i] = fn(node.op, l, u, slope)
         return self.relax[i]
 
-    def _tighten_output(self, i: int, l: Tensor, u: Tensor) -> None:
-        """Intersect the bounds of activation ``i``'s output with the (error-widened) image of its
-        refined input bounds: later layers' errors are computed from them."""
-        lo, hi = interval_with_error(self.graph.nodes[i].op, [(l.detach(), u.detach())],
+    def _multi_relaxation(self, i: int):
+        """The relaxation of a nonlinear node of several inputs (:class:`~certkit.graph.bilinear.Bilinear`):
+        every input is refined, and the relaxation maps output coefficients to one coefficient
+        tensor per input plus a constant (``backsub``)."""
+        node = self.graph.nodes[i]
+        for j in dict.fromkeys(node.inputs):
+            self.refine(j, node.op)
+        boxes = [self.bounds[j] for j in node.inputs]
+        self._tighten_output(i, boxes)
+        same = len(set(node.inputs)) < len(node.inputs)  # x * x: the same variable twice
+        return RELAXATIONS[type(node.op)](node.op, boxes, same)
+
+    def _tighten_output(self, i: int, boxes: list[tuple[Tensor, Tensor]]) -> None:
+        """Intersect the bounds of nonlinear node ``i``'s output with the (error-widened) image of
+        its refined input bounds ``boxes``: later layers' errors are computed from them."""
+        lo, hi = interval_with_error(self.graph.nodes[i].op, [(l.detach(), u.detach()) for l, u in boxes],
                                      precision_of(self.graph), self._steps())
         old = self.bounds[i]
         self.bounds[i] = (lo, hi) if old is None else (torch.maximum(old[0], lo), torch.minimum(old[1], hi))
@@ -250,7 +267,7 @@ class BoundState:
         mask = torch.zeros_like(l, dtype=torch.bool)
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
-            if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
+            if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 mask = mask | _needs_refine(op, l, u)
         if self.refine_all:
             mask = torch.ones_like(mask)
@@ -265,9 +282,9 @@ class BoundState:
         counts = mask.sum(dim=1)
         k_max = int(counts.max())
         l, u = l.clone(), u.clone()
-        # rows are back-substituted in chunks whose coefficients stay within MAX_COEFFICIENTS floats
-        # (a conv net's [I; -I] over 16k neurons is GBs otherwise), the budget checked between them
-        step = max(1, MAX_COEFFICIENTS // (2 * l.shape[0] * self.graph.max_node_size))
+        # rows are back-substituted in chunks within the memory budget and MAX_COEFFICIENTS floats
+        # (a conv net's [I; -I] over 16k neurons is GBs otherwise), the time budget checked between them
+        step = rows_within(self.budget, 2 * l.shape[0] * self.graph.max_node_size, MAX_COEFFICIENTS)
         if l.shape[0] > 1 and union.numel() > 1.5 * k_max:
             # rows differ between batch elements: each gets its own k_max rows (padded)
             order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
@@ -339,7 +356,7 @@ class BoundState:
         # relaxations are needed for nodes on the way; compute them first (they may
         # themselves run back-substitutions) in topological order
         for i in sorted(self._ancestors(t)):
-            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
+            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 self.relaxation(i)
         beta_at = self._beta_nodes() if (tag == "out" or self.beta_everywhere) else {}
         for i in range(t, 0, -1):
@@ -372,7 +389,7 @@ class BoundState:
                 out = Ai.new_zeros(b, s, n_in)
                 out.scatter_add_(2, r.sel[:, None, :].expand(b, s, -1), coef)
                 parts = (out,)
-            elif isinstance(op, ops.MaxMin):  # pairwise relaxation (bounds/relaxations.py)
+            elif isinstance(op, (ops.MaxMin, ops.Bilinear)):  # coefficients per input and a constant
                 parts, c = self.relaxation(i).backsub(Ai)
                 total = total + c
             else:
@@ -473,20 +490,28 @@ class BoundState:
 
 def deeppoly_lower(graph: Graph, inputs: InputSet, C: Tensor, intersect: bool = True,
                    state: BoundState | None = None, budget=None) -> Tensor:
-    """Lower bounds of ``C y`` (C: (b, s, n_out) or (s, n_out)) over the input set, (b, s)."""
+    """Lower bounds of ``C y`` (C: (b, s, n_out) or (s, n_out)) over the input set, (b, s).
+    The rows of C go in chunks within the memory budget (``MemoryExceeded`` when one row does not
+    fit), unless the state optimises or records per-row quantities (alpha, beta, branching scores)."""
     st = state or BoundState(graph, inputs, intersect, budget=budget)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
-    return st.lower_of(graph.output, C)
+    b, s = C.shape[:2]
+    if st.alpha is not None or st.beta or st.record is not None:
+        return st.lower_of(graph.output, C)
+    step = rows_within(st.budget, b * graph.max_node_size, MAX_COEFFICIENTS, "back-substitution of the output rows")
+    if step >= s:
+        return st.lower_of(graph.output, C)
+    return torch.cat([st.lower_of(graph.output, C[:, k:k + step]) for k in range(0, s, step)], dim=1)
 
 
 def deeppoly_output_bounds(graph: Graph, inputs: InputSet, intersect: bool = True,
-                           state: BoundState | None = None) -> tuple[Tensor, Tensor]:
+                           state: BoundState | None = None, budget=None) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of every output, each (b, n_out)."""
     n = graph.n_outputs
     eye = torch.eye(n, dtype=torch.float64)
-    low = deeppoly_lower(graph, inputs, torch.cat([eye, -eye]), intersect, state)
+    low = deeppoly_lower(graph, inputs, torch.cat([eye, -eye]), intersect, state, budget)
     lo, hi = low[:, :n], -low[:, n:]
     if intersect:
         st_ibp = (state.bounds if state is not None else interval_bounds(graph, inputs))[graph.output]

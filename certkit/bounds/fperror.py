@@ -424,7 +424,7 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
         with torch.no_grad():
             for i in sorted(graph.live):
                 op = graph.nodes[i].op
-                if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin)):
+                if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                     st.relaxation(i)  # refines its input, tightens its output
                 elif i != 0:
                     st.refine(i, None)
@@ -453,6 +453,11 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
                     e_in.amax(dim=-1, keepdim=True).expand(-1, graph.size(i))
                 k = np.asarray(op.index).shape[1] if isinstance(op, ops.MaxGroup) else 2
                 norm = float(np.sqrt(k)) * E2[node.inputs[0]]
+            elif isinstance(op, ops.Product):
+                # |x1^ x2^ - x1 x2| = |d1 x2^ + x1^ d2 - d1 d2| <= E1 m2 + m1 E2 + E1 E2 (m: |x^|)
+                (e1, e2), (m1, m2) = ([E[j] for j in node.inputs], [magnitude(*b, p) for b in ins])
+                carried = e1 * m2 + m1 * e2 + e1 * e2
+                norm = torch.linalg.vector_norm(carried, dim=-1)
             else:
                 carried = _slope(op) * E[node.inputs[0]]
                 norm = _slope(op) * E2[node.inputs[0]]
@@ -460,3 +465,7 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
             E2[i] = norm if err is None else norm + torch.linalg.vector_norm(err, dim=-1)
     return (torch.nan_to_num(E[graph.output], nan=float("inf")),
             torch.nan_to_num(E2[graph.output], nan=float("inf")))
+
+
+# the error rule of products of two variable tensors, registered on import
+from . import relax_bilinear  # noqa: E402,F401

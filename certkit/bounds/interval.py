@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.graph import Graph
-from ..graph.ops import Activation, LinearOp, MaxGroup, MaxMin
+from ..graph.ops import Activation, Bilinear, LinearOp, MaxGroup, MaxMin
 from ..spec.sets import InputSet
 
 Tensor = torch.Tensor
@@ -27,6 +27,8 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
         return m - r, m + r
     if isinstance(op, (Activation, MaxGroup, MaxMin)):
         return op.interval(*ins[0])
+    if isinstance(op, Bilinear):  # several inputs: the box of all of them
+        return op.interval(*ins)
     raise NotImplementedError(f"no interval rule for {op.kind}")
 
 

@@ -281,3 +281,7 @@ class PairRelax:
 @relaxation(ops.MaxMin)
 def _max_min(op: ops.MaxMin, l: Tensor, u: Tensor, slope: Tensor | None = None) -> PairRelax:
     return PairRelax(op, l, u)
+
+
+# the McCormick relaxation of products of two variable tensors, registered on import
+from . import relax_bilinear  # noqa: E402,F401

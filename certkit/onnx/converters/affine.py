@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var
+from . import products
 from .base import broadcast_shape, constant, converter, expand, flat, scale, select_from_index, variable
 
 
@@ -46,8 +47,8 @@ def _gemm(ctx: Context, node, ins: list, attrs: dict) -> list:
 def _matmul(ctx: Context, node, ins: list, attrs: dict) -> list:
     """``x @ W`` for a constant ``W`` (numpy matmul semantics, incl. vector and batched ``W``)."""
     a, b = ins
-    if isinstance(b, Var):
-        raise Unsupported("MatMul with a variable right operand")
+    if isinstance(b, Var):  # products of variables, or a constant left operand (products.py)
+        return [products.matmul(ctx, a, b)]
     w = np.asarray(b, dtype=np.float64)
     k = a.shape[-1] if a.shape else 0
     if w.ndim == 0 or w.shape[-2 if w.ndim > 1 else 0] != k:
@@ -71,8 +72,8 @@ def _arith(ctx: Context, node, ins: list, attrs: dict) -> list:
     x, y = ins
     t = node.op_type
     if isinstance(x, Var) and isinstance(y, Var):
-        if t in ("Mul", "Div"):
-            raise Unsupported(f"{t} of two variable tensors is not linear")
+        if t in ("Mul", "Div"):  # not linear: products.py
+            return [products.product(ctx, x, y) if t == "Mul" else products.divide(ctx, x, y)]
         shape = broadcast_shape(x.shape, y.shape)
         x, y = expand(ctx, x, shape), expand(ctx, y, shape)
         return [ctx.add(ops.Sum((1.0, 1.0 if t == "Add" else -1.0)), [x, y], shape)]
@@ -96,7 +97,7 @@ def _arith(ctx: Context, node, ins: list, attrs: dict) -> list:
         return [scale(ctx, y, -1.0, c)]
     if t == "Mul":
         return [scale(ctx, y, c, None)]
-    raise Unsupported("division by a variable tensor is not linear")
+    return [products.divide(ctx, np.asarray(x), y)]  # c / y: not linear (products.py)
 
 
 @converter("Neg")

@@ -1,0 +1,97 @@
+"""Linear relaxation and floating-point error rule of :class:`~certkit.graph.bilinear.Product`.
+
+**McCormick planes** (McCormick 1976; the bilinear relaxation of CROWN for transformers, Shi et al.
+2020, "Robustness verification for transformers", and auto_LiRPA's ``BoundMul``). For ``y = x1 x2``
+with ``x1 in [l1, u1]``, ``x2 in [l2, u2]``, the products of two nonnegative factors
+
+    (x1 - l1)(x2 - l2) >= 0,   (u1 - x1)(u2 - x2) >= 0,   (x1 - l1)(u2 - x2) >= 0,   (u1 - x1)(x2 - l2) >= 0
+
+give two lower and two upper planes, each of the form ``a1 x1 + a2 x2 - a1 a2``:
+
+    lower  (a1, a2) = (l2, l1)  or  (u2, u1);      upper  (a1, a2) = (u2, l1)  or  (l2, u1).
+
+Each plane is exact at three corners of the box and off by ``(u1 - l1)(u2 - l2)`` at the fourth, so
+the choice per neuron is the plane whose weak corner matters least: the lower plane ``(l2, l1)`` is
+weak at ``(u1, u2)`` and is taken when ``u1 u2 >= l1 l2`` (the weak corner is not the minimum), else
+``(u2, u1)``; the upper plane ``(u2, l1)`` is weak at ``(u1, l2)`` and is taken when
+``u1 l2 <= l1 u2``, else ``(l2, u1)``. Any choice is sound; this one makes the concretisation of the
+plane over the box as tight as a single plane allows. In back-substitution a nonnegative coefficient
+on ``y`` takes the lower plane and a negative one the upper plane (as :class:`PairRelax` does, the
+relaxation returns one coefficient tensor per input plus a constant).
+
+**The same variable on both inputs** (``x * x``, e.g. a lowered ``Pow(x, 2)`` or a variance):
+McCormick stays sound (its lower planes are the tangents at ``l`` and ``u``), but a square has
+better ones: below, the tangent at the midpoint ``m``, ``x^2 >= 2 m x - m^2``; above, the chord
+``x^2 <= (l + u) x - l u``. Half of each coefficient goes to either (identical) input.
+
+**Unbounded factors**: where a bound of either input is infinite or NaN (or a plane's constant
+overflows), no plane exists; such a neuron gets zero coefficients, and every row that reaches it
+with a nonzero coefficient gets the constant ``-inf`` (no bound), never NaN.
+
+**Floating point** (:mod:`certkit.bounds.fperror`): onnxruntime rounds the product once, so the
+model error is ``u |x1 x2| + tiny`` (``tiny`` covers an underflow or a flushed denormal); the terms
+back-substitution forms at the node are at most ``|A| (|l2| |x1| + |l1| |x2| + |l1 l2|) <= 3 |A|
+m1 m2`` (``m`` the inputs' magnitudes), charged with the float64 allowance as every other node.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..graph import ops
+from .fperror import Precision, fp_error, magnitude
+from .relaxations import relaxation
+
+Tensor = torch.Tensor
+
+
+class McCormick:
+    """The relaxation of one :class:`~certkit.graph.bilinear.Product` node for given input bounds
+    (see module docstring): ``lo``/``up`` are ``(a1, a2, c)`` tensors (b, n) of the lower and upper
+    planes ``y >=/<= a1 x1 + a2 x2 + c``; ``wild`` (b, n) marks the neurons without planes."""
+
+    def __init__(self, b1: tuple[Tensor, Tensor], b2: tuple[Tensor, Tensor], same: bool = False) -> None:
+        (l1, u1), (l2, u2) = (tuple(t.detach() for t in b) for b in (b1, b2))
+        zero = torch.zeros_like(l1)
+        wild = ~(torch.isfinite(l1) & torch.isfinite(u1) & torch.isfinite(l2) & torch.isfinite(u2))
+        l1, u1, l2, u2 = (torch.where(wild, zero, t) for t in (l1, u1, l2, u2))
+        if same:
+            m = (l1 + u1) / 2
+            lo = (m, m, -m * m)
+            h = (l1 + u1) / 2
+            up = (h, h, -l1 * u1)
+        else:
+            pick = u1 * u2 >= l1 * l2
+            la1, la2 = torch.where(pick, l2, u2), torch.where(pick, l1, u1)
+            pick = u1 * l2 <= l1 * u2
+            ua1, ua2 = torch.where(pick, u2, l2), torch.where(pick, l1, u1)
+            lo = (la1, la2, -la1 * la2)
+            up = (ua1, ua2, -ua1 * ua2)
+        wild = wild | ~(torch.isfinite(lo[2]) & torch.isfinite(up[2]))
+        self.lo = tuple(torch.where(wild, zero, t) for t in lo)
+        self.up = tuple(torch.where(wild, zero, t) for t in up)
+        self.wild = wild
+
+    def backsub(self, A: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """``A`` (b, s, n) on the output -> ``((A1, A2), const)`` with ``A y >= A1 x1 + A2 x2 + const``
+        for every point of the input box."""
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        (la1, la2, lc), (ua1, ua2, uc) = ([t[:, None, :] for t in p] for p in (self.lo, self.up))
+        A1 = pos * la1 + neg * ua1
+        A2 = pos * la2 + neg * ua2
+        const = (pos * lc + neg * uc).sum(-1)
+        if bool(self.wild.any()):
+            hit = ((A != 0) & self.wild[:, None, :]).any(-1)
+            const = torch.where(hit, torch.full_like(const, -float("inf")), const)
+        return (A1, A2), const
+
+
+@relaxation(ops.Product)
+def _product(op: ops.Product, boxes: list[tuple[Tensor, Tensor]], same: bool = False) -> McCormick:
+    """McCormick planes of ``x1 * x2`` (``same``: both inputs are the same variable)."""
+    return McCormick(boxes[0], boxes[1], same)
+
+
+@fp_error(ops.Product)
+def _product_error(op: ops.Product, ins, mag_out: Tensor, p: Precision):
+    m1, m2 = magnitude(*ins[0], p), magnitude(*ins[1], p)
+    return p.u * mag_out + p.tiny, 4.0 * (3.0 * m1 * m2 + mag_out)
