@@ -25,6 +25,7 @@ import torch
 from certkit.bounds.deeppoly import _max_relax
 from certkit.bounds.relaxations import RELAXATIONS
 from certkit.graph import ops
+from certkit.graph.elementwise import Unary
 
 
 
@@ -90,6 +91,7 @@ CASES = op_cases()
 
 def test_every_registered_relaxation_is_covered():
     covered = {type(op) for _, op in CASES} | {ops.MaxMin}  # MaxMin: tests/test_paper_activations.py
+    covered |= {c for c in RELAXATIONS if issubclass(c, Unary)}  # tests/test_elementwise_ops.py
     covered |= {ops.Product}  # several inputs: tests/test_products.py
     assert set(RELAXATIONS) <= covered, set(RELAXATIONS) - covered
 

@@ -53,7 +53,11 @@ MAX_COEFFICIENTS = 2 ** 24
 
 
 def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
-    """(b, n) mask of the neurons whose relaxation depends on their bounds."""
+    """(b, n) mask of the neurons whose relaxation depends on their bounds (an op may say so itself:
+    ``needs_bounds(l, u)``, e.g. the steps of :mod:`certkit.graph.elementwise`)."""
+    hook = getattr(op, "needs_bounds", None)
+    if hook is not None:
+        return hook(l, u)
     if isinstance(op, (ops.Relu, ops.LeakyRelu, ops.Abs)):
         return (l < 0) & (u > 0)
     if isinstance(op, ops.MaxGroup):
@@ -67,9 +71,17 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
 
 def _charge(A: Tensor, err: Tensor) -> Tensor:
     """``|A| err`` (b, s): the most the errors ``err`` (b, n) can lower ``A y``. Computed without
-    gradient: alpha/beta optimisation steers by the relaxation, and the value is the same."""
+    gradient: alpha/beta optimisation steers by the relaxation, and the value is the same. An
+    infinite error (overflow) charges ``inf`` to the rows that use it and nothing (not NaN) to
+    those whose coefficient on it is 0."""
     with torch.no_grad():
-        return torch.bmm(A.detach().abs(), err[:, :, None])[..., 0]
+        Aa = A.detach().abs()
+        fin = torch.isfinite(err)
+        if bool(fin.all()):
+            return torch.bmm(Aa, err[:, :, None])[..., 0]
+        c = torch.bmm(Aa, torch.where(fin, err, torch.zeros_like(err))[:, :, None])[..., 0]
+        hit = torch.bmm(Aa, (~fin).to(Aa.dtype)[:, :, None])[..., 0] > 0
+        return torch.where(hit, torch.full_like(c, float("inf")), c)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -396,10 +408,14 @@ class BoundState:
                 lw, lb, uw, ub = (_rows(r) for r in self._relax_for(i, tag, rows, s))  # type: ignore[misc]
                 nonneg = Ai >= 0
                 parts = (Ai * torch.where(nonneg, lw, uw),)
-                if (self._zero_lb(i, lb) if self.alpha is None else not bool(lb.any())):
+                finite = self._finite_relax(i, lb, ub)
+                if finite and (self._zero_lb(i, lb) if self.alpha is None else not bool(lb.any())):
                     total = total + (Ai.clamp(max=0) * ub).sum(-1)
                 else:
-                    total = total + (Ai * torch.where(nonneg, lb, ub)).sum(-1)
+                    prod = Ai * torch.where(nonneg, lb, ub)
+                    if not finite:  # an infinite intercept (no finite bound) costs nothing where A is 0
+                        prod = torch.where(Ai == 0, torch.zeros_like(prod), prod)
+                    total = total + prod.sum(-1)
                 j = node.inputs[0]
                 cols = self._alive_columns(i, j)
                 if cols is not None:  # skip the dead neurons: a smaller product through the Dense
@@ -443,6 +459,14 @@ class BoundState:
                     cache[i] = torch.nonzero(alive).flatten()
         return cache[i]
 
+    def _finite_relax(self, i: int, lb: Tensor, ub: Tensor) -> bool:
+        """Are the intercepts of node ``i``'s relaxation finite (not so where an op has no finite
+        bound: a pole, a NaN region)?"""
+        cache = self._cache.setdefault("finite", {})
+        if i not in cache:
+            cache[i] = bool(torch.isfinite(lb).all()) and bool(torch.isfinite(ub).all())
+        return cache[i]
+
     def _zero_lb(self, i: int, lb: Tensor) -> bool:
         cache = self._cache.setdefault("zlb", {})
         if i not in cache:
@@ -473,7 +497,9 @@ class BoundState:
                  rows: Tensor | None = None) -> Tensor:
         """Lower bound of ``A y_t + const`` over the input set, (b, s)."""
         A_in, c = self.backsub(t, A, const, tag, rows)
-        return self.inputs.concretize_lower(A_in, c)
+        low = self.inputs.concretize_lower(A_in, c)
+        # NaN comes only from inf - inf or 0 * inf (an overflow, a pole): no bound, i.e. -inf
+        return torch.where(torch.isnan(low), torch.full_like(low, float("-inf")), low)
 
     def _ancestors(self, t: int) -> set[int]:
         cache = self._cache.setdefault("anc", {})

@@ -322,7 +322,11 @@ def _dot_interval(op, box: tuple[Tensor, Tensor], p: Precision, steps: int) -> t
     model, total = _dot_error(op, absolute[b:], signed[b:], p)
     out = (m - r, m + r)
     err = _finish(model, total, magnitude(*out, p), p, steps)
-    return out[0] - err, out[1] + err, err
+    lo, hi = out[0] - err, out[1] + err
+    if not bool(torch.isfinite(err).all()):  # NaN from infinite input bounds (inf - inf): no bound
+        lo = torch.where(torch.isnan(lo), torch.full_like(lo, float("-inf")), lo)
+        hi = torch.where(torch.isnan(hi), torch.full_like(hi, float("inf")), hi)
+    return lo, hi, err
 
 
 #: Ops that round nothing in the model and whose interval image certkit computes exactly (max,
@@ -458,6 +462,14 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
                 (e1, e2), (m1, m2) = ([E[j] for j in node.inputs], [magnitude(*b, p) for b in ins])
                 carried = e1 * m2 + m1 * e2 + e1 * e2
                 norm = torch.linalg.vector_norm(carried, dim=-1)
+            elif hasattr(op, "slope_max"):
+                # slopes that depend on the region (certkit.graph.elementwise): the real input is
+                # within E of the computed one, which is in [lo, hi]; steps jump (slope inf)
+                e_in, e2_in = E[node.inputs[0]], E2[node.inputs[0]]
+                s = op.slope_max(ins[0][0] - e_in, ins[0][1] + e_in)
+                carried = torch.where(e_in > 0, s * e_in, torch.zeros_like(e_in))
+                by_norm = torch.where(e2_in > 0, s.amax(dim=-1) * e2_in, torch.zeros_like(e2_in))
+                norm = torch.minimum(by_norm, torch.linalg.vector_norm(carried, dim=-1))
             else:
                 carried = _slope(op) * E[node.inputs[0]]
                 norm = _slope(op) * E2[node.inputs[0]]
@@ -469,3 +481,6 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
 
 # the error rule of products of two variable tensors, registered on import
 from . import relax_bilinear  # noqa: E402,F401
+
+# the error rules of the unary elementwise ops (Exp, Log, Sin, ...), registered on import
+from . import fperror_elementwise  # noqa: E402,F401

@@ -24,7 +24,11 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
         rads = [(hi - lo) / 2 for lo, hi in ins]
         m = op.forward(*mids)
         r = op.apply_abs(*rads)
-        return m - r, m + r
+        lo, hi = m - r, m + r
+        if not bool(torch.isfinite(r).all()):  # inf - inf, 0 * inf from infinite bounds: no bound
+            lo = torch.where(torch.isnan(lo), torch.full_like(lo, float("-inf")), lo)
+            hi = torch.where(torch.isnan(hi), torch.full_like(hi, float("inf")), hi)
+        return lo, hi
     if isinstance(op, (Activation, MaxGroup, MaxMin)):
         return op.interval(*ins[0])
     if isinstance(op, Bilinear):  # several inputs: the box of all of them

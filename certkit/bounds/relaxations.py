@@ -285,3 +285,6 @@ def _max_min(op: ops.MaxMin, l: Tensor, u: Tensor, slope: Tensor | None = None) 
 
 # the McCormick relaxation of products of two variable tensors, registered on import
 from . import relax_bilinear  # noqa: E402,F401
+
+# the relaxations of the unary elementwise ops (Exp, Log, Sin, ...), registered on import
+from . import relax_elementwise  # noqa: E402,F401

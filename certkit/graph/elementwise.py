@@ -20,6 +20,7 @@ only those).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -126,3 +127,187 @@ class Sqrt(Unary):
     def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.where(lo > 0, 0.5 / torch.sqrt(lo.clamp(min=1e-300)), _inf_like(lo))
 
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Pow(Unary):
+    """``x^p`` for a constant exponent ``p`` (ONNX Pow with a constant scalar exponent, stored as the
+    float32 value onnxruntime uses), ``p`` not 0 or 1 (the converter makes those a constant and the
+    identity). C ``pow`` semantics: an integer ``p`` is defined on all reals (even: ``|x|^p``; odd:
+    sign-preserving), a non-integer ``p`` only on ``x >= 0`` (NaN below); ``p < 0`` has a pole at 0.
+    Interval: the extremes are at the end points and at 0 (when inside and ``p > 0``); a box
+    reaching a pole or the NaN region gets ``(-inf, inf)``."""
+
+    kind: ClassVar[str] = "pow"
+    monotone: ClassVar[bool] = False
+    exponent: float = 2.0
+
+    @property
+    def integer(self) -> bool:
+        return float(self.exponent).is_integer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.pow(x, self.exponent)
+
+    def valid(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """(b, n) mask of boxes on which ``x^p`` is finite and real (no pole, no NaN region)."""
+        if self.exponent > 0:
+            return ~torch.isnan(lo + hi) if self.integer else lo >= 0
+        return ((lo > 0) | (hi < 0)) if self.integer else lo > 0
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        ok = self.valid(lo, hi)
+        a, b = self.forward(lo), self.forward(hi)
+        low, up = torch.minimum(a, b), torch.maximum(a, b)
+        if self.exponent > 0:
+            inside = (lo < 0) & (hi > 0)
+            low = torch.where(inside, torch.minimum(low, torch.zeros_like(low)), low)
+        return torch.where(ok, low, _inf_like(lo, -1)), torch.where(ok, up, _inf_like(hi))
+
+    def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
+        p = self.exponent
+        ok = self.valid(lo, hi)
+        far = torch.maximum(lo.abs(), hi.abs())
+        near = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        # |f'| = |p| |x|^(p-1): largest at the far end for p >= 1, at the near end for p < 1
+        s = abs(p) * (far ** (p - 1) if p >= 1 else near ** (p - 1))
+        return torch.where(ok, s, _inf_like(lo))
+
+
+@dataclass(frozen=True, eq=False)
+class _Periodic(Unary):
+    """Sin and Cos: 2 pi periodic, values in [-1, 1], slopes in [-1, 1]. The interval of a box is
+    exact: an extreme of the box is +-1 when a peak (trough) lies in it, else at an end point.
+    Peak positions ``phase + 2 pi n`` are computed in float64 and tested with a margin of a few
+    ulps of the box (a peak wrongly counted in only widens the bound)."""
+
+    monotone: ClassVar[bool] = False
+    #: where the maximum and the minimum are, modulo 2 pi
+    peak: ClassVar[float] = 0.0
+    trough: ClassVar[float] = math.pi
+
+    def _contains(self, lo: Tensor, hi: Tensor, phase: float) -> Tensor:
+        two_pi = 2 * math.pi
+        n = torch.ceil((lo - phase) / two_pi)
+        p = phase + two_pi * n
+        tol = 8 * 2.0 ** -53 * (lo.abs() + hi.abs() + two_pi)
+        return (p - tol <= hi) | (p - two_pi + tol >= lo)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self.forward(lo), self.forward(hi)
+        wide = ~(hi - lo < 2 * math.pi)  # also NaN and infinite boxes
+        one = torch.ones_like(lo)
+        up = torch.where(wide | self._contains(lo, hi, self.peak), one, torch.maximum(a, b))
+        low = torch.where(wide | self._contains(lo, hi, self.trough), -one, torch.minimum(a, b))
+        return low, up
+
+    def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.ones_like(lo)
+
+    def slope_bounds(self) -> tuple[float, float]:
+        """Range of the derivative over all reals (Lipschitz bounds)."""
+        return (-1.0, 1.0)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Sin(_Periodic):
+    """``sin x`` (ONNX Sin)."""
+
+    kind: ClassVar[str] = "sin"
+    peak: ClassVar[float] = math.pi / 2
+    trough: ClassVar[float] = -math.pi / 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return torch.cos(x)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Cos(_Periodic):
+    """``cos x`` (ONNX Cos)."""
+
+    kind: ClassVar[str] = "cos"
+    peak: ClassVar[float] = 0.0
+    trough: ClassVar[float] = math.pi
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cos(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return -torch.sin(x)
+
+
+#: erf'(0) = 2 / sqrt(pi), the largest slope of erf
+ERF_SLOPE = 2.0 / math.sqrt(math.pi)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Erf(Unary):
+    """The error function (ONNX Erf): increasing, S-shaped (convex below 0, concave above), values
+    in (-1, 1), slopes in (0, 2 / sqrt(pi)]."""
+
+    kind: ClassVar[str] = "erf"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.erf(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return ERF_SLOPE * torch.exp(-x * x)
+
+    def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.full_like(lo, ERF_SLOPE)
+
+    def slope_bounds(self) -> tuple[float, float]:
+        return (0.0, ERF_SLOPE)
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Sign(Unary):
+    """``sign x`` (ONNX Sign): -1, 0 (at +-0, as onnxruntime) or 1; nondecreasing, a jump at 0. Its
+    bounds come from the bounds of the *computed* input (every backend widens a node's bounds by
+    its rounding error before the next op sees them), so a rounding that moves the input across 0
+    is covered."""
+
+    kind: ClassVar[str] = "sign"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    def constant_on(self, l: Tensor, u: Tensor) -> Tensor:
+        """(b, n) mask of boxes on which sign is constant."""
+        return (l > 0) | (u < 0) | ((l == 0) & (u == 0))
+
+    def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
+        return ~self.constant_on(l, u)
+
+    def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.where(self.constant_on(lo, hi), torch.zeros_like(lo), _inf_like(lo))
+
+
+@register_op
+@dataclass(frozen=True, eq=False)
+class Floor(Unary):
+    """``floor x`` (ONNX Floor): nondecreasing, jumps at the integers, exact in floating point.
+    ``x - 1 < floor x <= x``; constant on a box inside one ``[n, n + 1)``. As for :class:`Sign`, the
+    bounds come from those of the computed input."""
+
+    kind: ClassVar[str] = "floor"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.floor(x)
+
+    def constant_on(self, l: Tensor, u: Tensor) -> Tensor:
+        return torch.floor(l) == torch.floor(u)
+
+    def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:
+        return ~self.constant_on(l, u)
+
+    def slope_max(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.where(self.constant_on(lo, hi), torch.zeros_like(lo), _inf_like(lo))

@@ -612,6 +612,6 @@ class MaxMin(Op):
 
 
 # the elementwise nonlinear ops of their own module (Exp, Log, Reciprocal, Sqrt, ...), registered on import
-from .elementwise import Exp, Log, Reciprocal, Sqrt  # noqa: E402,F401
+from .elementwise import Cos, Erf, Exp, Floor, Log, Pow, Reciprocal, Sign, Sin, Sqrt  # noqa: E402,F401
 # products of two variable tensors (Mul, MatMul, Div of variables), registered on import
 from .bilinear import Bilinear, Product  # noqa: E402,F401

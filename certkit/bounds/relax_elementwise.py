@@ -1,0 +1,261 @@
+"""Linear relaxations of the unary elementwise ops of :mod:`certkit.graph.elementwise`.
+
+One construction serves every op, a smooth one or a step: **a slope with an exact offset**. For any
+slope ``k`` the lines
+
+    k x + min_{[l, u]} (f - k x)   and   k x + max_{[l, u]} (f - k x)
+
+are below and above ``f`` on ``[l, u]``, whatever ``k`` is. The extremes of ``g = f - k x`` are at
+the end points or where ``f'(x) = k`` (smooth ``f``; each op supplies those *critical points*,
+and a few extra points of ``[l, u]`` never hurt), or at the ends of the constant pieces (steps,
+one-sided limits included). Per neuron several slopes are tried and the line closest to ``f`` in
+the mean over ``[l, u]`` -- the value at the midpoint -- is kept, per side; the interval image
+(a constant line) is the starting point, so the result is never looser than interval bounds.
+
+Slopes tried: for convex or concave ``f`` on the box (Exp; Log, Sqrt, Reciprocal on one side of 0)
+the chord and the tangent at the midpoint -- with exact offsets these are the chord above and
+the tangent below for a convex ``f`` (the mirror for a concave one): DeepPoly/CROWN's
+relaxation, and the midpoint tangent is the one of least area (the tangent at ``t`` encloses
+``(u - l) (f(m) - f(t) - f'(t)(m - t))`` less area than ``f``, largest at ``t = m``). For the
+S-shaped and periodic ops (Erf, Sin, Cos, Pow) also the tangents at the end points, 0, and the
+secants from each end point to the quarter points, which come close to CROWN's tangent lines
+through an end point. A slope of a numerically degenerate candidate (inf, NaN) is dropped. Since
+every slope is sound, the choice only affects tightness; soundness rests on the critical points.
+
+Domains: where the op may give NaN or a pole on the box (Log, Sqrt below 0; Reciprocal and
+negative powers at 0; non-integer powers below 0) no finite bound holds and the lines are
+``0 x -+ inf`` (no verdict can rest on them); a Sin/Cos box of width ``>= 2 pi`` keeps the
+constant bounds -1 and 1.
+
+Every line's slope ``k`` satisfies ``|k| max(|l|, |u|) <= line_cap(op, l, u)`` (candidates beyond it
+are dropped): the floating-point error rule charges certkit's own float64 rounding of these
+lines from that bound (:mod:`certkit.bounds.fperror_elementwise`). Soundness is tested by dense
+sampling in ``tests/test_elementwise_ops.py``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ..graph import elementwise as ew
+from .relaxations import Relax, _safe_div, relaxation
+
+Tensor = torch.Tensor
+INF = float("inf")
+TWO_PI = 2.0 * math.pi
+
+#: Points of [l, u] where ``f'(x) = k`` (a superset is fine), as a function of (k, l, u).
+Crit = Callable[[Tensor, Tensor, Tensor], list]
+
+
+def _mag(lo: Tensor, hi: Tensor) -> Tensor:
+    return torch.maximum(lo.abs(), hi.abs())
+
+
+def line_cap(op, lo: Tensor, hi: Tensor) -> Tensor:
+    """A bound on ``|k| max(|l|, |u|)`` for the lines of the relaxation of ``op`` on ``[lo, hi]``:
+    ``4 (max |f| + 1)`` plus, where finite, ``max |f'| max(|lo|, |hi|)`` (infinite where the box
+    is; NaN never)."""
+    a, b = op.interval(lo, hi)
+    m_in = _mag(lo, hi)
+    s = op.slope_max(lo, hi) * m_in
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+    cap = 4.0 * (_mag(a, b) + 1.0) + s
+    return torch.where(torch.isnan(cap) | torch.isnan(m_in), torch.full_like(cap, INF), cap)
+
+
+def _clamp(p: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    p = torch.where(torch.isfinite(p), p, l)
+    return torch.minimum(torch.maximum(p, l), u)
+
+
+def best_lines(op, l: Tensor, u: Tensor, slopes: list, crit: Crit, valid: Tensor | None = None,
+               values: Callable | None = None) -> Relax:
+    """The relaxation of the module docstring: per side, the best line at the midpoint among the
+    interval image's constant and ``k x + extreme(f - k x)`` for the candidate ``slopes``.
+
+    ``crit(k, l, u)`` lists the critical points (clamped into [l, u] here); ``values(k, l, u)``
+    instead returns the list of values of ``g`` at every extreme candidate (steps: one-sided
+    limits). ``valid``: where finite lines may be used at all."""
+    f = op.forward
+    lo_b, hi_b = op.interval(l, u)
+    lo_b = torch.where(torch.isnan(lo_b), torch.full_like(lo_b, -INF), lo_b)
+    hi_b = torch.where(torch.isnan(hi_b), torch.full_like(hi_b, INF), hi_b)
+    zero = torch.zeros_like(l)
+    lw, lb, uw, ub = zero, lo_b, zero, hi_b
+    v_lo, v_hi = lo_b, hi_b
+    m = l / 2 + u / 2
+    cap = line_cap(op, l, u)
+    m_in = _mag(l, u)
+    ok = torch.isfinite(l) & torch.isfinite(u)
+    if valid is not None:
+        ok = ok & valid
+    fl, fu = f(l), f(u)
+    nan = torch.full_like(l, float("nan"))
+    for k in slopes:
+        k = torch.where(ok & torch.isfinite(k) & (k.abs() * m_in <= cap), k, nan)
+        if values is not None:
+            g = values(k, l, u)
+        else:
+            g = [fl - k * l, fu - k * u] + [f(q) - k * q for q in (_clamp(c, l, u) for c in crit(k, l, u))]
+        G = torch.stack(g)
+        off_lo, off_hi = G.amin(0), G.amax(0)  # NaN propagates: such a candidate is never taken
+        c_lo, c_hi = k * m + off_lo, k * m + off_hi
+        take = c_lo > v_lo
+        lw, lb, v_lo = torch.where(take, k, lw), torch.where(take, off_lo, lb), torch.where(take, c_lo, v_lo)
+        take = c_hi < v_hi
+        uw, ub, v_hi = torch.where(take, k, uw), torch.where(take, off_hi, ub), torch.where(take, c_hi, v_hi)
+    return lw, lb, uw, ub
+
+
+def _chord(op, l: Tensor, u: Tensor) -> Tensor:
+    return _safe_div(op.forward(u) - op.forward(l), u - l)
+
+
+def _convex_slopes(op, df, l: Tensor, u: Tensor) -> list:
+    """Chord and midpoint tangent (convex or concave f)."""
+    return [_chord(op, l, u), df(l / 2 + u / 2)]
+
+
+def _s_slopes(op, df, l: Tensor, u: Tensor) -> list:
+    """For S-shaped and periodic f: chord, tangents at l, m, u, slope 0, and the secants from each
+    end point to the quarter points."""
+    f = op.forward
+    fl, fu = f(l), f(u)
+    out = [_chord(op, l, u), df(l), df(l / 2 + u / 2), df(u), torch.zeros_like(l)]
+    for t in (0.25, 0.5, 0.75):
+        q = l + t * (u - l)
+        fq = f(q)
+        out += [_safe_div(fq - fl, q - l), _safe_div(fu - fq, u - q)]
+    return out
+
+
+# --------------------------------------------------------------------------- monotone convex/concave
+
+
+@relaxation(ew.Exp)
+def _exp(op: ew.Exp, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Convex: chord above, midpoint tangent below; ``f'(x) = k`` at ``log k``."""
+    return best_lines(op, l, u, _convex_slopes(op, torch.exp, l, u), lambda k, l, u: [torch.log(k)])
+
+
+@relaxation(ew.Log)
+def _log(op: ew.Log, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Concave on x > 0: chord below, midpoint tangent above; ``f'(x) = k`` at ``1/k``. With ``l = 0``
+    only the upper line is finite (log 0 = -inf); with ``l < 0`` neither (NaN)."""
+    return best_lines(op, l, u, _convex_slopes(op, torch.reciprocal, l, u),
+                      lambda k, l, u: [torch.reciprocal(k)], valid=l >= 0)
+
+
+@relaxation(ew.Sqrt)
+def _sqrt(op: ew.Sqrt, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Concave on x >= 0: chord below, midpoint tangent above; ``f'(x) = k`` at ``1 / (4 k^2)``."""
+    return best_lines(op, l, u, _convex_slopes(op, lambda x: 0.5 / torch.sqrt(x), l, u),
+                      lambda k, l, u: [0.25 / (k * k)], valid=l >= 0)
+
+
+@relaxation(ew.Reciprocal)
+def _reciprocal(op: ew.Reciprocal, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Convex for x > 0, concave for x < 0: chord and midpoint tangent; ``-1/x^2 = k`` at
+    ``+-1/sqrt(-k)``. A box containing 0 (end points included) has no finite bound."""
+    def crit(k, l, u):
+        r = torch.rsqrt(-k)
+        return [r, -r]
+    return best_lines(op, l, u, _convex_slopes(op, lambda x: -1.0 / (x * x), l, u), crit,
+                      valid=(l > 0) | (u < 0))
+
+
+# --------------------------------------------------------------------------- S-shaped and periodic
+
+
+@relaxation(ew.Pow)
+def _pow(op: ew.Pow, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """``x^p``: convex, concave or (odd p across 0) S-shaped; ``p |x|^(p-1) = |k|`` at
+    ``|x| = |k/p|^(1/(p-1))``, both signs. No finite bound on a box reaching a pole or NaN."""
+    p = op.exponent
+
+    def df(x):
+        return p * torch.pow(x, p - 1)
+
+    def crit(k, l, u):
+        r = torch.pow((k / p).abs(), 1.0 / (p - 1))
+        return [r, -r]
+    return best_lines(op, l, u, _s_slopes(op, df, l, u), crit, valid=op.valid(l, u))
+
+
+@relaxation(ew.Erf)
+def _erf(op: ew.Erf, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """S-shaped; ``erf'(x) = c e^(-x^2) = k`` at ``+-sqrt(log(c / k))``."""
+    def crit(k, l, u):
+        r = torch.sqrt(torch.log(ew.ERF_SLOPE / k))
+        return [r, -r]
+    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit)
+
+
+def _periodic_crit(first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor]) -> Crit:
+    """Critical points of a 2 pi periodic f on a box narrower than 2 pi: the solutions of
+    ``f'(x) = k`` are ``a + 2 pi n`` and ``b + 2 pi n``; for each family the first one at or above
+    ``l`` and its two neighbours (robust to the rounding of ``n``)."""
+    def crit(k, l, u):
+        out = []
+        for base in (first(k), second(k)):
+            p = base + TWO_PI * torch.ceil((l - base) / TWO_PI)
+            out += [p - TWO_PI, p, p + TWO_PI]
+        return out
+    return crit
+
+
+@relaxation(ew.Sin)
+def _sin(op: ew.Sin, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """``cos x = k`` at ``+-acos k + 2 pi n``; boxes of width >= 2 pi keep [-1, 1]."""
+    crit = _periodic_crit(torch.acos, lambda k: -torch.acos(k))
+    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
+
+
+@relaxation(ew.Cos)
+def _cos(op: ew.Cos, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """``-sin x = k`` at ``asin(-k) + 2 pi n`` and ``pi - asin(-k) + 2 pi n``."""
+    crit = _periodic_crit(lambda k: torch.asin(-k), lambda k: math.pi - torch.asin(-k))
+    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@relaxation(ew.Sign)
+def _sign(op: ew.Sign, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Piecewise constant: ``g = sign - k x`` is linear on x < 0 and x > 0, so its extremes over
+    [l, u] are among its values at l, u and the limits at 0 (-1, 0, 1, where 0 is in [l, u]).
+    Slopes: 0 and the lines through the corners, ``2/u``, ``-2/l``, ``1/u``, ``-1/l``."""
+    def values(k, l, u):
+        out = [torch.sign(l) - k * l, torch.sign(u) - k * u]
+        has0 = (l <= 0) & (u >= 0)
+        for v, side in ((-1.0, l < 0), (0.0, has0), (1.0, u > 0)):
+            out.append(torch.where(has0 & side, torch.full_like(l, v), out[0]))
+        return out
+    one = torch.ones_like(l)
+    slopes = [torch.zeros_like(l), _safe_div(2 * one, u), _safe_div(-2 * one, l), _safe_div(one, u),
+              _safe_div(-one, l)]
+    return best_lines(op, l, u, slopes, None, values=values)
+
+
+@relaxation(ew.Floor)
+def _floor(op: ew.Floor, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+    """Piecewise constant with jumps at the integers: ``g = floor - k x`` is linear on every piece,
+    so its extremes are at l, u, at the integers ``n`` of [l, u] (value ``n``) and of (l, u] (left
+    limit ``n - 1``); those are linear in ``n``, so the first and the last integer of each suffice. Slopes: 0, 1
+    (``x - 1 < floor x <= x``) and the secants between the corners of the staircase."""
+    def values(k, l, u):
+        out = [torch.floor(l) - k * l, torch.floor(u) - k * u]
+        for n in (torch.ceil(l), torch.floor(u)):  # the first and last integers of [l, u]
+            out.append(torch.where((n >= l) & (n <= u), n - k * n, out[0]))
+        for n in (torch.floor(l) + 1, torch.floor(u)):  # ... of (l, u]: left limits n - 1
+            out.append(torch.where((n > l) & (n <= u), n - 1 - k * n, out[0]))
+        return out
+    fl, fu = torch.floor(l), torch.floor(u)
+    n1, n2 = torch.ceil(l), fu
+    slopes = [torch.zeros_like(l), torch.ones_like(l), _safe_div(fu - fl, u - l),
+              _safe_div(fu - fl, u - n1), _safe_div(fu - fl - 1, n2 - l), _safe_div(fu - fl - 1, n2 - n1)]
+    return best_lines(op, l, u, slopes, None, values=values)
