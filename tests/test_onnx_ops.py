@@ -142,6 +142,16 @@ add_cases("Conv", True, {
     "1d-same-groups": lambda: single("Conv", (1, 4, 8), X, r(4, 2, 3), auto_pad="SAME_UPPER", group=2),
     "1x1": lambda: single("Conv", (1, 3, 4, 4), X, r(5, 3, 1, 1), r(5)),
 })
+# the variants of ConvTranspose and Resize: tests/test_onnx_upsample.py
+add_cases("ConvTranspose", True, {
+    "stride-pads-outpad-groups": lambda: single("ConvTranspose", (1, 4, 3, 3), X, r(4, 2, 3, 3), r(4), strides=[2, 2],
+                                                pads=[1, 0, 0, 1], output_padding=[1, 1], group=2),
+})
+add_cases("Resize", True, {
+    "nearest": lambda: single("Resize", (1, 2, 3, 4), X, np.zeros(0, np.float32), np.array([1, 1, 2, 1.5], np.float32)),
+    "linear": lambda: single("Resize", (1, 2, 3, 4), X, np.zeros(0, np.float32), np.array([1, 1, 2, 1.5], np.float32),
+                             mode="linear"),
+})
 add_cases("AveragePool", True, {
     "k2s2": lambda: single("AveragePool", (1, 2, 4, 4), X, kernel_shape=[2, 2], strides=[2, 2]),
     "pads-excl": lambda: single("AveragePool", (1, 2, 5, 5), X, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),

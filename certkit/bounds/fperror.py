@@ -130,6 +130,10 @@ def own_steps(op: ops.LinearOp) -> int:
         return int(op.weight.shape[1]) + 1 + PARAM_STEPS + op.fp_extra
     if isinstance(op, ops.Conv):
         return int(np.prod(op.weight.shape[1:])) + 1 + PARAM_STEPS + op.fp_extra
+    if isinstance(op, ops.ConvTranspose):  # fan-in: the kernel entries of a group's input channels
+        return op.fan_in + 1 + PARAM_STEPS + op.fp_extra
+    if isinstance(op, ops.SparseLinear):  # interpolation: onnxruntime rounds its weights (PARAM_STEPS)
+        return op.fan_in + 1 + PARAM_STEPS
     if isinstance(op, ops.Scale):
         return 2 + PARAM_STEPS + op.fp_extra
     if isinstance(op, ops.Sum):
@@ -147,7 +151,7 @@ def bias_magnitude(op: ops.LinearOp) -> np.ndarray | None:
     return None if c is None else np.abs(np.asarray(c, dtype=np.float64))
 
 
-@fp_error(ops.Dense, ops.Conv)
+@fp_error(ops.Dense, ops.Conv, ops.ConvTranspose)
 def _dot(op, ins, mag_out: Tensor | None, p: Precision):
     """A dot product of fan-in ``n`` plus a bias, summed in any order (any summation tree, FMA or
     not): every one of the ``n`` roundings of the sums is relative to a partial sum, and a partial
@@ -190,6 +194,15 @@ def _affine(op: ops.LinearOp, ins, mag_out: Tensor | None, p: Precision):
         mag = mag + torch.as_tensor(beta, dtype=mag.dtype)
     model = None if S == 0 else gamma(S, p.u) * mag + S * p.tiny
     return model, mag
+
+
+@fp_error(ops.SparseLinear)
+def _sparse(op: ops.SparseLinear, ins, mag_out: Tensor | None, p: Precision):
+    """The rule of :func:`_affine`, plus ``weight_error |W| |x|``: the runtime's own weights are
+    that far (relatively) from the op's, in whatever precision the model computes (onnxruntime
+    computes interpolation weights in float32 even for a double model)."""
+    model, mag = _affine(op, ins, mag_out, p)
+    return model + op.weight_error * mag, mag
 
 
 def _slope(op) -> float:
@@ -297,7 +310,7 @@ def interval_and_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision,
     """:func:`interval_with_error` and the error it used (None when none: exact ops)."""
     from .interval import interval_node
 
-    if isinstance(op, (ops.Dense, ops.Conv)) and not op.fp_extra and op.fp_bias is None:
+    if isinstance(op, (ops.Dense, ops.Conv, ops.ConvTranspose)) and not op.fp_extra and op.fp_bias is None:
         return _dot_interval(op, ins[0], p, steps)
     lo, hi = interval_node(op, ins)
     if isinstance(op, EXACT_INTERVAL):
@@ -398,6 +411,8 @@ def spectral_bound(op) -> float:
         cols = max(per_out[k * cout_g:(k + 1) * cout_g].sum(axis=0).max() for k in range(g)) if cin_g else 0.0
         del cin_g
         return float(np.sqrt(rows * cols)) * (1 + 1e-9)
+    if isinstance(op, (ops.ConvTranspose, ops.SparseLinear)):
+        return op.norm2_upper()
     if isinstance(op, ops.Scale):
         return float(np.abs(op.scale).max(initial=0.0))
     if isinstance(op, ops.Sum):

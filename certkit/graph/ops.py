@@ -613,5 +613,8 @@ class MaxMin(Op):
 
 # the elementwise nonlinear ops of their own module (Exp, Log, Reciprocal, Sqrt, ...), registered on import
 from .elementwise import Cos, Erf, Exp, Floor, Log, Pow, Reciprocal, Sign, Sin, Sqrt  # noqa: E402,F401
+# the linear ops of their own modules (transposed convolution, sparse rows), registered on import
+from .conv_transpose import ConvTranspose  # noqa: E402,F401
+from .sparse import SparseLinear  # noqa: E402,F401
 # products of two variable tensors (Mul, MatMul, Div of variables), registered on import
 from .bilinear import Bilinear, Product  # noqa: E402,F401

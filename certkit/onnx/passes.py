@@ -6,7 +6,7 @@ random inputs against onnxruntime); they only make the graph smaller.
   lowered form, one IR op each (:mod:`certkit.onnx.patterns`);
 * fusion of elementwise affine maps (:class:`Scale`) into neighbouring
   :class:`Dense`/:class:`Conv`/:class:`Scale` nodes (input normalisation,
-  bias Adds, BatchNormalization after a convolution; a per-channel
+  bias Adds, BatchNormalization after a convolution or a transposed one; a per-channel
   normalisation before a convolution when the padding allows it).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from ..bounds.fperror import bias_magnitude, own_steps
 from ..graph.graph import Graph, Node
-from ..graph.ops import Conv, Dense, Scale
+from ..graph.ops import Conv, ConvTranspose, Dense, Scale
 from .patterns import recognise_activations
 
 
@@ -81,6 +81,8 @@ def _fuse_exact(prev, nxt):
         w = prev.weight * a[:, None, None, None]
         b = c + a * (0 if prev.bias is None else prev.bias)
         return Conv(w, b, prev.in_shape, prev.out_shape, prev.strides, prev.pads, prev.dilations, prev.groups)
+    if isinstance(prev, ConvTranspose) and isinstance(nxt, Scale):
+        return prev.then_scale(nxt.scale, nxt.shift)
     return None
 
 

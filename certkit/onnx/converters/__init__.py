@@ -14,7 +14,10 @@ The converters live by concern, and importing this package registers all of them
 * :mod:`.conv_pool`: Conv, MaxPool, AveragePool (and their global forms), with the window geometry;
 * :mod:`.activations`: Relu and the other elementwise activations, Clip, Max/Min, HardSigmoid;
 * :mod:`.elementwise`: Exp, Log, Reciprocal, Sqrt, Pow (constant exponent), Sin, Cos, Erf, Sign, Floor;
-* :mod:`.tails`: non-arithmetic output tails (ArgMax, OneHot, comparisons), refused with a reason.
+* :mod:`.tails`: non-arithmetic output tails (ArgMax, OneHot, comparisons), refused with a reason;
+* :mod:`.conv_transpose`: ConvTranspose;
+* :mod:`.upsample`: Resize and Upsample (nearest and linear);
+* :mod:`.scatter_reduce`: ScatterND and Where with constant indices/condition, ReduceMax/ReduceMin.
 
 The registry and the helpers the converters share are in :mod:`.base`.
 """
@@ -22,5 +25,6 @@ from __future__ import annotations
 
 # every converter module registers its ops on import; the registry lives in .base, so that no
 # converter module imports this package (no import circle)
-from . import activations, affine, conv_pool, data_movement, elementwise, tails  # noqa: E402,F401
+from . import (activations, affine, conv_pool, conv_transpose, data_movement, elementwise,  # noqa: E402,F401
+               scatter_reduce, tails, upsample)
 from .base import CONVERTERS, Converter, converter  # noqa: F401

@@ -51,6 +51,8 @@ def linear_matrices(op: ops.LinearOp, in_sizes: list[int], n_out: int) -> list[s
         valid = np.asarray(op.index) >= 0
         rows = np.flatnonzero(valid)
         return [sp.csr_matrix((np.ones(len(rows)), (rows, np.asarray(op.index)[valid])), shape=(n_out, op.n_in))]
+    if isinstance(op, ops.SparseLinear):
+        return [op.matrix()]
     # generic: rows of M are backward(e_i)
     parts: list[list[sp.csr_matrix]] = [[] for _ in in_sizes]
     for s in range(0, n_out, _CHUNK):
