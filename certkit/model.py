@@ -24,13 +24,9 @@ class Model:
     @property
     def runner(self) -> OnnxRunner:
         if self._runner is None:
-            src: str | bytes = self.path
-            if self.path.endswith(".gz"):
-                import gzip
+            from .onnx.external import runtime_source
 
-                with gzip.open(self.path, "rb") as f:
-                    src = f.read()
-            self._runner = OnnxRunner(src, self.graph.input_shape, self.graph.input_name)
+            self._runner = OnnxRunner(runtime_source(self.path), self.graph.input_shape, self.graph.input_name)
         return self._runner
 
     @property

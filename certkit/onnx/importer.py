@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -138,25 +137,16 @@ def _input_shape(vi: ValueInfoProto) -> tuple[int, ...]:
 
 
 def load_onnx(path: str | os.PathLike) -> Graph:
-    """Read an ONNX file (``.onnx`` or ``.onnx.gz``) and lower it to a :class:`Graph`."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise ModelError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if path.endswith(".gz"):
-            import gzip
+    """Read an ONNX file (``.onnx`` or ``.onnx.gz``, external data resolved relative to the file's
+    folder: :mod:`certkit.onnx.external`) and lower it to a :class:`Graph`. ``Graph.sha256``
+    covers the file and its external data files."""
+    from .external import read_model_file
 
-            raw = gzip.decompress(raw)
-        if not raw:
-            raise ValueError("the file is empty")
-        model = proto.parse_model(raw)
-    except Exception as e:  # protobuf raises several types on bad bytes
-        raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).strip()[:200]})") from e
+    path = str(path)
+    model, sha256, _ = read_model_file(path)
     graph = import_model(model, path)
     return Graph(graph.nodes, graph.shapes, graph.output, graph.input_name, graph.output_name,
-                 source=path, sha256=hashlib.sha256(raw).hexdigest(), meta=graph.meta)
+                 source=path, sha256=sha256, meta=graph.meta)
 
 
 @np.errstate(all="ignore")  # overflow to inf/NaN is caught by the finiteness checks, silently

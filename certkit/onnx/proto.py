@@ -17,7 +17,8 @@ Both are loaded from the installed onnx package's folder under their own names a
 are the same classes, and the extension is initialised once. When ``onnx`` is already imported,
 its modules are used as they are. What these two cannot do imports ``onnx`` itself, when it is
 needed: folding a constant node with the reference evaluator (:func:`certkit.onnx.importer._fold`),
-and tensors of other element types or with external data (:func:`to_array`).
+and tensors of other element types (:func:`to_array`; external data is read in by
+:mod:`certkit.onnx.external` first).
 """
 from __future__ import annotations
 
@@ -166,10 +167,17 @@ _BIT_PATTERNS = (TensorProto.INT16, TensorProto.UINT16, TensorProto.FLOAT16, Ten
 
 
 def to_array(tensor: TensorProto) -> np.ndarray:
-    """The values of a TensorProto, as ``onnx.numpy_helper.to_array(tensor)`` gives them."""
+    """The values of a TensorProto, as ``onnx.numpy_helper.to_array(tensor)`` gives them. A tensor
+    whose data is still external is an error: its location is relative to the model file's folder,
+    which only the file's reader knows (:func:`certkit.onnx.external.read_model_file` reads it in)."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        from ..errors import ModelError
+
+        loc = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+        raise ModelError(f"tensor '{tensor.name}' is stored in the external file '{loc}': load the model from "
+                         "its file (certkit.load_model), which reads it relative to the model's folder")
     native = _NATIVE.get(tensor.data_type)
-    if (native is None or tensor.HasField("segment") or tensor.data_location == TensorProto.EXTERNAL
-            or sys.byteorder != "little"):
+    if native is None or tensor.HasField("segment") or sys.byteorder != "little":
         from onnx import numpy_helper
 
         return numpy_helper.to_array(tensor)
