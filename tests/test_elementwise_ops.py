@@ -366,3 +366,20 @@ def test_milp_and_lipschitz_refuse():
     with pytest.raises(CertkitError, match="no slope range"):
         Structure.of(g)
     Structure.of(import_model(_net("Sin")))  # slopes in [-1, 1]: accepted
+
+
+def test_propagated_error_uses_region_slopes():
+    """The real-vs-computed error carried through an op: finite for the smooth ops (their slope over
+    the region), infinite for the steps whose region holds a jump, and never NaN or 1.8e308."""
+    from certkit.bounds.fperror import propagated_error
+
+    box = InputSet.box(np.full((1, 3), -1.0), np.full((1, 3), 1.5))
+    for op_type, bias, finite in (("Sin", 0.0, True), ("Exp", 0.0, True), ("Log", 3.0, True),
+                                  ("Floor", 0.0, False), ("Sign", 0.0, False)):
+        g = import_model(_net(op_type, bias=bias))
+        E, E2 = propagated_error(g, box)
+        assert not torch.isnan(E).any() and not torch.isnan(E2).any()
+        if finite:
+            assert torch.isfinite(E).all() and (E < 1e-2).all(), (op_type, E)
+        else:
+            assert (E == INF).all() and (E2 == INF).all(), (op_type, E)

@@ -393,7 +393,7 @@ def row_margin(C: Tensor, d: Tensor, y_lo: Tensor, y_hi: Tensor) -> Tensor:
     Cb = C if C.dim() == 3 else C.expand(mag.shape[0], -1, -1)
     m = float(gamma(C.shape[-1] + 2, U64)) * COMPUTE_SAFETY
     val = torch.einsum("bsm,bm->bs", Cb.abs(), mag) + d.abs()
-    return torch.nan_to_num(m * val, nan=float("inf"))
+    return torch.nan_to_num(m * val, nan=float("inf"), posinf=float("inf"))
 
 
 def spectral_bound(op) -> float:
@@ -490,8 +490,9 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
                 norm = _slope(op) * E2[node.inputs[0]]
             E[i] = carried if err is None else carried + err
             E2[i] = norm if err is None else norm + torch.linalg.vector_norm(err, dim=-1)
-    return (torch.nan_to_num(E[graph.output], nan=float("inf")),
-            torch.nan_to_num(E2[graph.output], nan=float("inf")))
+    # posinf too: nan_to_num would otherwise turn an infinite error (a step's jump) into 1.8e308
+    return (torch.nan_to_num(E[graph.output], nan=float("inf"), posinf=float("inf")),
+            torch.nan_to_num(E2[graph.output], nan=float("inf"), posinf=float("inf")))
 
 
 # the error rule of products of two variable tensors, registered on import
