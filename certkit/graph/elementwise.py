@@ -280,6 +280,11 @@ class Sign(Unary):
     def forward(self, x: Tensor) -> Tensor:
         return torch.sign(x)
 
+    def surrogate(self, x: Tensor) -> Tensor:
+        """``sign x`` with the identity's gradient (straight-through, as BPDA attacks binarised nets:
+        Athalye et al. 2018); for attacks only."""
+        return x + (torch.sign(x) - x).detach()
+
     def constant_on(self, l: Tensor, u: Tensor) -> Tensor:
         """(b, n) mask of boxes on which sign is constant."""
         return (l > 0) | (u < 0) | ((l == 0) & (u == 0))
@@ -302,6 +307,10 @@ class Floor(Unary):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.floor(x)
+
+    def surrogate(self, x: Tensor) -> Tensor:
+        """``floor x`` with the identity's gradient (straight-through); for attacks only."""
+        return x + (torch.floor(x) - x).detach()
 
     def constant_on(self, l: Tensor, u: Tensor) -> Tensor:
         return torch.floor(l) == torch.floor(u)

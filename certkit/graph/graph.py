@@ -112,10 +112,13 @@ class Graph:
         return counts
 
     # -- execution -------------------------------------------------------------
-    def forward(self, x: torch.Tensor, keep: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, keep: bool = False,
+                surrogate: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Run the graph on ``x`` of shape (batch, n_inputs) (any float dtype).
 
-        With ``keep`` return every node's value (a list indexed like ``nodes``).
+        With ``keep`` return every node's value (a list indexed like ``nodes``). With ``surrogate``
+        ops that have a ``surrogate`` method (the steps Sign and Floor, whose gradient is zero almost
+        everywhere) use it: the same values, a useful gradient (for attacks only).
         """
         vals: list[torch.Tensor | None] = [None] * len(self.nodes)
         vals[0] = x.reshape(x.shape[0], -1)
@@ -124,7 +127,8 @@ class Graph:
             if i not in live:
                 continue
             n = self.nodes[i]
-            vals[i] = n.op.forward(*(vals[j] for j in n.inputs))
+            f = n.op.surrogate if surrogate and hasattr(n.op, "surrogate") else n.op.forward
+            vals[i] = f(*(vals[j] for j in n.inputs))
         if keep:
             return vals  # type: ignore[return-value]
         return vals[self.output]  # type: ignore[return-value]

@@ -68,7 +68,7 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
 
     def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
         r = x.shape[1]
-        y = graph.forward(x.reshape(b * r, n)).reshape(b, r, -1)
+        y = graph.forward(x.reshape(b * r, n), surrogate=True).reshape(b, r, -1)
         return per_disjunct(y, C, d, owner, n_dj)
 
     def project(x: Tensor) -> Tensor:  # (b, r, n)
