@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from .bounds.backends import BACKENDS
-from .bounds.deeppoly import deeppoly_output_bounds
-from .bounds.interval import interval_bounds
+from .bounds.fallback import lower_within_memory
 from .errors import BackendError
 from .model import Model, load_model
 from .bounds.fperror import input_set
@@ -20,6 +19,7 @@ from .verify.certify import STAGES, CertifyResult
 from .verify.certify import certify as _certify
 from .verify.dataset import DatasetResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
+from .verify.query import Budget
 
 if TYPE_CHECKING:
     from .fixedpoint import FixedPointReport
@@ -56,6 +56,13 @@ class BoundsResult:
     spec_lower: np.ndarray
     owner: np.ndarray  # disjunct of each spec row
     backend: str
+    #: the bound procedures that produced the bounds, one per procedure the backend runs, and
+    #: what the memory budget changed (:class:`certkit.bounds.fallback.Method`)
+    methods: tuple = ()
+
+    @property
+    def degraded(self) -> list[dict]:
+        return [m.as_dict() for m in self.methods if m.degraded]
 
 
 def _bound_names(backend: str) -> tuple[str, ...]:
@@ -68,29 +75,29 @@ def _bound_names(backend: str) -> tuple[str, ...]:
 BOUNDS_BACKENDS: tuple[str, ...] = tuple(b for b in STAGES if all(n in BACKENDS for n in _bound_names(b)))
 
 
-def bounds(model: Model, spec: Spec, backend: str = "deeppoly") -> BoundsResult:
-    """Output bounds and spec-row lower bounds with one backend of :data:`BOUNDS_BACKENDS`."""
+def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | None = None) -> BoundsResult:
+    """Output bounds and spec-row lower bounds with one backend of :data:`BOUNDS_BACKENDS`: the
+    rows ``[I; -I; C]`` bounded together by each of its procedures (the best of them, entry by
+    entry, for ``auto``), within the memory limit ``memory`` (bytes; None: the default of
+    :mod:`certkit.bounds.memory`), degrading where a procedure does not fit (``methods``)."""
     if backend not in BOUNDS_BACKENDS:
         raise BackendError(f"bounds cannot run backend '{backend}' (choose from: {', '.join(BOUNDS_BACKENDS)})")
     prop = spec.properties[0]
     inputs = input_set(model.graph, prop.lower, prop.upper)  # as the model sees it (rounded outward)
     g = model.graph
+    n = g.n_outputs
     C, d, owner = prop.stacked()
+    eye = torch.eye(n, dtype=torch.float64)
+    rows = torch.cat([eye, -eye, torch.as_tensor(C, dtype=torch.float64).reshape(-1, n)])
+    budget = Budget(memory=memory)
+    low, methods = None, []
     with torch.no_grad():
-        names = _bound_names(backend)
-        lo, hi = interval_bounds(g, inputs)[g.output]
-        if backend != "interval":
-            dlo, dhi = deeppoly_output_bounds(g, inputs, intersect=False)
-            if backend == "auto":  # the best of every stage, entry by entry
-                ilo, ihi = deeppoly_output_bounds(g, inputs, intersect=True)
-                lo, hi = torch.maximum(torch.maximum(lo, dlo), ilo), torch.minimum(torch.minimum(hi, dhi), ihi)
-            else:
-                lo, hi = dlo, dhi
-        Ct = torch.as_tensor(C)
-        sl = np.zeros(0)
-        if len(d):
-            sl = np.max([BACKENDS[n].lower(g, inputs, Ct).numpy()[0] for n in names], axis=0) - d
-    return BoundsResult(lo.numpy()[0], hi.numpy()[0], sl, owner, backend)
+        for name in _bound_names(backend):
+            got, method = lower_within_memory(name, g, inputs, rows, budget)
+            low = got[0] if low is None else torch.maximum(low, got[0])
+            methods.append(method)
+    low = low.numpy()
+    return BoundsResult(low[:n], -low[n:2 * n], low[2 * n:] - d, owner, backend, tuple(methods))
 
 
 def certify(model: Model, spec: Spec, backend: str = "auto", timeout=None,

@@ -4,8 +4,9 @@ A certificate records what a third party needs to re-check a verdict: the SHA-25
 and spec, certkit's version, backend and options, the verdict, the floating-point rule the
 bounds assumed, and per input region the proof the verdict gate admitted
 (:mod:`certkit.verify.gate`): the rows' lower bounds on ``C y - d`` with their margins and the
-bound stage of each, a branch-and-bound proof tree, or the MILP's bounds; the witness for
-``sat``; timings.
+bound stage of each (the procedure that actually bounded it: under a tight memory budget a cheaper
+one than asked, listed with the reason under ``degraded``), a branch-and-bound proof tree, or the
+MILP's bounds; the witness for ``sat``; timings.
 
 Proof trees are arrays: they go into a compressed ``.npz`` beside the JSON (``CERT.proof.npz``
 for ``CERT.json``), named in ``proof_file`` with its SHA-256. Paths in a certificate (model,
@@ -112,6 +113,8 @@ def certificate(result: CertifyResult, model, spec, options: dict[str, Any] | No
         "properties": props,
         "timings": {k: round(v, 6) for k, v in result.timings.items()},
     }
+    if result.degraded:  # what the memory budget changed (each row's row_stage names its procedure)
+        doc["degraded"] = [dict(d) for d in result.degraded]
     if result.witness is not None:
         w = result.witness
         doc["witness"] = {"x": _floats(w.x), "y": _floats(w.y), "property": w.property_index,

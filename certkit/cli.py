@@ -59,6 +59,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+_MEMORY_HELP = ("memory budget, e.g. 8G or 500M (default: half of the memory available); bounds that do "
+                "not fit degrade to cheaper sound ones, and the output says so")
+
+
+def _memory_size(text: str) -> int:
+    """``--memory-limit``: bytes (:func:`certkit.bounds.memory.parse_size`; imports no torch)."""
+    from .bounds.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     """The whole command line. Building it imports no torch, onnx or numpy: the backend choices come
     from :mod:`certkit.verify.plan`, and the plugins import their heavy code in ``run_cli``."""
@@ -76,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default="auto", choices=(*PLANS, "lipschitz"),
                    help="bound backend; lipschitz: Lipschitz-margin certificates (data-set mode)")
     c.add_argument("--timeout", type=float, default=None, help="time budget in seconds")
+    c.add_argument("--memory-limit", type=_memory_size, default=None, dest="memory_limit", metavar="SIZE",
+                   help=_MEMORY_HELP)
     c.add_argument("--out", type=output_path_or_folder,
                    help="VNN-LIB: write the VNN-COMP results file here; --dataset: a folder for the "
                         "counterexamples of falsified samples")
@@ -95,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("model")
     b.add_argument("spec")
     b.add_argument("--backend", default="deeppoly", choices=BOUNDS_BACKENDS)
+    b.add_argument("--memory-limit", type=_memory_size, default=None, dest="memory_limit", metavar="SIZE",
+                   help=_MEMORY_HELP)
     b.add_argument("--json", type=output_path, help="write the bounds as JSON here")
     b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -206,9 +224,10 @@ def _cmd_certify(a) -> int:
     # --timeout counts from process start, interpreter and imports included (as VNN-COMP measures)
     spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
     budget = None
-    if a.timeout is not None:  # one budget, which knows the user's figure and what start-up took
+    if a.timeout is not None or a.memory_limit is not None:  # one budget: the user's figures, start-up
         from .verify.query import Budget
-        budget = Budget.of(max(a.timeout - spent - _EXIT_RESERVE, 1e-3), label=a.timeout, startup=spent)
+        seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
+        budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
     res = api.certify(model, spec, a.backend, budget, a.seed)
     res.timings["load"] = t_load
     print(res.verdict)
@@ -220,9 +239,11 @@ def _cmd_certify(a) -> int:
               f"in {res.timings.get('total', 0):.3f} s")
     elif res.reason:
         print(res.reason)
+    for line in res.notes():  # what the memory budget changed
+        print(line)
+    options = {"timeout": a.timeout, "seed": a.seed, "memory_limit": a.memory_limit}
     write_outputs([("--out", a.out, lambda p: _write_text(p, results_file(res))),
-                   ("--json", a.json, lambda p: dump(certificate(res, model, spec,
-                                                                 {"timeout": a.timeout, "seed": a.seed}), p, a.json))])
+                   ("--json", a.json, lambda p: dump(certificate(res, model, spec, options), p, a.json))])
     return EXIT_OK
 
 
@@ -251,10 +272,11 @@ def _cmd_dataset(a) -> int:
         from .errors import DataError
         raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
     total = None
-    if a.total_timeout is not None:  # the whole run, counted from process start like --timeout
+    if a.total_timeout is not None or a.memory_limit is not None:  # the whole run, from process start
         from .verify.query import Budget
         spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
-        total = Budget.of(max(a.total_timeout - spent - _EXIT_RESERVE, 1e-3), label=a.total_timeout, startup=spent)
+        seconds = None if a.total_timeout is None else max(a.total_timeout - spent - _EXIT_RESERVE, 1e-3)
+        total = Budget.of(seconds, label=a.total_timeout, startup=spent, memory=a.memory_limit)
     res = certify_dataset(model, x, y, a.eps, a.norm, domain, a.backend, a.batch_size,
                           progress=sys.stderr.isatty(), timeout=a.timeout, total_timeout=total, seed=a.seed)
     counts = {v: sum(s.verdict == v for s in res.samples)
@@ -286,11 +308,15 @@ def _cmd_bounds(a) -> int:
 
     model = api.load_model(a.model)
     spec = api.load_spec(a.spec, model)
-    r = api.bounds(model, spec, a.backend)
+    r = api.bounds(model, spec, a.backend, a.memory_limit)
     doc = {"backend": a.backend, "output_lower": r.output_lower.tolist(), "output_upper": r.output_upper.tolist(),
-           "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist()}
+           "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist(),
+           "methods": [m.used for m in r.methods], "degraded": r.degraded, "memory_limit": a.memory_limit}
     for j, (lo, hi) in enumerate(zip(r.output_lower, r.output_upper)):
         print(f"Y_{j}: [{lo:.9g}, {hi:.9g}]")
+    for m in r.methods:  # what the memory budget changed
+        if m.degraded:
+            print("note: " + m.note())
     write_outputs([("--json", a.json, lambda p: _write_text(p, json.dumps(doc, indent=1)))])
     return EXIT_OK
 

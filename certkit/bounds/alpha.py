@@ -10,10 +10,17 @@ gradient ascent (Adam) on the sum of the final lower bounds; intermediate
 bounds are recomputed with their slopes at every iterate (and intersected with
 interval bounds). Every iterate is sound, and the best bound of any iterate is
 kept row by row, so the result is never looser than DeepPoly's.
+
+Memory (:mod:`certkit.bounds.memory`): the slopes of every (target, ReLU) pair, their gradients and
+Adam moments, and the autograd tape of every back-substitution of an iterate are estimated before
+the first one (:func:`plan_alpha`). When they do not fit in the budget, only the slopes of the final
+rows are optimised (the intermediate bounds are DeepPoly's, computed once: one bound state serves
+every iterate), on fewer rows per pass when needed; when not even one row fits, ``MemoryExceeded``.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +30,7 @@ from ..spec.sets import InputSet
 from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
 from .interval import interval_bounds
+from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
 
 Tensor = torch.Tensor
 
@@ -32,30 +40,118 @@ def _slope_range(op) -> tuple[float, float]:
     return (s, 1.0) if 0.0 <= s <= 1.0 else (min(s, 1.0), max(s, 1.0))
 
 
+#: Bytes per coefficient of the autograd tape (the coefficients and the relaxation's selections
+#: saved for the gradient) and per slope (the slope, its gradient, Adam's two moments).
+TAPE_COPIES, SLOPE_COPIES = 4, 4
+
+
+@dataclass(frozen=True)
+class AlphaPlan:
+    """How alpha-CROWN runs within the memory budget: all slopes (``out_only`` False), or the
+    final rows' only, ``rows`` of them per pass; ``reason`` says why it is not the full method."""
+
+    out_only: bool
+    rows: int
+    reason: str = ""
+
+
+def alpha_bytes(graph: Graph, ibp: list, s: int, b: int, out_only: bool, shared: bool = False) -> float:
+    """Estimated peak bytes of one alpha-CROWN iterate for ``s`` final rows (batch ``b``): the slopes
+    with their gradients and moments, and the autograd tape of the back-substitutions, from the
+    output and (unless ``out_only``) from every pre-activation node over its neurons unstable under
+    the interval bounds ``ibp``."""
+    nodes = graph.nodes
+    anc: list[set[int]] = [set() for _ in nodes]
+    for i, n in enumerate(nodes):
+        for j in n.inputs:
+            anc[i] |= anc[j] | {j}
+    relus = [i for i in graph.live if type(nodes[i].op) in ALPHA_OPS]
+
+    def cost(t: int, rows: int, slope_rows: int) -> float:
+        width = sum(graph.size(i) for i in anc[t] | {t})
+        slopes = sum(graph.size(r) for r in relus if r in anc[t])
+        return b * FLOAT_BYTES * (rows * width * TAPE_COPIES + slope_rows * slopes * SLOPE_COPIES)
+
+    total = cost(graph.output, s, s)
+    if not out_only:
+        for j in sorted({nodes[r].inputs[0] for r in relus}):
+            if j == 0 or ibp[j] is None:
+                continue
+            lo, hi = ibp[j]
+            k = int(((lo < 0) & (hi > 0)).sum(dim=1).max()) if lo.numel() else 0
+            if k:
+                total += cost(j, 2 * k, 1 if shared else 2 * graph.size(j))
+    return total
+
+
+def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: bool = False) -> AlphaPlan:
+    """The largest form of alpha-CROWN that fits in the budget's headroom (:class:`AlphaPlan`);
+    ``MemoryExceeded`` when not even one final row does."""
+    free = WORKING_SHARE * headroom(budget)
+    full = alpha_bytes(graph, ibp, s, b, False, shared)
+    if full <= free:
+        return AlphaPlan(False, s)
+    per_row = alpha_bytes(graph, ibp, 1, b, True)
+    rows = int(free // per_row)
+    if rows < 1:
+        raise MemoryExceeded(f"alpha-CROWN needs {format_size(per_row)} per output row; {describe(budget)}")
+    why = f"alpha-CROWN with all slopes needs about {format_size(full)}; {describe(budget)}: slopes of the output rows only"
+    return AlphaPlan(True, min(rows, s), why + (f", {rows} rows per pass" if rows < s else ""))
+
+
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = 0.1,
                 keep_state: bool = False, shared: bool = False, deadline: float | None = None,
-                budget=None):
+                budget=None, report: dict | None = None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use). Optimisation stops
     early at ``deadline`` (``time.monotonic()``) or at the ``budget``'s: the bound so far is
     returned (the first iterate, DeepPoly's, is always completed unless the budget ran out,
-    which raises ``BudgetExpired``)."""
+    which raises ``BudgetExpired``). Within the budget's memory (:func:`plan_alpha`): how it
+    ran goes into ``report["reason"]`` when it is not the full method."""
     if budget is not None and budget.deadline is not None:
         deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
+    ibp_errors: dict = {}
+    ibp = interval_bounds(graph, inputs, errors=ibp_errors)  # the same at every iterate
+    plan = plan_alpha(graph, ibp, C.shape[1], inputs.batch, budget, shared)
+    if report is not None and plan.reason:
+        report["reason"] = plan.reason
+    if not plan.out_only:
+        best, best_state = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, shared, deadline, budget)
+    else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
+        best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
+                                budget=budget, alpha_out_only=True)
+        parts, slopes = [], {}
+        for k in range(0, C.shape[1], plan.rows):
+            low, _ = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, False,
+                               deadline, budget, best_state)
+            parts.append(low)
+            for key, a in (best_state.alpha or {}).items():
+                slopes.setdefault(key, []).append(a.detach())
+        best = torch.cat(parts, dim=1)
+        best_state.alpha = {key: torch.cat(v, dim=1) for key, v in slopes.items()}
+    if keep_state:
+        return best, best_state
+    return best
+
+
+def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: dict, iterations: int,
+              lr: float, shared: bool, deadline: float | None, budget, state: BoundState | None = None):
+    """The projected gradient ascent on the slopes (module docstring): (best bounds, best state).
+    With ``state`` (slopes of the final rows only) every iterate reuses it with fresh slopes."""
     alphas: dict = {"shared": True} if shared else {}
+    if state is not None:
+        state.alpha = alphas
     best = None
     best_state = None
     opt = None
-    ibp_errors: dict = {}
-    ibp = interval_bounds(graph, inputs, errors=ibp_errors)  # the same at every iterate
     with torch.enable_grad():
         for it in range(max(1, iterations)):
-            st = BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp), ibp_errors=ibp_errors,
-                            budget=budget)
+            st = state or BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp),
+                                     ibp_errors=ibp_errors, budget=budget)
             try:
                 low = st.lower_of(graph.output, C, tag="out")
             except VerificationTimeout:
@@ -80,9 +176,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
                         continue
                     lo, hi = _slope_range(graph.nodes[key[1]].op)
                     a.clamp_(lo, hi)
-    if keep_state:
-        return best, best_state
-    return best
+    return best, best_state
 
 
-__all__ = ["alpha_lower", "ALPHA_OPS"]
+__all__ = ["alpha_lower", "plan_alpha", "AlphaPlan", "ALPHA_OPS"]

@@ -15,7 +15,7 @@ from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .alpha import alpha_lower
-from .deeppoly import deeppoly_lower
+from .deeppoly import BoundState, deeppoly_lower
 from .interval import interval_bounds
 from .relaxations import RELAXATIONS
 
@@ -79,3 +79,16 @@ register_backend(BoundBackend(
 register_backend(BoundBackend(
     "alpha", "alpha-CROWN: DeepPoly with lower ReLU slopes optimised by projected gradient ascent",
     lambda g, s, C, budget=None: alpha_lower(g, s, C, budget=budget), _has_relaxation))
+
+
+def crown_output_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Tensor:
+    """CROWN back-substitution of the rows of ``C`` only, over the interval bounds of every
+    intermediate node (none is refined), intersected with IBP: the memory fallback of
+    :mod:`certkit.bounds.fallback`, one back-substitution instead of one per layer."""
+    st = BoundState(graph, inputs, intersect=True, budget=budget, refined=set(range(len(graph.nodes))))
+    return torch.maximum(deeppoly_lower(graph, inputs, C, True, st), interval_lower(graph, inputs, C))
+
+
+register_backend(BoundBackend(
+    "crown-output", "CROWN for the output rows over interval intermediate bounds (the memory fallback)",
+    crown_output_lower, _has_relaxation))

@@ -146,8 +146,8 @@ def headroom(budget) -> int:
 
 
 def describe(budget) -> str:
-    """``memory budget of 11.2 GB (10.8 GB free)`` -- for messages."""
-    return f"memory budget of {format_size(limit_of(budget))} ({format_size(max(headroom(budget), 0))} free)"
+    """``memory budget of 11.2 GB, 310 MB in use`` -- for messages."""
+    return f"memory budget of {format_size(limit_of(budget))}, {format_size(rss())} in use"
 
 
 def rows_within(budget, floats_per_row: int, cap_floats: int, what: str = "back-substitution") -> int:

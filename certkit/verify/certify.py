@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..bounds.backends import BACKENDS
+from ..bounds.fallback import lower_within_memory
 from ..bounds.fperror import input_set, precision_of, row_margin
 from ..bounds.interval import interval_bounds
 from ..errors import BackendError
@@ -46,6 +46,32 @@ class CertifyResult:
     properties: list[PropertyResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     precision: str = "float32"  # the model's, as the bounds assumed it
+    #: what the memory budget changed: {"stage", "method" (what produced the bounds; "" none),
+    #: "reason"}, once each (:mod:`certkit.bounds.fallback`)
+    degraded: list[dict] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per entry of ``degraded``, for the user."""
+        return [degraded_note(d) for d in self.degraded]
+
+
+def degraded_note(d: dict) -> str:
+    """The line printed for one entry of a result's ``degraded`` list."""
+    if not d.get("method"):
+        return f"note: {d['stage']} skipped, it does not fit in the memory budget: {d['reason']}"
+    if d["method"] == d["stage"]:
+        return f"note: {d['stage']} reduced to fit the memory budget: {d['reason']}"
+    return f"note: {d['stage']} bounds degraded to {d['method']} (memory): {d['reason']}"
+
+
+def collect_degraded(results) -> list[dict]:
+    """The distinct ``degraded`` entries of pipeline results, in order."""
+    out: list[dict] = []
+    for r in results:
+        for d in r.extra.get("degraded", []):
+            if d not in out:
+                out.append(d)
+    return out
 
 
 def stages_for(backend: str) -> tuple[str, ...]:
@@ -69,7 +95,7 @@ def prove_rows(model: Model, prop: Property, stage: str,
     C, d, owner = prop.stacked()
     inputs = input_set(model.graph, prop.lower, prop.upper)
     with torch.no_grad():
-        low = BACKENDS[stage].lower(model.graph, inputs, torch.as_tensor(C), budget=budget).numpy()[0]
+        low = lower_within_memory(stage, model.graph, inputs, torch.as_tensor(C), budget)[0].numpy()[0]
         y_lo, y_hi = interval_bounds(model.graph, inputs)[model.graph.output]
         margin = row_margin(torch.as_tensor(C), torch.as_tensor(d), y_lo, y_hi).numpy()[0]
     slack = low - d
@@ -90,6 +116,7 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | Bu
     results = decide(queries_of(model, spec), plan, budget, seed=seed, quick=attack_budget or QUICK_ATTACK,
                      long=attack_budget or LONG_ATTACK, stop_on_sat=True, explicit=backend, timings=timings)
     out.properties = results
+    out.degraded = collect_degraded(results)
     sat = next((r for r in results if r.status == "falsified"), None)
     if sat is not None:
         out.verdict, out.witness, out.stage = "sat", sat.witness, sat.stage

@@ -13,8 +13,11 @@ For a list of queries and a plan (:mod:`certkit.verify.plan`):
    (``query_budget``) and the overall one.
 
 A query's budget running out inside a procedure (:class:`BudgetExpired`) ends that procedure, never
-the run. ``stop_on_sat``: one confirmed counterexample ends the run (a VNN-LIB spec is violated by
-one point); otherwise every query is decided on its own (data sets).
+the run; so does the memory budget (a ``MemoryError``), after the bound procedures have degraded to
+cheaper ones where they could (:mod:`certkit.bounds.fallback`: each row's stage is the procedure
+that bounded it, and ``extra["degraded"]`` says what changed and why). ``stop_on_sat``: one
+confirmed counterexample ends the run (a VNN-LIB spec is violated by one point); otherwise every
+query is decided on its own (data sets).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..bounds.fallback import allocation_failed
 from . import gate
 from .falsify import AttackConfig
 from .plan import BOUND_PROCEDURES
@@ -123,13 +127,22 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 results[i].timed_out = True
             tick(stage, t)
             break
+        except (MemoryError, RuntimeError) as e:  # not even interval bounds fit: the stage proves nothing
+            if not allocation_failed(e):
+                raise
+            for i in ids:
+                results[i].extra.setdefault("degraded", []).append({"stage": stage, "method": "", "reason": str(e)})
+            tick(stage, t)
+            continue
         tick(stage, t)
         timings["bounds"] = timings.get("bounds", 0.0) + time.monotonic() - t
         for i, row in zip(ids, got):
-            slack, margin = row[0], row[1]
-            if len(row) > 2:
-                results[i].extra["radius"] = row[2]
-            if merge_rows(results[i], queries[i], stage, slack, margin):
+            method = getattr(row, "method", None)
+            if getattr(row, "radius", None) is not None:
+                results[i].extra["radius"] = row.radius
+            if method is not None and method.degraded:
+                results[i].extra.setdefault("degraded", []).append(method.as_dict())
+            if merge_rows(results[i], queries[i], method.used if method is not None else stage, row[0], row[1]):
                 results[i].time = time.monotonic() - started[i]
     if falsify(long) and stop_on_sat:
         return _finish(results, started)
@@ -145,6 +158,13 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 out = COMPLETE[stage].run(q, qb, explicit == stage)
             except BudgetExpired:
                 res.timed_out = True
+                tick(stage, t)
+                continue
+            except (MemoryError, RuntimeError) as e:  # the search did not fit in the memory budget
+                if not allocation_failed(e):
+                    raise
+                res.reason = f"{stage} stopped: it does not fit in the memory budget ({e})"
+                res.extra.setdefault("degraded", []).append({"stage": stage, "method": "", "reason": str(e)})
                 tick(stage, t)
                 continue
             tick(stage, t)

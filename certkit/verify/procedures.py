@@ -14,12 +14,12 @@ Which procedures a ``--backend`` runs, in which order, is data: :mod:`certkit.ve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from ..bounds.backends import BACKENDS
+from ..bounds.fallback import Method, lower_within_memory
 from ..bounds.fperror import row_margin
 from ..bounds.interval import interval_bounds
 from ..errors import BackendError
@@ -78,9 +78,22 @@ def stack_sets(sets: list[InputSet]) -> InputSet:
 # --------------------------------------------------------------------------- bound procedures
 
 
-def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[tuple[np.ndarray, np.ndarray]]:
+class Rows(NamedTuple):
+    """What a bound procedure established about one query's rows: lower bounds on ``C y - d``
+    (``slack``), the row margins, the certified radius (Lipschitz margins), and the
+    :class:`~certkit.bounds.fallback.Method` that produced the bounds (None: the stage as named)."""
+
+    slack: np.ndarray
+    margin: np.ndarray
+    radius: float | None = None
+    method: Method | None = None
+
+
+def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
     """``(lower bounds of C y - d, row margins)`` per query with one bound procedure, over each
-    query's region as the model sees it (rounded outward), queries of one shape in one batch."""
+    query's region as the model sees it (rounded outward), queries of one shape in one batch;
+    within the budget's memory (the procedure degrades when it does not fit:
+    :func:`certkit.bounds.fallback.lower_within_memory`)."""
     out: list = [None] * len(queries)
     for idx in _group(queries, _shape_key):
         qs = [queries[i] for i in idx]
@@ -89,15 +102,15 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[tuple[n
         C = torch.as_tensor(np.stack([q.C for q in qs]))
         d = torch.as_tensor(np.stack([q.d for q in qs]))
         with torch.no_grad():
-            low = BACKENDS[stage].lower(graph, S, C, budget=budget)
+            low, method = lower_within_memory(stage, graph, S, C, budget)
             y_lo, y_hi = interval_bounds(graph, S)[graph.output]
             margin = row_margin(C, d, y_lo, y_hi)
         for r, i in enumerate(idx):
-            out[i] = ((low[r] - d[r]).numpy(), margin[r].numpy())
+            out[i] = Rows((low[r] - d[r]).numpy(), margin[r].numpy(), None, method)
     return out
 
 
-def lipschitz_rows(queries: list[Query], budget: Budget, pair) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def lipschitz_rows(queries: list[Query], budget: Budget, pair) -> list[Rows]:
     """Lipschitz-margin rows of robustness queries (:mod:`certkit.lipschitz.margin`): per query the
     lower bounds of ``f_label - f_j`` over the ball (rounding error included), zero margins, and the
     certified radius."""
@@ -109,7 +122,7 @@ def lipschitz_rows(queries: list[Query], budget: Budget, pair) -> list[tuple[np.
     y = np.asarray([q.label for q in qs], dtype=np.int64)
     eps = float(qs[0].region.eps[0]) if qs[0].region.eps is not None else float((qs[0].upper - qs[0].lower).max() / 2)
     cert = certify_margins(qs[0].graph, x, y, eps, pair)
-    return [(cert.rows_lower[i], np.zeros(len(q.d)), float(cert.radius[i])) for i, q in enumerate(qs)]
+    return [Rows(cert.rows_lower[i], np.zeros(len(q.d)), float(cert.radius[i])) for i, q in enumerate(qs)]
 
 
 # --------------------------------------------------------------------------- attacks
@@ -181,7 +194,7 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     res = None
     for share, cfg in INPUT_SPLIT_PORTFOLIO:
         part = budget if share is None else (budget.share(share) if budget.deadline is not None
-                                             else Budget.of(UNBOUNDED_SHARE))
+                                             else budget.cap(UNBOUNDED_SHARE))
         res = input_split(query, part, cfg)
         if res.status in ("verified", "falsified"):
             break

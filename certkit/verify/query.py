@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -44,17 +44,21 @@ BudgetExpired = VerificationTimeout
 class Budget:
     """One deadline (``time.monotonic()``; None: unlimited). ``label`` is the user's ``--timeout``
     and ``startup`` the seconds spent before the budget started (imports, loading), for the
-    message when it runs out."""
+    message when it runs out. ``memory``: the limit on resident memory in bytes (``--memory-limit``;
+    None: the default of :mod:`certkit.bounds.memory`), which every sub-budget keeps and the bound
+    computations size their work by."""
 
     deadline: float | None = None
     label: float | None = None
     startup: float = 0.0
+    memory: int | None = None
 
     @staticmethod
-    def of(seconds: float | None, label: float | None = None, startup: float = 0.0) -> "Budget":
+    def of(seconds: float | None, label: float | None = None, startup: float = 0.0,
+           memory: int | None = None) -> "Budget":
         """A budget of ``seconds`` from now (None: unlimited)."""
         return Budget(None if seconds is None else time.monotonic() + max(seconds, 0.0),
-                      seconds if label is None else label, startup)
+                      seconds if label is None else label, startup, memory)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
@@ -71,16 +75,16 @@ class Budget:
         """A sub-budget ending after ``fraction`` of the time that remains (never after this one)."""
         if self.deadline is None:
             return self
-        return Budget(time.monotonic() + fraction * self.remaining(), self.label, self.startup)
+        return replace(self, deadline=time.monotonic() + fraction * self.remaining())
 
     def cap(self, seconds: float) -> "Budget":
         """This budget, ending at the latest ``seconds`` from now."""
         end = time.monotonic() + seconds
-        return Budget(end if self.deadline is None else min(end, self.deadline), self.label, self.startup)
+        return replace(self, deadline=end if self.deadline is None else min(end, self.deadline))
 
     def before_end(self, seconds: float) -> "Budget":
         """This budget ending ``seconds`` earlier (for solvers that overshoot their own stop)."""
-        return self if self.deadline is None else Budget(self.deadline - seconds, self.label, self.startup)
+        return self if self.deadline is None else replace(self, deadline=self.deadline - seconds)
 
     def message(self) -> str:
         if self.label is None:
