@@ -383,3 +383,20 @@ def test_propagated_error_uses_region_slopes():
             assert torch.isfinite(E).all() and (E < 1e-2).all(), (op_type, E)
         else:
             assert (E == INF).all() and (E2 == INF).all(), (op_type, E)
+
+
+def test_constant_divided_by_variable():
+    """``c / x`` lowers to ``c * Reciprocal(x)`` (onnx/converters/affine.py via products.divide) and
+    its bounds contain onnxruntime's on a box away from the pole."""
+    nodes = [helper.make_node("Div", ["c", X], ["Y"])]
+    model = graph_model(nodes, (1, 3), consts={"c": np.array([2.0, -3.0, 0.5], np.float32)})
+    g = import_model(model)
+    assert any(isinstance(n.op, ops.Reciprocal) for n in g.nodes)
+    lo, hi = np.array([0.3, 1.0, -4.0]), np.array([2.0, 5.0, -0.1])
+    x = np.random.default_rng(4).uniform(lo, hi, (2000, 3))
+    y = _ort_batch(model, x)
+    np.testing.assert_allclose(g(x.astype(np.float32).astype(np.float64)), y, rtol=1e-6)
+    C = torch.cat([torch.eye(3), -torch.eye(3)]).to(D)
+    for name in ("interval", "deeppoly"):
+        low = BACKENDS[name].lower(g, InputSet.box(lo[None], hi[None]), C)[0].numpy()
+        assert (y >= low[:3]).all() and (y <= -low[3:]).all(), name
