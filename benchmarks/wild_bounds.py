@@ -7,9 +7,10 @@ For the first instance of every distinct model of ../shared/benchmarks/wild/inst
 instance with ``--all``; ``--filter`` keeps the rows whose benchmark or model path contains TEXT),
 each in fresh processes:
 
-1. ``certkit bounds MODEL SPEC --backend B --json ...`` as a user runs it: its wall time and its
-   peak resident memory (``ru_maxrss`` of that very process, from ``os.wait4``), killed after
-   ``--timeout`` s; a model that does not import shows certkit's reason (one line);
+1. ``certkit bounds MODEL SPEC --backend B --timeout T --json ...`` as a user runs it: its wall time
+   and its peak resident memory (``ru_maxrss`` of that very process, from ``os.wait4``); a method
+   that runs out of time or memory gives way to a cheaper one (shown as ``[deeppoly>crown-output]``),
+   and the process is killed at ``T + 60`` s; a model that does not import shows certkit's reason;
 2. a checker process: the IR's reference executor against onnxruntime on 100 random inputs of the
    spec's first input box (max error relative to the output's magnitude, at least 1; target 1e-5),
    and ``--samples`` onnxruntime outputs at points of the box (a quarter of them vertices): how many
@@ -128,10 +129,11 @@ def one(row: dict, a) -> dict:
     r = {"benchmark": row["benchmark"], "model": os.path.basename(row["onnx"])}
     with tempfile.TemporaryDirectory() as tmp:
         bj = os.path.join(tmp, "bounds.json")
-        cmd = [sys.executable, "-m", "certkit.cli", "bounds", onnx, vnnlib, "--backend", a.backend, "--json", bj]
+        cmd = [sys.executable, "-m", "certkit.cli", "bounds", onnx, vnnlib, "--backend", a.backend, "--json", bj,
+               "--timeout", str(a.timeout)]
         if a.memory_limit:
             cmd += ["--memory-limit", a.memory_limit]
-        rc, wall, peak, out, err = measured(cmd, a.timeout)
+        rc, wall, peak, out, err = measured(cmd, a.timeout + 60)
         r.update(rc=rc, time=wall, rss=peak)
         line = (err.strip().splitlines() or [""])[-1].replace("certkit: error: ", "")
         if rc == 3:  # the model does not import: the reason, without the path
@@ -151,6 +153,10 @@ def one(row: dict, a) -> dict:
     return r
 
 
+def a_backend(r: dict) -> str:
+    return r["degraded"][0]["stage"] if r.get("degraded") else ""
+
+
 def fmt(r: dict) -> str:
     head = f"{r['benchmark'][:22]:<22} {r['model'][:34]:<34}"
     if not r.get("imports"):
@@ -167,7 +173,8 @@ def fmt(r: dict) -> str:
     if "out_violations" in r:
         v = f"  viol {r['out_violations']}/{r['spec_violations']}  width {r['width']:.3g}"
         if r.get("degraded"):
-            v += f"  [{'+'.join(r['methods'])}]"
+            why = "time" if any("out of time" in d["reason"] for d in r["degraded"]) else "memory"
+            v += f"  [{a_backend(r)}>{'+'.join(r['methods'])}: {why}]"
     if "check_error" in r:
         v += f"  check failed: {r['check_error']}"
     return f"{head} {e} {b}{v}"
@@ -178,7 +185,7 @@ def main() -> int:
     ap.add_argument("--backend", default="deeppoly", choices=("interval", "deeppoly", "alpha"))
     ap.add_argument("--all", action="store_true", help="every instance, not only the first of each model")
     ap.add_argument("--filter", help="only rows whose benchmark or model path contains this text")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per certkit bounds run")
+    ap.add_argument("--timeout", type=float, default=120.0, help="certkit bounds --timeout (killed 60 s later)")
     ap.add_argument("--memory-limit", dest="memory_limit", help="passed to certkit bounds (default: its own)")
     ap.add_argument("--samples", type=int, default=10_000, help="onnxruntime samples per model")
     ap.add_argument("--csv", help="also write the results here")
@@ -230,7 +237,7 @@ def summary(results: list[dict], budget: int) -> None:
     print(f"bounds computed: {len(done)}/{len(imp)} ({len(timed)} over the time limit); peak RSS within the "
           f"budget: {len(within)}/{len(imp)}, under 4 GB: {len(small)}/{len(imp)}; max "
           f"{max((r['rss'] for r in imp), default=0) / 2**20:.0f} MB")
-    print(f"degraded by the memory budget: {sum(1 for r in done if r.get('degraded'))}; "
+    print(f"degraded (by time or memory): {sum(1 for r in done if r.get('degraded'))}; "
           f"sample violations: {viol} over {checked} model(s) checked (must be 0)")
     reasons = collections.Counter(r.get("reason", "")[:60] for r in results if not r.get("imports"))
     for why, k in reasons.most_common():

@@ -75,11 +75,14 @@ def _bound_names(backend: str) -> tuple[str, ...]:
 BOUNDS_BACKENDS: tuple[str, ...] = tuple(b for b in STAGES if all(n in BACKENDS for n in _bound_names(b)))
 
 
-def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | None = None) -> BoundsResult:
+def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | None = None,
+           timeout: float | Budget | None = None) -> BoundsResult:
     """Output bounds and spec-row lower bounds with one backend of :data:`BOUNDS_BACKENDS`: the
     rows ``[I; -I; C]`` bounded together by each of its procedures (the best of them, entry by
     entry, for ``auto``), within the memory limit ``memory`` (bytes; None: the default of
-    :mod:`certkit.bounds.memory`), degrading where a procedure does not fit (``methods``)."""
+    :mod:`certkit.bounds.memory`) and ``timeout`` (seconds or a :class:`Budget`), degrading to
+    cheaper procedures where one does not fit (:func:`certkit.bounds.fallback.lower_within_memory`;
+    the procedures that ran are ``methods``)."""
     if backend not in BOUNDS_BACKENDS:
         raise BackendError(f"bounds cannot run backend '{backend}' (choose from: {', '.join(BOUNDS_BACKENDS)})")
     prop = spec.properties[0]
@@ -89,11 +92,11 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | No
     C, d, owner = prop.stacked()
     eye = torch.eye(n, dtype=torch.float64)
     rows = torch.cat([eye, -eye, torch.as_tensor(C, dtype=torch.float64).reshape(-1, n)])
-    budget = Budget(memory=memory)
+    budget = timeout if isinstance(timeout, Budget) else Budget.of(timeout, memory=memory)
     low, methods = None, []
     with torch.no_grad():
         for name in _bound_names(backend):
-            got, method = lower_within_memory(name, g, inputs, rows, budget)
+            got, method = lower_within_memory(name, g, inputs, rows, budget, on_timeout=True)
             low = got[0] if low is None else torch.maximum(low, got[0])
             methods.append(method)
     low = low.numpy()

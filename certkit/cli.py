@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", default="deeppoly", choices=BOUNDS_BACKENDS)
     b.add_argument("--memory-limit", type=_memory_size, default=None, dest="memory_limit", metavar="SIZE",
                    help=_MEMORY_HELP)
+    b.add_argument("--timeout", type=float, default=None,
+                   help="time budget in seconds: a method that runs out of it gives way to a cheaper sound one "
+                        "(interval bounds always complete), and the output says so")
     b.add_argument("--json", type=output_path, help="write the bounds as JSON here")
     b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -308,7 +311,13 @@ def _cmd_bounds(a) -> int:
 
     model = api.load_model(a.model)
     spec = api.load_spec(a.spec, model)
-    r = api.bounds(model, spec, a.backend, a.memory_limit)
+    budget = None
+    if a.timeout is not None or a.memory_limit is not None:  # counted from process start, as certify's
+        from .verify.query import Budget
+        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
+        seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
+        budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
+    r = api.bounds(model, spec, a.backend, a.memory_limit, budget)
     doc = {"backend": a.backend, "output_lower": r.output_lower.tolist(), "output_upper": r.output_upper.tolist(),
            "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist(),
            "methods": [m.used for m in r.methods], "degraded": r.degraded, "memory_limit": a.memory_limit}

@@ -190,3 +190,16 @@ def test_cli_memory_limit_end_to_end(capsys, tmp_path):
     assert rc == 0 and out[-1].startswith("valid")
     rc, out, _ = run(capsys, "certify", FC, UNSAT, "--backend", "deeppoly", "--memory-limit", "8G")
     assert rc == 0 and out[0] == "unsat" and not any(o.startswith("note:") for o in out)
+
+
+def test_bounds_out_of_time_give_way_to_interval():
+    import certkit
+
+    m = certkit.load_model(FC)
+    s = certkit.load_spec(UNSAT, m)
+    r = certkit.bounds(m, s, "deeppoly", timeout=Budget.of(0.0))
+    assert [x.used for x in r.methods] == ["interval"] and "out of time" in r.methods[0].reason
+    ref = certkit.bounds(m, s, "interval")
+    assert np.array_equal(r.output_lower, ref.output_lower) and np.array_equal(r.spec_lower, ref.spec_lower)
+    r = certkit.bounds(m, s, "deeppoly", timeout=60.0)
+    assert [x.used for x in r.methods] == ["deeppoly"] and not r.degraded

@@ -11,6 +11,10 @@ estimate before an allocation raises ``MemoryExceeded``; a failed allocation rai
   over interval bounds of every intermediate node (no intermediate back-substitution at all);
 * -> ``interval``: interval bound propagation, whose memory is that of one forward pass.
 
+With ``on_timeout`` (``certkit bounds --timeout``) the ladder also serves the time budget: the
+procedure asked for gets :data:`TIME_SHARE` of it, the cheaper ones what is left, and interval
+bounds (one forward pass) always complete.
+
 Every procedure on a ladder gives sound bounds (looser ones further down), so a verdict stays
 sound; :class:`Method` records which procedure produced the bounds and why, for the certificate
 (each row's stage is the procedure that bounded it, which ``certkit check`` re-runs) and the one
@@ -19,10 +23,12 @@ line the command prints.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, is_dataclass, replace
 
 import torch
 
+from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .backends import BACKENDS
@@ -38,6 +44,8 @@ LADDER: dict[str, tuple[str, ...]] = {
     "crown-output": ("interval",),
     "interval": (),
 }
+#: With ``on_timeout``: the share of the time budget the procedure asked for gets.
+TIME_SHARE = 0.7
 
 
 @dataclass(frozen=True)
@@ -73,21 +81,40 @@ def allocation_failed(e: BaseException) -> bool:
                                             or "out of memory" in text.lower())
 
 
+def _time_for(name: str, first: bool, budget):
+    """The budget of one procedure of a ladder run with ``on_timeout`` (module docstring)."""
+    if budget is None or getattr(budget, "deadline", None) is None:
+        return budget
+    if name == "interval" and is_dataclass(budget):
+        return replace(budget, deadline=None)
+    return budget.share(TIME_SHARE) if first else budget
+
+
 def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
-                        budget=None) -> tuple[Tensor, Method]:
+                        budget=None, on_timeout: bool = False) -> tuple[Tensor, Method]:
     """Lower bounds of ``C y`` (b, s) with the bound procedure ``stage``, or the first procedure of
     its :data:`LADDER` that fits in the budget's memory; and the :class:`Method` that produced them.
-    The time budget running out still raises ``BudgetExpired``."""
+    The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
+    goes on with what is left of it (module docstring)."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped
-    for name in (stage, *LADDER.get(stage, ())):
+    t0 = time.monotonic()
+    for k, name in enumerate((stage, *LADDER.get(stage, ()))):
         report: dict = {}
+        sub = _time_for(name, k == 0, budget) if on_timeout else budget
         try:
             if name == "alpha":
-                low = alpha_lower(graph, inputs, C, budget=budget, report=report)
+                low = alpha_lower(graph, inputs, C, budget=sub, report=report)
             else:
-                low = BACKENDS[name].lower(graph, inputs, C, budget=budget)
+                low = BACKENDS[name].lower(graph, inputs, C, budget=sub)
+        except VerificationTimeout:
+            if not on_timeout:
+                raise
+            label = getattr(budget, "label", None)
+            of = f" of the {label:g} s time budget" if label else ""
+            reasons.setdefault(f"out of time after {time.monotonic() - t0:.1f} s{of}", []).append(name)
+            continue
         except (MemoryError, RuntimeError) as e:
             if not allocation_failed(e):
                 raise
