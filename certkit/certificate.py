@@ -158,6 +158,8 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
         "per_sample": per,
         "timings": {k: round(v, 6) for k, v in result.timings.items()},
     }
+    if result.degraded:
+        doc["degraded"] = [dict(d) for d in result.degraded]
     if arrays:
         doc["_arrays"] = arrays
     return doc

@@ -298,8 +298,12 @@ def _cmd_dataset(a) -> int:
         print(f"{n} counterexample(s) saved in {a.out}")
     pct = 100.0 * res.certified / res.total if res.total else 0.0
     print(f"certified: {res.certified}/{res.total} ({pct:.1f}%)")
+    from .verify.certify import degraded_note
+    for d in res.degraded:  # what the memory budget changed
+        print(degraded_note(d))
     write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset, {
-        "batch_size": a.batch_size, "timeout": a.timeout, "total_timeout": a.total_timeout, "seed": a.seed}),
+        "batch_size": a.batch_size, "timeout": a.timeout, "total_timeout": a.total_timeout, "seed": a.seed,
+        "memory_limit": a.memory_limit}),
         p, a.json))])
     return EXIT_OK
 

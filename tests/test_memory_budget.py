@@ -203,3 +203,17 @@ def test_bounds_out_of_time_give_way_to_interval():
     assert np.array_equal(r.output_lower, ref.output_lower) and np.array_equal(r.spec_lower, ref.spec_lower)
     r = certkit.bounds(m, s, "deeppoly", timeout=60.0)
     assert [x.used for x in r.methods] == ["deeppoly"] and not r.degraded
+
+
+def test_dataset_mode_records_what_was_degraded(capsys, tmp_path):
+    from tests.helpers.examples import DATA
+
+    cert = tmp_path / "d.json"
+    rc, out, _ = run(capsys, "certify", FC, "--dataset", DATA, "--eps", "0.002", "--limit", "4", "--backend",
+                     "deeppoly", "--memory-limit", "1M", "--json", cert)
+    doc = json.loads(cert.read_text())
+    assert rc == 0 and out[-1].startswith("note: deeppoly bounds degraded to interval")
+    assert doc["degraded"][0]["method"] == "interval" and doc["options"]["memory_limit"] == 1 << 20
+    assert {s["stage"] for s in doc["per_sample"] if s["verdict"] == "verified"} <= {"interval"}
+    rc, out, _ = run(capsys, "check", cert)
+    assert rc == 0 and out[-1].startswith("valid")

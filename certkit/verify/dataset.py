@@ -59,6 +59,8 @@ class DatasetResult:
     samples: list[SampleResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     precision: str = "float32"  # the model's, as the bounds assumed it
+    #: what the memory budget changed, once each (as :attr:`certkit.verify.certify.CertifyResult.degraded`)
+    degraded: list[dict] = field(default_factory=list)
 
     @property
     def certified(self) -> int:
@@ -216,6 +218,7 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
                      explicit=backend, query_budget=per_sample, timings=timings, rows=rows)
         for k, q, r in zip(ks, qs, res):
             results[int(k)] = _sample_result(q, r, int(y[k]))
+            out.degraded += [d for d in r.extra.get("degraded", []) if d not in out.degraded]
         if bar is not None:
             bar.update(len(ks))
             bar.set_postfix(verified=sum(s.verdict == "verified" for s in results.values()))
