@@ -38,6 +38,15 @@ ACT_ABS = 2.0 ** -20
 ELEMENTWISE_ULPS = 20
 ROUNDED_ULPS = 4
 
+#: The exponential inside onnxruntime's Softmax/LogSoftmax kernel (MLAS ``ComputeSumExpF32Kernel``: a
+#: polynomial after ``x - max``, inputs clamped at -88.38), charged as ``SOFTMAX_EXP_ULPS ulp`` + 2 tiny
+#: per exponential in the Softmax budget (certkit.bounds.fperror_kernels). Measured on whole kernels
+#: (tests/test_products.py: rows of 2 to 1000 float32 logits at scales 0.1 to 1e5, ties, offsets of
+#: 1e4, onnxruntime CPU x86-64): Softmax's error was at most u (6.2 |y| + 0.37) at n = 1000
+#: (3.2 |y| at n = 17), LogSoftmax's at most 6.2 u (|y| + 1); the budget charges
+#: u ((4 SOFTMAX_EXP_ULPS + n + ln n + 1) |y| + 0.37), 101 |y| at n = 17, over 15x the measured.
+SOFTMAX_EXP_ULPS = ELEMENTWISE_ULPS
+
 #: Safety factor on the float64 allowance of certkit's own arithmetic (see fperror).
 COMPUTE_SAFETY = 2.0
 

@@ -11,10 +11,14 @@ import pytest
 import torch
 from onnx import helper
 
-from certkit.bounds.fperror import FLOAT32, interval_with_error
+from certkit.bounds.backends import BACKENDS
+from certkit.bounds.fperror import FLOAT32, input_set, interval_with_error
+from certkit.bounds.interval import interval_bounds
 from certkit.bounds.relax_bilinear import McCormick
 from certkit.graph import ops
-from tests.helpers.onnx_builders import X, assert_bounds_contain_ort, assert_matches_ort, graph_model
+from certkit.onnx.importer import import_model
+from tests.helpers.onnx_builders import (X, assert_bounds_contain_ort, assert_close, assert_matches_ort, box_samples,
+                                        graph_model, ort_run, single)
 
 D = torch.float64
 INF = float("inf")
@@ -204,3 +208,176 @@ def test_attention_scores_shapes_and_matmul_memory():
     m = graph_model(nodes, (1, 3 * 17 * 16), consts={"s": np.array([3, 17, 16], np.int64)})
     g = assert_matches_ort(m)
     assert max(g.size(i) for i in range(len(g.nodes))) == 3 * 17 * 17 * 16
+
+
+# --------------------------------------------------------------------------- Softmax / LogSoftmax
+
+SOFTMAX_CASES = [(13, (1, 5), -1), (13, (2, 3, 4), 1), (13, (2, 3, 4), 0), (11, (2, 3, 4), 1),
+                 (9, (1, 3, 5, 5), 3), (11, (2, 3, 4), 2), (13, (1, 70), -1), (13, (3, 1), 1)]
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset,shape,axis", SOFTMAX_CASES)
+def test_softmax_matches_ort_and_bounds_contain_it(op, opset, shape, axis):
+    m = single(op, shape, X, opset=opset, axis=axis)
+    assert_matches_ort(m, lo=-3.0, hi=3.0)
+    assert_matches_ort(m, lo=-300.0, hi=300.0, seed=1)  # spreads far beyond exp's range
+    assert_bounds_contain_ort(m, -2.0, 2.0, n=200)
+
+
+def _point_bounds(g, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds (with the error model) of the output on the degenerate boxes ``[x, x]``."""
+    S = input_set(g, x.astype(np.float64), x.astype(np.float64))
+    with torch.no_grad():
+        lo, hi = interval_bounds(g, S)[g.output]
+    return lo.numpy(), hi.numpy()
+
+
+def _adversarial_rows(n: int, k: int, rng) -> np.ndarray:
+    """Rows of logits: random at several scales, ties, one dominant logit, offsets of 1e4,
+    spreads beyond float32's exp range (underflow to 0) and near-overflowing magnitudes."""
+    parts = [rng.standard_normal((k, n)) * s for s in (0.1, 1.0, 10.0, 60.0, 1e3)]
+    parts.append(np.round(rng.standard_normal((k, n))))  # ties
+    dom = rng.standard_normal((k, n))
+    dom[:, 0] += 90.0  # every other exponential underflows
+    parts += [dom, rng.standard_normal((k, n)) + 1e4, rng.standard_normal((k, n)) * 1e37]
+    return np.concatenate(parts).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("n", [2, 5, 17, 70])
+def test_softmax_error_model_contains_ort_float32(op, n):
+    """The IR's error model on point boxes contains onnxruntime's float32 Softmax/LogSoftmax, and
+    rows whose logits may overflow in onnxruntime (NaN) get infinite bounds, never a finite
+    wrong one or NaN."""
+    rng = np.random.default_rng(n)
+    m = single(op, (1, n), X, opset=13, axis=-1)
+    g = import_model(m)
+    x = _adversarial_rows(n, 40, rng)
+    ref = ort_run(m, x)
+    lo, hi = _point_bounds(g, x)
+    assert not np.isnan(lo).any() and not np.isnan(hi).any()
+    fin = np.isfinite(ref)
+    assert (ref[fin] >= lo[fin]).all() and (ref[fin] <= hi[fin]).all()
+    assert (lo[~fin] == -INF).all() and (hi[~fin] == INF).all()
+    ordinary = np.abs(x).max(1) < 1e5
+    assert np.isfinite(lo[ordinary]).all() and np.isfinite(hi[ordinary]).all()
+
+
+def test_softmax_of_overflowing_logits_gives_infinite_bounds():
+    """Logits that overflow float32 before the Softmax (onnxruntime: inf - inf = NaN) give infinite
+    bounds in every backend, never NaN or a finite value."""
+    nodes = [helper.make_node("Mul", [X, "k"], ["z"]), helper.make_node("Softmax", ["z"], ["Y"], axis=-1)]
+    m = graph_model(nodes, (1, 4), consts={"k": np.float32(100.0)})
+    g = import_model(m)
+    lo_x, hi_x = np.full((1, 4), 1e37), np.full((1, 4), 3e37)
+    assert np.isnan(ort_run(m, lo_x.astype(np.float32))).all()
+    C = torch.cat([torch.eye(4), -torch.eye(4)]).double()
+    for name in ("interval", "deeppoly", "deeppoly+interval"):
+        low = BACKENDS[name].lower(g, input_set(g, lo_x, hi_x), C)[0].numpy()
+        assert not np.isnan(low).any() and (low == -INF).all(), (name, low)
+
+
+# --------------------------------------------------------------------------- LayerNormalization
+
+def _layernorm_model(shape, axis, rng):
+    tail = shape[axis % len(shape):]
+    gamma, beta = rng.normal(1, 0.3, tail), rng.normal(0, 0.3, tail)
+    return single("LayerNormalization", shape, X, gamma, beta, opset=17, axis=axis, epsilon=1e-5)
+
+
+def _decomposed_layernorm(n: int, rng, pow_: bool = True):
+    sq = helper.make_node("Pow", ["c", "two"], ["p"]) if pow_ else helper.make_node("Mul", ["c", "c"], ["p"])
+    nodes = [helper.make_node("ReduceMean", [X], ["m"], axes=[-1]), helper.make_node("Sub", [X, "m"], ["c"]), sq,
+             helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]), helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Div", ["c", "s"], ["d"]),
+             helper.make_node("Mul", ["d", "g"], ["dg"]), helper.make_node("Add", ["dg", "b"], ["Y"])]
+    return graph_model(nodes, (2, n), consts={"two": np.float32(2.0), "eps": np.float32(1e-5),
+                                              "g": rng.normal(1, 0.3, n), "b": rng.normal(0, 0.3, n)})
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 8), -1), ((2, 3, 4), -1), ((2, 3, 4), 1), ((1, 5, 6), 2)])
+def test_layernorm_matches_ort_and_bounds_contain_it(shape, axis):
+    m = _layernorm_model(shape, axis, np.random.default_rng(3))
+    assert_matches_ort(m, lo=-3.0, hi=3.0)
+    assert_bounds_contain_ort(m, 0.5, 1.5, n=200)
+    assert_bounds_contain_ort(m, -1.0, 1.0, n=200, backends=("interval", "deeppoly"))
+
+
+@pytest.mark.parametrize("pow_", [True, False])
+def test_decomposed_layernorm_gets_the_fused_kernels_budget(pow_):
+    """onnxruntime fuses ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div into its LayerNorm kernel, whose
+    variance is E[x^2] - mean^2: with a large mean and a small spread its float32 result is far from
+    the op-by-op one; the IR's bounds on point boxes contain it anyway."""
+    rng = np.random.default_rng(4)
+    m = _decomposed_layernorm(6, rng, pow_)
+    g = assert_matches_ort(m, lo=-3.0, hi=3.0)
+    assert any(isinstance(nd.op, ops.KernelRounding) for nd in g.nodes)
+    assert_bounds_contain_ort(m, 0.5, 1.5, n=200)
+    x = (rng.normal(0, 1, (300, 12)) * 10.0 ** rng.uniform(-3, 1, (300, 1)) + rng.normal(0, 1, (300, 1)) * 10.0 **
+         rng.uniform(0, 3, (300, 1))).astype(np.float32)
+    ref = ort_run(m, x.reshape(300, 2, 6))
+    lo, hi = _point_bounds(g, x)
+    assert not np.isnan(lo).any() and not np.isnan(hi).any()
+    assert (ref >= lo).all() and (ref <= hi).all()
+
+
+def test_layernorm_error_model_contains_ort_with_a_dominant_mean():
+    rng = np.random.default_rng(5)
+    m = _layernorm_model((1, 16), -1, rng)
+    g = import_model(m)
+    x = (rng.normal(0, 1, (400, 16)) * 10.0 ** rng.uniform(-4, 1, (400, 1)) + rng.normal(0, 1, (400, 1)) * 10.0 **
+         rng.uniform(0, 4, (400, 1))).astype(np.float32)
+    ref = ort_run(m, x)
+    lo, hi = _point_bounds(g, x)
+    assert not np.isnan(lo).any() and not np.isnan(hi).any()
+    fin = np.isfinite(ref)
+    assert (ref[fin] >= lo[fin]).all() and (ref[fin] <= hi[fin]).all()
+    xd = x.astype(np.float64)
+    ordinary = np.abs(xd.mean(1)) < 30 * xd.std(1)  # E[x^2] - mean^2 loses few digits
+    assert ordinary.sum() > 50 and np.isfinite(lo[ordinary]).all() and np.isfinite(hi[ordinary]).all()
+
+
+def test_kernel_rounding_is_the_identity_on_its_first_input():
+    op = ops.KernelRounding(what="t", rel=1.0, absolute=0.0, tinies=0.0, group=3, n_ref=6)
+    a, b = torch.randn(2, 4, dtype=D), torch.randn(2, 6, dtype=D)
+    assert torch.equal(op.forward(a, b), a) and torch.equal(op.apply_abs(a.abs(), b.abs()), a.abs())
+    A = torch.randn(2, 3, 4, dtype=D)
+    p1, p2 = op.backward(A)
+    assert torch.equal(p1, A) and p2.shape == (2, 3, 6) and not p2.any()
+
+
+# --------------------------------------------------------------------------- attention, end to end
+
+def _attention_model(T: int = 4, d: int = 4, seed: int = 0):
+    """softmax(Q K^T / sqrt(d)) V with Q, K, V linear in the input, then a Gemm to 3 logits."""
+    rng = np.random.default_rng(seed)
+    w = {k: rng.normal(0, 0.6, (d, d)) for k in ("wq", "wk", "wv")}
+    nodes = [helper.make_node("MatMul", [X, "wq"], ["q"]), helper.make_node("MatMul", [X, "wk"], ["k"]),
+             helper.make_node("MatMul", [X, "wv"], ["v"]), helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Mul", ["s", "scale"], ["ss"]),
+             helper.make_node("Softmax", ["ss"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["a"]),
+             helper.make_node("Reshape", ["a", "flat"], ["af"]), helper.make_node("Gemm", ["af", "wo"], ["Y"])]
+    consts = {**w, "scale": np.float32(1 / np.sqrt(d)), "flat": np.array([1, T * d], np.int64),
+              "wo": rng.normal(0, 0.5, (T * d, 3))}
+    return graph_model(nodes, (1, T, d), consts=consts)
+
+
+def test_attention_block_bounds_contain_10k_onnxruntime_samples():
+    m = _attention_model()
+    g = import_model(m)
+    x0 = np.random.default_rng(9).normal(0, 1, 16)
+    lo, hi = x0 - 0.1, x0 + 0.1
+    x = box_samples(lo, hi, 10_000, seed=2)
+    ref = ort_run(m, x.reshape(-1, 1, 4, 4))
+    assert_close(g(x), ref, 1e-5)
+    C = torch.cat([torch.eye(3), -torch.eye(3)]).double()
+    S = input_set(g, lo[None], hi[None])
+    widths = {}
+    for name in ("interval", "deeppoly", "deeppoly+interval"):
+        low = BACKENDS[name].lower(g, S, C)[0].numpy()
+        y_lo, y_hi = low[:3], -low[3:]
+        assert np.isfinite(low).all(), name
+        assert (ref >= y_lo).all() and (ref <= y_hi).all(), name
+        widths[name] = float((y_hi - y_lo).mean())
+    assert widths["deeppoly"] < widths["interval"]

@@ -178,7 +178,7 @@ class BoundState:
             if self._relu_charged_below(i):
                 self.errors[i] = None
                 return None
-            ins = [tuple(t.detach() for t in self.bounds[j]) for j in node.inputs]
+            ins = [self._mag_bounds(j) for j in node.inputs]
             out = None
             if not isinstance(node.op, ops.LinearOp):
                 out = interval_node(node.op, ins)
@@ -186,12 +186,21 @@ class BoundState:
                 err = self.ibp_errors[i]  # the input's bounds are never refined: the same error
             else:
                 err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
-            consumers = self.graph.consumers[i]
-            if err is not None and len(consumers) == 1 and self._relu_charged_below(consumers[0]):
-                lo, hi = (t.detach() for t in self.bounds[i])
-                err = err + 2.0 * COMPUTE_SAFETY * gamma(self._steps(), U64) * magnitude(lo, hi, precision_of(self.graph))
             self.errors[i] = err
         return self.errors[i]
+
+    def _charged_error(self, i: int, t: int | None) -> Tensor | None:
+        """The error charged at node ``i`` in a back-substitution from ``t`` (None: from above ``i``):
+        :meth:`error`, plus the allowance of a ReLU charged at ``i`` when the coefficients came through
+        that ReLU (``t != i``; its only consumer). The allowance uses ``i``'s bounds as they are then --
+        the ones the ReLU's relaxation used -- not as they were when ``error(i)`` was first computed
+        (during ``i``'s own refinement, with stale interval bounds, possibly infinite)."""
+        e = self.error(i)
+        consumers = self.graph.consumers[i]
+        if t == i or e is None or len(consumers) != 1 or not self._relu_charged_below(consumers[0]):
+            return e
+        lo, hi = (v.detach() for v in self.bounds[i])
+        return e + 2.0 * COMPUTE_SAFETY * gamma(self._steps(), U64) * magnitude(lo, hi, precision_of(self.graph))
 
     def _relu_charged_below(self, i: int) -> bool:
         """Is ``i`` a ReLU whose float64 allowance is charged at its input (see :meth:`error`)?"""
@@ -250,6 +259,27 @@ class BoundState:
                                      precision_of(self.graph), self._steps())
         old = self.bounds[i]
         self.bounds[i] = (lo, hi) if old is None else (torch.maximum(old[0], lo), torch.minimum(old[1], hi))
+
+    def _refresh(self, i: int) -> None:
+        """Bounds of linear node ``i`` for the magnitudes of rounding errors (:meth:`_mag_bounds`): the
+        error-widened interval image of its inputs' bounds as they are now (once per node). Interval
+        bounds are computed once, before any refinement, and a linear node whose consumers are linear
+        is never refined: its stale interval bounds would size the rounding errors of the nodes after
+        it (after a Product of refined factors they can be 10^5 times too wide, or infinite: a vision
+        transformer's attention scores). Only the error magnitudes use them; ``bounds`` (what the
+        relaxations see) is left as it is."""
+        fresh = self._cache.setdefault("fresh", {})
+        if i in fresh or i == 0:
+            return
+        node = self.graph.nodes[i]
+        ins = [self._mag_bounds(j) for j in node.inputs]
+        fresh[i] = interval_with_error(node.op, ins, precision_of(self.graph), self._steps())
+
+    def _mag_bounds(self, j: int) -> tuple[Tensor, Tensor]:
+        """The tightest bounds of node ``j`` at hand, for error magnitudes (detached)."""
+        lo, hi = (t.detach() for t in self.bounds[j])
+        f = self._cache.get("fresh", {}).get(j)
+        return (lo, hi) if f is None else (torch.maximum(lo, f[0]), torch.minimum(hi, f[1]))
 
     def _clamp(self, j: int, split: Tensor) -> None:
         """Intersect node ``j``'s bounds with its split constraints (sign * z >= 0)."""
@@ -370,6 +400,8 @@ class BoundState:
         for i in sorted(self._ancestors(t)):
             if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 self.relaxation(i)
+            else:
+                self._refresh(i)
         beta_at = self._beta_nodes() if (tag == "out" or self.beta_everywhere) else {}
         for i in range(t, 0, -1):
             Ai = acc.pop(i, None)
@@ -382,7 +414,7 @@ class BoundState:
             if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
                 r = beta_at[i]
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
-            e = self.error(i)
+            e = self._charged_error(i, t)
             if e is not None:  # y_i = op(...) + e_i with |e_i| <= err_i
                 total = total - _charge(Ai, e)
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
@@ -421,7 +453,7 @@ class BoundState:
                 if cols is not None:  # skip the dead neurons: a smaller product through the Dense
                     dense = self.graph.nodes[j].op
                     Ar = parts[0][..., cols]
-                    e = self.error(j)
+                    e = self._charged_error(j, None)
                     if e is not None:
                         total = total - _charge(Ar, e[:, cols])
                     w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]

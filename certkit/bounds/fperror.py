@@ -500,3 +500,6 @@ from . import relax_bilinear  # noqa: E402,F401
 
 # the error rules of the unary elementwise ops (Exp, Log, Sin, ...), registered on import
 from . import fperror_elementwise  # noqa: E402,F401
+
+# the budgets of fused onnxruntime kernels (Softmax, LayerNormalization), registered on import
+from . import fperror_kernels  # noqa: E402,F401

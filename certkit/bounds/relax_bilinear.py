@@ -19,10 +19,13 @@ plane over the box as tight as a single plane allows. In back-substitution a non
 on ``y`` takes the lower plane and a negative one the upper plane (as :class:`PairRelax` does, the
 relaxation returns one coefficient tensor per input plus a constant).
 
-**The same variable on both inputs** (``x * x``, e.g. a lowered ``Pow(x, 2)`` or a variance):
-McCormick stays sound (its lower planes are the tangents at ``l`` and ``u``), but a square has
-better ones: below, the tangent at the midpoint ``m``, ``x^2 >= 2 m x - m^2``; above, the chord
-``x^2 <= (l + u) x - l u``. Half of each coefficient goes to either (identical) input.
+**The same variable on both inputs** (``x * x``, e.g. a variance): McCormick stays sound (its lower
+planes are the tangents at ``l`` and ``u``), but a square has better ones: below, the tangent at the
+point ``t`` of ``[l, u]`` nearest 0, ``x^2 >= 2 t x - t^2``, whose minimum over the box is the
+square's own (``t^2``), so a sum of squares (a variance feeding a square root) keeps a lower bound
+``>= 0`` through back-substitution -- the tangent at the midpoint encloses less area but may go
+below 0 at an end of the box; above, the chord ``x^2 <= (l + u) x - l u``. Half of each coefficient
+goes to either (identical) input.
 
 **Unbounded factors**: where a bound of either input is infinite or NaN (or a plane's constant
 overflows), no plane exists; such a neuron gets zero coefficients, and every row that reaches it
@@ -55,7 +58,7 @@ class McCormick:
         wild = ~(torch.isfinite(l1) & torch.isfinite(u1) & torch.isfinite(l2) & torch.isfinite(u2))
         l1, u1, l2, u2 = (torch.where(wild, zero, t) for t in (l1, u1, l2, u2))
         if same:
-            m = (l1 + u1) / 2
+            m = torch.minimum(torch.maximum(zero, l1), u1)  # the point of [l, u] nearest 0
             lo = (m, m, -m * m)
             h = (l1 + u1) / 2
             up = (h, h, -l1 * u1)
@@ -88,7 +91,7 @@ class McCormick:
 @relaxation(ops.Product)
 def _product(op: ops.Product, boxes: list[tuple[Tensor, Tensor]], same: bool = False) -> McCormick:
     """McCormick planes of ``x1 * x2`` (``same``: both inputs are the same variable)."""
-    return McCormick(boxes[0], boxes[1], same)
+    return McCormick(boxes[0], boxes[1], same or op.square)
 
 
 @fp_error(ops.Product)

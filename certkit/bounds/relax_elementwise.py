@@ -137,8 +137,16 @@ def _s_slopes(op, df, l: Tensor, u: Tensor) -> list:
 
 @relaxation(ew.Exp)
 def _exp(op: ew.Exp, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
-    """Convex: chord above, midpoint tangent below; ``f'(x) = k`` at ``log k``."""
-    return best_lines(op, l, u, _convex_slopes(op, torch.exp, l, u), lambda k, l, u: [torch.log(k)])
+    """Convex: chord above, midpoint tangent below; ``f'(x) = k`` at ``log k``. A lower line below 0
+    at ``l`` becomes the tangent at ``t = min(m, l + 1)``, ``e^t (x - t + 1)``, which is ``>= 0`` on
+    the box (auto_LiRPA's BoundExp): a sum of exponentials must keep a positive lower bound through
+    back-substitution, or the Reciprocal of Softmax and the Log of LogSoftmax get infinite bounds
+    under pure CROWN (no intersection with interval bounds)."""
+    lw, lb, uw, ub = best_lines(op, l, u, _convex_slopes(op, torch.exp, l, u), lambda k, l, u: [torch.log(k)])
+    t = torch.minimum(l / 2 + u / 2, l + 1.0)
+    k = torch.exp(t)
+    neg = (lw * l + lb < 0) & torch.isfinite(l) & torch.isfinite(u) & torch.isfinite(k)
+    return torch.where(neg, k, lw), torch.where(neg, k * (1.0 - t), lb), uw, ub
 
 
 @relaxation(ew.Log)

@@ -41,6 +41,17 @@ def _corner_products(l1: Tensor, u1: Tensor, l2: Tensor, u2: Tensor) -> Tensor:
     return torch.stack([l1 * l2, l1 * u2, u1 * l2, u1 * u2])
 
 
+def _square_interval(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Image of ``[l, u]`` under ``x^2``: ``[0 or min(l^2, u^2), max(l^2, u^2)]``; ``(-inf, inf)`` for NaN bounds."""
+    a, b = l * l, u * u
+    lo = torch.where((l <= 0) & (u >= 0), torch.zeros_like(l), torch.minimum(a, b))
+    hi = torch.maximum(a, b)
+    bad = torch.isnan(l) | torch.isnan(u)
+    inf = torch.full_like(l, float("inf"))
+    big = torch.finfo(l.dtype).max
+    return torch.where(bad, -inf, torch.where(lo == inf, big, lo)), torch.where(bad, inf, hi)
+
+
 @register_op
 @dataclass(frozen=True, eq=False)
 class Product(Bilinear):
@@ -52,16 +63,20 @@ class Product(Bilinear):
     infinite, and onnxruntime's ``inf * 0`` is NaN), so it counts as ``-inf`` for the minimum and
     ``+inf`` for the maximum; NaN bounds of an input do the same. A lower bound above the float64
     range (finite factors whose product overflows) becomes the largest finite number, an upper bound
-    below it the most negative one. The same variable on both inputs
-    (``x * x``) is still a sound image, only not the tightest (it may go below 0).
+    below it the most negative one. ``square`` (set when both inputs are one node, ``x * x``): the
+    image of the square, ``[0, max]`` when the box contains 0.
     """
 
     kind: ClassVar[str] = "product"
+    #: both inputs are one node (``x * x``): the image of a box is that of the square, ``>= 0``
+    square: bool = False
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         return x1 * x2
 
     def interval(self, b1: tuple[Tensor, Tensor], b2: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        if self.square:
+            return _square_interval(*b1)
         c = _corner_products(b1[0], b1[1], b2[0], b2[1])
         bad = torch.isnan(c)
         inf = torch.full_like(c, float("inf"))

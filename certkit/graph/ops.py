@@ -618,3 +618,5 @@ from .conv_transpose import ConvTranspose  # noqa: E402,F401
 from .sparse import SparseLinear  # noqa: E402,F401
 # products of two variable tensors (Mul, MatMul, Div of variables), registered on import
 from .bilinear import Bilinear, Product  # noqa: E402,F401
+# the rounding budget of fused onnxruntime kernels (Softmax, LayerNormalization), registered on import
+from .rounding import KernelRounding  # noqa: E402,F401

@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var
-from . import products
+from . import normalize, products
 from .base import broadcast_shape, constant, converter, expand, flat, scale, select_from_index, variable
 
 
@@ -159,4 +159,7 @@ def _reduce(ctx: Context, node, ins: list, attrs: dict) -> list:
     w = np.full((1, n_red), 1.0 / n_red if node.op_type == "ReduceMean" else 1.0)
     out_shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape)) if keep else \
         tuple(x.shape[i] for i in kept)
-    return [ctx.add(ops.Dense(w, None, x.size // n_red), [v], out_shape)]
+    y = ctx.add(ops.Dense(w, None, x.size // n_red), [v], out_shape)
+    if node.op_type == "ReduceMean":  # a variance onnxruntime fuses into its LayerNorm kernel (normalize.py)
+        y = normalize.variance_budget(ctx, x, moved, n_red, y)
+    return [y]

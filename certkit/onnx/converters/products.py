@@ -34,9 +34,9 @@ def product(ctx: Context, x: Var, y: Var) -> Var:
     """``x * y`` of two variable tensors (numpy broadcasting)."""
     shape = broadcast_shape(x.shape, y.shape)
     if x.node == y.node and x.shape == y.shape:
-        x = y = expand(ctx, x, shape)  # one node on both inputs: the relaxation sees a square
-    else:
-        x, y = expand(ctx, x, shape), expand(ctx, y, shape)
+        x = expand(ctx, x, shape)  # one node on both inputs: a square
+        return ctx.add(ops.Product(square=True), [x, x], shape)
+    x, y = expand(ctx, x, shape), expand(ctx, y, shape)
     return ctx.add(ops.Product(), [x, y], shape)
 
 
