@@ -357,9 +357,14 @@ def _cmd_ops(a) -> int:
     from .bounds.backends import BACKENDS
     from .graph.ops import OPS
     from .onnx.converters import CONVERTERS
+    from .onnx.converters.tails import REFUSED_TAILS
 
     print("ONNX operators with a converter (constant subgraphs of any op are folded):")
-    names = sorted(CONVERTERS)
+    names = sorted(n for n in CONVERTERS if n not in REFUSED_TAILS)
+    for k in range(0, len(names), 6):
+        print("  " + "  ".join(f"{n:<20}" for n in names[k:k + 6]))
+    print("Refused on variable tensors, with a reason (non-arithmetic output tails; folded on constants):")
+    names = sorted(REFUSED_TAILS)
     for k in range(0, len(names), 6):
         print("  " + "  ".join(f"{n:<20}" for n in names[k:k + 6]))
     print()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..importer import Context, Unsupported, Var
 from .base import converter
 
+#: op type -> what it computes; every one is refused on a variable tensor (``certkit ops`` lists them apart)
 _WHAT = {
     "ArgMax": "a class index", "ArgMin": "a class index", "TopK": "the k largest values and their indices",
     "OneHot": "a one-hot mask", "Equal": "a boolean mask", "Greater": "a boolean mask",
@@ -19,6 +20,9 @@ _WHAT = {
     "Not": "a boolean mask", "And": "a boolean mask", "Or": "a boolean mask", "Xor": "a boolean mask",
     "IsNaN": "a boolean mask", "IsInf": "a boolean mask", "NonZero": "the indices of the nonzero entries",
 }
+
+
+REFUSED_TAILS = frozenset(_WHAT)
 
 
 @converter(*_WHAT)
