@@ -45,7 +45,7 @@ LADDER: dict[str, tuple[str, ...]] = {
     "interval": (),
 }
 #: With ``on_timeout``: the share of the time budget the procedure asked for gets.
-TIME_SHARE = 0.7
+TIME_SHARE = 0.85
 
 
 @dataclass(frozen=True)
