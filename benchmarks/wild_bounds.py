@@ -27,6 +27,7 @@ import collections
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -239,7 +240,8 @@ def summary(results: list[dict], budget: int) -> None:
           f"{max((r['rss'] for r in imp), default=0) / 2**20:.0f} MB")
     print(f"degraded (by time or memory): {sum(1 for r in done if r.get('degraded'))}; "
           f"sample violations: {viol} over {checked} model(s) checked (must be 0)")
-    reasons = collections.Counter(r.get("reason", "")[:60] for r in results if not r.get("imports"))
+    reasons = collections.Counter(", ".join(sorted(set(re.findall(r"\((\w+) opset", r.get("reason", "")))))
+                                  or r.get("reason", "")[:60] for r in results if not r.get("imports"))
     for why, k in reasons.most_common():
         print(f"  not imported x{k}: {why}")
 
