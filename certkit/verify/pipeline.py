@@ -147,9 +147,15 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
     if falsify(long) and stop_on_sat:
         return _finish(results, started)
     complete = [p for p in plan if p in COMPLETE]
+    now = time.monotonic()
+    for r, t0 in zip(results, started):  # decided by the batched stages: their time ends here
+        if r.status != "open" and not r.time:
+            r.time = now - t0
     for i in (open_ones() if complete else []):
         q, res = queries[i], results[i]
         qb = budget if query_budget is None else query_budget(budget)  # one budget for all its stages
+        # a searched query's time: the batched stages, then its own search (not the others' before it)
+        searched_from, batched = time.monotonic(), now - started[i]
         for stage in complete:
             if qb.expired() or budget.expired() or res.status != "open":
                 break
@@ -183,6 +189,7 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 res.timed_out = True
             if out.reason:
                 res.reason = out.reason
+        res.time = batched + time.monotonic() - searched_from
         if budget.expired():
             break
     return _finish(results, started)
