@@ -318,6 +318,41 @@ class BoundState:
             # 90% of the neurons unstable gets back-substituted bounds for all of them
             dense = mask.double().mean(dim=1) > DENSE_FRACTION
             mask = mask | dense[:, None]
+        self._refine_mask(j, mask)
+
+    def _refine_mask(self, j: int, mask: Tensor) -> None:
+        """Back-substitute the neurons ``mask`` (b, n) of node ``j`` and update its bounds; neurons
+        already back-substituted are not done again. Where :meth:`_through` says so, the neurons of
+        ``j``'s inputs are refined instead and ``j`` takes their error-widened interval image."""
+        if j == 0:
+            return
+        rows_done = self._cache.setdefault("rows", {})
+        done = rows_done.get(j)
+        if done is not None:
+            mask = mask & ~done
+        if not bool(mask.any()):
+            return
+        rows_done[j] = mask if done is None else done | mask
+        node = self.graph.nodes[j]
+        op = node.op
+        if isinstance(op, (ops.Dense, ops.Conv, ops.Scale)) and node.inputs[0] == 0 and self.inputs.center is None:
+            return  # one affine map of a box: interval bounds are exact
+        through = self._through(j, mask)
+        if through is not None:
+            via, needs = through
+            for k, m in needs:
+                if bool(m.any()):
+                    self._refine_mask(k, m)
+            lo, hi = interval_with_error(op, [self.bounds[k] for k in node.inputs], precision_of(self.graph),
+                                         self._steps())
+            l, u = self.bounds[j]
+            if self.intersect:
+                lo, hi = torch.maximum(lo, l), torch.minimum(hi, u)
+            self.bounds[j] = (torch.where(via, lo, l), torch.where(via, hi, u))
+            mask = mask & ~via
+            if not bool(mask.any()):
+                return
+        l, u = self.bounds[j]
         union = torch.nonzero(mask.any(dim=0)).flatten()
         if union.numel() == 0:
             return
@@ -350,6 +385,47 @@ class BoundState:
                 l[:, idx] = torch.where(m, lb, li)
                 u[:, idx] = torch.where(m, ub, ui)
         self.bounds[j] = (l, u)
+
+    def _through(self, j: int, mask: Tensor) -> tuple[Tensor, list] | None:
+        """``(via, [(input, mask), ...])``: the neurons ``via`` of ``mask`` whose back-substituted bounds
+        are no tighter than the interval image of their inputs' back-substituted bounds, and the input
+        neurons to refine for them; None for none. The image is at least as tight as the node's own
+        back-substitution for
+
+        * a copy (Select; KernelRounding, the identity on its first input): back-substituting a copied
+          neuron is back-substituting its source -- and a MatMul's pairwise layout copies each entry
+          ``n`` times, which are refined once;
+        * a monotone elementwise op (and Reciprocal away from 0) or a MaxGroup (nondecreasing in
+          every input): with a lower line ``L <= f`` on the input's box, back-substitution gives
+          ``L(l_x)`` (slope >= 0) or ``L(u_x) <= L(l_x)`` (slope < 0), both ``<= f(l_x)`` for a
+          nondecreasing ``f`` -- the image's lower end; the mirror for the upper end and for a
+          nonincreasing ``f``.
+
+        Not with alpha-CROWN slopes (rows of their own)."""
+        if self.alpha is not None:
+            return None
+        node = self.graph.nodes[j]
+        op, ins = node.op, node.inputs
+        if isinstance(op, (ops.Select, ops.MaxGroup)):
+            index = np.asarray(op.index)
+            valid = torch.as_tensor(index >= 0)
+            idx = torch.as_tensor(np.where(index >= 0, index, 0))
+            m = mask[..., None] if index.ndim == 2 else mask
+            hits = torch.zeros(mask.shape[0], self.graph.size(ins[0]), dtype=torch.float64)
+            hits.index_add_(1, idx.reshape(-1), (m & valid).reshape(mask.shape[0], -1).to(torch.float64))
+            return mask, [(ins[0], hits > 0)]
+        if isinstance(op, ops.KernelRounding):
+            return mask, [(ins[0], mask)]
+        if isinstance(op, ops.Activation):
+            if isinstance(op, ops.Reciprocal):
+                l, u = self.bounds[ins[0]]
+                via = mask & ((l > 0) | (u < 0))
+            elif op.monotone:
+                via = mask
+            else:
+                return None
+            return via, [(ins[0], via)]
+        return None
 
     def bound_rows(self, j: int, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds of entries ``idx`` of node ``j``: ``idx`` is (k,) shared by

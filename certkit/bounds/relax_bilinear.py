@@ -76,12 +76,14 @@ class McCormick:
 
     def backsub(self, A: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """``A`` (b, s, n) on the output -> ``((A1, A2), const)`` with ``A y >= A1 x1 + A2 x2 + const``
-        for every point of the input box."""
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        (la1, la2, lc), (ua1, ua2, uc) = ([t[:, None, :] for t in p] for p in (self.lo, self.up))
-        A1 = pos * la1 + neg * ua1
-        A2 = pos * la2 + neg * ua2
-        const = (pos * lc + neg * uc).sum(-1)
+        for every point of the input box. Written as ``A * up + max(A, 0) * (lo - up)`` (one clamp,
+        the rest in place): the back-substitution of a transformer's attention spends most of its
+        time here."""
+        pos = A.clamp(min=0)
+        (la1, la2, lc), (ua1, ua2, uc) = self.lo, self.up
+        A1 = (A * ua1[:, None, :]).addcmul_(pos, (la1 - ua1)[:, None, :])
+        A2 = (A * ua2[:, None, :]).addcmul_(pos, (la2 - ua2)[:, None, :])
+        const = torch.bmm(A, uc[:, :, None])[..., 0] + torch.bmm(pos, (lc - uc)[:, :, None])[..., 0]
         if bool(self.wild.any()):
             hit = ((A != 0) & self.wild[:, None, :]).any(-1)
             const = torch.where(hit, torch.full_like(const, -float("inf")), const)

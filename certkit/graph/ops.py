@@ -355,7 +355,8 @@ class Select(LinearOp):
     def apply(self, x: Tensor) -> Tensor:
         idx, valid, full = self._idx()
         y = x[..., idx]
-        return y if full else y * valid.to(y.dtype)
+        # where, not a product: a fill entry stays 0 (then its constant) when x is inf or NaN
+        return y if full else torch.where(valid, y, torch.zeros((), dtype=y.dtype))
 
     def apply_abs(self, r: Tensor) -> Tensor:
         return self.apply(r)

@@ -55,7 +55,7 @@ class KernelRounding(LinearOp):
         return r1
 
     def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
-        return A, A.new_zeros(*A.shape[:-1], self.n_ref)
+        return A, A.new_zeros(()).expand(*A.shape[:-1], self.n_ref)  # no coefficient on x2 (a view)
 
     def group_to_output(self, g: Tensor, n_out: int) -> Tensor:
         """Per-group values (b, rows) spread over the output (b, n_out)."""

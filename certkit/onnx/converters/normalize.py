@@ -5,17 +5,18 @@ Every row of ``n`` values (the axis of opset >= 13; before, the input coerced to
 first copied to a contiguous ``(rows, n)`` layout (a Select, an alias when it already is), and the
 result copied back.
 
-* **Softmax**, ``n <= PAIRWISE_MAX``: ``y_i = 1 / (1 + sum_{j != i} exp(min(x_j - x_i, C)))`` (the
-  form of auto_LiRPA and of Wei et al. 2023, "Convex bounds on the softmax function": one reciprocal
-  of a sum whose terms depend on differences, which back-substitution bounds tightly when the
-  logits are correlated): a Dense of the ``n (n - 1)`` differences, a Clip at ``C = 80 - ln n`` (so
-  that no exponential or sum overflows float32: with a difference above ``C`` both the softmax and
-  this form are below ``e^-C``, which the budget adds), Exp, a Dense summing with the constant 1,
-  ``max(sum, 1)`` (the same value, see :func:`_at_least_one`), Reciprocal, then a :class:`~certkit.graph.rounding.KernelRounding` with onnxruntime's Softmax
-  budget (:mod:`certkit.bounds.fperror_kernels`): its own rounding, not the IR form's.
-  ``n > PAIRWISE_MAX``: onnxruntime's own form, ``e = Exp(x - max)``, ``y = e * Reciprocal(sum e)``
-  (MaxGroup, Sum, Exp, Dense, Reciprocal, Product): ``n`` values per row instead of ``n^2``, and each
-  node's error rule covers the kernel's step.
+* **Softmax**, short rows (``PAIRWISE_MAX``, ``PAIRWISE_SIZE``): ``y_i = 1 / (1 + sum_{j != i}
+  exp(min(x_j - x_i, C)))`` (the form of Wei et al. 2023, "Convex bounds on the softmax function":
+  one reciprocal of a sum whose terms depend on differences, which back-substitution bounds tightly
+  when the logits are correlated): a Dense of the ``n (n - 1)`` differences, a Clip at ``C = CLIP -
+  ln n`` (no exponential and no sum overflows float32; with a difference above ``C`` both the
+  softmax and this form are below ``e^-C``, which the budget adds), Exp, a Dense summing with the
+  constant 1, ``max(sum, 1)`` (the same value, see :func:`_at_least_one`), Reciprocal, then a
+  :class:`~certkit.graph.rounding.KernelRounding` with onnxruntime's Softmax budget
+  (:mod:`certkit.bounds.fperror_kernels`): the kernel's rounding, not that of the IR's form.
+  Longer rows: onnxruntime's own form, ``e = Exp(x - max)``, ``y = e * Reciprocal(max(sum e, 1))``
+  (MaxGroup, Sum, Exp, Dense, Reciprocal, Product): ``n`` values per row instead of ``n^2``, and
+  each node's error rule covers the kernel's step.
 * **LogSoftmax**: onnxruntime's form ``y = x - max - Log(sum_j Exp(x_j - max))`` (the last step one
   Sum of three), whose nodes are the kernel's steps: no overflow whatever the logits, and in a
   comparison ``y_i - y_j`` the max and the log cancel exactly in back-substitution. The sum enters
@@ -28,6 +29,13 @@ result copied back.
 * **Decomposed LayerNorm**: a ReduceMean of ``(a - ReduceMean(a))^2`` (Pow or Mul) is what
   onnxruntime's LayerNormFusion turns into the LayerNormalization kernel, which computes the variance
   as ``E[x^2] - mean^2``: :func:`variance_budget` gives that ReduceMean the same budget.
+
+A Softmax that ends the model is bounded like any other, also when the property only compares its
+outputs with each other: softmax preserves the order of the logits in real arithmetic, but not in
+float32 (two different logits whose exponentials both underflow give two equal zeros, and the
+polynomial exponential is not known to be monotone), so a property proved on the logits would not
+be proved for the model onnxruntime runs. The IR shows which form was used (``certkit ops`` kinds,
+``Graph.summary()``): ``kernel_rounding`` nodes for the pairwise form.
 """
 from __future__ import annotations
 
@@ -42,8 +50,16 @@ from ..importer import Context, Unsupported, Var
 from .base import alias, constant, converter, expand, scale, select_from_index, variable
 from .products import product
 
-#: Rows up to this length use the pairwise (difference) form of Softmax: n (n - 1) values per row.
+#: Rows up to this length use the pairwise (difference) form of Softmax: n (n - 1) values per row, if
+#: all rows together have at most PAIRWISE_SIZE differences. Measured with DeepPoly (vit_2023, CPU):
+#: pgd_2_3_16 (3 heads, 5 tokens: 300 differences per Softmax) output widths 3.10 pairwise vs 7.95
+#: in onnxruntime's form, in about the same time; ibp_3_3_8 (3 heads, 17 tokens: 13872) 0.860 vs
+#: 0.869, but 315 s vs 121 s.
 PAIRWISE_MAX = 64
+PAIRWISE_SIZE = 4096
+#: The logit differences of the pairwise form are clipped at ``CLIP - ln n``: ``n e^(CLIP - ln n)``
+#: stays below float32's largest number (e^88.7), so neither an exponential nor the sum overflows.
+CLIP = 80.0
 
 
 def _rows(ctx: Context, x: Var, axis: int, coerce: bool) -> tuple[Var, int, np.ndarray | None]:
@@ -105,7 +121,7 @@ def _softmax_pairwise(ctx: Context, x: Var, rows: int, n: int) -> Var:
         w[i, np.arange(n - 1), others] = 1.0
         w[i, :, i] = -1.0
     d = ctx.add(ops.Dense(w.reshape(n * (n - 1), n), None, rows), [x], (rows, n, n - 1))
-    c = 80.0 - math.log(n)
+    c = CLIP - math.log(n)
     z = ctx.add(ops.Clip(np.full(d.size, -np.inf), np.full(d.size, c)), [d], d.shape)
     e = ctx.add(ops.Exp(), [z], d.shape)
     s = ctx.add(ops.Dense(np.ones((1, n - 1)), np.ones(1), rows * n), [e], (rows, n))
@@ -128,7 +144,7 @@ def softmax(ctx: Context, x: Var, axis: int, coerce: bool, log: bool) -> Var:
     elif n == 1:  # exp(x - x) = 1, NaN where x is not finite
         one = ctx.add(ops.Select(np.full(rows, -1, np.int64), xr.size, np.ones(rows)), [xr], (rows, 1))
         y = _kernel(ctx, one, xr, 1, "softmax", {"rel": 0.0, "absolute": 0.0, "tinies": 0.0})
-    elif n <= PAIRWISE_MAX:
+    elif n <= PAIRWISE_MAX and rows * n * (n - 1) <= PAIRWISE_SIZE:
         y = _softmax_pairwise(ctx, xr, rows, n)
     else:
         _, e, s = _exp_shifted(ctx, xr, rows, n)
