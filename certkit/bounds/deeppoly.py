@@ -339,12 +339,11 @@ class BoundState:
             return  # one affine map of a box: interval bounds are exact
         through = self._through(j, mask)
         if through is not None:
-            via, needs = through
+            via, needs, bounds_of = through
             for k, m in needs:
                 if bool(m.any()):
                     self._refine_mask(k, m)
-            lo, hi = interval_with_error(op, [self.bounds[k] for k in node.inputs], precision_of(self.graph),
-                                         self._steps())
+            lo, hi = bounds_of()
             l, u = self.bounds[j]
             if self.intersect:
                 lo, hi = torch.maximum(lo, l), torch.minimum(hi, u)
@@ -386,20 +385,19 @@ class BoundState:
                 u[:, idx] = torch.where(m, ub, ui)
         self.bounds[j] = (l, u)
 
-    def _through(self, j: int, mask: Tensor) -> tuple[Tensor, list] | None:
-        """``(via, [(input, mask), ...])``: the neurons ``via`` of ``mask`` whose back-substituted bounds
-        are no tighter than the interval image of their inputs' back-substituted bounds, and the input
-        neurons to refine for them; None for none. The image is at least as tight as the node's own
-        back-substitution for
+    def _through(self, j: int, mask: Tensor):
+        """``(via, [(input, mask), ...], bounds)``: the neurons ``via`` of ``mask`` whose back-substituted
+        bounds follow from their inputs' back-substituted bounds, the input neurons to refine for
+        them, and a function giving ``j``'s bounds from its inputs' (then); None for none. Exactly
+        the bounds back-substituting ``j`` itself gives, at the cost of its inputs' rows only:
 
         * a copy (Select; KernelRounding, the identity on its first input): back-substituting a copied
-          neuron is back-substituting its source -- and a MatMul's pairwise layout copies each entry
-          ``n`` times, which are refined once;
-        * a monotone elementwise op (and Reciprocal away from 0) or a MaxGroup (nondecreasing in
-          every input): with a lower line ``L <= f`` on the input's box, back-substitution gives
-          ``L(l_x)`` (slope >= 0) or ``L(u_x) <= L(l_x)`` (slope < 0), both ``<= f(l_x)`` for a
-          nondecreasing ``f`` -- the image's lower end; the mirror for the upper end and for a
-          nonincreasing ``f``.
+          neuron is back-substituting its source, widened by the copy's own error -- and a MatMul's
+          pairwise layout copies each entry ``n`` times, which are refined once;
+        * an elementwise op with a relaxation ``lw x + lb <= f(x) <= uw x + ub`` (or a MaxGroup, ``x[sel]``
+          below, ``uw x[sel] + ub`` above): back-substituting ``f``'s lower row gives ``lw`` times the
+          lower row of ``x`` (``lw >= 0``) or its upper row, plus ``lb``, minus ``f``'s error: so
+          ``lw l_x + lb`` or ``lw u_x + lb`` with ``x``'s back-substituted bounds.
 
         Not with alpha-CROWN slopes (rows of their own)."""
         if self.alpha is not None:
@@ -413,19 +411,44 @@ class BoundState:
             m = mask[..., None] if index.ndim == 2 else mask
             hits = torch.zeros(mask.shape[0], self.graph.size(ins[0]), dtype=torch.float64)
             hits.index_add_(1, idx.reshape(-1), (m & valid).reshape(mask.shape[0], -1).to(torch.float64))
-            return mask, [(ins[0], hits > 0)]
+            if isinstance(op, ops.Select):
+                return mask, [(ins[0], hits > 0)], lambda: self._image(j)
+            return mask, [(ins[0], hits > 0)], lambda: self._max_through(j)
         if isinstance(op, ops.KernelRounding):
-            return mask, [(ins[0], mask)]
-        if isinstance(op, ops.Activation):
-            if isinstance(op, ops.Reciprocal):
-                l, u = self.bounds[ins[0]]
-                via = mask & ((l > 0) | (u < 0))
-            elif op.monotone:
-                via = mask
-            else:
-                return None
-            return via, [(ins[0], via)]
+            return mask, [(ins[0], mask)], lambda: self._image(j)
+        if isinstance(op, ops.Activation) and type(op) in RELAXATIONS:
+            return mask, [(ins[0], mask)], lambda: self._lines_through(j)
         return None
+
+    def _image(self, j: int) -> tuple[Tensor, Tensor]:
+        node = self.graph.nodes[j]
+        return interval_with_error(node.op, [self.bounds[k] for k in node.inputs], precision_of(self.graph),
+                                   self._steps())
+
+    def _widen(self, j: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """``[lo, hi]`` widened by node ``j``'s error (charged where its back-substitution starts); with
+        ``intersect``, also intersected with the interval image of ``j``'s inputs' bounds (for a
+        monotone op never looser than the back-substituted bounds, often tighter)."""
+        e = self.error(j)
+        lo, hi = (lo, hi) if e is None else (lo - e, hi + e)
+        if self.intersect:
+            a, b = self._image(j)
+            lo, hi = torch.maximum(lo, a), torch.minimum(hi, b)
+        return lo, hi
+
+    def _lines_through(self, j: int) -> tuple[Tensor, Tensor]:
+        lw, lb, uw, ub = self.relaxation(j)
+        l, u = self.bounds[self.graph.nodes[j].inputs[0]]
+        zero = torch.zeros((), dtype=l.dtype)
+        term = lambda w, a, b: torch.where(w == 0, zero, w * torch.where(w >= 0, a, b))  # noqa: E731
+        return self._widen(j, term(lw, l, u) + lb, term(uw, u, l) + ub)
+
+    def _max_through(self, j: int) -> tuple[Tensor, Tensor]:
+        r: MaxRelax = self.relaxation(j)  # type: ignore[assignment]
+        l, u = self.bounds[self.graph.nodes[j].inputs[0]]
+        lo = l.gather(1, r.sel)
+        hi = torch.where(r.uw == 0, r.ub, r.uw * u.gather(1, r.sel) + r.ub)
+        return self._widen(j, lo, hi)
 
     def bound_rows(self, j: int, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds of entries ``idx`` of node ``j``: ``idx`` is (k,) shared by
