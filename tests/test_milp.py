@@ -586,7 +586,7 @@ def test_acasxu(net, prop):
     spec = parse_vnnlib(os.path.join(BENCH, f"acasxu/vnnlib/{prop}.vnnlib"), model.n_inputs, model.n_outputs)
     t0 = time.monotonic()
     outs = [milp.milp_decide(model.graph, p, k, model.runner, t0 + 60) for k, p in enumerate(spec.properties)]
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 60 + 1.0  # the budget contract: stopped within 1 s of the deadline
     status = "falsified" if any(o.status == "falsified" for o in outs) else \
         "verified" if all(o.status == "verified" for o in outs) else "open"
     assert status != "open", [o.message for o in outs]
