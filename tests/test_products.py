@@ -407,3 +407,24 @@ def test_refining_through_copies_and_monotone_ops_is_never_looser(monkeypatch):
             n = f.shape[0] // 2
             assert (f[:n] >= s[:n] - 1e-9).all() and (f[n:] <= s[n:] + 1e-9).all()
         assert torch.allclose(fast[0], slow[0], rtol=1e-9, atol=1e-9)  # pure CROWN: the same figures
+
+
+@pytest.mark.parametrize("sa,sb", [((1, 6), (1, 6)), ((2, 3), (3,)), ((2, 3), (2, 1))])
+def test_div_by_a_variable_matches_ort_and_bounds_contain_it(sa, sb):
+    """``x / y`` = ``x * Reciprocal(y)``: sound where the divisor keeps its sign; where the box reaches
+    0 every backend's bounds are infinite, never NaN."""
+    m = _two_var("Div", sa, 0, sb)
+    g = assert_bounds_contain_ort(m, 0.5, 2.0, n=300)
+    assert any(isinstance(nd.op, ops.Reciprocal) for nd in g.nodes)
+    n_in = g.n_inputs
+    lo, hi = np.full((1, n_in), -1.0), np.full((1, n_in), 1.0)
+    C = torch.cat([torch.eye(g.n_outputs), -torch.eye(g.n_outputs)]).double()
+    for name in ("interval", "deeppoly", "deeppoly+interval"):
+        low = BACKENDS[name].lower(g, input_set(g, lo, hi), C)[0].numpy()
+        assert not np.isnan(low).any() and (low == -INF).all(), name
+
+
+def test_constant_divided_by_a_variable():
+    m = single("Div", (1, 5), np.array([1.0, -2.0, 3.0, 0.5, -0.25], np.float32), X)
+    assert_bounds_contain_ort(m, 0.25, 4.0, n=200)
+    assert_bounds_contain_ort(m, -4.0, -0.25, n=200)
