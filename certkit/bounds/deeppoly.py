@@ -399,11 +399,11 @@ class BoundState:
           lower row of ``x`` (``lw >= 0``) or its upper row, plus ``lb``, minus ``f``'s error: so
           ``lw l_x + lb`` or ``lw u_x + lb`` with ``x``'s back-substituted bounds.
 
-        Not with alpha-CROWN slopes (rows of their own)."""
-        if self.alpha is not None:
-            return None
+        Not for the ReLU-like ops whose slopes alpha-CROWN optimises (rows of their own)."""
         node = self.graph.nodes[j]
         op, ins = node.op, node.inputs
+        if self.alpha is not None and isinstance(op, ALPHA_OPS):
+            return None
         if isinstance(op, (ops.Select, ops.MaxGroup)):
             index = np.asarray(op.index)
             valid = torch.as_tensor(index >= 0)
