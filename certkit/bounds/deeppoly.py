@@ -13,7 +13,12 @@ the neurons whose relaxation is not already exact under the interval bounds
 ``intersect`` the result is intersected with the interval bounds (always
 sound, and usually tighter -- but not always: tighter intermediate bounds can
 flip DeepPoly's adaptive lower slope, so a final bound may get looser); without
-it the figures are CROWN's exactly, as in auto_LiRPA.
+it the figures are CROWN's exactly, as in auto_LiRPA. A node of several inputs (a
+:class:`~certkit.graph.bilinear.Bilinear` product) refines all of them and passes one
+coefficient tensor to each. The neurons of a copy (Select, KernelRounding) or of an
+elementwise op needed by a consumer are not back-substituted themselves: their inputs' neurons
+are, and the bounds follow exactly (:meth:`BoundState._through`) -- a MatMul's pairwise layout,
+a Softmax's chain and a ReLU before a MaxPool cost their inputs' rows only.
 
 Floating point (:mod:`certkit.bounds.fperror`): every node's computed value is its exact
 image plus an error ``e_i``, ``|e_i| <= err_i``, so ``A_i y_i >= A_i op(...) - |A_i| err_i``:
@@ -171,8 +176,8 @@ class BoundState:
         A ReLU whose input ``j`` is an affine node feeding nothing else is charged at ``j``: the
         coefficient the ReLU passes to ``j`` is ``P = A_i w`` (w = its slopes, >= 0) and every term the
         ReLU step forms is at most ``|P| |x_j|`` (products) or ``|P| |l_j|`` (the chord's intercept,
-        ``|ub| = uw |l|``), so ``2 gamma_L |x_j|`` added to ``err_j`` covers it and one product per
-        ReLU is saved."""
+        ``|ub| = uw |l|``), so ``2 gamma_L |x_j|`` added where ``j`` is charged covers it
+        (:meth:`_charged_error`) and one product per ReLU is saved."""
         if i not in self.errors:
             node = self.graph.nodes[i]
             if self._relu_charged_below(i):
