@@ -428,3 +428,31 @@ def test_constant_divided_by_a_variable():
     m = single("Div", (1, 5), np.array([1.0, -2.0, 3.0, 0.5, -0.25], np.float32), X)
     assert_bounds_contain_ort(m, 0.25, 4.0, n=200)
     assert_bounds_contain_ort(m, -4.0, -0.25, n=200)
+
+
+def test_row_margins_from_the_procedures_output_bounds_where_interval_bounds_overflow(monkeypatch):
+    """The gate's row margins need bounds on |y|. Where interval bounds of the output are not finite
+    (a vision transformer's: interval propagation overflows through the attention, back-substitution
+    does not), they come from the bound procedure's own output bounds (2 n_out more rows), so a row
+    can still be proved; with finite interval bounds nothing changes."""
+    from certkit.verify import procedures
+
+    m = _attention_model()
+    g = import_model(m)
+    x0 = np.random.default_rng(9).normal(0, 1, 16)
+    S = input_set(g, (x0 - 0.01)[None], (x0 + 0.01)[None])
+    C = torch.tensor([[[1.0, -1.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)
+    d = torch.tensor([[0.0, -100.0]], dtype=torch.float64)
+    low, margin, _ = procedures.rows_and_margins("deeppoly", g, S, C, d, None)
+    real = procedures.interval_bounds
+
+    def overflowing(graph, inputs, *a, **k):
+        b = real(graph, inputs, *a, **k)
+        lo, hi = b[graph.output]
+        b[graph.output] = (torch.full_like(lo, -INF), torch.full_like(hi, INF))
+        return b
+
+    monkeypatch.setattr(procedures, "interval_bounds", overflowing)
+    low2, margin2, _ = procedures.rows_and_margins("deeppoly", g, S, C, d, None)
+    assert torch.allclose(low, low2) and torch.isfinite(margin2).all()
+    assert (margin2 < 1e-9).all() and (low2[0, 1] - d[0, 1] > margin2[0, 1])

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..bounds.fallback import lower_within_memory
-from ..bounds.fperror import input_set, precision_of, row_margin
-from ..bounds.interval import interval_bounds
+from ..bounds.fperror import input_set, precision_of
 from ..errors import BackendError
 from ..model import Model
 from ..spec.spec import Property, Spec
@@ -24,6 +22,7 @@ from . import gate
 from .falsify import AttackConfig
 from .pipeline import LONG_ATTACK, QUICK_ATTACK, PropertyResult, decide
 from .plan import PLANS
+from .procedures import rows_and_margins
 from .query import Budget, Query
 from .witness import Witness
 
@@ -95,9 +94,8 @@ def prove_rows(model: Model, prop: Property, stage: str,
     C, d, owner = prop.stacked()
     inputs = input_set(model.graph, prop.lower, prop.upper)
     with torch.no_grad():
-        low = lower_within_memory(stage, model.graph, inputs, torch.as_tensor(C), budget)[0].numpy()[0]
-        y_lo, y_hi = interval_bounds(model.graph, inputs)[model.graph.output]
-        margin = row_margin(torch.as_tensor(C), torch.as_tensor(d), y_lo, y_hi).numpy()[0]
+        low, margin, _ = rows_and_margins(stage, model.graph, inputs, torch.as_tensor(C), torch.as_tensor(d), budget)
+        low, margin = low.numpy()[0], margin.numpy()[0]
     slack = low - d
     ruled = np.zeros(len(prop.disjuncts), dtype=bool)
     np.logical_or.at(ruled, owner, gate.rows_proven(slack, margin))

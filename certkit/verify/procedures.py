@@ -89,6 +89,23 @@ class Rows(NamedTuple):
     method: Method | None = None
 
 
+def rows_and_margins(stage: str, graph, S: InputSet, C: Tensor, d: Tensor,
+                     budget: Budget | None) -> tuple[Tensor, Tensor, Method]:
+    """Lower bounds of ``C y`` (b, s) with one bound procedure, the gate's row margins (b, s) and the
+    method. The margins need bounds on ``|y|``: interval bounds, or where those are not finite
+    (interval propagation overflows through a transformer's attention while back-substitution stays
+    finite) the output bounds of the same procedure, from ``2 n_out`` more rows of it."""
+    y_lo, y_hi = interval_bounds(graph, S)[graph.output]
+    if bool(torch.isfinite(y_lo).all() and torch.isfinite(y_hi).all()):
+        low, method = lower_within_memory(stage, graph, S, C, budget)
+        return low, row_margin(C, d, y_lo, y_hi), method
+    n, s = C.shape[-1], C.shape[-2]
+    eye = torch.eye(n, dtype=C.dtype).expand(*C.shape[:-2], n, n)
+    low, method = lower_within_memory(stage, graph, S, torch.cat([C, eye, -eye], dim=-2), budget)
+    y_lo, y_hi = torch.maximum(y_lo, low[:, s:s + n]), torch.minimum(y_hi, -low[:, s + n:])
+    return low[:, :s], row_margin(C, d, y_lo, y_hi), method
+
+
 def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
     """``(lower bounds of C y - d, row margins)`` per query with one bound procedure, over each
     query's region as the model sees it (rounded outward), queries of one shape in one batch;
@@ -102,9 +119,7 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
         C = torch.as_tensor(np.stack([q.C for q in qs]))
         d = torch.as_tensor(np.stack([q.d for q in qs]))
         with torch.no_grad():
-            low, method = lower_within_memory(stage, graph, S, C, budget)
-            y_lo, y_hi = interval_bounds(graph, S)[graph.output]
-            margin = row_margin(C, d, y_lo, y_hi)
+            low, margin, method = rows_and_margins(stage, graph, S, C, d, budget)
         for r, i in enumerate(idx):
             out[i] = Rows((low[r] - d[r]).numpy(), margin[r].numpy(), None, method)
     return out
