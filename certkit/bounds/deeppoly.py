@@ -74,16 +74,16 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
     return torch.ones_like(l, dtype=torch.bool)
 
 
-def _charge(A: Tensor, err: Tensor) -> Tensor:
+def _charge(A: Tensor, err: Tensor, finite: bool | None = None) -> Tensor:
     """``|A| err`` (b, s): the most the errors ``err`` (b, n) can lower ``A y``. Computed without
     gradient: alpha/beta optimisation steers by the relaxation, and the value is the same. An
     infinite error (overflow) charges ``inf`` to the rows that use it and nothing (not NaN) to
-    those whose coefficient on it is 0."""
+    those whose coefficient on it is 0. ``finite``: whether every entry of ``err`` is finite, when known."""
     with torch.no_grad():
         Aa = A.detach().abs()
-        fin = torch.isfinite(err)
-        if bool(fin.all()):
+        if finite if finite is not None else bool(torch.isfinite(err).all()):
             return torch.bmm(Aa, err[:, :, None])[..., 0]
+        fin = torch.isfinite(err)
         c = torch.bmm(Aa, torch.where(fin, err, torch.zeros_like(err))[:, :, None])[..., 0]
         hit = torch.bmm(Aa, (~fin).to(Aa.dtype)[:, :, None])[..., 0] > 0
         return torch.where(hit, torch.full_like(c, float("inf")), c)
@@ -183,13 +183,11 @@ class BoundState:
             if self._relu_charged_below(i):
                 self.errors[i] = None
                 return None
-            ins = [self._mag_bounds(j) for j in node.inputs]
-            out = None
-            if not isinstance(node.op, ops.LinearOp):
-                out = interval_node(node.op, ins)
             if node.inputs == (0,) and i in self.ibp_errors:
                 err = self.ibp_errors[i]  # the input's bounds are never refined: the same error
             else:
+                ins = [self._mag_bounds(j) for j in node.inputs]
+                out = None if isinstance(node.op, ops.LinearOp) else interval_node(node.op, ins)
                 err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
             self.errors[i] = err
         return self.errors[i]
@@ -204,8 +202,14 @@ class BoundState:
         consumers = self.graph.consumers[i]
         if t == i or e is None or len(consumers) != 1 or not self._relu_charged_below(consumers[0]):
             return e
-        lo, hi = (v.detach() for v in self.bounds[i])
-        return e + 2.0 * COMPUTE_SAFETY * gamma(self._steps(), U64) * magnitude(lo, hi, precision_of(self.graph))
+        box = self.bounds[i]
+        cache = self._cache.setdefault("charged", {})
+        hit = cache.get(i)
+        if hit is None or hit[0] is not box or hit[1] is not e:  # computed once per bounds of i
+            lo, hi = (v.detach() for v in box)
+            allowance = 2.0 * COMPUTE_SAFETY * gamma(self._steps(), U64) * magnitude(lo, hi, precision_of(self.graph))
+            hit = cache[i] = (box, e, e + allowance)
+        return hit[2]
 
     def _relu_charged_below(self, i: int) -> bool:
         """Is ``i`` a ReLU whose float64 allowance is charged at its input (see :meth:`error`)?"""
@@ -276,6 +280,8 @@ class BoundState:
         fresh = self._cache.setdefault("fresh", {})
         if i in fresh or i == 0:
             return
+        if all(self._relu_charged_below(c) for c in self.graph.consumers[i]):
+            return  # nothing reads them: such a ReLU's error is charged at i, from i's bounds
         node = self.graph.nodes[i]
         ins = [self._mag_bounds(j) for j in node.inputs]
         fresh[i] = interval_with_error(node.op, ins, precision_of(self.graph), self._steps())
@@ -360,12 +366,18 @@ class BoundState:
         union = torch.nonzero(mask.any(dim=0)).flatten()
         if union.numel() == 0:
             return
-        counts = mask.sum(dim=1)
-        k_max = int(counts.max())
-        l, u = l.clone(), u.clone()
         # rows are back-substituted in chunks within the memory budget and MAX_COEFFICIENTS floats
         # (a conv net's [I; -I] over 16k neurons is GBs otherwise), the time budget checked between them
         step = rows_within(self.budget, 2 * l.shape[0] * self.graph.max_node_size, MAX_COEFFICIENTS)
+        if union.numel() == l.shape[1] and step >= union.numel() and bool(mask.all()):
+            lb, ub = self.bound_rows(j, union)  # every neuron, in one chunk
+            if self.intersect:
+                lb, ub = torch.maximum(lb, l), torch.minimum(ub, u)
+            self.bounds[j] = (lb, ub)
+            return
+        counts = mask.sum(dim=1)
+        k_max = int(counts.max())
+        l, u = l.clone(), u.clone()
         if l.shape[0] > 1 and union.numel() > 1.5 * k_max:
             # rows differ between batch elements: each gets its own k_max rows (padded)
             order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
@@ -464,7 +476,8 @@ class BoundState:
         op = node.op
         if isinstance(op, ops.Dense) and op.rows == 1:
             # start one step down: A = [W; -W] rows, const = [c; -c]
-            w = torch.as_tensor(op.weight, dtype=torch.float64)[idx]
+            W = op.matrix(self.bounds[j][0])
+            w = W.index_select(0, idx) if idx.dim() == 1 else W[idx]
             A = torch.cat([w, -w], -2)
             A = A.expand(b, -1, -1) if idx.dim() == 1 else A
             const = None
@@ -520,7 +533,7 @@ class BoundState:
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
             e = self._charged_error(i, t)
             if e is not None:  # y_i = op(...) + e_i with |e_i| <= err_i
-                total = total - _charge(Ai, e)
+                total = total - _charge(Ai, e, self._finite(e))
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
@@ -541,32 +554,56 @@ class BoundState:
                 parts, c = self.relaxation(i).backsub(Ai)
                 total = total + c
             else:
-                lw, lb, uw, ub = (_rows(r) for r in self._relax_for(i, tag, rows, s))  # type: ignore[misc]
-                nonneg = Ai >= 0
-                parts = (Ai * torch.where(nonneg, lw, uw),)
-                finite = self._finite_relax(i, lb, ub)
-                if finite and (self._zero_lb(i, lb) if self.alpha is None else not bool(lb.any())):
-                    total = total + (Ai.clamp(max=0) * ub).sum(-1)
+                fast = self._fast_step(i) if self.alpha is None else None
+                if fast is not None:  # DeepPoly/CROWN's step on the alive columns, intercepts as products
+                    cols, lw, uw, lb, ub, fused = fast
+                    if cols is not None:
+                        Ai = Ai.index_select(-1, cols)
+                    neg, pos = Ai.clamp(max=0), Ai.clamp(min=0)
+                    Ar = torch.addcmul(pos * lw, neg, uw)  # = Ai * (lw where Ai >= 0, else uw)
+                    if ub is not None:
+                        total = total + (neg @ ub)[..., 0]
+                    if lb is not None:
+                        total = total + (pos @ lb)[..., 0]
+                    if fused is None:
+                        parts = (Ar,)
+                    else:  # the dead neurons skipped: a smaller product through the Dense
+                        k, w, bias = fused
+                        e = self._charged_cols(node.inputs[0], cols)
+                        if e is not None:
+                            total = total - _charge(Ar, e, self._finite(e))
+                        if bias is not None:
+                            total = total + Ar @ bias
+                        Ak = Ar @ w
+                        acc[k] = acc[k] + Ak if k in acc else Ak
+                        continue
                 else:
-                    prod = Ai * torch.where(nonneg, lb, ub)
-                    if not finite:  # an infinite intercept (no finite bound) costs nothing where A is 0
-                        prod = torch.where(Ai == 0, torch.zeros_like(prod), prod)
-                    total = total + prod.sum(-1)
-                j = node.inputs[0]
-                cols = self._alive_columns(i, j)
-                if cols is not None:  # skip the dead neurons: a smaller product through the Dense
-                    dense = self.graph.nodes[j].op
-                    Ar = parts[0][..., cols]
-                    e = self._charged_error(j, None)
-                    if e is not None:
-                        total = total - _charge(Ar, e[:, cols])
-                    w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]
-                    if dense.bias is not None:
-                        total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
-                    k = self.graph.nodes[j].inputs[0]
-                    Ak = Ar @ w
-                    acc[k] = acc[k] + Ak if k in acc else Ak
-                    continue
+                    lw, lb, uw, ub = (_rows(r) for r in self._relax_for(i, tag, rows, s))  # type: ignore[misc]
+                    nonneg = Ai >= 0
+                    parts = (Ai * torch.where(nonneg, lw, uw),)
+                    finite = self._finite_relax(i, lb, ub)
+                    if finite and (self._zero_lb(i, lb) if self.alpha is None else not bool(lb.any())):
+                        total = total + (Ai.clamp(max=0) * ub).sum(-1)
+                    else:
+                        prod = Ai * torch.where(nonneg, lb, ub)
+                        if not finite:  # an infinite intercept (no finite bound) costs nothing where A is 0
+                            prod = torch.where(Ai == 0, torch.zeros_like(prod), prod)
+                        total = total + prod.sum(-1)
+                    j = node.inputs[0]
+                    cols = self._alive_columns(i, j)
+                    if cols is not None:  # skip the dead neurons: a smaller product through the Dense
+                        dense = self.graph.nodes[j].op
+                        Ar = parts[0][..., cols]
+                        e = self._charged_error(j, None)
+                        if e is not None:
+                            total = total - _charge(Ar, e[:, cols])
+                        w = torch.as_tensor(dense.weight, dtype=Ar.dtype)[cols]
+                        if dense.bias is not None:
+                            total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
+                        k = self.graph.nodes[j].inputs[0]
+                        Ak = Ar @ w
+                        acc[k] = acc[k] + Ak if k in acc else Ak
+                        continue
             for j, Aj in zip(node.inputs, parts):
                 acc[j] = acc[j] + Aj if j in acc else Aj
         A_in = acc.pop(0, None)
@@ -594,6 +631,60 @@ class BoundState:
                 if float(alive.double().mean()) < 0.9:
                     cache[i] = torch.nonzero(alive).flatten()
         return cache[i]
+
+    def _fast_step(self, i: int):
+        """``(cols, lw, uw, lb, ub, fused)`` for DeepPoly's step through activation ``i`` on the alive
+        columns ``cols`` (None: all): slopes (b, 1, n_cols), intercepts as (b, n_cols, 1) columns (None
+        where all 0), and ``fused = (k, W[cols], c[cols])`` when ``i``'s input is a plain Dense fed by
+        ``k`` that the step passes straight through (:meth:`_alive_columns`). None where the fast step
+        does not apply: slopes per spec row, a non-finite line, a dead neuron with a nonzero intercept.
+        Computed once per state (the relaxation is)."""
+        cache = self._cache.setdefault("fast", {})
+        if i in cache:
+            return cache[i]
+        cache[i] = None
+        rel = self.relaxation(i)
+        if isinstance(rel, MaxRelax) or any(t.dim() != 2 or t.shape != rel[0].shape for t in rel) \
+                or not bool(torch.isfinite(torch.stack(rel)).all()):
+            return None
+        lw, lb, uw, ub = rel
+        j = self.graph.nodes[i].inputs[0]
+        cols = self._alive_columns(i, j)
+        fused = None
+        if cols is not None:
+            dead = torch.ones(lw.shape[-1], dtype=torch.bool)
+            dead[cols] = False
+            if bool(lb[:, dead].any()) or bool(ub[:, dead].any()):
+                return None
+            lw, lb, uw, ub = (t.index_select(-1, cols) for t in rel)
+            dense = self.graph.nodes[j].op
+            w = dense.matrix(lw).index_select(0, cols)
+            bias = None if dense.bias is None else \
+                torch.as_tensor(dense.bias, dtype=lw.dtype).index_select(0, cols)
+            fused = (self.graph.nodes[j].inputs[0], w, bias)
+        column = lambda t: t[:, :, None] if bool(t.any()) else None  # noqa: E731
+        cache[i] = (cols, lw[:, None, :], uw[:, None, :], column(lb), column(ub), fused)
+        return cache[i]
+
+    def _finite(self, e: Tensor) -> bool:
+        """Is every entry of the error tensor ``e`` finite? Checked once per tensor (errors are
+        computed once per node and charged at every back-substitution through it)."""
+        cache = self._cache.setdefault("finite_err", {})
+        hit = cache.get(id(e))
+        if hit is None or hit[0] is not e:
+            hit = cache[id(e)] = (e, bool(torch.isfinite(e).all()))
+        return hit[1]
+
+    def _charged_cols(self, j: int, cols: Tensor) -> Tensor | None:
+        """``_charged_error(j, None)[:, cols]``, kept while that error is the same tensor."""
+        e = self._charged_error(j, None)
+        if e is None:
+            return None
+        cache = self._cache.setdefault("ecols", {})
+        hit = cache.get(j)
+        if hit is None or hit[0] is not e:
+            hit = cache[j] = (e, e.index_select(-1, cols))
+        return hit[1]
 
     def _finite_relax(self, i: int, lb: Tensor, ub: Tensor) -> bool:
         """Are the intercepts of node ``i``'s relaxation finite (not so where an op has no finite
@@ -635,7 +726,7 @@ class BoundState:
         A_in, c = self.backsub(t, A, const, tag, rows)
         low = self.inputs.concretize_lower(A_in, c)
         # NaN comes only from inf - inf or 0 * inf (an overflow, a pole): no bound, i.e. -inf
-        return torch.where(torch.isnan(low), torch.full_like(low, float("-inf")), low)
+        return torch.nan_to_num(low, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
 
     def _ancestors(self, t: int) -> set[int]:
         cache = self._cache.setdefault("anc", {})

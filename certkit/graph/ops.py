@@ -140,6 +140,10 @@ class Dense(LinearOp):
             cache[key] = (w, w.abs())
         return cache[key]
 
+    def matrix(self, like: Tensor) -> Tensor:
+        """``W`` (n_out, n_in) in ``like``'s dtype and device (converted once)."""
+        return self._w(like)[0]
+
     def apply(self, x: Tensor) -> Tensor:
         w, _ = self._w(x)
         b = x.shape[0]

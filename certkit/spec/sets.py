@@ -81,10 +81,10 @@ class InputSet:
         (``gamma_{n+8}(u64)`` of the magnitudes of its terms; :mod:`certkit.bounds.fperror`)."""
         mid = (self.upper + self.lower) / 2
         rad = (self.upper - self.lower) / 2
-        absA = A.abs()
-        lb = (A @ mid[:, :, None] - absA @ rad[:, :, None])[..., 0]
         mag = torch.maximum(self.lower.abs(), self.upper.abs())
-        terms = (absA @ mag[:, :, None])[..., 0]
+        both = A.abs() @ torch.stack([rad, mag], -1)  # |A| rad and |A| mag in one pass over A
+        lb = (A @ mid[:, :, None])[..., 0] - both[..., 0]
+        terms = both[..., 1]
         if self.center is not None:
             q = {2.0: 2.0, 1.0: float("inf")}.get(self.p)
             if q is None:
