@@ -1,0 +1,108 @@
+"""DeepPoly's fast paths (issue 12) give the bounds of the generic back-substitution.
+
+* ``BoundState._fast_step``: the ReLU-like step on the alive columns with intercepts as products and
+  the fused Dense; against the generic step (the fast step switched off), to 1e-12 relative.
+* ``BoundState._skip_inactive``: neurons that the interval image of the back-substituted layer
+  before shows ``<= 0`` get no rows; the bounds are the same (never looser), with fewer rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from certkit.bounds import deeppoly
+from certkit.bounds.deeppoly import BoundState, deeppoly_lower
+from certkit.spec.sets import InputSet
+from tests.helpers import random_nets
+
+D = torch.float64
+NETS = {
+    "deep_relu": lambda seed: random_nets.mlp("relu", seed, (6, 24, 24, 24, 24, 24, 3)),
+    "mixed": lambda seed: random_nets.mlp("mixed", seed, (6, 16, 16, 16, 16, 3)),
+    "sigmoid": lambda seed: random_nets.mlp("sigmoid", seed, (5, 12, 12, 12, 3)),
+    "conv": random_nets.conv_net,
+    "residual": random_nets.residual_net,
+    "max": random_nets.max_net,
+}
+
+
+def _case(g, seed: int, batch: int = 2, width: float = 0.3):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 1, (batch, g.n_inputs))
+    r = rng.uniform(0.02, width, (batch, g.n_inputs))
+    S = InputSet(torch.tensor(c - r, dtype=D), torch.tensor(c + r, dtype=D))
+    n = g.n_outputs
+    C = torch.tensor(rng.normal(size=(2 * n + 1, n)), dtype=D)
+    return S, C
+
+
+def _generic(monkeypatch):
+    monkeypatch.setattr(BoundState, "_fast_step", lambda self, i: None)
+    monkeypatch.setattr(BoundState, "_skip_inactive", lambda self, j, mask: mask)
+
+
+def _rows(monkeypatch) -> dict:
+    """Counts the rows every intermediate back-substitution starts with."""
+    count = {"rows": 0}
+    orig = BoundState.bound_rows
+
+    def counting(self, j, idx):
+        count["rows"] += int(idx.shape[-1])
+        return orig(self, j, idx)
+
+    monkeypatch.setattr(BoundState, "bound_rows", counting)
+    return count
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("intersect", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_paths_give_the_generic_bounds(monkeypatch, name, intersect, seed):
+    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)  # skip rows even in these small nets
+    g = NETS[name](seed)
+    S, C = _case(g, seed)
+    fast = deeppoly_lower(g, S, C, intersect)
+    with monkeypatch.context() as m:
+        _generic(m)
+        ref = deeppoly_lower(g, S, C, intersect)
+    tol = 1e-12 * (1 + ref.abs())
+    assert bool(torch.isfinite(fast).all())
+    assert bool((fast >= ref - tol).all()), "a fast path loosened a bound"
+    assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_inactive_neurons_get_no_rows(monkeypatch):
+    """A deep ReLU net on wide boxes: the interval pass leaves every neuron of the deeper layers
+    unstable (all rows), the back-substituted layer before shows many of them <= 0."""
+    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
+    skipped = 0
+    for seed in range(4):
+        g = NETS["deep_relu"](seed)
+        S, C = _case(g, seed, batch=1, width=0.5)
+        count = _rows(monkeypatch)
+        fast = deeppoly_lower(g, S, C, intersect=False)
+        n_fast = count["rows"]
+        with monkeypatch.context() as m:
+            _generic(m)
+            count["rows"] = 0
+            ref = deeppoly_lower(g, S, C, intersect=False)
+            n_ref = count["rows"]
+        assert n_fast <= n_ref
+        skipped += n_ref - n_fast
+        assert bool((fast >= ref - 1e-12 * (1 + ref.abs())).all())
+        assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-9)
+    assert skipped > 0
+
+
+def test_skip_needs_relu_consumers_only(monkeypatch):
+    """Not for an affine node feeding a LeakyReLU (its negative side reaches the next layer), nor
+    under alpha slopes or splits: the mask comes back unchanged."""
+    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
+    g = random_nets.mlp("leaky_relu", 0, (6, 24, 24, 24, 3))
+    S, _ = _case(g, 0, batch=1, width=0.5)
+    st = BoundState(g, S, intersect=False)
+    for j, node in enumerate(g.nodes):
+        if j and g.consumers[j] and node.inputs != (0,):
+            mask = torch.ones(1, g.size(j), dtype=torch.bool)
+            assert bool(st._skip_inactive(j, mask).all())
