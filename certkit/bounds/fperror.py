@@ -318,7 +318,17 @@ def interval_and_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision,
     err = node_error(op, ins, (lo, hi), p, steps)
     if err is None:
         return lo, hi, None
+    hull = COMPUTED_HULLS.get(type(op))
+    if hull is not None:  # the computed values' own range is tighter than the widened image
+        a, b = hull(op, ins[0], p)
+        return torch.maximum(lo - err, a), torch.minimum(hi + err, b), err
     return lo - err, hi + err, err
+
+
+#: op class -> ``(op, (lo, hi), p) -> (lo, hi)``: bounds on the *computed* output of an op whose
+#: computed value has a range of its own (Sign's is {-1, 0, 1} whatever its error), registered beside
+#: the op's error rule; :func:`interval_and_error` intersects the error-widened image with it
+COMPUTED_HULLS: dict[type, Callable] = {}
 
 
 def _dot_interval(op, box: tuple[Tensor, Tensor], p: Precision, steps: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -28,7 +28,7 @@ import torch
 
 from ..graph import elementwise as ew
 from ..tolerances import ACT_ABS, ELEMENTWISE_ULPS, ROUNDED_ULPS
-from .fperror import Precision, fp_error, magnitude
+from .fperror import COMPUTED_HULLS, Precision, fp_error, magnitude
 from .relax_elementwise import line_cap
 
 Tensor = torch.Tensor
@@ -81,9 +81,20 @@ def _pow(op: ew.Pow, ins, mag_out: Tensor, p: Precision):
     return model, _terms(op, ins, mag_out, p)
 
 
+def _step_hull(op, box: tuple[Tensor, Tensor], p: Precision) -> tuple[Tensor, Tensor]:
+    """Sign's and Floor's computed output over the computed input ``box``: the step's image of the
+    box, widened to the step's value at 0 where a flush of a subnormal input to zero may apply (the
+    only rounding these ops have, :func:`_step`): an enclosure without the jump-sized error."""
+    lo, hi = op.box(*box) if isinstance(op, ew.Sign) else box
+    zero = torch.zeros((), dtype=lo.dtype)
+    near = (lo < p.tiny) & (hi > -p.tiny) if p.tiny > 0 else torch.zeros_like(lo, dtype=torch.bool)
+    a, b = op.interval(torch.where(near, torch.minimum(lo, zero), lo), torch.where(near, torch.maximum(hi, zero), hi))
+    return a, b
+
+
 @fp_error(ew.Sign, ew.Floor)
 def _step(op, ins, mag_out: Tensor, p: Precision):
-    lo, hi = ins[0]
+    lo, hi = op.box(*ins[0]) if isinstance(op, ew.Sign) else ins[0]  # an integer input is never subnormal
     if p.tiny == 0:
         return None, _terms(op, ins, mag_out, p)
     below = (lo < 0) & (hi > -p.tiny)  # the box meets (-tiny, 0): Floor -1 -> 0, Sign -1 -> 0
@@ -91,3 +102,7 @@ def _step(op, ins, mag_out: Tensor, p: Precision):
     flips = below | above if isinstance(op, ew.Sign) else below
     model = torch.where(flips, torch.ones_like(lo), torch.zeros_like(lo))
     return model, _terms(op, ins, mag_out, p)
+
+
+COMPUTED_HULLS[ew.Sign] = _step_hull
+COMPUTED_HULLS[ew.Floor] = _step_hull

@@ -236,7 +236,9 @@ def _cos(op: ew.Cos, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax
 def _sign(op: ew.Sign, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     """Piecewise constant: ``g = sign - k x`` is linear on x < 0 and x > 0, so its extremes over
     [l, u] are among its values at l, u and the limits at 0 (-1, 0, 1, where 0 is in [l, u]).
-    Slopes: 0 and the lines through the corners, ``2/u``, ``-2/l``, ``1/u``, ``-1/l``."""
+    Slopes: 0 and the lines through the corners, ``2/u``, ``-2/l``, ``1/u``, ``-1/l``. An integer-valued
+    input's box is rounded inward first (:meth:`~certkit.graph.elementwise.Sign.box`)."""
+    l, u = op.box(l, u)
     def values(k, l, u):
         out = [torch.sign(l) - k * l, torch.sign(u) - k * u]
         has0 = (l <= 0) & (u >= 0)

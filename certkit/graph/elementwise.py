@@ -276,9 +276,27 @@ class Sign(Unary):
     is covered."""
 
     kind: ClassVar[str] = "sign"
+    #: the input is integer-valued by construction (an index, a count, a difference of those: the
+    #: lowered non-arithmetic tails of :mod:`certkit.onnx.converters.tails`): every bound on it may be
+    #: rounded inward to integers first (:meth:`box`), which decides ``sign(i - k)`` at ``i = k``
+    integer_input: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sign(x)
+
+    def box(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The bounds the relaxations use: ``[ceil l, floor u]`` for an integer-valued input (sound:
+        the computed input is an integer -- float32 sums and whole multiples of integers are integers,
+        exact below 2^24 and integers above), unchanged otherwise or where that box is empty."""
+        if not self.integer_input:
+            return l, u
+        a, b = torch.ceil(l), torch.floor(u)
+        ok = a <= b  # False for NaN: keep those bounds as they are
+        return torch.where(ok, a, l), torch.where(ok, b, u)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi = self.box(lo, hi)
+        return torch.sign(lo), torch.sign(hi)
 
     def surrogate(self, x: Tensor) -> Tensor:
         """``sign x`` with the identity's gradient (straight-through, as BPDA attacks binarised nets:
@@ -287,6 +305,7 @@ class Sign(Unary):
 
     def constant_on(self, l: Tensor, u: Tensor) -> Tensor:
         """(b, n) mask of boxes on which sign is constant."""
+        l, u = self.box(l, u)
         return (l > 0) | (u < 0) | ((l == 0) & (u == 0))
 
     def needs_bounds(self, l: Tensor, u: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ The converters live by concern, and importing this package registers all of them
 * :mod:`.conv_pool`: Conv, MaxPool, AveragePool (and their global forms), with the window geometry;
 * :mod:`.activations`: Relu and the other elementwise activations, Clip, Max/Min, HardSigmoid;
 * :mod:`.elementwise`: Exp, Log, Reciprocal, Sqrt, Pow (constant exponent), Sin, Cos, Erf, Sign, Floor;
-* :mod:`.tails`: non-arithmetic output tails (ArgMax, OneHot, comparisons), refused with a reason;
+* :mod:`.tails`: non-arithmetic output tails (ArgMax, OneHot, comparisons, logic, integer casts) lowered onto Sign;
 * :mod:`.conv_transpose`: ConvTranspose;
 * :mod:`.upsample`: Resize and Upsample (nearest and linear);
 * :mod:`.scatter_reduce`: ScatterND and Where with constant indices/condition, ReduceMax/ReduceMin.

@@ -30,7 +30,8 @@ def _identity(ctx: Context, node, ins: list, attrs: dict) -> list:
 
 @converter("Cast", "CastLike")
 def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
-    """A cast to float or double is the identity on the float64 IR values."""
+    """A cast to float or double is the identity on the float64 IR values; to a signed integer or
+    bool, :func:`~certkit.onnx.converters.tails.cast_to_integer`."""
     variable(ins[0])
     if node.op_type == "Cast":
         to = int(attrs.get("to", 0))
@@ -44,8 +45,11 @@ def _cast(ctx: Context, node, ins: list, attrs: dict) -> list:
     if to in _HALF_TYPES:
         raise Unsupported("cast to float16/bfloat16: the rounding is not modelled")
     if to not in _FLOAT_TYPES:
-        raise Unsupported(f"cast of a variable tensor to a non-float type "
-                          f"({TensorProto.DataType.Name(to) if to else 'unknown'})")
+        if not to:
+            raise Unsupported("cast of a variable tensor to an unknown type")
+        from .tails import cast_to_integer  # integer and bool casts: exact steps (tails.py)
+
+        return [cast_to_integer(ctx, ins[0], to)]
     return [ins[0]]
 
 
