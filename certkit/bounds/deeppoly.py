@@ -332,38 +332,80 @@ class BoundState:
             # 90% of the neurons unstable gets back-substituted bounds for all of them
             dense = mask.double().mean(dim=1) > DENSE_FRACTION
             mask = mask | dense[:, None]
-        self._refine_mask(j, self._skip_inactive(j, mask))
+        off = self._inactive_by_reference(j, mask)
+        if off is None:
+            self._refine_mask(j, mask)
+            return
+        self._refine_with_upper(j, mask, off)
 
-    def _skip_inactive(self, j: int, mask: Tensor) -> Tensor:
-        """``mask`` without the neurons of affine node ``j`` that the error-widened interval image of its
-        inputs' bounds as they are now (back-substituted, not those of the interval pass) shows
-        ``<= 0``, when ``j`` feeds only ReLUs (no alpha slopes, no splits): those neurons get that image as
-        their bounds instead of rows of their own. Nothing downstream changes: such a ReLU is 0 on
-        its whole range whichever of the two upper bounds <= 0 it sees (its slopes and intercept are
-        0, its output bounds [0, 0], and the coefficients it passes to ``j``, which are charged ``j``'s
-        error, are 0), and where the rows would have given an upper bound > 0 it is tighter. These are
+    def _inactive_by_reference(self, j: int, mask: Tensor) -> Tensor | None:
+        """The neurons of ``mask`` (b, n) of affine node ``j`` that the error-widened interval image of
+        its inputs' bounds as they are now (back-substituted, not those of the interval pass) shows
+        ``<= 0``, when ``j`` feeds only ReLUs (no alpha slopes, no splits); None for none. These are
         auto_LiRPA's reference bounds (interval propagation from the back-substituted layer before,
-        ``sparse_intermediate_bounds_with_ibp``), used only where they leave nothing to refine: in
-        the deeper layers of mnist_relu_8_200 they leave 100-150 of 200 neurons without rows. A
-        neuron they show active keeps its rows: its bounds reach the next layer. Not for small
-        layers (:data:`MIN_SKIP_WORK`)."""
+        ``sparse_intermediate_bounds_with_ibp``): in the deeper layers of mnist_relu_8_200 they show
+        100-150 of 200 neurons inactive where the interval pass leaves all 200 unstable.
+        :meth:`_refine_with_upper` gives those their upper rows only. Not for small layers
+        (:data:`MIN_SKIP_WORK`), where the image costs about what it saves."""
         node = self.graph.nodes[j]
-        if self.alpha is not None or self.splits or self.refine_all or not isinstance(node.op, ops.LinearOp) \
+        if self.alpha is not None or self.splits or self.refine_all or not isinstance(node.op, (ops.Dense, ops.Conv)) \
                 or all(k == 0 for k in node.inputs) \
                 or not all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j]) \
                 or int(mask.sum()) * sum(self.graph.size(k) for k in node.inputs) < MIN_SKIP_WORK:
-            return mask
+            return None
+        if mask.shape[0] > 1 and int(mask.any(dim=0).sum()) > 1.5 * int(mask.sum(dim=1).max()):
+            return None  # rows that differ between samples go per sample (:meth:`_refine_mask`)
         for k in node.inputs:  # their bounds as back-substitution leaves them
             if isinstance(self.graph.nodes[k].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 self.relaxation(k)
-        lo, hi = interval_with_error(node.op, [tuple(t.detach() for t in self.bounds[k]) for k in node.inputs],
-                                     precision_of(self.graph), self._steps())
-        l, u = self.bounds[j]
+        _, hi = interval_with_error(node.op, [tuple(t.detach() for t in self.bounds[k]) for k in node.inputs],
+                                    precision_of(self.graph), self._steps())
         off = (hi <= 0) & mask
-        if not bool(off.any()):
-            return mask
-        self.bounds[j] = (torch.where(off, torch.maximum(l, lo), l), torch.where(off, torch.minimum(u, hi), u))
-        return mask & ~off
+        return off if bool(off.any()) else None
+
+    def _refine_with_upper(self, j: int, mask: Tensor, off: Tensor) -> None:
+        """Back-substitute the neurons ``mask`` (b, n) of ``j`` (which feeds only ReLUs), those of ``off``
+        (:meth:`_inactive_by_reference`) by their upper rows only, all rows in one pass (in chunks
+        within the memory budget). Where the upper bound is ``<= 0`` the ReLU is 0 on the whole range
+        whatever the lower bound: its slopes and intercept are 0, its output bounds [0, 0], and the
+        coefficients it passes to ``j`` (charged ``j``'s error) are 0 -- so the lower row would change
+        nothing, and the bounds are those of both rows, to the last bit. Where it is > 0 (the rows can
+        be looser than the reference) the lower row is back-substituted too."""
+        rows_done = self._cache.setdefault("rows", {})
+        done = rows_done.get(j)
+        if done is not None:
+            mask, off = mask & ~done, off & ~done
+        l, u = self.bounds[j]
+        full = (mask & ~off).any(dim=0)
+        both = torch.nonzero(full).flatten()  # lower and upper rows (for every sample that asks)
+        up = torch.nonzero((mask & off).any(dim=0) & ~full).flatten()  # upper rows only
+        kb, ku = both.numel(), up.numel()
+        sel = torch.cat([both, both, up])
+        sign = torch.cat([torch.ones(kb, dtype=l.dtype), -torch.ones(kb + ku, dtype=l.dtype)])
+        step = rows_within(self.budget, l.shape[0] * self.graph.max_node_size, MAX_COEFFICIENTS, need=sel.numel())
+        low = torch.cat([self._signed_rows(j, sel[s:s + step], sign[s:s + step])
+                         for s in range(0, sel.numel(), step)], dim=1)
+        l, u = l.clone(), u.clone()
+        if kb:
+            lb, ub = low[:, :kb], -low[:, kb:2 * kb]
+            li, ui = l[:, both], u[:, both]
+            if self.intersect:
+                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+            m = mask[:, both]
+            l[:, both] = torch.where(m, lb, li)
+            u[:, both] = torch.where(m, ub, ui)
+        back = torch.zeros_like(mask)
+        if ku:
+            ub, ui = -low[:, 2 * kb:], u[:, up]
+            if self.intersect:
+                ub = torch.minimum(ub, ui)
+            m = mask[:, up]
+            u[:, up] = torch.where(m, ub, ui)
+            back[:, up] = m & (u[:, up] > 0)
+        self.bounds[j] = (l, u)
+        rows_done[j] = (mask if done is None else done | mask) & ~back
+        if bool(back.any()):
+            self._refine_mask(j, back)
 
     def _refine_mask(self, j: int, mask: Tensor) -> None:
         """Back-substitute the neurons ``mask`` (b, n) of node ``j`` and update its bounds; neurons
@@ -532,6 +574,25 @@ class BoundState:
             eye[:, k:].scatter_(2, ix[:, :, None], -1.0)
             lower = self.lower_of(j, eye, tag=j, rows=self._alpha_rows(j, idx, n))
         return lower[:, :k], -lower[:, k:]
+
+    def _signed_rows(self, j: int, sel: Tensor, sign: Tensor) -> Tensor:
+        """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` (``sel``, ``sign``: (r,), shared by the batch;
+        no alpha slopes): :meth:`bound_rows` for any mix of lower (+1) and upper (-1) rows, the same
+        arithmetic (a row times +-1 is exact)."""
+        b, n = self.bounds[j][0].shape
+        node = self.graph.nodes[j]
+        op = node.op
+        if isinstance(op, ops.Dense) and op.rows == 1:
+            A = (op.matrix(self.bounds[j][0]).index_select(0, sel) * sign[:, None]).expand(b, -1, -1)
+            const = None
+            if op.bias is not None:
+                const = (torch.as_tensor(op.bias, dtype=torch.float64)[sel] * sign).expand(b, -1)
+            low = self.lower_of(node.inputs[0], A, const, tag=j)
+            e = self.error(j)  # node j itself was skipped: its rounding error still applies
+            return low if e is None else low - e.index_select(1, sel)
+        eye = torch.zeros(b, sel.numel(), n, dtype=torch.float64)
+        eye.scatter_(2, sel.expand(b, -1)[:, :, None], sign.expand(b, -1)[:, :, None].contiguous())
+        return self.lower_of(j, eye, tag=j)
 
     def _alpha_rows(self, j: int, idx: Tensor, n: int) -> Tensor | None:
         """Rows of target ``j``'s alpha tensors for the refined entries ``idx``: (2k,) or (b, 2k)."""
