@@ -1,11 +1,18 @@
-"""DeepPoly time per call on ACAS Xu and mnistfc nets, beside auto_LiRPA's CROWN.
+"""DeepPoly time per call at depth, beside auto_LiRPA's CROWN (issue 12).
 
-Usage: python benchmarks/deeppoly_speed.py [--repeat N]
+Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement]
 
-For every instance of ../shared/benchmarks/instances.csv of the listed
-benchmarks it times ``deeppoly_lower`` (the spec's C folded in, one input box,
-one thread) and prints the median per benchmark next to the reference figures
-of issue 2 (auto_LiRPA CROWN on this kind of machine, one thread).
+For every instance of ../shared/benchmarks/instances.csv (ACAS Xu, mnistfc 256x2, ERAN) it times
+``deeppoly_lower`` (pure CROWN: ``intersect=False``; the spec's C folded in, one input box, one
+thread, median of N calls after a warm-up) and prints the median per benchmark. Then the deeper
+MLPs: ``models/mnist_mlp_4x256.onnx`` and ``mnist_mlp_6x256.onnx`` (``scripts/train_deep_mlps.py``
+writes them) and paper 002's ``mnist_relu_8_100``/``8_200`` (../shared/data/vnn_models), each over the
+L_inf ball of radius 0.03 (0.02 for paper 002's nets) around the first test image of
+../shared/data/mnist.npz, rows ``y_label - y_j``.
+
+The auto_LiRPA column is the figures of issue 12 (auto_LiRPA 0.7.1 CROWN, float32, one core),
+not measured here: auto_LiRPA is not installable on this machine. Where the issue gives a range
+(ACAS Xu: 16-31 ms over 3 instances) the speed-up is against its low end. ``-``: no figure.
 It also checks the bounds against ../shared/benchmarks/reference_bounds.
 """
 from __future__ import annotations
@@ -30,7 +37,16 @@ from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "benchmarks"))
-REFERENCE_MS = {"acasxu": 30.0, "mnistfc_2021": 11.0, "mnistfc_2022": 11.0, "eran_2021": None}
+ROOT = os.path.normpath(os.path.join(HERE, ".."))
+DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
+#: auto_LiRPA CROWN per call, ms (issue 12's table, measured elsewhere; the low end of a range)
+REFERENCE_MS = {"acasxu": 16.0, "mnistfc_2021": 10.7, "mnistfc_2022": 10.7, "eran_2021": None,
+                "mlp_4x256": 18.5, "mlp_6x256": 37.1, "relu_8_100": None, "relu_8_200": None}
+#: the deeper MLPs: name -> (onnx path, L_inf radius)
+MLPS = {"mlp_4x256": (os.path.join(ROOT, "models", "mnist_mlp_4x256.onnx"), 0.03),
+        "mlp_6x256": (os.path.join(ROOT, "models", "mnist_mlp_6x256.onnx"), 0.03),
+        "relu_8_100": (os.path.join(DATA, "vnn_models", "mnist_relu_8_100.onnx"), 0.02),
+        "relu_8_200": (os.path.join(DATA, "vnn_models", "mnist_relu_8_200.onnx"), 0.02)}
 
 
 def time_call(graph, inputs, C, repeat: int) -> float:
@@ -44,9 +60,21 @@ def time_call(graph, inputs, C, repeat: int) -> float:
     return statistics.median(ts)
 
 
+def mlp_case(path: str, eps: float):
+    """The L_inf ball of radius ``eps`` around the first MNIST test image, rows ``y_label - y_j``."""
+    d = np.load(os.path.join(DATA, "mnist.npz"))
+    x = d["x_test"][0].reshape(-1).astype(np.float64) / 255.0
+    y = int(d["y_test"][0])
+    C = torch.zeros(9, 10, dtype=torch.float64)
+    for r, j in enumerate(k for k in range(10) if k != y):
+        C[r, y], C[r, j] = 1.0, -1.0
+    return load_onnx(path), InputSet.box(np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)), C
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-agreement", action="store_true", help="skip the check against reference_bounds")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not os.path.isdir(SHARED):
@@ -61,12 +89,21 @@ def main() -> None:
             C, d, _ = prop.stacked()
             t = time_call(g, InputSet.box(prop.lower, prop.upper), torch.as_tensor(C), a.repeat)
             per.setdefault(r["benchmark"], []).append(t)
+    for name, (path, eps) in MLPS.items():
+        if not os.path.exists(path):
+            print(f"({name}: {path} missing; python scripts/train_deep_mlps.py writes the trained MLPs)")
+            continue
+        g, S, C = mlp_case(path, eps)
+        per[name] = [time_call(g, S, C, a.repeat)]
     print(f"{'benchmark':<14}{'calls':>6}{'median ms':>11}{'mean ms':>9}{'max ms':>8}{'auto_LiRPA ms':>15}{'speed-up':>10}")
     for b, ts in per.items():
         med = 1000 * statistics.median(ts)
         ref = REFERENCE_MS.get(b)
         print(f"{b:<14}{len(ts):>6}{med:>11.2f}{1000 * statistics.mean(ts):>9.2f}{1000 * max(ts):>8.2f}"
               f"{ref if ref else '-':>15}{(f'{ref / med:.1f}x' if ref else '-'):>10}")
+    print("(auto_LiRPA: issue 12's figures, not measured in this run)")
+    if a.no_agreement:
+        return
     print("\nagreement with auto_LiRPA CROWN (reference_bounds/, real arithmetic), max |diff| / max bound width:")
     print("  'exact': certkit without the float32 error terms (the same relaxation as CROWN); 'float32': the")
     print("  sound bounds certkit decides with (wider by the model's rounding error, never narrower than CROWN's)")
