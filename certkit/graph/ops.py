@@ -469,9 +469,18 @@ class Clip(Activation):
     kind: ClassVar[str] = "clip"
     lo: np.ndarray
     hi: np.ndarray
+    #: a numerical guard of a lowering (the exponent cap of Softmax's pairwise form), not the model's
+    #: own clip: attacks pass the gradient straight through it (:meth:`surrogate`)
+    guard: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.minimum(torch.maximum(x, _t(self.lo, x)), _t(self.hi, x))
+
+    def surrogate(self, x: Tensor) -> Tensor:
+        """The same values; for a guard, the identity's gradient (a saturated softmax's logits still
+        steer an attack); for attacks only."""
+        y = self.forward(x)
+        return x + (y - x).detach() if self.guard else y
 
 
 @register_op

@@ -20,7 +20,7 @@ from ..model import Model
 from ..spec.spec import Property, Spec
 from . import gate
 from .falsify import AttackConfig
-from .pipeline import LONG_ATTACK, QUICK_ATTACK, PropertyResult, decide
+from .pipeline import LONG_ATTACK, MEDIUM_ATTACK, QUICK_ATTACK, PropertyResult, decide
 from .plan import PLANS
 from .procedures import rows_and_margins
 from .query import Budget, Query
@@ -112,7 +112,8 @@ def certify(model: Model, spec: Spec, backend: str = "auto", timeout: float | Bu
     out = CertifyResult("unknown", backend, precision=precision_of(model.graph).name)
     timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
     results = decide(queries_of(model, spec), plan, budget, seed=seed, quick=attack_budget or QUICK_ATTACK,
-                     long=attack_budget or LONG_ATTACK, stop_on_sat=True, explicit=backend, timings=timings)
+                     medium=attack_budget or MEDIUM_ATTACK, long=attack_budget or LONG_ATTACK, stop_on_sat=True,
+                     explicit=backend, timings=timings)
     out.properties = results
     out.degraded = collect_degraded(results)
     sat = next((r for r in results if r.status == "falsified"), None)

@@ -214,7 +214,7 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
         ks = todo[start:start + batch_size]
         qs = [Query.robustness(g, x[k], int(y[k]), eps, p, domain, run, int(idx_all[k])) for k in ks]
         t0 = time.monotonic()
-        res = decide(qs, plan, total, seed=seed + start, quick=None, long=attack_cfg, stop_on_sat=False,
+        res = decide(qs, plan, total, seed=seed + start, quick=None, medium=None, long=attack_cfg, stop_on_sat=False,
                      explicit=backend, query_budget=per_sample, timings=timings, rows=rows)
         for k, q, r in zip(ks, qs, res):
             results[int(k)] = _sample_result(q, r, int(y[k]))

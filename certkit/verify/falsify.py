@@ -46,14 +46,25 @@ def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: i
     return per_disjunct(y, C, d, owner, n_disjuncts).amin(dim=2)
 
 
+def _compares_outputs(C: Tensor, d: Tensor) -> bool:
+    """Is every row ``a (y_i - y_j) <= 0`` (one positive and one negative coefficient of the same
+    size, ``d = 0``)? Then ``y -> log y`` keeps every row's sign on positive outputs."""
+    if not bool((d == 0).all()):
+        return False
+    nz = (C != 0).sum(dim=-1)
+    pos, neg = C.clamp(min=0).sum(dim=-1), (-C).clamp(min=0).sum(dim=-1)
+    return bool(((nz == 2) & (pos == neg) & (pos > 0)).all())
+
+
 def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
            cfg: AttackConfig = AttackConfig(), deadline: float | None = None,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Search each set of the batch for a violating point.
 
     Random samples (centre, vertices, uniform points) first; then PGD from the
-    best samples and from random points, each restart aimed at one disjunct in
-    turn (a min over disjuncts only has gradient for the current best one).
+    best samples and from random points, each restart aimed at one disjunct (a min
+    over disjuncts only has gradient for the current best one), the most promising
+    disjuncts first (ranked by the samples' best value for each).
     Returns ``(x_best (b, n), v_best (b,))``: the best point found per batch
     element and its objective (<= 0 means a float64 counterexample candidate).
     """
@@ -66,9 +77,13 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     if C.dim() == 2:
         C, d = C.expand(b, -1, -1), d.expand(b, -1)
 
+    log_space = [False]
+
     def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
         r = x.shape[1]
         y = graph.forward(x.reshape(b * r, n), surrogate=True).reshape(b, r, -1)
+        if log_space[0]:
+            y = torch.log(y.clamp(min=1e-300))
         return per_disjunct(y, C, d, owner, n_dj)
 
     def project(x: Tensor) -> Tensor:  # (b, r, n)
@@ -82,7 +97,13 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     x = project(lo[:, None] + u * (hi - lo)[:, None])
     x[:, 0] = inputs.center if inputs.center is not None else (lo + hi) / 2
     with torch.no_grad():
-        v = evaluate(x).amin(dim=2)
+        if _compares_outputs(C, d):
+            # rows a (y_i - y_j) <= 0 on positive outputs (a final Softmax): the same sign in log space,
+            # where a saturated softmax still has a gradient (the logits' margins)
+            y0 = graph.forward(x.reshape(b * x.shape[1], n))
+            log_space[0] = bool((y0 > 0).all())
+        per0 = evaluate(x)  # (b, r, K)
+        v = per0.amin(dim=2)
     best_v, arg = v.min(dim=1)
     best_x = x[torch.arange(b), arg]
     if cfg.restarts <= 0 or cfg.steps <= 0:
@@ -94,7 +115,10 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
                         lo[:, None] + torch.rand(b, k - order.shape[1], n, generator=gen, dtype=torch.float64)
                         * (hi - lo)[:, None]], dim=1)
     starts = project(starts)
-    target = torch.arange(k) % n_dj  # restart j aims at disjunct j mod K
+    # restart j aims at the (j mod K)-th most promising disjunct (the samples' best value for it):
+    # with "any other class" specs (K = classes - 1) the nearest classes first
+    ranked = per0.amin(dim=1).argsort(dim=1)  # (b, K)
+    target = ranked[:, torch.arange(k) % n_dj]  # (b, k)
     if inputs.center is not None:
         step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
     else:
@@ -105,7 +129,7 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
             break
         per = evaluate(xs)  # (b, k, K)
         val = per.amin(dim=2)
-        aim = per.gather(2, target[None, :, None].expand(b, -1, 1))[..., 0]
+        aim = per.gather(2, target[:, :, None])[..., 0]
         # once a restart's own disjunct is met, keep pushing the overall objective
         loss = torch.where(aim > 0, aim, val)
         grad, = torch.autograd.grad(loss.sum(), xs)

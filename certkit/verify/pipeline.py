@@ -7,7 +7,8 @@ For a list of queries and a plan (:mod:`certkit.verify.plan`):
    :meth:`Query.confirm` accepts it;
 2. the plan's bound procedures in order, on the queries still open, batched across queries; each
    query keeps the best bound of every row across stages, and is proved when the verdict gate admits
-   its rows (:mod:`certkit.verify.gate`);
+   its rows (:mod:`certkit.verify.gate`); after the first stage, a medium attack within a quarter of
+   the time left (the later stages can take the whole budget on a large net);
 3. a longer attack on the queries still open;
 4. the plan's complete procedures in order, query by query, each within its own budget
    (``query_budget``) and the overall one.
@@ -36,6 +37,10 @@ from .query import Budget, BudgetExpired, Query, Status
 from .witness import Witness
 
 QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
+#: after the first bound stage that leaves a query open, before the costlier ones (which can take the
+#: whole budget on a large net: the long attack would never run), within a share of the time left
+MEDIUM_ATTACK = AttackConfig(samples=512, restarts=8, steps=50)
+MEDIUM_SHARE = 0.25
 LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
 
 
@@ -81,6 +86,7 @@ def merge_rows(res: PropertyResult, query: Query, stage: str, slack: np.ndarray,
 
 def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed: int = 0,
            quick: AttackConfig | None = QUICK_ATTACK, long: AttackConfig | None = LONG_ATTACK,
+           medium: AttackConfig | None = MEDIUM_ATTACK,
            stop_on_sat: bool = True,
            explicit: str | None = None, query_budget: Callable[[Budget], Budget] | None = None,
            timings: dict | None = None, rows: Callable | None = None) -> list[PropertyResult]:
@@ -101,12 +107,13 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
     def open_ones() -> list[int]:
         return [i for i, r in enumerate(results) if r.status == "open"]
 
-    def falsify(cfg: AttackConfig | None) -> bool:
+    def falsify(cfg: AttackConfig | None, within: Budget | None = None) -> bool:
         ids = open_ones()
-        if cfg is None or not ids or budget.expired():
+        within = within or budget
+        if cfg is None or not ids or within.expired():
             return False
         t = time.monotonic()
-        found = attack_queries([queries[i] for i in ids], cfg, budget, seed)
+        found = attack_queries([queries[i] for i in ids], cfg, within, seed)
         tick("attack", t)
         for pos, w in found.items():
             i = ids[pos]
@@ -115,10 +122,13 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
 
     if falsify(quick) and stop_on_sat:
         return _finish(results, started)
-    for stage in (p for p in plan if p in BOUND_PROCEDURES or p == "lipschitz"):
+    stages = [p for p in plan if p in BOUND_PROCEDURES or p == "lipschitz"]
+    for k, stage in enumerate(stages):
         ids = open_ones()
         if not ids or budget.expired():
             break
+        if k == 1 and falsify(medium, budget.share(MEDIUM_SHARE)) and stop_on_sat:
+            return _finish(results, started)
         t = time.monotonic()
         try:
             got = rows([queries[i] for i in ids], stage, budget)

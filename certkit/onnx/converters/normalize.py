@@ -122,7 +122,7 @@ def _softmax_pairwise(ctx: Context, x: Var, rows: int, n: int) -> Var:
         w[i, :, i] = -1.0
     d = ctx.add(ops.Dense(w.reshape(n * (n - 1), n), None, rows), [x], (rows, n, n - 1))
     c = CLIP - math.log(n)
-    z = ctx.add(ops.Clip(np.full(d.size, -np.inf), np.full(d.size, c)), [d], d.shape)
+    z = ctx.add(ops.Clip(np.full(d.size, -np.inf), np.full(d.size, c), guard=True), [d], d.shape)
     e = ctx.add(ops.Exp(), [z], d.shape)
     s = ctx.add(ops.Dense(np.ones((1, n - 1)), np.ones(1), rows * n), [e], (rows, n))
     y = ctx.add(ops.Reciprocal(), [_at_least_one(ctx, s)], (rows, n))
