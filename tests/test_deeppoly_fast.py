@@ -108,3 +108,31 @@ def test_reference_needs_relu_consumers_only(monkeypatch):
         if j and g.consumers[j] and node.inputs != (0,):
             mask = torch.ones(1, g.size(j), dtype=torch.bool)
             assert st._inactive_by_reference(j, mask) is None
+
+
+def test_batch_rows_per_sample(monkeypatch):
+    """A batch (three copies of one box) with inactive neurons by reference: each sample
+    back-substitutes its own rows (lower and upper, or upper only), with the generic bounds (here
+    many upper rows come out > 0, looser than the reference, and take their lower rows after)."""
+    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
+    monkeypatch.setattr(deeppoly, "PER_SAMPLE_ROWS", 1.0)
+    calls = {"per_sample": 0}
+    orig = BoundState._rows_per_sample
+
+    def spy(self, *a):
+        calls["per_sample"] += 1
+        return orig(self, *a)
+
+    monkeypatch.setattr(BoundState, "_rows_per_sample", spy)
+    g = NETS["deep_relu"](0)
+    one, C = _case(g, 0, batch=1, width=0.3)
+    S = InputSet(one.lower.repeat(3, 1), one.upper.repeat(3, 1))
+    count = _rows(monkeypatch)
+    fast = deeppoly_lower(g, S, C, intersect=False)
+    n_fast = count["rows"]
+    with monkeypatch.context() as m:
+        _generic(m)
+        count["rows"] = 0
+        ref = deeppoly_lower(g, S, C, intersect=False)
+    assert calls["per_sample"] > 0 and n_fast > 0
+    assert torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)

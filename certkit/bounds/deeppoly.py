@@ -58,6 +58,9 @@ MAX_COEFFICIENTS = 2 ** 24
 #: :meth:`BoundState._skip_inactive` looks for rows to skip only where the rows' first product holds
 #: at least this many coefficients (rows x inputs): below it, the interval image costs about what it saves.
 MIN_SKIP_WORK = 2 ** 14
+#: A batch gives its samples rows of their own (:meth:`BoundState._rows_per_sample`) only where that
+#: needs at most this fraction of the rows of both sides (gathering the rows costs the rest).
+PER_SAMPLE_ROWS = 0.8
 
 
 def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
@@ -353,8 +356,6 @@ class BoundState:
                 or not all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j]) \
                 or int(mask.sum()) * sum(self.graph.size(k) for k in node.inputs) < MIN_SKIP_WORK:
             return None
-        if mask.shape[0] > 1 and int(mask.any(dim=0).sum()) > 1.5 * int(mask.sum(dim=1).max()):
-            return None  # rows that differ between samples go per sample (:meth:`_refine_mask`)
         for k in node.inputs:  # their bounds as back-substitution leaves them
             if isinstance(self.graph.nodes[k].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 self.relaxation(k)
@@ -375,7 +376,12 @@ class BoundState:
         done = rows_done.get(j)
         if done is not None:
             mask, off = mask & ~done, off & ~done
+            if not bool(mask.any()):
+                return
         l, u = self.bounds[j]
+        if l.shape[0] > 1:  # each sample its own rows, padded to the most any sample needs
+            self._rows_per_sample(j, mask, off, done)
+            return
         full = (mask & ~off).any(dim=0)
         both = torch.nonzero(full).flatten()  # lower and upper rows (for every sample that asks)
         up = torch.nonzero((mask & off).any(dim=0) & ~full).flatten()  # upper rows only
@@ -403,6 +409,37 @@ class BoundState:
             u[:, up] = torch.where(m, ub, ui)
             back[:, up] = m & (u[:, up] > 0)
         self.bounds[j] = (l, u)
+        rows_done[j] = (mask if done is None else done | mask) & ~back
+        if bool(back.any()):
+            self._refine_mask(j, back)
+
+    def _rows_per_sample(self, j: int, mask: Tensor, off: Tensor, done: Tensor | None) -> None:
+        """:meth:`_refine_with_upper` for a batch: sample ``s`` back-substitutes the lower rows of
+        ``mask & ~off`` and the upper rows of ``mask``, all samples as many rows (the largest count;
+        the padding rows' results are not used). Where that saves less than a fifth of the rows
+        (:data:`PER_SAMPLE_ROWS`; one sample with few inactive neurons is enough), both rows of
+        ``mask`` as before."""
+        l, u = self.bounds[j]
+        b, n = l.shape
+        valid = torch.cat([mask & ~off, mask], dim=1)  # (b, 2n): candidate lower rows, then upper rows
+        R = int(valid.sum(dim=1).max())
+        if R > PER_SAMPLE_ROWS * 2 * int(mask.sum(dim=1).max()):  # a sample needs nearly all its rows
+            self._refine_mask(j, mask)
+            return
+        order = torch.argsort(valid.to(torch.int8), dim=1, descending=True, stable=True)[:, :R]
+        sel = order % n
+        sign = torch.where(order < n, 1.0, -1.0).to(l.dtype)
+        step = rows_within(self.budget, b * self.graph.max_node_size, MAX_COEFFICIENTS, need=R)
+        low = torch.cat([self._signed_rows(j, sel[:, s:s + step], sign[:, s:s + step])
+                         for s in range(0, R, step)], dim=1)
+        vals = torch.zeros(b, 2 * n, dtype=l.dtype).scatter_(1, order, low)
+        lb, ub = vals[:, :n], -vals[:, n:]
+        if self.intersect:
+            lb, ub = torch.maximum(lb, l), torch.minimum(ub, u)
+        l, u = torch.where(mask & ~off, lb, l), torch.where(mask, ub, u)
+        self.bounds[j] = (l, u)
+        back = off & (u > 0)
+        rows_done = self._cache.setdefault("rows", {})
         rows_done[j] = (mask if done is None else done | mask) & ~back
         if bool(back.any()):
             self._refine_mask(j, back)
@@ -576,22 +613,29 @@ class BoundState:
         return lower[:, :k], -lower[:, k:]
 
     def _signed_rows(self, j: int, sel: Tensor, sign: Tensor) -> Tensor:
-        """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` (``sel``, ``sign``: (r,), shared by the batch;
-        no alpha slopes): :meth:`bound_rows` for any mix of lower (+1) and upper (-1) rows, the same
-        arithmetic (a row times +-1 is exact)."""
+        """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` (``sel``, ``sign``: (r,) shared by the batch, or
+        (b, r) per sample; no alpha slopes): :meth:`bound_rows` for any mix of lower (+1) and upper
+        (-1) rows, the same arithmetic (a row times +-1 is exact)."""
         b, n = self.bounds[j][0].shape
         node = self.graph.nodes[j]
         op = node.op
+        shared = sel.dim() == 1
         if isinstance(op, ops.Dense) and op.rows == 1:
-            A = (op.matrix(self.bounds[j][0]).index_select(0, sel) * sign[:, None]).expand(b, -1, -1)
+            W = op.matrix(self.bounds[j][0])
+            A = (W.index_select(0, sel) if shared else W[sel]) * sign[..., None]
             const = None
             if op.bias is not None:
-                const = (torch.as_tensor(op.bias, dtype=torch.float64)[sel] * sign).expand(b, -1)
+                const = torch.as_tensor(op.bias, dtype=torch.float64)[sel] * sign
+            if shared:
+                A, const = A.expand(b, -1, -1), None if const is None else const.expand(b, -1)
             low = self.lower_of(node.inputs[0], A, const, tag=j)
             e = self.error(j)  # node j itself was skipped: its rounding error still applies
-            return low if e is None else low - e.index_select(1, sel)
-        eye = torch.zeros(b, sel.numel(), n, dtype=torch.float64)
-        eye.scatter_(2, sel.expand(b, -1)[:, :, None], sign.expand(b, -1)[:, :, None].contiguous())
+            if e is None:
+                return low
+            return low - (e.index_select(1, sel) if shared else e.gather(1, sel))
+        r = sel.shape[-1]
+        eye = torch.zeros(b, r, n, dtype=torch.float64)
+        eye.scatter_(2, sel.expand(b, r)[:, :, None], sign.expand(b, r)[:, :, None].contiguous())
         return self.lower_of(j, eye, tag=j)
 
     def _alpha_rows(self, j: int, idx: Tensor, n: int) -> Tensor | None:
