@@ -46,6 +46,10 @@ def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: i
     return per_disjunct(y, C, d, owner, n_disjuncts).amin(dim=2)
 
 
+#: the time one chunk of the sampling phase should take (the overrun past a deadline is about one chunk)
+SAMPLE_CHUNK_SECONDS = 0.25
+
+
 def _compares_outputs(C: Tensor, d: Tensor) -> bool:
     """Is every row ``a (y_i - y_j) <= 0`` (one positive and one negative coefficient of the same
     size, ``d = 0``)? Then ``y -> log y`` keeps every row's sign on positive outputs."""
@@ -79,12 +83,16 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
 
     log_space = [False]
 
-    def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
-        r = x.shape[1]
-        y = graph.forward(x.reshape(b * r, n), surrogate=True).reshape(b, r, -1)
+    def outputs(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, n_out)
+        return graph.forward(x.reshape(b * x.shape[1], n), surrogate=True).reshape(b, x.shape[1], -1)
+
+    def violation(y: Tensor) -> Tensor:  # (b, r, n_out) -> (b, r, K)
         if log_space[0]:
             y = torch.log(y.clamp(min=1e-300))
         return per_disjunct(y, C, d, owner, n_dj)
+
+    def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
+        return violation(outputs(x))
 
     def project(x: Tensor) -> Tensor:  # (b, r, n)
         if inputs.center is None:
@@ -97,12 +105,21 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     x = project(lo[:, None] + u * (hi - lo)[:, None])
     x[:, 0] = inputs.center if inputs.center is not None else (lo + hi) / 2
     with torch.no_grad():
-        if _compares_outputs(C, d):
-            # rows a (y_i - y_j) <= 0 on positive outputs (a final Softmax): the same sign in log space,
-            # where a saturated softmax still has a gradient (the logits' margins)
-            y0 = graph.forward(x.reshape(b * x.shape[1], n))
-            log_space[0] = bool((y0 > 0).all())
-        per0 = evaluate(x)  # (b, r, K)
+        # the samples in chunks of about SAMPLE_CHUNK_SECONDS each (a U-Net's forward on 64 points takes
+        # seconds), the deadline checked between them; at least the centre and one more point
+        ys, s, chunk = [], 0, 2
+        while s < r and not (s and deadline is not None and time.monotonic() > deadline):
+            t = time.monotonic()
+            ys.append(outputs(x[:, s:s + chunk]))
+            s += ys[-1].shape[1]
+            per_point = (time.monotonic() - t) / ys[-1].shape[1]
+            chunk = int(min(64, max(1, SAMPLE_CHUNK_SECONDS / max(per_point, 1e-9))))
+        y0 = torch.cat(ys, dim=1)
+        x = x[:, :y0.shape[1]]
+        # rows a (y_i - y_j) <= 0 on positive outputs (a final Softmax): the same sign in log space,
+        # where a saturated softmax still has a gradient (the logits' margins)
+        log_space[0] = _compares_outputs(C, d) and bool((y0 > 0).all())
+        per0 = violation(y0)  # (b, r, K)
         v = per0.amin(dim=2)
     best_v, arg = v.min(dim=1)
     best_x = x[torch.arange(b), arg]
