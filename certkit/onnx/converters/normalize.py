@@ -8,8 +8,8 @@ result copied back.
 * **Softmax**, short rows (``PAIRWISE_MAX``, ``PAIRWISE_SIZE``): ``y_i = 1 / (1 + sum_{j != i}
   exp(min(x_j - x_i, C)))`` (the form of Wei et al. 2023, "Convex bounds on the softmax function":
   one reciprocal of a sum whose terms depend on differences, which back-substitution bounds tightly
-  when the logits are correlated): a Dense of the ``n (n - 1)`` differences, a Clip at ``C = CLIP -
-  ln n`` (no exponential and no sum overflows float32; with a difference above ``C`` both the
+  when the logits are correlated): a Dense of the ``n (n - 1)`` differences, a guard Clip at ``C = CLIP -
+  ln n`` (attacks pass gradients through it: a saturated softmax's logits still steer them; no exponential and no sum overflows float32; with a difference above ``C`` both the
   softmax and this form are below ``e^-C``, which the budget adds), Exp, a Dense summing with the
   constant 1, ``max(sum, 1)`` (the same value, see :func:`_at_least_one`), Reciprocal, then a
   :class:`~certkit.graph.rounding.KernelRounding` with onnxruntime's Softmax budget
