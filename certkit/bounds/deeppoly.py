@@ -671,8 +671,10 @@ class BoundState:
             if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
                 r = beta_at[i]
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
+            fast = self._fast_step(i) if self.alpha is None and isinstance(op, ops.Activation) else None
             e = self._charged_error(i, t)
-            if e is not None:  # y_i = op(...) + e_i with |e_i| <= err_i
+            fold = e is not None and fast is not None and fast[0] is None and self._finite(e)
+            if e is not None and not fold:  # y_i = op(...) + e_i with |e_i| <= err_i
                 total = total - _charge(Ai, e, self._finite(e))
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
@@ -694,24 +696,25 @@ class BoundState:
                 parts, c = self.relaxation(i).backsub(Ai)
                 total = total + c
             else:
-                fast = self._fast_step(i) if self.alpha is None else None
                 if fast is not None:  # DeepPoly/CROWN's step on the alive columns, intercepts as products
-                    cols, lw, uw, lb, ub, fused = fast
+                    cols, lw, uw, fused = fast[:4]
                     if cols is not None:
                         Ai = Ai.index_select(-1, cols)
                     neg, pos = Ai.clamp(max=0), Ai.clamp(min=0)
                     Ar = torch.addcmul(pos * lw, neg, uw)  # = Ai * (lw where Ai >= 0, else uw)
-                    if ub is not None:
-                        total = total + (neg @ ub)[..., 0]
-                    if lb is not None:
-                        total = total + (pos @ lb)[..., 0]
+                    e_in = None if fused is None else self._charged_cols(node.inputs[0], cols)
+                    fold_in = e_in is not None and fast[4] and self._finite(e_in)
+                    vp, vn = self._folded(i, e if fold else None, e_in if fold_in else None)
+                    if vn is not None:
+                        total = total + (neg @ vn)[..., 0]
+                    if vp is not None:
+                        total = total + (pos @ vp)[..., 0]
                     if fused is None:
                         parts = (Ar,)
-                    else:  # the dead neurons skipped: a smaller product through the Dense
+                    else:  # through the Dense at once (on the alive columns: a smaller product)
                         k, w, bias = fused
-                        e = self._charged_cols(node.inputs[0], cols)
-                        if e is not None:
-                            total = total - _charge(Ar, e, self._finite(e))
+                        if e_in is not None and not fold_in:
+                            total = total - _charge(Ar, e_in, self._finite(e_in))
                         if bias is not None:
                             total = total + Ar @ bias
                         Ak = Ar @ w
@@ -773,12 +776,13 @@ class BoundState:
         return cache[i]
 
     def _fast_step(self, i: int):
-        """``(cols, lw, uw, lb, ub, fused)`` for DeepPoly's step through activation ``i`` on the alive
-        columns ``cols`` (None: all): slopes (b, 1, n_cols), intercepts as (b, n_cols, 1) columns (None
-        where all 0), and ``fused = (k, W[cols], c[cols])`` when ``i``'s input is a plain Dense fed by
-        ``k`` that the step passes straight through (:meth:`_alive_columns`). None where the fast step
-        does not apply: slopes per spec row, a non-finite line, a dead neuron with a nonzero intercept.
-        Computed once per state (the relaxation is)."""
+        """``(cols, lw, uw, fused, nonneg, lb, ub)`` for DeepPoly's step through activation ``i`` on the
+        alive columns ``cols`` (None: all; :meth:`_alive_columns`): slopes (b, 1, n_cols) and intercepts
+        (b, n_cols) there, ``nonneg`` when no slope is negative, and ``fused = (k, W[cols], c[cols])``
+        when ``i``'s input is a plain Dense fed by ``k`` and used by ``i`` alone (the step passes
+        straight through it). None where the fast step does not apply: slopes per spec row, a
+        non-finite line, a dead neuron with a nonzero intercept. Computed once per state (the
+        relaxation is)."""
         cache = self._cache.setdefault("fast", {})
         if i in cache:
             return cache[i]
@@ -789,22 +793,47 @@ class BoundState:
             return None
         lw, lb, uw, ub = rel
         j = self.graph.nodes[i].inputs[0]
+        dense = self.graph.nodes[j].op
         cols = self._alive_columns(i, j)
-        fused = None
         if cols is not None:
             dead = torch.ones(lw.shape[-1], dtype=torch.bool)
             dead[cols] = False
             if bool(lb[:, dead].any()) or bool(ub[:, dead].any()):
                 return None
             lw, lb, uw, ub = (t.index_select(-1, cols) for t in rel)
-            dense = self.graph.nodes[j].op
-            w = dense.matrix(lw).index_select(0, cols)
-            bias = None if dense.bias is None else \
-                torch.as_tensor(dense.bias, dtype=lw.dtype).index_select(0, cols)
+        fused = None
+        if isinstance(dense, ops.Dense) and dense.rows == 1 and self.graph.consumers[j] == (i,) \
+                and not (self.beta and i in self.beta):  # beta terms enter at node j
+            w = dense.matrix(lw)
+            bias = None if dense.bias is None else torch.as_tensor(dense.bias, dtype=lw.dtype)
+            if cols is not None:
+                w, bias = w.index_select(0, cols), None if bias is None else bias.index_select(0, cols)
             fused = (self.graph.nodes[j].inputs[0], w, bias)
-        column = lambda t: t[:, :, None] if bool(t.any()) else None  # noqa: E731
-        cache[i] = (cols, lw[:, None, :], uw[:, None, :], column(lb), column(ub), fused)
+        nonneg = not bool((lw < 0).any()) and not bool((uw < 0).any())
+        cache[i] = (cols, lw[:, None, :], uw[:, None, :], fused, nonneg, lb, ub)
         return cache[i]
+
+    def _folded(self, i: int, e: Tensor | None, e_in: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """``(vp, vn)`` (b, n_cols, 1), None where 0: the step through activation ``i`` (cached
+        :meth:`_fast_step`) adds ``pos vp + neg vn`` to the constant, ``pos``/``neg`` the positive and
+        negative parts of its coefficients ``A``: the intercepts ``lb``/``ub``, minus the charge of ``i``'s
+        own error ``e`` (``|A| e = pos e - neg e``), minus the charge of its input's error ``e_in`` through
+        the slopes when they are >= 0 (``|A'| e_in = pos lw e_in - neg uw e_in``, ``A' = pos lw + neg uw``).
+        Kept while ``e`` and ``e_in`` are the same tensors."""
+        cache = self._cache.setdefault("folded", {})
+        hit = cache.get(i)
+        if hit is not None and hit[0] is e and hit[1] is e_in:
+            return hit[2]
+        lw, uw, lb, ub = (self._fast_step(i)[k] for k in (1, 2, 5, 6))
+        vp, vn = lb, ub
+        if e is not None:
+            vp, vn = vp - e, vn + e
+        if e_in is not None:
+            vp, vn = vp - lw[:, 0] * e_in, vn + uw[:, 0] * e_in
+        column = lambda t: t[:, :, None] if bool(t.any()) else None  # noqa: E731
+        out = (column(vp), column(vn))
+        cache[i] = (e, e_in, out)
+        return out
 
     def _finite(self, e: Tensor) -> bool:
         """Is every entry of the error tensor ``e`` finite? Checked once per tensor (errors are
@@ -815,11 +844,12 @@ class BoundState:
             hit = cache[id(e)] = (e, bool(torch.isfinite(e).all()))
         return hit[1]
 
-    def _charged_cols(self, j: int, cols: Tensor) -> Tensor | None:
-        """``_charged_error(j, None)[:, cols]``, kept while that error is the same tensor."""
+    def _charged_cols(self, j: int, cols: Tensor | None) -> Tensor | None:
+        """``_charged_error(j, None)[:, cols]`` (all columns when ``cols`` is None), kept while that
+        error is the same tensor."""
         e = self._charged_error(j, None)
-        if e is None:
-            return None
+        if e is None or cols is None:
+            return e
         cache = self._cache.setdefault("ecols", {})
         hit = cache.get(j)
         if hit is None or hit[0] is not e:
