@@ -651,6 +651,7 @@ class BoundState:
         with ``A y_t >= A_in x + const`` for every x in the input set."""
         b, s = A.shape[:2]
         acc: dict[int, Tensor] = {t: A}
+        narrow: set[int] = set()  # activations whose coefficients arrive on their alive columns only
         total = torch.zeros(b, s, dtype=A.dtype) if const is None else const.expand(b, s).clone()
         # relaxations are needed for nodes on the way; compute them first (they may
         # themselves run back-substitutions) in topological order
@@ -698,7 +699,7 @@ class BoundState:
             else:
                 if fast is not None:  # DeepPoly/CROWN's step on the alive columns, intercepts as products
                     cols, lw, uw, fused = fast[:4]
-                    if cols is not None:
+                    if cols is not None and i not in narrow:
                         Ai = Ai.index_select(-1, cols)
                     neg, pos = Ai.clamp(max=0), Ai.clamp(min=0)
                     Ar = torch.addcmul(pos * lw, neg, uw)  # = Ai * (lw where Ai >= 0, else uw)
@@ -717,6 +718,10 @@ class BoundState:
                             total = total - _charge(Ar, e_in, self._finite(e_in))
                         if bias is not None:
                             total = total + Ar @ bias
+                        w2 = None if k in acc or (self.record is not None and tag == "out") else self._narrowed(i)
+                        if w2 is not None:  # straight onto the alive columns of the activation below
+                            w = w2
+                            narrow.add(k)
                         Ak = Ar @ w
                         acc[k] = acc[k] + Ak if k in acc else Ak
                         continue
@@ -811,6 +816,22 @@ class BoundState:
             fused = (self.graph.nodes[j].inputs[0], w, bias)
         nonneg = not bool((lw < 0).any()) and not bool((uw < 0).any())
         cache[i] = (cols, lw[:, None, :], uw[:, None, :], fused, nonneg, lb, ub)
+        return cache[i]
+
+    def _narrowed(self, i: int) -> Tensor | None:
+        """``W[cols_i][:, cols_k]``: the fused Dense of activation ``i`` (:meth:`_fast_step`) restricted to
+        the alive columns of the activation ``k`` feeding it, when ``k`` feeds that Dense alone and its
+        error is charged below it (none at ``k`` itself, which would need all of ``k``'s columns): the
+        coefficients reach ``k`` already narrowed, a smaller product and no selection. None otherwise."""
+        cache = self._cache.setdefault("narrow", {})
+        if i not in cache:
+            cache[i] = None
+            k, w, _ = self._fast_step(i)[3]
+            j = self.graph.nodes[i].inputs[0]
+            if k != 0 and isinstance(self.graph.nodes[k].op, ops.Activation) and self.graph.consumers[k] == (j,):
+                fk = self._fast_step(k)
+                if fk is not None and fk[0] is not None and self.error(k) is None:
+                    cache[i] = w.index_select(1, fk[0])
         return cache[i]
 
     def _folded(self, i: int, e: Tensor | None, e_in: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
