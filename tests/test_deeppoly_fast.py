@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from certkit.bounds import deeppoly
+from certkit.bounds import deeppoly_rows
 from certkit.bounds.deeppoly import BoundState, deeppoly_lower
 from certkit.spec.sets import InputSet
 from tests.helpers import random_nets
@@ -65,7 +65,7 @@ def _rows(monkeypatch) -> dict:
 @pytest.mark.parametrize("intersect", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fast_paths_give_the_generic_bounds(monkeypatch, name, intersect, seed):
-    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)  # skip rows even in these small nets
+    monkeypatch.setattr(deeppoly_rows, "MIN_SKIP_WORK", 0)  # skip rows even in these small nets
     g = NETS[name](seed)
     S, C = _case(g, seed)
     fast = deeppoly_lower(g, S, C, intersect)
@@ -79,7 +79,7 @@ def test_fast_paths_give_the_generic_bounds(monkeypatch, name, intersect, seed):
 def test_inactive_neurons_get_upper_rows_only(monkeypatch):
     """A deep ReLU net on wide boxes: the interval pass leaves every neuron of the deeper layers
     unstable (all rows), the back-substituted layer before shows many of them <= 0: upper rows only."""
-    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
+    monkeypatch.setattr(deeppoly_rows, "MIN_SKIP_WORK", 0)
     skipped = 0
     for seed in range(4):
         g = NETS["deep_relu"](seed)
@@ -100,7 +100,7 @@ def test_inactive_neurons_get_upper_rows_only(monkeypatch):
 
 def test_reference_needs_relu_consumers_only(monkeypatch):
     """Not for an affine node feeding a LeakyReLU (its negative side reaches the next layer)."""
-    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
+    monkeypatch.setattr(deeppoly_rows, "MIN_SKIP_WORK", 0)
     g = random_nets.mlp("leaky_relu", 0, (6, 24, 24, 24, 3))
     S, _ = _case(g, 0, batch=1, width=0.5)
     st = BoundState(g, S, intersect=False)
@@ -114,8 +114,8 @@ def test_batch_rows_per_sample(monkeypatch):
     """A batch (three copies of one box) with inactive neurons by reference: each sample
     back-substitutes its own rows (lower and upper, or upper only), with the generic bounds (here
     many upper rows come out > 0, looser than the reference, and take their lower rows after)."""
-    monkeypatch.setattr(deeppoly, "MIN_SKIP_WORK", 0)
-    monkeypatch.setattr(deeppoly, "PER_SAMPLE_ROWS", 1.0)
+    monkeypatch.setattr(deeppoly_rows, "MIN_SKIP_WORK", 0)
+    monkeypatch.setattr(deeppoly_rows, "PER_SAMPLE_ROWS", 1.0)
     calls = {"per_sample": 0}
     orig = BoundState._rows_per_sample
 
