@@ -67,8 +67,8 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
 
     Random samples (centre, vertices, uniform points) first; then PGD from the
     best samples and from random points, each restart aimed at one disjunct (a min
-    over disjuncts only has gradient for the current best one), the most promising
-    disjuncts first (ranked by the samples' best value for each).
+    over disjuncts only has gradient for the current best one; with more disjuncts
+    than restarts, the most promising disjuncts, ranked by the samples' best value).
     Returns ``(x_best (b, n), v_best (b,))``: the best point found per batch
     element and its objective (<= 0 means a float64 counterexample candidate).
     """
@@ -132,10 +132,12 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
                         lo[:, None] + torch.rand(b, k - order.shape[1], n, generator=gen, dtype=torch.float64)
                         * (hi - lo)[:, None]], dim=1)
     starts = project(starts)
-    # restart j aims at the (j mod K)-th most promising disjunct (the samples' best value for it):
-    # with "any other class" specs (K = classes - 1) the nearest classes first
-    ranked = per0.amin(dim=1).argsort(dim=1)  # (b, K)
-    target = ranked[:, torch.arange(k) % n_dj]  # (b, k)
+    # restart j aims at disjunct j mod K; with more disjuncts than restarts ("any other class" specs,
+    # K = classes - 1), at the (j mod K)-th most promising one (the samples' best value for it)
+    if n_dj <= k:
+        target = (torch.arange(k) % n_dj).expand(b, -1)
+    else:
+        target = per0.amin(dim=1).argsort(dim=1)[:, torch.arange(k) % n_dj]  # (b, k)
     if inputs.center is not None:
         step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
     else:
