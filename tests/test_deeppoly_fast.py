@@ -76,6 +76,19 @@ def test_fast_paths_give_the_generic_bounds(monkeypatch, name, intersect, seed):
     assert torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)
 
 
+def _fast_and_generic(monkeypatch, g, S, C):
+    """``(bounds, rows)`` of pure CROWN with the row savings, then with the generic steps."""
+    count = _rows(monkeypatch)
+    fast = deeppoly_lower(g, S, C, intersect=False)
+    n_fast = count["rows"]
+    with monkeypatch.context() as m:
+        _generic(m)
+        count["rows"] = 0
+        ref = deeppoly_lower(g, S, C, intersect=False)
+        n_ref = count["rows"]
+    return fast, n_fast, ref, n_ref
+
+
 def test_inactive_neurons_get_upper_rows_only(monkeypatch):
     """A deep ReLU net on wide boxes: the interval pass leaves every neuron of the deeper layers
     unstable (all rows), the back-substituted layer before shows many of them <= 0: upper rows only."""
@@ -84,14 +97,7 @@ def test_inactive_neurons_get_upper_rows_only(monkeypatch):
     for seed in range(4):
         g = NETS["deep_relu"](seed)
         S, C = _case(g, seed, batch=1, width=0.5)
-        count = _rows(monkeypatch)
-        fast = deeppoly_lower(g, S, C, intersect=False)
-        n_fast = count["rows"]
-        with monkeypatch.context() as m:
-            _generic(m)
-            count["rows"] = 0
-            ref = deeppoly_lower(g, S, C, intersect=False)
-            n_ref = count["rows"]
+        fast, n_fast, ref, n_ref = _fast_and_generic(monkeypatch, g, S, C)
         assert n_fast <= n_ref
         skipped += n_ref - n_fast
         assert torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)
@@ -127,12 +133,6 @@ def test_batch_rows_per_sample(monkeypatch):
     g = NETS["deep_relu"](0)
     one, C = _case(g, 0, batch=1, width=0.3)
     S = InputSet(one.lower.repeat(3, 1), one.upper.repeat(3, 1))
-    count = _rows(monkeypatch)
-    fast = deeppoly_lower(g, S, C, intersect=False)
-    n_fast = count["rows"]
-    with monkeypatch.context() as m:
-        _generic(m)
-        count["rows"] = 0
-        ref = deeppoly_lower(g, S, C, intersect=False)
+    fast, n_fast, ref, _ = _fast_and_generic(monkeypatch, g, S, C)
     assert calls["per_sample"] > 0 and n_fast > 0
     assert torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)

@@ -107,14 +107,19 @@ def _abs(ctx: Context, t: Var) -> Var:
     return ctx.add(ops.Abs(), [t], t.shape)
 
 
-def _difference(ctx: Context, a, b) -> Var:
-    """``a - b`` with broadcasting (at least one variable)."""
+def _combine(ctx: Context, a, b, k: float) -> Var:
+    """``a + k b`` with broadcasting (at least one variable)."""
     if isinstance(a, Var) and isinstance(b, Var):
         shape = broadcast_shape(a.shape, b.shape)
-        return ctx.add(ops.Sum((1.0, -1.0)), [expand(ctx, a, shape), expand(ctx, b, shape)], shape)
+        return ctx.add(ops.Sum((1.0, k)), [expand(ctx, a, shape), expand(ctx, b, shape)], shape)
     if isinstance(a, Var):
-        return scale(ctx, a, None, -np.asarray(b, dtype=np.float64))
-    return scale(ctx, b, -1.0, np.asarray(a, dtype=np.float64))
+        return scale(ctx, a, None, k * np.asarray(b, dtype=np.float64))
+    return scale(ctx, b, k, np.asarray(a, dtype=np.float64))
+
+
+def _difference(ctx: Context, a, b) -> Var:
+    """``a - b`` with broadcasting (at least one variable)."""
+    return _combine(ctx, a, b, -1.0)
 
 
 def strict_step(ctx: Context, t: Var) -> Var:
@@ -149,11 +154,7 @@ def _logic(ctx: Context, node, ins: list, attrs: dict) -> list:
     a, b = ins
     if t == "Xor":
         return [_abs(ctx, _difference(ctx, a, b))]
-    total = _difference(ctx, a, -np.asarray(b, dtype=np.float64)) if not isinstance(b, Var) else (
-        _difference(ctx, b, -np.asarray(a, dtype=np.float64)) if not isinstance(a, Var) else None)
-    if total is None:
-        shape = broadcast_shape(a.shape, b.shape)
-        total = ctx.add(ops.Sum((1.0, 1.0)), [expand(ctx, a, shape), expand(ctx, b, shape)], shape)
+    total = _combine(ctx, a, b, 1.0)
     if t == "And":
         return [_relu(ctx, scale(ctx, total, None, -1.0))]
     return [scale(ctx, _relu(ctx, scale(ctx, total, -1.0, 1.0)), -1.0, 1.0)]
