@@ -46,6 +46,12 @@ MODELS = {
                       N("Not", ["R"], ["S"]), N("Concat", ["G", "L", "Lt", "Ge", "P", "Q", "R", "S"], ["C"], axis=1),
                       N("Cast", ["C"], ["Y"], to=TensorProto.FLOAT)],
                      (1, 8), {"s0": np.array([0]), "s1": np.array([4]), "s2": np.array([8]), "ax": np.array([1])}),
+    # adversarial: a permanent tie (x against itself), huge and overflowing products (1e38 * x)
+    "argmax_dup": ([N("Concat", [X, X], ["C"], axis=1), N("ArgMax", ["C"], ["Y"], axis=1, keepdims=0)], (1, 3), {}),
+    "argmax_huge": ([N("Mul", [X, "k"], ["Z"]), N("ArgMax", ["Z"], ["Y"], axis=1)], (1, 4),
+                    {"k": np.array([1e30, 1e30, -1e30, 1e38], np.float32)}),
+    "equal_huge": ([N("Mul", [X, "k"], ["Z"]), N("Equal", ["Z", "c"], ["Y"])], (1, 4),
+                   {"k": np.array([1e30, 1e30, -1e30, 3e38], np.float32), "c": np.zeros(4, np.float32)}),
     "cast_int": ([N("Mul", [X, "k"], ["Z"]), N("Cast", ["Z"], ["I"], to=TensorProto.INT32),
                   N("Cast", [X], ["B"], to=TensorProto.BOOL), N("Cast", ["B"], ["Bi"], to=TensorProto.INT32),
                   N("Concat", ["I", "Bi"], ["Y"], axis=1)], (1, 6), {"k": np.float32(2.7)}),
@@ -96,7 +102,7 @@ def test_bounds_contain_onnxruntime(name, backend):
         xs = np.concatenate([xs, np.round(xs * 2) / 2]).clip(lo, hi).astype(np.float32)
         y = ort_run(m, xs)
         assert (y >= lb - 1e-9).all() and (y <= ub + 1e-9).all(), (name, backend, width)
-        if not tied:
+        if not tied and name != "argmax_dup":  # x against itself is a tie everywhere (sound, undecided)
             assert np.all(ub - lb < 1e-3), (name, backend)
 
 
