@@ -81,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", metavar="SUBSTR", help="only rows whose benchmark, onnx or vnnlib contains SUBSTR")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N rows (after --filter)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    p.add_argument("--arithmetic", default="auto", choices=("auto", "float64", "float32"),
+                   help="arithmetic of the bound products (certify --arithmetic; default auto)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -176,7 +178,8 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {s[0] if s else ''}".rstrip(": ")[:300]
 
 
-def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int) -> None:
+def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int,
+            arithmetic: str = "auto") -> None:
     """Runs in a fresh process: load, certify, send one dict back."""
     t0 = time.monotonic()
     try:
@@ -186,7 +189,7 @@ def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: in
         from . import api
 
         t0 = time.monotonic()
-        model = api.load_model(onnx)
+        model = api.load_model(onnx, arithmetic)
         spec = api.load_spec(vnnlib, model)
         t_load = time.monotonic() - t0
         res = api.certify(model, spec, backend, max(timeout - t_load, 1e-3), seed)
@@ -238,7 +241,7 @@ def _row(inst: Instance, timeout: float, verdict: str, stage: str, time_s: float
 
 
 def run(instances: list[Instance], backend: str = "auto", timeout_scale: float = 1.0, jobs: int = 1,
-        on_row: Callable[[dict, int], None] | None = None, seed: int = 0) -> list[dict]:
+        on_row: Callable[[dict, int], None] | None = None, seed: int = 0, arithmetic: str = "auto") -> list[dict]:
     """Run every instance, each in a fresh process; ``on_row(row, k)`` is called as rows finish."""
     ctx = _context()
     pending = deque(instances)
@@ -261,7 +264,8 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
                     continue
                 recv, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend,
-                                                         timeout, seed), name=f"certkit-bench-{inst.line}")
+                                                         timeout, seed, arithmetic),
+                                   name=f"certkit-bench-{inst.line}")
                 try:
                     proc.start()
                 except Exception as e:  # noqa: BLE001 - e.g. out of processes: this row only
@@ -414,7 +418,7 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
                   f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}",
                   file=stdout, flush=True)
 
-        rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed)
+        rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic)
     finally:
         if out_f is not None:
             out_f.close()

@@ -38,7 +38,13 @@ class Model:
         return self.graph.n_outputs
 
 
-def load_model(path: str | os.PathLike) -> Model:
-    """Load and lower an ONNX file (raises :class:`certkit.errors.ModelError`)."""
+def load_model(path: str | os.PathLike, arithmetic: str = "auto") -> Model:
+    """Load and lower an ONNX file (raises :class:`certkit.errors.ModelError`). ``arithmetic``: of
+    the bound computations' matrix products, ``auto``, ``float64`` or ``float32``
+    (:mod:`certkit.bounds.products32`)."""
     graph = load_onnx(path)
+    if arithmetic != "auto":
+        from .bounds.products32 import with_arithmetic
+
+        graph = with_arithmetic(graph, arithmetic)
     return Model(graph, str(path))

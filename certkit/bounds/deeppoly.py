@@ -44,6 +44,7 @@ from ..tolerances import COMPUTE_SAFETY, U64, gamma
 from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
 from .interval import interval_bounds, interval_node
 from .memory import rows_within
+from .products32 import PRODUCT_OPS, float32_of, in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
 from .relaxations import RELAXATIONS, Relax
 
@@ -193,8 +194,45 @@ class BoundState(RowSavings):
                 ins = [self._mag_bounds(j) for j in node.inputs]
                 out = None if isinstance(node.op, ops.LinearOp) else interval_node(node.op, ins)
                 err = node_error(node.op, ins, out, precision_of(self.graph), self._steps())
+            if self._in_float32(i):  # the float32 product at i (certkit.bounds.products32)
+                charge = product_charge(node.op, *self._mag_bounds(node.inputs[0]))
+                self._cache.setdefault("charge", {})[i] = charge
+                err = charge.per_neuron if err is None else err + charge.per_neuron
             self.errors[i] = err
         return self.errors[i]
+
+    def _in_float32(self, i: int) -> bool:
+        """Is the back-substitution product at node ``i`` computed in float32?"""
+        cache = self._cache.setdefault("in32", {})
+        if i not in cache:
+            cache[i] = in_float32(self.graph, self.graph.nodes[i].op)
+        return cache[i]
+
+    def _product(self, i: int, fn, A: Tensor, total: Tensor, rows: Tensor | None = None,
+                 cols: Tensor | None = None, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(fn(A), total)``: the product ``A M_i`` at affine node ``i`` (``fn``; ``w = M_i[rows][:, cols]``
+        when it uses part of the matrix), in float32 where :meth:`_in_float32` says so and its charge is
+        finite -- ``total`` then plus the bracket and less the ``floor`` of
+        :class:`~certkit.bounds.products32.ProductCharge` (the per-neuron part is in :meth:`error`,
+        charged at ``i``) -- else in float64."""
+        if self._in_float32(i):
+            self.error(i)
+            charge = self._cache.get("charge", {}).get(i)
+            if charge is not None and self._finite(charge.floor):
+                out, in32 = product(fn, A)
+                if in32:
+                    total = total + charge.bracket(A, out, rows, cols, w) - charge.floor
+                return out, total
+        return fn(A), total
+
+    def _matmul(self, i: int, A: Tensor, w: Tensor, total: Tensor, rows: Tensor | None,
+                cols: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``A @ w`` for ``w = W[rows][:, cols]`` of Dense ``i`` (:meth:`_product`; ``w``'s float32 rounding
+        kept while ``w`` is the same tensor)."""
+        if not self._in_float32(i):
+            return A @ w, total
+        w32 = float32_of(w, self._cache.setdefault("w32", {}))
+        return self._product(i, lambda a: a @ (w32 if a.dtype == torch.float32 else w), A, total, rows, cols, w)
 
     def _charged_error(self, i: int, t: int | None) -> Tensor | None:
         """The error charged at node ``i`` in a back-substitution from ``t`` (None: from above ``i``):
@@ -554,7 +592,11 @@ class BoundState(RowSavings):
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
-                parts = op.backward(Ai)
+                if isinstance(op, PRODUCT_OPS):
+                    part, total = self._product(i, lambda a: op.backward(a)[0], Ai, total)
+                    parts = (part,)
+                else:
+                    parts = op.backward(Ai)
                 bt = op.bias_term(Ai)
                 if bt is not None:
                     total = total + bt
@@ -596,7 +638,8 @@ class BoundState(RowSavings):
                         if w2 is not None:  # straight onto the alive columns of the activation below
                             w = w2
                             narrow.add(k)
-                        Ak = Ar @ w
+                        Ak, total = self._matmul(node.inputs[0], Ar, w, total, cols,
+                                                 self._fast_step(k)[0] if w2 is not None else None)
                         acc[k] = acc[k] + Ak if k in acc else Ak
                         continue
                 else:
@@ -623,7 +666,7 @@ class BoundState(RowSavings):
                         if dense.bias is not None:
                             total = total + Ar @ torch.as_tensor(dense.bias, dtype=Ar.dtype)[cols]
                         k = self.graph.nodes[j].inputs[0]
-                        Ak = Ar @ w
+                        Ak, total = self._matmul(j, Ar, w, total, cols)
                         acc[k] = acc[k] + Ak if k in acc else Ak
                         continue
             for j, Aj in zip(node.inputs, parts):
