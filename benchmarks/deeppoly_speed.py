@@ -1,6 +1,6 @@
 """DeepPoly time per call at depth, beside auto_LiRPA's CROWN (issue 12).
 
-Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement]
+Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]]
 
 For every instance of ../shared/benchmarks/instances.csv (ACAS Xu, mnistfc 256x2, ERAN) it times
 ``deeppoly_lower`` (pure CROWN: ``intersect=False``; the spec's C folded in, one input box, one
@@ -14,6 +14,14 @@ The auto_LiRPA column is the figures of issue 12 (auto_LiRPA 0.7.1 CROWN, float3
 not measured here: auto_LiRPA is not installable on this machine. Where the issue gives a range
 (ACAS Xu: 16-31 ms over 3 instances) the speed-up is against its low end. ``-``: no figure.
 It also checks the bounds against ../shared/benchmarks/reference_bounds.
+
+``--conv``: the wild conv nets (the first instance of each model of :data:`CONV_BENCHMARKS` in
+../shared/benchmarks/wild; ``--slow`` adds :data:`SLOW_CONV_BENCHMARKS`, 1-3 minutes a call), one call
+each after a warm-up, the spec rows with ``intersect=True`` as certify runs them, with the bound
+products (certkit.bounds.products32) in float64 and in the default arithmetic ``auto`` (convolutions
+in float32): both times, the speed-up, and what the float32 products cost in the bounds (the largest
+loss of a spec-row lower bound) beside what the model's own float32 rounding costs (float64
+products, precision ``exact`` against ``float32``).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from certkit.bounds.deeppoly import deeppoly_lower, deeppoly_output_bounds  # noqa: E402
 from certkit.bounds.fperror import with_precision  # noqa: E402
+from certkit.bounds.products32 import with_arithmetic  # noqa: E402
 from certkit.onnx.importer import load_onnx  # noqa: E402
 from certkit.spec.sets import InputSet  # noqa: E402
 from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
@@ -71,10 +80,53 @@ def mlp_case(path: str, eps: float):
     return load_onnx(path), InputSet.box(np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)), C
 
 
+#: wild benchmarks with conv nets timed by --conv (cifar_biasfield with --slow)
+CONV_BENCHMARKS = ("oval21", "metaroom_2023", "sri_resnet_a", "sri_resnet_b", "cgan_2023", "dist_shift_2023")
+#: ... and with --slow (one to three minutes a call)
+SLOW_CONV_BENCHMARKS = ("cifar_biasfield", "traffic_signs_recognition_2023")
+
+
+def conv_table(slow: bool) -> None:
+    """The ``--conv`` table (module docstring)."""
+    wild = os.path.join(SHARED, "wild")
+    chosen = CONV_BENCHMARKS + (SLOW_CONV_BENCHMARKS if slow else ())
+    seen: set[str] = set()
+    print(f"\n{'wild conv net':<44}{'float64 s':>10}{'auto s':>10}{'speed-up':>9}"
+          f"{'products cost':>15}{'model cost':>12}{'worst lower':>13}")
+    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
+        if r["benchmark"] not in chosen or r["onnx"] in seen:
+            continue
+        seen.add(r["onnx"])
+        g = load_onnx(os.path.join(wild, r["onnx"]))
+        spec = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs)
+        prop = spec.properties[0]
+        C = torch.as_tensor(prop.stacked()[0])
+        S = InputSet.box(prop.lower, prop.upper)
+        times, lows = {}, {}
+        for name, graph in (("float64", with_arithmetic(g, "float64")), ("auto", with_arithmetic(g, "auto")),
+                            ("exact", with_arithmetic(with_precision(g, "exact"), "float64"))):
+            with torch.no_grad():
+                if name != "exact":
+                    deeppoly_lower(graph, S, C)  # warm-up
+                t = time.perf_counter()
+                lows[name] = deeppoly_lower(graph, S, C)
+                times[name] = time.perf_counter() - t
+        cost = float((lows["float64"] - lows["auto"]).max())
+        model = float((lows["exact"] - lows["float64"]).max())
+        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:43]
+        print(f"{label:<44}{times['float64']:>10.3f}{times['auto']:>10.3f}"
+              f"{times['float64'] / times['auto']:>8.2f}x{cost:>15.2e}{model:>12.2e}"
+              f"{float(lows['float64'].min()):>13.4g}", flush=True)
+    print("(auto: the default arithmetic, convolutions' products in float32; products cost: the largest float64 - "
+          "auto spec-row lower bound; model cost: the same for the model's float32 rounding, exact - float64)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-agreement", action="store_true", help="skip the check against reference_bounds")
+    ap.add_argument("--conv", action="store_true", help="also time the wild conv nets in both arithmetics")
+    ap.add_argument("--slow", action="store_true", help="with --conv: also cifar_biasfield (minutes per call)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not os.path.isdir(SHARED):
@@ -102,6 +154,8 @@ def main() -> None:
         print(f"{b:<14}{len(ts):>6}{med:>11.2f}{1000 * statistics.mean(ts):>9.2f}{1000 * max(ts):>8.2f}"
               f"{ref if ref else '-':>15}{(f'{ref / med:.1f}x' if ref else '-'):>10}")
     print("(auto_LiRPA: issue 12's figures, not measured in this run)")
+    if a.conv:
+        conv_table(a.slow)
     if a.no_agreement:
         return
     print("\nagreement with auto_LiRPA CROWN (reference_bounds/, real arithmetic), max |diff| / max bound width:")
