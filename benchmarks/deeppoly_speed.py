@@ -81,9 +81,9 @@ def mlp_case(path: str, eps: float):
 
 
 #: wild benchmarks with conv nets timed by --conv (cifar_biasfield with --slow)
-CONV_BENCHMARKS = ("oval21", "metaroom_2023", "sri_resnet_a", "sri_resnet_b", "cgan_2023", "dist_shift_2023")
+CONV_BENCHMARKS = ("oval21", "metaroom_2023", "sri_resnet_a", "sri_resnet_b", "dist_shift_2023")
 #: ... and with --slow (one to three minutes a call)
-SLOW_CONV_BENCHMARKS = ("cifar_biasfield", "traffic_signs_recognition_2023")
+SLOW_CONV_BENCHMARKS = ("cifar_biasfield", "traffic_signs_recognition_2023", "cgan_2023")
 
 
 def conv_table(slow: bool) -> None:

@@ -113,6 +113,13 @@ def check_certificate(cert_path: str, model_path: str | None = None, spec_path: 
     return rep
 
 
+def _arithmetic(doc: dict) -> str:
+    """The bound products' arithmetic the certificate was made with (``options.arithmetic``; ``auto``
+    when absent or unknown): the bounds are re-derived the same way."""
+    a = (doc.get("options") or {}).get("arithmetic", "auto")
+    return a if a in ("auto", "float64", "float32") else "auto"
+
+
 def _sha_lines(rep: CheckReport, items) -> None:
     for what, path, got, want in items:
         same = got == want
@@ -123,7 +130,7 @@ def _check_spec(cert_path: str, doc: dict, model_path, spec_path, time_per_leaf:
     rep = CheckReport()
     mpath = model_path or resolve(cert_path, doc["model"].get("path", ""))
     spath = spec_path or resolve(cert_path, doc.get("spec", {}).get("path", ""))
-    model = load_model(mpath)
+    model = load_model(mpath, _arithmetic(doc))
     spec = parse_vnnlib(spath, model.n_inputs, model.n_outputs)
     _sha_lines(rep, [("model", mpath, model.sha256, doc["model"].get("sha256")),
                      ("spec", spath, spec.sha256, doc.get("spec", {}).get("sha256"))])
@@ -275,7 +282,7 @@ def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckRep
     data = doc.get("data")
     dref = data.get("path", "") if isinstance(data, dict) else (data or "")
     dpath = data_path or resolve(cert_path, dref)
-    model = load_model(mpath)
+    model = load_model(mpath, _arithmetic(doc))
     _sha_lines(rep, [("model", mpath, model.sha256, doc["model"].get("sha256"))])
     if isinstance(data, dict) and data.get("sha256"):
         from .certificate import _sha256

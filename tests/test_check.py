@@ -223,3 +223,25 @@ def test_dataset_certificate(tmp_path, capsys):
     doc["certified"] += 1
     out.write_text(json.dumps(doc))
     assert main(["check", str(out)]) == 6
+
+
+@pytest.mark.parametrize("arithmetic", ["float32", "float64"])
+def test_check_rederives_in_the_certificates_arithmetic(tmp_path, capsys, monkeypatch, arithmetic):
+    """A certificate made with ``--arithmetic A`` records it, and ``check`` re-derives its bounds with
+    the same products (certkit.bounds.products32); an unknown value falls back to ``auto``."""
+    from certkit import check as check_module
+
+    spec = ROOT / "vnnlib" / "digits_conv_0_eps0.02.vnnlib"
+    out = tmp_path / "cert.json"
+    assert main(["certify", str(ROOT / "models" / "digits_conv.onnx"), str(spec), "--arithmetic", arithmetic,
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["options"]["arithmetic"] == arithmetic
+    seen = []
+    real = check_module.load_model
+    monkeypatch.setattr(check_module, "load_model", lambda p, a="auto": seen.append(a) or real(p, a))
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 0
+    assert _last(capsys).startswith("valid") and seen == [arithmetic]
+    assert check_module._arithmetic({"options": {"arithmetic": "float16"}}) == "auto"
+    assert check_module._arithmetic({}) == "auto"
