@@ -73,8 +73,9 @@ def test_ops_chosen():
         i=np.array([[0, 1], [0, 1]], np.int64), u=r(2))), "duplicate indices"),
     (lambda: single("ScatterND", (1, 4), X, np.array([[0, 1]], np.int64), r(1), opset=16, reduction="add"),
      "reduction='add'"),
-    (lambda: graph_model([N("Greater", [X, "z"], ["c"]), N("Where", ["c", X, "z"], ["Y"])], (1, 4), consts=dict(
-        z=np.zeros(1, np.float32))), "variable condition"),
+    (lambda: graph_model([N("Greater", [X, "z"], ["c"]), N("Div", ["mone", "z"], ["m"]),
+                          N("Where", ["c", X, "m"], ["Y"])], (1, 4), consts=dict(
+        z=np.zeros(1, np.float32), mone=np.full(4, -1.0, np.float32))), "infinite or NaN constant"),
 ])
 def test_refusals_have_reasons(model, why):
     with pytest.raises(UnsupportedOpError, match=why):

@@ -177,3 +177,61 @@ def test_onehot_of_real_values_and_unsigned_cast_are_refused():
                     (1, 3))
     with pytest.raises(UnsupportedOpError, match="UINT8"):
         import_model(m)
+
+
+# -- Where with a variable condition (c a + (1 - c) b) ------------------------------------------------
+def _where_model(kind: str):
+    """``Where(x > t, a, b)`` with branches: two variables, a variable and a constant (either side),
+    two constants, broadcasting, and a masked-attention style large negative fill."""
+    rng = np.random.default_rng(7)
+    t = np.float32(0.25)
+    cmp = N("Greater", [X, "t"], ["c"])
+    if kind == "two-vars":
+        nodes = [cmp, N("Mul", [X, "k"], ["a"]), N("Neg", [X], ["b"]), N("Where", ["c", "a", "b"], ["Y"])]
+        consts = {"t": t, "k": np.float32(3.0)}
+    elif kind == "var-const":
+        nodes = [cmp, N("Where", ["c", X, "f"], ["Y"])]
+        consts = {"t": t, "f": rng.normal(0, 1, (1, 6)).astype(np.float32)}
+    elif kind == "const-var":
+        nodes = [cmp, N("Where", ["c", "f", X], ["Y"])]
+        consts = {"t": t, "f": np.float32(-1e4)}
+    elif kind == "two-consts":
+        nodes = [cmp, N("Where", ["c", "p", "q"], ["Y"])]
+        consts = {"t": t, "p": np.float32(2.0), "q": rng.normal(0, 1, (1, 6)).astype(np.float32)}
+    else:  # broadcast: a (1, 6) condition choosing between a (1, 1) variable and the input
+        nodes = [cmp, N("ReduceSum", [X], ["s"], keepdims=1), N("Where", ["c", "s", X], ["Y"])]
+        consts = {"t": t}
+    return graph_model(nodes, (1, 6), consts=consts)
+
+
+WHERE_KINDS = ["two-vars", "var-const", "const-var", "two-consts", "broadcast"]
+
+
+@pytest.mark.parametrize("kind", WHERE_KINDS)
+def test_where_variable_condition_matches_onnxruntime(kind):
+    m = _where_model(kind)
+    g = import_model(m)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (400, 6)).astype(np.float32)
+    x[::7, 2] = 0.25  # ties: x == t is not > t
+    assert np.array_equal(np.asarray(g(x.astype(np.float64)), np.float32), ort_run(m, x)) or \
+        np.allclose(g(x.astype(np.float64)), ort_run(m, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", WHERE_KINDS)
+@pytest.mark.parametrize("backend", ["interval", "deeppoly", "alpha"])
+def test_where_variable_condition_bounds_contain_onnxruntime(kind, backend):
+    m = _where_model(kind)
+    g = import_model(m)
+    rng = np.random.default_rng(2)
+    for lo, hi in ((0.3, 0.6), (-0.5, 0.1), (-0.2, 0.7), (0.25, 0.25)):  # decided both ways, undecided, a tie
+        S = InputSet.box(np.full(6, lo), np.full(6, hi))
+        n = g.n_outputs
+        C = torch.cat([torch.eye(n), -torch.eye(n)]).double()
+        low = BACKENDS[backend].lower(g, S, C)[0].detach().numpy()
+        x = rng.uniform(lo, hi, (2000, 6)).astype(np.float32)
+        x[:4] = np.float32(lo)
+        y = ort_run(m, x)
+        assert (y >= low[:n] - 1e-9).all() and (y <= -low[n:] + 1e-9).all(), (kind, backend, lo, hi)
+        if lo > 0.25:  # decided: the bounds are those of the chosen branch, not a mix
+            assert float((-low[n:] - low[:n]).max()) <= 6 * (hi - lo) + 1e-3  # the widest branch: a sum of 6

@@ -1,4 +1,5 @@
-"""Converters of ScatterND (constant indices), Where (constant condition) and ReduceMax/ReduceMin.
+"""Converters of ScatterND (constant indices), Where and ReduceMax/ReduceMin (a Where with a variable
+condition is :func:`.tails.where_variable`'s).
 
 ScatterND and Where only route elements: each output element is a copy of one element of one
 of their inputs, chosen by constants. Their converter numbers the elements of all the inputs
@@ -90,7 +91,9 @@ def _scatter_nd(ctx: Context, node, ins: list, attrs: dict) -> list:
 def _where(ctx: Context, node, ins: list, attrs: dict) -> list:
     cond, a, b = ins
     if isinstance(cond, Var):
-        raise Unsupported("a variable condition (a comparison of variable tensors is not linear)")
+        from .tails import where_variable
+
+        return [where_variable(ctx, cond, a, b)]
     c = np.asarray(constant(cond, "condition")).astype(bool)
     na, nb = _numbers([a, b])
     src = np.where(c, na, nb)

@@ -160,6 +160,34 @@ def _logic(ctx: Context, node, ins: list, attrs: dict) -> list:
     return [scale(ctx, _relu(ctx, scale(ctx, total, -1.0, 1.0)), -1.0, 1.0)]
 
 
+def where_variable(ctx: Context, c: Var, a, b) -> Var:
+    """``Where(c, a, b)`` for a variable boolean ``c`` (0/1, as every boolean variable tensor is):
+    ``c a + (1 - c) b``, the same value for ``c`` in {0, 1} (of the two terms one is exactly 0, so no
+    cancellation of large values). A variable branch is a :class:`~certkit.graph.bilinear.Product` with
+    ``c`` or ``1 - c`` (McCormick planes over ``c`` in [0, 1] are exact at its ends); a constant one is
+    linear in ``c``; two constants give one affine map, ``b + c (a - b)``. An infinite constant is
+    refused (``0 * inf`` is not 0)."""
+    from .products import product
+
+    consts = [np.asarray(v, dtype=np.float64) for v in (a, b) if not isinstance(v, Var)]
+    if any(not np.all(np.isfinite(k)) for k in consts):
+        raise Unsupported("an infinite or NaN constant selected by a variable condition (write a large "
+                          "finite value instead: 0 * inf is NaN)")
+    shape = broadcast_shape(c.shape, *[v.shape if isinstance(v, Var) else np.shape(v) for v in (a, b)])
+    if not isinstance(a, Var) and not isinstance(b, Var):
+        ka, kb = (np.broadcast_to(np.asarray(v, np.float64), shape) for v in (a, b))
+        return scale(ctx, c, ka - kb, kb, shape)
+    terms = []
+    for v, on in ((a, True), (b, False)):
+        if isinstance(v, Var):
+            w = c if on else scale(ctx, c, -1.0, 1.0)
+            terms.append(product(ctx, expand(ctx, w, shape), expand(ctx, v, shape)))
+        else:
+            k = np.broadcast_to(np.asarray(v, np.float64), shape)
+            terms.append(scale(ctx, c, k, None, shape) if on else scale(ctx, c, -k, k, shape))
+    return _combine(ctx, terms[0], terms[1], 1.0)
+
+
 # -- casts -------------------------------------------------------------------------------------
 def cast_to_integer(ctx: Context, x: Var, to: int) -> Var:
     """Cast of a variable to ``to`` (a signed integer type or bool), see the module docstring."""
