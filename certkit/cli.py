@@ -62,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 #: ``--arithmetic``: certkit.bounds.products32.ARITHMETICS (spelt out: that module imports torch)
 ARITHMETICS = ("auto", "float64", "float32")
 _ARITHMETIC_HELP = ("arithmetic of the bound computations' matrix products: float32 is ~1.8x faster on conv "
-                    "nets, its rounding charged to the bounds; auto (default): float32 for convolutions")
+                    "nets, its rounding charged to the bounds; auto (default): float32 for large convolutions")
 
 _MEMORY_HELP = ("memory budget, e.g. 8G or 500M (default: half of the memory available); bounds that do "
                 "not fit degrade to cheaper sound ones, and the output says so")

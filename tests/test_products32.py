@@ -179,7 +179,9 @@ def test_float32_bounds_contain_samples(net):
 
 def test_arithmetic_choice():
     g = random_nets.conv_net(0)
-    conv = next(n.op for n in g.nodes if isinstance(n.op, ops.Conv))
+    tiny = next(n.op for n in g.nodes if isinstance(n.op, ops.Conv))
+    assert not in_float32(g, tiny) and in_float32(with_arithmetic(g, "float32"), tiny)  # auto: too small to pay
+    conv = _conv(np.random.default_rng(0), cin=16, cout=32, hw=16)  # 32 x 9 x 16 x 16 x 16 = 1.2M per row
     small = ops.Dense(np.ones((10, 10)), None)
     big = ops.Dense(np.ones((2048, 2048)), None)
     assert in_float32(g, conv) and not in_float32(g, small) and in_float32(g, big)  # auto

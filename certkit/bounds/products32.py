@@ -43,8 +43,9 @@ and compares with float64 against the bound above).
 
 ``arithmetic`` (``graph.meta["arithmetic"]``, :func:`with_arithmetic`; ``--arithmetic`` on the
 command line): ``float64`` everywhere, ``float32`` for every Dense/Conv/ConvTranspose product,
-``auto`` (the default), for a float32 model, for the convolutions and the Dense layers of at least
-:data:`AUTO_DENSE_WEIGHTS` weights, where it pays (``benchmarks/deeppoly_speed.py``); float64 for a
+``auto`` (the default), for a float32 model, for the convolutions of at least :data:`AUTO_CONV_MACS`
+multiply-adds per row and the Dense layers of at least :data:`AUTO_DENSE_WEIGHTS` weights, where it
+pays (``benchmarks/deeppoly_speed.py``); float64 for a
 float64 model (whose own rounding is 2^29 times finer) and for real arithmetic (precision ``exact``).
 """
 from __future__ import annotations
@@ -71,6 +72,11 @@ PRODUCT_OPS = (ops.Dense, ops.Conv, ops.ConvTranspose)
 #: per DeepPoly call and paper 002's 8x200 loses 15% (the casts cost what the GEMMs save), so
 #: ``auto`` keeps Dense layers of such sizes in float64; convolutions gain 1.8x.
 AUTO_DENSE_WEIGHTS = 2048 * 2048
+#: ``auto``: a convolution's product goes to float32 from this many multiply-adds per row on
+#: (``K`` times its input size). Measured: the digits_conv net of models/ (5k and 9k per row) lost 5-6
+#: verified samples of 200 in data-set mode with ``--backend bab --timeout 1`` (more per-domain overhead
+#: than gain); oval21's convolutions (66k-524k) gain 1.5-2.7x per DeepPoly call.
+AUTO_CONV_MACS = 2 ** 16
 #: The charge is computed in float64 (a few roundings of relative size 2^-53 at most): this factor
 #: covers them many times over.
 PRODUCT_SAFETY = 1.0 + 2.0 ** -20
@@ -113,7 +119,9 @@ def in_float32(graph: Graph, op) -> bool:
         return True
     if graph.meta.get("precision", "float32") != "float32":  # auto: a float64 model, or real arithmetic
         return False
-    return not isinstance(op, ops.Dense) or op.weight.size >= AUTO_DENSE_WEIGHTS
+    if isinstance(op, ops.Dense):
+        return op.weight.size >= AUTO_DENSE_WEIGHTS
+    return adjoint_terms(op) * int(np.prod(op.in_shape)) >= AUTO_CONV_MACS
 
 
 @dataclass(frozen=True)
