@@ -14,7 +14,7 @@ a fixed point (the centre of the bounds of ``y_j`` at hand) and ``r`` the radius
     A_i M_i y_j = Â_j y_j + (A_i M_i - Â_j) c + (A_i M_i - Â_j) (y_j - c)
                >= Â_j y_j + [A_i (M_i c) - Â_j c] - |A_i M_i - Â_j| r.
 
-The bracket is computed in float64 (two matrix-vector products, :meth:`Correction.apply`) and
+The bracket is computed in float64 (two matrix-vector products, :meth:`ProductCharge.bracket`) and
 added to the constant: the float32 error is charged on the *width* of the bounds, not on the
 magnitude of the values (relative to the magnitude it swamped cifar_biasfield's bounds). Each
 entry of ``Â_j`` is a sum of ``K`` products (``K`` = :func:`adjoint_terms`, the most entries of
@@ -45,8 +45,8 @@ and compares with float64 against the bound above).
 command line): ``float64`` everywhere, ``float32`` for every Dense/Conv/ConvTranspose product,
 ``auto`` (the default), for a float32 model, for the convolutions of at least :data:`AUTO_CONV_MACS`
 multiply-adds per row and the Dense layers of at least :data:`AUTO_DENSE_WEIGHTS` weights, where it
-pays (``benchmarks/deeppoly_speed.py``); float64 for a
-float64 model (whose own rounding is 2^29 times finer) and for real arithmetic (precision ``exact``).
+pays (``benchmarks/deeppoly_speed.py --conv``); float64 for a float64 model (whose own rounding is 2^29
+times finer) and for real arithmetic (precision ``exact``).
 """
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ Tensor = torch.Tensor
 ARITHMETICS = ("auto", "float64", "float32")
 #: The ops whose back-substitution product may run in float32.
 PRODUCT_OPS = (ops.Dense, ops.Conv, ops.ConvTranspose)
-#: ``auto``: a Dense layer's product goes to float32 from this many weights on. Measured
-#: (benchmarks/deeppoly_speed.py --arithmetic float32): the MLPs of 4 and 6 layers of 256 gain 4-9%
-#: per DeepPoly call and paper 002's 8x200 loses 15% (the casts cost what the GEMMs save), so
-#: ``auto`` keeps Dense layers of such sizes in float64; convolutions gain 1.8x.
+#: ``auto``: a Dense layer's product goes to float32 from this many weights on. Measured (the MLPs of
+#: benchmarks/deeppoly_speed.py, their graphs ``with_arithmetic(g, "float32")``): the MLPs of 4 and 6
+#: layers of 256 gain 4-9% per DeepPoly call and paper 002's 8x200 loses 15% (the casts cost what the
+#: GEMMs save), so ``auto`` keeps Dense layers of such sizes in float64; the wild conv nets' convolutions
+#: gain 1.5-2.7x (``deeppoly_speed.py --conv``).
 AUTO_DENSE_WEIGHTS = 2048 * 2048
 #: ``auto``: a convolution's product goes to float32 from this many multiply-adds per row on
 #: (``K`` times its input size). Measured: the digits_conv net of models/ (5k and 9k per row) lost 5-6
