@@ -80,7 +80,7 @@ def mlp_case(path: str, eps: float):
     return load_onnx(path), InputSet.box(np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)), C
 
 
-#: wild benchmarks with conv nets timed by --conv (cifar_biasfield with --slow)
+#: wild benchmarks with conv nets timed by --conv
 CONV_BENCHMARKS = ("oval21", "metaroom_2023", "sri_resnet_a", "sri_resnet_b", "dist_shift_2023")
 #: ... and with --slow (one to three minutes a call)
 SLOW_CONV_BENCHMARKS = ("cifar_biasfield", "traffic_signs_recognition_2023", "cgan_2023")
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-agreement", action="store_true", help="skip the check against reference_bounds")
     ap.add_argument("--conv", action="store_true", help="also time the wild conv nets in both arithmetics")
-    ap.add_argument("--slow", action="store_true", help="with --conv: also cifar_biasfield (minutes per call)")
+    ap.add_argument("--slow", action="store_true", help="with --conv: also SLOW_CONV_BENCHMARKS (minutes per call)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not os.path.isdir(SHARED):

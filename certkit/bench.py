@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from .bounds import ARITHMETICS
 from .cli_paths import output_path
 from .errors import DataError, UsageError
 
@@ -81,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", metavar="SUBSTR", help="only rows whose benchmark, onnx or vnnlib contains SUBSTR")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N rows (after --filter)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
-    p.add_argument("--arithmetic", default="auto", choices=("auto", "float64", "float32"),
+    p.add_argument("--arithmetic", default="auto", choices=ARITHMETICS,
                    help="arithmetic of the bound products (certify --arithmetic; default auto)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 

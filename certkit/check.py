@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bounds import ARITHMETICS
 from .certificate import load_arrays
 from .errors import BackendError, SpecError
 from .model import load_model
@@ -117,7 +118,7 @@ def _arithmetic(doc: dict) -> str:
     """The bound products' arithmetic the certificate was made with (``options.arithmetic``; ``auto``
     when absent or unknown): the bounds are re-derived the same way."""
     a = (doc.get("options") or {}).get("arithmetic", "auto")
-    return a if a in ("auto", "float64", "float32") else "auto"
+    return a if a in ARITHMETICS else "auto"
 
 
 def _sha_lines(rep: CheckReport, items) -> None:

@@ -6,10 +6,6 @@ module charges; each says where it comes from.
 """
 #: Unit roundoff of the float64 arithmetic certkit's own bound computations run in.
 U64 = 2.0 ** -53
-#: Unit roundoff and smallest normal number of float32, the arithmetic of back-substitution's
-#: matrix products under ``--arithmetic float32`` (certkit.bounds.products32).
-U32 = 2.0 ** -24
-TINY32 = 2.0 ** -126
 
 #: Extra roundings charged to every affine ONNX op beyond its dot product (fan-in + 1):
 #: onnxruntime's graph optimiser may pre-multiply constants in float32 (Conv+BatchNorm,

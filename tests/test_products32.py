@@ -20,17 +20,18 @@ import torch
 
 from certkit.bounds import deeppoly as deeppoly_module
 from certkit.bounds.deeppoly import deeppoly_lower, deeppoly_output_bounds
-from certkit.bounds.fperror import with_precision
+from certkit.bounds.fperror import FLOAT32, with_precision
 from certkit.bounds.products32 import (adjoint_terms, in_float32, product, product_charge,
                                        with_arithmetic)
 from certkit.graph import ops
 from certkit.graph.graph import Graph
 from certkit.graph.conv_transpose import ConvTranspose
 from certkit.spec.sets import InputSet
-from certkit.tolerances import TINY32, U32, gamma
+from certkit.tolerances import gamma
 from tests.helpers import random_nets
 
 D = torch.float64
+U32, TINY32 = FLOAT32.u, FLOAT32.tiny
 
 
 def _conv(rng, cin=3, cout=5, k=3, stride=1, dil=1, groups=1, hw=7, pad=1, scale=1.0):
@@ -247,3 +248,29 @@ def test_cli_arithmetic(tmp_path, capsys):
     assert json.loads(cert.read_text())["options"]["arithmetic"] == "float64"
     assert "unsat" not in capsys.readouterr().out.split()
     assert cli.main(["bounds", str(onnx_path), str(spec_path), "--arithmetic", "float16"]) != 0
+
+
+@pytest.mark.parametrize("scale", [1e18, 1e30, 3e38])
+def test_float32_products_near_overflow_and_nan(scale):
+    """Weights large enough that the coefficients or the values overflow float32 (and, at 3e38, the
+    model itself): no NaN bound, every bound still below/above the float64 reference at sampled points,
+    and an infinite bound where the values may overflow; NaN coefficients fall back to float64."""
+    rng = np.random.default_rng(4)
+    b = random_nets.Builder((1, 4), rng)
+    x = b.add(ops.Dense(rng.standard_normal((8, 4)) * scale, rng.standard_normal(8)), 0, (1, 8))
+    x = b.act(x, "relu")
+    x = b.add(ops.Dense(rng.standard_normal((8, 8)) * scale, None), x, (1, 8))
+    x = b.act(x, "relu")
+    b.add(ops.Dense(rng.standard_normal((3, 8)), None), x, (1, 3))
+    g = with_arithmetic(b.graph(), "float32")
+    S = InputSet.box(np.zeros(4), np.full(4, 0.5))
+    with torch.no_grad():
+        lo, hi = deeppoly_output_bounds(g, S)
+        assert not bool(torch.isnan(lo).any() or torch.isnan(hi).any())
+        y = g.forward(torch.tensor(rng.uniform(0, 0.5, (5000, 4))))
+        assert bool((y >= lo[0] - 1e-9 * y.abs()).all() and (y <= hi[0] + 1e-9 * y.abs()).all())
+        if scale > 1e37:
+            assert not bool(torch.isfinite(hi).all())
+    op = ops.Dense(np.ones((3, 2)), None)
+    out, in32 = product(lambda a: op.backward(a)[0], torch.tensor([[[float("nan"), 1.0, 2.0]]], dtype=D))
+    assert not in32  # recomputed in float64 (and the NaN is there for the bound's own NaN handling)

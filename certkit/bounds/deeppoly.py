@@ -44,7 +44,7 @@ from ..tolerances import COMPUTE_SAFETY, U64, gamma
 from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
 from .interval import interval_bounds, interval_node
 from .memory import rows_within
-from .products32 import PRODUCT_OPS, float32_of, in_float32, product, product_charge
+from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
 from .relaxations import RELAXATIONS, Relax
 
@@ -210,29 +210,35 @@ class BoundState(RowSavings):
 
     def _product(self, i: int, fn, A: Tensor, total: Tensor, rows: Tensor | None = None,
                  cols: Tensor | None = None, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(fn(A), total)``: the product ``A M_i`` at affine node ``i`` (``fn``; ``w = M_i[rows][:, cols]``
-        when it uses part of the matrix), in float32 where :meth:`_in_float32` says so and its charge is
-        finite -- ``total`` then plus the bracket and less the ``floor`` of
-        :class:`~certkit.bounds.products32.ProductCharge` (the per-neuron part is in :meth:`error`,
-        charged at ``i``) -- else in float64."""
-        if self._in_float32(i):
-            self.error(i)
-            charge = self._cache.get("charge", {}).get(i)
-            if charge is not None and self._finite(charge.floor):
-                out, in32 = product(fn, A)
-                if in32:
-                    total = total + charge.bracket(A, out, rows, cols, w) - charge.floor
-                return out, total
-        return fn(A), total
+        """``(fn(A), total)`` for affine node ``i`` whose product is in float32 (:meth:`_in_float32`):
+        ``fn`` maps ``A`` to ``A M_i`` (``w = M_i[rows][:, cols]`` when it uses part of the matrix). Where
+        the charge of :class:`~certkit.bounds.products32.ProductCharge` is finite, ``fn`` runs on float32
+        and ``total`` gains its bracket less its ``floor`` (the per-neuron part is in :meth:`error`,
+        charged at ``i``); otherwise, or on a float32 overflow, the product is float64."""
+        self.error(i)
+        charge = self._cache["charge"][i]
+        if not self._finite(charge.floor):
+            return fn(A), total
+        out, in32 = product(fn, A)
+        if in32:
+            total = total + charge.bracket(A, out, rows, cols, w) - charge.floor
+        return out, total
 
     def _matmul(self, i: int, A: Tensor, w: Tensor, total: Tensor, rows: Tensor | None,
                 cols: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``A @ w`` for ``w = W[rows][:, cols]`` of Dense ``i`` (:meth:`_product`; ``w``'s float32 rounding
-        kept while ``w`` is the same tensor)."""
+        """``A @ w`` for ``w = W[rows][:, cols]`` of Dense ``i`` (:meth:`_product`; in float32 from the
+        op's own float32 matrix, the same rows and columns)."""
         if not self._in_float32(i):
             return A @ w, total
-        w32 = float32_of(w, self._cache.setdefault("w32", {}))
-        return self._product(i, lambda a: a @ (w32 if a.dtype == torch.float32 else w), A, total, rows, cols, w)
+
+        def times(a: Tensor) -> Tensor:
+            if a.dtype != torch.float32:
+                return a @ w
+            w32 = self.graph.nodes[i].op.matrix(a)  # converted once per op and dtype
+            w32 = w32 if rows is None else w32.index_select(0, rows)
+            return a @ (w32 if cols is None else w32.index_select(1, cols))
+
+        return self._product(i, times, A, total, rows, cols, w)
 
     def _charged_error(self, i: int, t: int | None) -> Tensor | None:
         """The error charged at node ``i`` in a back-substitution from ``t`` (None: from above ``i``):
@@ -592,7 +598,7 @@ class BoundState(RowSavings):
             if self.record is not None and tag == "out" and isinstance(op, ops.Relu):
                 self.record[i] = Ai.detach()
             if isinstance(op, ops.LinearOp):
-                if isinstance(op, PRODUCT_OPS):
+                if self._in_float32(i):
                     part, total = self._product(i, lambda a: op.backward(a)[0], Ai, total)
                     parts = (part,)
                 else:

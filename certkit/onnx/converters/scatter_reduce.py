@@ -20,6 +20,7 @@ from ...errors import ModelError
 from ...graph import ops
 from ..importer import Context, Unsupported, Var, _fold
 from .base import alias, constant, converter, scale
+from .tails import where_variable
 
 
 def _route(ctx: Context, parts: list, src: np.ndarray) -> Var:
@@ -91,8 +92,6 @@ def _scatter_nd(ctx: Context, node, ins: list, attrs: dict) -> list:
 def _where(ctx: Context, node, ins: list, attrs: dict) -> list:
     cond, a, b = ins
     if isinstance(cond, Var):
-        from .tails import where_variable
-
         return [where_variable(ctx, cond, a, b)]
     c = np.asarray(constant(cond, "condition")).astype(bool)
     na, nb = _numbers([a, b])

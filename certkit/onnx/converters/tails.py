@@ -38,6 +38,7 @@ from ...graph import ops
 from ..importer import Context, Unsupported, Var
 from ..proto import TensorProto
 from .base import broadcast_shape, constant, converter, expand, scale, select_from_index, variable
+from .products import product
 
 #: op type -> what it computes; refused on a variable tensor (``certkit ops`` lists them apart)
 _WHAT = {
@@ -167,8 +168,6 @@ def where_variable(ctx: Context, c: Var, a, b) -> Var:
     ``c`` or ``1 - c`` (McCormick planes over ``c`` in [0, 1] are exact at its ends); a constant one is
     linear in ``c``; two constants give one affine map, ``b + c (a - b)``. An infinite constant is
     refused (``0 * inf`` is not 0)."""
-    from .products import product
-
     consts = [np.asarray(v, dtype=np.float64) for v in (a, b) if not isinstance(v, Var)]
     if any(not np.all(np.isfinite(k)) for k in consts):
         raise Unsupported("an infinite or NaN constant selected by a variable condition (write a large "
