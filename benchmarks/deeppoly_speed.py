@@ -1,6 +1,6 @@
 """DeepPoly time per call at depth, beside auto_LiRPA's CROWN (issue 12).
 
-Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]]
+Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]] [--alpha]
 
 For every instance of ../shared/benchmarks/instances.csv (ACAS Xu, mnistfc 256x2, ERAN) it times
 ``deeppoly_lower`` (pure CROWN: ``intersect=False``; the spec's C folded in, one input box, one
@@ -14,6 +14,11 @@ The auto_LiRPA column is the figures of issue 12 (auto_LiRPA 0.7.1 CROWN, float3
 not measured here: auto_LiRPA is not installable on this machine. Where the issue gives a range
 (ACAS Xu: 16-31 ms over 3 instances) the speed-up is against its low end. ``-``: no figure.
 It also checks the bounds against ../shared/benchmarks/reference_bounds.
+
+``--alpha``: alpha-CROWN (20 iterations, real arithmetic as auto_LiRPA's figures are) on the spec rows of
+every ../shared/benchmarks/reference_bounds instance beside the stored auto_LiRPA alpha-CROWN bounds (the
+largest and smallest difference per instance, > 0: certkit tighter), and on ACAS Xu 3_5 prop_1 beside the
+issue's figure (auto_LiRPA -512.2 on its worst row).
 
 ``--conv``: the wild conv nets (the first instance of each model of :data:`CONV_BENCHMARKS` in
 ../shared/benchmarks/wild; ``--slow`` adds :data:`SLOW_CONV_BENCHMARKS`, 1-3 minutes a call), one call
@@ -121,11 +126,37 @@ def conv_table(slow: bool) -> None:
           "auto spec-row lower bound; model cost: the same for the model's float32 rounding, exact - float64)")
 
 
+def alpha_table() -> None:
+    """The ``--alpha`` table (module docstring)."""
+    from certkit.bounds.alpha import LR, LR_DECAY, alpha_lower
+
+    print(f"\nalpha-CROWN (lr {LR}, decay {LR_DECAY}/step, 20 iterations, real arithmetic) - auto_LiRPA's stored "
+          "alpha-CROWN spec-row lower bounds (> 0: certkit tighter):")
+    for f in sorted(glob.glob(os.path.join(SHARED, "reference_bounds", "*.npz"))):
+        ref = np.load(f)
+        bench, net, spec = os.path.basename(f)[:-4].split("__")
+        g = with_precision(load_onnx(os.path.join(SHARED, bench, "onnx", net + ".onnx")), "exact")
+        S = InputSet.box(ref["x_lb"].reshape(-1), ref["x_ub"].reshape(-1))
+        t = time.perf_counter()
+        low = alpha_lower(g, S, torch.as_tensor(ref["C"], dtype=torch.float64))[0].detach().numpy()
+        d = low - ref["alpha-CROWN_spec_lb"]
+        gain = float(np.max(ref["alpha-CROWN_spec_lb"] - ref["CROWN_spec_lb"]))
+        print(f"  {bench}/{net}/{spec}: min {d.min():+.3g} max {d.max():+.3g} (auto_LiRPA's gain over CROWN "
+              f"{gain:.3g}; {time.perf_counter() - t:.2f} s)")
+    acas = os.path.join(SHARED, "acasxu")
+    g = load_onnx(os.path.join(acas, "onnx", "ACASXU_run2a_3_5_batch_2000.onnx"))
+    prop = parse_vnnlib(os.path.join(acas, "vnnlib", "prop_1.vnnlib"), 5, 5).properties[0]
+    low = alpha_lower(with_precision(g, "exact"), InputSet.box(prop.lower, prop.upper),
+                      torch.as_tensor(prop.stacked()[0]))
+    print(f"  acasxu 3_5 prop_1 worst row: certkit {float(low.min()):.1f}, auto_LiRPA -512.2 (issue 12's figure)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-agreement", action="store_true", help="skip the check against reference_bounds")
     ap.add_argument("--conv", action="store_true", help="also time the wild conv nets in both arithmetics")
+    ap.add_argument("--alpha", action="store_true", help="also alpha-CROWN beside auto_LiRPA's stored bounds")
     ap.add_argument("--slow", action="store_true", help="with --conv: also SLOW_CONV_BENCHMARKS (minutes per call)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -156,6 +187,8 @@ def main() -> None:
     print("(auto_LiRPA: issue 12's figures, not measured in this run)")
     if a.conv:
         conv_table(a.slow)
+    if a.alpha:
+        alpha_table()
     if a.no_agreement:
         return
     print("\nagreement with auto_LiRPA CROWN (reference_bounds/, real arithmetic), max |diff| / max bound width:")

@@ -11,14 +11,16 @@ import torch
 
 
 class Adam:
-    """``Adam([params] or [{"params": [...], "lr": lr}, ...], lr)``: ``zero_grad()``, ``step()``."""
+    """``Adam([params] or [{"params": [...], "lr": lr}, ...], lr)``: ``zero_grad()``, ``step()``.
+    ``decay``: every step multiplies the learning rates by it after the update (``torch.optim``'s
+    ``ExponentialLR`` stepped once per step; 1.0: constant)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, decay: float = 1.0) -> None:
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         self.groups = [{"params": list(g["params"]), "lr": g.get("lr", lr)} for g in groups]
-        self.betas, self.eps, self.t = betas, eps, 0
+        self.betas, self.eps, self.t, self.decay = betas, eps, 0, decay
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self) -> None:
@@ -40,3 +42,4 @@ class Adam:
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
                 denom = (v.sqrt() / c2 ** 0.5).add_(self.eps)
                 p.addcdiv_(m, denom, value=-g["lr"] / c1)
+            g["lr"] *= self.decay

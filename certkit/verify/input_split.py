@@ -56,6 +56,8 @@ class SplitConfig:
     lookahead: int = 2  # candidate dimensions tried per domain
     alpha_iterations: int = 5  # alpha-CROWN steps on domains DeepPoly leaves open (0: DeepPoly only)
     alpha_lr: float = 0.3
+    #: the learning rate's decay per alpha step (recorded in proof trees; 1.0 in trees written before it was)
+    alpha_lr_decay: float = 0.98
     max_domains: int = 50_000_000
 
 
@@ -151,7 +153,8 @@ class _Problem:
 
         S = InputSet(lo, hi)
         low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.alpha_iterations,
-                              keep_state=True, lr=self.cfg.alpha_lr, budget=self.budget)
+                              keep_state=True, lr=self.cfg.alpha_lr, lr_decay=self.cfg.alpha_lr_decay,
+                              budget=self.budget)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
             return self._value(st, low, A_in.detach())
@@ -231,7 +234,8 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     out.domains = pb.domains
     if out.status == "verified":
         out.tree = log.tree("input_split", meta={"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations,
-                                                  "alpha_lr": cfg.alpha_lr, "domains": pb.domains})
+                                                  "alpha_lr": cfg.alpha_lr, "alpha_lr_decay": cfg.alpha_lr_decay,
+                                                  "domains": pb.domains})
     return out
 
 
@@ -275,7 +279,8 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
     boxes = [b for b, _, _, _ in leaves_in_preorder(tree, (lo0[0], hi0[0]), child)]
     rep.leaves = len(boxes)
     cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)),
-                      alpha_lr=float(tree.meta.get("alpha_lr", 0.3)))
+                      alpha_lr=float(tree.meta.get("alpha_lr", 0.3)),
+                      alpha_lr_decay=float(tree.meta.get("alpha_lr_decay", 1.0)))
     pb = _Problem(query, cfg, Budget())
     for s in range(0, len(boxes), batch):
         lo = torch.stack([b[0] for b in boxes[s:s + batch]])

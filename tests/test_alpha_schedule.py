@@ -1,0 +1,68 @@
+"""alpha-CROWN's learning-rate schedule (issue 12): Adam with a per-step decay, as ``torch.optim.Adam``
+stepped with ``ExponentialLR``; the schedule's figures are recorded where a proof is re-derived from them."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from certkit.bounds.adam import Adam
+from certkit.bounds.alpha import LR, LR_DECAY, alpha_lower
+from certkit.bounds.deeppoly import deeppoly_lower
+from certkit.spec.sets import InputSet
+from tests.helpers import random_nets
+
+
+def test_decay_matches_torch_exponential_lr():
+    target = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64)
+    ours = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    ref = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = Adam([ours], lr=0.3, decay=0.9)
+    topt = torch.optim.Adam([ref], lr=0.3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(topt, 0.9)
+    for _ in range(6):
+        for p, o in ((ours, opt), (ref, topt)):
+            o.zero_grad()
+            ((p - target) ** 2).sum().backward()
+            o.step()
+        sched.step()
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    assert abs(opt.groups[0]["lr"] - 0.3 * 0.9 ** 6) < 1e-15
+
+
+def test_default_schedule_is_sound_and_not_looser_than_deeppoly():
+    assert 0 < LR_DECAY <= 1 and LR > 0
+    for seed in range(3):
+        g = random_nets.mlp("relu", seed, (4, 16, 16, 16, 3))
+        rng = np.random.default_rng(seed)
+        c = rng.uniform(-1, 1, (1, 4))
+        S = InputSet(torch.tensor(c - 0.4), torch.tensor(c + 0.4))
+        C = torch.tensor(rng.normal(size=(5, 3)))
+        low = alpha_lower(g, S, C)
+        assert bool((low >= deeppoly_lower(g, S, C, intersect=True) - 1e-9).all())
+        x = torch.tensor(rng.uniform(c - 0.4, c + 0.4, (4000, 4)))
+        y = g.forward(x) @ C.T
+        assert bool((low[0] <= y.min(dim=0).values + 1e-9).all())
+
+
+def test_input_split_records_the_schedule(tmp_path):
+    import onnx
+
+    from certkit.model import Model
+    from certkit.onnx.importer import import_model
+    from certkit.spec.spec import Disjunct, Property
+    from certkit.verify.input_split import SplitConfig, input_split
+    from certkit.verify.query import Budget, Query
+    from tests.helpers.onnx_builders import tiny_relu_onnx
+
+    proto = tiny_relu_onnx(0)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(proto, path)
+    model = Model(import_model(proto, str(path)), str(path))
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    y = model.graph.forward(torch.tensor(np.random.default_rng(0).uniform(-1, 1, (20000, 2))))[:, 0]
+    t = float(y.max()) + 0.2 * float(y.max() - y.min())  # unsafe y >= t: provable
+    prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+    out = input_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60),
+                      SplitConfig(alpha_iterations=3))
+    assert out.status == "verified"
+    assert out.tree.meta["alpha_lr_decay"] == SplitConfig().alpha_lr_decay
