@@ -108,7 +108,7 @@ def check_certificate(cert_path: str, model_path: str | None = None, spec_path: 
             rep = _check_dataset(cert_path, doc, model_path, data_path)
         else:
             rep = _check_spec(cert_path, doc, model_path, spec_path, time_per_leaf)
-    except (KeyError, TypeError, IndexError) as e:  # a field missing or of the wrong kind
+    except (KeyError, TypeError, IndexError, ValueError) as e:  # a field missing, of the wrong kind or value
         raise SpecError(f"{cert_path}: malformed certificate ({type(e).__name__}: {e})") from e
     rep.seconds = time.monotonic() - t0
     return rep

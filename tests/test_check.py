@@ -99,6 +99,22 @@ def test_input_split_proof_tree_rederived(tmp_path, capsys):
     assert out.strip().splitlines()[-1].startswith("valid: everything re-derived")
 
 
+@pytest.mark.parametrize("value", ["x", None])
+def test_proof_tree_meta_of_the_wrong_value_is_malformed(tmp_path, capsys, value):
+    """A recorded alpha schedule that is not a number: one line, exit 4, no traceback."""
+    model, spec = _tiny_bab(tmp_path)
+    cert = _cert(tmp_path, spec, "bab", model)
+    doc = json.loads(cert.read_text())
+    meta = doc["properties"][0]["proof"]["trees"][0]["meta"]
+    assert meta["alpha_lr_decay"] == 0.98
+    meta["alpha_lr_decay"] = value
+    cert.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["check", str(cert)]) == 4
+    err = capsys.readouterr().err
+    assert "malformed certificate" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_tampered_proof_tree_rejected(tmp_path, capsys):
     model, spec = _tiny_bab(tmp_path)
     cert = _cert(tmp_path, spec, "bab", model)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 
+from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..spec.sets import InputSet
@@ -57,7 +58,7 @@ class SplitConfig:
     alpha_iterations: int = 5  # alpha-CROWN steps on domains DeepPoly leaves open (0: DeepPoly only)
     alpha_lr: float = 0.3
     #: the learning rate's decay per alpha step (recorded in proof trees; 1.0 in trees written before it was)
-    alpha_lr_decay: float = 0.98
+    alpha_lr_decay: float = LR_DECAY
     max_domains: int = 50_000_000
 
 
