@@ -41,7 +41,7 @@ from .verify import gate
 from .verify.certify import prove_rows
 from .verify.proof import ProofTree
 from .verify.query import Query
-from .verify.witness import satisfied_disjunct
+from .verify.witness import inside_rounded, satisfied_disjunct
 
 
 @dataclass
@@ -162,8 +162,12 @@ def _check_witness(rep: CheckReport, doc: dict, model, spec) -> None:
         return
     prop = spec.properties[w["property"]]
     x = np.asarray(w["x"], dtype=model.runner.dtype)
-    inside = bool(((x.astype(np.float64) >= prop.lower) & (x.astype(np.float64) <= prop.upper)).all())
-    (rep.good if inside else rep.fail)("witness inside its input box" if inside else "witness outside its box")
+    inside = bool(inside_rounded(x, prop.lower, prop.upper, model.runner.dtype)[0])
+    xd = x.astype(np.float64)
+    rounded = int((inside and ((xd < prop.lower) | (xd > prop.upper)).sum()))
+    note = (f" ({rounded} coordinate(s) at the float32 rounding of an interval holding no float32)"
+            if rounded else "")
+    (rep.good if inside else rep.fail)(f"witness inside its input box{note}" if inside else "witness outside its box")
     y = model.runner(x[None])[0]
     k = satisfied_disjunct(prop, y)
     (rep.good if k >= 0 else rep.fail)(

@@ -41,3 +41,18 @@ def test_attack_moves_through_sign():
     x, v = attack(g, InputSet.box(lo, hi), C, d, np.zeros(1, int), AttackConfig(16, 4, 30), seed=1)
     y = g.forward(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1))
     assert (y[0, 0] - y[0, 1]).item() <= -9.0
+
+
+def test_sign_surrogate_is_exact_and_steers_towards_switching_units():
+    """The value is sign(x) bit for bit; the gradient (of tanh(x / s)) is largest for the units
+    nearest their switch, and positive everywhere finite."""
+    g = _binarised("Sign")
+    sign = next(n.op for n in g.nodes if type(n.op).__name__ == "Sign")
+    x = torch.tensor([[1e-3, 5.0, -5.0, 0.5, -0.2, 3e8]], dtype=torch.float64, requires_grad=True)
+    y = sign.surrogate(x)
+    assert torch.equal(y.detach(), torch.sign(x.detach()))
+    grad, = torch.autograd.grad(y.sum(), x)
+    assert grad[0, 0] > grad[0, 4] > grad[0, 3] > grad[0, 1]
+    assert bool((grad[0, :5] > 0).all()) and bool(torch.isfinite(grad).all())
+    for x in (torch.randn(64, 16, dtype=torch.float64) * 10.0 ** torch.randint(-8, 8, (64, 1)),):
+        assert torch.equal(sign.surrogate(x), torch.sign(x))

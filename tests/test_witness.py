@@ -9,7 +9,8 @@ import certkit
 from certkit.certificate import results_file
 from certkit.spec.spec import Disjunct, Property
 from certkit.verify.certify import CertifyResult
-from certkit.verify.witness import Witness, inside, satisfied_disjunct, to_float32_inside, validate
+from certkit.verify.witness import (Witness, inside, inside_rounded, no_float32_in, satisfied_disjunct,
+                                    to_float32_inside, validate)
 
 from tests.helpers.examples import FC, SAT, UNSAT
 
@@ -43,11 +44,34 @@ def test_float32_inside_tiny_box_around_point_one():
 
 
 def test_float32_inside_box_without_float32():
-    # [0.1, 0.1 + 1e-9] lies strictly between two float32 numbers: nothing inside, and inside() says so
+    # [0.1, 0.1 + 1e-9] lies strictly between two float32 numbers: nothing inside, and inside() says so;
+    # the point rounds to nearest (what onnxruntime computes with for every real point of the interval),
+    # which inside_rounded() admits, and no other float32
     lo, hi = np.array([0.1]), np.array([0.1 + 1e-9])
-    assert not has_float32(lo, hi).any()
+    assert not has_float32(lo, hi).any() and no_float32_in(lo, hi).all()
     x32 = to_float32_inside(np.array([[0.1 + 5e-10]]), lo, hi)
     assert not inside(x32, lo, hi).any()
+    assert float(x32[0, 0]) == float(np.float32(0.1))
+    assert inside_rounded(x32, lo, hi).all()
+    for other in (np.nextafter(np.float32(0.1), np.float32(0)), np.nextafter(np.float32(0.1), np.float32(1))):
+        assert not inside_rounded(np.array([[other]], np.float32), lo, hi).any()
+    # an interval straddling the midpoint of two float32 numbers admits both roundings, nothing else
+    a = np.float32(0.1)
+    b = np.nextafter(a, np.float32(1))
+    mid = (float(a) + float(b)) / 2
+    lo, hi = np.array([mid - 1e-12]), np.array([mid + 1e-12])
+    assert no_float32_in(lo, hi).all()
+    assert inside_rounded(np.array([[a], [b]], np.float32), lo, hi).all()
+    assert not inside_rounded(np.array([[np.nextafter(b, np.float32(1))]], np.float32), lo, hi).any()
+    # a float64 model sees every float64: no rounding is admitted
+    assert not inside_rounded(np.array([[float(a)]]), lo, hi, np.float64).any()
+
+
+def test_no_float32_in_matches_has_float32():
+    rng = np.random.default_rng(3)
+    lo = rng.uniform(-2, 2, 5000)
+    hi = lo + 10.0 ** rng.uniform(-12, -5, 5000)
+    np.testing.assert_array_equal(no_float32_in(lo, hi), ~has_float32(lo, hi))
 
 
 def test_float32_inside_bounds_not_representable_upper_side():
@@ -111,8 +135,10 @@ def test_validate_rejects_point_outside_box(fc):
     m, _, _ = fc
     always = (np.zeros((1, 10)), np.ones(1))  # 0 <= 1: every output is in the unsafe set
     lo, hi = np.zeros(64), np.full(64, 0.5)
-    lo[7], hi[7] = 0.1, 0.1 + 1e-9  # no float32 in this coordinate's range: no input can be a witness
-    assert validate(m.runner, _box_prop(lo, hi, *always), 0, np.full((3, 64), 0.25)) is None
+    lo[7], hi[7] = 0.1, 0.1 + 1e-9  # no float32 in this coordinate's range: the witness takes its rounding
+    w = validate(m.runner, _box_prop(lo, hi, *always), 0, np.full((3, 64), 0.25))
+    assert w is not None and float(w.x[7]) == float(np.float32(0.1))
+    assert inside_rounded(w.x[None], lo, hi).all() and not inside(w.x[None], lo, hi).any()
     # a candidate outside an ordinary box is never returned as it is: the witness lies inside the box
     hi[7] = 0.5
     far = np.full((1, 64), 0.9)

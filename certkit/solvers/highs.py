@@ -7,8 +7,6 @@ Every HiGHS model certkit solves is built by :func:`build_lp`, whether a MIP
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from typing import Mapping
 
@@ -16,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import BackendError
+from ..quiet import without_stdout
 from .base import Backend, StopReason
 from .problem import FEAS_TOL, INT_TOL, MipProblem, MipResult, SolutionCallback, proven_bound
 
@@ -89,15 +88,7 @@ class Highs(Backend):
         if self.quiet:
             h = highspy.Highs()
         else:
-            sys.stdout.flush()
-            saved = os.dup(1)
-            try:
-                with open(os.devnull, "w") as null:
-                    os.dup2(null.fileno(), 1)
-                    h = highspy.Highs()
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
+            h = without_stdout(highspy.Highs)
             self.quiet = True
         h.setOptionValue("output_flag", False)
         return h

@@ -18,6 +18,7 @@ import torch
 
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
+from .polish import polish
 
 Tensor = torch.Tensor
 
@@ -31,6 +32,11 @@ class AttackConfig:
     steps: int = 50
     step_size: float = 0.1  # fraction of the box half-width (L_inf) or of eps (L_2)
     target: float = 0.0  # stop once v(x) < -target (a little below 0 survives float32 rounding)
+    #: the best points then polished by trust-region linear programming (:mod:`.polish`; boxes only)
+    polish: int = 0
+    polish_steps: int = 30
+    #: polish only the batch elements (regions) with the lowest objectives, at most this many (None: all)
+    polish_regions: int | None = None
 
 
 def per_disjunct(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: int) -> Tensor:
@@ -46,6 +52,9 @@ def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: i
     return per_disjunct(y, C, d, owner, n_disjuncts).amin(dim=2)
 
 
+#: the step-size multipliers the PGD restarts cycle through
+STEP_SCALES = torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)
+
 #: the time one chunk of the sampling phase should take (the overrun past a deadline is about one chunk)
 SAMPLE_CHUNK_SECONDS = 0.25
 
@@ -58,6 +67,34 @@ def _compares_outputs(C: Tensor, d: Tensor) -> bool:
     nz = (C != 0).sum(dim=-1)
     pos, neg = C.clamp(min=0).sum(dim=-1), (-C).clamp(min=0).sum(dim=-1)
     return bool(((nz == 2) & (pos == neg) & (pos > 0)).all())
+
+
+def _polish_one(graph: Graph, C: Tensor, d: Tensor, owner: np.ndarray, log_space: bool, lo: Tensor,
+                hi: Tensor, cands: Tensor, cfg: AttackConfig, deadline: float | None) -> tuple[Tensor, float]:
+    """Polish each candidate (s, n) on its most promising disjunct (:func:`.polish.polish`); the
+    best point and its objective."""
+    own = torch.as_tensor(owner)
+
+    def rows(xb: Tensor, sel: Tensor) -> Tensor:  # (b, n) -> (b, the rows ``sel``)
+        y = graph.forward(xb, surrogate=True)
+        if log_space:
+            y = torch.log(y.clamp(min=1e-300))
+        return y @ C[sel].T - d[sel]
+
+    best_x, best_v = cands[0], float("inf")
+    for x in cands:
+        with torch.no_grad():
+            z = rows(x[None], torch.ones_like(own, dtype=torch.bool))[0]
+            per = torch.full((int(own.max()) + 1,), float("-inf"), dtype=z.dtype).scatter_reduce(0, own, z, "amax")
+        sel = own == int(per.argmin())
+        if int(sel.sum()) < 2:  # one row: the linear program is PGD's signed step (module polish)
+            continue
+        xk, vk = polish(lambda xb: rows(xb, sel), lo, hi, x[None], cfg.polish_steps, deadline)
+        if float(vk) < best_v:
+            best_x, best_v = xk, float(vk)
+        if best_v <= -cfg.target or (deadline is not None and time.monotonic() > deadline):
+            break
+    return best_x, best_v
 
 
 def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
@@ -142,6 +179,9 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
         step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
     else:
         step = cfg.step_size * ((hi - lo) / 2)[:, None].expand_as(starts).clone()
+    # restarts cycle through step sizes of 1, 5 and 1/5 times ``step_size``: a counterexample at a
+    # vertex of the box needs a long way, one in a narrow valley short steps
+    step = step * STEP_SCALES[torch.arange(k) % len(STEP_SCALES)][None, :, None]
     xs = starts.clone().requires_grad_(True)
     for it in range(cfg.steps):
         if deadline is not None and time.monotonic() > deadline:
@@ -174,4 +214,14 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
         better = vb < best_v
         best_v = torch.where(better, vb, best_v)
         best_x = torch.where(better[:, None], xs.detach()[torch.arange(b), ab], best_x)
+        order = val.argsort(dim=1)
+    if cfg.polish > 0 and (inputs.center is None or inputs.p == float("inf")):
+        regions = best_v.argsort()[: cfg.polish_regions]
+        for i in regions.tolist():
+            if float(best_v[i]) <= -cfg.target:
+                continue
+            cands = torch.cat([best_x[i][None], xs.detach()[i, order[i, : cfg.polish - 1]]])
+            x_i, v_i = _polish_one(graph, C[i], d[i], owner, log_space[0], lo[i], hi[i], cands, cfg, deadline)
+            if v_i < best_v[i]:
+                best_x[i], best_v[i] = x_i, v_i
     return best_x.numpy(), best_v.numpy()

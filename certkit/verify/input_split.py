@@ -15,7 +15,10 @@ dimension (the ``lookahead`` dimensions with the largest ``|a_i| * width_i``,
 dimension whose worse child has the best value is kept, and only its open
 children are queued (with their bounds already known). The minimiser of each
 worst row's linear bound and the centre of every child are tried as
-counterexamples; a hit counts only after onnxruntime confirms it. The property
+counterexamples; so are, every few iterations, the points an attack (PGD, then LP
+polishing) finds inside the open domains of lowest value, where a counterexample
+too small for the attack over the whole box is likely to be (alpha-beta-CROWN's
+"BaB attack" idea). A hit counts only after onnxruntime confirms it. The property
 holds when no open domain is left.
 
 The root box is the property's box rounded outward to the model's precision
@@ -37,7 +40,7 @@ from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..spec.sets import InputSet
-from .falsify import objective
+from .falsify import AttackConfig, attack, objective
 from .gate import closed, domain_value
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
@@ -47,6 +50,10 @@ from .witness import Witness
 LEAF_KINDS = ("deeppoly", "alpha")
 
 Tensor = torch.Tensor
+
+#: the attack inside open domains (:meth:`_Problem.attack_open`)
+DOMAIN_ATTACK = AttackConfig(samples=32, restarts=4, steps=40, step_size=0.3, polish=1, polish_steps=10,
+                             polish_regions=4)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,12 @@ class SplitConfig:
     #: the learning rate's decay per alpha step (recorded in proof trees; 1.0 in trees written before it was)
     alpha_lr_decay: float = LR_DECAY
     max_domains: int = 50_000_000
+    #: every ``attack_every`` iterations, PGD and LP polishing (:func:`certkit.verify.falsify.attack`)
+    #: inside the ``attack_domains`` open domains of lowest value, while the attacks have taken at
+    #: most ``attack_share`` of the search's time so far (0: never)
+    attack_every: int = 8
+    attack_domains: int = 16
+    attack_share: float = 0.05
 
 
 @dataclass
@@ -104,6 +117,7 @@ class _Problem:
         self.K = query.n_disjuncts
         self.domains = 0
         self.cfg = cfg
+        self.attack_seconds = 0.0
 
     def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
@@ -132,6 +146,19 @@ class _Problem:
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
         return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1)), w
+
+    def attack_open(self, queue: "_Bounded", seed: int) -> Witness | None:
+        """Attack inside the open domains of lowest value (module docstring); a confirmed witness."""
+        k = min(self.cfg.attack_domains, queue.lo.shape[0])
+        idx = queue.value.topk(k, largest=False).indices
+        share = self.budget.share(self.cfg.attack_share)
+        t = time.monotonic()
+        x, v = attack(self.graph, InputSet(queue.lo[idx], queue.hi[idx]), self.C, self.d, self.owner,
+                      DOMAIN_ATTACK, share.deadline, seed)
+        hits = torch.nonzero(torch.as_tensor(v) <= 1e-6).flatten()
+        w = self.query.confirm(torch.as_tensor(x)[hits[:64]]) if hits.numel() else None
+        self.attack_seconds += time.monotonic() - t
+        return w
 
     def _value(self, st: BoundState, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
         """value (b,): min over disjuncts of the best row's slack beyond the margin (the gate's
@@ -175,6 +202,7 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
         return SplitOutcome("unknown")
     graph = query.graph
     batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
+    started = time.monotonic()
     pb = _Problem(query, cfg, budget)
     log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
@@ -197,6 +225,12 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
             out.status = "unknown"
             break
         out.iterations += 1
+        if (cfg.attack_every and out.iterations % cfg.attack_every == 0
+                and pb.attack_seconds <= cfg.attack_share * (time.monotonic() - started)):
+            w = pb.attack_open(queue, seed=out.iterations)
+            if w is not None:
+                out.status, out.witness = "falsified", w
+                break
         take, queue = queue.rows(slice(-batch, None)), queue.rows(slice(None, -batch))
         m = take.lo.shape[0]
         width = take.hi - take.lo

@@ -41,9 +41,9 @@ QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
 QUICK_SHARE = 0.3
 #: after the first bound stage that leaves a query open, before the costlier ones (which can take the
 #: whole budget on a large net: the long attack would never run), within a share of the time left
-MEDIUM_ATTACK = AttackConfig(samples=512, restarts=8, steps=50)
+MEDIUM_ATTACK = AttackConfig(samples=512, restarts=8, steps=50, polish=4)
 MEDIUM_SHARE = 0.25
-LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200)
+LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200, polish=16)
 
 
 @dataclass

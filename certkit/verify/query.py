@@ -27,7 +27,7 @@ from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Disjunct, Property
-from .witness import Witness, satisfied_disjunct, to_float32_inside
+from .witness import Witness, inside_rounded, satisfied_disjunct, to_float32_inside
 
 Tensor = torch.Tensor
 
@@ -186,7 +186,7 @@ class Query:
         """(m,) exact membership of points (m, n) in the region (float64)."""
         x = np.atleast_2d(np.asarray(x, np.float64))
         S = self.region
-        ok = ((x >= S.lower.numpy()) & (x <= S.upper.numpy())).all(axis=1)
+        ok = inside_rounded(x, S.lower.numpy()[0], S.upper.numpy()[0], getattr(self.runner, "dtype", np.float32))
         if S.center is not None:
             ok &= np.linalg.norm(x - S.center.numpy(), ord=S.p, axis=1) <= float(S.eps[0])
         return ok

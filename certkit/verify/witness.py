@@ -4,6 +4,12 @@ A ``sat`` verdict is only ever reported for an input ``x`` in the model's own pr
 (float32, or float64 for a double model: the points onnxruntime sees exactly) that lies in
 the property's input box (checked exactly, in float64) and whose onnxruntime
 output satisfies every atom of some disjunct, ``C y <= d``, with zero tolerance.
+
+One exception, on the box: a coordinate whose interval holds no number of the model's precision
+(``lower == upper`` not representable in float32, as in VNN-LIB files that pin pixels to decimal
+values) admits the rounding to nearest of its end points -- the value onnxruntime computes with
+for every real input of that interval (:func:`inside_rounded`). Proofs cover those values too:
+they bound the box rounded outward (:func:`certkit.bounds.fperror.round_outward`).
 """
 from __future__ import annotations
 
@@ -39,12 +45,35 @@ def to_float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype
     xc = np.clip(np.asarray(x, dtype=np.float64), lower, upper)
     if dtype == np.float64:
         return xc
-    x32 = xc.astype(np.float32)
-    lo_bad = x32.astype(np.float64) < lower
-    x32 = np.where(lo_bad, np.nextafter(x32, np.float32(np.inf)), x32)
+    nearest = xc.astype(np.float32)
+    lo_bad = nearest.astype(np.float64) < lower
+    x32 = np.where(lo_bad, np.nextafter(nearest, np.float32(np.inf)), nearest)
     hi_bad = x32.astype(np.float64) > upper
     x32 = np.where(hi_bad, np.nextafter(x32, np.float32(-np.inf)), x32)
-    return x32
+    # an interval holding no float32: the rounding of the point itself (module docstring)
+    return np.where(no_float32_in(lower, upper), nearest, x32)
+
+
+def no_float32_in(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Where the interval ``[lower, upper]`` (float64) holds no float32 number."""
+    lo = np.asarray(lower, dtype=np.float64)
+    up = lo.astype(np.float32)
+    up = np.where(up.astype(np.float64) < lo, np.nextafter(up, np.float32(np.inf)), up)
+    with np.errstate(invalid="ignore"):
+        return up.astype(np.float64) > np.asarray(upper, dtype=np.float64)
+
+
+def inside_rounded(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Membership of points ``x`` (b, n) of the model's precision in the box (float64, exact), where
+    a coordinate whose interval holds no number of that precision may also be the rounding to
+    nearest of either end point (module docstring)."""
+    xs = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    ok = (xs >= lower) & (xs <= upper)
+    if dtype != np.float64:
+        lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+        ends = (xs == lo.astype(np.float32).astype(np.float64)) | (xs == hi.astype(np.float32).astype(np.float64))
+        ok |= no_float32_in(lo, hi) & ends
+    return ok.all(axis=-1)
 
 
 def inside(x32: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -69,8 +98,9 @@ def satisfied_disjunct(prop: Property, y: np.ndarray) -> int:
 
 def validate(runner: OnnxRunner, prop: Property, prop_index: int, candidates: np.ndarray) -> Witness | None:
     """Check candidate inputs (b, n) with onnxruntime; return the first real counterexample."""
-    cand = to_float32_inside(np.atleast_2d(candidates), prop.lower, prop.upper, getattr(runner, "dtype", np.float32))
-    ok = inside(cand, prop.lower, prop.upper)
+    dtype = getattr(runner, "dtype", np.float32)
+    cand = to_float32_inside(np.atleast_2d(candidates), prop.lower, prop.upper, dtype)
+    ok = inside_rounded(cand, prop.lower, prop.upper, dtype)
     cand = cand[ok]
     if len(cand) == 0:
         return None
