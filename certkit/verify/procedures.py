@@ -40,11 +40,13 @@ RELU_SPLIT_SHARE = 0.6
 #: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
 #: Which branching look-ahead wins is instance-dependent on ACAS Xu (each is 5-20x faster than the
 #: other on some instances; benchmarks/instances.py), so both DeepPoly-only variants get a short turn
-#: before the alpha-CROWN run that gets the rest.
+#: before the alpha-CROWN run that gets the rest. That run looks ahead 2 dimensions: with alpha-CROWN
+#: each look-ahead child costs 5 bound passes, and look-ahead 5 was twice as slow on 1_1 prop_5 and
+#: prop_6 (42 vs 20 s on one box; prop_6 went from timeout to 60 s, the 62 shared instances 75 -> 70 s).
 INPUT_SPLIT_PORTFOLIO = (
     (0.15, SplitConfig(lookahead=5, alpha_iterations=0)),
     (0.18, SplitConfig(lookahead=2, alpha_iterations=0)),
-    (None, SplitConfig(lookahead=5)),
+    (None, SplitConfig(lookahead=2)),
 )
 #: A share of the portfolio when there is no deadline at all, in seconds.
 UNBOUNDED_SHARE = 20.0
