@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, TextIO
 
 from .bounds import ARITHMETICS
@@ -80,7 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RESULTS.csv", type=output_path,
                    help="write one row per instance here (flushed per row)")
     p.add_argument("--filter", metavar="SUBSTR", help="only rows whose benchmark, onnx or vnnlib contains SUBSTR")
+    p.add_argument("--expected", choices=("sat", "unsat"),
+                   help="only rows whose expected verdict is this one (e.g. sat: measure the falsifier)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N rows (after --filter)")
+    p.add_argument("--timeout-cap", type=float, metavar="S",
+                   help="each instance's timeout at most S seconds, after --timeout-scale")
     p.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     p.add_argument("--arithmetic", default="auto", choices=ARITHMETICS,
                    help="arithmetic of the bound products (certify --arithmetic; default auto)")
@@ -166,9 +170,12 @@ def read_instances(path: str) -> tuple[list[Instance], list[str]]:
     return out, extra_names
 
 
-def select(instances: list[Instance], substr: str | None, limit: int | None) -> list[Instance]:
+def select(instances: list[Instance], substr: str | None, limit: int | None,
+           expected: str | None = None) -> list[Instance]:
     if substr:
         instances = [r for r in instances if substr in r.benchmark or substr in r.onnx or substr in r.vnnlib]
+    if expected:
+        instances = [r for r in instances if normalise_expected(r.expected) == expected]
     return instances if limit is None else instances[:limit]
 
 
@@ -384,8 +391,12 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
         raise UsageError("--timeout-scale must be a positive number")
     if a.limit is not None and a.limit < 0:
         raise UsageError("--limit must be >= 0")
+    if a.timeout_cap is not None and not (a.timeout_cap > 0 and math.isfinite(a.timeout_cap)):
+        raise UsageError("--timeout-cap must be a positive number of seconds")
     instances, extra = read_instances(a.instances)
-    chosen = select(instances, a.filter, a.limit)
+    chosen = select(instances, a.filter, a.limit, a.expected)
+    if a.timeout_cap is not None:  # Instance.timeout is before scaling
+        chosen = [replace(i, timeout=min(i.timeout, a.timeout_cap / a.timeout_scale)) for i in chosen]
     fields = list(COLUMNS) + [c for c in extra if c not in COLUMNS]
     out_f = None
     if a.out:
@@ -423,8 +434,9 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
     finally:
         if out_f is not None:
             out_f.close()
-    if a.filter and not chosen:
-        print(f"no instance matches --filter {a.filter!r}", file=stdout)
+    if (a.filter or a.expected) and not chosen:
+        print("no instance matches" + (f" --filter {a.filter!r}" if a.filter else "")
+              + (f" --expected {a.expected}" if a.expected else ""), file=stdout)
     print(file=stdout)
     for line in summary(rows):
         print(line, file=stdout)

@@ -142,6 +142,19 @@ def test_filter_limit_and_worker_error(tmp_path: Path, capsys):
     assert summary_row(stdout, "all")["error"] == "1"
 
 
+def test_expected_and_timeout_cap(mixed: Path, tmp_path: Path, capsys):
+    """--expected sat keeps the sat row only; --timeout-cap caps its 60 s timeout (after the scale)."""
+    out = tmp_path / "r.csv"
+    rc, stdout, _ = run(capsys, "bench", mixed, "--out", out, "--expected", "sat", "--timeout-scale", "2",
+                        "--timeout-cap", "7.5")
+    assert rc == 0
+    rows = read_out(out)[1]
+    assert len(rows) == 1 and rows[0]["vnnlib"].endswith(os.path.basename(SAT)) and rows[0]["verdict"] == "sat"
+    assert float(rows[0]["timeout"]) == 7.5
+    rc, stdout, _ = run(capsys, "bench", mixed, "--expected", "sat", "--filter", "broken")
+    assert rc == 0 and any("no instance matches --filter 'broken' --expected sat" in line for line in stdout)
+
+
 def test_hard_guard_kills_a_stuck_worker(tmp_path: Path, capsys, monkeypatch):
     fifo = tmp_path / "stuck.vnnlib"
     os.mkfifo(fifo)  # opening it for reading blocks forever: the worker never answers
@@ -180,7 +193,8 @@ def test_bad_csv_exit_4(tmp_path: Path, capsys, content, needle):
 
 
 @pytest.mark.parametrize("args", [["--backend", "nope"], ["--jobs", "0"], ["--timeout-scale", "0"],
-                                  ["--limit", "-1"], ["--jobs", "x"]])
+                                  ["--limit", "-1"], ["--jobs", "x"], ["--timeout-cap", "0"],
+                                  ["--timeout-cap", "nan"], ["--expected", "maybe"]])
 def test_usage_errors_exit_2(mixed: Path, capsys, args):
     rc, _, err = run(capsys, "bench", mixed, *args)
     assert rc == 2 and len(err) == 1 and err[0].startswith("certkit: error: "), err
