@@ -52,8 +52,10 @@ def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: i
     return per_disjunct(y, C, d, owner, n_disjuncts).amin(dim=2)
 
 
-#: the step-size multipliers the PGD restarts cycle through
-STEP_SCALES = torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)
+#: the step-size multipliers the PGD restarts cycle through (the long step first: with it first the
+#: three binarised traffic-sign instances of the wild split were found in 7 of 9 seeded 30 s runs, 4 of 9
+#: with the order 1, 5, 1/5)
+STEP_SCALES = torch.tensor([5.0, 1.0, 0.2], dtype=torch.float64)
 
 #: the time one chunk of the sampling phase should take (the overrun past a deadline is about one chunk)
 SAMPLE_CHUNK_SECONDS = 0.25
@@ -179,7 +181,7 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
         step = (cfg.step_size * inputs.eps)[:, None, None] * torch.ones_like(starts)
     else:
         step = cfg.step_size * ((hi - lo) / 2)[:, None].expand_as(starts).clone()
-    # restarts cycle through step sizes of 1, 5 and 1/5 times ``step_size``: a counterexample at a
+    # restarts cycle through step sizes of 5, 1 and 1/5 times ``step_size``: a counterexample at a
     # vertex of the box needs a long way, one in a narrow valley short steps
     step = step * STEP_SCALES[torch.arange(k) % len(STEP_SCALES)][None, :, None]
     xs = starts.clone().requires_grad_(True)
