@@ -1,12 +1,16 @@
-"""Falsification: random sampling and PGD inside the input set (DESIGN.md section 3).
+"""Falsification: random sampling, PGD and LP polishing inside the input set (DESIGN.md section 3).
 
 The attack minimises the *violation objective*
 
     v(x) = min_k max_{i in disjunct k} (C y(x) - d)_i ,
 
-which is <= 0 exactly when ``y(x)`` lies in some disjunct's polytope. It runs on
-the float64 IR; every candidate it proposes is re-checked with onnxruntime by the
-caller (:mod:`certkit.verify.witness`). A miss proves nothing.
+which is <= 0 exactly when ``y(x)`` lies in some disjunct's polytope: random samples (centre,
+vertices, uniform points), then sign-gradient PGD from the best samples and from random points
+(restarts aimed at one disjunct each, cycling through :data:`STEP_SCALES`; step functions pass the
+gradient of their surrogates, ``Graph.forward(surrogate=True)``), then, where ``AttackConfig.polish``
+asks for it, trust-region LP polishing of the best points on their disjunct's rows
+(:mod:`certkit.verify.polish`). It runs on the float64 IR; every candidate it proposes is re-checked
+with onnxruntime by the caller (:mod:`certkit.verify.witness`). A miss proves nothing.
 """
 from __future__ import annotations
 
