@@ -261,3 +261,30 @@ def test_check_rederives_in_the_certificates_arithmetic(tmp_path, capsys, monkey
     assert _last(capsys).startswith("valid") and seen == [arithmetic]
     assert check_module._arithmetic({"options": {"arithmetic": "float16"}}) == "auto"
     assert check_module._arithmetic({}) == "auto"
+
+
+def test_sat_where_an_interval_holds_no_float32(tmp_path, capsys):
+    """X_0 pinned to 0.1 (lower = upper, no float32 equals it) and an unsafe set every output meets:
+    the witness takes float32(0.1) there (what onnxruntime computes with for the real 0.1), certify says
+    sat, and check accepts it, naming the rounded coordinate; a witness moved one float32 step away is
+    rejected."""
+    proto = tiny_relu_onnx(0, n_in=3)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(proto, path)
+    spec = tmp_path / "pinned.vnnlib"
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)",
+             "(assert (>= X_0 0.1))", "(assert (<= X_0 0.1))"]
+    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in (1, 2)]
+    lines.append("(assert (>= Y_0 -1e30))")
+    spec.write_text("\n".join(lines) + "\n")
+    cert = _cert(tmp_path, spec, model=path)
+    doc = json.loads(cert.read_text())
+    assert doc["verdict"] == "sat" and doc["witness"]["x"][0] == float(np.float32(0.1))
+    capsys.readouterr()
+    assert main(["check", str(cert)]) == 0
+    out = capsys.readouterr().out
+    assert "1 coordinate(s) at the float32 rounding" in out
+    doc["witness"]["x"][0] = float(np.nextafter(np.float32(0.1), np.float32(1)))
+    cert.write_text(json.dumps(doc))
+    assert main(["check", str(cert)]) == 6
+    assert "witness outside its box" in capsys.readouterr().out
