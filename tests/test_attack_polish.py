@@ -182,3 +182,23 @@ def test_milp_still_solves_after_polishing():
                    sp.csr_matrix(np.array([[1.0, 1.0]])), np.array([-np.inf]), np.array([2.5]))
     res = solvers.solve_mip(p)
     assert res.status == "optimal" and res.objective == pytest.approx(-2.5)
+
+
+def test_polishing_skips_disjuncts_too_large(tmp_path, monkeypatch):
+    """A disjunct with more rows than POLISH_MAX_ROWS is not polished (its Jacobian would need that many
+    forward copies of the input): the attack returns PGD's point, and polish() is never called."""
+    import certkit.verify.falsify as falsify
+
+    model = _model(tmp_path, _mlp(1))
+    prop = _output_box_prop(model, np.array([0.3, -0.2, 0.5, -0.6]), -np.ones(4), np.ones(4), 1e-5)  # 6 rows
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    calls = []
+    monkeypatch.setattr(falsify, "polish", lambda *a, **k: calls.append(1) or (a[3][0], torch.tensor(1.0)))
+    monkeypatch.setattr(falsify, "POLISH_MAX_ROWS", 5)
+    attack(q.graph, q.region, torch.as_tensor(q.C), torch.as_tensor(q.d), q.owner,
+           AttackConfig(samples=16, restarts=2, steps=5, polish=2), seed=0)
+    assert not calls
+    monkeypatch.setattr(falsify, "POLISH_MAX_ROWS", 64)
+    attack(q.graph, q.region, torch.as_tensor(q.C), torch.as_tensor(q.d), q.owner,
+           AttackConfig(samples=16, restarts=2, steps=5, polish=2), seed=0)
+    assert calls

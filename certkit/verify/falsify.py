@@ -61,6 +61,11 @@ def objective(y: Tensor, C: Tensor, d: Tensor, owner: np.ndarray, n_disjuncts: i
 #: with the order 1, 5, 1/5)
 STEP_SCALES = torch.tensor([5.0, 1.0, 0.2], dtype=torch.float64)
 
+#: polishing needs the Jacobian of a disjunct's m rows (m copies of the input through the net) and an LP
+#: with m x n coefficients: it is skipped above these sizes (a U-Net's per-pixel output constraints)
+POLISH_MAX_ROWS = 64
+POLISH_MAX_ENTRIES = 4_000_000
+
 #: the time one chunk of the sampling phase should take (the overrun past a deadline is about one chunk)
 SAMPLE_CHUNK_SECONDS = 0.25
 
@@ -93,8 +98,9 @@ def _polish_one(graph: Graph, C: Tensor, d: Tensor, owner: np.ndarray, log_space
             z = rows(x[None], torch.ones_like(own, dtype=torch.bool))[0]
             per = torch.full((int(own.max()) + 1,), float("-inf"), dtype=z.dtype).scatter_reduce(0, own, z, "amax")
         sel = own == int(per.argmin())
-        if int(sel.sum()) < 2:  # one row: the linear program is PGD's signed step (module polish)
-            continue
+        m = int(sel.sum())
+        if m < 2 or m > POLISH_MAX_ROWS or m * x.numel() > POLISH_MAX_ENTRIES:
+            continue  # one row: the LP is PGD's signed step (module polish); too many: m forward copies
         xk, vk = polish(lambda xb: rows(xb, sel), lo, hi, x[None], cfg.polish_steps, deadline)
         if float(vk) < best_v:
             best_x, best_v = xk, float(vk)
