@@ -67,7 +67,7 @@ class BoundsResult:
 
 def _bound_names(backend: str) -> tuple[str, ...]:
     """The registered bound backends :func:`bounds` runs for ``backend``."""
-    return ("interval", "deeppoly", "deeppoly+interval") if backend == "auto" else (backend,)
+    return ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference") if backend == "auto" else (backend,)
 
 
 #: The backends :func:`bounds` runs: the certify stages made of registered bound backends only

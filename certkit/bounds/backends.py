@@ -77,6 +77,12 @@ register_backend(BoundBackend(
                                                interval_lower(g, s, C)),
     _has_relaxation))
 register_backend(BoundBackend(
+    "deeppoly+reference", "deeppoly+interval also intersecting every refined layer with the interval image of the "
+    "back-substituted layer before (auto_LiRPA's reference bounds; used by auto)",
+    lambda g, s, C, budget=None: torch.maximum(deeppoly_lower(g, s, C, intersect=True, budget=budget, reference=True),
+                                               interval_lower(g, s, C)),
+    _has_relaxation))
+register_backend(BoundBackend(
     "alpha", "alpha-CROWN: DeepPoly with lower ReLU slopes optimised by projected gradient ascent",
     lambda g, s, C, budget=None: alpha_lower(g, s, C, budget=budget), _has_relaxation))
 

@@ -13,7 +13,14 @@ the neurons whose relaxation is not already exact under the interval bounds
 ``intersect`` the result is intersected with the interval bounds (always
 sound, and usually tighter -- but not always: tighter intermediate bounds can
 flip DeepPoly's adaptive lower slope, so a final bound may get looser); without
-it the figures are CROWN's exactly, as in auto_LiRPA. A node of several inputs (a
+it the figures are CROWN's exactly, as in auto_LiRPA. With ``reference`` (the bound
+procedure ``deeppoly+reference``) each refined layer also uses the reference bounds of
+:meth:`BoundState._reference` (the interval image of the back-substituted layer
+before): intersected with its bounds under ``intersect``; without it, as auto_LiRPA's
+default CROWN, the neurons the reference bounds show stable keep them (so a deeper
+layer can be tighter than textbook CROWN's). Tighter intermediate bounds can again
+make a final bound looser, which is why it is a stage of its own: the pipeline keeps
+the best bound of every row across stages. A node of several inputs (a
 :class:`~certkit.graph.bilinear.Bilinear` product) refines all of them and passes one
 coefficient tensor to each. The neurons of a copy (Select, KernelRounding) or of an
 elementwise op needed by a consumer are not back-substituted themselves: their inputs' neurons
@@ -165,6 +172,9 @@ class BoundState(RowSavings):
     #: a time budget (:class:`certkit.verify.query.Budget`): ``check()`` is called at every node of
     #: every back-substitution, so a long bound computation stops soon after the deadline
     budget: object | None = None
+    #: use the reference bounds of :meth:`_reference` (auto_LiRPA's ``sparse_intermediate_bounds_with_ibp``):
+    #: the bound procedure ``deeppoly+reference``
+    reference: bool = False
     #: per-node caches: ancestors, alive columns, zero lower intercepts
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -365,6 +375,13 @@ class BoundState(RowSavings):
                 and self.inputs.center is None:
             return  # one affine map of a box: interval bounds are exact
         l, u = self.bounds[j]
+        ref = self._reference(j) if self.reference else None
+        relus = all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j])
+        if ref is not None:
+            if self.intersect:  # the rows the interval bounds ask for, intersected with both
+                self.bounds[j] = (torch.maximum(l, ref[0]), torch.minimum(u, ref[1]))
+            elif relus:
+                l, u = self.bounds[j] = ref  # auto_LiRPA: the neurons they show stable keep them
         mask = torch.zeros_like(l, dtype=torch.bool)
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
@@ -372,8 +389,11 @@ class BoundState(RowSavings):
                 mask = mask | _needs_refine(op, l, u)
         if self.refine_all:
             mask = torch.ones_like(mask)
+        elif ref is not None and self.intersect and relus:
+            # <= 0 by the reference: the ReLU is 0 whatever the rows give (and |l| >= |u| sizes the errors)
+            mask = mask & (self.bounds[j][1] > 0)
         if not self.intersect:
-            # pure CROWN, as auto_LiRPA: a sample whose interval bounds leave more than
+            # pure CROWN, as auto_LiRPA: a sample whose (reference) bounds leave more than
             # 90% of the neurons unstable gets back-substituted bounds for all of them
             dense = mask.double().mean(dim=1) > DENSE_FRACTION
             mask = mask | dense[:, None]
@@ -382,6 +402,31 @@ class BoundState(RowSavings):
             self._refine_mask(j, mask)
             return
         self._refine_with_upper(j, mask, off)
+
+    def _reference(self, j: int) -> tuple[Tensor, Tensor] | None:
+        """Reference bounds of linear node ``j`` (auto_LiRPA's ``sparse_intermediate_bounds_with_ibp``,
+        ``BoundedModule.get_ref_intermediate_bounds``): the error-widened interval image of its inputs'
+        bounds as they are when ``j`` is refined -- the back-substituted bounds of the layer before, not
+        those of the interval pass from the input (much wider in the deeper layers). Sound as any
+        interval image of sound bounds; computed once per node (detached), None for a node fed by the
+        input alone (its interval bounds are that image already).
+
+        auto_LiRPA's default CROWN lets a neuron these bounds show stable keep them (no rows; the rest
+        back-substituted, or all when more than :data:`DENSE_FRACTION` are unstable): pure CROWN
+        (``intersect=False``) with ``reference`` does the same. ``intersect`` intersects them with the bounds of every
+        neuron (tighter than both: on mnistfc-like nets, where CROWN's adaptive slopes often leave a
+        neuron wider than the interval image of the layer before, markedly so in the deeper layers)."""
+        node = self.graph.nodes[j]
+        if not isinstance(node.op, ops.LinearOp) or all(k == 0 for k in node.inputs):
+            return None
+        cache = self._cache.setdefault("reference", {})
+        if j not in cache:
+            for k in node.inputs:  # their bounds as back-substitution leaves them
+                if isinstance(self.graph.nodes[k].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+                    self.relaxation(k)
+            cache[j] = interval_with_error(node.op, [tuple(t.detach() for t in self.bounds[k]) for k in node.inputs],
+                                           precision_of(self.graph), self._steps())
+        return cache[j]
 
     def _refine_mask(self, j: int, mask: Tensor) -> None:
         """Back-substitute the neurons ``mask`` (b, n) of node ``j`` and update its bounds; neurons
@@ -759,11 +804,12 @@ class BoundState(RowSavings):
 
 
 def deeppoly_lower(graph: Graph, inputs: InputSet, C: Tensor, intersect: bool = True,
-                   state: BoundState | None = None, budget=None) -> Tensor:
+                   state: BoundState | None = None, budget=None, reference: bool = False) -> Tensor:
     """Lower bounds of ``C y`` (C: (b, s, n_out) or (s, n_out)) over the input set, (b, s).
     The rows of C go in chunks within the memory budget (``MemoryExceeded`` when one row does not
-    fit), unless the state optimises or records per-row quantities (alpha, beta, branching scores)."""
-    st = state or BoundState(graph, inputs, intersect, budget=budget)
+    fit), unless the state optimises or records per-row quantities (alpha, beta, branching scores).
+    ``reference``: use the reference bounds of :meth:`BoundState._reference` (module docstring)."""
+    st = state or BoundState(graph, inputs, intersect, budget=budget, reference=reference)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
@@ -778,11 +824,12 @@ def deeppoly_lower(graph: Graph, inputs: InputSet, C: Tensor, intersect: bool = 
 
 
 def deeppoly_output_bounds(graph: Graph, inputs: InputSet, intersect: bool = True,
-                           state: BoundState | None = None, budget=None) -> tuple[Tensor, Tensor]:
+                           state: BoundState | None = None, budget=None,
+                           reference: bool = False) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds of every output, each (b, n_out)."""
     n = graph.n_outputs
     eye = torch.eye(n, dtype=torch.float64)
-    low = deeppoly_lower(graph, inputs, torch.cat([eye, -eye]), intersect, state, budget)
+    low = deeppoly_lower(graph, inputs, torch.cat([eye, -eye]), intersect, state, budget, reference)
     lo, hi = low[:, :n], -low[:, n:]
     if intersect:
         st_ibp = (state.bounds if state is not None else interval_bounds(graph, inputs))[graph.output]

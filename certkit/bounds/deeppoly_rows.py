@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 
 from ..graph import ops
-from .fperror import interval_with_error, precision_of
 
 Tensor = torch.Tensor
 #: :meth:`RowSavings._inactive_by_reference` looks for rows to skip only where the rows' first product holds
@@ -36,12 +35,12 @@ class RowSavings:
     """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
 
     def _inactive_by_reference(self, j: int, mask: Tensor) -> Tensor | None:
-        """The neurons of ``mask`` (b, n) of affine node ``j`` that the error-widened interval image of
-        its inputs' bounds as they are now (back-substituted, not those of the interval pass) shows
-        ``<= 0``, when ``j`` feeds only ReLUs (no alpha slopes, no splits); None for none. These are
-        auto_LiRPA's reference bounds (interval propagation from the back-substituted layer before,
-        ``sparse_intermediate_bounds_with_ibp``): in the deeper layers of mnist_relu_8_200 they show
-        100-150 of 200 neurons inactive where the interval pass leaves all 200 unstable.
+        """The neurons of ``mask`` (b, n) of affine node ``j`` that its reference bounds
+        (:meth:`~certkit.bounds.deeppoly.BoundState._reference`: the interval image of the back-substituted
+        layer before) show ``<= 0``, when ``j`` feeds only ReLUs (no alpha slopes, no splits); None for
+        none. In the deeper layers of mnist_relu_8_200 they show 100-150 of 200 neurons inactive where
+        the interval pass leaves all 200 unstable; such neurons are in ``mask`` only where pure CROWN
+        refines a whole layer (more than ``DENSE_FRACTION`` unstable, as auto_LiRPA).
         :meth:`_refine_with_upper` gives those their upper rows only. Not for small layers
         (:data:`MIN_SKIP_WORK`), where the image costs about what it saves."""
         node = self.graph.nodes[j]
@@ -50,12 +49,10 @@ class RowSavings:
                 or not all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j]) \
                 or int(mask.sum()) * sum(self.graph.size(k) for k in node.inputs) < MIN_SKIP_WORK:
             return None
-        for k in node.inputs:  # their bounds as back-substitution leaves them
-            if isinstance(self.graph.nodes[k].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
-                self.relaxation(k)
-        _, hi = interval_with_error(node.op, [tuple(t.detach() for t in self.bounds[k]) for k in node.inputs],
-                                    precision_of(self.graph), self._steps())
-        off = (hi <= 0) & mask
+        ref = self._reference(j)
+        if ref is None:
+            return None
+        off = (ref[1] <= 0) & mask
         return off if bool(off.any()) else None
 
     def _refine_with_upper(self, j: int, mask: Tensor, off: Tensor) -> None:

@@ -7,8 +7,10 @@ For a list of queries and a plan (:mod:`certkit.verify.plan`):
    once :meth:`Query.confirm` accepts it;
 2. the plan's bound procedures in order, on the queries still open, batched across queries; each
    query keeps the best bound of every row across stages, and is proved when the verdict gate admits
-   its rows (:mod:`certkit.verify.gate`); after the first stage, a medium attack within a quarter of
-   the time left (the later stages can take the whole budget on a large net);
+   its rows (:mod:`certkit.verify.gate`); a stage repeating an earlier one's cost (:data:`REPEATS`) is
+   skipped when that one took more than :data:`REPEAT_SHARE` of the time left; after the first
+   stage, a medium attack within a quarter of the time left (the later stages can take the whole
+   budget on a large net);
 3. a longer attack on the queries still open;
 4. the plan's complete procedures in order, query by query, each within its own budget
    (``query_budget``) and the overall one.
@@ -44,6 +46,11 @@ QUICK_SHARE = 0.3
 MEDIUM_ATTACK = AttackConfig(samples=512, restarts=8, steps=50, polish=4)
 MEDIUM_SHARE = 0.25
 LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200, polish=16)
+#: stages that cost about what an earlier one did (``deeppoly+reference`` is one more DeepPoly pass):
+#: skipped when that one took more than ``REPEAT_SHARE`` of the time left (a large conv net's DeepPoly
+#: can take most of the budget, better left to alpha-CROWN and branch and bound)
+REPEATS = {"deeppoly+reference": "deeppoly+interval"}
+REPEAT_SHARE = 0.1
 
 
 @dataclass
@@ -129,6 +136,10 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
         ids = open_ones()
         if not ids or budget.expired():
             break
+        like = REPEATS.get(stage)
+        rem = budget.remaining()
+        if like in timings and rem is not None and timings[like] > REPEAT_SHARE * rem:
+            continue  # a second pass of a stage that took too long: leave the time to the next ones
         if k == 1 and falsify(medium, budget.share(MEDIUM_SHARE)) and stop_on_sat:
             return _finish(results, started)
         t = time.monotonic()

@@ -8,7 +8,7 @@ heavy, so that the command line can offer the choices without loading torch.
 from __future__ import annotations
 
 #: The bound procedures, in the order ``auto`` runs them.
-BOUND_PROCEDURES = ("interval", "deeppoly", "deeppoly+interval", "alpha")
+BOUND_PROCEDURES = ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
 #: The complete procedures (branch and bound, MILP).
 COMPLETE_PROCEDURES = ("bab", "milp")
 
@@ -19,7 +19,7 @@ PLANS: dict[str, tuple[str, ...]] = {
     "alpha": ("deeppoly+interval", "alpha"),
     "bab": ("deeppoly+interval", "bab"),
     "milp": ("deeppoly+interval", "milp"),
-    "auto": ("interval", "deeppoly", "deeppoly+interval", "alpha", "bab", "milp"),
+    "auto": ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha", "bab", "milp"),
 }
 
 #: The backends ``certkit bounds`` runs: the plans made of bound procedures only.
