@@ -13,7 +13,9 @@ L_inf ball of radius 0.03 (0.02 for paper 002's nets) around the first test imag
 The auto_LiRPA column is the figures of issue 12 (auto_LiRPA 0.7.1 CROWN, float32, one core),
 not measured here: auto_LiRPA is not installable on this machine. Where the issue gives a range
 (ACAS Xu: 16-31 ms over 3 instances) the speed-up is against its low end. ``-``: no figure.
-It also checks the bounds against ../shared/benchmarks/reference_bounds.
+It also checks the bounds against ../shared/benchmarks/reference_bounds, and prints the gap of the spec-row
+bounds of certify's DeepPoly stages (the best of ``deeppoly``, ``deeppoly+interval`` and
+``deeppoly+reference`` per row, sound float32 bounds) to auto_LiRPA's CROWN there.
 
 ``--alpha``: alpha-CROWN (20 iterations, real arithmetic as auto_LiRPA's figures are) on the spec rows of
 every ../shared/benchmarks/reference_bounds instance beside the stored auto_LiRPA alpha-CROWN bounds (the
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from certkit.bounds.backends import BACKENDS  # noqa: E402
 from certkit.bounds.deeppoly import deeppoly_lower, deeppoly_output_bounds  # noqa: E402
 from certkit.bounds.fperror import with_precision  # noqa: E402
 from certkit.bounds.products32 import with_arithmetic  # noqa: E402
@@ -56,6 +59,8 @@ DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 #: auto_LiRPA CROWN per call, ms (issue 12's table, measured elsewhere; the low end of a range)
 REFERENCE_MS = {"acasxu": 16.0, "mnistfc_2021": 10.7, "mnistfc_2022": 10.7, "eran_2021": None,
                 "mlp_4x256": 18.5, "mlp_6x256": 37.1, "relu_8_100": None, "relu_8_200": None}
+#: the DeepPoly stages of certify's auto plan, whose best bound per row it keeps
+AUTO_DEEPPOLY = ("deeppoly", "deeppoly+interval", "deeppoly+reference")
 #: the deeper MLPs: name -> (onnx path, L_inf radius)
 MLPS = {"mlp_4x256": (os.path.join(ROOT, "models", "mnist_mlp_4x256.onnx"), 0.03),
         "mlp_6x256": (os.path.join(ROOT, "models", "mnist_mlp_6x256.onnx"), 0.03),
@@ -207,8 +212,14 @@ def main() -> None:
             d_hi = hi.numpy() - ref["CROWN_out_ub"].reshape(1, -1)
             cells.append(max(float(np.abs(d_lo).max()), float(np.abs(d_hi).max())) / w)
             wider = bool((d_lo <= 1e-9 * w).all() and (d_hi >= -1e-9 * w).all())
+        # certify's bound stages (the best of DeepPoly, deeppoly+interval and deeppoly+reference per
+        # row, sound float32 bounds) on the spec rows, against auto_LiRPA's CROWN: > 0 is tighter
+        C = torch.as_tensor(ref["C"], dtype=torch.float64)
+        low = torch.stack([BACKENDS[n].lower(g32, inputs, C) for n in AUTO_DEEPPOLY]).amax(dim=0).numpy()[0]
+        gap = low - ref["CROWN_spec_lb"].reshape(-1)
         print(f"  {bench}/{net}/{spec}: exact {cells[0]:.2e}   float32 {cells[1]:.2e} "
-              f"({'contains' if wider else 'does NOT contain'} CROWN's bounds)")
+              f"({'contains' if wider else 'does NOT contain'} CROWN's bounds); auto's DeepPoly stages on "
+              f"the spec rows: gap {gap.min():+.3g} .. {gap.max():+.3g} (> 0: tighter than CROWN)")
 
 
 if __name__ == "__main__":
