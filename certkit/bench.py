@@ -30,8 +30,10 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -262,6 +264,7 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
             on_row(row, len(rows))
 
     try:
+        _terminate_as_interrupt()
         while pending or running:
             while pending and len(running) < jobs:
                 inst = pending.popleft()
@@ -298,9 +301,22 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
                     finish(row)
             running = still
     finally:
-        for r in running:  # interrupted: leave no worker behind
+        for r in running:  # interrupted (Ctrl-C, SIGTERM): leave no worker behind
             _kill(r)
     return rows
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, a CI job cancelled) ends the run as Ctrl-C does, through ``run``'s cleanup,
+    which kills the running workers; by default it would end this process alone and leave them running.
+    Only from the main thread (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _kill(r: _Running) -> None:
