@@ -263,8 +263,8 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
         if on_row is not None:
             on_row(row, len(rows))
 
+    previous = _terminate_as_interrupt()
     try:
-        _terminate_as_interrupt()
         while pending or running:
             while pending and len(running) < jobs:
                 inst = pending.popleft()
@@ -303,20 +303,23 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
     finally:
         for r in running:  # interrupted (Ctrl-C, SIGTERM): leave no worker behind
             _kill(r)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rows
 
 
-def _terminate_as_interrupt() -> None:
+def _terminate_as_interrupt():
     """SIGTERM (``kill``, a CI job cancelled) ends the run as Ctrl-C does, through ``run``'s cleanup,
     which kills the running workers; by default it would end this process alone and leave them running.
-    Only from the main thread (where Python delivers signals)."""
+    Only from the main thread (where Python delivers signals); returns the handler to put back after
+    the run (None where nothing was changed)."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return None
 
     def stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, stop)
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _kill(r: _Running) -> None:

@@ -264,3 +264,18 @@ def test_sigterm_leaves_no_worker_behind(tmp_path: Path):
     alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]]
     assert not alive, alive
     assert len(read_out(out)[1]) == 1
+
+
+def test_run_puts_the_sigterm_handler_back(mixed: Path):
+    """bench.run installs its SIGTERM handler for the run only (a library caller's handler is kept)."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        bench.run(bench.read_instances(str(mixed))[0][:1])
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, old)
