@@ -19,6 +19,7 @@ from .verify.certify import STAGES, CertifyResult
 from .verify.certify import certify as _certify
 from .verify.dataset import DatasetResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
+from .verify.plan import BOUND_PROCEDURES, PLANS
 from .verify.query import Budget
 
 if TYPE_CHECKING:
@@ -67,7 +68,9 @@ class BoundsResult:
 
 def _bound_names(backend: str) -> tuple[str, ...]:
     """The registered bound backends :func:`bounds` runs for ``backend``."""
-    return ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference") if backend == "auto" else (backend,)
+    if backend != "auto":
+        return (backend,)
+    return tuple(p for p in PLANS["auto"] if p in BOUND_PROCEDURES and p != "alpha")  # alpha: --backend alpha
 
 
 #: The backends :func:`bounds` runs: the certify stages made of registered bound backends only

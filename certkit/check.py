@@ -164,9 +164,8 @@ def _check_witness(rep: CheckReport, doc: dict, model, spec) -> None:
     x = np.asarray(w["x"], dtype=model.runner.dtype)
     inside = bool(inside_rounded(x, prop.lower, prop.upper, model.runner.dtype)[0])
     xd = x.astype(np.float64)
-    rounded = int((inside and ((xd < prop.lower) | (xd > prop.upper)).sum()))
-    note = (f" ({rounded} coordinate(s) at the float32 rounding of an interval holding no float32)"
-            if rounded else "")
+    rounded = int(((xd < prop.lower) | (xd > prop.upper)).sum()) if inside else 0
+    note = f" ({rounded} coordinate(s) at the float32 rounding of an interval holding no float32)" if rounded else ""
     (rep.good if inside else rep.fail)(f"witness inside its input box{note}" if inside else "witness outside its box")
     y = model.runner(x[None])[0]
     k = satisfied_disjunct(prop, y)

@@ -3,6 +3,8 @@ cycled across PGD restarts, and attacks inside the open domains of input splitti
 candidate only; the witnesses here are confirmed with onnxruntime."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -202,3 +204,12 @@ def test_polishing_skips_disjuncts_too_large(tmp_path, monkeypatch):
     attack(q.graph, q.region, torch.as_tensor(q.C), torch.as_tensor(q.d), q.owner,
            AttackConfig(samples=16, restarts=2, steps=5, polish=2), seed=0)
     assert calls
+
+
+def test_polish_stops_at_its_deadline():
+    """A deadline already past: no linear program runs, the best start comes back as it is."""
+    f = lambda x: x @ torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64).T + 3.0  # noqa: E731
+    start = torch.tensor([[0.2, 0.3]], dtype=torch.float64)
+    x, v = polish(f, -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), start,
+                  deadline=time.monotonic() - 1.0)
+    assert torch.equal(x, start[0]) and float(v) == float(f(start).max())

@@ -223,3 +223,13 @@ def test_infinite_output_with_zero_coefficient_still_decides():
     assert satisfied_disjunct(prop, np.array([np.inf, 0.0])) == -1
     both = Property(np.zeros(2), np.ones(2), (Disjunct(np.array([[1.0, -1.0]]), np.array([0.0])),))
     assert satisfied_disjunct(both, np.array([np.inf, np.inf])) == -1  # inf - inf: NaN decides nothing
+
+
+def test_rounded_ends_never_admitted_for_empty_or_nan_intervals():
+    """An empty interval (lower > upper, e.g. [0.1 + 1e-9, 0.1]) or a NaN bound admits no point, not even
+    the rounding of an end point: inside_rounded must never make an empty region non-empty."""
+    a = np.float32(0.1)
+    lo, hi = np.array([0.1 + 1e-9, np.nan, 0.0]), np.array([0.1, 1.0, np.nan])
+    assert not no_float32_in(lo, hi).any()
+    for x in ([a, 0.5, 0.5], [0.1, 0.5, 0.5]):
+        assert not inside_rounded(np.array([x], np.float32), lo, hi).any()

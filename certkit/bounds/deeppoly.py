@@ -376,12 +376,11 @@ class BoundState(RowSavings):
             return  # one affine map of a box: interval bounds are exact
         l, u = self.bounds[j]
         ref = self._reference(j) if self.reference else None
-        relus = all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j])
-        if ref is not None:
-            if self.intersect:  # the rows the interval bounds ask for, intersected with both
-                self.bounds[j] = (torch.maximum(l, ref[0]), torch.minimum(u, ref[1]))
-            elif relus:
-                l, u = self.bounds[j] = ref  # auto_LiRPA: the neurons they show stable keep them
+        relus = ref is not None and all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j])
+        if ref is not None and self.intersect:  # the rows the interval bounds ask for, intersected with both
+            self.bounds[j] = (torch.maximum(l, ref[0]), torch.minimum(u, ref[1]))
+        elif relus:
+            l, u = self.bounds[j] = ref  # auto_LiRPA: the neurons they show stable keep them
         mask = torch.zeros_like(l, dtype=torch.bool)
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
@@ -389,7 +388,7 @@ class BoundState(RowSavings):
                 mask = mask | _needs_refine(op, l, u)
         if self.refine_all:
             mask = torch.ones_like(mask)
-        elif ref is not None and self.intersect and relus:
+        elif relus and self.intersect:
             # <= 0 by the reference: the ReLU is 0 whatever the rows give (and |l| >= |u| sizes the errors)
             mask = mask & (self.bounds[j][1] > 0)
         if not self.intersect:

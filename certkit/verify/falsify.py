@@ -80,33 +80,32 @@ def _compares_outputs(C: Tensor, d: Tensor) -> bool:
     return bool(((nz == 2) & (pos == neg) & (pos > 0)).all())
 
 
-def _polish_one(graph: Graph, C: Tensor, d: Tensor, owner: np.ndarray, log_space: bool, lo: Tensor,
-                hi: Tensor, cands: Tensor, cfg: AttackConfig, deadline: float | None) -> tuple[Tensor, float]:
-    """Polish each candidate (s, n) on its most promising disjunct (:func:`.polish.polish`); the
+def _polish_one(compared, C: Tensor, d: Tensor, owner: np.ndarray, n_dj: int, lo: Tensor, hi: Tensor,
+                cands: Tensor, cfg: AttackConfig, deadline: float | None) -> tuple[Tensor, float]:
+    """Polish each candidate (s, n) on its most promising disjunct (:func:`.polish.polish`);
+    ``compared(x)``: the outputs (b, n_out) the rows compare (log space where the attack is). The
     best point and its objective."""
     own = torch.as_tensor(owner)
-
-    def rows(xb: Tensor, sel: Tensor) -> Tensor:  # (b, n) -> (b, the rows ``sel``)
-        y = graph.forward(xb, surrogate=True)
-        if log_space:
-            y = torch.log(y.clamp(min=1e-300))
-        return y @ C[sel].T - d[sel]
-
     best_x, best_v = cands[0], float("inf")
     for x in cands:
         with torch.no_grad():
-            z = rows(x[None], torch.ones_like(own, dtype=torch.bool))[0]
-            per = torch.full((int(own.max()) + 1,), float("-inf"), dtype=z.dtype).scatter_reduce(0, own, z, "amax")
+            per = per_disjunct(compared(x[None])[None], C[None], d[None], owner, n_dj)[0, 0]
         sel = own == int(per.argmin())
         m = int(sel.sum())
         if m < 2 or m > POLISH_MAX_ROWS or m * x.numel() > POLISH_MAX_ENTRIES:
             continue  # one row: the LP is PGD's signed step (module polish); too many: m forward copies
-        xk, vk = polish(lambda xb: rows(xb, sel), lo, hi, x[None], cfg.polish_steps, deadline)
+        xk, vk = polish(lambda xb: compared(xb) @ C[sel].T - d[sel], lo, hi, x[None], cfg.polish_steps, deadline)
         if float(vk) < best_v:
             best_x, best_v = xk, float(vk)
         if best_v <= -cfg.target or (deadline is not None and time.monotonic() > deadline):
             break
     return best_x, best_v
+
+
+def near_miss(v, d) -> bool | np.ndarray:
+    """Is the attack's float64 objective ``v`` close enough to 0 (relative to the spec's constants
+    ``d``) for the point to be worth confirming with onnxruntime?"""
+    return v <= 1e-6 * (1 + float(np.abs(np.asarray(d)).max(initial=0)))
 
 
 def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
@@ -135,10 +134,11 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     def outputs(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, n_out)
         return graph.forward(x.reshape(b * x.shape[1], n), surrogate=True).reshape(b, x.shape[1], -1)
 
+    def in_log_space(y: Tensor) -> Tensor:
+        return torch.log(y.clamp(min=1e-300)) if log_space[0] else y
+
     def violation(y: Tensor) -> Tensor:  # (b, r, n_out) -> (b, r, K)
-        if log_space[0]:
-            y = torch.log(y.clamp(min=1e-300))
-        return per_disjunct(y, C, d, owner, n_dj)
+        return per_disjunct(in_log_space(y), C, d, owner, n_dj)
 
     def evaluate(x: Tensor) -> Tensor:  # x (b, r, n) -> (b, r, K)
         return violation(outputs(x))
@@ -226,14 +226,17 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
         better = vb < best_v
         best_v = torch.where(better, vb, best_v)
         best_x = torch.where(better[:, None], xs.detach()[torch.arange(b), ab], best_x)
-        order = val.argsort(dim=1)
     if cfg.polish > 0 and (inputs.center is None or inputs.p == float("inf")):
-        regions = best_v.argsort()[: cfg.polish_regions]
-        for i in regions.tolist():
+        order = val.argsort(dim=1)
+
+        def compared(xb: Tensor) -> Tensor:  # (m, n) -> (m, n_out)
+            return in_log_space(graph.forward(xb, surrogate=True))
+
+        for i in best_v.argsort()[: cfg.polish_regions].tolist():
             if float(best_v[i]) <= -cfg.target:
                 continue
             cands = torch.cat([best_x[i][None], xs.detach()[i, order[i, : cfg.polish - 1]]])
-            x_i, v_i = _polish_one(graph, C[i], d[i], owner, log_space[0], lo[i], hi[i], cands, cfg, deadline)
+            x_i, v_i = _polish_one(compared, C[i], d[i], owner, n_dj, lo[i], hi[i], cands, cfg, deadline)
             if v_i < best_v[i]:
                 best_x[i], best_v[i] = x_i, v_i
     return best_x.numpy(), best_v.numpy()

@@ -40,7 +40,7 @@ from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..spec.sets import InputSet
-from .falsify import AttackConfig, attack, objective
+from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, domain_value
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
@@ -155,7 +155,7 @@ class _Problem:
         t = time.monotonic()
         x, v = attack(self.graph, InputSet(queue.lo[idx], queue.hi[idx]), self.C, self.d, self.owner,
                       DOMAIN_ATTACK, share.deadline, seed)
-        hits = torch.nonzero(torch.as_tensor(v) <= 1e-6).flatten()
+        hits = torch.nonzero(torch.as_tensor(near_miss(v, self.d.numpy()))).flatten()
         w = self.query.confirm(torch.as_tensor(x)[hits[:64]]) if hits.numel() else None
         self.attack_seconds += time.monotonic() - t
         return w

@@ -17,10 +17,12 @@ Marabou's and nnenum's falsification (one LP per linear region), made generic by
 A disjunct of one row gains nothing: its linear program is the signed step PGD already takes
 (:func:`certkit.verify.falsify._polish_one` skips it). Box regions only (VNN-LIB boxes and L_inf balls, which are boxes): an L_2 ball is not a linear
 constraint. Nothing here is a verdict: the caller confirms every candidate with onnxruntime.
-Needs highspy (the ``highs`` extra); without it :func:`polish` returns the best start unchanged.
+Needs highspy (a dependency of the package); without it :func:`polish` returns the best start
+unchanged.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -52,8 +54,13 @@ class _Lp:
         # later solve asking for another thread count than the first fails (run status kError)
         self.h.setOptionValue("threads", 1)
 
-    def solve(self, J: np.ndarray, rhs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
+    def solve(self, J: np.ndarray, rhs: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              deadline: float | None = None) -> np.ndarray | None:
+        """The ``x`` part of an optimal solution, or None (not solved to optimality, or ``deadline``
+        -- ``time.monotonic()`` -- passed: HiGHS gets the time left as its time limit)."""
         hs, (m, n) = self.hs, J.shape
+        self.h.setOptionValue("time_limit", hs.kHighsInf if deadline is None
+                              else max(deadline - time.monotonic(), 1e-3))
         lp = hs.HighsLp()
         lp.num_col_, lp.num_row_ = n + 1, m
         lp.col_cost_ = np.r_[np.zeros(n), 1.0]
@@ -73,18 +80,19 @@ class _Lp:
         return np.asarray(self.h.getSolution().col_value[:n], dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=1)
 def _lp() -> _Lp | None:
+    """The process's one LP solver object (None without highspy)."""
     try:
         return _Lp()
-    except ImportError:  # pragma: no cover - the highs extra brings highspy
+    except ImportError:  # pragma: no cover - highspy is a dependency of the package
         return None
 
 
-def _rows_and_jacobian(f, x: Tensor) -> tuple[Tensor, Tensor]:
+def _rows_and_jacobian(f, x: Tensor, m: int) -> tuple[Tensor, Tensor]:
     """``z(x)`` (m,) and its Jacobian (m, n) for ``f: (b, n) -> (b, m)``: one forward over m copies
     of ``x`` and one backward (row i's copy carries row i's gradient)."""
-    m_rows = f(x[None]).shape[1]
-    xs = x.detach()[None].repeat(m_rows, 1).requires_grad_(True)
+    xs = x.detach()[None].repeat(m, 1).requires_grad_(True)
     z = f(xs)
     grad, = torch.autograd.grad(z.diagonal().sum(), xs)
     return z[0].detach(), grad
@@ -98,7 +106,8 @@ def polish(f, lower: Tensor, upper: Tensor, starts: Tensor, steps: int = 30,
     and steps; stops at the first point with value <= 0, at ``deadline`` or after ``steps`` linear
     programs per start."""
     with torch.no_grad():
-        v0 = f(starts).amax(dim=1)
+        z0 = f(starts)
+    m, v0 = z0.shape[1], z0.amax(dim=1)
     k = int(v0.argmin())
     best_x, best_v = starts[k].detach(), float(v0[k])
     lp = _lp() if best_v > 0 else None
@@ -109,7 +118,7 @@ def polish(f, lower: Tensor, upper: Tensor, starts: Tensor, steps: int = 30,
     for x in starts:
         x = x.detach().clone()
         delta = DELTA0 * width
-        z, J = _rows_and_jacobian(f, x)
+        z, J = _rows_and_jacobian(f, x, m)
         cur = float(z.max())
         rejected = 0
         for _ in range(steps):
@@ -119,11 +128,11 @@ def polish(f, lower: Tensor, upper: Tensor, starts: Tensor, steps: int = 30,
                 break
             xn = x.numpy()
             Jn = J.numpy()
-            sol = lp.solve(Jn, Jn @ xn - z.numpy(), np.maximum(lo, xn - delta), np.minimum(hi, xn + delta))
+            sol = lp.solve(Jn, Jn @ xn - z.numpy(), np.maximum(lo, xn - delta), np.minimum(hi, xn + delta), deadline)
             if sol is None or not np.isfinite(sol).all():
                 break
             cand = torch.as_tensor(np.clip(sol, lo, hi))
-            zc, Jc = _rows_and_jacobian(f, cand)
+            zc, Jc = _rows_and_jacobian(f, cand, m)
             vc = float(zc.max())
             if vc < cur:
                 x, z, J, cur = cand, zc, Jc, vc

@@ -25,7 +25,7 @@ from ..bounds.interval import interval_bounds
 from ..errors import BackendError
 from ..spec.sets import InputSet
 from . import gate
-from .falsify import AttackConfig, attack
+from .falsify import AttackConfig, attack, near_miss
 from .input_split import SplitConfig
 from .query import Budget, Outcome, Query, Status
 from .witness import Witness
@@ -165,7 +165,7 @@ def attack_queries(queries: list[Query], cfg: AttackConfig, budget: Budget, seed
         d = torch.as_tensor(np.stack([q.d for q in qs]))
         x, v = attack(qs[0].graph, S, C, d, qs[0].owner, cfg, budget.deadline, seed + qs[0].index)
         for r, (i, q) in enumerate(zip(idx, qs)):
-            if v[r] <= 1e-6 * (1 + abs(float(np.abs(q.d).max(initial=0)))):
+            if near_miss(v[r], q.d):
                 w = q.confirm(x[r][None])
                 if w is not None:
                     found[i] = w

@@ -55,12 +55,13 @@ def to_float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype
 
 
 def no_float32_in(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Where the interval ``[lower, upper]`` (float64) holds no float32 number."""
-    lo = np.asarray(lower, dtype=np.float64)
+    """Where the non-empty interval ``[lower, upper]`` (float64) holds no float32 number (False for an
+    empty or NaN interval: it admits nothing)."""
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
     up = lo.astype(np.float32)
-    up = np.where(up.astype(np.float64) < lo, np.nextafter(up, np.float32(np.inf)), up)
-    with np.errstate(invalid="ignore"):
-        return up.astype(np.float64) > np.asarray(upper, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        up = np.where(up.astype(np.float64) < lo, np.nextafter(up, np.float32(np.inf)), up)
+        return (up.astype(np.float64) > hi) & (lo <= hi)
 
 
 def inside_rounded(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype=np.float32) -> np.ndarray:
