@@ -70,7 +70,7 @@ def test_no_backend_proves_a_trap(tmp_path, family, seed, backend):
 
 @pytest.mark.parametrize("family,seed", TRAPS)
 def test_bounds_contain_onnxruntime(tmp_path, family, seed):
-    """Interval and DeepPoly output bounds contain onnxruntime's outputs at the trap point and on
+    """Interval and DeepPoly output bounds (with and without reference bounds) contain onnxruntime's outputs at the trap point and on
     random points; the propagated error bounds |onnxruntime - float64 reference|."""
     trap, onnx_path, _ = trap_files(tmp_path, family, seed)
     g = certkit.load_model(onnx_path).graph
@@ -82,6 +82,9 @@ def test_bounds_contain_onnxruntime(tmp_path, family, seed):
     assert (lo[0, 0] <= ys.min()) and (ys.max() <= hi[0, 0])
     dlo, dhi = deeppoly_output_bounds(g, S)
     assert (dlo[0, 0] <= ys.min()) and (ys.max() <= dhi[0, 0])
+    for intersect in (True, False):  # the reference bounds (deeppoly+reference) carry the error terms too
+        rlo, rhi = deeppoly_output_bounds(g, S, intersect=intersect, reference=True)
+        assert (rlo[0, 0] <= ys.min()) and (ys.max() <= rhi[0, 0]), (trap.name, intersect)
     E, E2 = propagated_error(g, S)
     ref = g(xs.astype(np.float64))[:, 0]
     assert np.all(np.abs(ys - ref) <= E[0, 0].item()), (np.abs(ys - ref).max(), E)
