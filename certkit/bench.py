@@ -358,14 +358,23 @@ def _poll(r: _Running) -> dict | None:
 
 # --------------------------------------------------------------------------------------------- summary
 
+#: the instances CSV's column of alpha-beta-CROWN's published time (VNN-COMP results), when it has one
+REFERENCE = "abcrown_time_s"
+
+
 def summary(rows: list[dict]) -> list[str]:
-    """Per-benchmark and overall counts, times and score, as printable lines."""
+    """Per-benchmark and overall counts, times and score, as printable lines; beside them, when the
+    instances carry :data:`REFERENCE`, alpha-beta-CROWN's published solved count and total time
+    over the same rows within the same timeouts (its times are from the competition's machines)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["benchmark"], []).append(r)
     head = ("benchmark", "instances", "solved", "unsat", "sat", "unknown", "timeout", "error", "wrong",
             "total_s", "median_s", "score", "max")
-    table = [head] + [_stats(name, rs) for name, rs in groups.items()] + [_stats("all", rows)]
+    ref = any(REFERENCE in r for r in rows)
+    if ref:
+        head += ("abcrown_solved", "abcrown_s")
+    table = [head] + [_stats(name, rs, ref) for name, rs in groups.items()] + [_stats("all", rows, ref)]
     width = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     lines = []
     for k, t in enumerate(table):
@@ -373,10 +382,26 @@ def summary(rows: list[dict]) -> list[str]:
             lines.append("-" * len(lines[0]))
         lines.append("  ".join([str(t[0]).ljust(width[0])] + [str(v).rjust(width[i]) for i, v in enumerate(t) if i]))
     lines.append(SCORE_NOTE)
+    if ref:
+        lines.append("abcrown_solved, abcrown_s: alpha-beta-CROWN's published results (the instances CSV's "
+                     f"{REFERENCE}) on the same rows, counted when within each row's timeout as run here")
     return lines
 
 
-def _stats(name: str, rs: list[dict]) -> tuple:
+def _reference(rs: list[dict]) -> tuple[int, float]:
+    """alpha-beta-CROWN's solved rows (published time within the row's timeout as run) and their time."""
+    times = []
+    for r in rs:
+        try:
+            t = float(r.get(REFERENCE) or "nan")
+        except ValueError:
+            continue
+        if t <= float(r["timeout"]):
+            times.append(t)
+    return len(times), sum(times)
+
+
+def _stats(name: str, rs: list[dict], ref: bool = False) -> tuple:
     n = {v: sum(r["verdict"] == v for r in rs) for v in ("unsat", "sat", "unknown", "timeout", "error")}
     wrong = sum(r["wrong"] == "1" for r in rs)
     times = [float(r["time_s"]) for r in rs]
@@ -391,8 +416,12 @@ def _stats(name: str, rs: list[dict]) -> tuple:
         elif r["wrong"] == "1":
             score += SCORE_WRONG
     med = statistics.median(times) if times else 0.0
-    return (name, len(rs), n["unsat"] + n["sat"], n["unsat"], n["sat"], n["unknown"], n["timeout"], n["error"],
-            wrong, f"{sum(times):.1f}", f"{med:.2f}", score, SCORE_CORRECT * scored)
+    out = (name, len(rs), n["unsat"] + n["sat"], n["unsat"], n["sat"], n["unknown"], n["timeout"], n["error"],
+           wrong, f"{sum(times):.1f}", f"{med:.2f}", score, SCORE_CORRECT * scored)
+    if ref:
+        k, t = _reference(rs)
+        out += (k, f"{t:.1f}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- the CLI

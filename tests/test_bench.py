@@ -279,3 +279,16 @@ def test_run_puts_the_sigterm_handler_back(mixed: Path):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_summary_prints_abcrown_reference_beside():
+    """With the instances' ``abcrown_time_s``, the summary counts alpha-beta-CROWN's published
+    solves within each row's timeout as run (a time above it, or none, is not solved)."""
+    rows = [{"benchmark": "b", "expected": "unsat", "verdict": "unsat", "wrong": "0", "time_s": "1.0",
+             "timeout": "30", "abcrown_time_s": t} for t in ("12.5", "40", "")]
+    out = bench.summary(rows)
+    s = summary_row(out, "b")
+    assert (s["solved"], s["abcrown_solved"], s["abcrown_s"]) == ("3", "1", "12.5")
+    assert any("alpha-beta-CROWN's published results" in line for line in out)
+    plain = bench.summary([{k: v for k, v in r.items() if k != "abcrown_time_s"} for r in rows])
+    assert "abcrown_solved" not in plain[0]

@@ -73,6 +73,10 @@ class SplitConfig:
     attack_every: int = 8
     attack_domains: int = 16
     attack_share: float = 0.05
+    #: after this share of the budget (None: never), give up (status ``unknown``, message
+    #: ``HOPELESS``) when the time so far divided by the share of the box's volume closed so far
+    #: exceeds the whole budget: the measured cost says another procedure should have the rest
+    give_up_after: float | None = None
 
 
 @dataclass
@@ -83,6 +87,12 @@ class SplitOutcome:
     iterations: int = 0
     max_queue: int = 0
     tree: ProofTree | None = None  # the proof, when verified
+    closed_volume: float = 0.0  # share of the root box's volume closed
+    message: str = ""
+
+
+#: SplitOutcome.message when input splitting gave up on its measured cost (SplitConfig.give_up_after)
+HOPELESS = "input splitting would not finish in time at its measured rate"
 
 
 @dataclass
@@ -118,10 +128,18 @@ class _Problem:
         self.domains = 0
         self.cfg = cfg
         self.attack_seconds = 0.0
+        self.seconds = 0.0  # spent bounding domains
 
     def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
         self.domains += lo.shape[0]
+        t0 = time.monotonic()
+        try:
+            return self._bound(lo, hi)
+        finally:
+            self.seconds += time.monotonic() - t0
+
+    def _bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
         with torch.no_grad():
             mid = (lo + hi) / 2
             y_c = self.graph.forward(mid)
@@ -207,13 +225,21 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
     lo0, hi0 = root_box(query)
+    free = (hi0 > lo0)[0]
+    log_w0 = torch.log(hi0[0, free] - lo0[0, free])
+    give_up_at = budget.share(cfg.give_up_after).deadline if cfg.give_up_after is not None else None
+    whole = budget.remaining()
+
+    def volume(b: _Bounded) -> float:  # share of the root box's volume
+        return float(torch.exp(torch.log(b.hi[:, free] - b.lo[:, free]).sum(dim=1) - log_w0.sum()).sum())
+
     root, w = pb.bound(lo0, hi0)
     if w is not None:
         return SplitOutcome("falsified", w, pb.domains, 0, 0)
     root.ids = torch.zeros(1, dtype=torch.int64)
     if bool(closed(root.value)[0]):
         log.close(root.ids, root.how, root.value)
-        queue = None
+        queue, out.closed_volume = None, 1.0
     else:
         queue = root
     n = graph.n_inputs
@@ -224,6 +250,17 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
         if pb.domains > max_domains:
             out.status = "unknown"
             break
+        L = min(lookahead, n)
+        m = batch
+        if give_up_at is not None:  # judged at the end of the probe, or when its next batch would overrun it
+            fits = int((give_up_at - time.monotonic()) / (2 * L * pb.seconds / max(pb.domains, 1)))
+            if fits < 1:
+                give_up_at = None
+                if (time.monotonic() - started) > whole * out.closed_volume:
+                    out.status, out.message = "unknown", HOPELESS
+                    break
+            else:
+                m = min(m, fits)
         out.iterations += 1
         if (cfg.attack_every and out.iterations % cfg.attack_every == 0
                 and pb.attack_seconds <= cfg.attack_share * (time.monotonic() - started)):
@@ -231,12 +268,11 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
             if w is not None:
                 out.status, out.witness = "falsified", w
                 break
-        take, queue = queue.rows(slice(-batch, None)), queue.rows(slice(None, -batch))
+        take, queue = queue.rows(slice(-m, None)), queue.rows(slice(None, -m))
         m = take.lo.shape[0]
         width = take.hi - take.lo
         score = torch.where(width > 0, take.a.abs() * width, torch.full_like(width, -1.0))
         score = torch.nan_to_num(score, nan=0.0, posinf=1e300)
-        L = min(lookahead, n)
         dims = score.topk(L, dim=1).indices  # (m, L)
         lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
         if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
@@ -264,6 +300,8 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
                   chosen.ids[0::2], chosen.ids[1::2])
         done = closed(chosen.value)
         log.close(chosen.ids[done], chosen.how[done], chosen.value[done])
+        if bool(done.any()):
+            out.closed_volume += volume(chosen.rows(done))
         queue = _Bounded.cat(queue, chosen.rows(~done))
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains

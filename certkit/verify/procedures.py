@@ -13,6 +13,7 @@ Which procedures a ``--backend`` runs, in which order, is data: :mod:`certkit.ve
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -32,11 +33,20 @@ from .witness import Witness
 
 Tensor = torch.Tensor
 
-#: Input splitting is used up to this many input dimensions; ReLU splitting above.
+#: Up to this many free input dimensions (of nonzero width) input splitting decides alone; above, it
+#: runs first and gives up after :data:`INPUT_SPLIT_PROBE` of its time unless its measured rate says it
+#: finishes in time (then ReLU splitting on ReLU nets, and the MILP). Measured: nn4sys_2023's
+#: pensieve_big_parallel (32 free inputs of 96, not a ReLU-only net) closes in < 1 s.
 INPUT_SPLIT_MAX_DIM = 16
+#: the share of the time after which input splitting of a high-dimensional box is judged (above)
+INPUT_SPLIT_PROBE = 0.05
 #: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest
-#: (the MILP finds the rare counterexamples of small nets that only a tiny region holds).
+#: (the MILP finds the rare counterexamples of small nets that only a tiny region holds) ...
 RELU_SPLIT_SHARE = 0.6
+#: ... on nets of at most this many activation neurons; on larger ones branch and bound gets all the
+#: time and the MILP none (on oval21's cifar_base_kw, 6244 ReLUs, the MILP's bound tightening alone
+#: used its whole 40% share without reaching the MILP, while ReLU splitting needed that time).
+MILP_MAX_NEURONS = 2048
 #: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
 #: Which branching look-ahead wins is instance-dependent on ACAS Xu (each is 5-20x faster than the
 #: other on some instances; benchmarks/instances.py), so both DeepPoly-only variants get a short turn
@@ -196,17 +206,31 @@ def _outcome(res, query: Query, stage: str, proof: gate.Proof | None) -> Outcome
     return Outcome(Status.OPEN, reason=getattr(res, "message", ""), stats=stats)
 
 
+def milp_sized(graph) -> bool:
+    """Is the net small enough for the MILP to get a share of ``auto``'s time (:data:`MILP_MAX_NEURONS`)?"""
+    from ..graph import ops
+
+    return sum(graph.size(i) for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Activation)) <= MILP_MAX_NEURONS
+
+
+def free_dims(query: Query) -> int:
+    """Input dimensions of nonzero width in the query's box."""
+    return int((query.upper > query.lower).sum())
+
+
 def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
-    """Branch and bound. Low-dimensional inputs: input splitting as a small portfolio
-    (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise ReLU splitting with beta-CROWN bounds (ReLU nets)."""
+    """Branch and bound. Few free input dimensions: input splitting as a small portfolio
+    (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise input splitting while its measured rate says it can
+    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds."""
     from .input_split import input_split
     from .relu_split import relu_split, supports
 
     graph = query.graph
-    if graph.n_inputs > INPUT_SPLIT_MAX_DIM:
-        if not supports(graph):
-            return None  # not a ReLU net: leave the query open
-        res = relu_split(query, budget if explicit else budget.share(RELU_SPLIT_SHARE))
+    if free_dims(query) > INPUT_SPLIT_MAX_DIM:
+        rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
+        res = input_split(query, rest, dataclasses.replace(INPUT_SPLIT_PORTFOLIO[1][1], give_up_after=INPUT_SPLIT_PROBE))
+        if res.status not in ("verified", "falsified") and supports(graph):
+            res = relu_split(query, rest)
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
     res = None
     for share, cfg in INPUT_SPLIT_PORTFOLIO:
@@ -231,8 +255,8 @@ def run_milp(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
             raise BackendError(f"the milp backend needs highspy and scipy ({e.name} is missing): "
                                "pip install highspy scipy") from e
         return None
-    if query.graph.n_inputs <= INPUT_SPLIT_MAX_DIM and not explicit:
-        return None  # input splitting already decided or ran out of time
+    if (free_dims(query) <= INPUT_SPLIT_MAX_DIM or not milp_sized(query.graph)) and not explicit:
+        return None  # input splitting already decided or ran out of time; or branch and bound had it
     rem = budget.remaining()
     part = budget if rem is None else budget.before_end(min(2.0, 0.2 * rem))  # solvers overshoot their stop
     try:

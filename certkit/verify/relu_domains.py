@@ -66,27 +66,42 @@ class Domains:
                         torch.cat([a.ids, b.ids]))
 
 
-def choose_branch(dom: Domains, record: dict, relus: list[int], pre: list[int]) -> Tensor:
-    """Per domain, the unstable free ReLU with the largest BaBSR-like score (Bunel et al. 2020): the
-    relaxation gap it costs the final bound, ``|coefficient| x intercept`` from the coefficients the
-    final rows' back-substitution recorded at each ReLU. (N, 2): (position in ``relus``, neuron), or
-    (-1, -1) when every ReLU is fixed."""
-    n = len(dom)
-    best_score = torch.full((n,), 0.0, dtype=torch.float64)
-    branch = torch.full((n, 2), -1, dtype=torch.long)
-    for p, (r, j) in enumerate(zip(relus, pre)):
+def branch_scores(dom: Domains, record: dict, relus: list[int], pre: list[int]) -> Tensor:
+    """BaBSR-like scores (Bunel et al. 2020) of every neuron of every ReLU, concatenated in the order
+    of ``relus`` (N, total): the relaxation gap a neuron costs the final bound, ``|coefficient| x
+    intercept``, from the coefficients the final rows' back-substitution recorded at each ReLU;
+    0 where a neuron is stable or split (never a candidate)."""
+    parts = []
+    for r, j in zip(relus, pre):
         l, u = dom.bounds[j]
         free = (l < 0) & (u > 0) & (dom.splits[r] == 0)
-        if not bool(free.any()):
-            continue
         A = record[r].sum(dim=1) if r in record else torch.ones_like(l)  # (N, n) over the rows
         width = (u - l).clamp(min=1e-30)
         intercept = (u * -l / width).clamp(min=0)
         score = A.clamp(max=0).abs() * intercept + 1e-3 * A.abs() * torch.minimum(u, -l).clamp(min=0)
-        score = torch.where(free, score + 1e-12, torch.zeros_like(score))
-        s, k = score.max(dim=1)
-        take = s > best_score
-        best_score = torch.where(take, s, best_score)
-        branch[take, 0] = p
-        branch[take, 1] = k[take]
-    return branch
+        parts.append(torch.where(free, torch.nan_to_num(score, nan=0.0) + 1e-12, torch.zeros_like(score)))
+    return torch.cat(parts, dim=1)
+
+
+def _positions(flat: Tensor, sizes: list[int]) -> Tensor:
+    """Flat neuron indices of :func:`branch_scores` -> (..., 2) (position in the ReLU list, neuron)."""
+    ends = torch.cumsum(torch.as_tensor(sizes), 0)
+    p = torch.bucketize(flat, ends, right=True)
+    starts = ends - torch.as_tensor(sizes)
+    return torch.stack([p, flat - starts[p.clamp(max=len(sizes) - 1)]], dim=-1)
+
+
+def branch_candidates(dom: Domains, record: dict, relus: list[int], pre: list[int], k: int) -> Tensor:
+    """Per domain the ``k`` free unstable ReLUs of largest :func:`branch_scores`, best first:
+    (N, k, 2) (position in ``relus``, neuron), (-1, -1) where a domain has fewer."""
+    scores = branch_scores(dom, record, relus, pre)
+    k = min(k, scores.shape[1])
+    s, flat = scores.topk(k, dim=1)
+    pos = _positions(flat, [dom.splits[r].shape[1] for r in relus])
+    return torch.where((s > 0)[..., None], pos, torch.full_like(pos, -1))
+
+
+def choose_branch(dom: Domains, record: dict, relus: list[int], pre: list[int]) -> Tensor:
+    """Per domain, the unstable free ReLU with the largest :func:`branch_scores` (BaBSR): (N, 2)
+    (position in ``relus``, neuron), or (-1, -1) when every ReLU is fixed."""
+    return branch_candidates(dom, record, relus, pre, 1)[:, 0]

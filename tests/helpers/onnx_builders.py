@@ -216,8 +216,8 @@ def assert_bounds_contain_ort(model: onnx.ModelProto, lo: float = -2.0, hi: floa
     return g
 
 
-def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
-    """A small random ReLU MLP (Gemm layers), inputs (1, n_in), one output."""
+def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8), act: str = "Relu") -> onnx.ModelProto:
+    """A small random MLP (Gemm layers; ReLU, or the ONNX activation ``act``), inputs (1, n_in), one output."""
     rng = np.random.default_rng(seed)
     sizes = (n_in, *hidden, 1)
     nodes, inits, prev = [], [], "x"
@@ -227,7 +227,7 @@ def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8)) -> onnx.ModelProto:
         nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [f"g{k}"]))
         prev = f"g{k}"
         if k < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            nodes.append(helper.make_node(act, [prev], [f"r{k}"]))
             prev = f"r{k}"
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", 1, [1, n_in])],

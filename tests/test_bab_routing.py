@@ -1,0 +1,78 @@
+"""Which branch and bound runs where (issue 13): input splitting by free input dimensions, its
+measured-rate hand-over, the closed volume it tracks, and FSB branching in ReLU splitting."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from certkit.model import Model
+from certkit.onnx.importer import import_model
+from certkit.spec.spec import Disjunct, Property, Spec
+from certkit.verify.certify import certify
+from certkit.verify.input_split import HOPELESS, SplitConfig, input_split
+from certkit.verify.procedures import free_dims
+from certkit.verify.query import Budget, Query
+from certkit.verify.relu_split import ReluSplitConfig, relu_split
+from tests.helpers.onnx_builders import tiny_relu_onnx
+from tests.test_complete import grid_top
+
+
+def _model(proto, tmp_path, name="t.onnx") -> Model:
+    path = tmp_path / name
+    onnx.save(proto, path)
+    return Model(import_model(proto, str(path)), str(path))
+
+
+def _above(t: float, lo, hi) -> Property:
+    """Unsafe: y >= t over the box."""
+    return Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pinned_inputs_of_a_sigmoid_net_get_input_splitting(seed, tmp_path):
+    """20 inputs, 18 of them pinned (as dist_shift_2023 and pensieve pin most of theirs): 2 free
+    dimensions, so input splitting decides -- before, a net ReLU splitting does not handle was left
+    open above 16 inputs."""
+    model = _model(tiny_relu_onnx(seed, n_in=20, hidden=(10, 10), act="Sigmoid"), tmp_path)
+    rng = np.random.default_rng(seed)
+    pin = rng.uniform(-1, 1, 20)
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 301), np.linspace(-1, 1, 301)), -1).reshape(-1, 2)
+    xs = np.repeat(pin[None], len(g), 0)
+    xs[:, :2] = g
+    ys = model.graph(xs)[:, 0]
+    top, spread = ys.max(), ys.max() - ys.min() + 1e-9
+    lo, hi = pin.copy(), pin.copy()
+    lo[:2], hi[:2] = -1, 1
+    for t, expect in ((top + 0.03 * spread, "unsat"), (top - 0.03 * spread, "sat")):
+        prop = _above(t, lo, hi)
+        assert free_dims(Query.of_property(model.graph, prop, 0, model.runner)) == 2
+        assert certify(model, Spec((prop,), 20, 1), "bab", timeout=60).verdict == expect, (seed, t, top)
+
+
+def test_input_split_gives_up_on_its_measured_rate(tmp_path):
+    """With no time to judge (give_up_after=0), an open root box hands over at once, saying why; run
+    to the end, the closed leaves make up the whole box."""
+    model = _model(tiny_relu_onnx(1), tmp_path)
+    lo, hi = -np.ones(2), np.ones(2)
+    top, spread = grid_top(model)
+    q = Query.of_property(model.graph, _above(top + 0.01 * spread, lo, hi), 0, model.runner)
+    out = input_split(q, Budget.of(60), SplitConfig(alpha_iterations=0, give_up_after=0.0))
+    assert out.status == "unknown" and out.message == HOPELESS
+    full = input_split(q, Budget.of(60), SplitConfig(alpha_iterations=0))
+    assert full.status == "verified"
+    assert full.closed_volume == pytest.approx(1.0, rel=1e-9)
+    no_deadline = input_split(q, Budget(), SplitConfig(alpha_iterations=0, give_up_after=0.0))
+    assert no_deadline.status == "verified"  # without a deadline there is no rate to judge by
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fsb_branching_agrees_with_grid(seed, tmp_path):
+    """FSB only changes which neuron is split: the verdicts stay those of the grid oracle."""
+    model = _model(tiny_relu_onnx(seed + 20, n_in=2, hidden=(10, 10)), tmp_path)
+    lo, hi = -np.ones(2), np.ones(2)
+    top, spread = grid_top(model)
+    cfg = ReluSplitConfig(batch=8, branching="fsb", fsb_candidates=3)
+    for t, expect in ((top + 0.05 * spread, "verified"), (top - 0.02 * spread, "falsified")):
+        q = Query.of_property(model.graph, _above(t, lo, hi), 0, model.runner)
+        assert relu_split(q, Budget.of(60), cfg).status == expect, (seed, t, top)
