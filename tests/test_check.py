@@ -188,14 +188,24 @@ def _robustness_spec(path: Path, index: int, eps: float) -> Path:
     return path
 
 
-def test_relu_split_proof_rederived(tmp_path, capsys):
-    """ReLU splitting (digits_fc, 64 inputs) records one tree per disjunct with its multipliers."""
+@pytest.mark.parametrize("probe", [0.0, None])
+def test_relu_split_proof_rederived(tmp_path, capsys, monkeypatch, probe):
+    """ReLU splitting (digits_fc, 64 inputs) records one tree per disjunct with its multipliers
+    (input splitting, which runs first on 64 free inputs and proves this one in a fraction of a
+    second, made to hand over at once); and input splitting's own proof on 64 inputs checks too."""
+    from certkit.verify import procedures
+
+    if probe is not None:
+        monkeypatch.setattr(procedures, "INPUT_SPLIT_PROBE", probe)
     cert = _cert(tmp_path, _robustness_spec(tmp_path / "r.vnnlib", 1, 0.08), "bab")
     doc = json.loads(cert.read_text())
     proof = doc["properties"][0]["proof"]
     if proof["method"] == "bounds":
         pytest.skip("the bound stage already decides this instance")
-    assert proof["method"] == "relu_split" and len(proof["trees"]) == 9
+    if probe is not None:
+        assert proof["method"] == "relu_split" and len(proof["trees"]) == 9
+    else:
+        assert proof["method"] in ("input_split", "relu_split")
     capsys.readouterr()
     assert main(["check", str(cert)]) == 0
 

@@ -228,9 +228,12 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     graph = query.graph
     if free_dims(query) > INPUT_SPLIT_MAX_DIM:
         rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
-        res = input_split(query, rest, dataclasses.replace(INPUT_SPLIT_PORTFOLIO[1][1], give_up_after=INPUT_SPLIT_PROBE))
+        first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
+        res = input_split(query, first, dataclasses.replace(INPUT_SPLIT_PORTFOLIO[1][1], give_up_after=INPUT_SPLIT_PROBE))
         if res.status not in ("verified", "falsified") and supports(graph):
             res = relu_split(query, rest)
+        if res.status == "timeout" and not budget.expired():
+            res.status = "unknown"
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
     res = None
     for share, cfg in INPUT_SPLIT_PORTFOLIO:
