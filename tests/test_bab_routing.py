@@ -76,3 +76,45 @@ def test_fsb_branching_agrees_with_grid(seed, tmp_path):
     for t, expect in ((top + 0.05 * spread, "verified"), (top - 0.02 * spread, "falsified")):
         q = Query.of_property(model.graph, _above(t, lo, hi), 0, model.runner)
         assert relu_split(q, Budget.of(60), cfg).status == expect, (seed, t, top)
+
+
+def test_fsb_estimates_per_candidate_match_one_at_a_time(tmp_path):
+    """The children of k candidates are bounded in one batch; each candidate's estimates equal those
+    of its children built by ``children`` and bounded on their own bounds (the batch's order of
+    domains, candidates and bounds agrees)."""
+    import torch
+
+    from certkit.bounds.deeppoly import BoundState
+    from certkit.verify.relu_domains import branch_candidates
+    from certkit.verify.relu_split import _root, _Tree
+
+    model = _model(tiny_relu_onnx(5, n_in=3, hidden=(12, 12)), tmp_path)
+    q = Query.of_property(model.graph, _above(1e3, -np.ones(3), np.ones(3)), 0, model.runner)
+    cfg = ReluSplitConfig(branching="fsb", fsb_candidates=3)
+    tree = _Tree(q, np.array([0]), cfg)
+    dom, _ = tree.root(_root(q, tree.relus, cfg))
+    kids, _ = tree.children(dom)
+    kids, _ = tree.bound(kids, 0)
+    bounds = kids.bounds_list(len(model.graph.nodes))
+    cands = branch_candidates(kids, {}, tree.relus, tree.pre, 3)
+    assert bool((cands[..., 0] >= 0).all())
+    with torch.no_grad():
+        together = tree._children_bounds(kids, cands, bounds)
+        nodes = len(model.graph.nodes)
+        for c in range(3):
+            parents = kids.map(lambda t: t)
+            parents.branch = cands[:, c]
+            ch, _ = tree.children(parents)
+            st = BoundState(tree.exact, tree._inputs(len(ch)), intersect=True, bounds=ch.bounds_list(nodes),
+                            splits=ch.splits, refined=set(range(nodes)), alpha={("out", r): ch.alpha[r] for r in tree.relus},
+                            beta=ch.beta, alpha_out_only=True, errors=dict.fromkeys(range(nodes)))
+            A_in, const = st.backsub(model.graph.output, tree.C.expand(len(ch), -1, -1), tag="out")
+            alone = (tree._inputs(len(ch)).concretize_lower(A_in, const) - tree.d).amax(dim=1)
+            alone = torch.where(st.infeasible(), torch.full_like(alone, float("inf")), alone)
+            assert torch.allclose(together[:, c], alone.reshape(-1, 2), rtol=1e-12, atol=1e-12)
+    assert any(not torch.equal(lo[0], lo[1]) or not torch.equal(hi[0], hi[1]) for lo, hi in kids.bounds.values())
+
+
+def test_unknown_branching_is_refused():
+    with pytest.raises(ValueError, match="unknown branching 'fbs'"):
+        ReluSplitConfig(branching="fbs")

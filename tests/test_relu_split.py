@@ -71,6 +71,42 @@ def test_split_bounds_sound_for_any_beta_and_alpha(net, seed):
             assert (y[ok].min(dim=0).values >= low[k] - 1e-9 * (1 + low[k].abs())).all(), (k, low[k])
 
 
+@pytest.mark.parametrize("net,seed", [("mlp_relu", 0), ("mlp_relu_deep", 2), ("residual", 3), ("conv", 4)])
+def test_shared_error_terms_across_iterates_change_nothing(net, seed):
+    """ReLU splitting's iterates share the rounding-error terms and bound-derived caches (same bounds,
+    same base relaxations): an iterate reusing those an iterate with other slopes and multipliers
+    computed gives exactly the bound of a fresh state (a box of width 600 makes the error terms count)."""
+    graph = ALL_NETS[net](seed)
+    rng = np.random.default_rng(seed)
+    n = graph.n_inputs
+    c = rng.uniform(-0.5, 0.5, n)
+    lo, hi = c - 300, c + 300
+    relus = [r for r in _relus(graph) if type(graph.nodes[r].op) is ops.Relu]
+    b, s = 4, 2
+    S = InputSet(torch.as_tensor(lo)[None].expand(b, -1), torch.as_tensor(hi)[None].expand(b, -1))
+    st0 = BoundState(graph, S, intersect=True)
+    for r in relus:
+        st0.relaxation(r)
+    C = torch.as_tensor(rng.normal(size=(s, graph.n_outputs))).expand(b, -1, -1)
+
+    def draw():
+        return ({("out", r): torch.as_tensor(rng.random((b, s, graph.size(r)))) for r in relus},
+                {r: torch.as_tensor(rng.exponential(1.0, (b, s, graph.size(r)))) for r in relus})
+
+    def low(alpha, beta, **shared):
+        st = BoundState(graph, S, intersect=True, bounds=list(st0.bounds), refined=set(range(len(graph.nodes))),
+                        splits={r: torch.zeros(b, graph.size(r), dtype=torch.int8) for r in relus},
+                        alpha=alpha, beta=beta, alpha_out_only=True, relax=dict(st0.relax), **shared)
+        with torch.no_grad():
+            return st.lower_of(graph.output, C, tag="out")
+
+    errors, cache = {}, {}
+    low(*draw(), errors=errors, _cache=cache)
+    assert any(e is not None and bool((e > 0).any()) for e in errors.values())  # the first iterate filled them
+    second = draw()
+    assert torch.equal(low(*second, errors=errors, _cache=cache), low(*second))
+
+
 def _model(proto, tmp_path, name="t.onnx"):
     path = tmp_path / name
     onnx.save(proto, path)

@@ -243,6 +243,7 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     else:
         queue = root
     n = graph.n_inputs
+    L = min(lookahead, n)
     while queue is not None and queue.lo.shape[0]:
         if budget.expired():
             out.status = "timeout"
@@ -250,17 +251,14 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
         if pb.domains > max_domains:
             out.status = "unknown"
             break
-        L = min(lookahead, n)
         m = batch
         if give_up_at is not None:  # judged at the end of the probe, or when its next batch would overrun it
-            fits = int((give_up_at - time.monotonic()) / (2 * L * pb.seconds / max(pb.domains, 1)))
-            if fits < 1:
-                give_up_at = None
+            m = min(m, int((give_up_at - time.monotonic()) / (2 * L * pb.seconds / max(pb.domains, 1))))
+            if m < 1:
                 if (time.monotonic() - started) > whole * out.closed_volume:
                     out.status, out.message = "unknown", HOPELESS
                     break
-            else:
-                m = min(m, fits)
+                give_up_at, m = None, batch
         out.iterations += 1
         if (cfg.attack_every and out.iterations % cfg.attack_every == 0
                 and pb.attack_seconds <= cfg.attack_share * (time.monotonic() - started)):

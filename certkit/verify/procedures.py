@@ -24,6 +24,7 @@ from ..bounds.fallback import Method, lower_within_memory
 from ..bounds.fperror import row_margin
 from ..bounds.interval import interval_bounds
 from ..errors import BackendError
+from ..graph import ops
 from ..spec.sets import InputSet
 from . import gate
 from .falsify import AttackConfig, attack, near_miss
@@ -40,6 +41,9 @@ Tensor = torch.Tensor
 INPUT_SPLIT_MAX_DIM = 16
 #: the share of the time after which input splitting of a high-dimensional box is judged (above)
 INPUT_SPLIT_PROBE = 0.05
+#: input splitting of a high-dimensional box (DeepPoly only: alpha-CROWN's slopes per domain cost too
+#: much there); ``give_up_after`` is set from :data:`INPUT_SPLIT_PROBE` when it runs
+HIGH_DIM_SPLIT = SplitConfig(lookahead=2, alpha_iterations=0)
 #: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest
 #: (the MILP finds the rare counterexamples of small nets that only a tiny region holds) ...
 RELU_SPLIT_SHARE = 0.6
@@ -208,8 +212,6 @@ def _outcome(res, query: Query, stage: str, proof: gate.Proof | None) -> Outcome
 
 def milp_sized(graph) -> bool:
     """Is the net small enough for the MILP to get a share of ``auto``'s time (:data:`MILP_MAX_NEURONS`)?"""
-    from ..graph import ops
-
     return sum(graph.size(i) for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Activation)) <= MILP_MAX_NEURONS
 
 
@@ -229,7 +231,7 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     if free_dims(query) > INPUT_SPLIT_MAX_DIM:
         rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
         first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
-        res = input_split(query, first, dataclasses.replace(INPUT_SPLIT_PORTFOLIO[1][1], give_up_after=INPUT_SPLIT_PROBE))
+        res = input_split(query, first, dataclasses.replace(HIGH_DIM_SPLIT, give_up_after=INPUT_SPLIT_PROBE))
         if res.status not in ("verified", "falsified") and supports(graph):
             res = relu_split(query, rest)
         if res.status == "timeout" and not budget.expired():

@@ -44,7 +44,7 @@ import torch
 from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
-from ..bounds.fperror import row_margin
+from ..bounds.fperror import row_margin, with_precision
 from ..spec.sets import InputSet
 from .falsify import objective
 from .gate import closed, domain_value
@@ -59,6 +59,10 @@ from .witness import Witness
 LEAF_KINDS = ("bound", "lp", "empty")
 
 Tensor = torch.Tensor
+
+
+#: the branching rules of ReLU splitting (ReluSplitConfig.branching)
+BRANCHINGS = ("babsr", "fsb")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class ReluSplitConfig:
     branching: str = "babsr"
     fsb_candidates: int = 4
 
+    def __post_init__(self) -> None:
+        if self.branching not in BRANCHINGS:
+            raise ValueError(f"unknown branching '{self.branching}' (choose from {', '.join(BRANCHINGS)})")
+
 
 @dataclass
 class ReluSplitOutcome:
@@ -110,6 +118,7 @@ class _Tree:
         self.lo, self.hi = root_box(query)
         self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
+        self.exact = with_precision(graph, "exact")  # FSB's estimates: no rounding-error terms
         self.domains = 0
         self.attacks = 0
         self.log = TreeLog(LEAF_KINDS)
@@ -237,35 +246,23 @@ class _Tree:
         back-substitution with the parent's slopes and multipliers (0 for the new split), in exact
         arithmetic (a heuristic: no rounding-error terms; no verdict rests on it)."""
         N, k = cands.shape[:2]
-        rep = 2 * k
-        pos = cands[..., 0].repeat_interleave(2, dim=1).reshape(-1)
-        neuron = cands[..., 1].repeat_interleave(2, dim=1).reshape(-1)
-        sign = torch.tensor([1, -1], dtype=torch.int8).repeat(N * k)
-        splits = {}
-        for p, r in enumerate(self.relus):
-            t = dom.splits[r].repeat_interleave(rep, dim=0)
-            sel = torch.nonzero(pos == p).flatten()
-            if sel.numel():
-                t[sel, neuron[sel]] = sign[sel]
-            splits[r] = t
-        graph = self._exact_graph()
-        many = [None if b is None else tuple(t.detach().repeat_interleave(rep, dim=0) for t in b) for b in bounds]
-        st = BoundState(graph, self._inputs(N * rep), intersect=True, bounds=many, splits=splits,
-                        refined=set(range(len(graph.nodes))),
-                        alpha={("out", r): dom.alpha[r].repeat_interleave(rep, dim=0) for r in self.relus},
-                        beta={r: dom.beta[r].repeat_interleave(rep, dim=0) for r in self.relus},
+        kids = None  # candidate c's children of every domain: rows c * 2N ... (c + 1) * 2N - 1
+        for c in range(k):
+            parents = dom.map(lambda t: t)
+            parents.branch = cands[:, c]
+            kids = _Domains.cat(kids, self.children(parents)[0])
+        n = len(kids)
+        graph = self.exact
+        many = [None if b is None else tuple(t.detach().repeat_interleave(2, dim=0).repeat(k, *(1,) * (t.dim() - 1))
+                                             for t in b) for b in bounds]
+        st = BoundState(graph, self._inputs(n), intersect=True, bounds=many, splits=kids.splits,
+                        refined=set(range(len(graph.nodes))), budget=self.budget,
+                        alpha={("out", r): kids.alpha[r] for r in self.relus}, beta=kids.beta,
                         alpha_out_only=True, errors=dict.fromkeys(range(len(graph.nodes))))
-        A_in, const = st.backsub(graph.output, self.C.expand(N * rep, -1, -1), tag="out")
-        low = self._inputs(N * rep).concretize_lower(A_in, const)
-        value = (low - self.d).amax(dim=1)
+        A_in, const = st.backsub(graph.output, self.C.expand(n, -1, -1), tag="out")
+        value = (self._inputs(n).concretize_lower(A_in, const) - self.d).amax(dim=1)
         value = torch.where(st.infeasible(), torch.full_like(value, float("inf")), value)
-        return torch.nan_to_num(value, nan=float("-inf")).reshape(N, k, 2)
-
-    def _exact_graph(self):
-        if not hasattr(self, "_exact"):
-            from ..bounds.fperror import with_precision
-            self._exact = with_precision(self.graph, "exact")
-        return self._exact
+        return torch.nan_to_num(value, nan=float("-inf")).reshape(k, N, 2).permute(1, 0, 2)
 
     def children(self, parents: _Domains) -> tuple[_Domains, int]:
         """Both children of every parent (interleaved); also the earliest split layer."""
