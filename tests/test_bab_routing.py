@@ -118,3 +118,28 @@ def test_fsb_estimates_per_candidate_match_one_at_a_time(tmp_path):
 def test_unknown_branching_is_refused():
     with pytest.raises(ValueError, match="unknown branching 'fbs'"):
         ReluSplitConfig(branching="fbs")
+
+
+@pytest.mark.parametrize("seed,scale", [(0, 300.0), (1, 1e4), (2, 1e-3)])
+def test_pinned_sigmoid_net_verdicts_survive_onnxruntime(seed, scale, tmp_path):
+    """Huge and tiny weights (saturated sigmoids, cancellations near float32's resolution), 18 of 20
+    inputs pinned, thresholds at the top of onnxruntime's own outputs: an unsat is never contradicted
+    by 10^5 onnxruntime samples of the box, a sat's witness is one of the box and reaches the threshold
+    in onnxruntime."""
+    model = _model(tiny_relu_onnx(seed, n_in=20, hidden=(10, 10), act="Sigmoid", scale=scale), tmp_path)
+    rng = np.random.default_rng(seed)
+    pin = rng.uniform(-1, 1, 20).astype(np.float32).astype(np.float64)
+    lo, hi = pin.copy(), pin.copy()
+    lo[:2], hi[:2] = -1, 1
+    xs = np.repeat(pin[None], 100_000, 0).astype(np.float32)
+    xs[:, :2] = rng.uniform(-1, 1, (100_000, 2))
+    ys = model.runner(xs)[:, 0].astype(np.float64)
+    spread = ys.max() - ys.min()
+    for t in (ys.max() + max(0.01 * spread, 1e-5 * (1 + abs(ys.max()))), ys.max(), np.quantile(ys, 0.999)):
+        res = certify(model, Spec((_above(t, lo, hi),), 20, 1), "bab", timeout=20)
+        if res.verdict == "unsat":
+            assert (ys < t).all(), (scale, t)
+        elif res.verdict == "sat":
+            w = res.properties[0].witness
+            assert (w.x >= lo).all() and (w.x <= hi).all()
+            assert model.runner(np.asarray(w.x, dtype=np.float32)[None])[0, 0] >= t

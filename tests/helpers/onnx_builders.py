@@ -216,13 +216,14 @@ def assert_bounds_contain_ort(model: onnx.ModelProto, lo: float = -2.0, hi: floa
     return g
 
 
-def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8), act: str = "Relu") -> onnx.ModelProto:
-    """A small random MLP (Gemm layers; ReLU, or the ONNX activation ``act``), inputs (1, n_in), one output."""
+def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8), act: str = "Relu", scale: float = 1.0) -> onnx.ModelProto:
+    """A small random MLP (Gemm layers; ReLU, or the ONNX activation ``act``; weights N(0, scale^2)),
+    inputs (1, n_in), one output."""
     rng = np.random.default_rng(seed)
     sizes = (n_in, *hidden, 1)
     nodes, inits, prev = [], [], "x"
     for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        inits += [numpy_helper.from_array(rng.normal(0, 1, (a, b)).astype(np.float32), f"W{k}"),
+        inits += [numpy_helper.from_array((scale * rng.normal(0, 1, (a, b))).astype(np.float32), f"W{k}"),
                   numpy_helper.from_array(rng.normal(0, 0.5, b).astype(np.float32), f"b{k}")]
         nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [f"g{k}"]))
         prev = f"g{k}"
