@@ -26,7 +26,7 @@ from certkit.verify import gate
 from certkit.verify.proof import ProofTree
 from tests.helpers.fp_traps import FAMILIES, make_trap, ort_outputs
 
-BACKENDS = ("interval", "deeppoly", "alpha", "bab", "milp", "auto")
+BACKENDS = ("interval", "forward", "deeppoly", "alpha", "bab", "milp", "auto")
 
 
 def trap_files(tmp_path, family: str, seed: int):

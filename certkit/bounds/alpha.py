@@ -30,7 +30,7 @@ from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
-from .interval import interval_bounds
+from .forward import start_bounds
 from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
 
 Tensor = torch.Tensor
@@ -126,7 +126,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
     ibp_errors: dict = {}
-    ibp = interval_bounds(graph, inputs, errors=ibp_errors)  # the same at every iterate
+    ibp = start_bounds(graph, inputs, budget, ibp_errors)  # the same at every iterate
     plan = plan_alpha(graph, ibp, C.shape[1], inputs.batch, budget, shared)
     if report is not None and plan.reason:
         report["reason"] = plan.reason

@@ -16,6 +16,8 @@ from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .alpha import alpha_lower
 from .deeppoly import BoundState, deeppoly_lower
+from .forward import applies as forward_applies
+from .forward import forward_bounds
 from .interval import interval_bounds
 from .relaxations import RELAXATIONS
 
@@ -87,14 +89,29 @@ register_backend(BoundBackend(
     lambda g, s, C, budget=None: alpha_lower(g, s, C, budget=budget), _has_relaxation))
 
 
-def crown_output_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Tensor:
+def forward_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Tensor:
+    """CROWN back-substitution of the rows of ``C`` only, over forward-mode intermediate bounds
+    (:mod:`certkit.bounds.forward`; auto_LiRPA's ``forward+backward``), intersected with IBP. Where
+    forward mode does not apply (a ball, or more than ``FORWARD_MAX_DIM`` free inputs) the rows get
+    interval bounds alone: the stage costs no more than IBP there."""
+    if not forward_applies(inputs, graph, budget):
+        return interval_lower(graph, inputs, C)
+    return crown_output_lower(graph, inputs, C, budget, forward_bounds(graph, inputs, budget))
+
+
+def crown_output_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None, bounds: list | None = None) -> Tensor:
     """CROWN back-substitution of the rows of ``C`` only, over the interval bounds of every
-    intermediate node (none is refined), intersected with IBP: the memory fallback of
-    :mod:`certkit.bounds.fallback`, one back-substitution instead of one per layer."""
-    st = BoundState(graph, inputs, intersect=True, budget=budget, refined=set(range(len(graph.nodes))))
+    intermediate node (none is refined; ``bounds``: given ones instead), intersected with IBP: the memory
+    fallback of :mod:`certkit.bounds.fallback`, one back-substitution instead of one per layer."""
+    bounds = bounds if bounds is not None else interval_bounds(graph, inputs)
+    st = BoundState(graph, inputs, intersect=True, budget=budget, bounds=list(bounds),
+                    refined=set(range(len(graph.nodes))))
     return torch.maximum(deeppoly_lower(graph, inputs, C, True, st), interval_lower(graph, inputs, C))
 
 
+register_backend(BoundBackend(
+    "forward", "CROWN for the output rows over forward-mode intermediate bounds (boxes of at most "
+    "64 free inputs; auto_LiRPA's forward+backward; used by auto)", forward_lower, _has_relaxation))
 register_backend(BoundBackend(
     "crown-output", "CROWN for the output rows over interval intermediate bounds (the memory fallback)",
     crown_output_lower, _has_relaxation))

@@ -48,6 +48,7 @@ from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..tolerances import COMPUTE_SAFETY, U64, gamma
+from .forward import start_bounds
 from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
 from .interval import interval_bounds, interval_node
 from .memory import rows_within
@@ -179,6 +180,8 @@ class BoundState(RowSavings):
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.bounds and self.intersect:  # forward-mode bounds where few inputs are free
+            self.bounds = start_bounds(self.graph, self.inputs, self.budget, self.ibp_errors)
         # missing entries (ReLU splitting passes pre-activation bounds only) by interval arithmetic
         if not self.bounds or any(b is None for i, b in enumerate(self.bounds) if i in self.graph.live):
             self.bounds = interval_bounds(self.graph, self.inputs, self.bounds or None, self.ibp_errors)

@@ -7,7 +7,7 @@ estimate before an allocation raises ``MemoryExceeded``; a failed allocation rai
 
 * ``alpha`` (which first drops to optimising the output rows' slopes only, on fewer rows per pass:
   :func:`certkit.bounds.alpha.plan_alpha`) -> ``deeppoly+interval``;
-* ``deeppoly``, ``deeppoly+interval``, ``deeppoly+reference`` -> ``crown-output``: back-substitution of the output rows only,
+* ``deeppoly``, ``deeppoly+interval``, ``deeppoly+reference``, ``forward`` -> ``crown-output``: back-substitution of the output rows only,
   over interval bounds of every intermediate node (no intermediate back-substitution at all);
 * -> ``interval``: interval bound propagation, whose memory is that of one forward pass.
 
@@ -40,6 +40,7 @@ Tensor = torch.Tensor
 LADDER: dict[str, tuple[str, ...]] = {
     "alpha": ("deeppoly+interval", "crown-output", "interval"),
     "deeppoly": ("crown-output", "interval"),
+    "forward": ("crown-output", "interval"),
     "deeppoly+interval": ("crown-output", "interval"),
     "deeppoly+reference": ("crown-output", "interval"),
     "crown-output": ("interval",),

@@ -8,7 +8,7 @@ heavy, so that the command line can offer the choices without loading torch.
 from __future__ import annotations
 
 #: The bound procedures, in the order ``auto`` runs them.
-BOUND_PROCEDURES = ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
+BOUND_PROCEDURES = ("interval", "forward", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
 #: The complete procedures (branch and bound, MILP).
 COMPLETE_PROCEDURES = ("bab", "milp")
 
@@ -16,10 +16,11 @@ COMPLETE_PROCEDURES = ("bab", "milp")
 PLANS: dict[str, tuple[str, ...]] = {
     "interval": ("interval",),
     "deeppoly": ("deeppoly",),
+    "forward": ("forward",),
     "alpha": ("deeppoly+interval", "alpha"),
     "bab": ("deeppoly+interval", "bab"),
     "milp": ("deeppoly+interval", "milp"),
-    "auto": ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha", "bab", "milp"),
+    "auto": ("interval", "forward", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha", "bab", "milp"),
 }
 
 #: The backends ``certkit bounds`` runs: the plans made of bound procedures only.

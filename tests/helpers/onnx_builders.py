@@ -171,7 +171,7 @@ def assert_matches_ort(model: onnx.ModelProto, n: int = 8, lo: float = -1.0, hi:
 
 
 #: The backends whose bounds must contain onnxruntime's outputs (tests/test_onnx_degenerate.py).
-BOUND_BACKENDS = ("interval", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
+BOUND_BACKENDS = ("interval", "forward", "deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
 
 
 def box_samples(lo: np.ndarray, hi: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
