@@ -210,6 +210,28 @@ def test_relu_split_proof_rederived(tmp_path, capsys, monkeypatch, probe):
     assert main(["check", str(cert)]) == 0
 
 
+@pytest.mark.parametrize("index,eps", [(1, 0.08), (3, 0.12)])
+def test_relu_split_root_reuses_the_alpha_stage(tmp_path, capsys, monkeypatch, index, eps):
+    """In ``auto`` ReLU splitting starts from the pipeline's alpha-CROWN run (no second root run), and
+    the proof, whose tree records that run's iterations, is re-derived by ``certkit check``."""
+    from certkit.verify import procedures, relu_split
+
+    monkeypatch.setattr(procedures, "INPUT_SPLIT_PROBE", 0.0)
+    calls = {"n": 0}
+    orig = relu_split.alpha_lower
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return orig(*a, **k)
+
+    monkeypatch.setattr(relu_split, "alpha_lower", counting)
+    cert = _cert(tmp_path, _robustness_spec(tmp_path / "r.vnnlib", index, eps), "auto")
+    proof = json.loads(cert.read_text())["properties"][0]["proof"]
+    assert proof["method"] == "relu_split" and calls["n"] == 0
+    capsys.readouterr()
+    assert main(["check", str(cert)]) == 0 and calls["n"] == 1  # the recheck's own root run
+
+
 def test_paths_relative_to_the_certificate(tmp_path, capsys):
     """Model, spec and proof file move with the certificate's folder."""
     model, spec = _tiny_bab(tmp_path)

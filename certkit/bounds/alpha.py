@@ -131,20 +131,23 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     if report is not None and plan.reason:
         report["reason"] = plan.reason
     if not plan.out_only:
-        best, best_state = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
-                                     deadline, budget)
+        best, best_state, complete = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
+                                               deadline, budget)
     else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
         best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
                                 budget=budget, alpha_out_only=True)
-        parts, slopes = [], {}
+        parts, slopes, complete = [], {}, True
         for k in range(0, C.shape[1], plan.rows):
-            low, _ = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, lr_decay,
-                               False, deadline, budget, best_state)
+            low, _, done = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, lr_decay,
+                                     False, deadline, budget, best_state)
             parts.append(low)
+            complete = complete and done
             for key, a in (best_state.alpha or {}).items():
                 slopes.setdefault(key, []).append(a.detach())
         best = torch.cat(parts, dim=1)
         best_state.alpha = {key: torch.cat(v, dim=1) for key, v in slopes.items()}
+    if report is not None:  # the state, for a search that starts where this run ended (ReLU splitting's root)
+        report.update(state=best_state, complete=complete, iterations=iterations)
     if keep_state:
         return best, best_state
     return best
@@ -153,7 +156,8 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
 def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: dict, iterations: int,
               lr: float, lr_decay: float, shared: bool, deadline: float | None, budget,
               state: BoundState | None = None):
-    """The projected gradient ascent on the slopes (module docstring): (best bounds, best state).
+    """The projected gradient ascent on the slopes (module docstring): (best bounds, best state, whether
+    it ran every iteration asked for -- or stopped early only because there was nothing to optimise).
     ``lr``, ``lr_decay``: Adam's learning rate and its decay per step.
     With ``state`` (slopes of the final rows only) every iterate reuses it with fresh slopes."""
     alphas: dict = {"shared": True} if shared else {}
@@ -162,6 +166,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
     best = None
     best_state = None
     opt = None
+    complete = False
     with torch.enable_grad():
         for it in range(max(1, iterations)):
             st = state or BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp),
@@ -177,7 +182,10 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                 best_state = st
             best = det if best is None else torch.maximum(best, det)
             params = [a for k, a in alphas.items() if k != "shared" and a.requires_grad]
-            if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline):
+            if not params or it >= iterations - 1:
+                complete = True
+                break
+            if deadline is not None and time.monotonic() > deadline:
                 break
             if opt is None:
                 opt = Adam(params, lr=lr, decay=lr_decay)
@@ -190,7 +198,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                         continue
                     lo, hi = _slope_range(graph.nodes[key[1]].op)
                     a.clamp_(lo, hi)
-    return best, best_state
+    return best, best_state, complete
 
 
 __all__ = ["alpha_lower", "plan_alpha", "AlphaPlan", "ALPHA_OPS", "LR", "LR_DECAY"]

@@ -93,11 +93,13 @@ def _time_for(name: str, first: bool, budget):
 
 
 def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
-                        budget=None, on_timeout: bool = False) -> tuple[Tensor, Method]:
+                        budget=None, on_timeout: bool = False, keep: dict | None = None) -> tuple[Tensor, Method]:
     """Lower bounds of ``C y`` (b, s) with the bound procedure ``stage``, or the first procedure of
     its :data:`LADDER` that fits in the budget's memory; and the :class:`Method` that produced them.
     The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
-    goes on with what is left of it (module docstring)."""
+    goes on with what is left of it (module docstring). ``keep``: receives alpha-CROWN's final state
+    (``state``, ``complete``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when
+    ``stage`` is ``alpha`` and ran as asked."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped
@@ -125,6 +127,8 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
             del e
             gc.collect()
             continue
+        if keep is not None and name == stage == "alpha":
+            keep.update(report)
         text = [f"{', '.join(names)}: {why}" for why, names in reasons.items()]
         return low, Method(stage, name, "; ".join(text + ([report["reason"]] if "reason" in report else [])))
     text = [f"{', '.join(names)}: {why}" for why, names in reasons.items()]

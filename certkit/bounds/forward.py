@@ -23,8 +23,9 @@ are off by at most ``gamma_L`` times the magnitudes ``|W| (|Lo| + |Up|)(|z|)`` o
 ``COMPUTE_SAFETY`` times). Slack passes through a linear op as ``|W| s`` and through an activation as
 ``max(|lw|, |uw|) s``; sums of these nonnegative terms are scaled up by ``1 + COMPUTE_SAFETY gamma_L``.
 Concretisation over the box charges its own rounding (:meth:`InputSet.concretize_lower`) and the
-subtraction of ``s`` is rounded outward. A node whose bounds stop being finite ends the forward pass
-there; the nodes after it get interval bounds.
+subtraction of ``s`` is rounded outward. A node whose functions are not finite (an infinite
+intercept) is bounded by its interval image and passes on constant functions of its bounds; a node
+whose bounds stop being finite ends the forward pass there, the nodes after it get interval bounds.
 """
 from __future__ import annotations
 
@@ -171,13 +172,15 @@ class _Forward:
                 f = self.activation(op, fns[node.inputs[0]], *ins[0], err)
             else:
                 f = None
-            if f is not None:
+            if f is not None:  # fmax/fmin: a NaN of the functions (inf - inf) leaves the interval image
                 a, b = self.concretize(f)
-                lo, hi = torch.maximum(lo, a), torch.minimum(hi, b)
+                lo, hi = torch.fmax(lo, a), torch.fmin(hi, b)
             out[i] = (lo, hi)
             if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
                 return interval_bounds(g, self.inputs, out, errors)  # no finite functions past here
-            fns[i] = f if f is not None else self._box(lo, hi)
+            if f is None or not all(bool(torch.isfinite(t).all()) for t in (f.lo, f.up, f.slack)):
+                f = self._box(lo, hi)  # an op without a relaxation, or functions that overflowed
+            fns[i] = f
             for j in node.inputs:  # free what no consumer needs any more
                 left[j] -= 1
                 if left[j] == 0:

@@ -106,14 +106,15 @@ class Rows(NamedTuple):
 
 
 def rows_and_margins(stage: str, graph, S: InputSet, C: Tensor, d: Tensor,
-                     budget: Budget | None) -> tuple[Tensor, Tensor, Method]:
+                     budget: Budget | None, keep: dict | None = None) -> tuple[Tensor, Tensor, Method]:
     """Lower bounds of ``C y`` (b, s) with one bound procedure, the gate's row margins (b, s) and the
     method. The margins need bounds on ``|y|``: interval bounds, or where those are not finite
     (interval propagation overflows through a transformer's attention while back-substitution stays
-    finite) the output bounds of the same procedure, from ``2 n_out`` more rows of it."""
+    finite) the output bounds of the same procedure, from ``2 n_out`` more rows of it. ``keep``: as for
+    :func:`certkit.bounds.fallback.lower_within_memory` (on the rows of ``C`` alone)."""
     y_lo, y_hi = interval_bounds(graph, S)[graph.output]
     if bool(torch.isfinite(y_lo).all() and torch.isfinite(y_hi).all()):
-        low, method = lower_within_memory(stage, graph, S, C, budget)
+        low, method = lower_within_memory(stage, graph, S, C, budget, keep=keep)
         return low, row_margin(C, d, y_lo, y_hi), method
     n, s = C.shape[-1], C.shape[-2]
     eye = torch.eye(n, dtype=C.dtype).expand(*C.shape[:-2], n, n)
@@ -134,8 +135,13 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
         S = stack_sets([q.bound_set() for q in qs])
         C = torch.as_tensor(np.stack([q.C for q in qs]))
         d = torch.as_tensor(np.stack([q.d for q in qs]))
+        keep: dict | None = {} if stage == "alpha" and len(qs) == 1 else None
         with torch.no_grad():
-            low, margin, method = rows_and_margins(stage, graph, S, C, d, budget)
+            low, margin, method = rows_and_margins(stage, graph, S, C, d, budget, keep)
+        if keep and keep.get("complete") and keep.get("state") is not None:  # ReLU splitting's root, ready
+            from .relu_split import remember_root
+
+            remember_root(qs[0], S, C[0], low, keep["state"], int(keep["iterations"]))
         for r, i in enumerate(idx):
             out[i] = Rows((low[r] - d[r]).numpy(), margin[r].numpy(), None, method)
     return out

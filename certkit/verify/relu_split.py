@@ -36,6 +36,7 @@ re-derives such a proof from the root.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -334,13 +335,41 @@ class _Root:
     bounds: dict[int, tuple[Tensor, Tensor]]  # pre-activation node -> (1, n) bounds
     alpha: dict[int, Tensor]  # ReLU node -> (1, s_all, n) slopes of the final rows
     y_bounds: tuple[Tensor, Tensor]  # (1, n_out) bounds of the output
+    iterations: int = 0  # alpha-CROWN's steps (recorded in the proof trees: their recheck repeats the run)
+
+
+#: query -> (box, C, low, state, iterations) of the pipeline's alpha-CROWN stage on exactly the root's
+#: box and rows (:func:`remember_root`), taken by the first search of that query
+_ROOTS: "weakref.WeakKeyDictionary[Query, tuple]" = weakref.WeakKeyDictionary()
+
+
+def remember_root(query: Query, S: InputSet, C: Tensor, low: Tensor, state: BoundState, iterations: int) -> None:
+    """Keep an alpha-CROWN run over the query's box and rows (every iteration completed), so that ReLU
+    splitting's root reuses it instead of repeating it (on oval21's nets: 10 s of a 30 s budget). The
+    run is deterministic: the proof tree records its iterations and a recheck repeats it."""
+    _ROOTS[query] = (S.lower.clone(), S.upper.clone(), C.clone(), low.detach().clone(), state, iterations)
+
+
+def _remembered(query: Query, S: InputSet, C: Tensor):
+    hit = _ROOTS.pop(query, None)
+    if hit is None:
+        return None
+    lo, hi, C0, low, st, iterations = hit
+    if not (torch.equal(lo, S.lower) and torch.equal(hi, S.upper) and torch.equal(C0, C.to(C0.dtype))):
+        return None
+    return low, st, iterations
 
 
 def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget = Budget()) -> _Root:
     graph = query.graph
     C = torch.as_tensor(query.C)
     S = InputSet(*root_box(query))
-    low, st = alpha_lower(graph, S, C, iterations=cfg.root_iterations, keep_state=True, budget=budget)
+    hit = _remembered(query, S, C)
+    if hit is not None:
+        low, st, iterations = hit
+    else:
+        iterations = cfg.root_iterations
+        low, st = alpha_lower(graph, S, C, iterations=iterations, keep_state=True, budget=budget)
     alpha = {}
     with torch.no_grad():
         for r in relus:
@@ -353,7 +382,7 @@ def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget =
         bounds = {graph.nodes[r].inputs[0]: tuple(t.detach().clone() for t in st.bounds[graph.nodes[r].inputs[0]])
                   for r in relus}
         y = tuple(t.detach().clone() for t in st.bounds[graph.output])
-    return _Root(low.detach(), bounds, alpha, y)
+    return _Root(low.detach(), bounds, alpha, y, iterations)
 
 
 def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
@@ -437,5 +466,5 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
     out.domains = tree.domains
     if out.status == "verified":
         out.trees = [tree.log.tree("relu_split", meta={"rows": rows.tolist(), "domains": tree.domains,
-                                                        "root_iterations": cfg.root_iterations})]
+                                                        "root_iterations": shared.iterations})]
     return out
