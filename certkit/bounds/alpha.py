@@ -131,23 +131,25 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     if report is not None and plan.reason:
         report["reason"] = plan.reason
     if not plan.out_only:
-        best, best_state, complete = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
-                                               deadline, budget)
+        best, best_state, done = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
+                                           deadline, budget)
     else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
         best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
                                 budget=budget, alpha_out_only=True)
-        parts, slopes, complete = [], {}, True
+        parts, slopes, counts = [], {}, set()
         for k in range(0, C.shape[1], plan.rows):
-            low, _, done = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, lr_decay,
-                                     False, deadline, budget, best_state)
+            low, _, n = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, lr_decay,
+                                  False, deadline, budget, best_state)
             parts.append(low)
-            complete = complete and done
+            counts.add(n)
             for key, a in (best_state.alpha or {}).items():
                 slopes.setdefault(key, []).append(a.detach())
+        done = counts.pop() if len(counts) == 1 else None  # chunks cut at different iterates: no one count
         best = torch.cat(parts, dim=1)
         best_state.alpha = {key: torch.cat(v, dim=1) for key, v in slopes.items()}
-    if report is not None:  # the state, for a search that starts where this run ended (ReLU splitting's root)
-        report.update(state=best_state, complete=complete, iterations=iterations)
+    if report is not None:  # the state, for a search that starts where this run ended (ReLU splitting's root):
+        # the run is deterministic given its number of iterates, which a recheck repeats
+        report.update(state=best_state, iterations=done)
     if keep_state:
         return best, best_state
     return best
@@ -156,8 +158,9 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
 def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: dict, iterations: int,
               lr: float, lr_decay: float, shared: bool, deadline: float | None, budget,
               state: BoundState | None = None):
-    """The projected gradient ascent on the slopes (module docstring): (best bounds, best state, whether
-    it ran every iteration asked for -- or stopped early only because there was nothing to optimise).
+    """The projected gradient ascent on the slopes (module docstring): (best bounds, best state, the
+    number of iterates computed: ``iterations``, fewer when the deadline cut it, or when there was
+    nothing to optimise -- either way the same run as ``alpha_lower`` with that many iterations).
     ``lr``, ``lr_decay``: Adam's learning rate and its decay per step.
     With ``state`` (slopes of the final rows only) every iterate reuses it with fresh slopes."""
     alphas: dict = {"shared": True} if shared else {}
@@ -166,7 +169,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
     best = None
     best_state = None
     opt = None
-    complete = False
+    done = 0
     with torch.enable_grad():
         for it in range(max(1, iterations)):
             st = state or BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp),
@@ -177,15 +180,13 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                 if best is None:
                     raise
                 break  # the best iterate so far stands
+            done = it + 1
             det = low.detach()
             if best is None or bool((det > best).any()):
                 best_state = st
             best = det if best is None else torch.maximum(best, det)
             params = [a for k, a in alphas.items() if k != "shared" and a.requires_grad]
-            if not params or it >= iterations - 1:
-                complete = True
-                break
-            if deadline is not None and time.monotonic() > deadline:
+            if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline):
                 break
             if opt is None:
                 opt = Adam(params, lr=lr, decay=lr_decay)
@@ -198,7 +199,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                         continue
                     lo, hi = _slope_range(graph.nodes[key[1]].op)
                     a.clamp_(lo, hi)
-    return best, best_state, complete
+    return best, best_state, done
 
 
 __all__ = ["alpha_lower", "plan_alpha", "AlphaPlan", "ALPHA_OPS", "LR", "LR_DECAY"]

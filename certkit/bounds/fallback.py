@@ -98,8 +98,8 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
     its :data:`LADDER` that fits in the budget's memory; and the :class:`Method` that produced them.
     The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
     goes on with what is left of it (module docstring). ``keep``: receives alpha-CROWN's final state
-    (``state``, ``complete``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when
-    ``stage`` is ``alpha`` and ran as asked."""
+    (``state``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when ``stage`` is
+    ``alpha`` and ran as asked."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped

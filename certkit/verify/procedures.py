@@ -138,7 +138,7 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
         keep: dict | None = {} if stage == "alpha" and len(qs) == 1 else None
         with torch.no_grad():
             low, margin, method = rows_and_margins(stage, graph, S, C, d, budget, keep)
-        if keep and keep.get("complete") and keep.get("state") is not None:  # ReLU splitting's root, ready
+        if keep and keep.get("iterations") and keep.get("state") is not None:  # ReLU splitting's root, ready
             from .relu_split import remember_root
 
             remember_root(qs[0], S, C[0], low, keep["state"], int(keep["iterations"]))

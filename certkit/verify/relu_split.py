@@ -344,9 +344,10 @@ _ROOTS: "weakref.WeakKeyDictionary[Query, tuple]" = weakref.WeakKeyDictionary()
 
 
 def remember_root(query: Query, S: InputSet, C: Tensor, low: Tensor, state: BoundState, iterations: int) -> None:
-    """Keep an alpha-CROWN run over the query's box and rows (every iteration completed), so that ReLU
-    splitting's root reuses it instead of repeating it (on oval21's nets: 10 s of a 30 s budget). The
-    run is deterministic: the proof tree records its iterations and a recheck repeats it."""
+    """Keep an alpha-CROWN run over the query's box and rows, so that ReLU splitting's root reuses it
+    instead of repeating it (on oval21's nets: 10-22 s of a 30 s budget). The run is deterministic given
+    its number of iterates (a deadline may have cut it short): the proof tree records them and a
+    recheck repeats the run with as many."""
     _ROOTS[query] = (S.lower.clone(), S.upper.clone(), C.clone(), low.detach().clone(), state, iterations)
 
 
