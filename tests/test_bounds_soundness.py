@@ -302,11 +302,9 @@ def test_single_dense_is_exact(kind, seed):
 #: lower bound 0, so argmax of the lower bounds picks the first of a tie instead of the unit
 #: whose relaxation CROWN's negative lower bound singled out), the S-shaped relaxations and
 #: the adaptive lower slopes. Up to ~50% of the bounds of the conv nets, by up to ~8 (of ~30).
-#: The property is only checked (as an empirical regression test) on the other nets. On boxes of few
-#: free inputs intersect=True starts from forward-mode bounds (certkit.bounds.forward), which flip
-#: more adaptive slopes: mlp_relu_deep, 1 bound of 216 looser by 5% of its width.
+#: The property is only checked (as an empirical regression test) on the other nets.
 NOT_MONOTONE = {"mlp_mixed", "conv", "conv2", "scale", "max", "matmul_rows", "onnx_conv", "onnx_mlp",
-                "residual", "n_activation", "mlp_relu_deep"}
+                "residual", "n_activation"}
 
 
 @pytest.mark.parametrize("net", [pytest.param(

@@ -14,7 +14,9 @@ from onnx import helper, numpy_helper
 import certkit
 from certkit.bounds.backends import BACKENDS
 from certkit.bounds.deeppoly import BoundState
-from certkit.bounds.forward import FORWARD_MAX_DIM, applies, forward_bounds, start_bounds
+from certkit.bounds import forward
+from certkit.bounds.deeppoly import deeppoly_output_bounds
+from certkit.bounds.forward import FORWARD_MAX_DIM, applies, forward_bounds, start_bounds, starts_forward
 from certkit.bounds.fperror import FLOAT32, round_input_set
 from certkit.bounds.interval import interval_bounds
 from certkit.onnx.importer import import_model
@@ -114,6 +116,22 @@ def test_forward_backend_contains_onnxruntime(scale):
         assert (y >= low[:2]).all() and (y <= -low[2:]).all(), name  # no tolerance: float32 as it ran
 
 
+@pytest.mark.parametrize("name", sorted(ALL_NETS))
+def test_deeppoly_from_forward_bounds_contains_samples(name, monkeypatch):
+    """DeepPoly (intersected) starting from forward bounds -- every net counted wide -- contains the
+    outputs at 4000 points of each box."""
+    monkeypatch.setattr(forward, "FORWARD_START_WIDTH", 0)
+    g = ALL_NETS[name](3)
+    rng = np.random.default_rng(3)
+    S = _box(g.n_inputs, rng)
+    lo, hi = deeppoly_output_bounds(g, S, intersect=True)
+    X = _points(S, 4000, rng)
+    for b in range(S.batch):
+        y = torch.as_tensor(g(X[b].numpy()))
+        t = REL_TOL * (1 + y.abs())
+        assert bool((y >= lo[b] - t).all() and (y <= hi[b] + t).all()), name
+
+
 def test_cancellation_is_charged():
     """y = (W x) - (W x) through two identical paths of huge weights: real value 0, onnxruntime 0 too,
     but the coefficients certkit forms cancel in float64 only up to rounding, which the slack covers:
@@ -173,10 +191,16 @@ def test_where_it_applies():
     assert all(a is None and b is None or torch.equal(a[0], b[0]) for a, b in zip(ib, sb))
 
 
-def test_intersect_mode_starts_from_forward_bounds():
-    """DeepPoly with intersected bounds starts from the forward bounds (tighter than interval ones on
-    a deep net), so fewer neurons need rows; pure CROWN (intersect=False) starts from interval bounds."""
+def test_intersect_mode_starts_from_forward_bounds(monkeypatch):
+    """DeepPoly with intersected bounds starts from the forward bounds on wide nets (here: any width),
+    so fewer neurons need rows; pure CROWN (intersect=False) starts from interval bounds; so does every
+    DeepPoly on nets narrower than FORWARD_START_WIDTH."""
     g = ALL_NETS["mlp_relu_deep"](1)
+    S = _box(g.n_inputs, np.random.default_rng(1), pinned=0)
+    assert g.max_node_size < forward.FORWARD_START_WIDTH and not starts_forward(S, g)
+    ib = interval_bounds(g, S)
+    assert all(torch.equal(BoundState(g, S, intersect=True).bounds[i][0], ib[i][0]) for i in g.live)
+    monkeypatch.setattr(forward, "FORWARD_START_WIDTH", 0)
     S = _box(g.n_inputs, np.random.default_rng(1), pinned=0)
     fb = forward_bounds(g, S)
     st = BoundState(g, S, intersect=True)
@@ -186,9 +210,11 @@ def test_intersect_mode_starts_from_forward_bounds():
     assert all(torch.equal(pure.bounds[i][0], ib[i][0]) for i in g.live)
 
 
-def test_auto_runs_forward_and_skips_pure_crown(tmp_path):
+def test_auto_runs_forward_and_skips_pure_crown(tmp_path, monkeypatch):
     """``auto`` on a net of 3 free inputs runs the forward stage and skips pure CROWN (deeppoly+interval
-    starts from the forward bounds there); a row proved by ``forward`` is re-derived by ``certkit check``."""
+    starts from the forward bounds there, the net counted wide); a row proved by ``forward`` is
+    re-derived by ``certkit check``."""
+    monkeypatch.setattr(forward, "FORWARD_START_WIDTH", 0)
     m = _conv_gan_onnx(2)
     path = tmp_path / "gan.onnx"
     path.write_bytes(m.SerializeToString())

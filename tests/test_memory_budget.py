@@ -103,12 +103,7 @@ def test_budget_keeps_memory_in_sub_budgets():
 @pytest.mark.parametrize("name", ["conv", "residual", "mlp_relu_deep"])
 @pytest.mark.parametrize("intersect", [False, True])
 def test_tiny_budget_chunks_and_gives_the_same_bounds(no_rss, monkeypatch, name, intersect):
-    from certkit.bounds import forward
-
     g, S, C = _case(name)
-    # forward-mode start bounds need more than this budget (they are then interval bounds, legitimately
-    # different): compare back-substitution alone, from interval bounds both times
-    monkeypatch.setattr(forward, "applies", lambda *a, **k: False)
     calls = {"rows": 0}
     orig = BoundState.lower_of
 

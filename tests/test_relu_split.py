@@ -167,8 +167,13 @@ def test_relu_split_multi_disjunct_and_stage(tmp_path):
 
 
 def test_supports():
-    assert supports(ALL_NETS["mlp_relu"](0))
-    assert not supports(ALL_NETS["max"](0))
+    """ReLU nets, and nets with ReLUs beside other relaxed ops (a MaxPool here); not nets without ReLUs.
+    Only ReLU-and-linear nets are piecewise linear (their fully split domains are LPs)."""
+    from certkit.verify.relu_domains import piecewise_linear
+
+    assert supports(ALL_NETS["mlp_relu"](0)) and piecewise_linear(ALL_NETS["mlp_relu"](0))
+    assert supports(ALL_NETS["max"](0)) and not piecewise_linear(ALL_NETS["max"](0))
+    assert not supports(ALL_NETS["mlp_sigmoid"](0))
 
 
 def test_relu_split_on_mnistfc_hard_instance():

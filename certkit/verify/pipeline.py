@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..bounds.fallback import allocation_failed
-from ..bounds.forward import applies as forward_applies
+from ..bounds.forward import starts_forward
 from . import gate
 from .falsify import AttackConfig
 from .plan import BOUND_PROCEDURES
@@ -52,9 +52,10 @@ LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200, polish=16)
 #: can take most of the budget, better left to alpha-CROWN and branch and bound)
 REPEATS = {"deeppoly+reference": "deeppoly+interval"}
 REPEAT_SHARE = 0.1
-#: a stage a plan with ``forward`` skips for the queries forward mode applies to: pure CROWN refines
-#: every neuron the interval bounds leave unstable, while ``deeppoly+interval`` starts from the forward
-#: bounds and refines only those they leave unstable (cGAN of 4 free inputs: 92 s against 9.5 s)
+#: a stage a plan with ``forward`` skips for the queries whose back-substitution starts from forward
+#: bounds (:func:`certkit.bounds.forward.starts_forward`): pure CROWN refines every neuron the interval
+#: bounds leave unstable, while ``deeppoly+interval`` refines only those the forward bounds leave
+#: unstable (cGAN of 4 free inputs: 92 s against 9.5 s)
 FORWARD_SUPERSEDES = {"deeppoly": "deeppoly+interval"}
 
 
@@ -142,7 +143,7 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
         if not ids or budget.expired():
             break
         if "forward" in plan and FORWARD_SUPERSEDES.get(stage) in plan:
-            ids = [i for i in ids if not forward_applies(queries[i].bound_set(), queries[i].graph)]
+            ids = [i for i in ids if not starts_forward(queries[i].bound_set(), queries[i].graph)]
             if not ids:
                 continue
         like = REPEATS.get(stage)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bounds.relaxations import RELAXATIONS
 from ..graph import ops
 from ..graph.graph import Graph
 
@@ -13,10 +14,27 @@ Tensor = torch.Tensor
 
 
 def supports(graph: Graph) -> bool:
-    """ReLU splitting needs ReLUs, and only piecewise-linear ops whose bounds the splits can refine."""
-    kinds = (ops.Input, ops.LinearOp, ops.Relu)
-    return any(isinstance(n.op, ops.Relu) for n in graph.nodes) and \
-        all(isinstance(n.op, kinds) for n in graph.nodes)
+    """ReLU splitting needs ReLUs, and a DeepPoly relaxation for every other op: the other nonlinear
+    ops (a transformer's softmax, a Sigmoid, a MaxPool) are never split; every domain bounds them with
+    the root's bounds of their inputs (sound on every domain, a subset of the root's box)."""
+    live = [graph.nodes[i].op for i in graph.live]
+    return any(isinstance(op, ops.Relu) for op in live) and \
+        all(isinstance(op, (ops.Input, ops.LinearOp, ops.MaxGroup)) or type(op) in RELAXATIONS for op in live)
+
+
+def piecewise_linear(graph: Graph) -> bool:
+    """Only ReLUs and linear ops: a domain with every ReLU split is an LP (:mod:`certkit.verify.relu_leaves`)."""
+    return all(isinstance(graph.nodes[i].op, (ops.Input, ops.LinearOp, ops.Relu)) for i in graph.live)
+
+
+def fixed_nodes(graph: Graph) -> list[int]:
+    """The inputs of the nonlinear ops other than ReLU (whose bounds the domains take from the root)."""
+    out: set[int] = set()
+    for i in graph.live:
+        op = graph.nodes[i].op
+        if not isinstance(op, (ops.Input, ops.LinearOp, ops.Relu)):
+            out.update(graph.nodes[i].inputs)
+    return sorted(out - {0})
 
 
 def relu_nodes(graph: Graph) -> list[int]:

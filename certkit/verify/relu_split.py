@@ -46,13 +46,14 @@ from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin, with_precision
+from ..graph import ops
 from ..spec.sets import InputSet
 from .falsify import objective
 from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import Domains as _Domains, branch_candidates, relu_nodes, supports
+from .relu_domains import Domains as _Domains, branch_candidates, fixed_nodes, piecewise_linear, relu_nodes, supports
 from .relu_leaves import _f32, lp_leaves
 from .witness import Witness
 
@@ -119,6 +120,7 @@ class _Tree:
         self.lo, self.hi = root_box(query)
         self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
+        self.fixed: dict[int, tuple[Tensor, Tensor]] = {}  # the root's bounds of other nonlinear ops' inputs
         self.exact = with_precision(graph, "exact")  # FSB's estimates: no rounding-error terms
         self.domains = 0
         self.attacks = 0
@@ -153,6 +155,7 @@ class _Tree:
 
     def root(self, shared: "_Root") -> tuple[_Domains, Witness | None]:
         """The root domain of this disjunct, from the alpha-CROWN run shared by all disjuncts."""
+        self.fixed = shared.fixed
         rows = torch.as_tensor(self.rows)
         alpha = {r: a[:, rows].clone() for r, a in shared.alpha.items()}
         dom = _Domains({r: torch.zeros(1, self.graph.size(r), dtype=torch.int8) for r in self.relus},
@@ -167,7 +170,7 @@ class _Tree:
         n = len(dom)
         self.domains += n
         S = self._inputs(n)
-        bounds = dom.bounds_list(len(self.graph.nodes))
+        bounds = self._bounds(dom)
         refined = set(range(len(self.graph.nodes)))
         if self.cfg.refine_intermediate and first_changed is not None:
             refined = {j for j in refined if j <= self.pre[first_changed]}
@@ -228,6 +231,15 @@ class _Tree:
         dom.value, dom.alpha, dom.beta = best, best_alpha, best_beta
         dom.branch = self._choose(dom, record, st0.bounds)
         return dom, self._try_counterexamples(A_best, best)
+
+    def _bounds(self, dom: _Domains) -> list:
+        """The domains' bounds of the pre-activation nodes, and the root's of the other nonlinear
+        ops' inputs (:func:`~certkit.verify.relu_domains.fixed_nodes`); None elsewhere."""
+        bounds = dom.bounds_list(len(self.graph.nodes))
+        for j, (l, u) in self.fixed.items():
+            if bounds[j] is None:
+                bounds[j] = (l.expand(len(dom), -1), u.expand(len(dom), -1))
+        return bounds
 
     # -- branching ---------------------------------------------------------------
     def _choose(self, dom: _Domains, record: dict, bounds: list) -> Tensor:
@@ -335,6 +347,7 @@ class _Root:
     bounds: dict[int, tuple[Tensor, Tensor]]  # pre-activation node -> (1, n) bounds
     alpha: dict[int, Tensor]  # ReLU node -> (1, s_all, n) slopes of the final rows
     y_bounds: tuple[Tensor, Tensor]  # (1, n_out) bounds of the output
+    fixed: dict  # node -> (1, n) bounds of the inputs of nonlinear ops other than ReLU
     iterations: int = 0  # alpha-CROWN's steps (recorded in the proof trees: their recheck repeats the run)
 
 
@@ -383,7 +396,11 @@ def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget =
         bounds = {graph.nodes[r].inputs[0]: tuple(t.detach().clone() for t in st.bounds[graph.nodes[r].inputs[0]])
                   for r in relus}
         y = tuple(t.detach().clone() for t in st.bounds[graph.output])
-    return _Root(low.detach(), bounds, alpha, y, iterations)
+        for i in graph.live:  # every relaxation computed: the bounds of every nonlinear op's inputs exist
+            if not isinstance(graph.nodes[i].op, (ops.Input, ops.LinearOp)):
+                st.relaxation(i)
+        fixed = {j: tuple(t.detach().clone() for t in st.bounds[j]) for j in fixed_nodes(graph)}
+    return _Root(low.detach(), bounds, alpha, y, fixed, iterations)
 
 
 def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
@@ -443,6 +460,9 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
         parents = queue.map(lambda t: t[take])
         queue = queue.map(lambda t: t[rest])
         stuck = parents.branch[:, 0] < 0
+        if bool(stuck.any()) and not piecewise_linear(query.graph):
+            out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
+            break
         if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
             status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
             if status != "verified":
