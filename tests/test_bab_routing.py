@@ -194,3 +194,17 @@ def test_relu_splitting_beside_other_activations(seed, act, tmp_path):
     assert out.status in ("falsified", "unknown"), out.status
     if out.status == "falsified":
         assert model.runner(out.witness.x[None])[0, 0] >= t
+
+
+def test_batches_sized_by_measured_cost(tmp_path):
+    """``batch_share``: with almost no share of the time, every batch is one parent (the search still
+    decides, one domain pair at a time); the verdicts are the grid's."""
+    model = _model(tiny_relu_onnx(2), tmp_path)
+    lo, hi = -np.ones(2), np.ones(2)
+    top, spread = grid_top(model)
+    cfg = SplitConfig(alpha_iterations=0, batch_share=1e-12)
+    q = Query.of_property(model.graph, _above(top + 0.02 * spread, lo, hi), 0, model.runner)
+    out = input_split(q, Budget.of(60), cfg)
+    assert out.status == "verified" and out.domains == 1 + 2 * cfg.lookahead * out.iterations, out  # one parent a batch
+    q = Query.of_property(model.graph, _above(top - 0.02 * spread, lo, hi), 0, model.runner)
+    assert input_split(q, Budget.of(60), cfg).status == "falsified"

@@ -77,6 +77,10 @@ class SplitConfig:
     #: ``HOPELESS``) when the time so far divided by the share of the box's volume closed so far
     #: exceeds the whole budget: the measured cost says another procedure should have the rest
     give_up_after: float | None = None
+    #: when set (and there is a deadline), each batch is cut to the parents whose children, at the
+    #: measured seconds per domain, fit in this share of the time left (at least one): on nets where
+    #: one domain costs seconds (cgan_2023: 10 s) a full batch would never finish
+    batch_share: float | None = None
 
 
 @dataclass
@@ -259,6 +263,9 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
                     out.status, out.message = "unknown", HOPELESS
                     break
                 give_up_at, m = None, batch
+        if cfg.batch_share is not None and pb.domains and budget.deadline is not None:
+            per = 2 * L * pb.seconds / pb.domains  # seconds to bound one parent's children
+            m = max(1, min(m, int(cfg.batch_share * (budget.deadline - time.monotonic()) / max(per, 1e-9))))
         out.iterations += 1
         if (cfg.attack_every and out.iterations % cfg.attack_every == 0
                 and pb.attack_seconds <= cfg.attack_share * (time.monotonic() - started)):
