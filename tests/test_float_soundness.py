@@ -14,6 +14,7 @@ import torch
 
 import certkit
 from certkit.bounds.deeppoly import deeppoly_output_bounds
+from certkit.bounds.forward import forward_bounds
 from certkit.bounds.fperror import (EXACT, FLOAT32, propagated_error, round_input_set, round_outward,
                                     with_precision)
 from certkit.bounds.interval import interval_bounds
@@ -70,7 +71,7 @@ def test_no_backend_proves_a_trap(tmp_path, family, seed, backend):
 
 @pytest.mark.parametrize("family,seed", TRAPS)
 def test_bounds_contain_onnxruntime(tmp_path, family, seed):
-    """Interval and DeepPoly output bounds (with and without reference bounds) contain onnxruntime's outputs at the trap point and on
+    """Interval, DeepPoly (with and without reference bounds) and forward-mode output bounds contain onnxruntime's outputs at the trap point and on
     random points; the propagated error bounds |onnxruntime - float64 reference|."""
     trap, onnx_path, _ = trap_files(tmp_path, family, seed)
     g = certkit.load_model(onnx_path).graph
@@ -85,6 +86,8 @@ def test_bounds_contain_onnxruntime(tmp_path, family, seed):
     for intersect in (True, False):  # the reference bounds (deeppoly+reference) carry the error terms too
         rlo, rhi = deeppoly_output_bounds(g, S, intersect=intersect, reference=True)
         assert (rlo[0, 0] <= ys.min()) and (ys.max() <= rhi[0, 0]), (trap.name, intersect)
+    flo, fhi = forward_bounds(g, S)[g.output]  # forward mode's slack carries them as well
+    assert (flo[0, 0] <= ys.min()) and (ys.max() <= fhi[0, 0]), (trap.name, "forward")
     E, E2 = propagated_error(g, S)
     ref = g(xs.astype(np.float64))[:, 0]
     assert np.all(np.abs(ys - ref) <= E[0, 0].item()), (np.abs(ys - ref).max(), E)
