@@ -277,15 +277,18 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
                 proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend,
                                                          timeout, seed, arithmetic),
                                    name=f"certkit-bench-{inst.line}")
+                # listed before it starts: an interrupt (SIGTERM) inside start() must still find the
+                # worker to kill, or the interpreter's exit would wait for it forever
+                running.append(_Running(inst, proc, recv, time.monotonic(), timeout))
                 try:
                     proc.start()
                 except Exception as e:  # noqa: BLE001 - e.g. out of processes: this row only
+                    running.pop()
                     recv.close()
                     send.close()
                     finish(_row(inst, timeout, "error", "", 0.0, f"cannot start worker: {_one_line(e)}"))
                     continue
                 send.close()
-                running.append(_Running(inst, proc, recv, time.monotonic(), timeout))
             if not running:
                 continue
             now = time.monotonic()
@@ -323,9 +326,10 @@ def _terminate_as_interrupt():
 
 
 def _kill(r: _Running) -> None:
-    if r.proc.is_alive():
-        r.proc.kill()
-    r.proc.join(5)
+    if r.proc.pid is not None:  # None: interrupted before it started
+        if r.proc.is_alive():
+            r.proc.kill()
+        r.proc.join(5)
     r.conn.close()
 
 

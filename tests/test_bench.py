@@ -292,3 +292,26 @@ def test_summary_prints_abcrown_reference_beside():
     assert any("alpha-beta-CROWN's published results" in line for line in out)
     plain = bench.summary([{k: v for k, v in r.items() if k != "abcrown_time_s"} for r in rows])
     assert "abcrown_solved" not in plain[0]
+
+
+def test_interrupt_inside_worker_start_kills_it(tmp_path: Path, monkeypatch):
+    """An interrupt (SIGTERM is one) that lands inside a worker's start(), after the fork, still kills
+    that worker: it is listed before it starts (it was not, and the interpreter's exit then waited for
+    it forever -- seen once in CI as a bench that did not end after SIGTERM)."""
+    import multiprocessing.process
+
+    started = []
+    real = multiprocessing.process.BaseProcess.start
+
+    def start(self):
+        real(self)
+        started.append(self)
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    fifo = tmp_path / "stuck.vnnlib"
+    os.mkfifo(fifo)  # the worker would block reading it
+    inst = bench.Instance(1, "digits", str(FC), str(fifo), str(FC), str(fifo), 60.0, "unsat")
+    with pytest.raises(KeyboardInterrupt):
+        bench.run([inst])
+    assert started and not started[0].is_alive()
