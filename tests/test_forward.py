@@ -67,6 +67,17 @@ def test_every_node_contains_sampled_values(name, seed):
             assert bool((v <= hi[b] + t).all()), (name, i, float((v - hi[b]).max()))
 
 
+@pytest.mark.parametrize("name", ["conv", "mlp_relu", "onnx_mlp", "residual"])
+def test_every_input_pinned(name):
+    """A degenerate box (no free input, k = 0: constant functions) bounds the point's value."""
+    g = ALL_NETS[name](0)
+    x = np.random.default_rng(0).uniform(0, 1, (1, g.n_inputs))
+    lo, hi = forward_bounds(g, InputSet.box(x, x))[g.output]
+    y = torch.as_tensor(g(x))
+    t = REL_TOL * (1 + y.abs())
+    assert bool((y >= lo - t).all() and (y <= hi + t).all()) and bool(torch.isfinite(hi - lo).all())
+
+
 def test_tighter_than_interval_on_a_deep_net():
     """The point of it: on a deep ReLU net from few inputs the forward bounds of the last layer are
     much tighter than interval ones (the functions keep the inputs' correlations)."""

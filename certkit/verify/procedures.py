@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..bounds.fallback import Method, lower_within_memory
-from ..bounds.forward import starts_forward
+from ..bounds.forward import free_columns, starts_forward
 from ..bounds.fperror import row_margin
 from ..bounds.interval import interval_bounds
 from ..errors import BackendError
@@ -229,7 +229,7 @@ def milp_sized(graph) -> bool:
 
 def free_dims(query: Query) -> int:
     """Input dimensions of nonzero width in the query's box."""
-    return int((query.upper > query.lower).sum())
+    return int(free_columns(query.region).numel())
 
 
 def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:

@@ -121,6 +121,7 @@ class _Tree:
         self.relus = relu_nodes(graph)
         self.pre = [graph.nodes[r].inputs[0] for r in self.relus]
         self.fixed: dict[int, tuple[Tensor, Tensor]] = {}  # the root's bounds of other nonlinear ops' inputs
+        self.piecewise = piecewise_linear(graph)  # a fully split domain is an LP
         self.exact = with_precision(graph, "exact")  # FSB's estimates: no rounding-error terms
         self.domains = 0
         self.attacks = 0
@@ -460,7 +461,7 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
         parents = queue.map(lambda t: t[take])
         queue = queue.map(lambda t: t[rest])
         stuck = parents.branch[:, 0] < 0
-        if bool(stuck.any()) and not piecewise_linear(query.graph):
+        if bool(stuck.any()) and not tree.piecewise:
             out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
             break
         if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
