@@ -112,14 +112,15 @@ def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: boo
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = LR,
                 keep_state: bool = False, shared: bool = False, deadline: float | None = None,
-                budget=None, report: dict | None = None, lr_decay: float = LR_DECAY):
+                budget=None, report: dict | None = None, lr_decay: float = LR_DECAY, init: dict | None = None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use). Optimisation stops
     early at ``deadline`` (``time.monotonic()``) or at the ``budget``'s: the bound so far is
     returned (the first iterate, DeepPoly's, is always completed unless the budget ran out,
     which raises ``BudgetExpired``). Within the budget's memory (:func:`plan_alpha`): how it
-    ran goes into ``report["reason"]`` when it is not the full method."""
+    ran goes into ``report["reason"]`` when it is not the full method. ``init``: starting slopes
+    (:attr:`BoundState.alpha_init`) instead of DeepPoly's choice, e.g. those of a parent domain."""
     if budget is not None and budget.deadline is not None:
         deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     C = torch.as_tensor(C, dtype=torch.float64)
@@ -132,7 +133,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
         report["reason"] = plan.reason
     if not plan.out_only:
         best, best_state, done = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
-                                           deadline, budget)
+                                           deadline, budget, init=init)
     else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
         best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
                                 budget=budget, alpha_out_only=True)
@@ -157,12 +158,13 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
 
 def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: dict, iterations: int,
               lr: float, lr_decay: float, shared: bool, deadline: float | None, budget,
-              state: BoundState | None = None):
+              state: BoundState | None = None, init: dict | None = None):
     """The projected gradient ascent on the slopes (module docstring): (best bounds, best state, the
     number of iterates computed: ``iterations``, fewer when the deadline cut it, or when there was
     nothing to optimise -- either way the same run as ``alpha_lower`` with that many iterations).
     ``lr``, ``lr_decay``: Adam's learning rate and its decay per step.
-    With ``state`` (slopes of the final rows only) every iterate reuses it with fresh slopes."""
+    With ``state`` (slopes of the final rows only) every iterate reuses it with fresh slopes;
+    ``init``: starting slopes (:attr:`BoundState.alpha_init`)."""
     alphas: dict = {"shared": True} if shared else {}
     if state is not None:
         state.alpha = alphas
@@ -172,7 +174,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
     done = 0
     with torch.enable_grad():
         for it in range(max(1, iterations)):
-            st = state or BoundState(graph, inputs, intersect=True, alpha=alphas, bounds=list(ibp),
+            st = state or BoundState(graph, inputs, intersect=True, alpha=alphas, alpha_init=init, bounds=list(ibp),
                                      ibp_errors=ibp_errors, budget=budget)
             try:
                 low = st.lower_of(graph.output, C, tag="out")

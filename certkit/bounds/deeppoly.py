@@ -146,6 +146,9 @@ class BoundState(RowSavings):
     #: target is ``"out"`` or the node whose bounds are refined (rows: its [lower; upper]
     #: neurons). Missing entries are created from DeepPoly's choice (see bounds/alpha.py).
     alpha: dict | None = None
+    #: starting slopes for ``alpha`` entries as they are created (same keys and shapes; NaN where
+    #: DeepPoly's choice stands): a child domain starts from its parent's optimised slopes
+    alpha_init: dict | None = None
     bounds: list = field(default_factory=list)
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
@@ -776,8 +779,11 @@ class BoundState(RowSavings):
         shared = tag != "out" and self.alpha.get("shared", False)
         if key not in self.alpha:
             R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
-            lw = _rows(base[0])
-            self.alpha[key] = lw.expand(b, R, n).detach().clone().requires_grad_(True)
+            lw = _rows(base[0]).expand(b, R, n)
+            start = None if self.alpha_init is None else self.alpha_init.get(key)
+            if start is not None and start.shape == lw.shape:
+                lw = torch.where(torch.isnan(start), lw, start)
+            self.alpha[key] = lw.detach().clone().requires_grad_(True)
         a = self.alpha[key]
         if rows is not None and not shared:
             a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, n))

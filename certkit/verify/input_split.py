@@ -66,6 +66,12 @@ class SplitConfig:
     alpha_lr: float = 0.3
     #: the learning rate's decay per alpha step (recorded in proof trees; 1.0 in trees written before it was)
     alpha_lr_decay: float = LR_DECAY
+    #: one slope per ReLU neuron for every bound computation (:func:`~certkit.bounds.alpha.alpha_lower`'s
+    #: ``shared``; alpha-beta-CROWN's ``share_slopes``) instead of one per (target, neuron)
+    alpha_shared: bool = False
+    #: children start alpha-CROWN from their parent's optimised slopes (kept per queued domain; with
+    #: ``alpha_shared`` only, whose slopes are small: one per neuron and bound computation)
+    alpha_warm: bool = False
     max_domains: int = 50_000_000
     #: every ``attack_every`` iterations, PGD and LP polishing (:func:`certkit.verify.falsify.attack`)
     #: inside the ``attack_domains`` open domains of lowest value, while the attacks have taken at
@@ -109,16 +115,30 @@ class _Bounded:
     a: Tensor  # (b, n) input coefficients of the worst open row's linear bound
     how: Tensor  # (b,) int64: index in LEAF_KINDS of the bound that gave ``value``
     ids: Tensor  # (b,) int64: domain ids in the proof log
+    #: alpha-CROWN's slopes per key (:attr:`BoundState.alpha`), (b, R, n), NaN where a domain has none
+    #: (``SplitConfig.alpha_warm``)
+    slopes: dict | None = None
 
     def rows(self, idx) -> "_Bounded":
-        return _Bounded(*(t[idx] for t in self.fields()))
+        slopes = None if self.slopes is None else {k: v[idx] for k, v in self.slopes.items()}
+        return _Bounded(*(t[idx] for t in self.fields()), slopes=slopes)
 
     def fields(self) -> tuple[Tensor, ...]:
         return self.lo, self.hi, self.value, self.a, self.how, self.ids
 
     @staticmethod
     def cat(a: "_Bounded", b: "_Bounded") -> "_Bounded":
-        return b if a.lo.shape[0] == 0 else _Bounded(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields())))
+        if a.lo.shape[0] == 0:
+            return b
+        slopes = None
+        if a.slopes is not None or b.slopes is not None:
+            slopes = {}
+            for k in set(a.slopes or {}) | set(b.slopes or {}):
+                parts = [(p.slopes or {}).get(k) for p in (a, b)]
+                like = next(v for v in parts if v is not None)
+                slopes[k] = torch.cat([v if v is not None else torch.full((p.lo.shape[0],) + like.shape[1:], float("nan"),
+                                                                           dtype=like.dtype) for v, p in zip(parts, (a, b))])
+        return _Bounded(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields())), slopes=slopes)
 
 
 class _Problem:
@@ -130,29 +150,37 @@ class _Problem:
         self.own = torch.as_tensor(owner)
         self.K = query.n_disjuncts
         self.domains = 0
+        if cfg.alpha_warm and not cfg.alpha_shared:
+            raise ValueError("alpha_warm keeps slopes per queued domain: only with alpha_shared")
         self.cfg = cfg
         self.attack_seconds = 0.0
         self.seconds = 0.0  # spent bounding domains
 
-    def bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
-        """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open."""
+    def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None) -> tuple[_Bounded, Witness | None]:
+        """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open (from the
+        slopes ``init``, (b, R, n) per key, when given)."""
         self.domains += lo.shape[0]
         t0 = time.monotonic()
         try:
-            return self._bound(lo, hi)
+            return self._bound(lo, hi, init)
         finally:
             self.seconds += time.monotonic() - t0
 
-    def _bound(self, lo: Tensor, hi: Tensor) -> tuple[_Bounded, Witness | None]:
+    def _bound(self, lo: Tensor, hi: Tensor, init: dict | None) -> tuple[_Bounded, Witness | None]:
         with torch.no_grad():
             mid = (lo + hi) / 2
             y_c = self.graph.forward(mid)
             value, a = self._crown(lo, hi)
         how = torch.zeros(lo.shape[0], dtype=torch.int64)
+        slopes = None
         if self.cfg.alpha_iterations:
             open_ = torch.nonzero(~closed(value)).flatten()
             if open_.numel():
-                v2, a2 = self._alpha(lo[open_], hi[open_])
+                sub = None if init is None else {k: v[open_] for k, v in init.items()}
+                v2, a2, found = self._alpha(lo[open_], hi[open_], sub)
+                if self.cfg.alpha_warm:
+                    slopes = {k: torch.full((lo.shape[0],) + v.shape[1:], float("nan"), dtype=v.dtype).index_copy(0, open_, v)
+                              for k, v in found.items()}
                 better = v2 > value[open_]
                 value = value.clone()
                 a = a.clone()
@@ -167,7 +195,7 @@ class _Problem:
                           self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
-        return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1)), w
+        return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1), slopes), w
 
     def attack_open(self, queue: "_Bounded", seed: int) -> Witness | None:
         """Attack inside the open domains of lowest value (module docstring); a confirmed witness."""
@@ -184,13 +212,13 @@ class _Problem:
 
     def _value(self, st: BoundState, low: Tensor, A_in: Tensor) -> tuple[Tensor, Tensor]:
         """value (b,): min over disjuncts of the best row's slack beyond the margin (the gate's
-        rule); a: worst row's input coefficients."""
+        rule); a: the input coefficients of the row that gives it (the best row of the worst
+        disjunct: the one row whose bound has to rise for the domain to close)."""
         b = low.shape[0]
         y_lo, y_hi = st.bounds[self.graph.output]
         slack = low - self.d - row_margin(self.C, self.d, y_lo.detach(), y_hi.detach())
         value = domain_value(slack, torch.zeros_like(slack), self.own, self.K)
-        worst = torch.where(slack > 0, torch.full_like(slack, float("inf")), slack).argmin(dim=1)
-        return value, A_in[torch.arange(b), worst]
+        return value, A_in[torch.arange(b), guide_row(slack, self.own, self.K)]
 
     def _crown(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         S = InputSet(lo, hi)
@@ -198,16 +226,18 @@ class _Problem:
         A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
         return self._value(st, S.concretize_lower(A_in, const), A_in)
 
-    def _alpha(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    def _alpha(self, lo: Tensor, hi: Tensor, init: dict | None = None) -> tuple[Tensor, Tensor, dict]:
+        """value and guide coefficients (as :meth:`_value`) after alpha-CROWN, and its final slopes."""
         from ..bounds.alpha import alpha_lower
 
         S = InputSet(lo, hi)
         low, st = alpha_lower(self.graph, S, self.C, iterations=self.cfg.alpha_iterations,
                               keep_state=True, lr=self.cfg.alpha_lr, lr_decay=self.cfg.alpha_lr_decay,
-                              budget=self.budget)
+                              shared=self.cfg.alpha_shared, budget=self.budget, init=init)
         with torch.no_grad():
             A_in, _ = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1), tag="out")
-            return self._value(st, low, A_in.detach())
+            found = {k: v.detach() for k, v in (st.alpha or {}).items() if isinstance(v, Tensor)}
+            return (*self._value(st, low, A_in.detach()), found)
 
 
 def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
@@ -230,6 +260,7 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     out = SplitOutcome("verified")
     lo0, hi0 = root_box(query)
     free = (hi0 > lo0)[0]
+    root_width = torch.where(free, hi0 - lo0, torch.ones_like(hi0))
     log_w0 = torch.log(hi0[0, free] - lo0[0, free])
     give_up_at = budget.share(cfg.give_up_after).deadline if cfg.give_up_after is not None else None
     whole = budget.remaining()
@@ -278,13 +309,14 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
         width = take.hi - take.lo
         score = torch.where(width > 0, take.a.abs() * width, torch.full_like(width, -1.0))
         score = torch.nan_to_num(score, nan=0.0, posinf=1e300)
-        dims = score.topk(L, dim=1).indices  # (m, L)
+        dims = candidates(score, width / root_width, L)  # (m, L)
         lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
         if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
             out.status = "unknown"  # a domain too small to bisect that the bounds cannot close
             break
         lo, hi = children(take.lo, take.hi, dims)  # (m, L, 2, n)
-        kids, w = pb.bound(lo.reshape(-1, n), hi.reshape(-1, n))
+        init = None if take.slopes is None else {k: v.repeat_interleave(2 * L, dim=0) for k, v in take.slopes.items()}
+        kids, w = pb.bound(lo.reshape(-1, n), hi.reshape(-1, n), init)
         if w is not None:
             out.status, out.witness = "falsified", w
             break
@@ -313,8 +345,36 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     if out.status == "verified":
         out.tree = log.tree("input_split", meta={"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations,
                                                   "alpha_lr": cfg.alpha_lr, "alpha_lr_decay": cfg.alpha_lr_decay,
+                                                  "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
                                                   "domains": pb.domains})
     return out
+
+
+def guide_row(slack: Tensor, own: Tensor, K: int) -> Tensor:
+    """Per domain (b,): the row that gives the domain's value (:func:`~certkit.verify.gate.domain_value`):
+    the best row of the worst disjunct. A domain closes when that row's bound rises above zero (in
+    a conjunction any one row suffices, so the row farthest from zero is the wrong guide: its input
+    coefficients can be zero along the very dimension that keeps the best row open)."""
+    slack = torch.where(torch.isfinite(slack), slack, torch.full_like(slack, float("-inf")))
+    b = slack.shape[0]
+    per = torch.full((b, K), float("-inf"), dtype=slack.dtype).scatter_reduce(1, own.expand(b, -1), slack, "amax")
+    worst = per.argmin(dim=1)
+    return torch.where(own[None, :] == worst[:, None], slack, torch.full_like(slack, float("-inf"))).argmax(dim=1)
+
+
+def candidates(score: Tensor, rel_width: Tensor, L: int) -> Tensor:
+    """The ``L`` dimensions (m, L) tried per domain: the best by score (``|a_i| width_i``), the last of
+    them replaced by the dimension widest relative to the root box when that one is not among them
+    (``L`` >= 2). The score sees only the guide row's linear bound, not the relaxation error that the
+    width of a dimension feeds: a dimension with a zero coefficient can still be the one to split
+    (ACAS Xu 3_3 prop_2: an input of width 1/32 with a zero coefficient was never split while the
+    others were bisected down to 1e-16)."""
+    dims = score.topk(L, dim=1).indices
+    if L < 2:
+        return dims
+    wide = torch.where(score >= 0, rel_width, torch.full_like(rel_width, -1.0)).argmax(dim=1, keepdim=True)
+    missing = ~(dims == wide).any(dim=1, keepdim=True)
+    return torch.cat([dims[:, :-1], torch.where(missing, wide, dims[:, -1:])], dim=1)
 
 
 def root_box(query: Query) -> tuple[Tensor, Tensor]:
@@ -337,6 +397,10 @@ def children(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:
     return lo2, hi2
 
 
+#: alpha steps of a recheck per recorded step, for a search that started children from their parents' slopes
+RECHECK_WARM_FACTOR = 4
+
+
 def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: int = 256) -> RecheckReport:
     """Re-derive an input-splitting proof: replay the splits from the property's (rounded) box
     -- so the leaves cover it by construction -- and bound every leaf again, DeepPoly first, then
@@ -356,9 +420,13 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
 
     boxes = [b for b, _, _, _ in leaves_in_preorder(tree, (lo0[0], hi0[0]), child)]
     rep.leaves = len(boxes)
-    cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)),
+    # a search whose children started from their parents' slopes is re-derived from DeepPoly's, with
+    # more steps (RECHECK_WARM_FACTOR times as many) to make up for the start
+    warm = bool(tree.meta.get("alpha_warm", False))
+    cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)) * (RECHECK_WARM_FACTOR if warm else 1),
                       alpha_lr=float(tree.meta.get("alpha_lr", 0.3)),
-                      alpha_lr_decay=float(tree.meta.get("alpha_lr_decay", 1.0)))
+                      alpha_lr_decay=float(tree.meta.get("alpha_lr_decay", 1.0)),
+                      alpha_shared=bool(tree.meta.get("alpha_shared", False)))
     pb = _Problem(query, cfg, Budget())
     for s in range(0, len(boxes), batch):
         lo = torch.stack([b[0] for b in boxes[s:s + batch]])
@@ -366,7 +434,7 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
         value, _ = pb._crown(lo, hi)
         open_ = torch.nonzero(~closed(value)).flatten()
         if open_.numel() and cfg.alpha_iterations:
-            v2, _ = pb._alpha(lo[open_], hi[open_])
+            v2, _, _ = pb._alpha(lo[open_], hi[open_])
             value[open_] = torch.maximum(value[open_], v2)
             open_ = open_[~closed(value[open_])]
         rep.direct += len(value) - open_.numel()

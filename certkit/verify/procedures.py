@@ -58,10 +58,15 @@ MILP_MAX_NEURONS = 2048
 #: before the alpha-CROWN run that gets the rest. That run looks ahead 2 dimensions: with alpha-CROWN
 #: each look-ahead child costs 5 bound passes, and look-ahead 5 was twice as slow on 1_1 prop_5 and
 #: prop_6 (42 vs 20 s on one box; prop_6 went from timeout to 60 s, the 62 shared instances 75 -> 70 s).
+#: The alpha-CROWN run shares one slope per neuron and bound computation, starts each child from its
+#: parent's slopes and takes 2 steps, looking ahead 1 dimension. ACAS Xu 3_3 prop_2, input splitting
+#: alone (both cores busy): 5 steps from DeepPoly's slopes, look-ahead 2: not finished in 300 s;
+#: shared warm-started slopes, 3 steps: 130 s (look-ahead 2), 76 s (1); 2 steps, look-ahead 1: 62 s
+#: (4_2 prop_2: 27 s, 1_1 prop_6's first box: 6 s).
 INPUT_SPLIT_PORTFOLIO = (
     (0.15, SplitConfig(lookahead=5, alpha_iterations=0)),
     (0.18, SplitConfig(lookahead=2, alpha_iterations=0)),
-    (None, SplitConfig(lookahead=2)),
+    (None, SplitConfig(lookahead=1, alpha_iterations=2, alpha_shared=True, alpha_warm=True)),
 )
 #: Input splitting where one domain costs seconds (nets whose back-substitution starts from forward
 #: bounds, :func:`certkit.bounds.forward.starts_forward`: a layer of >= 1024 neurons): one run, one
