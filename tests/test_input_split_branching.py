@@ -42,6 +42,10 @@ def test_candidates_include_the_widest_dimension():
     assert dims[1].tolist() == [0, 1]  # already among the best: unchanged
     assert 1 not in dims[2].tolist()  # a dimension of no width (score -1) is never offered
     assert candidates(score, rel, 1).tolist() == [[0], [0], [3]]
+    # look-ahead 1: the widest input instead of the score's pick only when that one is 1024x narrower
+    thin = torch.tensor([[1e-16, 1.0 / 32, 1e-16]])
+    assert candidates(torch.tensor([[3.0, 0.0, 1.0]]), thin, 1).tolist() == [[1]]
+    assert candidates(torch.tensor([[3.0, 0.0, 1.0]]), torch.tensor([[0.01, 0.5, 0.01]]), 1).tolist() == [[0]]
 
 
 @pytest.mark.parametrize("net", ["mlp_relu", "mlp_relu_deep", "residual"])

@@ -362,17 +362,24 @@ def guide_row(slack: Tensor, own: Tensor, K: int) -> Tensor:
     return torch.where(own[None, :] == worst[:, None], slack, torch.full_like(slack, float("-inf"))).argmax(dim=1)
 
 
+#: with look-ahead 1, a domain is split along its widest dimension (relative to the root box) when
+#: the score's pick is this many times narrower (:func:`candidates`)
+MAX_ASPECT = 1024.0
+
+
 def candidates(score: Tensor, rel_width: Tensor, L: int) -> Tensor:
     """The ``L`` dimensions (m, L) tried per domain: the best by score (``|a_i| width_i``), the last of
     them replaced by the dimension widest relative to the root box when that one is not among them
-    (``L`` >= 2). The score sees only the guide row's linear bound, not the relaxation error that the
+    (``L`` >= 2; with ``L`` = 1, that dimension instead of the score's pick when it is
+    :data:`MAX_ASPECT` times wider). The score sees only the guide row's linear bound, not the relaxation error that the
     width of a dimension feeds: a dimension with a zero coefficient can still be the one to split
     (ACAS Xu 3_3 prop_2: an input of width 1/32 with a zero coefficient was never split while the
     others were bisected down to 1e-16)."""
     dims = score.topk(L, dim=1).indices
-    if L < 2:
-        return dims
     wide = torch.where(score >= 0, rel_width, torch.full_like(rel_width, -1.0)).argmax(dim=1, keepdim=True)
+    if L < 2:  # no look-ahead to judge: the widest only when the score's pick is far narrower
+        far = rel_width.gather(1, wide) > MAX_ASPECT * rel_width.gather(1, dims)
+        return torch.where(far, wide, dims)
     missing = ~(dims == wide).any(dim=1, keepdim=True)
     return torch.cat([dims[:, :-1], torch.where(missing, wide, dims[:, -1:])], dim=1)
 
