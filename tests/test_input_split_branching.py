@@ -3,19 +3,16 @@ started from the parent's slopes -- each checked for soundness against sampling 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
 from certkit.bounds.alpha import alpha_lower
 from certkit.bounds.deeppoly import BoundState
-from certkit.model import Model
-from certkit.onnx.importer import import_model
 from certkit.spec.sets import InputSet
 from certkit.spec.spec import Disjunct, Property
 from certkit.verify.input_split import SplitConfig, candidates, guide_row, input_split, recheck
 from certkit.verify.query import Budget, Query
-from tests.helpers.onnx_builders import tiny_relu_onnx
+from tests.helpers.onnx_builders import saved_model, tiny_relu_onnx
 from tests.helpers.random_nets import ALL_NETS
 from tests.test_complete import grid_top
 
@@ -77,10 +74,7 @@ def test_alpha_from_given_slopes_is_sound(net):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_warm_started_input_split_agrees_with_grid_and_rechecks(seed, tmp_path):
-    proto = tiny_relu_onnx(seed)
-    path = tmp_path / "tiny.onnx"
-    onnx.save(proto, path)
-    model = Model(import_model(proto, str(path)), str(path))
+    model = saved_model(tiny_relu_onnx(seed), tmp_path)
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
     top, spread = grid_top(model)
     for t, expect in ((top + 0.02 * spread, "verified"), (top - 0.02 * spread, "falsified")):
@@ -95,10 +89,7 @@ def test_warm_started_input_split_agrees_with_grid_and_rechecks(seed, tmp_path):
 
 
 def test_warm_start_needs_shared_slopes(tmp_path):
-    proto = tiny_relu_onnx(0)
-    path = tmp_path / "tiny.onnx"
-    onnx.save(proto, path)
-    model = Model(import_model(proto, str(path)), str(path))
+    model = saved_model(tiny_relu_onnx(0), tmp_path)
     prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), (Disjunct(np.array([[-1.0]]), np.array([-1e3])),))
     with pytest.raises(ValueError, match="alpha_shared"):
         input_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(5),

@@ -234,3 +234,13 @@ def tiny_relu_onnx(seed: int, n_in: int = 2, hidden=(8, 8), act: str = "Relu", s
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", 1, [1, n_in])],
                           [helper.make_tensor_value_info("y", 1, [1, 1])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def saved_model(proto: onnx.ModelProto, folder, name: str = "model.onnx"):
+    """``proto`` saved under ``folder`` and loaded as certkit loads a file (a :class:`certkit.model.Model`)."""
+    from certkit.model import Model
+    from certkit.onnx.importer import import_model
+
+    path = folder / name
+    onnx.save(proto, path)
+    return Model(import_model(proto, str(path)), str(path))
