@@ -53,19 +53,17 @@ RELU_SPLIT_SHARE = 0.6
 #: used its whole 40% share without reaching the MILP, while ReLU splitting needed that time).
 MILP_MAX_NEURONS = 2048
 #: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
-#: Which branching look-ahead wins is instance-dependent on ACAS Xu (each is 5-20x faster than the
-#: other on some instances; benchmarks/instances.py), so both DeepPoly-only variants get a short turn
-#: before the alpha-CROWN run that gets the rest. That run looks ahead 2 dimensions: with alpha-CROWN
-#: each look-ahead child costs 5 bound passes, and look-ahead 5 was twice as slow on 1_1 prop_5 and
-#: prop_6 (42 vs 20 s on one box; prop_6 went from timeout to 60 s, the 62 shared instances 75 -> 70 s).
-#: The alpha-CROWN run shares one slope per neuron and bound computation, starts each child from its
+#: DeepPoly with look-ahead 5 gets a short turn (some ACAS Xu prop_1 instances need it: 2_7 prop_1 takes
+#: 4 s there and times out in the alpha-CROWN run alone), then the alpha-CROWN run gets the rest. It
+#: looks ahead 1 dimension: with alpha-CROWN every look-ahead child costs bound passes (look-ahead 5 was
+#: twice as slow as 2 on 1_1 prop_5 and prop_6 with 5 cold steps). The alpha-CROWN run shares one slope per neuron and bound computation, starts each child from its
 #: parent's slopes and takes 2 steps, looking ahead 1 dimension. ACAS Xu 3_3 prop_2, input splitting
 #: alone (both cores busy): 5 steps from DeepPoly's slopes, look-ahead 2: not finished in 300 s;
 #: shared warm-started slopes, 3 steps: 130 s (look-ahead 2), 76 s (1); 2 steps, look-ahead 1: 62 s
 #: (4_2 prop_2: 27 s, 1_1 prop_6's first box: 6 s). Portfolios measured beside the 62 shared ACAS Xu
 #: instances (one job each, both cores busy; benchmarks/acas_hard.py's 3_3 / 4_2 prop_2, 1_1 prop_6):
 #: with the look-ahead 2 DeepPoly phase (18%) 77.2 s, 92.7 / 61.2 / 33.2 s; without it 81.8 s, 83.2 /
-#: 43.9 / 32.9 s; the alpha-CROWN run alone 243.3 s with two prop_1 left open, 72.1 / 33.1 / 17.4 s.
+#: 43.9 / 32.9 s (kept); the alpha-CROWN run alone 243.3 s with two prop_1 left open, 72.1 / 33.1 / 17.4 s.
 INPUT_SPLIT_PORTFOLIO = (
     (0.15, SplitConfig(lookahead=5, alpha_iterations=0)),
     (None, SplitConfig(lookahead=1, alpha_iterations=2, alpha_shared=True, alpha_warm=True)),
