@@ -94,3 +94,22 @@ def test_warm_start_needs_shared_slopes(tmp_path):
     with pytest.raises(ValueError, match="alpha_shared"):
         input_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(5),
                     SplitConfig(alpha_warm=True))
+
+
+def test_kept_slopes_within_their_memory_share(tmp_path, monkeypatch):
+    """Past their share of the memory headroom the kept slopes are dropped and the search goes on from
+    DeepPoly's slopes: the same verdict, a proof that rechecks."""
+    import certkit.verify.input_split as split
+
+    monkeypatch.setattr(split, "WARM_SLOPES_SHARE", 1e-12)
+    model = saved_model(tiny_relu_onnx(1), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
+                    (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.02 * spread)])),))
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    seen = []
+    bound = split._Problem.bound
+    monkeypatch.setattr(split._Problem, "bound", lambda self, lo, hi, init=None: (seen.append(init), bound(self, lo, hi, init))[1])
+    out = input_split(q, Budget.of(60), WARM)
+    assert out.status == "verified" and recheck(q, out.tree).failed == 0
+    assert len(seen) > 2 and all(i is None for i in seen[2:])  # no slopes handed on after the first children

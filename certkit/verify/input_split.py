@@ -39,12 +39,17 @@ import torch
 from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
+from ..bounds.memory import headroom
 from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, domain_value
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
 from .witness import Witness
+
+#: share of the memory headroom that the slopes kept with queued domains may take (``SplitConfig.alpha_warm``);
+#: beyond it the search goes on without them
+WARM_SLOPES_SHARE = 0.25
 
 #: Leaf kinds of an input-splitting proof tree: which bound closed the leaf.
 LEAF_KINDS = ("deeppoly", "alpha")
@@ -112,7 +117,7 @@ class _Bounded:
     lo: Tensor
     hi: Tensor
     value: Tensor  # (b,) min over disjuncts of the best row slack minus margin (> 0: closed)
-    a: Tensor  # (b, n) input coefficients of the worst open row's linear bound
+    a: Tensor  # (b, n) input coefficients of the guide row's linear bound (:func:`guide_row`)
     how: Tensor  # (b,) int64: index in LEAF_KINDS of the bound that gave ``value``
     ids: Tensor  # (b,) int64: domain ids in the proof log
     #: alpha-CROWN's slopes per key (:attr:`BoundState.alpha`), (b, R, n), NaN where a domain has none
@@ -132,12 +137,9 @@ class _Bounded:
             return b
         slopes = None
         if a.slopes is not None or b.slopes is not None:
-            slopes = {}
-            for k in set(a.slopes or {}) | set(b.slopes or {}):
-                parts = [(p.slopes or {}).get(k) for p in (a, b)]
-                like = next(v for v in parts if v is not None)
-                slopes[k] = torch.cat([v if v is not None else torch.full((p.lo.shape[0],) + like.shape[1:], float("nan"),
-                                                                           dtype=like.dtype) for v, p in zip(parts, (a, b))])
+            sa, sb = a.slopes or {}, b.slopes or {}
+            slopes = {k: torch.cat([sa.get(k, _nan_rows(a.lo.shape[0], v)), sb.get(k, _nan_rows(b.lo.shape[0], v))])
+                      for k, v in {**sa, **sb}.items()}
         return _Bounded(*(torch.cat([x, y]) for x, y in zip(a.fields(), b.fields())), slopes=slopes)
 
 
@@ -153,6 +155,8 @@ class _Problem:
         if cfg.alpha_warm and not cfg.alpha_shared:
             raise ValueError("alpha_warm keeps slopes per queued domain: only with alpha_shared")
         self.cfg = cfg
+        self.warm = cfg.alpha_warm  # off for the rest of the search once the kept slopes outgrow their share
+        self.slope_bytes = WARM_SLOPES_SHARE * headroom(budget)
         self.attack_seconds = 0.0
         self.seconds = 0.0  # spent bounding domains
 
@@ -178,9 +182,8 @@ class _Problem:
             if open_.numel():
                 sub = None if init is None else {k: v[open_] for k, v in init.items()}
                 v2, a2, found = self._alpha(lo[open_], hi[open_], sub)
-                if self.cfg.alpha_warm:
-                    slopes = {k: torch.full((lo.shape[0],) + v.shape[1:], float("nan"), dtype=v.dtype).index_copy(0, open_, v)
-                              for k, v in found.items()}
+                if self.warm:
+                    slopes = {k: _nan_rows(lo.shape[0], v).index_copy(0, open_, v) for k, v in found.items()}
                 better = v2 > value[open_]
                 value = value.clone()
                 a = a.clone()
@@ -340,6 +343,8 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
         if bool(done.any()):
             out.closed_volume += volume(chosen.rows(done))
         queue = _Bounded.cat(queue, chosen.rows(~done))
+        if queue.slopes and sum(v.numel() * v.element_size() for v in queue.slopes.values()) > pb.slope_bytes:
+            queue.slopes, pb.warm = None, False  # children start from DeepPoly's slopes from now on
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains
     if out.status == "verified":
@@ -348,6 +353,11 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
                                                   "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
                                                   "domains": pb.domains})
     return out
+
+
+def _nan_rows(n: int, like: Tensor) -> Tensor:
+    """``n`` rows shaped as those of ``like``, all NaN: no slopes kept (DeepPoly's choice stands)."""
+    return torch.full((n,) + tuple(like.shape[1:]), float("nan"), dtype=like.dtype)
 
 
 def guide_row(slack: Tensor, own: Tensor, K: int) -> Tensor:

@@ -54,11 +54,11 @@ RELU_SPLIT_SHARE = 0.6
 MILP_MAX_NEURONS = 2048
 #: Input splitting as a portfolio: (share of the remaining time, or None for all of it; options).
 #: DeepPoly with look-ahead 5 gets a short turn (some ACAS Xu prop_1 instances need it: 2_7 prop_1 takes
-#: 4 s there and times out in the alpha-CROWN run alone), then the alpha-CROWN run gets the rest. It
-#: looks ahead 1 dimension: with alpha-CROWN every look-ahead child costs bound passes (look-ahead 5 was
-#: twice as slow as 2 on 1_1 prop_5 and prop_6 with 5 cold steps). The alpha-CROWN run shares one slope per neuron and bound computation, starts each child from its
-#: parent's slopes and takes 2 steps, looking ahead 1 dimension. ACAS Xu 3_3 prop_2, input splitting
-#: alone (both cores busy): 5 steps from DeepPoly's slopes, look-ahead 2: not finished in 300 s;
+#: 4 s there and times out in the alpha-CROWN run alone), then the alpha-CROWN run gets the rest. That
+#: run shares one slope per neuron and bound computation, starts each child from its parent's slopes,
+#: takes 2 steps and looks ahead 1 dimension (every look-ahead child costs alpha steps). ACAS Xu 3_3
+#: prop_2, input splitting alone (both cores busy): 5 steps from DeepPoly's slopes, look-ahead 2: not
+#: finished in 300 s;
 #: shared warm-started slopes, 3 steps: 130 s (look-ahead 2), 76 s (1); 2 steps, look-ahead 1: 62 s
 #: (4_2 prop_2: 27 s, 1_1 prop_6's first box: 6 s). Portfolios measured beside the 62 shared ACAS Xu
 #: instances (one job each, both cores busy; benchmarks/acas_hard.py's 3_3 / 4_2 prop_2, 1_1 prop_6):
