@@ -35,7 +35,7 @@ import statistics
 import sys
 import threading
 import time
-from collections import deque
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Callable, TextIO
 
@@ -45,6 +45,8 @@ from .errors import DataError, UsageError
 
 #: Columns of the results CSV, in this order; the input CSV's other columns follow.
 COLUMNS = ("benchmark", "onnx", "vnnlib", "timeout", "expected", "verdict", "stage", "time_s", "wrong", "message")
+#: Tasks submitted per cluster worker at a time (the rest wait here, in order).
+IN_FLIGHT = 2
 #: Seconds a worker may run past its timeout before it is killed.
 GRACE = 10.0
 SCORE_CORRECT, SCORE_WRONG = 10, -150
@@ -78,7 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="certify backend for every instance (default auto)")
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
                    help="run each instance with its timeout times F (default 1)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="instances run at once (default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="instances run at once (default 1); N > 1 is --cluster local:N")
+    p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT",
+                   help="run the instances as tasks on a Dask cluster: a local one of N workers, or a running "
+                        "scheduler (needs the extra .[dask]; README section 'Running on a cluster')")
+    p.add_argument("--resume", action="store_true",
+                   help="with --out: keep the rows already in RESULTS.csv and run only the instances not in it")
     p.add_argument("--out", metavar="RESULTS.csv", type=output_path,
                    help="write one row per instance here (flushed per row)")
     p.add_argument("--filter", metavar="SUBSTR", help="only rows whose benchmark, onnx or vnnlib contains SUBSTR")
@@ -192,6 +200,7 @@ def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: in
             arithmetic: str = "auto") -> None:
     """Runs in a fresh process: load, certify, send one dict back."""
     t0 = time.monotonic()
+    _die_with_parent()
     try:
         import torch
 
@@ -213,6 +222,22 @@ def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: in
         conn.send(out)
     finally:
         conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: be killed when the process that started this one ends (the fork server, which ends
+    with the bench run or the cluster worker that owns it), so that no instance outlives a run that
+    was killed outright."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent ended before the request was made
+        os._exit(1)
 
 
 def _context():
@@ -250,12 +275,51 @@ def _row(inst: Instance, timeout: float, verdict: str, stage: str, time_s: float
     return row
 
 
-def run(instances: list[Instance], backend: str = "auto", timeout_scale: float = 1.0, jobs: int = 1,
-        on_row: Callable[[dict, int], None] | None = None, seed: int = 0, arithmetic: str = "auto") -> list[dict]:
-    """Run every instance, each in a fresh process; ``on_row(row, k)`` is called as rows finish."""
+def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: int = 0, arithmetic: str = "auto",
+                 files: tuple | None = None) -> dict:
+    """One instance in a fresh process (a fork of a server that imported certkit once; one torch
+    thread), killed :data:`GRACE` seconds past ``timeout``; its result row. Runs in this process or
+    as a cluster task (``files``: the model's and spec's bytes, :func:`certkit.cluster.ship`, for a
+    worker that does not share this file system)."""
+    from .cluster import DAEMON_HINT, daemonic, materialise
+
+    if files is not None:
+        inst = replace(inst, onnx_path=materialise(inst.onnx_path, files[0]),
+                       vnnlib_path=materialise(inst.vnnlib_path, files[1]))
+    missing = [p for p in (inst.onnx_path, inst.vnnlib_path) if not os.path.exists(p)]
+    if missing:
+        return _row(inst, timeout, "error", "", 0.0, f"no such file: {missing[0]}")
+    if daemonic():
+        return _row(inst, timeout, "error", "", 0.0, DAEMON_HINT)
     ctx = _context()
-    pending = deque(instances)
-    running: list[_Running] = []
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed, arithmetic),
+                       name=f"certkit-bench-{inst.line}")
+    r = _Running(inst, proc, recv, time.monotonic(), timeout)
+    try:
+        try:
+            proc.start()
+        except Exception as e:  # noqa: BLE001 - e.g. out of processes: this row only
+            return _row(inst, timeout, "error", "", 0.0, f"cannot start worker: {_one_line(e)}")
+        finally:
+            send.close()
+        while True:
+            wait_s = r.start + r.timeout + GRACE - time.monotonic()
+            mp.connection.wait([r.conn, proc.sentinel], timeout=min(max(wait_s, 0.0), 5.0))
+            row = _poll(r)
+            if row is not None:
+                return row
+    finally:  # interrupted (Ctrl-C, SIGTERM, a cancelled task): leave no process behind
+        _kill(r)
+
+
+def run(instances: list[Instance], backend: str = "auto", timeout_scale: float = 1.0, jobs: int = 1,
+        on_row: Callable[[dict, int], None] | None = None, seed: int = 0, arithmetic: str = "auto",
+        cluster: str | None = None, log: TextIO | None = None) -> list[dict]:
+    """Run every instance, each in a fresh process (:func:`run_instance`): one after the other in
+    this process, or as one Dask task each on ``cluster`` (``--jobs N`` > 1: a local cluster of N
+    workers; :mod:`certkit.cluster`). ``on_row(row, k)`` is called as rows finish, in the order they
+    finish."""
     rows: list[dict] = []
 
     def finish(row: dict) -> None:
@@ -265,50 +329,66 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
 
     previous = _terminate_as_interrupt()
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                inst = pending.popleft()
-                timeout = inst.timeout * timeout_scale
-                missing = [p for p in (inst.onnx_path, inst.vnnlib_path) if not os.path.exists(p)]
-                if missing:
-                    finish(_row(inst, timeout, "error", "", 0.0, f"no such file: {missing[0]}"))
-                    continue
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend,
-                                                         timeout, seed, arithmetic),
-                                   name=f"certkit-bench-{inst.line}")
-                # listed before it starts: an interrupt (SIGTERM) inside start() must still find the
-                # worker to kill, or the interpreter's exit would wait for it forever
-                running.append(_Running(inst, proc, recv, time.monotonic(), timeout))
-                try:
-                    proc.start()
-                except Exception as e:  # noqa: BLE001 - e.g. out of processes: this row only
-                    running.pop()
-                    recv.close()
-                    send.close()
-                    finish(_row(inst, timeout, "error", "", 0.0, f"cannot start worker: {_one_line(e)}"))
-                    continue
-                send.close()
-            if not running:
-                continue
-            now = time.monotonic()
-            wait_s = min(r.start + r.timeout + GRACE - now for r in running)
-            objs = [r.conn for r in running] + [r.proc.sentinel for r in running]
-            mp.connection.wait(objs, timeout=min(max(wait_s, 0.0), 5.0))
-            still = []
-            for r in running:
-                row = _poll(r)
-                if row is None:
-                    still.append(r)
-                else:
-                    finish(row)
-            running = still
+        if cluster is None and jobs == 1:
+            for inst in instances:
+                finish(run_instance(inst, inst.timeout * timeout_scale, backend, seed, arithmetic))
+        else:
+            _run_on_cluster(instances, cluster or f"local:{jobs}", finish, log, backend=backend,
+                            timeout_scale=timeout_scale, seed=seed, arithmetic=arithmetic)
     finally:
-        for r in running:  # interrupted (Ctrl-C, SIGTERM): leave no worker behind
-            _kill(r)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return rows
+
+
+def _run_on_cluster(instances: list[Instance], cluster: str, finish: Callable[[dict], None], log: TextIO | None,
+                    backend: str, timeout_scale: float, seed: int, arithmetic: str) -> None:
+    """One task per instance on the cluster, at most :data:`IN_FLIGHT` per worker submitted at a time
+    (a stopped run leaves little queued; a remote cluster's files are read as their turn comes);
+    rows as the tasks finish. A task whose worker died twice (:class:`distributed.KilledWorker`) or
+    that failed is an ``error`` row naming why."""
+    from .cluster import open_cluster, parse_cluster, shares_files, ship, worker_count
+
+    spec = parse_cluster(cluster)
+    with open_cluster(spec, log) as client:
+        from dask.distributed import as_completed
+
+        local = shares_files(spec)
+        shipped: dict[str, object] = {}  # path -> future of its bytes (scattered once)
+
+        def files(inst: Instance):
+            if local:
+                return None
+            out = []
+            for p in (inst.onnx_path, inst.vnnlib_path):
+                if p not in shipped:
+                    shipped[p] = client.scatter(ship(p), hash=True) if os.path.exists(p) else None
+                out.append(shipped[p])
+            return tuple(out)
+
+        of: dict[str, tuple[Instance, float]] = {}
+        todo = list(enumerate(instances))[::-1]
+
+        def submit():
+            k, inst = todo.pop()
+            t = inst.timeout * timeout_scale
+            fut = client.submit(run_instance, inst, t, backend, seed, arithmetic, files(inst), pure=False,
+                                key=f"certkit-bench-{k}-{inst.line}-{uuid.uuid4().hex[:8]}")
+            of[fut.key] = (inst, t)
+            return fut
+
+        pool = as_completed([submit() for _ in range(min(len(todo), IN_FLIGHT * worker_count(client)))])
+        for fut in pool:
+            inst, t = of.pop(fut.key)
+            try:
+                row = fut.result()
+            except Exception as e:  # noqa: BLE001 - KilledWorker, a failed task: this row only
+                why = "its worker died twice" if type(e).__name__ == "KilledWorker" else _one_line(e)
+                row = _row(inst, t, "error", "", 0.0, f"cluster task failed: {why}")
+            fut.release()
+            if todo:
+                pool.add(submit())
+            finish(row)
 
 
 def _terminate_as_interrupt():
@@ -430,6 +510,46 @@ def _stats(name: str, rs: list[dict], ref: bool = False) -> tuple:
 
 # --------------------------------------------------------------------------------------------- the CLI
 
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def resume(path: str, chosen: list[Instance], fields: list[str]) -> tuple[list[dict], list[Instance]]:
+    """``--resume``: the complete rows of an earlier run's results CSV and the instances it has no
+    row for (an instance listed twice needs two rows). The file is rewritten with its complete rows
+    only (a run killed while writing can leave a partial last line), ready to be appended to."""
+    if not os.path.exists(path):
+        return [], chosen
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            have = list(reader.fieldnames or [])
+            old = [r for r in reader if None not in r.values() and None not in r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read the results to resume: {getattr(e, 'strerror', None) or e}", path) from e
+    if have and have[:len(COLUMNS)] != list(COLUMNS):
+        raise DataError("not a results CSV of certkit bench (its columns differ); --resume keeps such rows only", path)
+    old = [r for r in old if r.get("verdict")]
+    tmp = f"{path}.resume-tmp"
+    with open(tmp, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        wr.writeheader()
+        wr.writerows(old)
+    os.replace(tmp, path)
+    done: dict[tuple[str, str], int] = {}
+    for r in old:
+        done[(r["onnx"], r["vnnlib"])] = done.get((r["onnx"], r["vnnlib"]), 0) + 1
+    rest = []
+    for inst in chosen:
+        key = (inst.onnx, inst.vnnlib)
+        if done.get(key, 0) > 0:
+            done[key] -= 1
+        else:
+            rest.append(inst)
+    return old, rest
+
+
 def run_cli(a, stdout: TextIO | None = None) -> int:
     """``certkit bench``: see the module docstring. Returns 0 when the run completed."""
     from .verify.certify import STAGES
@@ -445,47 +565,65 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
         raise UsageError("--limit must be >= 0")
     if a.timeout_cap is not None and not (a.timeout_cap > 0 and math.isfinite(a.timeout_cap)):
         raise UsageError("--timeout-cap must be a positive number of seconds")
+    if a.resume and not a.out:
+        raise UsageError("--resume needs --out RESULTS.csv (the rows to keep)")
+    cluster = a.cluster
+    if cluster is not None:
+        from .cluster import parse_cluster
+
+        parse_cluster(cluster)  # a bad value is a usage error before anything runs
     instances, extra = read_instances(a.instances)
     chosen = select(instances, a.filter, a.limit, a.expected)
     if a.timeout_cap is not None:  # Instance.timeout is before scaling
         chosen = [replace(i, timeout=min(i.timeout, a.timeout_cap / a.timeout_scale)) for i in chosen]
     fields = list(COLUMNS) + [c for c in extra if c not in COLUMNS]
+    kept: list[dict] = []
+    if a.resume:
+        kept, chosen = resume(a.out, chosen, fields)
     out_f = None
     if a.out:
         try:
-            out_f = open(a.out, "w", newline="")
+            out_f = open(a.out, "a" if a.resume else "w", newline="")
         except OSError as e:
             raise UsageError(f"cannot write --out {a.out}: {e.strerror or e}") from e
+    rows: list[dict] = []
     try:
         writer = None
         if out_f is not None:
             writer = csv.DictWriter(out_f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
+            if not a.resume:
+                writer.writeheader()
             out_f.flush()
+        how = f"cluster {cluster}" if cluster else f"{a.jobs} job(s)"
         print(f"bench: {len(chosen)} of {len(instances)} instance(s) from {a.instances}, backend {a.backend}, "
-              f"timeout x{a.timeout_scale:g}, {a.jobs} job(s)" + (f", results to {a.out}" if a.out else ""),
-              file=stdout, flush=True)
+              f"timeout x{a.timeout_scale:g}, {how}" + (f", results to {a.out}" if a.out else "")
+              + (f"; {len(kept)} kept from the earlier run" if a.resume else ""), file=stdout, flush=True)
         total = len(chosen)
         w = len(str(total))
+        started = time.monotonic()
+        solved = [0]
 
         def on_row(row: dict, k: int) -> None:
             if writer is not None:
                 writer.writerow(row)
                 out_f.flush()
+            solved[0] += row["verdict"] in ("sat", "unsat")
             exp = normalise_expected(row["expected"])
             tail = f"  expected {exp}" if exp else ""
             if row["wrong"] == "1":
                 tail += "  WRONG"
             if row["verdict"] in ("error", "timeout") and row["message"]:
                 tail += f"  ({row['message']})"
+            eta = (time.monotonic() - started) / k * (total - k)
             print(f"[{k:>{w}}/{total}] {row['verdict']:<7} {row['stage'] or '-':<18} {float(row['time_s']):8.2f} s  "
-                  f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}",
-                  file=stdout, flush=True)
+                  f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}"
+                  f"  [solved {solved[0]}/{k}, ETA {_clock(eta)}]", file=stdout, flush=True)
 
-        rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic)
+        rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout)
     finally:
         if out_f is not None:
             out_f.close()
+    rows = kept + rows
     if (a.filter or a.expected) and not chosen:
         print("no instance matches" + (f" --filter {a.filter!r}" if a.filter else "")
               + (f" --expected {a.expected}" if a.expected else ""), file=stdout)

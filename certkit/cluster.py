@@ -1,0 +1,165 @@
+"""Running certkit's work on a Dask cluster (``dask.distributed``; the optional extra ``.[dask]``).
+
+``--cluster local[:N]`` starts a :class:`~dask.distributed.LocalCluster` of ``N`` worker processes
+(default: one per core) on this machine; ``--cluster tcp://HOST:PORT`` connects to a running
+scheduler (``dask scheduler`` / ``dask worker``, or any deployment that gives one). Either way the
+same tasks run: one per suite instance (:mod:`certkit.bench`), one per batch of samples
+(:mod:`certkit.verify.dataset`), one per sub-box of an input-splitting search
+(:mod:`certkit.verify.distributed`).
+
+Workers run one task at a time (one thread each, torch on one thread). A task whose worker dies is
+retried once on another worker (``distributed.scheduler.allowed-failures = 1``), then reported
+(:class:`~distributed.KilledWorker`). A local cluster's workers are started non-daemonic, so that a
+task can start the fresh process that runs one suite instance; on a cluster started by hand the
+workers need the same (``DASK_DISTRIBUTED__WORKER__DAEMON=False``, or ``dask worker --no-nanny``).
+
+What reaches the workers: model and spec files by path on a local cluster (the same file system),
+and by their bytes (:func:`ship`, scattered once per distinct file) on a remote one, written on the
+worker to a cache folder named by their SHA-256 (:func:`materialise`); certkit itself and its
+dependencies must be installed on every worker (the same version: tasks are pickled functions).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator, TextIO
+
+from .errors import UsageError
+
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
+#: the Dask settings of every cluster certkit starts or joins (see the module docstring)
+DASK_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False}
+#: the hint of a task that needs to start a process on a daemonic worker
+DAEMON_HINT = ("this Dask worker is daemonic and cannot start the process an instance runs in: start "
+               "workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (or dask worker --no-nanny)")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster`` value: a local cluster of ``workers`` processes, or a scheduler address."""
+
+    address: str | None = None  # tcp://HOST:PORT (None: local)
+    workers: int = 1
+
+    @property
+    def local(self) -> bool:
+        return self.address is None
+
+
+def parse_cluster(text: str) -> ClusterSpec:
+    """``local``, ``local:N`` (N >= 1) or a scheduler address ``SCHEME://HOST:PORT``; a UsageError
+    (exit 2) naming the value otherwise."""
+    t = text.strip()
+    m = _LOCAL.match(t)
+    if m:
+        n = int(m.group(1)) if m.group(1) else (os.cpu_count() or 1)
+        if n < 1:
+            raise UsageError(f"--cluster {text}: a local cluster needs at least 1 worker")
+        return ClusterSpec(None, n)
+    if re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+$", t):
+        return ClusterSpec(t, 0)
+    raise UsageError(f"--cluster {text}: expected local, local:N or a scheduler address such as tcp://HOST:8786")
+
+
+def _dask():
+    try:
+        import dask
+        from dask import distributed
+    except ImportError as e:
+        raise UsageError(f"--cluster and --jobs N > 1 need Dask ({e.name} is missing): "
+                         "pip install 'certkit[dask]'") from e
+    return dask, distributed
+
+
+@contextlib.contextmanager
+def open_cluster(spec: ClusterSpec | str, out: TextIO | None = sys.stderr) -> Iterator[Any]:
+    """A :class:`distributed.Client` on the cluster ``spec`` (started here when local, closed on
+    exit); prints the worker count and the dashboard link to ``out``."""
+    spec = parse_cluster(spec) if isinstance(spec, str) else spec
+    dask, distributed = _dask()
+    with dask.config.set(DASK_CONFIG):
+        cluster = None
+        try:
+            if spec.local:
+                cluster = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
+                                                   dashboard_address=":0", silence_logs=logging.ERROR)
+                client = distributed.Client(cluster)
+            else:
+                try:
+                    client = distributed.Client(spec.address, timeout="20s")
+                except (OSError, TimeoutError) as e:
+                    raise UsageError(f"--cluster {spec.address}: cannot reach the scheduler ({e})") from e
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
+        try:
+            if out is not None:
+                n = len(client.scheduler_info().get("workers", {}))
+                where = "local cluster" if spec.local else f"cluster {spec.address}"
+                print(f"{where}: {n} worker(s), dashboard {client.dashboard_link}", file=out, flush=True)
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def shares_files(spec: ClusterSpec) -> bool:
+    """Do the workers see this machine's files: a local cluster, or a scheduler on the loopback
+    interface (whose workers run here)? Otherwise files are shipped (:func:`ship`)."""
+    if spec.local:
+        return True
+    host = spec.address.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def worker_count(client) -> int:
+    """Workers connected now (at least 1, so that shares computed from it stay finite)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+# --------------------------------------------------------------------------------------------- files
+
+@dataclass(frozen=True)
+class Shipped:
+    """A file's bytes sent to workers: its name (for the suffix) and SHA-256."""
+
+    name: str
+    sha256: str
+    data: bytes
+
+
+def ship(path: str) -> Shipped:
+    """The file at ``path`` as bytes for a remote worker."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return Shipped(os.path.basename(path), hashlib.sha256(data).hexdigest(), data)
+
+
+def materialise(path: str, shipped: Shipped | None) -> str:
+    """On a worker: ``path`` itself when nothing was shipped, else the shipped bytes written once to
+    ``$TMPDIR/certkit-shipped/SHA256-NAME`` (the name keeps ``.gz`` and the like)."""
+    if shipped is None:
+        return path
+    folder = os.path.join(tempfile.gettempdir(), "certkit-shipped")
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, f"{shipped.sha256[:16]}-{shipped.name}")
+    if not os.path.exists(target):
+        tmp = f"{target}.{os.getpid()}.part"
+        with open(tmp, "wb") as f:
+            f.write(shipped.data)
+        os.replace(tmp, target)
+    return target
+
+
+def daemonic() -> bool:
+    """Is this process daemonic (it may then not start processes of its own)?"""
+    return bool(multiprocessing.current_process().daemon)

@@ -1,0 +1,183 @@
+"""Suites on a Dask cluster (issue 14): ``certkit bench --cluster``/``--jobs N``, ``--resume``,
+a worker killed mid-run. The clusters are ``LocalCluster``s of 2 worker processes started here."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from certkit import bench
+from certkit.cluster import DASK_CONFIG, ClusterSpec, parse_cluster, ship
+from certkit.errors import UsageError
+
+from tests.helpers.examples import FC, SAT, UNSAT
+from tests.test_bench import read_out, run, summary_row, write_csv
+
+distributed = pytest.importorskip("dask.distributed", reason="the cluster tests need the extra .[dask]")
+
+
+@pytest.fixture
+def local_cluster():
+    """A LocalCluster of 2 single-threaded worker processes, with certkit's Dask settings."""
+    import dask
+
+    with dask.config.set(DASK_CONFIG):
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                      silence_logs=logging.ERROR) as c:
+            yield c
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "instances.csv", [
+        ["digits", str(FC), str(UNSAT), 60, "unsat", "a"],
+        ["digits", str(FC), str(SAT), 60, "sat", "b"],
+        ["digits", str(FC), str(UNSAT), 60, "unsat", "a2"],  # the same instance twice: two rows
+        ["broken", "no_such_model.onnx", str(UNSAT), 60, "unsat", "c"],
+    ])
+
+
+def verdicts(path: Path) -> dict[str, str]:
+    return {r["note"]: r["verdict"] for r in read_out(path)[1]}
+
+
+@pytest.mark.parametrize("text, want", [("local:3", ClusterSpec(None, 3)), ("local", ClusterSpec(None, os.cpu_count() or 1)),
+                                        ("tcp://10.0.0.1:8786", ClusterSpec("tcp://10.0.0.1:8786", 0))])
+def test_parse_cluster(text, want):
+    assert parse_cluster(text) == want
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:x", "remote", "10.0.0.1:8786", ""])
+def test_parse_cluster_refuses(text):
+    with pytest.raises(UsageError, match="--cluster"):
+        parse_cluster(text)
+
+
+def test_suite_on_a_local_cluster_matches_one_process(suite: Path, tmp_path: Path, capsys):
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert run(capsys, "bench", suite, "--out", one)[0] == 0
+    rc, stdout, _ = run(capsys, "bench", suite, "--out", two, "--cluster", "local:2")
+    assert rc == 0
+    assert verdicts(one) == verdicts(two) == {"a": "unsat", "b": "sat", "a2": "unsat", "c": "error"}
+    assert any("local cluster: 2 worker(s), dashboard http" in line for line in stdout), stdout
+    progress = [line for line in stdout if line.startswith("[")]
+    assert len(progress) == 4 and "solved" in progress[-1] and "ETA 0:00" in progress[-1]
+    assert summary_row(stdout, "all")["solved"] == "3"
+
+
+def test_remote_cluster_gets_the_files_shipped(suite: Path, tmp_path: Path, capsys, local_cluster, monkeypatch):
+    """A scheduler elsewhere (here: one taken for remote): the instances' files go to the workers as
+    bytes (written there under their SHA-256), and the verdicts are those of one process."""
+    import certkit.cluster
+
+    monkeypatch.setattr(certkit.cluster, "shares_files", lambda spec: False)
+    out = tmp_path / "r.csv"
+    rc, stdout, _ = run(capsys, "bench", suite, "--out", out, "--cluster", local_cluster.scheduler_address)
+    assert rc == 0 and any(f"cluster {local_cluster.scheduler_address}: 2 worker(s)" in line for line in stdout)
+    assert verdicts(out) == {"a": "unsat", "b": "sat", "a2": "unsat", "c": "error"}
+
+
+@pytest.mark.parametrize("address, shared", [("tcp://127.0.0.1:8786", True), ("tcp://localhost:1", True),
+                                             ("tcp://[::1]:8786", True), ("tcp://10.1.2.3:8786", False)])
+def test_files_are_shipped_beyond_this_machine(address, shared):
+    from certkit.cluster import shares_files
+
+    assert shares_files(parse_cluster(address)) is shared and shares_files(parse_cluster("local:2"))
+
+
+def test_run_instance_from_shipped_bytes(tmp_path: Path):
+    inst = bench.Instance(1, "b", "m.onnx", "s.vnnlib", str(tmp_path / "gone.onnx"), str(tmp_path / "gone.vnnlib"), 60.0)
+    row = bench.run_instance(inst, 60.0, files=(ship(str(FC)), ship(str(UNSAT))))
+    assert row["verdict"] == "unsat", row
+
+
+def test_resume_runs_only_the_rest(suite: Path, tmp_path: Path, capsys):
+    out = tmp_path / "r.csv"
+    assert run(capsys, "bench", suite, "--out", out)[0] == 0
+    full = read_out(out)[1]
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])  # one complete row, then a partial line (a kill)
+    rc, stdout, _ = run(capsys, "bench", suite, "--out", out, "--resume", "--jobs", "2")
+    assert rc == 0
+    assert any("3 of 4 instance(s)" in line and "1 kept from the earlier run" in line for line in stdout), stdout
+    assert len([line for line in stdout if line.startswith("[")]) == 3
+    again = read_out(out)[1]
+    assert sorted((r["note"], r["verdict"]) for r in again) == sorted((r["note"], r["verdict"]) for r in full)
+    assert summary_row(stdout, "all")["instances"] == "4"
+    rc, stdout, _ = run(capsys, "bench", suite, "--out", out, "--resume")  # nothing left
+    assert rc == 0 and any("0 of 4 instance(s)" in line for line in stdout) and len(read_out(out)[1]) == 4
+
+
+def test_resume_needs_out(suite: Path, capsys):
+    rc, _, err = run(capsys, "bench", suite, "--resume")
+    assert rc == 2 and "--resume needs --out" in err[0]
+
+
+def test_bad_cluster_value_is_a_usage_error(suite: Path, capsys):
+    rc, _, err = run(capsys, "bench", suite, "--cluster", "nowhere")
+    assert rc == 2 and len(err) == 1 and "--cluster nowhere" in err[0]
+
+
+def test_worker_killed_mid_run_loses_nothing(tmp_path: Path, capsys, local_cluster):
+    """One instance blocks reading a FIFO; its worker is killed (SIGKILL) while the rows of the
+    others are already written. The task is retried on a worker started in its place, the FIFO is
+    fed, and the run completes with every row, each once, and the one-process verdicts."""
+    import signal
+
+    fifo = tmp_path / "slow.vnnlib"
+    os.mkfifo(fifo)
+    path = write_csv(tmp_path / "i.csv", [["digits", str(FC), str(UNSAT), 60, "unsat", "a"],
+                                          ["digits", str(FC), str(SAT), 60, "sat", "b"],
+                                          ["digits", str(FC), str(fifo), 60, "unsat", "slow"]])
+    out = tmp_path / "r.csv"
+    result: dict = {}
+    addr = local_cluster.scheduler_address
+    t = threading.Thread(target=lambda: result.setdefault("rc", run(capsys, "bench", path, "--out", out,
+                                                                    "--cluster", addr)[0]))
+    t.start()
+    client = distributed.Client(addr)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the two quick rows written, the slow one running
+            done = len(read_out(out)[1]) if out.exists() else 0
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            if done == 2 and busy:
+                break
+            time.sleep(0.2)
+        assert done == 2 and busy, "the quick rows never finished"
+        pid = client.run(os.getpid, workers=busy)[busy[0]]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        stop = threading.Event()
+
+        def feed():  # the retried task reads the spec from the FIFO
+            text = Path(UNSAT).read_text()
+            while not stop.is_set():
+                try:
+                    with open(fifo, "w") as f:
+                        f.write(text)
+                except OSError:
+                    pass
+                time.sleep(0.1)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        t.join(120)
+        stop.set()
+        try:  # unblock the feeder if it waits for a reader
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    finally:
+        client.close()
+    assert not t.is_alive() and result.get("rc") == 0
+    rows = read_out(out)[1]
+    assert sorted(r["note"] for r in rows) == ["a", "b", "slow"]
+    assert {r["note"]: r["verdict"] for r in rows} == {"a": "unsat", "b": "sat", "slow": "unsat"}
+    with open(out, newline="") as f:
+        assert len(list(csv.reader(f))) == 4  # the header and three rows: nothing lost, nothing twice
