@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="valid input range, e.g. 0 1")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--limit", type=int, help="only the first N samples (data-set mode)")
+    c.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT",
+                   help="a Dask cluster (extra .[dask]): data-set batches, or the input-splitting search of a "
+                        "VNN-LIB spec, run as tasks on its workers; local:N starts one of N workers here")
     c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     b = sub.add_parser("bounds", help="output and spec bounds over the spec's first input box")
@@ -287,8 +290,13 @@ def _cmd_dataset(a) -> int:
         spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
         seconds = None if a.total_timeout is None else max(a.total_timeout - spent - _EXIT_RESERVE, 1e-3)
         total = Budget.of(seconds, label=a.total_timeout, startup=spent, memory=a.memory_limit)
+    if a.cluster is not None:
+        from .cluster import parse_cluster
+
+        parse_cluster(a.cluster)
     res = certify_dataset(model, x, y, a.eps, a.norm, domain, a.backend, a.batch_size,
-                          progress=sys.stderr.isatty(), timeout=a.timeout, total_timeout=total, seed=a.seed)
+                          progress=sys.stderr.isatty(), timeout=a.timeout, total_timeout=total, seed=a.seed,
+                          cluster=a.cluster)
     counts = {v: sum(s.verdict == v for s in res.samples)
               for v in ("verified", "falsified", "timeout", "unknown", "misclassified")}
     print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
@@ -310,7 +318,7 @@ def _cmd_dataset(a) -> int:
         print(degraded_note(d))
     write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset, {
         "batch_size": a.batch_size, "timeout": a.timeout, "total_timeout": a.total_timeout, "seed": a.seed,
-        "memory_limit": a.memory_limit, "arithmetic": a.arithmetic}),
+        "memory_limit": a.memory_limit, "arithmetic": a.arithmetic, "cluster": a.cluster}),
         p, a.json))])
     return EXIT_OK
 

@@ -181,3 +181,53 @@ def test_worker_killed_mid_run_loses_nothing(tmp_path: Path, capsys, local_clust
     assert {r["note"]: r["verdict"] for r in rows} == {"a": "unsat", "b": "sat", "slow": "unsat"}
     with open(out, newline="") as f:
         assert len(list(csv.reader(f))) == 4  # the header and three rows: nothing lost, nothing twice
+
+
+# --------------------------------------------------------------------------------------------- data sets
+
+def test_dataset_on_a_cluster_matches_one_process(local_cluster):
+    """The same batches and seeds: every sample's verdict, stage and margin bound as in one process."""
+    import numpy as np
+
+    from certkit import api
+    from certkit.verify.dataset import certify_dataset, load_dataset
+    from tests.helpers.examples import CONV, DATA_CONV
+
+    model = api.load_model(str(CONV))
+    x, y = load_dataset(str(DATA_CONV), model)
+    x, y = x[:40], y[:40]
+    one = certify_dataset(model, x, y, 0.02, batch_size=8)
+    two = certify_dataset(model, x, y, 0.02, batch_size=8, cluster=local_cluster.scheduler_address)
+    assert [s.index for s in two.samples] == list(range(40))
+    assert [(s.verdict, s.stage) for s in one.samples] == [(s.verdict, s.stage) for s in two.samples]
+    np.testing.assert_array_equal([s.margin_lower for s in one.samples], [s.margin_lower for s in two.samples])
+    assert {"verified", "falsified"} <= {s.verdict for s in two.samples}
+    for s in two.samples:
+        if s.verdict == "falsified":  # the witness was confirmed on the worker: it violates here too
+            assert np.abs(s.witness - x[s.index]).max() <= 0.02 + 1e-6
+            assert s.witness_output.argmax() != y[s.index]
+
+
+def test_dataset_cli_on_a_cluster_writes_a_checkable_certificate(tmp_path: Path, capsys, local_cluster):
+    from certkit.cli import main
+    from tests.helpers.examples import CONV, DATA_CONV
+
+    cert = tmp_path / "c.json"
+    rc = main(["certify", str(CONV), "--dataset", str(DATA_CONV), "--eps", "0.02", "--limit", "40",
+               "--batch-size", "8", "--json", str(cert), "--cluster", local_cluster.scheduler_address])
+    out = capsys.readouterr().out
+    assert rc == 0 and "certified:" in out
+    assert main(["check", str(cert)]) == 0, capsys.readouterr()
+
+
+def test_dataset_lipschitz_on_a_cluster(local_cluster):
+    from certkit import api
+    from certkit.verify.dataset import certify_dataset, load_dataset
+    from tests.helpers.examples import DATA, FC
+
+    model = api.load_model(str(FC))
+    x, y = load_dataset(str(DATA), model)
+    one = certify_dataset(model, x[:30], y[:30], 0.01, "l2", backend="lipschitz", batch_size=8)
+    two = certify_dataset(model, x[:30], y[:30], 0.01, "l2", backend="lipschitz", batch_size=8,
+                          cluster=local_cluster.scheduler_address)
+    assert [(s.verdict, s.radius) for s in one.samples] == [(s.verdict, s.radius) for s in two.samples]

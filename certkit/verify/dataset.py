@@ -167,7 +167,7 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
                     batch_size: int = 32, attack_cfg: AttackConfig = AttackConfig(128, 4, 20),
                     progress: bool = False, indices: np.ndarray | None = None,
                     timeout: float | None = None, total_timeout: float | Budget | None = None,
-                    seed: int = 0) -> DatasetResult:
+                    seed: int = 0, cluster: str | None = None) -> DatasetResult:
     """Certify every sample of ``(x, y)`` at radius ``eps`` in ``norm`` (``linf``, ``l2``, ``l1``).
 
     Each correctly classified sample is a :class:`~certkit.verify.query.Query` (its ball, clipped to
@@ -176,7 +176,9 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
     batch at once, then each sample still open gets the complete procedures (``bab``, ``milp``,
     ``auto``) within ``timeout`` seconds of its own; ``total_timeout`` bounds the whole run.
     ``backend="lipschitz"``: Lipschitz-margin certificates (:mod:`certkit.lipschitz.margin`); each
-    sample also gets its certified radius."""
+    sample also gets its certified radius. ``cluster`` (``local[:N]`` or a scheduler address): the
+    batches run as tasks on a Dask cluster (:func:`certkit.verify.distributed.certify_batches`), with
+    the same batches and seeds, hence the same per-sample results, as in one process."""
     lip = backend == "lipschitz"
     plan = ("lipschitz",) if lip else _batched_plan(stages_for(backend))
     if batch_size < 1:
@@ -200,35 +202,80 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
         results[int(k)] = SampleResult(int(idx_all[k]), int(y[k]), "misclassified", float("nan"), 0.0)
     todo = np.nonzero(pred == y)[0]
     rows = bound_rows
-    if lip and len(todo):
-        from ..lipschitz.margin import pair_lipschitz
-
+    if lip and len(todo) and cluster is None:  # (on a cluster each worker computes it once)
         t = time.monotonic()
-        pair = pair_lipschitz(g, norm)
+        rows = _lipschitz_rows(g, norm)
         timings["lipschitz"] = time.monotonic() - t
-        rows = lambda qs, stage, b: lipschitz_rows(qs, b, pair)  # noqa: E731
-    run = (lambda z: model.runner(z))  # noqa: E731
     per_sample = None if timeout is None else (lambda b: b.cap(timeout))
     bar = _progress(len(todo)) if progress else None
-    for start in range(0, len(todo), batch_size):
-        ks = todo[start:start + batch_size]
-        qs = [Query.robustness(g, x[k], int(y[k]), eps, p, domain, run, int(idx_all[k])) for k in ks]
-        t0 = time.monotonic()
-        res = decide(qs, plan, total, seed=seed + start, quick=None, medium=None, long=attack_cfg, stop_on_sat=False,
-                     explicit=backend, query_budget=per_sample, timings=timings, rows=rows)
-        for k, q, r in zip(ks, qs, res):
-            results[int(k)] = _sample_result(q, r, int(y[k]))
-            out.degraded += [d for d in r.extra.get("degraded", []) if d not in out.degraded]
+    batches = [(start, todo[start:start + batch_size]) for start in range(0, len(todo), batch_size)]
+    job = _Job(eps, p, domain, backend, plan, attack_cfg, timeout, seed)
+
+    def done(got: list[SampleResult], ks: np.ndarray, degraded: list[dict], n: int) -> None:
+        for k, r in zip(ks, got):
+            results[int(k)] = r
+        out.degraded += [d for d in degraded if d not in out.degraded]
         if bar is not None:
-            bar.update(len(ks))
-            bar.set_postfix(verified=sum(s.verdict == "verified" for s in results.values()))
-        del t0
+            bar.update(n)
+            bar.set_postfix(verified=sum(r.verdict == "verified" for r in results.values()))
+
+    if cluster is None:
+        for start, ks in batches:
+            got, degraded = _certify_batch(model, job, x[ks], y[ks], idx_all[ks], start, total, timings, rows,
+                                           per_sample)
+            done(got, ks, degraded, len(ks))
+    else:
+        from .distributed import certify_batches
+
+        for got, ks, degraded, part in certify_batches(model, job, x, y, idx_all, batches, total, cluster):
+            for k, v in part.items():
+                timings[k] = timings.get(k, 0.0) + v
+            done(got, ks, degraded, len(ks))
     if bar is not None:
         bar.close()
     out.samples = [results[k] for k in sorted(results)]
     timings["total"] = time.monotonic() - t_all
     out.timings = timings
     return out
+
+
+def _lipschitz_rows(g, norm: str):
+    """The ``rows`` procedure of ``backend="lipschitz"``: Lipschitz margins of the net's pair constants."""
+    from ..lipschitz.margin import pair_lipschitz
+
+    pair = pair_lipschitz(g, norm)
+    return lambda qs, stage, b: lipschitz_rows(qs, b, pair)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of one data-set run shares (sent to cluster workers with each batch)."""
+
+    eps: float
+    p: float
+    domain: tuple[float, float] | None
+    backend: str
+    plan: tuple[str, ...]
+    attack: AttackConfig
+    timeout: float | None
+    seed: int
+
+
+def _certify_batch(model: Model, job: _Job, x: np.ndarray, y: np.ndarray, idx: np.ndarray, start: int,
+                   total: Budget, timings: dict, rows, per_sample) -> tuple[list[SampleResult], list[dict]]:
+    """One batch of correctly classified samples through the pipeline (the batch starting at position
+    ``start`` among them: its attack seed is ``seed + start``, in one process as on a cluster)."""
+    g = model.graph
+    run = (lambda z: model.runner(z))  # noqa: E731
+    qs = [Query.robustness(g, x[k], int(y[k]), job.eps, job.p, job.domain, run, int(idx[k])) for k in range(len(x))]
+    res = decide(qs, job.plan, total, seed=job.seed + start, quick=None, medium=None, long=job.attack,
+                 stop_on_sat=False, explicit=job.backend, query_budget=per_sample, timings=timings, rows=rows)
+    degraded: list[dict] = []
+    got = []
+    for k, q, r in zip(range(len(x)), qs, res):
+        got.append(_sample_result(q, r, int(y[k])))
+        degraded += [d for d in r.extra.get("degraded", []) if d not in degraded]
+    return got, degraded
 
 
 def _sample_result(q: Query, r: PropertyResult, label: int) -> SampleResult:
