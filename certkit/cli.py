@@ -234,14 +234,19 @@ def _cmd_certify(a) -> int:
     model = api.load_model(a.model, a.arithmetic)
     spec = api.load_spec(a.spec, model)
     t_load = time.monotonic() - t0
-    # --timeout counts from process start, interpreter and imports included (as VNN-COMP measures)
-    spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
-    budget = None
-    if a.timeout is not None or a.memory_limit is not None:  # one budget: the user's figures, start-up
-        from .verify.query import Budget
-        seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
-        budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
-    res = api.certify(model, spec, a.backend, budget, a.seed)
+    with contextlib.ExitStack() as stack:
+        if a.cluster is not None:  # the input-splitting search's parts go to its workers
+            from .cluster import use
+
+            stack.enter_context(use(a.cluster, a.model))
+        # --timeout counts from process start, interpreter, imports and a cluster's start included
+        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
+        budget = None
+        if a.timeout is not None or a.memory_limit is not None:  # one budget: the user's figures, start-up
+            from .verify.query import Budget
+            seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
+            budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
+        res = api.certify(model, spec, a.backend, budget, a.seed)
     res.timings["load"] = t_load
     print(res.verdict)
     if res.verdict == "sat" and res.witness is not None:
@@ -254,7 +259,8 @@ def _cmd_certify(a) -> int:
         print(res.reason)
     for line in res.notes():  # what the memory budget changed
         print(line)
-    options = {"timeout": a.timeout, "seed": a.seed, "memory_limit": a.memory_limit, "arithmetic": a.arithmetic}
+    options = {"timeout": a.timeout, "seed": a.seed, "memory_limit": a.memory_limit, "arithmetic": a.arithmetic,
+               "cluster": a.cluster}
     write_outputs([("--out", a.out, lambda p: _write_text(p, results_file(res))),
                    ("--json", a.json, lambda p: dump(certificate(res, model, spec, options), p, a.json))])
     return EXIT_OK

@@ -34,8 +34,14 @@ from typing import Any, Iterator, TextIO
 from .errors import UsageError
 
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
-#: the Dask settings of every cluster certkit starts or joins (see the module docstring)
-DASK_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False}
+#: the Dask settings of every cluster certkit starts (see the module docstring). The nanny's default
+#: environment sets ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's sliding mmap threshold:
+#: every large tensor is then mapped and unmapped afresh, and the bound computations ran 2x slower in a
+#: worker than in one process (ACAS Xu 4_2 prop_2 in 4 parts: 74.6 s against 39.1 s); certkit's
+#: workers get the other variables (one OpenMP/MKL/OpenBLAS thread) without it.
+DASK_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
+               "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                                                       "OPENBLAS_NUM_THREADS": 1}}
 #: the hint of a task that needs to start a process on a daemonic worker
 DAEMON_HINT = ("this Dask worker is daemonic and cannot start the process an instance runs in: start "
                "workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (or dask worker --no-nanny)")
@@ -163,3 +169,42 @@ def materialise(path: str, shipped: Shipped | None) -> str:
 def daemonic() -> bool:
     """Is this process daemonic (it may then not start processes of its own)?"""
     return bool(multiprocessing.current_process().daemon)
+
+
+# --------------------------------------------------------------------------------------------- in use
+
+@dataclass
+class Active:
+    """The cluster a ``certify --cluster`` run hands its searches to: the client, whether workers see
+    this machine's files, the model file, and what was scattered already (by key)."""
+
+    client: Any
+    shares_files: bool
+    model_path: str
+    scattered: dict
+
+    def once(self, key: str, make) -> Any:
+        """A future of ``make()``, scattered to every worker on first use."""
+        if key not in self.scattered:
+            self.scattered[key] = self.client.scatter(make(), broadcast=True, hash=False)
+        return self.scattered[key]
+
+
+_ACTIVE: list[Active] = []
+
+
+def active() -> Active | None:
+    """The cluster in use (:func:`use`), or None."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextlib.contextmanager
+def use(spec: ClusterSpec | str, model_path: str, out: TextIO | None = sys.stderr) -> Iterator[Active]:
+    """Open the cluster ``spec`` (:func:`open_cluster`) and make it the one searches use (:func:`active`)."""
+    spec = parse_cluster(spec) if isinstance(spec, str) else spec
+    with open_cluster(spec, out) as client:
+        _ACTIVE.append(Active(client, shares_files(spec), model_path, {}))
+        try:
+            yield _ACTIVE[-1]
+        finally:
+            _ACTIVE.pop()

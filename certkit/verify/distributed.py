@@ -15,6 +15,7 @@ import time
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from ..model import Model
 from .query import Budget
@@ -44,8 +45,6 @@ def _deadline_budget(end: float | None, label, memory) -> Budget:
 
 def _dataset_task(graph, path: str, shipped, job, x, y, idx, start: int, end: float | None, label, memory):
     """One batch of a data-set run on a worker: (sample results, degraded notes, timings)."""
-    import torch
-
     from .dataset import _certify_batch, _lipschitz_rows
     from .procedures import bound_rows
 
@@ -92,3 +91,290 @@ def certify_batches(model: Model, job, x: np.ndarray, y: np.ndarray, idx_all: np
             got, degraded, timings = fut.result()
             yield got, of.pop(fut.key), degraded, timings
             fut.release()
+
+
+# --------------------------------------------------------------------------------------------- input splitting
+
+#: Parts of the root box per worker: the search's top levels are split here, each part is one task
+#: (Dask hands the next part to whichever worker is free, which balances uneven parts)
+PARTS_PER_WORKER = int(__import__("os").environ.get("CK_PARTS", "2"))
+#: Seconds between a task's looks at the shared stop event
+STOP_POLL = 0.5
+
+
+def top_splits(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor, parts: int):
+    """The first ``ceil(log2 parts)`` levels of the search, made here: every box is bisected
+    (:func:`~certkit.verify.input_split.children`) along the dimension of largest ``|a| x width``
+    (``a``: the root's guide-row coefficients; a dimension of zero coefficient by its width).
+    Returns the parts (list of (lo, hi), (1, n) each) in preorder and the split codes, the tree's
+    top in preorder (``(0, dim)`` per split, ``None`` where a part's subtree goes)."""
+    from .input_split import children
+
+    depth = max(0, int(np.ceil(np.log2(max(parts, 1)))))
+    score_a = torch.where(a.abs() > 0, a.abs(), torch.full_like(a, 1e-300))
+    codes: list = []
+    out: list = []
+
+    def grow(l, h, level):
+        if level == depth:
+            codes.append(None)
+            out.append((l, h))
+            return
+        width = h - l
+        dim = int(torch.where(width > 0, score_a * width, torch.full_like(width, -1.0)).argmax())
+        if float(width[0, dim]) <= 0:
+            codes.append(None)
+            out.append((l, h))
+            return
+        c_lo, c_hi = children(l, h, torch.tensor([[dim]]))
+        codes.append((0, dim))
+        grow(c_lo[0, 0, 0][None], c_hi[0, 0, 0][None], level + 1)
+        grow(c_lo[0, 0, 1][None], c_hi[0, 0, 1][None], level + 1)
+
+    grow(lo, hi, 0)
+    return out, codes
+
+
+def items_of(tree=None, log=None, root: int = 0) -> list:
+    """A search's record as preorder items: ``("split", position, index)``, ``("leaf", code, value)``
+    and, for the open domains of a handed-off search (``log``: its :class:`~certkit.verify.proof.TreeLog`),
+    ``("hole", domain id)``."""
+    if tree is not None:
+        items, leaf = [], 0
+        for pos, idx in tree.codes.tolist():
+            if pos >= 0:
+                items.append(("split", pos, idx))
+            else:
+                items.append(("leaf", pos, float(tree.leaf_values[leaf])))
+                leaf += 1
+        return items
+    items, stack = [], [root]
+    while stack:
+        i = stack.pop()
+        if i in log.splits:
+            pos, idx, a, b = log.splits[i]
+            items.append(("split", pos, idx))
+            stack.extend((b, a))
+        elif i in log.leaves:
+            kd, v, _ = log.leaves[i]
+            items.append(("leaf", -1 - kd, v))
+        else:
+            items.append(("hole", i))
+    return items
+
+
+def assemble(root_key, filled: dict, kinds: tuple, meta: dict):
+    """The proof tree of the whole search: the items of ``root_key`` with every hole replaced, in
+    place, by the items filed under its key in ``filled`` (recursively)."""
+    from .proof import ProofTree
+
+    codes, values = [], []
+    stack = [iter(filled[root_key])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[0] == "split":
+            codes.append((item[1], item[2]))
+        elif item[0] == "leaf":
+            codes.append((item[1], -1))
+            values.append(item[2])
+        else:
+            stack.append(iter(filled[item[1]]))
+    return ProofTree("input_split", np.asarray(codes, dtype=np.int64).reshape(-1, 2), np.asarray(values, np.float64),
+                     kinds, {}, meta)
+
+
+def _stopper(name: str):
+    """A call that says whether the Dask ``Event`` ``name`` is set (looked up at most every
+    :data:`STOP_POLL` seconds; once set, it stays so for the caller)."""
+    from dask.distributed import Event
+
+    ev = Event(name)
+    last = [0.0, False]
+
+    def stop() -> bool:
+        now = time.monotonic()
+        if not last[1] and now - last[0] >= STOP_POLL:
+            last[0] = now
+            try:
+                last[1] = ev.is_set()
+            except Exception:  # noqa: BLE001 - no scheduler to ask: go on until the deadline
+                last[1] = False
+        return last[1]
+
+    return stop
+
+
+def _split_task(graph, path: str, shipped, C, d, owner, K: int, index: int, lo, hi, first: float,
+                end: float | None, label, memory, stop_name: str, hungry_name: str, min_slice: float = 2.0):
+    """Parts of the root box (boxes ``lo``, ``hi``, (k, n) each) searched on a worker as one queue: the
+    portfolio of one process on a first part (``first`` > 0: its shares scaled by ``first``), its
+    alpha-CROWN run on parts handed on. After ``min_slice`` seconds (:data:`MIN_SLICE`), when the coordinator says
+    workers are idle (the ``hungry_name`` event), the search hands its open domains back. Returns
+    ``("done" | "handed_off", [items per part], open boxes in the order of the holes, domains, meta)``,
+    ``("falsified", x)``, or ``(status, message)`` when the search ended open."""
+    from ..spec.sets import InputSet
+    from .procedures import INPUT_SPLIT_PORTFOLIO, split_portfolio
+    from .query import Query
+
+    torch.set_num_threads(1)
+    model = _worker_model(graph, path, shipped)
+    base = _deadline_budget(end, label, memory)
+    budget = Budget(base.deadline, label, 0.0, memory, _stopper(stop_name))
+    hungry = _stopper(hungry_name)
+    begun = time.monotonic()
+
+    def handoff() -> bool:
+        return time.monotonic() - begun >= min_slice and hungry()
+
+    box = InputSet(lo.amin(dim=0, keepdim=True), hi.amax(dim=0, keepdim=True))  # the witness check's region
+    q = Query(model.graph, box, C, d, owner, K, (lambda z: model.runner(z)), index)
+    res = split_portfolio(q, budget, (lo, hi), None if first else INPUT_SPLIT_PORTFOLIO[-1:], handoff, first or 1.0)
+    if res.status == "falsified" and res.witness is not None:
+        return ("falsified", np.asarray(res.witness.x))
+    if res.status not in ("verified", "handed_off"):
+        return (res.status, res.message or "a part of the box ended open")
+    items = [items_of(log=res.log, root=r) for r in res.roots]
+    opened: list = []
+    if res.status == "handed_off":
+        lo_o, hi_o, ids = res.open
+        where = {int(i): k for k, i in enumerate(ids.tolist())}
+        for part in items:
+            opened += [(lo_o[where[it[1]]][None], hi_o[where[it[1]]][None]) for it in part if it[0] == "hole"]
+    return ("done" if res.status == "verified" else "handed_off", items, opened, res.domains, _meta_of(res))
+
+
+def _meta_of(res) -> dict:
+    """The proof-tree meta of the alpha-CROWN run (:data:`~certkit.verify.procedures.INPUT_SPLIT_PORTFOLIO`'s
+    last), which every handed-on part runs."""
+    from .procedures import INPUT_SPLIT_PORTFOLIO
+
+    cfg = INPUT_SPLIT_PORTFOLIO[-1][1]
+    return {"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations, "alpha_lr": cfg.alpha_lr,
+            "alpha_lr_decay": cfg.alpha_lr_decay, "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
+            "domains": res.domains}
+
+
+_DEBUG = bool(__import__("os").environ.get("CERTKIT_DEBUG_CLUSTER"))
+#: Seconds a task searches before it may hand its open domains on (when workers are idle)
+MIN_SLICE = 2.0
+
+
+def split_on_cluster(query, budget: Budget, on):
+    """Input splitting of ``query`` over the cluster ``on`` (:class:`certkit.cluster.Active`).
+
+    The top levels are split here (:func:`top_splits`, :data:`PARTS_PER_WORKER` parts per worker);
+    each part is searched by a task (:func:`_split_task`: the input-splitting portfolio of one process,
+    its shares scaled by the part's share of the workers). When fewer tasks are left than workers, a
+    Dask ``Event`` says so: the running tasks hand their open domains back, and these are spread over
+    new tasks (about two per worker), which go on with the portfolio's alpha-CROWN run. A counterexample found anywhere is confirmed here with onnxruntime and stops
+    every task (a Dask ``Event`` their budgets look at); so does a part that ends open, since a proof
+    needs every part closed. When all is closed, the proof tree is assembled from the parts' records
+    (:func:`assemble`): ``certkit check`` replays it from the root box like any other."""
+    import uuid
+
+    from dask.distributed import Event, as_completed
+
+    from ..cluster import ship, worker_count
+    from .input_split import LEAF_KINDS, SplitConfig, SplitOutcome, _Problem, closed, root_box
+
+    lo0, hi0 = root_box(query)
+    pb = _Problem(query, SplitConfig(alpha_iterations=0), budget)
+    root, w = pb.bound(lo0, hi0)
+    if w is not None:
+        return SplitOutcome("falsified", w, pb.domains)
+    if bool(closed(root.value)[0]):  # no task needed: the one-process search closes it at once
+        from .procedures import split_portfolio
+
+        return split_portfolio(query, budget)
+    client = on.client
+    workers = worker_count(client)
+    parts, codes = top_splits(lo0, hi0, root.a.detach(), PARTS_PER_WORKER * workers)
+    graph = on.once(f"graph-{query.graph.sha256}", lambda: query.graph)
+    shipped = None if on.shares_files else on.once(f"file-{on.model_path}", lambda: ship(on.model_path))
+    rem = budget.remaining()
+    end = None if rem is None else time.time() + rem
+    stop_name, hungry_name = f"certkit-stop-{uuid.uuid4().hex}", f"certkit-hungry-{uuid.uuid4().hex}"
+    event, hungry = Event(stop_name, client=client), Event(hungry_name, client=client)
+    filled: dict = {"top": []}
+    for c in codes:
+        filled["top"].append(("hole", len(filled)) if c is None else ("split", *c))
+        if c is None:
+            filled[len(filled)] = None
+    keys = iter(range(len(filled), 1 << 62))
+    metas: list[dict] = []
+
+    def submit(group: list, first: float):
+        lo = torch.cat([g[1][0] for g in group])
+        hi = torch.cat([g[1][1] for g in group])
+        fut = client.submit(_split_task, graph, on.model_path, shipped, query.C, query.d, query.owner,
+                            query.n_disjuncts, query.index, lo, hi, first, end, budget.label, budget.memory,
+                            stop_name, hungry_name, MIN_SLICE, pure=False)
+        of[fut.key] = [k for k, _ in group]
+        submitted.append(fut)
+        return fut
+
+    hungry_set = [False]
+    _t0 = time.monotonic()
+    of: dict = {}  # task key -> the keys of its parts
+    submitted: list = []
+    pool = as_completed([submit([(k + 1, p)], min(1.0, workers / len(parts))) for k, p in enumerate(parts)])
+    out = SplitOutcome("verified", domains=pb.domains)
+    try:
+        for fut in pool:
+            try:
+                r = fut.result()
+            except Exception as e:  # noqa: BLE001 - a part that could not be searched leaves the query open
+                r = ("unknown", f"cluster task failed: {e}")
+            group_keys = of.pop(fut.key)
+            if _DEBUG:
+                print(f"{time.monotonic() - _t0:7.2f}s task of {len(group_keys)} part(s): {r[0]}"
+                      + (f", {len(r[2])} open domains handed on" if r[0] == "handed_off" else ""),
+                      file=sys.stderr, flush=True)
+            if r[0] == "falsified":
+                witness = query.confirm(torch.as_tensor(r[1]).reshape(1, -1))
+                if witness is not None:
+                    out.status, out.witness = "falsified", witness
+                    break
+                r = ("unknown", "a worker's counterexample was not confirmed here")
+            if r[0] not in ("done", "handed_off"):
+                out.status, out.message = ("timeout" if r[0] == "timeout" else "unknown"), r[1]
+                break
+            _, parts_items, boxes, domains, meta = r
+            out.domains += domains
+            metas.append(meta)
+            boxes = iter(boxes)
+            todo = []
+            for key, items in zip(group_keys, parts_items):
+                filled[key] = []
+                for it in items:
+                    if it[0] == "hole":
+                        k2 = next(keys)
+                        filled[key].append(("hole", k2))
+                        todo.append((k2, next(boxes)))
+                    else:
+                        filled[key].append(it)
+            if todo:  # spread over about two tasks per worker
+                n_tasks = max(1, min(len(todo), 2 * workers))
+                size = -(-len(todo) // n_tasks)
+                for s0 in range(0, len(todo), size):
+                    pool.add(submit(todo[s0:s0 + size], 0.0))
+            running = sum(not f.done() for f in submitted)
+            if running < workers and not hungry_set[0]:
+                hungry.set()
+                hungry_set[0] = True
+            elif running >= workers and hungry_set[0]:
+                hungry.clear()
+                hungry_set[0] = False
+    finally:
+        event.set()  # whatever is still running has nothing left to decide
+        client.cancel(submitted)
+    if out.status == "verified":
+        alpha = [m for m in metas if m.get("alpha_iterations", 0)]
+        meta = dict(alpha[0] if alpha else metas[0])
+        meta["domains"] = out.domains
+        meta["parts"] = len(parts)
+        out.tree = assemble("top", filled, LEAF_KINDS, meta)
+        out.closed_volume = 1.0
+    return out

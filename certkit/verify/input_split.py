@@ -31,6 +31,7 @@ a ``verified`` outcome carries its proof tree, which :func:`recheck` re-derives.
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,11 @@ class SplitOutcome:
     tree: ProofTree | None = None  # the proof, when verified
     closed_volume: float = 0.0  # share of the root box's volume closed
     message: str = ""
+    #: status ``handed_off`` (``input_split(handoff=...)``): the search's record so far and its open
+    #: domains (lo, hi, ids), for others to go on with (:mod:`certkit.verify.distributed`)
+    log: TreeLog | None = None
+    open: tuple[Tensor, Tensor, Tensor] | None = None
+    roots: list | None = None  # the roots' ids in ``log`` (several: ``input_split(root=...)`` of k boxes)
 
 
 #: SplitOutcome.message when input splitting gave up on its measured cost (SplitConfig.give_up_after)
@@ -243,16 +249,22 @@ class _Problem:
             return (*self._value(st, low, A_in.detach()), found)
 
 
-def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig()) -> SplitOutcome:
+def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig(),
+                root: tuple[Tensor, Tensor] | None = None, handoff: Callable[[], bool] | None = None) -> SplitOutcome:
     """Decide one query by input splitting (over its box; see the module docstring). The budget
-    running out, between or inside bound computations, ends the search with ``timeout``."""
+    running out, between or inside bound computations, ends the search with ``timeout``.
+    ``root``: the box (1, n) each to search, as given (default: :func:`root_box`); a cluster task
+    searches a part of the root box made by :func:`children`, exactly as a proof replay makes it.
+    ``handoff``: asked between iterations; when it says yes with at least two domains open, the search
+    stops with status ``handed_off``, its record and its open domains."""
     try:
-        return _input_split(query, budget, cfg)
+        return _input_split(query, budget, cfg, root, handoff)
     except BudgetExpired:
         return SplitOutcome("timeout")
 
 
-def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome:
+def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Tensor, Tensor] | None,
+                 handoff: Callable[[], bool] | None = None) -> SplitOutcome:
     if query.C.shape[0] == 0:
         return SplitOutcome("unknown")
     graph = query.graph
@@ -261,30 +273,35 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
     pb = _Problem(query, cfg, budget)
     log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
-    lo0, hi0 = root_box(query)
-    free = (hi0 > lo0)[0]
-    root_width = torch.where(free, hi0 - lo0, torch.ones_like(hi0))
-    log_w0 = torch.log(hi0[0, free] - lo0[0, free])
+    lo0, hi0 = root_box(query) if root is None else root
+    k0 = lo0.shape[0]  # several roots: a cluster task's parts (``root``), searched as one queue
+    free = (hi0 > lo0).any(dim=0)
+    root_width = torch.where(free, (hi0 - lo0).amax(dim=0), torch.ones_like(hi0[0]))[None]
+    log_w0 = torch.logsumexp(torch.log(hi0[:, free] - lo0[:, free]).sum(dim=1), dim=0)  # log of the roots' volume
     give_up_at = budget.share(cfg.give_up_after).deadline if cfg.give_up_after is not None else None
     whole = budget.remaining()
 
-    def volume(b: _Bounded) -> float:  # share of the root box's volume
-        return float(torch.exp(torch.log(b.hi[:, free] - b.lo[:, free]).sum(dim=1) - log_w0.sum()).sum())
+    def volume(b: _Bounded) -> float:  # share of the roots' volume
+        return float(torch.exp(torch.log(b.hi[:, free] - b.lo[:, free]).sum(dim=1) - log_w0).sum())
 
     root, w = pb.bound(lo0, hi0)
     if w is not None:
         return SplitOutcome("falsified", w, pb.domains, 0, 0)
-    root.ids = torch.zeros(1, dtype=torch.int64)
-    if bool(closed(root.value)[0]):
-        log.close(root.ids, root.how, root.value)
-        queue, out.closed_volume = None, 1.0
-    else:
-        queue = root
+    root.ids = torch.zeros(1, dtype=torch.int64) if k0 == 1 else torch.as_tensor(log.new_ids(k0))
+    out.roots = root.ids.tolist()
+    shut = closed(root.value)
+    if bool(shut.any()):
+        log.close(root.ids[shut], root.how[shut], root.value[shut])
+        out.closed_volume = volume(root.rows(shut))
+    queue = root.rows(~shut) if not bool(shut.all()) else None
     n = graph.n_inputs
     L = min(lookahead, n)
     while queue is not None and queue.lo.shape[0]:
         if budget.expired():
             out.status = "timeout"
+            break
+        if handoff is not None and queue.lo.shape[0] >= 2 and handoff():
+            out.status, out.log, out.open = "handed_off", log, (queue.lo, queue.hi, queue.ids)
             break
         if pb.domains > max_domains:
             out.status = "unknown"
@@ -347,7 +364,8 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig) -> SplitOutcome
             queue.slopes, pb.warm = None, False  # children start from DeepPoly's slopes from now on
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains
-    if out.status == "verified":
+    out.log = log
+    if out.status == "verified" and k0 == 1:
         out.tree = log.tree("input_split", meta={"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations,
                                                   "alpha_lr": cfg.alpha_lr, "alpha_lr_decay": cfg.alpha_lr_decay,
                                                   "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,

@@ -258,19 +258,38 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
         if res.status == "timeout" and not budget.expired():
             res.status = "unknown"
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
-    res = None
-    portfolio = INPUT_SPLIT_PORTFOLIO
-    if starts_forward(query.bound_set(), graph):
-        portfolio = ((None, WIDE_SPLIT),)
-    for share, cfg in portfolio:
-        part = budget if share is None else (budget.share(share) if budget.deadline is not None
-                                             else budget.cap(UNBOUNDED_SHARE))
-        res = input_split(query, part, cfg)
-        if res.status in ("verified", "falsified"):
-            break
+    from ..cluster import active
+
+    on = active()
+    if on is not None:  # the search's parts as tasks on a cluster (certify --cluster)
+        from .distributed import split_on_cluster
+
+        res = split_on_cluster(query, budget, on)
+    else:
+        res = split_portfolio(query, budget)
     if res.status not in ("verified", "falsified") and budget.expired():
         res.status = "timeout"
     return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
+
+
+def split_portfolio(query: Query, budget: Budget, root=None, portfolio=None, handoff=None, scale: float = 1.0):
+    """Input splitting as a portfolio (default :data:`INPUT_SPLIT_PORTFOLIO`; :data:`WIDE_SPLIT` alone
+    on nets whose back-substitution starts from forward bounds) over the query's box, or over ``root``
+    (:func:`certkit.verify.input_split.input_split`); the last run's outcome. ``handoff``: the last run's
+    (see ``input_split``); ``scale``: the runs' shares times this (a part of the box: its share of it)."""
+    from .input_split import input_split
+
+    res = None
+    portfolio = portfolio or INPUT_SPLIT_PORTFOLIO
+    if starts_forward(query.bound_set(), query.graph):
+        portfolio = ((None, WIDE_SPLIT),)
+    for k, (share, cfg) in enumerate(portfolio):
+        part = budget if share is None else (budget.share(share * scale) if budget.deadline is not None
+                                             else budget.cap(UNBOUNDED_SHARE * scale))
+        res = input_split(query, part, cfg, root, handoff if k == len(portfolio) - 1 else None)
+        if res.status in ("verified", "falsified", "handed_off"):
+            break
+    return res
 
 
 def run_milp(query: Query, budget: Budget, explicit: bool) -> Outcome | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ class Budget:
     label: float | None = None
     startup: float = 0.0
     memory: int | None = None
+    #: a call that says the work is no longer wanted (a cluster task whose search was decided
+    #: elsewhere: :mod:`certkit.verify.distributed`); the budget then counts as expired
+    stop: Callable[[], bool] | None = None
 
     @staticmethod
     def of(seconds: float | None, label: float | None = None, startup: float = 0.0,
@@ -64,7 +68,8 @@ class Budget:
         return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return (self.deadline is not None and time.monotonic() >= self.deadline) or \
+            (self.stop is not None and self.stop())
 
     def check(self) -> None:
         """Raise :class:`BudgetExpired` when the budget has run out (for inner loops)."""
