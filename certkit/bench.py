@@ -201,6 +201,9 @@ def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: in
     """Runs in a fresh process: load, certify, send one dict back."""
     t0 = time.monotonic()
     _die_with_parent()
+    from .cluster import tune_malloc
+
+    tune_malloc()  # a fork of a cluster worker's fork server inherits Dask's allocator settings
     try:
         import torch
 

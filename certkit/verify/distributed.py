@@ -27,8 +27,11 @@ _WORKER_ROWS: dict[tuple[str, float], object] = {}
 
 
 def _worker_model(graph, path: str, shipped) -> Model:
-    from ..cluster import materialise
+    """The model of ``graph`` on this worker (built once; every task calls this first, so it also
+    tunes the worker's allocator: :func:`certkit.cluster.tune_malloc`)."""
+    from ..cluster import materialise, tune_malloc
 
+    tune_malloc()
     key = (graph.sha256, path)
     if key not in _WORKER_MODELS:
         _WORKER_MODELS[key] = Model(graph, materialise(path, shipped))
