@@ -297,3 +297,33 @@ def test_certify_cli_on_a_cluster_writes_a_checkable_proof(tmp_path: Path, capsy
     out = capsys.readouterr()
     assert rc == 0 and out.out.splitlines()[0] == "unsat", out
     assert main(["check", str(cert)]) == 0
+
+
+@pytest.mark.parametrize("margin, expect", [(0.05, "unsat"), (-0.05, "sat")])
+def test_relu_split_disjuncts_on_a_cluster(margin, expect, tmp_path: Path, capsys, local_cluster):
+    """20 inputs (ReLU splitting), two disjuncts (y >= t1 or y <= t2) decided by tasks on 2 workers:
+    the verdict of the exact MILP maximum and minimum, a proof that ``certkit check`` accepts, or a
+    counterexample re-run in onnxruntime."""
+    pytest.importorskip("highspy")
+    import numpy as np
+
+    from certkit.cli import main
+    from certkit.verify.milp import milp_bound
+    from tests.helpers.onnx_builders import saved_model, tiny_relu_onnx
+
+    model = saved_model(tiny_relu_onnx(7, n_in=20, hidden=(12, 12)), tmp_path)
+    lo, hi = -0.2 * np.ones(20), 0.2 * np.ones(20)
+    top = -milp_bound(model.graph, (lo, hi), np.array([-1.0]), time_limit=30)
+    bottom = milp_bound(model.graph, (lo, hi), np.array([1.0]), time_limit=30)
+    t1, t2 = top + margin * (top - bottom), bottom - 0.1 * (top - bottom)
+    text = "".join(f"(declare-const X_{i} Real)\n" for i in range(20)) + "(declare-const Y_0 Real)\n"
+    text += "".join(f"(assert (>= X_{i} -0.2))\n(assert (<= X_{i} 0.2))\n" for i in range(20))
+    text += f"(assert (or (and (>= Y_0 {float(t1)!r})) (and (<= Y_0 {float(t2)!r}))))\n"
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(text)
+    cert = tmp_path / "c.json"
+    rc = main(["certify", model.path, str(spec), "--backend", "bab", "--timeout", "60", "--json", str(cert),
+               "--cluster", local_cluster.scheduler_address])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out[0] == expect, out
+    assert main(["check", str(cert)]) == 0

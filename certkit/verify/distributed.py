@@ -381,3 +381,74 @@ def split_on_cluster(query, budget: Budget, on):
         out.tree = assemble("top", filled, LEAF_KINDS, meta)
         out.closed_volume = 1.0
     return out
+
+
+# --------------------------------------------------------------------------------------------- ReLU splitting
+
+def _relu_task(graph, path: str, shipped, region, C, d, owner, K: int, index: int, disjuncts: list[int],
+               end: float | None, label, memory, stop_name: str):
+    """ReLU splitting of some of a query's disjuncts on a worker: (status, trees of those disjuncts in
+    order or None, witness point or None, domains)."""
+    from .query import Query
+    from .relu_split import relu_split
+
+    torch.set_num_threads(1)
+    model = _worker_model(graph, path, shipped)
+    q = Query(model.graph, region, C, d, owner, K, (lambda z: model.runner(z)), index)
+    base = _deadline_budget(end, label, memory)
+    res = relu_split(q, Budget(base.deadline, label, 0.0, memory, _stopper(stop_name)), disjuncts=disjuncts)
+    x = None if res.witness is None else np.asarray(res.witness.x)
+    return res.status, res.trees, x, res.domains
+
+
+def relu_split_on_cluster(query, budget: Budget, on):
+    """ReLU splitting of ``query`` with its disjuncts spread over the cluster ``on``: about two groups
+    of disjuncts per worker, each a task deciding its disjuncts as one process would (its own root
+    bounds; a tree per disjunct). A counterexample anywhere (confirmed here with onnxruntime), or a
+    disjunct left open, stops the others (a Dask ``Event``); the proof is the trees in disjunct order,
+    each checked by ``certkit check`` as in one process. The open domains of one disjunct are not
+    spread: a property of one disjunct is searched by one task."""
+    import uuid
+
+    from dask.distributed import Event, as_completed
+
+    from ..cluster import ship, worker_count
+    from .relu_split import ReluSplitOutcome
+
+    client = on.client
+    K = query.n_disjuncts
+    groups = [g.tolist() for g in np.array_split(np.arange(K), min(K, 2 * worker_count(client))) if len(g)]
+    graph = on.once(f"graph-{query.graph.sha256}", lambda: query.graph)
+    shipped = None if on.shares_files else on.once(f"file-{on.model_path}", lambda: ship(on.model_path))
+    rem = budget.remaining()
+    end = None if rem is None else time.time() + rem
+    stop_name = f"certkit-stop-{uuid.uuid4().hex}"
+    event = Event(stop_name, client=client)
+    futures = [client.submit(_relu_task, graph, on.model_path, shipped, query.region, query.C, query.d, query.owner,
+                             K, query.index, g, end, budget.label, budget.memory, stop_name, pure=False)
+               for g in groups]
+    group_of = {f.key: g for f, g in zip(futures, groups)}
+    trees: dict[int, object] = {}
+    out = ReluSplitOutcome("verified")
+    try:
+        for fut in as_completed(futures):
+            try:
+                status, got, x, domains = fut.result()
+            except Exception:  # noqa: BLE001 - a group that could not be searched leaves the query open
+                status, got, x, domains = "unknown", None, None, 0
+            out.domains += domains
+            if status == "falsified" and x is not None:
+                witness = query.confirm(torch.as_tensor(x).reshape(1, -1))
+                if witness is not None:
+                    out.status, out.witness = "falsified", witness
+                    break
+                status = "unknown"
+            if status != "verified" or got is None:
+                out.status = "timeout" if status == "timeout" else "unknown"
+                break
+            trees.update(zip(group_of[fut.key], got))
+    finally:
+        event.set()
+        client.cancel(futures)
+    out.trees = [trees[k] for k in range(K)] if out.status == "verified" else None
+    return out

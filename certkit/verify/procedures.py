@@ -254,7 +254,15 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
         first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
         res = input_split(query, first, dataclasses.replace(HIGH_DIM_SPLIT, give_up_after=INPUT_SPLIT_PROBE))
         if res.status not in ("verified", "falsified") and supports(graph):
-            res = relu_split(query, rest)
+            from ..cluster import active
+
+            on = active()
+            if on is not None and query.n_disjuncts > 1:  # disjuncts as tasks on a cluster (certify --cluster)
+                from .distributed import relu_split_on_cluster
+
+                res = relu_split_on_cluster(query, rest, on)
+            else:
+                res = relu_split(query, rest)
         if res.status == "timeout" and not budget.expired():
             res.status = "unknown"
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))

@@ -404,16 +404,19 @@ def _root(query: Query, relus: list[int], cfg: ReluSplitConfig, budget: Budget =
     return _Root(low.detach(), bounds, alpha, y, fixed, iterations)
 
 
-def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig()) -> ReluSplitOutcome:
+def relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig = ReluSplitConfig(),
+               disjuncts: list[int] | None = None) -> ReluSplitOutcome:
     """Decide one query by ReLU splitting (over its box; see the module docstring). The budget
-    running out, between or inside bound computations, ends the search with ``timeout``."""
+    running out, between or inside bound computations, ends the search with ``timeout``.
+    ``disjuncts``: only these (a cluster task's share, :mod:`certkit.verify.distributed`); the trees
+    are theirs, in this order."""
     try:
-        return _relu_split(query, budget, cfg)
+        return _relu_split(query, budget, cfg, disjuncts)
     except BudgetExpired:
         return ReluSplitOutcome("timeout")
 
 
-def _relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig) -> ReluSplitOutcome:
+def _relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig, disjuncts: list[int] | None = None) -> ReluSplitOutcome:
     owner = query.owner
     out = ReluSplitOutcome("verified")
     if len(owner) == 0 or not supports(query.graph):
@@ -422,7 +425,7 @@ def _relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig) -> ReluSplit
         return ReluSplitOutcome("unknown")  # an unconstrained disjunct: left to the attack
     shared = _root(query, relu_nodes(query.graph), cfg, budget)
     out.trees = []
-    for disjunct in range(query.n_disjuncts):
+    for disjunct in (range(query.n_disjuncts) if disjuncts is None else disjuncts):
         rows = np.nonzero(owner == disjunct)[0]
         res = _decide_disjunct(query, rows, budget, cfg, shared)
         out.domains += res.domains
