@@ -8,8 +8,11 @@ columns are carried over to the output. Paths are relative to the CSV's folder;
 does is read from the ``.gz`` (VNN-COMP benchmark repositories ship them so).
 
 Each instance runs in a fresh worker process (``forkserver`` context where the
-platform has it, else ``spawn``; one torch thread), at most ``jobs`` at once,
-with the row's timeout times ``timeout_scale``. A worker still running 10 s past
+platform has it, else ``spawn``; one torch thread; :func:`run_instance`), with the
+row's timeout times ``timeout_scale``: one after the other in this process, or as
+one task each on a Dask cluster (``--cluster``; ``--jobs N`` > 1 is a local
+cluster of N workers; :mod:`certkit.cluster`), rows appended as they finish and
+``--resume`` running only the instances an earlier results CSV has no row for. A worker still running 10 s past
 its timeout is killed and its row reported ``timeout``; an exception in one
 instance gives an ``error`` row with a one-line message and the run goes on.
 A ``sat``/``unsat`` answer that arrives after the timeout counts as ``timeout``
