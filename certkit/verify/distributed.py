@@ -6,10 +6,11 @@ from its own rows; a timeout can still end differently under a different load). 
 (the IR graph, pickled) is scattered to the workers once; each worker keeps one
 :class:`~certkit.model.Model` per graph (its onnxruntime session built once) for all its tasks.
 
-Input splitting (:func:`split_on_cluster`): see its docstring.
+Input splitting (:func:`split_on_cluster`) and ReLU splitting (:func:`relu_split_on_cluster`): see their docstrings.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Iterator
@@ -100,7 +101,7 @@ def certify_batches(model: Model, job, x: np.ndarray, y: np.ndarray, idx_all: np
 
 #: Parts of the root box per worker: the search's top levels are split here, each part is one task
 #: (Dask hands the next part to whichever worker is free, which balances uneven parts)
-PARTS_PER_WORKER = int(__import__("os").environ.get("CK_PARTS", "2"))
+PARTS_PER_WORKER = 2
 #: Seconds between a task's looks at the shared stop event
 STOP_POLL = 0.5
 
@@ -259,7 +260,8 @@ def _meta_of(res) -> dict:
             "domains": res.domains}
 
 
-_DEBUG = bool(__import__("os").environ.get("CERTKIT_DEBUG_CLUSTER"))
+#: ``CERTKIT_DEBUG_CLUSTER=1``: the coordinator prints each task's outcome with its time on stderr
+_DEBUG = bool(os.environ.get("CERTKIT_DEBUG_CLUSTER"))
 #: Seconds a task searches before it may hand its open domains on (when workers are idle)
 MIN_SLICE = 2.0
 
