@@ -327,3 +327,30 @@ def test_relu_split_disjuncts_on_a_cluster(margin, expect, tmp_path: Path, capsy
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and out[0] == expect, out
     assert main(["check", str(cert)]) == 0
+
+
+def test_dataset_batch_that_fails_is_recorded_unknown(local_cluster, monkeypatch, capsys):
+    """A batch whose task fails (here: it raises on the worker) costs its samples an ``unknown`` and a
+    line on stderr; the other batches' results stand."""
+    from certkit import api
+    from certkit.verify import distributed as dist
+    from certkit.verify.dataset import certify_dataset, load_dataset
+    from tests.helpers.examples import DATA, FC
+
+    model = api.load_model(str(FC))
+    x, y = load_dataset(str(DATA), model)
+    real = dist._dataset_task
+
+    def flaky(graph, path, shipped, job, xs, ys, idx, start, *rest):
+        if start == 0:
+            raise RuntimeError("boom")
+        return real(graph, path, shipped, job, xs, ys, idx, start, *rest)
+
+    monkeypatch.setattr(dist, "_dataset_task", flaky)
+    res = certify_dataset(model, x[:24], y[:24], 0.01, batch_size=8, cluster=local_cluster.scheduler_address)
+    one = certify_dataset(model, x[:24], y[:24], 0.01, batch_size=8)
+    assert "a batch of 8 sample(s) failed (RuntimeError: boom)" in capsys.readouterr().err
+    todo = [k for k, s in enumerate(one.samples) if s.verdict != "misclassified"]
+    first = set(todo[:8])
+    for k, (a, b) in enumerate(zip(one.samples, res.samples)):
+        assert b.verdict == ("unknown" if k in first else a.verdict)

@@ -75,6 +75,7 @@ def certify_batches(model: Model, job, x: np.ndarray, y: np.ndarray, idx_all: np
     """Run ``batches`` ((start, positions) of :func:`certkit.verify.dataset.certify_dataset`) as tasks
     on ``cluster``; yields (results, positions, degraded notes, timings) per batch as tasks finish."""
     from ..cluster import open_cluster, parse_cluster, shares_files, ship
+    from .dataset import SampleResult
 
     spec = parse_cluster(cluster)
     rem = total.remaining()
@@ -92,8 +93,16 @@ def certify_batches(model: Model, job, x: np.ndarray, y: np.ndarray, idx_all: np
             of[fut.key] = ks
             futures.append(fut)
         for fut in as_completed(futures):
-            got, degraded, timings = fut.result()
-            yield got, of.pop(fut.key), degraded, timings
+            ks = of.pop(fut.key)
+            try:
+                got, degraded, timings = fut.result()
+            except Exception as e:  # noqa: BLE001 - KilledWorker (its worker died twice), a failed task
+                why = "its worker died twice" if type(e).__name__ == "KilledWorker" else f"{type(e).__name__}: {e}"
+                print(f"certkit: cluster: a batch of {len(ks)} sample(s) failed ({why}); they are recorded "
+                      "unknown", file=sys.stderr, flush=True)
+                got = [SampleResult(int(idx_all[k]), int(y[k]), "unknown", float("nan"), 0.0) for k in ks]
+                degraded, timings = [], {}
+            yield got, ks, degraded, timings
             fut.release()
 
 
