@@ -12,8 +12,9 @@ platform has it, else ``spawn``; one torch thread; :func:`run_instance`), with t
 row's timeout times ``timeout_scale``: one after the other in this process, or as
 one task each on a Dask cluster (``--cluster``; ``--jobs N`` > 1 is a local
 cluster of N workers; :mod:`certkit.cluster`), rows appended as they finish and
-``--resume`` running only the instances an earlier results CSV has no row for. A worker still running 10 s past
-its timeout is killed and its row reported ``timeout``; an exception in one
+``--resume`` running only the instances an earlier results CSV has no row for.
+A worker still running 10 s past its timeout is killed and its row reported
+``timeout``; an exception in one
 instance gives an ``error`` row with a one-line message and the run goes on.
 A ``sat``/``unsat`` answer that arrives after the timeout counts as ``timeout``
 (as in the competition). ``time_s`` is the time spent in the worker on loading
