@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, TextIO
 
-from .errors import UsageError
+from .errors import BackendError, UsageError
 
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 #: the Dask settings of every cluster certkit starts (see the module docstring). The nanny's default
@@ -78,9 +78,9 @@ def _dask():
     try:
         import dask
         from dask import distributed
-    except ImportError as e:
-        raise UsageError(f"--cluster and --jobs N > 1 need Dask ({e.name} is missing): "
-                         "pip install 'certkit[dask]'") from e
+    except ImportError as e:  # exit 5, as for every optional package a command needs
+        raise BackendError(f"--cluster and --jobs N > 1 need Dask ({e.name or 'dask'} is missing): "
+                           "pip install 'certkit[dask]'") from e
     return dask, distributed
 
 

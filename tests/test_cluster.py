@@ -354,3 +354,16 @@ def test_dataset_batch_that_fails_is_recorded_unknown(local_cluster, monkeypatch
     first = set(todo[:8])
     for k, (a, b) in enumerate(zip(one.samples, res.samples)):
         assert b.verdict == ("unknown" if k in first else a.verdict)
+
+
+def test_without_dask_a_cluster_is_exit_5(suite: Path, capsys, monkeypatch):
+    """Dask is an optional extra: --cluster (or --jobs 2) without it says what to install (exit 5),
+    and --jobs 1 runs as before."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask", None)
+    for args in (["--cluster", "local:2"], ["--jobs", "2"]):
+        rc, _, err = run(capsys, "bench", suite, *args)
+        assert rc == 5 and len(err) == 1 and "pip install 'certkit[dask]'" in err[0], err
+    rc, stdout, _ = run(capsys, "bench", suite)
+    assert rc == 0 and summary_row(stdout, "all")["solved"] == "3"
