@@ -367,3 +367,18 @@ def test_without_dask_a_cluster_is_exit_5(suite: Path, capsys, monkeypatch):
         assert rc == 5 and len(err) == 1 and "pip install 'certkit[dask]'" in err[0], err
     rc, stdout, _ = run(capsys, "bench", suite)
     assert rc == 0 and summary_row(stdout, "all")["solved"] == "3"
+
+
+def test_tasks_lost_past_the_deadline_end_as_timeout():
+    """A search whose tasks do not report back before its deadline (workers lost for good) ends as a
+    timeout, never as a proof."""
+    from certkit.verify.distributed import _within
+    from certkit.verify.input_split import SplitOutcome
+
+    def pool():
+        yield "first"
+        raise TimeoutError
+
+    out = SplitOutcome("verified")
+    assert list(_within(pool(), out)) == ["first"]
+    assert out.status == "timeout" and "deadline" in out.message

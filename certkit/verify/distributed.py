@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -39,12 +40,11 @@ def _worker_model(graph, path: str, shipped) -> Model:
     return _WORKER_MODELS[key]
 
 
-def _deadline_budget(end: float | None, label, memory) -> Budget:
+def _deadline_budget(end: float | None, label, memory, stop_name: str | None = None) -> Budget:
     """A budget ending at the wall-clock time ``end`` (``time.time()``; None: unlimited), the run's
-    overall one as seen on a worker."""
-    if end is None:
-        return Budget(None, label, 0.0, memory)
-    return Budget(time.monotonic() + max(end - time.time(), 0.0), label, 0.0, memory)
+    overall one as seen on a worker; expired too once the Dask ``Event`` ``stop_name`` is set."""
+    deadline = None if end is None else time.monotonic() + max(end - time.time(), 0.0)
+    return Budget(deadline, label, 0.0, memory, None if stop_name is None else _stopper(stop_name))
 
 
 def _dataset_task(graph, path: str, shipped, job, x, y, idx, start: int, end: float | None, label, memory):
@@ -92,18 +92,27 @@ def certify_batches(model: Model, job, x: np.ndarray, y: np.ndarray, idx_all: np
                                 end, total.label, total.memory, pure=False)
             of[fut.key] = ks
             futures.append(fut)
-        for fut in as_completed(futures):
-            ks = of.pop(fut.key)
-            try:
-                got, degraded, timings = fut.result()
-            except Exception as e:  # noqa: BLE001 - KilledWorker (its worker died twice), a failed task
-                why = "its worker died twice" if type(e).__name__ == "KilledWorker" else f"{type(e).__name__}: {e}"
-                print(f"certkit: cluster: a batch of {len(ks)} sample(s) failed ({why}); they are recorded "
-                      "unknown", file=sys.stderr, flush=True)
-                got = [SampleResult(int(idx_all[k]), int(y[k]), "unknown", float("nan"), 0.0) for k in ks]
-                degraded, timings = [], {}
-            yield got, ks, degraded, timings
-            fut.release()
+        def failed(ks, why: str):
+            print(f"certkit: cluster: a batch of {len(ks)} sample(s) failed ({why}); they are recorded "
+                  "unknown", file=sys.stderr, flush=True)
+            return [SampleResult(int(idx_all[k]), int(y[k]), "unknown", float("nan"), 0.0) for k in ks], ks, [], {}
+
+        wait = None if rem is None else rem + TASK_GRACE
+        try:
+            for fut in as_completed(futures, timeout=wait):
+                ks = of.pop(fut.key)
+                try:
+                    got, degraded, timings = fut.result()
+                except Exception as e:  # noqa: BLE001 - KilledWorker (its worker died twice), a failed task
+                    yield failed(ks, "its worker died twice" if type(e).__name__ == "KilledWorker"
+                                 else f"{type(e).__name__}: {e}")
+                    continue
+                yield got, ks, degraded, timings
+                fut.release()
+        except TimeoutError:  # workers lost for good: what did not report back is unknown
+            for ks in list(of.values()):
+                yield failed(ks, "no report before the deadline")
+            client.cancel(futures)
 
 
 # --------------------------------------------------------------------------------------------- input splitting
@@ -148,19 +157,10 @@ def top_splits(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor, parts: int):
     return out, codes
 
 
-def items_of(tree=None, log=None, root: int = 0) -> list:
-    """A search's record as preorder items: ``("split", position, index)``, ``("leaf", code, value)``
-    and, for the open domains of a handed-off search (``log``: its :class:`~certkit.verify.proof.TreeLog`),
-    ``("hole", domain id)``."""
-    if tree is not None:
-        items, leaf = [], 0
-        for pos, idx in tree.codes.tolist():
-            if pos >= 0:
-                items.append(("split", pos, idx))
-            else:
-                items.append(("leaf", pos, float(tree.leaf_values[leaf])))
-                leaf += 1
-        return items
+def items_of(log, root: int = 0) -> list:
+    """The record under ``root`` of a search (its :class:`~certkit.verify.proof.TreeLog`) as preorder
+    items: ``("split", position, index)``, ``("leaf", code, value)``, and ``("hole", domain id)`` for
+    a domain still open (a handed-off search)."""
     items, stack = [], [root]
     while stack:
         i = stack.pop()
@@ -225,7 +225,7 @@ def _split_task(graph, path: str, shipped, C, d, owner, K: int, index: int, lo, 
     portfolio of one process on a first part (``first`` > 0: its shares scaled by ``first``), its
     alpha-CROWN run on parts handed on. After ``min_slice`` seconds (:data:`MIN_SLICE`), when the coordinator says
     workers are idle (the ``hungry_name`` event), the search hands its open domains back. Returns
-    ``("done" | "handed_off", [items per part], open boxes in the order of the holes, domains, meta)``,
+    ``("done" | "handed_off", [items per part], open boxes in the order of the holes, domains)``,
     ``("falsified", x)``, or ``(status, message)`` when the search ended open."""
     from ..spec.sets import InputSet
     from .procedures import INPUT_SPLIT_PORTFOLIO, split_portfolio
@@ -233,8 +233,7 @@ def _split_task(graph, path: str, shipped, C, d, owner, K: int, index: int, lo, 
 
     torch.set_num_threads(1)
     model = _worker_model(graph, path, shipped)
-    base = _deadline_budget(end, label, memory)
-    budget = Budget(base.deadline, label, 0.0, memory, _stopper(stop_name))
+    budget = _deadline_budget(end, label, memory, stop_name)
     hungry = _stopper(hungry_name)
     begun = time.monotonic()
 
@@ -248,31 +247,61 @@ def _split_task(graph, path: str, shipped, C, d, owner, K: int, index: int, lo, 
         return ("falsified", np.asarray(res.witness.x))
     if res.status not in ("verified", "handed_off"):
         return (res.status, res.message or "a part of the box ended open")
-    items = [items_of(log=res.log, root=r) for r in res.roots]
+    items = [items_of(res.log, r) for r in res.roots]
     opened: list = []
     if res.status == "handed_off":
         lo_o, hi_o, ids = res.open
         where = {int(i): k for k, i in enumerate(ids.tolist())}
         for part in items:
             opened += [(lo_o[where[it[1]]][None], hi_o[where[it[1]]][None]) for it in part if it[0] == "hole"]
-    return ("done" if res.status == "verified" else "handed_off", items, opened, res.domains, _meta_of(res))
-
-
-def _meta_of(res) -> dict:
-    """The proof-tree meta of the alpha-CROWN run (:data:`~certkit.verify.procedures.INPUT_SPLIT_PORTFOLIO`'s
-    last), which every handed-on part runs."""
-    from .procedures import INPUT_SPLIT_PORTFOLIO
-
-    cfg = INPUT_SPLIT_PORTFOLIO[-1][1]
-    return {"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations, "alpha_lr": cfg.alpha_lr,
-            "alpha_lr_decay": cfg.alpha_lr_decay, "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
-            "domains": res.domains}
+    return ("done" if res.status == "verified" else "handed_off", items, opened, res.domains)
 
 
 #: ``CERTKIT_DEBUG_CLUSTER=1``: the coordinator prints each task's outcome with its time on stderr
 _DEBUG = bool(os.environ.get("CERTKIT_DEBUG_CLUSTER"))
 #: Seconds a task searches before it may hand its open domains on (when workers are idle)
 MIN_SLICE = 2.0
+
+
+@dataclass
+class _Shared:
+    """What the tasks of one search share: the scattered graph and model bytes (None: by path), the
+    wall-clock end, the stop event (set when the search is decided), and how long to wait for tasks."""
+
+    graph: object
+    shipped: object
+    end: float | None
+    stop_name: str
+    stop: object
+    wait: float | None
+
+    @staticmethod
+    def of(query, budget: Budget, on) -> "_Shared":
+        import uuid
+
+        from dask.distributed import Event
+
+        from ..cluster import ship
+
+        graph = on.once(f"graph-{query.graph.sha256}", lambda: query.graph)
+        shipped = None if on.shares_files else on.once(f"file-{on.model_path}", lambda: ship(on.model_path))
+        rem = budget.remaining()
+        name = f"certkit-stop-{uuid.uuid4().hex}"
+        return _Shared(graph, shipped, None if rem is None else time.time() + rem, name,
+                       Event(name, client=on.client), None if rem is None else rem + TASK_GRACE)
+
+
+def _within(pool, out):
+    """The futures of ``pool`` as they complete; when its wait runs out (tasks lost with their workers),
+    ``out`` ends as a timeout."""
+    try:
+        yield from pool
+    except TimeoutError:
+        out.status, out.message = "timeout", "cluster tasks did not report back before the deadline"
+
+
+#: Seconds past the budget a search waits for its tasks (a worker lost for good) before it ends as a timeout
+TASK_GRACE = 5.0
 
 
 def split_on_cluster(query, budget: Budget, on):
@@ -290,8 +319,9 @@ def split_on_cluster(query, budget: Budget, on):
 
     from dask.distributed import Event, as_completed
 
-    from ..cluster import ship, worker_count
-    from .input_split import LEAF_KINDS, SplitConfig, SplitOutcome, _Problem, closed, root_box
+    from ..cluster import worker_count
+    from .input_split import LEAF_KINDS, SplitConfig, SplitOutcome, _Problem, closed, root_box, tree_meta
+    from .procedures import INPUT_SPLIT_PORTFOLIO
 
     lo0, hi0 = root_box(query)
     pb = _Problem(query, SplitConfig(alpha_iterations=0), budget)
@@ -307,38 +337,35 @@ def split_on_cluster(query, budget: Budget, on):
     # one worker: the whole box is one task (parts searched apart cost more than one search: ACAS Xu
     # 4_2 prop_2 on local:1, 38.9 s in 2 parts against 32.6 s in one process)
     parts, codes = top_splits(lo0, hi0, root.a.detach(), PARTS_PER_WORKER * workers if workers > 1 else 1)
-    graph = on.once(f"graph-{query.graph.sha256}", lambda: query.graph)
-    shipped = None if on.shares_files else on.once(f"file-{on.model_path}", lambda: ship(on.model_path))
-    rem = budget.remaining()
-    end = None if rem is None else time.time() + rem
-    stop_name, hungry_name = f"certkit-stop-{uuid.uuid4().hex}", f"certkit-hungry-{uuid.uuid4().hex}"
-    event, hungry = Event(stop_name, client=client), Event(hungry_name, client=client)
+    sh = _Shared.of(query, budget, on)
+    hungry_name = f"certkit-hungry-{uuid.uuid4().hex}"
+    hungry = Event(hungry_name, client=client)
     filled: dict = {"top": []}
     for c in codes:
         filled["top"].append(("hole", len(filled)) if c is None else ("split", *c))
         if c is None:
             filled[len(filled)] = None
     keys = iter(range(len(filled), 1 << 62))
-    metas: list[dict] = []
 
     def submit(group: list, first: float):
         lo = torch.cat([g[1][0] for g in group])
         hi = torch.cat([g[1][1] for g in group])
-        fut = client.submit(_split_task, graph, on.model_path, shipped, query.C, query.d, query.owner,
-                            query.n_disjuncts, query.index, lo, hi, first, end, budget.label, budget.memory,
-                            stop_name, hungry_name, MIN_SLICE, pure=False)
+        fut = client.submit(_split_task, sh.graph, on.model_path, sh.shipped, query.C, query.d, query.owner,
+                            query.n_disjuncts, query.index, lo, hi, first, sh.end, budget.label, budget.memory,
+                            sh.stop_name, hungry_name, MIN_SLICE, pure=False)
         of[fut.key] = [k for k, _ in group]
         submitted.append(fut)
         return fut
 
-    hungry_set = [False]
+    is_hungry = False
     _t0 = time.monotonic()
     of: dict = {}  # task key -> the keys of its parts
     submitted: list = []
-    pool = as_completed([submit([(k + 1, p)], min(1.0, workers / len(parts))) for k, p in enumerate(parts)])
+    pool = as_completed([submit([(k + 1, p)], min(1.0, workers / len(parts))) for k, p in enumerate(parts)],
+                        timeout=sh.wait)
     out = SplitOutcome("verified", domains=pb.domains)
     try:
-        for fut in pool:
+        for fut in _within(pool, out):
             try:
                 r = fut.result()
             except Exception as e:  # noqa: BLE001 - a part that could not be searched leaves the query open
@@ -357,9 +384,8 @@ def split_on_cluster(query, budget: Budget, on):
             if r[0] not in ("done", "handed_off"):
                 out.status, out.message = ("timeout" if r[0] == "timeout" else "unknown"), r[1]
                 break
-            _, parts_items, boxes, domains, meta = r
+            _, parts_items, boxes, domains = r
             out.domains += domains
-            metas.append(meta)
             boxes = iter(boxes)
             todo = []
             for key, items in zip(group_keys, parts_items):
@@ -376,21 +402,16 @@ def split_on_cluster(query, budget: Budget, on):
                 size = -(-len(todo) // n_tasks)
                 for s0 in range(0, len(todo), size):
                     pool.add(submit(todo[s0:s0 + size], 0.0))
-            running = sum(not f.done() for f in submitted)
-            if running < workers and not hungry_set[0]:
-                hungry.set()
-                hungry_set[0] = True
-            elif running >= workers and hungry_set[0]:
-                hungry.clear()
-                hungry_set[0] = False
+            if (pool.count() < workers) != is_hungry:  # tasks left, against workers
+                is_hungry = not is_hungry
+                hungry.set() if is_hungry else hungry.clear()
     finally:
-        event.set()  # whatever is still running has nothing left to decide
+        sh.stop.set()  # whatever is still running has nothing left to decide
         client.cancel(submitted)
     if out.status == "verified":
-        alpha = [m for m in metas if m.get("alpha_iterations", 0)]
-        meta = dict(alpha[0] if alpha else metas[0])
-        meta["domains"] = out.domains
-        meta["parts"] = len(parts)
+        # every part runs the portfolio, whose last run (alpha-CROWN) is what the recheck re-derives
+        # leaves with; DeepPoly-closed leaves close by DeepPoly there first
+        meta = dict(tree_meta(INPUT_SPLIT_PORTFOLIO[-1][1], out.domains), parts=len(parts))
         out.tree = assemble("top", filled, LEAF_KINDS, meta)
         out.closed_volume = 1.0
     return out
@@ -408,8 +429,7 @@ def _relu_task(graph, path: str, shipped, region, C, d, owner, K: int, index: in
     torch.set_num_threads(1)
     model = _worker_model(graph, path, shipped)
     q = Query(model.graph, region, C, d, owner, K, (lambda z: model.runner(z)), index)
-    base = _deadline_budget(end, label, memory)
-    res = relu_split(q, Budget(base.deadline, label, 0.0, memory, _stopper(stop_name)), disjuncts=disjuncts)
+    res = relu_split(q, _deadline_budget(end, label, memory, stop_name), disjuncts=disjuncts)
     x = None if res.witness is None else np.asarray(res.witness.x)
     return res.status, res.trees, x, res.domains
 
@@ -421,30 +441,23 @@ def relu_split_on_cluster(query, budget: Budget, on):
     disjunct left open, stops the others (a Dask ``Event``); the proof is the trees in disjunct order,
     each checked by ``certkit check`` as in one process. The open domains of one disjunct are not
     spread: a property of one disjunct is searched by one task."""
-    import uuid
+    from dask.distributed import as_completed
 
-    from dask.distributed import Event, as_completed
-
-    from ..cluster import ship, worker_count
+    from ..cluster import worker_count
     from .relu_split import ReluSplitOutcome
 
     client = on.client
     K = query.n_disjuncts
     groups = [g.tolist() for g in np.array_split(np.arange(K), min(K, 2 * worker_count(client))) if len(g)]
-    graph = on.once(f"graph-{query.graph.sha256}", lambda: query.graph)
-    shipped = None if on.shares_files else on.once(f"file-{on.model_path}", lambda: ship(on.model_path))
-    rem = budget.remaining()
-    end = None if rem is None else time.time() + rem
-    stop_name = f"certkit-stop-{uuid.uuid4().hex}"
-    event = Event(stop_name, client=client)
-    futures = [client.submit(_relu_task, graph, on.model_path, shipped, query.region, query.C, query.d, query.owner,
-                             K, query.index, g, end, budget.label, budget.memory, stop_name, pure=False)
-               for g in groups]
+    sh = _Shared.of(query, budget, on)
+    futures = [client.submit(_relu_task, sh.graph, on.model_path, sh.shipped, query.region, query.C, query.d,
+                             query.owner, K, query.index, g, sh.end, budget.label, budget.memory, sh.stop_name,
+                             pure=False) for g in groups]
     group_of = {f.key: g for f, g in zip(futures, groups)}
     trees: dict[int, object] = {}
     out = ReluSplitOutcome("verified")
     try:
-        for fut in as_completed(futures):
+        for fut in _within(as_completed(futures, timeout=sh.wait), out):
             try:
                 status, got, x, domains = fut.result()
             except Exception:  # noqa: BLE001 - a group that could not be searched leaves the query open
@@ -461,7 +474,7 @@ def relu_split_on_cluster(query, budget: Budget, on):
                 break
             trees.update(zip(group_of[fut.key], got))
     finally:
-        event.set()
+        sh.stop.set()
         client.cancel(futures)
     out.trees = [trees[k] for k in range(K)] if out.status == "verified" else None
     return out

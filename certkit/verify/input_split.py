@@ -366,11 +366,15 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
     out.domains = pb.domains
     out.log = log
     if out.status == "verified" and k0 == 1:
-        out.tree = log.tree("input_split", meta={"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations,
-                                                  "alpha_lr": cfg.alpha_lr, "alpha_lr_decay": cfg.alpha_lr_decay,
-                                                  "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
-                                                  "domains": pb.domains})
+        out.tree = log.tree("input_split", meta=tree_meta(cfg, pb.domains))
     return out
+
+
+def tree_meta(cfg: SplitConfig, domains: int) -> dict:
+    """What a proof tree records of the search that wrote it (:func:`recheck` re-derives leaves with it)."""
+    return {"lookahead": cfg.lookahead, "alpha_iterations": cfg.alpha_iterations, "alpha_lr": cfg.alpha_lr,
+            "alpha_lr_decay": cfg.alpha_lr_decay, "alpha_shared": cfg.alpha_shared, "alpha_warm": cfg.alpha_warm,
+            "domains": domains}
 
 
 def _nan_rows(n: int, like: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from ..bounds.fallback import Method, lower_within_memory
 from ..bounds.forward import free_columns, starts_forward
 from ..bounds.fperror import row_margin
 from ..bounds.interval import interval_bounds
+from ..cluster import active
 from ..errors import BackendError
 from ..graph import ops
 from ..spec.sets import InputSet
@@ -249,15 +250,13 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     from .relu_split import relu_split, supports
 
     graph = query.graph
+    on = active()  # a cluster (certify --cluster): the search's parts or disjuncts become its tasks
     if free_dims(query) > INPUT_SPLIT_MAX_DIM:
         rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
         first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
         res = input_split(query, first, dataclasses.replace(HIGH_DIM_SPLIT, give_up_after=INPUT_SPLIT_PROBE))
         if res.status not in ("verified", "falsified") and supports(graph):
-            from ..cluster import active
-
-            on = active()
-            if on is not None and query.n_disjuncts > 1:  # disjuncts as tasks on a cluster (certify --cluster)
+            if on is not None and query.n_disjuncts > 1:
                 from .distributed import relu_split_on_cluster
 
                 res = relu_split_on_cluster(query, rest, on)
@@ -266,10 +265,7 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
         if res.status == "timeout" and not budget.expired():
             res.status = "unknown"
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
-    from ..cluster import active
-
-    on = active()
-    if on is not None:  # the search's parts as tasks on a cluster (certify --cluster)
+    if on is not None:
         from .distributed import split_on_cluster
 
         res = split_on_cluster(query, budget, on)
