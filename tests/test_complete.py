@@ -124,3 +124,30 @@ def test_milp_without_solver_is_a_backend_error(monkeypatch, capsys):
     with pytest.raises(BackendError, match="highspy"):
         run_milp(Q.of_property(model.graph, parse_vnnlib(hard).properties[0], 0), B(), True)
     assert run_milp(Q.of_property(model.graph, parse_vnnlib(hard).properties[0], 0), B(), False) is None
+
+
+def test_milp_uses_auto_solver_and_falls_back(monkeypatch, tmp_path):
+    """`auto`'s MILP stage asks for Gurobi first (MILP_SOLVER = "auto"); a Gurobi that is missing or
+    refuses the model (licence) leaves the decision to HiGHS, with the same verdict."""
+    pytest.importorskip("highspy")
+    from certkit.errors import BackendError
+    from certkit.solvers import BACKENDS
+    from certkit.verify import procedures
+
+    assert procedures.MILP_SOLVER == "auto"
+    proto = _tiny_relu_onnx(11, n_in=2, hidden=(6, 6))
+    path = tmp_path / "t.onnx"
+    onnx.save(proto, path)
+    model = Model(import_model(proto, str(path)), str(path))
+    ys = model.graph(np.random.default_rng(0).uniform(-1, 1, (50_000, 2)))[:, 0]
+    t = ys.max() + 0.03 * (ys.max() - ys.min())
+    prop = Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+    query = Query.of_property(model.graph, prop, 0)
+
+    def refuse(*a, **k):
+        raise BackendError("Gurobi: model too large for the size-limited licence")
+
+    monkeypatch.setattr(BACKENDS["gurobi"], "available", lambda: True)
+    monkeypatch.setattr(BACKENDS["gurobi"], "solve_mip", refuse)
+    out = procedures.run_milp(query, Budget(deadline=time.monotonic() + 60), True)
+    assert out.status.name == "PROVED" and out.proof.milp["solver"] == "highs"
