@@ -3,7 +3,11 @@
 :func:`freeze` replaces every structured layer by a plain ``nn.Linear``/``nn.Conv2d``
 holding its effective weight and every N-activation by fixed thresholds, so the
 exported graph has one initializer per weight (nothing left to fold) and the
-activation patterns of DESIGN.md section 5.
+activation patterns of DESIGN.md section 5. Implicit-bias layers (paper 003, DESIGN.md
+section 8) become :class:`~certkit.nn.ibnn.IBNNExport` modules running exactly the K unrolled steps
+of the file; the exporter writes each as one node ``IBNN_<i>`` (in model order) of domain
+``ai.certkit.ibnn`` and :func:`export_onnx` then adds the canonical function bodies and metadata
+(:func:`certkit.onnx.ibnn.attach`).
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..onnx.ibnn import DOMAIN
 from .activations import NActivation
+from .ibnn import export_layers, finish_export, frozen_ibnn
 from .layers import ABBAConv2d, ABBALinear, AOLLinear, NonnegLinear
 
 
@@ -57,15 +63,25 @@ def _frozen(m: nn.Module) -> nn.Module | None:
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with plain layers computing the same function."""
+    """A copy of ``model`` (in eval mode) with plain layers computing the same function; IBNN
+    layers become their K-step unrolled export form, named ``IBNN_0``, ``IBNN_1``... in module order."""
     model = copy.deepcopy(model).eval()
-    top = _frozen(model)
+    count = [0]
+
+    def frozen(m: nn.Module) -> nn.Module | None:
+        rep = frozen_ibnn(m, count[0])
+        if rep is not None:
+            count[0] += 1
+            return rep
+        return _frozen(m)
+
+    top = frozen(model)
     if top is not None:
         return top
 
     def walk(mod: nn.Module) -> None:
         for name, child in mod.named_children():
-            rep = _frozen(child)
+            rep = frozen(child)
             if rep is not None:
                 setattr(mod, name, rep)
             else:
@@ -80,17 +96,26 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
 
     Uses the TorchScript exporter (``dynamo=False``: it needs no onnxscript) with constant
     folding. With ``check``, the file passes ``onnx.checker`` and onnxruntime reproduces
-    torch on random inputs to 1e-5 (raises ``RuntimeError`` otherwise).
+    torch on random inputs to 1e-5 (raises ``RuntimeError`` otherwise). IBNN layers are exported
+    unrolled (``K = min(K_for(tol), max_iter)`` steps) and torch is compared running those K steps.
     """
     if opset < 13:
         raise ValueError("opset >= 13 is required")
     path = Path(path)
     frozen = freeze(model)
     x = torch.rand(1, *input_shape[1:]) if input_shape[0] == 1 else torch.rand(*input_shape)
+    ibnn = export_layers(frozen)
+    if ibnn and x.shape[0] != 1:
+        raise ValueError("models with IBNN layers are exported with batch 1 (the unrolled function's shape)")
+    extra = {"custom_opsets": {DOMAIN: 1}} if ibnn else {}
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated, not removed
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(frozen, (x,), str(path), input_names=[input_name], output_names=[output_name],
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+                          opset_version=opset, do_constant_folding=True, dynamo=False, **extra)
+    if ibnn:
+        import onnx
+
+        onnx.save(finish_export(onnx.load(str(path)), ibnn), str(path))
     if check:
         _check(frozen, path, x.shape, input_name)
     return path
