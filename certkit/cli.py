@@ -161,6 +161,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
     "lipschitz": ("certkit.lipschitz.cli", "Lipschitz constant bounds (nonneg, ABBA, separable, signed, SDP)"),
     "abba": ("certkit.lipschitz.abba_cli", "ABBA networks: convert a signed net to its exact ABBA form"),
     "fixedpoint": ("certkit.fixedpoint.cli", "fixed points of nonnegative nets R^k -> R^k (paper 001)"),
+    "ibnn": ("certkit.ibnn_cli", "implicit-bias layers: existence, uniqueness, Lipschitz, fixed points (paper 003)"),
     "sparsify": ("certkit.sparsify.cli", "verification-friendly sparsification by the VNN LP (paper 002)"),
 }
 

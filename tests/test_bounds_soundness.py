@@ -302,9 +302,11 @@ def test_single_dense_is_exact(kind, seed):
 #: lower bound 0, so argmax of the lower bounds picks the first of a tie instead of the unit
 #: whose relaxation CROWN's negative lower bound singled out), the S-shaped relaxations and
 #: the adaptive lower slopes. Up to ~50% of the bounds of the conv nets, by up to ~8 (of ~30).
-#: The property is only checked (as an empirical regression test) on the other nets.
+#: The property is only checked (as an empirical regression test) on the other nets. The implicit-
+#: bias layers' deviation is an error term (charged in real arithmetic too): the ReLU after it gets
+#: other relaxations from other widths (1 bound of 12 on one seed).
 NOT_MONOTONE = {"mlp_mixed", "conv", "conv2", "scale", "max", "matmul_rows", "onnx_conv", "onnx_mlp",
-                "residual", "n_activation"}
+                "residual", "n_activation", "ibnn", "ibnn_damped_conv", "ibnn_no_contraction"}
 
 
 @pytest.mark.parametrize("net", [pytest.param(

@@ -473,7 +473,14 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
             ins = [tuple(t.detach() for t in bounds[j]) for j in node.inputs]
             out = None if isinstance(op, ops.LinearOp) else interval_with_error(op, ins, p, steps)
             err = node_error(op, ins, out, p, steps)
-            if isinstance(op, ops.LinearOp):
+            if isinstance(op, ops.ImplicitLayer):
+                # the real layer at the real input vs the computed one at the computed input: its
+                # Lipschitz constant times the input's error, plus both within err of the computed input
+                # (err once here, once below)
+                e_in, e2_in = E[node.inputs[0]], E2[node.inputs[0]]
+                carried = op.lipschitz("inf") * e_in.amax(dim=-1, keepdim=True).expand_as(e_in) + err
+                norm = op.lipschitz("2") * e2_in + torch.linalg.vector_norm(err, dim=-1)
+            elif isinstance(op, ops.LinearOp):
                 carried = op.apply_abs(*[E[j] for j in node.inputs])
                 norm = spectral_bound(op) * sum(E2[j] for j in node.inputs)
             elif isinstance(op, (ops.MaxGroup, ops.MaxMin)):
@@ -513,3 +520,6 @@ from . import fperror_elementwise  # noqa: E402,F401
 
 # the budgets of fused onnxruntime kernels (Softmax, LayerNormalization), registered on import
 from . import fperror_kernels  # noqa: E402,F401
+
+# the implicit-bias layer's deviation (paper 003), charged as its error, registered on import
+from . import fperror_implicit  # noqa: E402,F401

@@ -22,7 +22,10 @@ def interval_node(op, ins: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     if isinstance(op, LinearOp):
         mids = [(lo + hi) / 2 for lo, hi in ins]
         rads = [(hi - lo) / 2 for lo, hi in ins]
-        m = op.forward(*mids)
+        m = op.apply(*mids)  # the affine part (an ImplicitLayer's forward is not: its deviation is its error)
+        c = op.bias_vector()
+        if c is not None:
+            m = m + torch.as_tensor(c, dtype=m.dtype)
         r = op.apply_abs(*rads)
         lo, hi = m - r, m + r
         if not bool(torch.isfinite(r).all()):  # inf - inf, 0 * inf from infinite bounds: no bound

@@ -159,6 +159,9 @@ def _split_layers(g: Graph) -> list[_Layer]:
             raise ModelError(f"fixedpoint needs a chain of layers (one input per node); node '{n.name}' "
                              f"({n.op.kind}) reads {len(n.inputs)} value(s) or a value other than the "
                              "previous node's")
+        if isinstance(n.op, ops.ImplicitLayer):
+            raise ModelError(f"fixedpoint analyses nonnegative nets (paper 001); node '{n.name}' is an "
+                             "implicit-bias layer (paper 003): use `certkit ibnn`")
         if isinstance(n.op, ops.LinearOp):
             if cur.act is not None:
                 layers.append(cur)

@@ -182,6 +182,9 @@ def _check_symmetric(g: Graph, order: list[int]) -> dict[int, Sym]:
     sym, bad = {}, []
     for i in order[1:]:
         n = g.nodes[i]
+        if n.op.kind == "implicit_bias":
+            bad.append((n.name, n.op.kind, 0, "an implicit-bias layer is not affine (paper 003)"))
+            continue
         if isinstance(n.op, LinearOp):
             continue
         size = g.size(i)

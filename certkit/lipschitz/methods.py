@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ModelError
-from ..graph.ops import Conv, Dense, LinearOp, Scale, Select
+from ..graph.ops import Conv, Dense, Scale, Select
 from .abba import abba_blocks, eq19_layer_bound
 import numpy as np
 import torch
 
 from .blocks import EXPLICIT_MAX, explicit, segment_norm
 from .norms import nonneg_norm2, nonneg_norm_inf
-from .structure import Structure, first_negative
+from .structure import Structure, first_negative, is_linear
 
 INF = float("inf")
 
@@ -72,7 +72,7 @@ def nonneg_violation(st: Structure, nodes=None, slopes: bool = True) -> str | No
     g = st.graph
     for i in (st.order if nodes is None else nodes):
         n = g.nodes[i]
-        if isinstance(n.op, LinearOp):
+        if is_linear(n.op):
             where = first_negative(n.op)
             if where is not None:
                 return f"layer '{n.name}' ({n.op.kind}) has a negative weight at {where}"

@@ -64,7 +64,25 @@ class GroupSlopes:
         return self.norm_inf if p == float("inf") else self.norm2
 
 
-Slopes = ElementSlopes | GroupSlopes
+@dataclass(frozen=True)
+class MatrixSlopes:
+    """Jacobian ``J`` bounded entrywise by a nonnegative block-diagonal ``G`` (``groups`` copies of
+    the ``m x m`` block), with operator norms ``norms[p]`` that hold at every point: the implicit-
+    bias layer (paper 003, :class:`~certkit.graph.implicit.ImplicitLayer`), ``|J| <= (I - B)^-1``."""
+
+    block: np.ndarray  # (m, m), >= 0
+    groups: int
+    norms: dict
+
+    @property
+    def nonnegative(self) -> bool:
+        return False
+
+    def norm(self, p: float) -> float:
+        return self.norms[float(p)] if float(p) in self.norms else self.norms[2.0]
+
+
+Slopes = ElementSlopes | GroupSlopes | MatrixSlopes
 
 SLOPES: dict[str, Callable[[object], Slopes]] = {}
 
@@ -133,6 +151,28 @@ def _maxmin(op) -> GroupSlopes:
     idx[pmin] = np.stack([a, b], axis=1)
     counts = np.bincount(np.concatenate([a, b]))
     return GroupSlopes(idx, float(np.sqrt(counts.max())) if counts.size else 0.0, 1.0)
+
+
+@slopes_for("implicit_bias")
+def _implicit(op) -> MatrixSlopes | None:
+    """The implicit-bias layer's K steps ``a -> z_K`` (paper 003; DESIGN.md section 8). With
+    ``B = |c| alpha (|W| + diag(r))`` (off-diagonal ``W``, ``r`` its row sums) every step's
+    ``|c ds/dz| <= B``, and by induction on ``D_{k+1} = (1 - eta) D_k + eta (I - c ds/dz D_k)``,
+    ``D_0 = I``: ``|D_k| <= (I - B)^-1`` entrywise when ``||B||_inf = q < 1`` (Neumann series);
+    the norms are :meth:`~certkit.graph.implicit.ImplicitLayer.lipschitz` (``1 / (1 - q_p)``).
+    None (refused) when ``q >= 1``."""
+    if op.q("inf") >= 1.0:
+        return None
+    w = np.abs(np.asarray(op.w, np.float64))
+    np.fill_diagonal(w, 0.0)
+    B = abs(op.c) * op.alpha * (w + np.diag(w.sum(1)))
+    block = np.linalg.inv(np.eye(op.m) - B)
+    block = np.maximum(block, 0.0) * (1 + 1e-9) + 1e-300  # >= 0 in real arithmetic: rounding only
+    norms = {float("inf"): min(op.lipschitz("inf"), float(block.sum(1).max())),
+             1.0: min(op.lipschitz("1"), float(block.sum(0).max())),
+             2.0: op.lipschitz("2")}
+    norms[2.0] = min(norms[2.0], float(np.sqrt(norms[1.0] * norms[float("inf")])))
+    return MatrixSlopes(block, op.groups, norms)
 
 
 def slopes_of(op) -> Slopes | None:

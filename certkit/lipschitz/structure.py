@@ -23,10 +23,17 @@ import torch
 
 from ..errors import UnsupportedOpError
 from ..graph.graph import Graph
+from ..graph.implicit import ImplicitLayer
 from ..graph.ops import Conv, Dense, Input, LinearOp, Scale, Select, Sum
-from .slopes import ElementSlopes, GroupSlopes, Slopes, slopes_of
+from .slopes import ElementSlopes, GroupSlopes, MatrixSlopes, Slopes, slopes_of
 
 Tensor = torch.Tensor
+
+
+def is_linear(op) -> bool:
+    """A linear op of the Lipschitz bounds: an affine IR op, not the implicit-bias layer (identity plus
+    a deviation for bound propagation, a nonlinear map with a Jacobian bound here)."""
+    return isinstance(op, LinearOp) and not isinstance(op, ImplicitLayer)
 
 
 def first_negative(op: LinearOp) -> str | None:
@@ -68,8 +75,8 @@ class Structure:
         bad, slopes = [], {}
         for i in sorted(graph.live):
             n = graph.nodes[i]
-            if isinstance(n.op, (Input, LinearOp)):
-                if isinstance(n.op, LinearOp):
+            if isinstance(n.op, Input) or is_linear(n.op):
+                if is_linear(n.op):
                     try:
                         first_negative(n.op)
                     except KeyError:
@@ -77,7 +84,8 @@ class Structure:
                 continue
             s = slopes_of(n.op)
             if s is None:
-                bad.append((n.name, n.op.kind, 0, "no slope range known for this op"))
+                bad.append((n.name, n.op.kind, 0, "no Lipschitz bound: its contraction number q >= 1"
+                            if isinstance(n.op, ImplicitLayer) else "no slope range known for this op"))
             else:
                 slopes[i] = s
         if bad:
@@ -146,13 +154,13 @@ class Structure:
         vals: dict[int, Tensor] = {start: v}
         for i in self.nodes_between(start, end):
             n = g.nodes[i]
-            if not isinstance(n.op, LinearOp):
+            if not is_linear(n.op):
                 raise ValueError(f"node {n.name} is not linear")
             vals[i] = n.op.apply(*(vals[j] for j in n.inputs))
         return vals[end]
 
     def is_linear(self, i: int) -> bool:
-        return isinstance(self.graph.nodes[i].op, LinearOp)
+        return is_linear(self.graph.nodes[i].op)
 
     def ancestors(self, node: int) -> frozenset[int]:
         seen, stack = {node}, [node]
@@ -180,7 +188,7 @@ class Structure:
             n = g.nodes[i]
             ins = [vals[j] for j in n.inputs]
             op = n.op
-            if isinstance(op, LinearOp):
+            if is_linear(op):
                 vals[i] = op.apply_abs(*ins)
             else:
                 vals[i] = _abs_nonlinear(self.slopes[i], ins[0])
@@ -236,6 +244,9 @@ def _abs_nonlinear(s: Slopes, x: Tensor) -> Tensor:
     if isinstance(s, ElementSlopes):
         a = s.abs_max
         return x * (torch.as_tensor(a, dtype=x.dtype) if np.ndim(a) else float(a))
+    if isinstance(s, MatrixSlopes):
+        b = x.shape[0]
+        return (x.reshape(b, s.groups, -1) @ torch.as_tensor(s.block.T, dtype=x.dtype)).reshape(b, -1)
     assert isinstance(s, GroupSlopes)
     idx = torch.as_tensor(np.where(s.index >= 0, s.index, 0))
     valid = torch.as_tensor(s.index >= 0, dtype=x.dtype)

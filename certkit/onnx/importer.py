@@ -38,6 +38,7 @@ from ..errors import ModelError, UnsupportedOpError
 from ..graph.graph import Graph, Node
 from ..graph.ops import Clip, Input, Op, Scale
 from . import proto
+from .ibnn import DOMAIN as IBNN_DOMAIN
 from .passes import simplify
 from .proto import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
@@ -165,6 +166,7 @@ def import_model(model: ModelProto, path: str = "") -> Graph:
     except Exception as e:
         lines = str(e).strip().splitlines() or [type(e).__name__]
         raise ModelError(f"{where}ONNX checker rejected the model: {lines[0][:300]}") from e
+    model, implicit, refused = _local_functions(model, where)
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     _check_opset(opset, where)
@@ -210,6 +212,14 @@ def import_model(model: ModelProto, path: str = "") -> Graph:
                     bad.append((name, node.op_type, opset, "no converter"))
             for o in node.output:
                 env[o] = out_p
+            continue
+        if node.domain == IBNN_DOMAIN and node.op_type in implicit:
+            ctx.node_name = name
+            try:
+                env[node.output[0]] = _implicit_layer(ctx, node, ins, implicit[node.op_type])
+            except Unsupported as e:
+                bad.append((name, f"{node.domain}.{node.op_type}", opset, str(e)))
+                env[node.output[0]] = POISON
             continue
         if not std:
             bad.append((name, f"{node.domain}.{node.op_type}", opset, "custom domain"))
@@ -260,10 +270,51 @@ def import_model(model: ModelProto, path: str = "") -> Graph:
     _check_finite_ir(ctx.nodes, where)
     graph = Graph(tuple(ctx.nodes), tuple(ctx.shapes), out.node, inp.name, out_name, source=path,
                   meta={"opset": opset, "producer": model.producer_name,
-                        "precision": model_precision(model)})
+                        "precision": model_precision(model),
+                        **({"ibnn": {"implicit": sorted(implicit), "inlined": refused}}
+                           if implicit or refused else {})})
     graph = simplify(graph)
     _check_finite_ir(graph.nodes, where)  # fusion multiplies parameters: it may overflow
     return graph
+
+
+def _local_functions(model: ModelProto, where: str) -> tuple[ModelProto, dict, dict[str, str]]:
+    """Model-local functions: the implicit-bias layers certkit wrote (:func:`certkit.onnx.ibnn.recognise`)
+    stay one node each (lowered by :func:`_implicit_layer`); every other function is inlined, so
+    its ops are analysed as onnxruntime runs them. Returns the model, the accepted layers' parameters
+    by function name, and why the other IBNN functions were inlined."""
+    if not model.functions:
+        return model, {}, {}
+    from onnx import inliner
+
+    from .ibnn import recognise
+
+    implicit, refused = recognise(model)
+    keep = [(IBNN_DOMAIN, name) for name in implicit]
+    try:
+        model = inliner.inline_selected_functions(model, keep, exclude=True)
+    except Exception as e:
+        raise ModelError(f"{where}cannot inline the model's local functions: {type(e).__name__}: {e}") from e
+    return model, implicit, refused
+
+
+def _implicit_layer(ctx: Context, node: NodeProto, ins: list, p) -> Var:
+    """The node calling an accepted IBNN function: one :class:`ImplicitLayer` on its input ``a``,
+    with the kernel ``w`` (a constant) and the float32 constants of the function's body."""
+    from ..graph.implicit import ImplicitLayer
+    from .ibnn import f32
+
+    if len(ins) != 2 or not isinstance(ins[0], Var) or ins[1] is None or isinstance(ins[1], (Var, _Poison)):
+        raise Unsupported("an IBNN layer takes the variable a and a constant kernel w")
+    a, w = ins[0], np.asarray(ins[1], dtype=np.float64)
+    if tuple(a.shape) != tuple(p.shape) or w.shape != (p.m, p.m):
+        raise Unsupported(f"shapes a {tuple(a.shape)}, w {w.shape} differ from the recorded "
+                          f"{tuple(p.shape)} and ({p.m}, {p.m})")
+    if len(node.output) != 1:
+        raise Unsupported("an IBNN layer has one output")
+    op = ImplicitLayer(c=p.c, alpha=f32(p.alpha), eta=f32(p.eta), K=p.K, w=w, groups=p.groups, m=p.m,
+                       lam=p.lam, beta=p.beta, tol=p.tol, kernel=p.kernel, name=node.op_type)
+    return ctx.add(op, [a], a.shape)
 
 
 def model_precision(model: ModelProto) -> str:

@@ -290,6 +290,39 @@ def matmul_rows_net(seed: int) -> Graph:
     return b.graph()
 
 
+def _window_kernel(h: int, w: int, k: int) -> np.ndarray:
+    """Symmetric k x k window kernel on an h x w image, 1/(k^2 - 1) per neighbour."""
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None]) <= k // 2) & (np.abs(xx[:, None] - xx[None]) <= k // 2)
+    np.fill_diagonal(near, False)
+    return near / (k * k - 1.0)
+
+
+def ibnn_net(seed: int, q: float = 0.8, eta: float = 1.0, K: int = 12, conv: bool = False) -> Graph:
+    """Dense (or Conv) -> implicit-bias layer (paper 003; contraction number ``q``, K steps of damping
+    ``eta``; uniform kernel, or a 3 x 3 window per channel) -> relu -> Dense."""
+    rng = np.random.default_rng(seed)
+    if conv:
+        b = Builder((1, 1, 6, 6), rng)
+        x = b.conv(0, 2, k=3, stride=1, pads=(0, 0, 0, 0))
+        groups, m = 2, 16
+        w = _window_kernel(4, 4, 3)
+    else:
+        b = Builder((1, 5), rng)
+        x = b.dense(0, 8, gain=3.0)
+        groups, m = 1, 8
+        w = np.full((m, m), 1.0 / (m - 1))
+        np.fill_diagonal(w, 0.0)
+    alpha = 10.0
+    r = float((w.sum(1) - np.diag(w)).max())
+    c = float(np.float32(q / (2 * alpha * r)))
+    op = ops.ImplicitLayer(c=c, alpha=alpha, eta=eta, K=K, w=w, groups=groups, m=m, lam=c, beta=1.0)
+    x = b.add(op, x, b.shapes[x])
+    x = b.act(x, "relu")
+    b.dense(x, 3)
+    return b.graph()
+
+
 def single_dense(seed: int, n_in: int = 6, n_out: int = 5) -> Graph:
     rng = np.random.default_rng(seed)
     b = Builder((1, n_in), rng)
@@ -390,6 +423,9 @@ NETS: dict[str, Callable[[int], Graph]] = {
     "max": max_net,
     "n_activation": n_activation_net,
     "matmul_rows": matmul_rows_net,
+    "ibnn": ibnn_net,
+    "ibnn_damped_conv": lambda seed: ibnn_net(seed, q=0.9, eta=0.5, K=20, conv=True),
+    "ibnn_no_contraction": lambda seed: ibnn_net(seed, q=3.0, K=6),
 }
 
 ONNX_NETS: dict[str, Callable[[int], Graph]] = {
