@@ -114,9 +114,10 @@ class ImplicitLayer(LinearOp):
         return cache["lap"]
 
     def q_energy(self) -> float | None:
-        """``|c| alpha Lambda``: with a symmetric nonnegative kernel ``c ds/dz = -c L_s(z)``, ``L_s`` a
+        """``|c| alpha Lambda``: with a symmetric nonnegative kernel ``ds/dz = -L_s(z)``, ``L_s`` a
         Laplacian with weights ``w_ik alpha sech^2 <= alpha w_ik``, so its eigenvalues lie in
-        ``[0, alpha Lambda]`` (the energy's Hessian ``I - lambda beta L_s`` of paper 003, Prop. 3)."""
+        ``[0, alpha Lambda]``: the energy's Hessian ``I - c L_s`` (paper 003, Prop. 3) is positive
+        definite for ``c <= 0`` and for ``c alpha Lambda < 1``."""
         lap = self.laplacian_max()
         return None if lap is None else abs(self.c) * self.alpha * lap
 
@@ -132,10 +133,10 @@ class ImplicitLayer(LinearOp):
         else:
             bound = _recursion(rho, self.eta, self.K)
         if norm == "2" and self.q_energy() is not None:
-            # symmetric Jacobians of a step: (1 - eta) I - eta c L_s, eigenvalues between 1 - eta and
-            # 1 - eta - eta c alpha Lambda
+            # symmetric Jacobians of a step: dG/dz = c L_s, so (1 - eta) I + eta c L_s, with eigenvalues
+            # between 1 - eta and 1 - eta + eta c alpha Lambda (lambda > 0 expands, lambda < 0 contracts)
             qe = self.q_energy() * (1.0 if self.c >= 0 else -1.0)
-            rho2 = max(abs(1.0 - self.eta), abs(1.0 - self.eta - self.eta * qe))
+            rho2 = max(abs(1.0 - self.eta), abs(1.0 - self.eta + self.eta * qe))
             bound = min(bound, _recursion(rho2, self.eta, self.K))
         return bound
 
@@ -159,12 +160,19 @@ class ImplicitLayer(LinearOp):
     def forward(self, a: Tensor) -> Tensor:
         b = a.shape[0]
         a3 = a.reshape(b, self.groups, self.m)
-        if torch.is_grad_enabled() and a.requires_grad:
-            return _Unrolled.apply(a3, self).reshape(b, -1)
+        if torch.is_grad_enabled() and a.requires_grad or _wrapped(a):
+            return _Unrolled.apply(a3, self)[0].reshape(b, -1)
         z = a3
         for _ in range(self.K):
             z = self._step(z, a3)
         return z.reshape(b, -1)
+
+    def _step_jvp(self, z: Tensor, t: Tensor, ta: Tensor) -> Tensor:
+        """The tangent of one step at ``z``: ``(1 - eta) t + eta (ta - c (ds/dz) t)``."""
+        d = z.unsqueeze(-2) - z.unsqueeze(-1)
+        P = (1.0 - torch.tanh(d * self.alpha) ** 2) * (self.alpha * self._w(z))
+        ds = torch.einsum("...ik,...k->...i", P, t) - P.sum(-1) * t
+        return (1.0 - self.eta) * t + self.eta * (ta - self.c * ds)
 
     def _step_vjp(self, z: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         """``(g^T dz'/dz, g^T dz'/da)`` of one step at ``z`` (b, groups, m)."""
@@ -244,26 +252,49 @@ class ImplicitLayer(LinearOp):
                 f"eta={self.eta:g}, K={self.K}, q={self.q():.3g}]")
 
 
+def _wrapped(t: Tensor) -> bool:
+    """Is ``t`` a functorch (vmap / jacrev) tensor? Those need :class:`_Unrolled` for gradients too."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
 class _Unrolled(torch.autograd.Function):
     """The K steps with an exact reverse pass that keeps only the iterates (b x n each), not K
-    tanh matrices: for attacks and sampled Jacobians."""
+    tanh matrices: for attacks and sampled Jacobians (also under ``torch.func`` transforms).
+    Returns ``(z_K, iterates)``; the iterates are not differentiable."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, a3: Tensor, op: ImplicitLayer) -> Tensor:
+    def forward(a3: Tensor, op: ImplicitLayer) -> tuple[Tensor, Tensor]:
         zs = [a3]
-        with torch.no_grad():
-            for _ in range(op.K):
-                zs.append(op._step(zs[-1], a3))
-        ctx.op = op
-        ctx.save_for_backward(*zs[:-1])
-        return zs[-1]
+        for _ in range(op.K):
+            zs.append(op._step(zs[-1], a3))
+        return zs[-1], torch.stack(zs[:-1])
 
     @staticmethod
-    def backward(ctx, g: Tensor):
-        op, zs = ctx.op, ctx.saved_tensors
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.op = inputs[1]
+        ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def jvp(ctx, ta: Tensor, _unused):
+        op, (zs,) = ctx.op, ctx.saved_tensors
+        t = ta
+        for k in range(zs.shape[0]):
+            t = op._step_jvp(zs[k], t, ta)
+        return t, None
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _unused: Tensor):
+        op, (zs,) = ctx.op, ctx.saved_tensors
         ga = torch.zeros_like(g)
-        for z in reversed(zs):
-            g, da = op._step_vjp(z, g)
+        for k in range(zs.shape[0] - 1, -1, -1):
+            g, da = op._step_vjp(zs[k], g)
             ga = ga + da
         return ga + g, None  # z_0 = a
 
