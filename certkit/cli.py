@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="valid input range, e.g. 0 1")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--limit", type=int, help="only the first N samples (data-set mode)")
+    c.add_argument("--radius", action="store_true",
+                   help="data-set mode: each sample's largest certified radius up to --eps (Lipschitz margins, "
+                        "then bisection with --backend, deeppoly by default)")
+    c.add_argument("--eps-sweep", metavar="E1,E2,...", dest="eps_sweep",
+                   help="data-set mode: certify at each of these radii (one line and one JSON run each)")
     c.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT",
                    help="a Dask cluster (extra .[dask]): data-set batches, or the input-splitting search of a "
                         "VNN-LIB spec, run as tasks on its workers; local:N starts one of N workers here")
@@ -267,9 +272,93 @@ def _cmd_certify(a) -> int:
     return EXIT_OK
 
 
+def _dataset_inputs(a):
+    """The model, samples and domain of a data-set run (``--limit`` applied, ``--domain`` checked)."""
+    from . import api
+    from .verify.dataset import load_dataset
+
+    model = api.load_model(a.model, a.arithmetic)
+    x, y = load_dataset(a.dataset, model)
+    if a.limit is not None:
+        x, y = x[: a.limit], y[: a.limit]
+    domain = tuple(a.domain) if a.domain else None
+    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
+        from .errors import DataError
+        raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
+    return model, x, y, domain
+
+
+def _cmd_radius(a) -> int:
+    """``--radius``: per-sample certified radii up to ``--eps`` (:mod:`certkit.verify.radius`)."""
+    import numpy as np
+
+    from .certificate import dump
+    from .verify.radius import certified_radii
+
+    model, x, y, domain = _dataset_inputs(a)
+    backend = "deeppoly" if a.backend == "auto" else a.backend
+    res = certified_radii(model, x, y, a.norm, a.eps, domain, backend, seed=a.seed, batch_size=a.batch_size)
+    r = res.radii()
+    ok = r[r == r]
+    if len(ok):
+        print(f"certified {a.norm} radius per sample (Lipschitz margins, then bisection with {backend}, "
+              f"{res.steps} steps, up to {a.eps:g}): median {float(np.median(ok)):.4g}, min {ok.min():.4g}, "
+              f"max {ok.max():.4g} ({res.timings['total']:.2f} s)")
+    n = len(r)
+    for eps in sorted({a.eps / 4, a.eps / 2, a.eps}):
+        print(f"certified at {eps:.4g}: {res.certified_at(eps)}/{n}")
+    broken = sum(s.upper < math.inf for s in res.samples)
+    print(f"counterexamples found at some radius <= {a.eps:g}: {broken} sample(s); misclassified: {n - len(ok)}")
+    write_outputs([("--json", a.json, lambda p: dump({"format": "certkit-radius/1", "model": a.model,
+                                                      "sha256": model.graph.sha256, "dataset": a.dataset,
+                                                      "domain": list(domain) if domain else None,
+                                                      **res.to_json()}, p, a.json))])
+    return EXIT_OK
+
+
+def _cmd_sweep(a, radii: list[float]) -> int:
+    """``--eps-sweep``: one data-set run per radius, one line each; with ``--json F``, one data-set
+    certificate per radius (``F`` without its extension, ``.epsE.json``) and ``F`` the index of them."""
+    from .certificate import dataset_certificate, dump
+    from .verify.dataset import certify_dataset
+
+    model, x, y, domain = _dataset_inputs(a)
+    runs, outputs = [], []
+    stem = os.path.splitext(a.json)[0] if a.json else ""
+    for eps in radii:
+        res = certify_dataset(model, x, y, eps, a.norm, domain, a.backend, a.batch_size,
+                              progress=sys.stderr.isatty(), timeout=a.timeout, seed=a.seed)
+        counts = {v: sum(s.verdict == v for s in res.samples) for v in ("verified", "falsified", "timeout", "unknown")}
+        pct = 100.0 * res.certified / res.total if res.total else 0.0
+        print(f"eps {eps:g}: certified {res.certified}/{res.total} ({pct:.1f}%); "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({res.timings.get('total', 0):.2f} s)")
+        if a.json:  # each radius: a data-set certificate of its own (re-checkable), listed in the index
+            path = f"{stem}.eps{eps:g}.json"
+            doc = dataset_certificate(res, model, a.dataset, {"batch_size": a.batch_size, "timeout": a.timeout,
+                                                              "seed": a.seed, "arithmetic": a.arithmetic})
+            outputs.append(("--json", path, lambda p, doc=doc, path=path: dump(doc, p, path)))
+            runs.append({"eps": eps, "certified": res.certified, "total": res.total, **counts,
+                         "certificate": os.path.basename(path)})
+    if a.json:
+        outputs.append(("--json", a.json, lambda p: dump({"format": "certkit-sweep/1", "norm": a.norm,
+                                                          "backend": a.backend, "runs": runs}, p, a.json)))
+    write_outputs(outputs)
+    return EXIT_OK
+
+
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--eps-sweep {text}: not a comma-separated list of numbers") from None
+    if not vals or any(not (v >= 0 and math.isfinite(v)) for v in vals):
+        raise UsageError(f"--eps-sweep {text}: needs finite radii >= 0")
+    return vals
 
 
 def _cmd_dataset(a) -> int:
@@ -279,8 +368,16 @@ def _cmd_dataset(a) -> int:
 
     if a.spec is not None:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
+    sweep = _eps_list(a.eps_sweep) if a.eps_sweep else None
+    if sweep is not None and (a.radius or a.eps is not None):
+        raise UsageError("--eps-sweep replaces --eps (and does not combine with --radius)")
+    if sweep is not None:
+        return _cmd_sweep(a, sweep)
     if a.eps is None:
-        raise UsageError("--dataset needs --eps E (E >= 0)")
+        raise UsageError("--dataset needs --eps E (E >= 0)" + (" as the largest radius --radius searches"
+                                                              if a.radius else ""))
+    if a.radius:
+        return _cmd_radius(a)
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out}: with --dataset, --out names a folder for counterexamples, and this is a file")
     model = api.load_model(a.model, a.arithmetic)
