@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="VNN-LIB: write the VNN-COMP results file here; --dataset: a folder for the "
                         "counterexamples of falsified samples")
     c.add_argument("--json", type=output_path, help="write the JSON certificate here")
+    c.add_argument("--junit", type=output_path, metavar="FILE",
+                   help="data-set mode: JUnit XML here, one testcase per sample (verified passes; falsified and "
+                        "misclassified fail; unknown and timeout are skipped)")
     c.add_argument("--seed", type=int, default=0, help="attack seed, in [0, 2**64 - 1] (default 0)")
     c.add_argument("--dataset", help="data set .npz with x (N, *input shape) and y (N,)")
     c.add_argument("--eps", type=float, help="perturbation radius (data-set mode)")
@@ -168,6 +171,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
     "fixedpoint": ("certkit.fixedpoint.cli", "fixed points of nonnegative nets R^k -> R^k (paper 001)"),
     "ibnn": ("certkit.ibnn_cli", "implicit-bias layers: existence, uniqueness, Lipschitz, fixed points (paper 003)"),
     "sparsify": ("certkit.sparsify.cli", "verification-friendly sparsification by the VNN LP (paper 002)"),
+    "report": ("certkit.report", "plots and an HTML page from bench CSVs and data-set JSONs (extra .[report])"),
 }
 
 
@@ -232,6 +236,8 @@ def _cmd_certify(a) -> int:
         raise UsageError("--backend lipschitz certifies data sets: use --dataset DATA.npz --eps E")
     if a.eps is not None:
         raise UsageError("--eps belongs to the data-set mode (--dataset); a VNN-LIB spec carries its own box")
+    if a.junit is not None:
+        raise UsageError("--junit belongs to the data-set mode (--dataset); certkit bench --junit covers suites")
     if a.total_timeout is not None:
         raise UsageError("--total-timeout belongs to the data-set mode (--dataset); use --timeout")
     if a.out and os.path.isdir(a.out):
@@ -364,11 +370,14 @@ def _eps_list(text: str) -> list[float]:
 def _cmd_dataset(a) -> int:
     from . import api
     from .certificate import dataset_certificate, dump
+    from .junit import write_dataset
     from .verify.dataset import certify_dataset, load_dataset
 
     if a.spec is not None:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
     sweep = _eps_list(a.eps_sweep) if a.eps_sweep else None
+    if a.junit is not None and (sweep is not None or a.radius):
+        raise UsageError("--junit writes the testcases of one data-set run: not with --eps-sweep or --radius")
     if sweep is not None and (a.radius or a.eps is not None):
         raise UsageError("--eps-sweep replaces --eps (and does not combine with --radius)")
     if sweep is not None:
@@ -423,7 +432,8 @@ def _cmd_dataset(a) -> int:
     write_outputs([("--json", a.json, lambda p: dump(dataset_certificate(res, model, a.dataset, {
         "batch_size": a.batch_size, "timeout": a.timeout, "total_timeout": a.total_timeout, "seed": a.seed,
         "memory_limit": a.memory_limit, "arithmetic": a.arithmetic, "cluster": a.cluster}),
-        p, a.json))])
+        p, a.json)),
+        ("--junit", a.junit, lambda p: write_dataset(res, p, a.model, a.dataset, out_dir=a.out, cert=a.json))])
     return EXIT_OK
 
 
