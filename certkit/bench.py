@@ -102,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     p.add_argument("--arithmetic", default="auto", choices=ARITHMETICS,
                    help="arithmetic of the bound products (certify --arithmetic; default auto)")
+    p.add_argument("--junit", metavar="FILE", type=output_path,
+                   help="write JUnit XML here at the end: one testcase per row (wrong verdict: failure, error: "
+                        "error, unknown/timeout: skipped; certkit.junit)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -457,15 +460,9 @@ def summary(rows: list[dict]) -> list[str]:
     """Per-benchmark and overall counts, times and score, as printable lines; beside them, when the
     instances carry :data:`REFERENCE`, alpha-beta-CROWN's published solved count and total time
     over the same rows within the same timeouts (its times are from the competition's machines)."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["benchmark"], []).append(r)
-    head = ("benchmark", "instances", "solved", "unsat", "sat", "unknown", "timeout", "error", "wrong",
-            "total_s", "median_s", "score", "max")
-    ref = any(REFERENCE in r for r in rows)
-    if ref:
-        head += ("abcrown_solved", "abcrown_s")
-    table = [head] + [_stats(name, rs, ref) for name, rs in groups.items()] + [_stats("all", rows, ref)]
+    head, body = stats_table(rows)
+    ref = "abcrown_solved" in head
+    table = [head] + body
     width = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     lines = []
     for k, t in enumerate(table):
@@ -477,6 +474,19 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append("abcrown_solved, abcrown_s: alpha-beta-CROWN's published results (the instances CSV's "
                      f"{REFERENCE}) on the same rows, counted when within each row's timeout as run here")
     return lines
+
+
+def stats_table(rows: list[dict]) -> tuple[tuple, list[tuple]]:
+    """The summary's header and rows: one per benchmark (in order of first appearance), then ``all``."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["benchmark"], []).append(r)
+    head = ("benchmark", "instances", "solved", "unsat", "sat", "unknown", "timeout", "error", "wrong",
+            "total_s", "median_s", "score", "max")
+    ref = any(REFERENCE in r for r in rows)
+    if ref:
+        head += ("abcrown_solved", "abcrown_s")
+    return head, [_stats(name, rs, ref) for name, rs in groups.items()] + [_stats("all", rows, ref)]
 
 
 def _reference(rs: list[dict]) -> tuple[int, float]:
@@ -517,9 +527,13 @@ def _stats(name: str, rs: list[dict], ref: bool = False) -> tuple:
 
 # --------------------------------------------------------------------------------------------- the CLI
 
-def _clock(seconds: float) -> str:
-    m, sec = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+def _progress_bar(total: int):
+    """The run's progress bar on stderr (tqdm: elapsed time, rate, ETA; the solved count in the
+    postfix); disabled when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="instance", file=sys.stderr, disable=not sys.stderr.isatty(),
+                dynamic_ncols=True, leave=False)
 
 
 def resume(path: str, chosen: list[Instance], fields: list[str]) -> tuple[list[dict], list[Instance]]:
@@ -607,8 +621,8 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
               + (f"; {len(kept)} kept from the earlier run" if a.resume else ""), file=stdout, flush=True)
         total = len(chosen)
         w = len(str(total))
-        started = time.monotonic()
         solved = [0]
+        bar = _progress_bar(total)
 
         def on_row(row: dict, k: int) -> None:
             if writer is not None:
@@ -621,12 +635,20 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
                 tail += "  WRONG"
             if row["verdict"] in ("error", "timeout") and row["message"]:
                 tail += f"  ({row['message']})"
-            eta = (time.monotonic() - started) / k * (total - k)
-            print(f"[{k:>{w}}/{total}] {row['verdict']:<7} {row['stage'] or '-':<18} {float(row['time_s']):8.2f} s  "
-                  f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}"
-                  f"  [solved {solved[0]}/{k}, ETA {_clock(eta)}]", file=stdout, flush=True)
+            line = (f"[{k:>{w}}/{total}] {row['verdict']:<7} {row['stage'] or '-':<18} {float(row['time_s']):8.2f} s  "
+                    f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}")
+            if bar.disable:
+                print(line, file=stdout, flush=True)
+            else:  # above the bar, which is redrawn below it
+                bar.write(line, file=stdout)
+                stdout.flush()
+            bar.set_postfix_str(f"solved {solved[0]}/{k}", refresh=False)
+            bar.update(1)
 
-        rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout)
+        try:
+            rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout)
+        finally:
+            bar.close()
     finally:
         if out_f is not None:
             out_f.close()
@@ -638,4 +660,10 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
     for line in summary(rows):
         print(line, file=stdout)
     stdout.flush()
+    if a.junit:
+        from .cli_paths import write_outputs
+        from .junit import write_bench
+
+        write_outputs([("--junit", a.junit, lambda p: write_bench(rows, p))])
+        print(f"JUnit XML: {a.junit}", file=stdout)
     return 0
