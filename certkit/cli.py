@@ -78,6 +78,25 @@ def _memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """``--threads``, ``-v``, ``-q``, ``--log-file``: accepted before the sub-command and after it (a
+    sub-command's copy has no default, so it does not undo the value given before it)."""
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)  # noqa: E731
+    p.add_argument("--threads", type=int, default=d(1), help="CPU threads for torch (default 1)")
+    p.add_argument("-v", "--verbose", action="count", default=d(0),
+                   help="log what each stage decided (-vv: also the searches' progress), on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="errors only; no progress bars")
+    p.add_argument("--log-file", metavar="FILE", type=output_path, default=d(None), dest="log_file",
+                   help="write the full log (DEBUG, with times) to FILE")
+
+
+def _logging_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only")
+    p.add_argument("--log-file", metavar="FILE", type=output_path, default=argparse.SUPPRESS, dest="log_file",
+                   help="write the full log to FILE")
+
+
 def _parser() -> argparse.ArgumentParser:
     """The whole command line. Building it imports no torch, onnx or numpy: the backend choices come
     from :mod:`certkit.verify.plan`, and the plugins import their heavy code in ``run_cli``."""
@@ -86,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="certkit", description="Sound verification and certification of neural networks.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     c = sub.add_parser("certify", help="decide a VNN-LIB spec, or certify a data set")
@@ -149,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("ops", help="print the ONNX op and backend support tables")
     o.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    for q in list(sub.choices.values()):  # built-in sub-commands so far
+        _global_options(q, top=False)
     for name, (module, helptext) in PLUGINS.items():
         mod = _plugin(module)
         if mod is not None:
@@ -156,6 +177,10 @@ def _parser() -> argparse.ArgumentParser:
             mod.add_arguments(q)
             if "--debug" not in q._option_string_actions:
                 q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+            if "--threads" not in q._option_string_actions:  # (sparsify has its own --threads)
+                _global_options(q, top=False)
+            else:
+                _logging_only(q)
     return p
 
 
@@ -576,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if _FROM_CONSOLE:
             _preload(a.command)
+        from .log import setup as setup_logging
+
+        setup_logging(-1 if a.quiet else a.verbose, a.log_file)
         import torch
 
         torch.set_num_threads(a.threads)

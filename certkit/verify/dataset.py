@@ -14,7 +14,6 @@ out), ``unknown``.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ import torch
 from ..bounds.backends import BACKENDS
 from ..bounds.fperror import precision_of
 from ..errors import DataError, UsageError
+from ..log import get as get_logger
 from ..model import Model
 from . import gate
 from .certify import stages_for
@@ -32,6 +32,9 @@ from .plan import COMPLETE_PROCEDURES
 from .pipeline import PropertyResult, decide
 from .procedures import bound_rows, lipschitz_rows
 from .query import Budget, Query
+
+
+_LOG = get_logger("dataset")
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
         timings["lipschitz"] = time.monotonic() - t
     per_sample = None if timeout is None else (lambda b: b.cap(timeout))
     bar = _progress(len(todo)) if progress else None
+    _LOG.info("%d samples, %d correctly classified, batches of %d", len(x), len(todo), batch_size)
     batches = [(start, todo[start:start + batch_size]) for start in range(0, len(todo), batch_size)]
     job = _Job(eps, p, domain, backend, plan, attack_cfg, timeout, seed)
 
@@ -294,28 +298,10 @@ def _sample_result(q: Query, r: PropertyResult, label: int) -> SampleResult:
 
 
 def _progress(total: int):
-    """A progress bar on stderr (tqdm when installed, else a minimal one)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _Bar(total)
-    return tqdm(total=total, unit="sample", file=sys.stderr, leave=False)
+    """The data set's progress bar (:func:`certkit.log.progress`: tqdm on a terminal, else none)."""
+    from ..log import progress
 
-
-class _Bar:
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.note = total, 0, ""
-
-    def update(self, n: int) -> None:
-        self.done += n
-        bar = "#" * int(30 * self.done / max(self.total, 1))
-        print(f"\r[{bar:<30}] {self.done}/{self.total} {self.note}", end="", file=sys.stderr, flush=True)
-
-    def set_postfix(self, **kw) -> None:
-        self.note = ", ".join(f"{k} {v}" for k, v in kw.items())
-
-    def close(self) -> None:
-        print(file=sys.stderr)
+    return progress(total, "sample", "data set")
 
 
 def prove_samples(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str,

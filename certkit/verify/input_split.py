@@ -41,6 +41,7 @@ from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..bounds.memory import headroom
+from ..log import SearchProgress
 from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, domain_value
@@ -296,7 +297,9 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
     queue = root.rows(~shut) if not bool(shut.all()) else None
     n = graph.n_inputs
     L = min(lookahead, n)
+    prog = SearchProgress("input splitting", by_volume=True)
     while queue is not None and queue.lo.shape[0]:
+        prog.update(pb.domains, queue.lo.shape[0], out.closed_volume)
         if budget.expired():
             out.status = "timeout"
             break
@@ -367,6 +370,7 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
     out.log = log
     if out.status == "verified" and k0 == 1:
         out.tree = log.tree("input_split", meta=tree_meta(cfg, pb.domains))
+    prog.close(out.status, pb.domains)
     return out
 
 

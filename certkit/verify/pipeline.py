@@ -32,6 +32,7 @@ import numpy as np
 
 from ..bounds.fallback import allocation_failed
 from ..bounds.forward import starts_forward
+from ..log import get as get_logger
 from . import gate
 from .falsify import AttackConfig
 from .plan import BOUND_PROCEDURES
@@ -39,6 +40,7 @@ from .procedures import COMPLETE, attack_queries, bound_rows
 from .query import Budget, BudgetExpired, Query, Status
 from .witness import Witness
 
+_LOG = get_logger("pipeline")
 QUICK_ATTACK = AttackConfig(samples=256, restarts=4, steps=20)
 #: the quick attack's share of the time (milliseconds on small nets; on a U-Net 256 samples take 20 s)
 QUICK_SHARE = 0.3
@@ -130,6 +132,8 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
         t = time.monotonic()
         found = attack_queries([queries[i] for i in ids], cfg, within, seed)
         tick("attack", t)
+        _LOG.info("attack (%d restarts x %d steps): %d of %d open quer%s falsified in %.3f s", cfg.restarts,
+                  cfg.steps, len(found), len(ids), "y" if len(ids) == 1 else "ies", time.monotonic() - t)
         for pos, w in found.items():
             i = ids[pos]
             results[i].status, results[i].witness, results[i].stage = "falsified", w, "attack"
@@ -169,6 +173,7 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
             continue
         tick(stage, t)
         timings["bounds"] = timings.get("bounds", 0.0) + time.monotonic() - t
+        n_open = len(open_ones())
         for i, row in zip(ids, got):
             method = getattr(row, "method", None)
             if getattr(row, "radius", None) is not None:
@@ -177,6 +182,8 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 results[i].extra.setdefault("degraded", []).append(method.as_dict())
             if merge_rows(results[i], queries[i], method.used if method is not None else stage, row[0], row[1]):
                 results[i].time = time.monotonic() - started[i]
+        _LOG.info("%s bounds: %d of %d quer%s proved in %.3f s", stage, n_open - len(open_ones()), len(ids),
+                  "y" if len(ids) == 1 else "ies", time.monotonic() - t)
     if falsify(long) and stop_on_sat:
         return _finish(results, started)
     complete = [p for p in plan if p in COMPLETE]
@@ -209,6 +216,8 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
             tick(stage, t)
             if out is None:
                 continue
+            _LOG.info("%s on query %d: %s in %.3f s%s", stage, q.index, out.status.name.lower(), time.monotonic() - t,
+                      f" ({out.reason})" if out.reason else "")
             if out.status == Status.FALSIFIED and out.witness is not None:
                 res.status, res.witness, res.stage = "falsified", out.witness, stage
                 if stop_on_sat:

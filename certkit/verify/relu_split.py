@@ -47,6 +47,7 @@ from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin, with_precision
 from ..graph import ops
+from ..log import SearchProgress
 from ..spec.sets import InputSet
 from .falsify import objective
 from .gate import closed, domain_value
@@ -450,7 +451,9 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
         tree.close(root)
     else:
         queue = root
+    prog = SearchProgress("ReLU splitting", by_volume=False)
     while queue is not None and len(queue):
+        prog.update(tree.domains, len(queue))
         if budget.expired():
             out.status = "timeout"
             break
@@ -492,4 +495,5 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
     if out.status == "verified":
         out.trees = [tree.log.tree("relu_split", meta={"rows": rows.tolist(), "domains": tree.domains,
                                                         "root_iterations": shared.iterations})]
+    prog.close(out.status, tree.domains)
     return out
