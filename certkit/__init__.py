@@ -14,7 +14,32 @@ The API names are loaded on first use (PEP 562): ``import certkit`` alone, and s
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """certkit's version, defined once: ``version`` in pyproject.toml. From a source tree (the
+    pyproject.toml beside this package names certkit: a checkout, installed editable or not) that file
+    is read, so an editable install never reports the version it was installed at before a bump; an
+    installed wheel answers from its metadata; otherwise ``0+unknown``. Cheap: no torch, no onnx."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    m = re.search(r"^\[project\][ \t]*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    if m and re.search(r'^name\s*=\s*"certkit"', m.group(1), re.M):
+        v = re.search(r'^version\s*=\s*"([^"]+)"', m.group(1), re.M)
+        if v:
+            return v.group(1)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("certkit")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 from .errors import (BackendError, CertkitError, DataError, ModelError, SpecError,  # noqa: E402
                      UnsupportedOpError, UsageError)
@@ -38,6 +63,10 @@ del bounds, fixedpoint
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # computed on first use, then an ordinary attribute
+        global __version__
+        __version__ = _version()
+        return __version__
     if name in _API:
         from . import api
 
