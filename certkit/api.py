@@ -2,22 +2,28 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import tempfile
+import weakref
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from . import __version__
 from .bounds.backends import BACKENDS
 from .bounds.fallback import lower_within_memory
-from .errors import BackendError
-from .model import Model, load_model
+from .errors import BackendError, ModelError, UsageError
+from .model import Model
+from .model import load_model as _load_onnx_model
 from .bounds.fperror import input_set
-from .spec.spec import Spec
+from .spec.spec import Spec as _Spec
 from .spec.vnnlib import parse_vnnlib
-from .verify.certify import STAGES, CertifyResult
+from .verify.certify import STAGES
+from .verify.certify import CertifyResult as _CertifyResult
 from .verify.certify import certify as _certify
-from .verify.dataset import DatasetResult, check_samples
+from .verify.dataset import DatasetResult as _DatasetResult
+from .verify.dataset import SampleResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
 from .verify.plan import BOUND_PROCEDURES, PLANS
 from .verify.query import Budget
@@ -25,8 +31,9 @@ from .verify.query import Budget
 if TYPE_CHECKING:
     from .fixedpoint import FixedPointReport
 
-__all__ = ["load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult", "BOUNDS_BACKENDS",
-           "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport"]
+__all__ = ["load_model", "from_torch", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
+           "BOUNDS_BACKENDS", "CertifyResult", "DatasetResult", "Spec", "Model", "lipschitz_bounds",
+           "LipschitzResult", "fixedpoint", "FixedPointReport"]
 
 
 #: Names served here from other packages, loaded on first use (PEP 562): ``certify`` needs neither.
@@ -41,11 +48,305 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'certkit.api' has no attribute '{name}'")
 
 
-def load_spec(path: str | os.PathLike, model: Model | None = None) -> Spec:
+# -- models -----------------------------------------------------------------------------------------
+
+def load_model(source: str | os.PathLike | Model | torch.nn.Module, arithmetic: str = "auto",
+               example_input: Any = None) -> Model:
+    """A :class:`~certkit.model.Model` from an ONNX file (raises :class:`certkit.errors.ModelError`),
+    a Model (returned as it is), or a ``torch.nn.Module`` with ``example_input`` (one batch of
+    inputs: :func:`from_torch`). ``arithmetic``: of the bound computations' matrix products,
+    ``auto``, ``float64`` or ``float32`` (:mod:`certkit.bounds.products32`)."""
+    if isinstance(source, Model):
+        if arithmetic == "auto":
+            return source
+        from .bounds.products32 import with_arithmetic
+
+        return Model(with_arithmetic(source.graph, arithmetic), source.path, source._runner)
+    if isinstance(source, torch.nn.Module):
+        if example_input is None:
+            raise UsageError(f"a torch module ({type(source).__name__}) needs an example input to be exported "
+                             "to ONNX: load_model(module, example_input=x) or from_torch(module, x), x a batch "
+                             "of inputs as the module takes them")
+        return from_torch(source, example_input, arithmetic=arithmetic)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_onnx_model(source, arithmetic)
+    raise UsageError(f"a model is a path to an ONNX file, a certkit Model or a torch.nn.Module "
+                     f"(got {type(source).__name__})")
+
+
+def from_torch(module: torch.nn.Module, example_input: Any, *, path: str | os.PathLike | None = None,
+               arithmetic: str = "auto", opset: int = 17, rtol: float = 1e-4, atol: float = 1e-5,
+               n_perturbations: int = 4) -> Model:
+    """Export a ``torch.nn.Module`` to ONNX and load it as a :class:`~certkit.model.Model`.
+
+    ``example_input`` is a batch of inputs as the module takes them (leading dimension: the batch;
+    a tensor or array). The module is exported for batch 1, in eval mode, with the TorchScript
+    exporter (:func:`certkit.nn.export.export_onnx`, ``dynamo=False``; certkit.nn's structured and
+    implicit-bias layers are frozen first) to ``path``, or to a temporary file that lives as long
+    as the returned Model. onnxruntime must then reproduce the module (eval mode, no gradients) on
+    every example row and on ``n_perturbations`` noisy copies of the first, to
+    ``atol * max(1, max |output|) + rtol * |output|``; else :class:`certkit.errors.ModelError`
+    (an export that is not faithful: custom autograd functions, data-dependent control flow...).
+    What certkit verifies is the exported file, i.e. the module in eval mode."""
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"from_torch takes a torch.nn.Module (got {type(module).__name__})")
+    name = type(module).__name__
+    try:
+        x = torch.as_tensor(np.asarray(example_input.detach().cpu() if torch.is_tensor(example_input)
+                                       else example_input))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"example_input for {name} must be a tensor or array ({e})") from None
+    if not x.is_floating_point() or x.dim() < 1 or x.shape[0] < 1 or x.numel() == 0:
+        raise UsageError(f"example_input for {name} must be a non-empty float batch (leading dimension: "
+                         f"the batch; got dtype {x.dtype}, shape {tuple(x.shape)})")
+    x = x.to(torch.float32)
+    if not torch.isfinite(x).all():
+        raise UsageError(f"example_input for {name} holds NaN or Inf")
+    from .nn.export import export_onnx
+
+    points, labels = _check_points(x, n_perturbations)
+    ref = _torch_outputs(module, points)  # first: a module that fails on its input is not an export problem
+    keep = path is not None
+    if keep:
+        out = os.fspath(path)
+    else:
+        fd, out = tempfile.mkstemp(prefix=f"certkit-{name}-", suffix=".onnx")
+        os.close(fd)
+    try:
+        try:
+            export_onnx(module, out, (1, *x.shape[1:]), opset=opset, check=False)
+        except Exception as e:  # the exporter's own errors: unsupported ops, untraceable code
+            raise ModelError(f"cannot export torch module {name} to ONNX: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        model = _load_onnx_model(out, arithmetic)
+        _check_export(name, model, points, labels, ref, rtol, atol)
+    except BaseException:
+        if not keep:
+            _remove(out)
+        raise
+    if not keep:
+        weakref.finalize(model, _remove, out)
+    return model
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _check_points(x: torch.Tensor, n_perturbations: int) -> tuple[torch.Tensor, list[str]]:
+    """The inputs :func:`from_torch` compares torch and onnxruntime on: the rows of ``x`` (16 at most)
+    and ``n_perturbations`` noisy copies of its first row, with their names."""
+    g = torch.Generator().manual_seed(0)
+    scale = float(x.abs().mean()) or 1.0
+    noisy = [x[:1] + 0.1 * scale * torch.randn(x[:1].shape, generator=g) for _ in range(n_perturbations)]
+    labels = [f"example row {i}" for i in range(min(len(x), 16))] + [f"perturbation {i}" for i in range(len(noisy))]
+    return torch.cat([x[:16], *noisy]), labels
+
+
+def _torch_outputs(module: torch.nn.Module, points: torch.Tensor) -> np.ndarray:
+    """The module's outputs (eval mode, no gradients; its modes restored), one flat row per point."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        with torch.no_grad():
+            ref = torch.cat([module(points[i:i + 1]).reshape(1, -1) for i in range(len(points))])
+    except Exception as e:
+        raise ModelError(f"torch module {type(module).__name__} fails on its example input: "
+                         f"{type(e).__name__}: {e}") from e
+    finally:
+        for m, training in modes:
+            m.training = training
+    return ref.detach().to(torch.float64).numpy()
+
+
+def _check_export(name: str, model: Model, points: torch.Tensor, labels: list[str], ref: np.ndarray,
+                  rtol: float, atol: float) -> None:
+    """onnxruntime (the model's runner, which confirms every counterexample) against the module's
+    outputs ``ref`` on ``points`` (:func:`from_torch`)."""
+    if ref.shape[1] != model.n_outputs:
+        raise ModelError(f"torch module {name} gives {ref.shape[1]} outputs, its ONNX export {model.n_outputs}")
+    got = model.runner(points.reshape(len(points), -1).numpy()).astype(np.float64)
+    finite = np.isfinite(ref)
+    tol = atol * max(1.0, float(np.abs(ref[finite]).max(initial=0.0))) + rtol * np.abs(ref)
+    bad = ~((np.abs(got - ref) <= tol) | (~finite & (got == ref)))  # infinities must agree exactly
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        diff = np.where(finite & np.isfinite(got), np.abs(got - ref), np.inf)
+        raise ModelError(f"torch module {name} and its ONNX export differ: on {labels[i]}, output {j} is "
+                         f"{ref[i, j]:.6g} in torch and {got[i, j]:.6g} in onnxruntime (largest difference "
+                         f"{float(diff.max()):.3g}, tolerance {float(tol[i, j]):.3g}); the export is not "
+                         "faithful (a custom op or autograd function, data-dependent control flow?) and "
+                         "certkit would verify another function")
+
+
+def _as_model(model: Any, example_input: Any = None) -> Model:
+    """What the API functions take as a model: a path, a Model, or a torch module with an example input."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, torch.nn.Module) and example_input is None:
+        raise UsageError(f"a torch module ({type(model).__name__}) needs an example input: convert it first "
+                         "with certkit.load_model(module, example_input=x) (or certkit.api.from_torch)")
+    return load_model(model, example_input=example_input)
+
+
+# -- specs --------------------------------------------------------------------------------------------
+
+class Spec(_Spec):
+    """A :class:`certkit.spec.spec.Spec` with a one-line repr."""
+
+    def __repr__(self) -> str:
+        n_dj = sum(len(p.disjuncts) for p in self.properties)
+        where = self.path or "<spec>"
+        return (f"<Spec {where}: {len(self.properties)} input box(es), {self.n_inputs} inputs -> "
+                f"{self.n_outputs} outputs, {n_dj} disjunct(s)>")
+
+    @classmethod
+    def of(cls, spec: _Spec) -> Spec:
+        return spec if isinstance(spec, cls) else cls(**{f.name: getattr(spec, f.name) for f in fields(spec)})
+
+
+def load_spec(path: str | os.PathLike, model: Model | str | os.PathLike | None = None) -> Spec:
     """Parse a VNN-LIB file; with ``model`` its sizes are checked against the model's."""
     if model is None:
-        return parse_vnnlib(path)
-    return parse_vnnlib(path, model.n_inputs, model.n_outputs)
+        return Spec.of(parse_vnnlib(path))
+    model = _as_model(model)
+    return Spec.of(parse_vnnlib(path, model.n_inputs, model.n_outputs))
+
+
+def _as_spec(spec: Any, model: Model) -> _Spec:
+    if isinstance(spec, _Spec):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        return load_spec(spec, model)
+    raise UsageError(f"a spec is a path to a VNN-LIB file or a certkit Spec (got {type(spec).__name__})")
+
+
+# -- results ------------------------------------------------------------------------------------------
+
+def _num(v: float) -> float | None:
+    """A float for JSON: None for NaN and infinities (JSON has neither)."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _floats(a) -> list[float | None]:
+    return [_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
+
+
+class CertifyResult(_CertifyResult):
+    """:class:`certkit.verify.certify.CertifyResult` with a one-line repr, :meth:`summary` and
+    :meth:`to_json` (the re-checkable certificate is :func:`certkit.certificate.certificate`)."""
+
+    @classmethod
+    def of(cls, r: _CertifyResult) -> CertifyResult:
+        return r if isinstance(r, cls) else cls(**{f.name: getattr(r, f.name) for f in fields(r)})
+
+    def _line(self) -> str:
+        stage = f", stage {self.stage}" if self.stage else ""
+        return (f"{self.verdict} (backend {self.backend}{stage}, {len(self.properties)} input box(es), "
+                f"{self.timings.get('total', 0.0):.2f} s)")
+
+    def __repr__(self) -> str:
+        return f"<CertifyResult {self._line()}>"
+
+    def summary(self) -> str:
+        """The verdict line, then the reason (unknown, timeout) or the witness's place (sat), and any notes."""
+        lines = [self._line()]
+        if self.witness is not None:
+            lines.append(f"counterexample in input box {self.witness.property_index}, disjunct "
+                         f"{self.witness.disjunct_index} (confirmed with onnxruntime)")
+        if self.reason:
+            lines.append(self.reason)
+        return "\n".join(lines + self.notes())
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: verdict, backend, stage, reason, precision, per input box its status,
+        stage, time and lowest spec-row bound, the witness (sat), timings, what the memory budget changed."""
+        doc: dict[str, Any] = {
+            "certkit_version": __version__, "verdict": self.verdict, "backend": self.backend, "stage": self.stage,
+            "reason": self.reason, "precision": self.precision,
+            "properties": [{"index": int(p.index), "status": p.status, "stage": p.stage,
+                            "timed_out": bool(p.timed_out), "time": round(float(p.time), 6),
+                            "spec_lower_min": (_num(np.min(p.spec_lower)) if p.spec_lower is not None
+                                               and len(p.spec_lower) else None)}
+                           for p in self.properties],
+            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+            "degraded": [dict(d) for d in self.degraded],
+        }
+        if self.witness is not None:
+            w = self.witness
+            doc["witness"] = {"x": _floats(w.x), "y": _floats(w.y), "property": int(w.property_index),
+                              "disjunct": int(w.disjunct_index)}
+        return doc
+
+
+#: The per-sample verdicts of data-set mode, in the order reports list them.
+VERDICTS = ("verified", "falsified", "unknown", "timeout", "misclassified")
+
+
+class DatasetResult(_DatasetResult):
+    """:class:`certkit.verify.dataset.DatasetResult` with a one-line repr, :attr:`counts`,
+    :attr:`fraction`, :meth:`not_certified`, :meth:`summary` and :meth:`to_json`."""
+
+    @classmethod
+    def of(cls, r: _DatasetResult) -> DatasetResult:
+        return r if isinstance(r, cls) else cls(**{f.name: getattr(r, f.name) for f in fields(r)})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {v: sum(s.verdict == v for s in self.samples) for v in VERDICTS}
+
+    @property
+    def fraction(self) -> float:
+        """Certified samples over all samples (misclassified ones count as not certified); 0 if none."""
+        return self.certified / self.total if self.total else 0.0
+
+    def not_certified(self) -> list[SampleResult]:
+        return [s for s in self.samples if s.verdict != "verified"]
+
+    def _line(self) -> str:
+        return (f"certified {self.certified}/{self.total} ({100 * self.fraction:.1f}%) at eps {self.eps:g} "
+                f"({self.norm}), backend {self.backend}")
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items() if n)
+        return f"<DatasetResult {self._line()}: {counts}>"
+
+    def summary(self) -> str:
+        """Two lines: certified K/N (P%) with eps, norm, backend and time; the count of every verdict."""
+        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items())
+        notes = [_note(d) for d in self.degraded]
+        return "\n".join([f"{self._line()}, {self.timings.get('total', 0.0):.2f} s", counts, *notes])
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: eps, norm, domain, backend, precision, certified, total, fraction, counts,
+        per sample its index, label, verdict, stage, margin_lower, time (radius for backend lipschitz,
+        the counterexample's ``witness`` x and ``witness_output`` for falsified samples), timings, degraded."""
+        per = []
+        for s in self.samples:
+            e: dict[str, Any] = {"index": int(s.index), "label": int(s.label), "verdict": s.verdict, "stage": s.stage,
+                                 "margin_lower": _num(s.margin_lower), "time": round(float(s.time), 6)}
+            if s.radius == s.radius:
+                e["radius"] = _num(s.radius)
+            if s.witness is not None:
+                e["witness"] = _floats(s.witness)
+                e["witness_output"] = _floats(s.witness_output)
+            per.append(e)
+        return {"certkit_version": __version__, "eps": float(self.eps), "norm": self.norm,
+                "domain": [float(v) for v in self.domain] if self.domain else None, "backend": self.backend,
+                "precision": self.precision, "certified": self.certified, "total": self.total,
+                "fraction": self.fraction, "counts": self.counts, "per_sample": per,
+                "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+                "degraded": [dict(d) for d in self.degraded]}
+
+
+def _note(d: dict) -> str:
+    from .verify.certify import degraded_note
+
+    return degraded_note(d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,8 +379,8 @@ def _bound_names(backend: str) -> tuple[str, ...]:
 BOUNDS_BACKENDS: tuple[str, ...] = tuple(b for b in STAGES if all(n in BACKENDS for n in _bound_names(b)))
 
 
-def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | None = None,
-           timeout: float | Budget | None = None) -> BoundsResult:
+def bounds(model: Model | str | os.PathLike, spec: Spec | str | os.PathLike, backend: str = "deeppoly",
+           memory: int | None = None, timeout: float | Budget | None = None) -> BoundsResult:
     """Output bounds and spec-row lower bounds with one backend of :data:`BOUNDS_BACKENDS`: the
     rows ``[I; -I; C]`` bounded together by each of its procedures (the best of them, entry by
     entry, for ``auto``), within the memory limit ``memory`` (bytes; None: the default of
@@ -88,6 +389,8 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | No
     the procedures that ran are ``methods``)."""
     if backend not in BOUNDS_BACKENDS:
         raise BackendError(f"bounds cannot run backend '{backend}' (choose from: {', '.join(BOUNDS_BACKENDS)})")
+    model = _as_model(model)
+    spec = _as_spec(spec, model)
     prop = spec.properties[0]
     inputs = input_set(model.graph, prop.lower, prop.upper)  # as the model sees it (rounded outward)
     g = model.graph
@@ -106,24 +409,35 @@ def bounds(model: Model, spec: Spec, backend: str = "deeppoly", memory: int | No
     return BoundsResult(low[:n], -low[n:2 * n], low[2 * n:] - d, owner, backend, tuple(methods))
 
 
-def certify(model: Model, spec: Spec, backend: str = "auto", timeout=None,
-            seed: int = 0) -> CertifyResult:
-    """Decide ``spec`` on ``model``: see :mod:`certkit.verify.certify`. ``timeout``: seconds, or a
-    :class:`certkit.verify.query.Budget`."""
-    return _certify(model, spec, backend, timeout, seed)
+def certify(model: Model | str | os.PathLike, spec: Spec | str | os.PathLike, backend: str = "auto",
+            timeout=None, seed: int = 0) -> CertifyResult:
+    """Decide ``spec`` on ``model``: see :mod:`certkit.verify.certify`. ``model``: a Model or an ONNX
+    path (a torch module: convert it with :func:`load_model` first); ``spec``: a Spec or a VNN-LIB path;
+    ``timeout``: seconds, or a :class:`certkit.verify.query.Budget`."""
+    model = _as_model(model)
+    return CertifyResult.of(_certify(model, _as_spec(spec, model), backend, timeout, seed))
 
 
-def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str = "linf",
-                    domain: tuple[float, float] | None = None, backend: str = "auto",
-                    batch_size: int = 32) -> DatasetResult:
+def certify_dataset(model: Model | str | os.PathLike | torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float,
+                    norm: str = "linf", domain: tuple[float, float] | None = None, backend: str = "auto",
+                    batch_size: int = 32, *, timeout: float | None = None,
+                    total_timeout: float | Budget | None = None, seed: int = 0) -> DatasetResult:
     """Per-sample robustness certificates: see :mod:`certkit.verify.dataset`. ``x`` and ``y`` are checked
-    as a data file is (:func:`~certkit.verify.dataset.check_samples`: DataError when they do not fit)."""
+    as a data file is (:func:`~certkit.verify.dataset.check_samples`: DataError when they do not fit: labels
+    must be integers, integral floats such as 3.0 accepted, in [0, n_outputs - 1]). ``model``: a Model, an
+    ONNX path, or a torch module (exported with ``x[:1]`` as its example input, :func:`from_torch`).
+    ``timeout``: seconds per sample; ``total_timeout``: for the whole run; ``seed``: of the attacks."""
+    if isinstance(model, torch.nn.Module):
+        model = from_torch(model, np.asarray(x)[:1])
+    model = _as_model(model)
     x, y = check_samples(x, y, model, "certify_dataset")
-    return _certify_dataset(model, x, y, eps, norm, domain, backend, batch_size)
+    return DatasetResult.of(_certify_dataset(model, x, y, eps, norm, domain, backend, batch_size,
+                                             timeout=timeout, total_timeout=total_timeout, seed=seed))
 
 
-def fixedpoint(model: Model, max_iter: int = 100000, tol: float = 1e-10) -> FixedPointReport:
+def fixedpoint(model: Model | str | os.PathLike, max_iter: int = 100000, tol: float = 1e-10) -> FixedPointReport:
     """Fixed-point analysis of a net R^k -> R^k (paper 001): see :mod:`certkit.fixedpoint.analysis`."""
     from .fixedpoint import analyse
 
+    model = _as_model(model)
     return analyse(model.graph, model.path, max_iter, tol)

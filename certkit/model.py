@@ -37,6 +37,13 @@ class Model:
     def n_outputs(self) -> int:
         return self.graph.n_outputs
 
+    def __repr__(self) -> str:
+        """One line: the file, input shape, outputs, nodes and precision (not the weights)."""
+        g = self.graph
+        precision = g.meta.get("precision", "float32")
+        return (f"<Model {self.path}: input {tuple(g.input_shape)} -> {g.n_outputs} outputs, "
+                f"{len(g.nodes)} nodes, {precision}>")
+
 
 def load_model(path: str | os.PathLike, arithmetic: str = "auto") -> Model:
     """Load and lower an ONNX file (raises :class:`certkit.errors.ModelError`). ``arithmetic``: of
