@@ -529,10 +529,12 @@ def _stats(name: str, rs: list[dict], ref: bool = False) -> tuple:
 
 def _progress_bar(total: int):
     """The run's progress bar on stderr (tqdm: elapsed time, rate, ETA; the solved count in the
-    postfix); disabled when stderr is not a terminal."""
+    postfix); disabled when stderr is not a terminal or ``-q`` was given (:func:`certkit.log.progress_enabled`)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="instance", file=sys.stderr, disable=not sys.stderr.isatty(),
+    from .log import progress_enabled
+
+    return tqdm(total=total, unit="instance", file=sys.stderr, disable=not progress_enabled(),
                 dynamic_ncols=True, leave=False)
 
 
