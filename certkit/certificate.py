@@ -154,7 +154,7 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
         "certified": result.certified,
         "total": result.total,
         "counts": {v: sum(s.verdict == v for s in result.samples)
-                   for v in ("verified", "falsified", "unknown", "misclassified")},
+                   for v in ("verified", "falsified", "timeout", "unknown", "misclassified")},
         "per_sample": per,
         "timings": {k: round(v, 6) for k, v in result.timings.items()},
     }
