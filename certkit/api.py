@@ -366,6 +366,13 @@ class BoundsResult:
     def degraded(self) -> list[dict]:
         return [m.as_dict() for m in self.methods if m.degraded]
 
+    def __repr__(self) -> str:
+        n = len(self.spec_lower)
+        low = f", lowest {float(np.min(self.spec_lower)):.4g}" if n else ""
+        return (f"<BoundsResult {self.backend}: {len(self.output_lower)} outputs in "
+                f"[{float(np.min(self.output_lower)):.4g}, {float(np.max(self.output_upper)):.4g}], "
+                f"{n} spec row(s), {int(np.sum(self.spec_lower > 0))} with a positive lower bound{low}>")
+
 
 def _bound_names(backend: str) -> tuple[str, ...]:
     """The registered bound backends :func:`bounds` runs for ``backend``."""

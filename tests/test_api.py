@@ -136,8 +136,9 @@ def test_reprs_are_one_short_line(fc, digits):
     res = certkit.certify(fc, spec, backend="deeppoly")
     x, y = digits
     ds = certkit.certify_dataset(fc, x[:10], y[:10], eps=0.02, backend="deeppoly")
+    b = certkit.bounds(fc, spec, backend="interval")
     for obj, start in ((fc, "<Model "), (spec, "<Spec "), (res, "<CertifyResult unsat"),
-                       (ds, "<DatasetResult certified ")):
+                       (ds, "<DatasetResult certified "), (b, "<BoundsResult interval: 10 outputs in [")):
         r = repr(obj)
         assert r.startswith(start) and len(r) < 200 and "\n" not in r, r
     assert "(1, 64) -> 10 outputs, 6 nodes" in repr(fc)
