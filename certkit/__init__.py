@@ -2,7 +2,8 @@
 
 Python API (the same contract as the CLI):
 
-- :func:`load_model` / :func:`load_spec` read an ONNX model and a VNN-LIB spec;
+- :func:`load_model` / :func:`load_spec` read an ONNX model (or a torch module: :func:`from_torch`) and a
+  VNN-LIB spec;
 - :func:`bounds` gives output and spec bounds over the spec's first input box;
 - :func:`certify` decides a spec (``unsat``/``sat``/``unknown``/``timeout``);
 - :func:`certify_dataset` certifies per-sample robustness on a data set;
@@ -45,8 +46,8 @@ from .errors import (BackendError, CertkitError, DataError, ModelError, SpecErro
                      UnsupportedOpError, UsageError)
 
 #: The names :mod:`certkit.api` provides here, loaded on first access.
-_API = ("load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult",
-        "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport")
+_API = ("load_model", "load_spec", "bounds", "certify", "certify_dataset", "BoundsResult", "CertifyResult",
+        "DatasetResult", "from_torch", "lipschitz_bounds", "LipschitzResult", "fixedpoint", "FixedPointReport")
 
 __all__ = ["__version__", *_API,
            "CertkitError", "ModelError", "UnsupportedOpError", "SpecError", "DataError", "BackendError",
