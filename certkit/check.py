@@ -335,7 +335,7 @@ def _check_dataset(cert_path: str, doc: dict, model_path, data_path) -> CheckRep
 
 def _witness_ok(model, w: np.ndarray, x0: np.ndarray, label: int, eps: float, norm: str, domain) -> bool:
     w64 = np.asarray(w).astype(np.float64).reshape(-1)
-    p = {"linf": np.inf, "l2": 2.0}[norm]
+    p = {"linf": np.inf, "l2": 2.0, "l1": 1.0}[norm]
     if not np.linalg.norm(w64 - x0, ord=p) <= eps:
         return False
     if domain is not None and ((w64 < domain[0]).any() or (w64 > domain[1]).any()):

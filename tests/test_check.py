@@ -320,3 +320,20 @@ def test_sat_where_an_interval_holds_no_float32(tmp_path, capsys):
     cert.write_text(json.dumps(doc))
     assert main(["check", str(cert)]) == 6
     assert "witness outside its box" in capsys.readouterr().out
+
+
+def test_l1_data_set_certificate_with_falsified_samples_checks(tmp_path, capsys):
+    """An L_1 data-set certificate's witnesses are re-run within the L_1 ball (the check knew L_inf and
+    L_2 only: an L_1 certificate with a falsified sample was an internal error)."""
+    from pathlib import Path
+
+    from certkit.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    cert = tmp_path / "l1.json"
+    assert main(["certify", str(root / "models" / "digits_fc.onnx"), "--dataset", str(root / "models" / "digits_test.npz"),
+                 "--limit", "20", "--eps", "3", "--norm", "l1", "--domain", "0", "1", "--backend", "deeppoly",
+                 "--json", str(cert)]) == 0
+    assert "falsified: 0" not in capsys.readouterr().out
+    assert main(["check", str(cert)]) == 0
+    assert "witness re-run with onnxruntime" in capsys.readouterr().out
