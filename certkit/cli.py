@@ -393,10 +393,9 @@ def _eps_list(text: str) -> list[float]:
 
 
 def _cmd_dataset(a) -> int:
-    from . import api
     from .certificate import dataset_certificate, dump
     from .junit import write_dataset
-    from .verify.dataset import certify_dataset, load_dataset
+    from .verify.dataset import certify_dataset
 
     if a.spec is not None:
         raise UsageError("give either SPEC.vnnlib or --dataset, not both")
@@ -414,14 +413,7 @@ def _cmd_dataset(a) -> int:
         return _cmd_radius(a)
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out}: with --dataset, --out names a folder for counterexamples, and this is a file")
-    model = api.load_model(a.model, a.arithmetic)
-    x, y = load_dataset(a.dataset, model)
-    if a.limit is not None:
-        x, y = x[: a.limit], y[: a.limit]
-    domain = tuple(a.domain) if a.domain else None
-    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
-        from .errors import DataError
-        raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
+    model, x, y, domain = _dataset_inputs(a)
     total = None
     if a.total_timeout is not None or a.memory_limit is not None:  # the whole run, from process start
         from .verify.query import Budget
