@@ -300,3 +300,27 @@ def test_corrupted_samples_are_rejected(dataset_certs):
     assert not DATASET.is_valid(_set(bab, f"per_sample/{i}/proof/method", "bounds"))  # bound stages carry no proof
     assert not DATASET.is_valid(_set(bab, f"per_sample/{i}/proof/trees", []))
     assert not DATASET.is_valid(_set(bab, f"per_sample/{i}/verdict", "unknown"))  # a proof of an unverified sample
+
+
+# --------------------------------------------------------------------------- radius search and sweeps
+
+
+def test_radius_and_sweep_documents_validate(tmp_path):
+    radius = jsonschema.Draft202012Validator(_schema("radius"))
+    sweep = jsonschema.Draft202012Validator(_schema("sweep"))
+    common = ["certify", str(FC), "--dataset", str(DATA), "--limit", "12", "--domain", "0", "1"]
+    assert main(common + ["--eps", "0.2", "--radius", "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert not _errors(radius, doc)
+    assert {s["method"] for s in doc["per_sample"]} & {"deeppoly", "lipschitz"}
+    assert main(common + ["--eps-sweep", "0.01,0.05", "--backend", "deeppoly", "--json", str(tmp_path / "s.json")]) == 0
+    idx = json.loads((tmp_path / "s.json").read_text())
+    assert not _errors(sweep, idx)
+    for run in idx["runs"]:  # every listed certificate is a data-set certificate
+        assert not _errors(DATASET, json.loads((tmp_path / run["certificate"]).read_text()))
+    bad = copy.deepcopy(doc)
+    bad["per_sample"][0]["radius"] = -1.0
+    assert _errors(radius, bad)
+    bad = copy.deepcopy(idx)
+    del bad["runs"][0]["certificate"]
+    assert _errors(sweep, bad)
