@@ -4,26 +4,23 @@ from __future__ import annotations
 import os
 import tempfile
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import __version__
 from .bounds.backends import BACKENDS
 from .bounds.fallback import lower_within_memory
 from .errors import BackendError, ModelError, UsageError
 from .model import Model
 from .model import load_model as _load_onnx_model
 from .bounds.fperror import input_set
-from .spec.spec import Spec as _Spec
+from .spec.spec import Spec
 from .spec.vnnlib import parse_vnnlib
-from .verify.certify import STAGES
-from .verify.certify import CertifyResult as _CertifyResult
+from .verify.certify import STAGES, CertifyResult
 from .verify.certify import certify as _certify
-from .verify.dataset import DatasetResult as _DatasetResult
-from .verify.dataset import SampleResult, check_samples
+from .verify.dataset import DatasetResult, check_samples
 from .verify.dataset import certify_dataset as _certify_dataset
 from .verify.plan import BOUND_PROCEDURES, PLANS
 from .verify.query import Budget
@@ -194,159 +191,20 @@ def _as_model(model: Any, example_input: Any = None) -> Model:
 
 # -- specs --------------------------------------------------------------------------------------------
 
-class Spec(_Spec):
-    """A :class:`certkit.spec.spec.Spec` with a one-line repr."""
-
-    def __repr__(self) -> str:
-        n_dj = sum(len(p.disjuncts) for p in self.properties)
-        where = self.path or "<spec>"
-        return (f"<Spec {where}: {len(self.properties)} input box(es), {self.n_inputs} inputs -> "
-                f"{self.n_outputs} outputs, {n_dj} disjunct(s)>")
-
-    @classmethod
-    def of(cls, spec: _Spec) -> Spec:
-        return spec if isinstance(spec, cls) else cls(**{f.name: getattr(spec, f.name) for f in fields(spec)})
-
-
 def load_spec(path: str | os.PathLike, model: Model | str | os.PathLike | None = None) -> Spec:
     """Parse a VNN-LIB file; with ``model`` its sizes are checked against the model's."""
     if model is None:
-        return Spec.of(parse_vnnlib(path))
+        return parse_vnnlib(path)
     model = _as_model(model)
-    return Spec.of(parse_vnnlib(path, model.n_inputs, model.n_outputs))
+    return parse_vnnlib(path, model.n_inputs, model.n_outputs)
 
 
-def _as_spec(spec: Any, model: Model) -> _Spec:
-    if isinstance(spec, _Spec):
+def _as_spec(spec: Any, model: Model) -> Spec:
+    if isinstance(spec, Spec):
         return spec
     if isinstance(spec, (str, os.PathLike)):
         return load_spec(spec, model)
     raise UsageError(f"a spec is a path to a VNN-LIB file or a certkit Spec (got {type(spec).__name__})")
-
-
-# -- results ------------------------------------------------------------------------------------------
-
-def _num(v: float) -> float | None:
-    """A float for JSON: None for NaN and infinities (JSON has neither)."""
-    v = float(v)
-    return v if np.isfinite(v) else None
-
-
-def _floats(a) -> list[float | None]:
-    return [_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
-
-
-class CertifyResult(_CertifyResult):
-    """:class:`certkit.verify.certify.CertifyResult` with a one-line repr, :meth:`summary` and
-    :meth:`to_json` (the re-checkable certificate is :func:`certkit.certificate.certificate`)."""
-
-    @classmethod
-    def of(cls, r: _CertifyResult) -> CertifyResult:
-        return r if isinstance(r, cls) else cls(**{f.name: getattr(r, f.name) for f in fields(r)})
-
-    def _line(self) -> str:
-        stage = f", stage {self.stage}" if self.stage else ""
-        return (f"{self.verdict} (backend {self.backend}{stage}, {len(self.properties)} input box(es), "
-                f"{self.timings.get('total', 0.0):.2f} s)")
-
-    def __repr__(self) -> str:
-        return f"<CertifyResult {self._line()}>"
-
-    def summary(self) -> str:
-        """The verdict line, then the reason (unknown, timeout) or the witness's place (sat), and any notes."""
-        lines = [self._line()]
-        if self.witness is not None:
-            lines.append(f"counterexample in input box {self.witness.property_index}, disjunct "
-                         f"{self.witness.disjunct_index} (confirmed with onnxruntime)")
-        if self.reason:
-            lines.append(self.reason)
-        return "\n".join(lines + self.notes())
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict: verdict, backend, stage, reason, precision, per input box its status,
-        stage, time and lowest spec-row bound, the witness (sat), timings, what the memory budget changed."""
-        doc: dict[str, Any] = {
-            "certkit_version": __version__, "verdict": self.verdict, "backend": self.backend, "stage": self.stage,
-            "reason": self.reason, "precision": self.precision,
-            "properties": [{"index": int(p.index), "status": p.status, "stage": p.stage,
-                            "timed_out": bool(p.timed_out), "time": round(float(p.time), 6),
-                            "spec_lower_min": (_num(np.min(p.spec_lower)) if p.spec_lower is not None
-                                               and len(p.spec_lower) else None)}
-                           for p in self.properties],
-            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
-            "degraded": [dict(d) for d in self.degraded],
-        }
-        if self.witness is not None:
-            w = self.witness
-            doc["witness"] = {"x": _floats(w.x), "y": _floats(w.y), "property": int(w.property_index),
-                              "disjunct": int(w.disjunct_index)}
-        return doc
-
-
-#: The per-sample verdicts of data-set mode, in the order reports list them.
-VERDICTS = ("verified", "falsified", "unknown", "timeout", "misclassified")
-
-
-class DatasetResult(_DatasetResult):
-    """:class:`certkit.verify.dataset.DatasetResult` with a one-line repr, :attr:`counts`,
-    :attr:`fraction`, :meth:`not_certified`, :meth:`summary` and :meth:`to_json`."""
-
-    @classmethod
-    def of(cls, r: _DatasetResult) -> DatasetResult:
-        return r if isinstance(r, cls) else cls(**{f.name: getattr(r, f.name) for f in fields(r)})
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {v: sum(s.verdict == v for s in self.samples) for v in VERDICTS}
-
-    @property
-    def fraction(self) -> float:
-        """Certified samples over all samples (misclassified ones count as not certified); 0 if none."""
-        return self.certified / self.total if self.total else 0.0
-
-    def not_certified(self) -> list[SampleResult]:
-        return [s for s in self.samples if s.verdict != "verified"]
-
-    def _line(self) -> str:
-        return (f"certified {self.certified}/{self.total} ({100 * self.fraction:.1f}%) at eps {self.eps:g} "
-                f"({self.norm}), backend {self.backend}")
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items() if n)
-        return f"<DatasetResult {self._line()}: {counts}>"
-
-    def summary(self) -> str:
-        """Two lines: certified K/N (P%) with eps, norm, backend and time; the count of every verdict."""
-        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items())
-        notes = [_note(d) for d in self.degraded]
-        return "\n".join([f"{self._line()}, {self.timings.get('total', 0.0):.2f} s", counts, *notes])
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict: eps, norm, domain, backend, precision, certified, total, fraction, counts,
-        per sample its index, label, verdict, stage, margin_lower, time (radius for backend lipschitz,
-        the counterexample's ``witness`` x and ``witness_output`` for falsified samples), timings, degraded."""
-        per = []
-        for s in self.samples:
-            e: dict[str, Any] = {"index": int(s.index), "label": int(s.label), "verdict": s.verdict, "stage": s.stage,
-                                 "margin_lower": _num(s.margin_lower), "time": round(float(s.time), 6)}
-            if s.radius == s.radius:
-                e["radius"] = _num(s.radius)
-            if s.witness is not None:
-                e["witness"] = _floats(s.witness)
-                e["witness_output"] = _floats(s.witness_output)
-            per.append(e)
-        return {"certkit_version": __version__, "eps": float(self.eps), "norm": self.norm,
-                "domain": [float(v) for v in self.domain] if self.domain else None, "backend": self.backend,
-                "precision": self.precision, "certified": self.certified, "total": self.total,
-                "fraction": self.fraction, "counts": self.counts, "per_sample": per,
-                "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
-                "degraded": [dict(d) for d in self.degraded]}
-
-
-def _note(d: dict) -> str:
-    from .verify.certify import degraded_note
-
-    return degraded_note(d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -422,7 +280,7 @@ def certify(model: Model | str | os.PathLike, spec: Spec | str | os.PathLike, ba
     path (a torch module: convert it with :func:`load_model` first); ``spec``: a Spec or a VNN-LIB path;
     ``timeout``: seconds, or a :class:`certkit.verify.query.Budget`."""
     model = _as_model(model)
-    return CertifyResult.of(_certify(model, _as_spec(spec, model), backend, timeout, seed))
+    return _certify(model, _as_spec(spec, model), backend, timeout, seed)
 
 
 def certify_dataset(model: Model | str | os.PathLike | torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float,
@@ -438,8 +296,8 @@ def certify_dataset(model: Model | str | os.PathLike | torch.nn.Module, x: np.nd
         model = from_torch(model, np.asarray(x)[:1])
     model = _as_model(model)
     x, y = check_samples(x, y, model, "certify_dataset")
-    return DatasetResult.of(_certify_dataset(model, x, y, eps, norm, domain, backend, batch_size,
-                                             timeout=timeout, total_timeout=total_timeout, seed=seed))
+    return _certify_dataset(model, x, y, eps, norm, domain, backend, batch_size,
+                            timeout=timeout, total_timeout=total_timeout, seed=seed)
 
 
 def fixedpoint(model: Model | str | os.PathLike, max_iter: int = 100000, tol: float = 1e-10) -> FixedPointReport:

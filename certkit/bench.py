@@ -46,6 +46,7 @@ from typing import Callable, TextIO
 from .bounds import ARITHMETICS
 from .cli_paths import output_path
 from .errors import DataError, UsageError
+from .log import progress
 
 #: Columns of the results CSV, in this order; the input CSV's other columns follow.
 COLUMNS = ("benchmark", "onnx", "vnnlib", "timeout", "expected", "verdict", "stage", "time_s", "wrong", "message")
@@ -527,17 +528,6 @@ def _stats(name: str, rs: list[dict], ref: bool = False) -> tuple:
 
 # --------------------------------------------------------------------------------------------- the CLI
 
-def _progress_bar(total: int):
-    """The run's progress bar on stderr (tqdm: elapsed time, rate, ETA; the solved count in the
-    postfix); disabled when stderr is not a terminal or ``-q`` was given (:func:`certkit.log.progress_enabled`)."""
-    from tqdm import tqdm
-
-    from .log import progress_enabled
-
-    return tqdm(total=total, unit="instance", file=sys.stderr, disable=not progress_enabled(),
-                dynamic_ncols=True, leave=False)
-
-
 def resume(path: str, chosen: list[Instance], fields: list[str]) -> tuple[list[dict], list[Instance]]:
     """``--resume``: the complete rows of an earlier run's results CSV and the instances it has no
     row for (an instance listed twice needs two rows). The file is rewritten with its complete rows
@@ -624,7 +614,7 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
         total = len(chosen)
         w = len(str(total))
         solved = [0]
-        bar = _progress_bar(total)
+        bar = progress(total, "instance")  # tqdm on a terminal (ETA; the solved count in its postfix), else None
 
         def on_row(row: dict, k: int) -> None:
             if writer is not None:
@@ -639,18 +629,19 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
                 tail += f"  ({row['message']})"
             line = (f"[{k:>{w}}/{total}] {row['verdict']:<7} {row['stage'] or '-':<18} {float(row['time_s']):8.2f} s  "
                     f"{row['benchmark']}  {os.path.basename(row['onnx'])}  {os.path.basename(row['vnnlib'])}{tail}")
-            if bar.disable:
+            if bar is None:
                 print(line, file=stdout, flush=True)
-            else:  # above the bar, which is redrawn below it
-                bar.write(line, file=stdout)
-                stdout.flush()
+                return
+            bar.write(line, file=stdout)  # above the bar, which is redrawn below it
+            stdout.flush()
             bar.set_postfix_str(f"solved {solved[0]}/{k}", refresh=False)
             bar.update(1)
 
         try:
             rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
     finally:
         if out_f is not None:
             out_f.close()

@@ -129,11 +129,7 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
     arrays: dict[str, np.ndarray] = {}
     per = []
     for s in result.samples:
-        e: dict[str, Any] = {"index": s.index, "label": s.label, "verdict": s.verdict,
-                             "margin_lower": None if not np.isfinite(s.margin_lower) else s.margin_lower,
-                             "stage": s.stage, "time": round(s.time, 6)}
-        if s.radius == s.radius:
-            e["radius"] = s.radius if np.isfinite(s.radius) else None
+        e: dict[str, Any] = s.entry()
         if s.verdict == "verified" and s.proof is not None and s.proof.method not in ("bounds", "lipschitz"):
             e["proof"] = _proof_entry(s.proof, f"s{s.index}", arrays)
         if s.witness is not None:
@@ -153,8 +149,7 @@ def dataset_certificate(result: DatasetResult, model, data_path: str, options: d
         "floating_point": _fp_section(result.precision),
         "certified": result.certified,
         "total": result.total,
-        "counts": {v: sum(s.verdict == v for s in result.samples)
-                   for v in ("verified", "falsified", "timeout", "unknown", "misclassified")},
+        "counts": result.counts,
         "per_sample": per,
         "timings": {k: round(v, 6) for k, v in result.timings.items()},
     }

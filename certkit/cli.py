@@ -306,16 +306,14 @@ def _cmd_certify(a) -> int:
 def _dataset_inputs(a):
     """The model, samples and domain of a data-set run (``--limit`` applied, ``--domain`` checked)."""
     from . import api
-    from .verify.dataset import load_dataset
+    from .verify.dataset import check_samples, read_dataset
 
     model = api.load_model(a.model, a.arithmetic)
-    x, y = load_dataset(a.dataset, model)
+    x, y = read_dataset(a.dataset)
     if a.limit is not None:
         x, y = x[: a.limit], y[: a.limit]
     domain = tuple(a.domain) if a.domain else None
-    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
-        from .errors import DataError
-        raise DataError(f"{a.dataset}: some samples lie outside --domain {domain[0]:g} {domain[1]:g}")
+    x, y = check_samples(x, y, model, a.dataset, domain)
     return model, x, y, domain
 
 

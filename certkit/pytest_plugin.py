@@ -123,27 +123,12 @@ def pytest_collection_modifyitems(config, items) -> None:
 # -- assertions ---------------------------------------------------------------------------------------
 
 def _read_data(data) -> tuple[Any, Any, str]:
-    """``(x, y, name)`` from an ``.npz`` path (arrays ``x``, ``y``) or an ``(x, y)`` pair."""
-    import numpy as np
-
-    from .errors import DataError
-
+    """``(x, y, name)`` from an ``.npz`` path (arrays ``x``, ``y``: :func:`certkit.verify.dataset.read_dataset`)
+    or an ``(x, y)`` pair."""
     if isinstance(data, (str, os.PathLike)):
-        path = os.fspath(data)
-        try:
-            with np.load(path) as z:
-                missing = [k for k in ("x", "y") if k not in z.files]
-                if missing:
-                    raise DataError(f"{path}: missing array(s) {missing}; the file must hold 'x' (N, *input "
-                                    f"shape) and 'y' (N,) labels (found: {z.files})")
-                return z["x"], z["y"], path
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except DataError:
-            raise
-        except Exception as e:  # not an .npz archive, an object array (needs pickle)...
-            raise DataError(f"{path}: not a readable .npz file with arrays 'x' and 'y' ({type(e).__name__}: "
-                            f"{e})") from None
+        from .verify.dataset import read_dataset
+
+        return (*read_dataset(os.fspath(data)), os.fspath(data))
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return data[0], data[1], f"(x, y) of {len(data[0]) if hasattr(data[0], '__len__') else '?'} samples"
     raise TypeError(f"data is a path to an .npz file with 'x' and 'y', or an (x, y) pair (got {type(data).__name__})")
@@ -177,7 +162,7 @@ def assert_certified(model, data, eps: float, norm: str = "linf", at_least: floa
 
     from . import api
     from .certificate import save_counterexamples
-    from .errors import DataError, UsageError
+    from .errors import UsageError
     from .verify.dataset import check_samples
 
     if not 0.0 <= at_least <= 1.0:
@@ -185,9 +170,7 @@ def assert_certified(model, data, eps: float, norm: str = "linf", at_least: floa
                          f"{at_least / 100:g})")
     x, y, where = _read_data(data)
     m = _load(model, np.asarray(x)[:1] if example_input is None else example_input)
-    x, y = check_samples(x, y, m, where)
-    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
-        raise DataError(f"{where}: some samples lie outside the domain [{domain[0]:g}, {domain[1]:g}]")
+    x, y = check_samples(x, y, m, where, domain)
     res = api.certify_dataset(m, x, y, eps, norm, domain, backend, batch_size, timeout=timeout, seed=seed)
     failed = res.fraction < at_least
     written: dict[int, str] = {}

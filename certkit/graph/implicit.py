@@ -78,16 +78,10 @@ class ImplicitLayer(LinearOp):
         if key not in cache:
             w = np.asarray(self.w, np.float64).copy()
             np.fill_diagonal(w, 0.0)
-            nnz = (w != 0).sum(1)
-            d = int(nnz.max(initial=0))
-            if 0 < d <= self.m // 4:
-                idx = np.tile(np.arange(self.m)[:, None], (1, d))
-                wv = np.zeros((self.m, d))
-                for i in range(self.m):
-                    cols = np.flatnonzero(w[i])
-                    idx[i, :len(cols)], wv[i, :len(cols)] = cols, w[i, cols]
-                cache[key] = (torch.as_tensor(idx, device=like.device),
-                              torch.as_tensor(wv, dtype=like.dtype, device=like.device))
+            lists = neighbour_lists(w)
+            if lists is not None:
+                cache[key] = (torch.as_tensor(lists[0], device=like.device),
+                              torch.as_tensor(lists[1], dtype=like.dtype, device=like.device))
             else:
                 cache[key] = (None, torch.as_tensor(w, dtype=like.dtype, device=like.device))
         return cache[key]
@@ -332,6 +326,25 @@ class _Unrolled(torch.autograd.Function):
             g, da = op._step_vjp(zs[k], g)
             ga = ga + da
         return ga + g, None  # z_0 = a
+
+
+def neighbour_lists(w: np.ndarray, max_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray] | None:
+    """A kernel with a zero diagonal as neighbour lists ``(idx, W)``, both (m, d): row ``i``'s nonzero
+    weights ``W[i]`` at the columns ``idx[i]``, padded with column ``i`` and weight 0; None when a row
+    has more than ``max_fraction m`` nonzeros (the dense form is then as cheap)."""
+    w = np.asarray(w)
+    m = w.shape[0]
+    nnz = (w != 0).sum(1)
+    d = int(nnz.max(initial=0))
+    if m == 0 or d > max_fraction * m:
+        return None
+    d = max(d, 1)
+    idx = np.tile(np.arange(m)[:, None], (1, d))
+    wv = np.zeros((m, d), dtype=w.dtype)
+    for i in range(m):
+        cols = np.flatnonzero(w[i])
+        idx[i, :len(cols)], wv[i, :len(cols)] = cols, w[i, cols]
+    return idx, wv
 
 
 def _recursion(rho: float, eta: float, K: int) -> float:

@@ -86,18 +86,14 @@ class Neighbours(NamedTuple):
 
 
 def neighbours(w: Tensor, max_fraction: float = 0.25) -> Neighbours | None:
-    """The sparse form of ``w`` when its rows have at most ``max_fraction m`` nonzeros, else None."""
-    m = w.shape[0]
-    nnz = (w != 0).sum(1)
-    d = int(nnz.max()) if m else 0
-    if m == 0 or d > max_fraction * m:
+    """The sparse form of ``w`` when its rows have at most ``max_fraction m`` nonzeros, else None
+    (:func:`certkit.graph.implicit.neighbour_lists`, the IR op's form of the same kernel)."""
+    from certkit.graph.implicit import neighbour_lists
+
+    lists = neighbour_lists(w.detach().cpu().numpy(), max_fraction)
+    if lists is None:
         return None
-    idx = torch.arange(m).unsqueeze(1).repeat(1, max(d, 1))
-    wv = torch.zeros(m, max(d, 1), dtype=w.dtype)
-    for i in range(m):
-        cols = torch.nonzero(w[i]).flatten()
-        idx[i, :len(cols)], wv[i, :len(cols)] = cols, w[i, cols]
-    return Neighbours(idx, wv)
+    return Neighbours(torch.as_tensor(lists[0]), torch.as_tensor(lists[1], dtype=w.dtype))
 
 
 def interaction(z: Tensor, w: Tensor | Neighbours, alpha: float) -> Tensor:
@@ -256,6 +252,14 @@ class IBNNLayer(nn.Module):
         #: ``steps`` and ``delta`` (last step size) of the latest solve, for diagnostics.
         self.last_solve: dict = {}
 
+    @property
+    def weight(self) -> Tensor:
+        return self.affine.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.affine.bias
+
     # ---- the contraction figures of the module doc
 
     def c(self) -> float:
@@ -349,14 +353,6 @@ class IBNNLinear(IBNNLayer):
         w, name = _kernel(kernel, self.m, None)
         self._setup(w, name, lam, alpha, beta, eta, tol, max_iter, train_lam)
 
-    @property
-    def weight(self) -> Tensor:
-        return self.affine.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.affine.bias
-
 
 class IBNNConv2d(IBNNLayer):
     """Convolutional implicit-bias layer (paper 003): ``a = conv(x)`` (``self.affine``), one group
@@ -378,14 +374,6 @@ class IBNNConv2d(IBNNLayer):
         self.groups, self.m, self.out_shape = out_channels, h * wd, (1, out_channels, h, wd)
         w, name = _kernel(ib_kernel, self.m, (h, wd))
         self._setup(w, name, lam, alpha, beta, eta, tol, max_iter, train_lam)
-
-    @property
-    def weight(self) -> Tensor:
-        return self.affine.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.affine.bias
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.affine(x)

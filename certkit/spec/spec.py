@@ -57,3 +57,8 @@ class Spec:
     n_outputs: int
     path: str = ""
     sha256: str = field(default="")
+
+    def __repr__(self) -> str:
+        n_dj = sum(len(p.disjuncts) for p in self.properties)
+        return (f"<Spec {self.path or '<spec>'}: {len(self.properties)} input box(es), {self.n_inputs} inputs -> "
+                f"{self.n_outputs} outputs, {n_dj} disjunct(s)>")

@@ -53,6 +53,57 @@ class CertifyResult:
         """One line per entry of ``degraded``, for the user."""
         return [degraded_note(d) for d in self.degraded]
 
+    def _line(self) -> str:
+        stage = f", stage {self.stage}" if self.stage else ""
+        return (f"{self.verdict} (backend {self.backend}{stage}, {len(self.properties)} input box(es), "
+                f"{self.timings.get('total', 0.0):.2f} s)")
+
+    def __repr__(self) -> str:
+        return f"<CertifyResult {self._line()}>"
+
+    def summary(self) -> str:
+        """The verdict line, then the reason (unknown, timeout) or the witness's place (sat), and any notes."""
+        lines = [self._line()]
+        if self.witness is not None:
+            lines.append(f"counterexample in input box {self.witness.property_index}, disjunct "
+                         f"{self.witness.disjunct_index} (confirmed with onnxruntime)")
+        if self.reason:
+            lines.append(self.reason)
+        return "\n".join(lines + self.notes())
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: verdict, backend, stage, reason, precision, per input box its status,
+        stage, time and lowest spec-row bound, the witness (sat), timings, what the memory budget changed.
+        (The re-checkable certificate is :func:`certkit.certificate.certificate`.)"""
+        from .. import __version__
+
+        doc: dict = {
+            "certkit_version": __version__, "verdict": self.verdict, "backend": self.backend, "stage": self.stage,
+            "reason": self.reason, "precision": self.precision,
+            "properties": [{"index": int(p.index), "status": p.status, "stage": p.stage,
+                            "timed_out": bool(p.timed_out), "time": round(float(p.time), 6),
+                            "spec_lower_min": (json_number(np.min(p.spec_lower)) if p.spec_lower is not None
+                                               and len(p.spec_lower) else None)}
+                           for p in self.properties],
+            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+            "degraded": [dict(d) for d in self.degraded],
+        }
+        if self.witness is not None:
+            w = self.witness
+            doc["witness"] = {"x": json_numbers(w.x), "y": json_numbers(w.y), "property": int(w.property_index),
+                              "disjunct": int(w.disjunct_index)}
+        return doc
+
+
+def json_number(v) -> float | None:
+    """A float for JSON: None for NaN and infinities (JSON has neither)."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def json_numbers(a) -> list[float | None]:
+    return [json_number(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
+
 
 def degraded_note(d: dict) -> str:
     """The line printed for one entry of a result's ``degraded`` list."""

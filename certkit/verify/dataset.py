@@ -24,9 +24,10 @@ from ..bounds.backends import BACKENDS
 from ..bounds.fperror import precision_of
 from ..errors import DataError, UsageError
 from ..log import get as get_logger
+from ..log import progress as log_progress
 from ..model import Model
 from . import gate
-from .certify import stages_for
+from .certify import degraded_note, json_number, json_numbers, stages_for
 from .falsify import AttackConfig
 from .plan import COMPLETE_PROCEDURES
 from .pipeline import PropertyResult, decide
@@ -35,6 +36,8 @@ from .query import Budget, Query
 
 
 _LOG = get_logger("dataset")
+#: The per-sample verdicts of data-set mode, in the order reports list them.
+VERDICTS = ("verified", "falsified", "unknown", "timeout", "misclassified")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,18 @@ class SampleResult:
     witness: np.ndarray | None = None  # counterexample in the model's precision (falsified only)
     witness_output: np.ndarray | None = None  # onnxruntime's output on it
     proof: object | None = None  # what the verdict gate admitted (verified only)
+
+    def entry(self) -> dict:
+        """The JSON fields every report of a sample has: index, label, verdict, margin_lower, stage,
+        time, and radius where there is one (None for non-finite numbers)."""
+        e = {"index": int(self.index), "label": int(self.label), "verdict": self.verdict,
+             "margin_lower": json_number(self.margin_lower), "stage": self.stage, "time": round(float(self.time), 6)}
+        if self.radius == self.radius:
+            e["radius"] = json_number(self.radius)
+        return e
+
+    def __repr__(self) -> str:
+        return f"<SampleResult {self.index} (label {self.label}): {self.verdict}{', ' + self.stage if self.stage else ''}>"
 
 
 @dataclass
@@ -73,14 +88,63 @@ class DatasetResult:
     def total(self) -> int:
         return len(self.samples)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Samples per verdict (:data:`VERDICTS`); they add up to :attr:`total`."""
+        return {v: sum(s.verdict == v for s in self.samples) for v in VERDICTS}
 
-def check_samples(x, y, model: Model, where: str) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def fraction(self) -> float:
+        """Certified samples over all samples (misclassified ones count as not certified); 0 if none."""
+        return self.certified / self.total if self.total else 0.0
+
+    def not_certified(self) -> list[SampleResult]:
+        return [s for s in self.samples if s.verdict != "verified"]
+
+    def _line(self) -> str:
+        return (f"certified {self.certified}/{self.total} ({100 * self.fraction:.1f}%) at eps {self.eps:g} "
+                f"({self.norm}), backend {self.backend}")
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items() if n)
+        return f"<DatasetResult {self._line()}: {counts}>"
+
+    def summary(self) -> str:
+        """Two lines: certified K/N (P%) with eps, norm, backend and time; the count of every verdict."""
+        counts = ", ".join(f"{v} {n}" for v, n in self.counts.items())
+        notes = [degraded_note(d) for d in self.degraded]
+        return "\n".join([f"{self._line()}, {self.timings.get('total', 0.0):.2f} s", counts, *notes])
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: eps, norm, domain, backend, precision, certified, total, fraction, counts,
+        per sample :meth:`SampleResult.entry` and, for falsified samples, the counterexample's ``witness``
+        x and ``witness_output``, timings, degraded. (The re-checkable certificate is
+        :func:`certkit.certificate.dataset_certificate`.)"""
+        from .. import __version__
+
+        per = []
+        for s in self.samples:
+            e = s.entry()
+            if s.witness is not None:
+                e["witness"] = json_numbers(s.witness)
+                e["witness_output"] = json_numbers(s.witness_output)
+            per.append(e)
+        return {"certkit_version": __version__, "eps": float(self.eps), "norm": self.norm,
+                "domain": [float(v) for v in self.domain] if self.domain else None, "backend": self.backend,
+                "precision": self.precision, "certified": self.certified, "total": self.total,
+                "fraction": self.fraction, "counts": self.counts, "per_sample": per,
+                "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+                "degraded": [dict(d) for d in self.degraded]}
+
+
+def check_samples(x, y, model: Model, where: str,
+                  domain: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``x`` as float64 (N, n_inputs) and ``y`` as int64 (N,), or a DataError naming ``where``.
 
     Refused: arrays that are not real numbers (object, bool, complex, strings, ragged lists),
     no samples, NaN or Inf in ``x``, labels that are not integers (integral floats such as 3.0
-    are accepted) or lie outside [0, n_outputs - 1], ``x`` and ``y`` of different lengths, and
-    samples whose size is not the model's input size."""
+    are accepted) or lie outside [0, n_outputs - 1], ``x`` and ``y`` of different lengths,
+    samples whose size is not the model's input size, and (with ``domain``) samples outside it."""
     try:
         x, y = np.asarray(x), np.asarray(y)
     except ValueError as e:  # a ragged nested list
@@ -112,11 +176,18 @@ def check_samples(x, y, model: Model, where: str) -> tuple[np.ndarray, np.ndarra
     if out.any():
         k = int(np.argmax(out))
         raise DataError(f"{where}: labels must lie in [0, {model.n_outputs - 1}] (sample {k} has label {y[k]})")
+    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
+        raise DataError(f"{where}: some samples lie outside the domain [{domain[0]:g}, {domain[1]:g}]")
     return x.reshape(len(x), -1).astype(np.float64), y.astype(np.int64)
 
 
 def load_dataset(path: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
     """Read ``x`` and ``y`` from an ``.npz`` file and check them (:func:`check_samples`)."""
+    return check_samples(*read_dataset(path), model, path)
+
+
+def read_dataset(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays ``x`` and ``y`` of an ``.npz`` file, unchecked, or a DataError naming the file."""
     try:
         data = np.load(path)
     except FileNotFoundError:
@@ -138,7 +209,7 @@ def load_dataset(path: str, model: Model) -> tuple[np.ndarray, np.ndarray]:
                             "save rectangular numeric arrays") from None
         except Exception as e:
             raise DataError(f"{path}: cannot read array '{k}' ({type(e).__name__})") from e
-    return check_samples(arrays["x"], arrays["y"], model, path)
+    return arrays["x"], arrays["y"]
 
 
 def _rows(labels: np.ndarray, n_out: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -210,7 +281,7 @@ def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm
         rows = _lipschitz_rows(g, norm)
         timings["lipschitz"] = time.monotonic() - t
     per_sample = None if timeout is None else (lambda b: b.cap(timeout))
-    bar = _progress(len(todo)) if progress else None
+    bar = log_progress(len(todo), "sample", "data set") if progress else None
     _LOG.info("%d samples, %d correctly classified, batches of %d", len(x), len(todo), batch_size)
     batches = [(start, todo[start:start + batch_size]) for start in range(0, len(todo), batch_size)]
     job = _Job(eps, p, domain, backend, plan, attack_cfg, timeout, seed)
@@ -295,13 +366,6 @@ def _sample_result(q: Query, r: PropertyResult, label: int) -> SampleResult:
                         float(r.extra.get("radius", float("nan"))),
                         None if w is None else np.asarray(w.x).copy(), None if w is None else np.asarray(w.y).copy(),
                         r.proof if verdict == "verified" else None)
-
-
-def _progress(total: int):
-    """The data set's progress bar (:func:`certkit.log.progress`: tqdm on a terminal, else none)."""
-    from ..log import progress
-
-    return progress(total, "sample", "data set")
 
 
 def prove_samples(model: Model, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
