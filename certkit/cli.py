@@ -277,13 +277,7 @@ def _cmd_certify(a) -> int:
 
             stack.enter_context(use(a.cluster, a.model))
         # --timeout counts from process start, interpreter, imports and a cluster's start included
-        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
-        budget = None
-        if a.timeout is not None or a.memory_limit is not None:  # one budget: the user's figures, start-up
-            from .verify.query import Budget
-            seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
-            budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
-        res = api.certify(model, spec, a.backend, budget, a.seed)
+        res = api.certify(model, spec, a.backend, _run_budget(a.timeout, a.memory_limit), a.seed)
     res.timings["load"] = t_load
     print(res.verdict)
     if res.verdict == "sat" and res.witness is not None:
@@ -301,6 +295,19 @@ def _cmd_certify(a) -> int:
     write_outputs([("--out", a.out, lambda p: _write_text(p, results_file(res))),
                    ("--json", a.json, lambda p: dump(certificate(res, model, spec, options), p, a.json))])
     return EXIT_OK
+
+
+def _run_budget(seconds: float | None, memory: int | None):
+    """The one budget of a run, counted from process start (interpreter, imports, loading and a
+    cluster's start included, less :data:`_EXIT_RESERVE` for writing results), or None when the user
+    gave neither a time nor a memory limit."""
+    if seconds is None and memory is None:
+        return None
+    from .verify.query import Budget
+
+    spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
+    left = None if seconds is None else max(seconds - spent - _EXIT_RESERVE, 1e-3)
+    return Budget.of(left, label=seconds, startup=spent, memory=memory)
 
 
 def _dataset_inputs(a):
@@ -326,7 +333,8 @@ def _cmd_radius(a) -> int:
 
     model, x, y, domain = _dataset_inputs(a)
     backend = "deeppoly" if a.backend == "auto" else a.backend
-    res = certified_radii(model, x, y, a.norm, a.eps, domain, backend, seed=a.seed, batch_size=a.batch_size)
+    res = certified_radii(model, x, y, a.norm, a.eps, domain, backend, seed=a.seed, batch_size=a.batch_size,
+                          budget=_run_budget(a.total_timeout, a.memory_limit))
     r = res.radii()
     ok = r[r == r]
     if len(ok):
@@ -336,6 +344,8 @@ def _cmd_radius(a) -> int:
     n = len(r)
     for eps in sorted({a.eps / 4, a.eps / 2, a.eps}):
         print(f"certified at {eps:.4g}: {res.certified_at(eps)}/{n}")
+    if res.timed_out:
+        print(f"time budget of {a.total_timeout:g} s used up: each radius is the one certified so far")
     broken = sum(s.upper < math.inf for s in res.samples)
     print(f"counterexamples found at some radius <= {a.eps:g}: {broken} sample(s); misclassified: {n - len(ok)}")
     write_outputs([("--json", a.json, lambda p: dump({"format": "certkit-radius/1", "model": a.model,
@@ -354,9 +364,10 @@ def _cmd_sweep(a, radii: list[float]) -> int:
     model, x, y, domain = _dataset_inputs(a)
     runs, outputs = [], []
     stem = os.path.splitext(a.json)[0] if a.json else ""
+    total = _run_budget(a.total_timeout, a.memory_limit)  # one budget for the whole sweep
     for eps in radii:
         res = certify_dataset(model, x, y, eps, a.norm, domain, a.backend, a.batch_size,
-                              progress=sys.stderr.isatty(), timeout=a.timeout, seed=a.seed)
+                              progress=sys.stderr.isatty(), timeout=a.timeout, total_timeout=total, seed=a.seed)
         counts = {v: sum(s.verdict == v for s in res.samples) for v in ("verified", "falsified", "timeout", "unknown")}
         pct = 100.0 * res.certified / res.total if res.total else 0.0
         print(f"eps {eps:g}: certified {res.certified}/{res.total} ({pct:.1f}%); "
@@ -412,12 +423,7 @@ def _cmd_dataset(a) -> int:
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out}: with --dataset, --out names a folder for counterexamples, and this is a file")
     model, x, y, domain = _dataset_inputs(a)
-    total = None
-    if a.total_timeout is not None or a.memory_limit is not None:  # the whole run, from process start
-        from .verify.query import Budget
-        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
-        seconds = None if a.total_timeout is None else max(a.total_timeout - spent - _EXIT_RESERVE, 1e-3)
-        total = Budget.of(seconds, label=a.total_timeout, startup=spent, memory=a.memory_limit)
+    total = _run_budget(a.total_timeout, a.memory_limit)  # the whole run, from process start
     if a.cluster is not None:
         from .cluster import parse_cluster
 
@@ -459,13 +465,7 @@ def _cmd_bounds(a) -> int:
 
     model = api.load_model(a.model, a.arithmetic)
     spec = api.load_spec(a.spec, model)
-    budget = None
-    if a.timeout is not None or a.memory_limit is not None:  # counted from process start, as certify's
-        from .verify.query import Budget
-        spent = _process_age() if _FROM_CONSOLE else time.monotonic() - _T_MAIN
-        seconds = None if a.timeout is None else max(a.timeout - spent - _EXIT_RESERVE, 1e-3)
-        budget = Budget.of(seconds, label=a.timeout, startup=spent, memory=a.memory_limit)
-    r = api.bounds(model, spec, a.backend, a.memory_limit, budget)
+    r = api.bounds(model, spec, a.backend, a.memory_limit, _run_budget(a.timeout, a.memory_limit))
     doc = {"backend": a.backend, "output_lower": r.output_lower.tolist(), "output_upper": r.output_upper.tolist(),
            "spec_lower": r.spec_lower.tolist(), "spec_owner": r.owner.tolist(),
            "methods": [m.used for m in r.methods], "degraded": r.degraded, "memory_limit": a.memory_limit,

@@ -61,3 +61,19 @@ def test_cli_radius_and_sweep(tmp_path, capsys):
     assert main(args + ["--eps", "0.1", "--radius", "--backend", "milp"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
+
+
+def test_total_timeout_holds_for_radius_and_sweep(capsys):
+    """The bisection and the sweep stop with --total-timeout (counted from the process start, as
+    elsewhere); the radii are those certified so far."""
+    import time
+
+    from certkit.cli import main
+
+    args = ["certify", str(MODEL), "--dataset", str(DATA), "--domain", "0", "1", "--total-timeout", "2"]
+    for extra in (["--eps", "0.2", "--radius"], ["--eps-sweep", "0.01,0.02,0.05,0.1,0.2"]):
+        t = time.monotonic()
+        assert main(args + extra) == 0
+        assert time.monotonic() - t < 2 + 1.5
+    out = capsys.readouterr().out
+    assert "eps 0.2: certified" in out

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UnsupportedOpError, UsageError
 from ..model import Model
 from .certify import stages_for
 from .falsify import AttackConfig
@@ -55,6 +55,7 @@ class RadiusResult:
     steps: int
     samples: list[SampleRadius] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    timed_out: bool = False  # the budget ran out before the bisection ended (radii: as far as it got)
 
     def radii(self) -> np.ndarray:
         return np.array([s.radius for s in self.samples], dtype=np.float64)
@@ -67,15 +68,17 @@ class RadiusResult:
         def num(v: float):
             return v if math.isfinite(v) else (None if v != v else "inf")
         return {"norm": self.norm, "backend": self.backend, "eps_max": self.eps_max, "steps": self.steps,
-                "timings": self.timings,
+                "timed_out": self.timed_out, "timings": self.timings,
                 "per_sample": [{"index": s.index, "label": s.label, "radius": num(s.radius), "upper": num(s.upper),
                                 "method": s.method} for s in self.samples]}
 
 
 def certified_radii(model: Model, x: np.ndarray, y: np.ndarray, norm: str = "linf", eps_max: float = 1.0,
                     domain: tuple[float, float] | None = None, backend: str = "deeppoly", steps: int = STEPS,
-                    seed: int = 0, batch_size: int = 64, indices: np.ndarray | None = None) -> RadiusResult:
-    """The certified radius of every sample (module doc)."""
+                    seed: int = 0, batch_size: int = 64, indices: np.ndarray | None = None,
+                    budget: Budget | None = None) -> RadiusResult:
+    """The certified radius of every sample (module doc). ``budget``: for the whole search; when it runs
+    out the bisection stops, each sample keeping the radius certified so far (``timed_out`` is set)."""
     from .dataset import NORMS, certify_dataset
 
     if backend not in BISECT_BACKENDS:
@@ -98,8 +101,9 @@ def certified_radii(model: Model, x: np.ndarray, y: np.ndarray, norm: str = "lin
     method = np.array(["none"] * len(x), dtype=object)
     if norm != "l1" and len(ok):  # 1. Lipschitz margins, where the net has a Lipschitz rule
         try:
-            lip = certify_dataset(model, x[ok], y[ok], 0.0, norm, domain, "lipschitz", batch_size)
-        except Exception:  # noqa: BLE001 - no Lipschitz rule for some op: bisection from 0
+            lip = certify_dataset(model, x[ok], y[ok], 0.0, norm, domain, "lipschitz", batch_size,
+                                  total_timeout=budget)
+        except UnsupportedOpError:  # no Lipschitz rule for some op: bisection from 0
             lip = None
         if lip is not None:
             for k, s in zip(ok, lip.samples):
@@ -110,18 +114,24 @@ def certified_radii(model: Model, x: np.ndarray, y: np.ndarray, norm: str = "lin
     plan = stages_for(backend)
     attack = AttackConfig(64, 2, 10)
     t1 = time.monotonic()
+    budget = budget or Budget.of(None)
     for step in range(steps):  # 2. bisection, all open samples of a step in batches
         open_ = [k for k in ok if hi[k] - lo[k] > 1e-12 * max(1.0, hi[k])]
         if not open_:
+            break
+        if budget.expired():
+            out.timed_out = True
             break
         mids = {k: (lo[k] + hi[k]) / 2 for k in open_}
         for start in range(0, len(open_), batch_size):
             ks = open_[start:start + batch_size]
             qs = [Query.robustness(model.graph, x[k], int(y[k]), mids[k], p, domain,
                                    lambda z: model.runner(z), int(idx_all[k])) for k in ks]
-            res = decide(qs, plan, Budget.of(None), seed=seed + step * 7919 + start, quick=None, medium=None,
+            res = decide(qs, plan, budget, seed=seed + step * 7919 + start, quick=None, medium=None,
                          long=attack, stop_on_sat=False, explicit=backend, rows=bound_rows)
             for k, r in zip(ks, res):
+                if r.status == "open" and budget.expired():
+                    continue  # not looked at in time: its bracket stays
                 if r.status == "verified":
                     lo[k], method[k] = mids[k], backend
                 else:
