@@ -308,3 +308,39 @@ def test_cli_reports_the_shipped_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "10 values, the model takes 784" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main(["ibnn", str(model), "--input", str(x), "--dataset", str(x)]) == 2
+
+
+@pytest.mark.parametrize("scale,q,K", [(1e5, 0.8, 20), (1.0, 50.0, 3), (3e3, 0.99, 60)])
+def test_enclosures_hold_with_huge_weights_and_strong_coupling(tmp_path, scale, q, K):
+    """Adversarial: pre-activations of size 1e5 (float32 rounding of the steps dominates), q = 50 (no
+    contraction at all), q = 0.99 with large inputs; tiny to wide boxes: onnxruntime's values stay inside."""
+    path = ibnn_onnx(tmp_path / "m.onnx", q=q, K=K, head=False)
+    m = onnx.load(path)
+    for t in m.graph.initializer:
+        if t.name == "M":
+            t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) * scale).astype(np.float32), "M"))
+    onnx.save(m, path)
+    g = load_onnx(path)
+    rng = np.random.default_rng(0)
+    for width in (1e-6, 1e-3, 0.3):
+        lo = rng.uniform(-0.5, 0.5, 4)
+        hi = lo + width
+        S = InputSet(torch.as_tensor(lo[None]), torch.as_tensor(hi[None]))
+        Y = _ort(path, _samples(lo, hi, 3000, rng))
+        for bl, bh in (interval_bounds(g, S)[g.output], deeppoly_output_bounds(g, S)):
+            assert (Y >= bl.numpy()[0]).all() and (Y <= bh.numpy()[0]).all(), (scale, q, width)
+
+
+def test_non_finite_kernel_is_a_model_error(tmp_path):
+    from certkit.errors import ModelError
+
+    path = ibnn_onnx(tmp_path / "m.onnx")
+    m = onnx.load(path)
+    for t in m.graph.initializer:
+        if t.name == "w":
+            w = numpy_helper.to_array(t).copy()
+            w[0, 1] = np.nan
+            t.CopyFrom(numpy_helper.from_array(w, "w"))
+    onnx.save(m, path)
+    with pytest.raises(ModelError, match="NaN|non-finite|not finite"):
+        load_onnx(path)
