@@ -205,10 +205,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int,
-            arithmetic: str = "auto") -> None:
-    """Runs in a fresh process: load, certify, send one dict back."""
+            arithmetic: str = "auto", owner=None) -> None:
+    """Runs in a fresh process: load, certify, send one dict back. ``owner``: the read end of a pipe
+    whose only write end the process that started this one holds (:func:`_exit_with_owner`)."""
     t0 = time.monotonic()
     _die_with_parent()
+    if owner is not None:
+        _exit_with_owner(owner)
     from .cluster import tune_malloc
 
     tune_malloc()  # a fork of a cluster worker's fork server inherits Dask's allocator settings
@@ -249,6 +252,24 @@ def _die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent ended before the request was made
         os._exit(1)
+
+
+def _exit_with_owner(owner) -> None:
+    """End this process as soon as the process that started it (:func:`run_instance`'s, e.g. a Dask
+    worker) ends, however it ends: a daemon thread blocks reading ``owner``, a pipe nothing is ever
+    written to, whose one write end that process holds; its end (even by SIGKILL) closes it, the read
+    gives EOF and the thread ends the process, whatever its main thread is doing (blocked reading a
+    FIFO, deep in a bound computation). ``_die_with_parent`` alone is not enough: the parent of a
+    forkserver child is the fork server, which can outlive a killed worker, so a killed task's
+    instance ran on until its timeout beside the task's retry."""
+    def watch() -> None:
+        try:
+            owner.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="certkit-owner-watch", daemon=True).start()
 
 
 def _context():
@@ -304,8 +325,9 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
         return _row(inst, timeout, "error", "", 0.0, DAEMON_HINT)
     ctx = _context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed, arithmetic),
-                       name=f"certkit-bench-{inst.line}")
+    owner_r, owner_w = ctx.Pipe(duplex=False)  # the instance ends when this process does (_exit_with_owner)
+    proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed, arithmetic,
+                                             owner_r), name=f"certkit-bench-{inst.line}")
     r = _Running(inst, proc, recv, time.monotonic(), timeout)
     try:
         try:
@@ -314,6 +336,7 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
             return _row(inst, timeout, "error", "", 0.0, f"cannot start worker: {_one_line(e)}")
         finally:
             send.close()
+            owner_r.close()
         while True:
             wait_s = r.start + r.timeout + GRACE - time.monotonic()
             mp.connection.wait([r.conn, proc.sentinel], timeout=min(max(wait_s, 0.0), 5.0))
@@ -322,6 +345,7 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
                 return row
     finally:  # interrupted (Ctrl-C, SIGTERM, a cancelled task): leave no process behind
         _kill(r)
+        owner_w.close()
 
 
 def run(instances: list[Instance], backend: str = "auto", timeout_scale: float = 1.0, jobs: int = 1,

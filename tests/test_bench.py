@@ -315,3 +315,65 @@ def test_interrupt_inside_worker_start_kills_it(tmp_path: Path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bench.run([inst])
     assert started and not started[0].is_alive()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Pids of the live descendants of ``pid`` (Linux /proc)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    found, todo = set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            found.add(k)
+            todo.append(k)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc to find the instance process")
+def test_instance_ends_with_the_process_that_started_it(tmp_path: Path):
+    """A process running ``run_instance`` (a Dask worker's task) killed outright (SIGKILL): its instance
+    process ends too, within seconds. It did not: a forkserver child holds the fork server's alive pipe,
+    so the server outlived the killed worker, PDEATHSIG never fired, and the instance ran on to its
+    timeout (racing the task's retry for its input)."""
+    import signal
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "stuck.vnnlib"
+    os.mkfifo(fifo)  # the instance blocks opening it for reading
+    code = ("from certkit import bench; import sys; "
+            f"bench.run_instance(bench.Instance(1, 'digits', {str(FC)!r}, {str(fifo)!r}, {str(FC)!r}, {str(fifo)!r}, "
+            "60.0, 'unsat'), 60.0)")
+    owner = subprocess.Popen([sys.executable, "-c", code], cwd=str(tmp_path))
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(started) < 2:  # the fork server and the instance
+            started = _descendants(owner.pid)
+            time.sleep(0.2)
+        assert len(started) >= 2, "the instance never started"
+        time.sleep(1.0)  # the instance is past its start, blocked opening the FIFO
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(p) for p in started):
+            time.sleep(0.1)
+        assert not [p for p in started if _running(p)], "the instance outlived the process that started it"
+    finally:
+        owner.kill()
+        for pid in started:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

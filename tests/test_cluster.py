@@ -123,9 +123,6 @@ def test_bad_cluster_value_is_a_usage_error(suite: Path, capsys):
     assert rc == 2 and len(err) == 1 and "--cluster nowhere" in err[0]
 
 
-@pytest.mark.xfail(strict=False, reason="flaky, a real issue: the killed worker's instance process is a forkserver "
-                   "child, not the worker's, so it outlives the worker (PDEATHSIG does not fire), reads the "
-                   "spec from the FIFO before the retried task, and the retry can read an empty spec (error row)")
 def test_worker_killed_mid_run_loses_nothing(tmp_path: Path, capsys, local_cluster):
     """One instance blocks reading a FIFO; its worker is killed (SIGKILL) while the rows of the
     others are already written. The task is retried on a worker started in its place, the FIFO is
