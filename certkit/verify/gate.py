@@ -8,7 +8,9 @@ it only when
 * every number it rests on is finite (a NaN or infinite bound -- overflow, an inf weight --
   never closes anything: ``nan > 0`` is False, and every comparison here is written that way);
 * each deciding row's lower bound on ``C y - d`` exceeds the float64 error of evaluating the row
-  on the model's output (:func:`certkit.bounds.fperror.row_margin`); the bounds themselves already
+  on the model's output (:func:`certkit.bounds.fperror.row_margin`), or, in input splitting, a
+  weighted sum of a disjunct's rows less their errors is bounded above zero (some row of it is then
+  violated at every point; :mod:`certkit.bounds.conjunction`); the bounds themselves already
   hold for the model as onnxruntime computes it (:mod:`certkit.bounds.fperror`);
 * a branch-and-bound proof is a well-formed tree whose every leaf closed
   (:class:`certkit.verify.proof.ProofTree`), one tree per disjunct group it claims;
@@ -37,15 +39,27 @@ def rows_proven(lower, margin):
     return np.isfinite(lower) & np.isfinite(margin) & (lower > margin)
 
 
-def domain_value(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: int) -> Tensor:
-    """Per domain (b,): min over disjuncts of the best row's ``lower - margin``; ``-inf`` where that
-    is not a finite number. A domain is closed exactly when its value is > 0."""
+def disjunct_values(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: int,
+                    weighted: Tensor | None = None) -> Tensor:
+    """Per domain and disjunct (b, K): the best row's ``lower - margin``, or ``weighted`` (b, K) where
+    higher -- a lower bound of a weighted sum of the disjunct's ``C_i y - d_i - margin_i`` (weights
+    >= 0, not all zero), rounding included (:func:`certkit.bounds.conjunction.charge`): where it is > 0,
+    some row of the disjunct exceeds its margin at every point. ``-inf`` where not a finite number."""
     slack = lower - margin
     slack = torch.where(torch.isfinite(slack), slack, torch.full_like(slack, float("-inf")))
     b = slack.shape[0]
     per = torch.full((b, n_disjuncts), float("-inf"), dtype=slack.dtype)
     per = per.scatter_reduce(1, owner.expand(b, -1), slack, "amax")
-    return per.min(dim=1).values
+    if weighted is not None:
+        per = torch.maximum(per, torch.where(torch.isfinite(weighted), weighted, torch.full_like(weighted, float("-inf"))))
+    return per
+
+
+def domain_value(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: int,
+                 weighted: Tensor | None = None) -> Tensor:
+    """Per domain (b,): min over disjuncts of :func:`disjunct_values`; ``-inf`` where that is not a
+    finite number. A domain is closed exactly when its value is > 0."""
+    return disjunct_values(lower, margin, owner, n_disjuncts, weighted).min(dim=1).values
 
 
 def closed(value: Tensor) -> Tensor:
