@@ -24,7 +24,8 @@ from tests.helpers.random_nets import ALL_NETS
 
 
 
-@pytest.mark.parametrize("net", ["mlp_relu", "mlp_relu_deep", "mlp_leaky_relu", "residual", "conv", "max"])
+@pytest.mark.parametrize("net", ["mlp_relu", "mlp_relu_deep", "mlp_leaky_relu", "residual", "conv", "max",
+                                 "mlp_sigmoid", "mlp_tanh", "mlp_mixed"])
 def test_alpha_sound_and_not_looser(net):
     graph = ALL_NETS[net](0)
     rng = np.random.default_rng(1)
@@ -43,6 +44,29 @@ def test_alpha_sound_and_not_looser(net):
     with torch.no_grad():
         vals = graph.forward(x) @ C.T
     assert (vals.min(dim=0).values >= a[0] - 1e-9 * (1 + a[0].abs())).all()
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "mixed"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_tangent_points_sound_on_wide_boxes(act, seed):
+    """alpha-CROWN's tangent points of sigmoid and tanh (certkit.bounds.relaxations._s_shaped_tangents),
+    on boxes wide enough that most units cross their inflection point: every row's bound stays below
+    the network at 200000 samples and the box's vertices, for random rows and several schedules."""
+    from tests.helpers.random_nets import mlp
+
+    graph = mlp(act, seed, (4, 16, 16, 16, 3))
+    rng = np.random.default_rng(seed)
+    n = graph.n_inputs
+    centre = rng.uniform(-1, 1, n)
+    S = InputSet.box(centre - 2.0, centre + 2.0)
+    C = torch.as_tensor(rng.normal(0, 1, (5, graph.n_outputs)))
+    x = torch.as_tensor(rng.uniform(centre - 2.0, centre + 2.0, size=(200_000, n)))
+    x[: 2 ** n] = torch.as_tensor(np.array(np.meshgrid(*[[c - 2.0, c + 2.0] for c in centre])).reshape(n, -1).T)
+    with torch.no_grad():
+        vals = (graph.forward(x) @ C.T).min(dim=0).values
+    for it, lr in ((1, 0.3), (15, 0.3), (15, 3.0)):
+        a = alpha_lower(graph, S, C, iterations=it, lr=lr)
+        assert (vals >= a[0] - 1e-9 * (1 + a[0].abs())).all(), (it, lr, vals, a)
 
 
 def grid_top(model) -> tuple[float, float]:

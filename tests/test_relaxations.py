@@ -300,3 +300,30 @@ def test_clip_intervals_cover_every_case(name, op):
     for k, m in cases.items():
         if possible[k]:
             assert m.sum() >= 5, f"{name}: only {m.sum()} intervals in case {k!r}"
+
+
+@pytest.mark.parametrize("op", [ops.Sigmoid(), ops.Tanh()], ids=["sigmoid", "tanh"])
+def test_s_shaped_tangents_sound_on_unbounded_and_extreme_intervals(op):
+    """alpha's tangent points on intervals with an infinite end, far in the tails, and huge: the lines
+    stay on their sides of f at dense samples of the finite part, for every parameter value; an
+    unbounded interval keeps DeepPoly's lines."""
+    inf = float("inf")
+    l = torch.tensor([-inf, -inf, -3.0, -80.0, 50.0, -1e6, -0.5, -100.0], dtype=D)
+    u = torch.tensor([2.0, inf, inf, -60.0, 90.0, 1e6, 1e-300, 100.0], dtype=D)
+    for th in (0.0, 0.3, 1.0):
+        lw, lb, uw, ub = RELAXATIONS[type(op)](op, l[None], u[None], torch.full((1, 1, 8), th, dtype=D))
+        lo = torch.where(torch.isfinite(l), l, torch.full_like(l, -1e3))
+        hi = torch.where(torch.isfinite(u), u, torch.full_like(u, 1e3))
+        x = torch.linspace(0, 1, 20001, dtype=D)[:, None] * (hi - lo) + lo
+        fx = op.forward(x)
+        tol = TOL * (1 + x.abs() + fx.abs())
+        # a NaN intercept (DeepPoly's line on an unbounded interval, 0 * inf) is no bound downstream
+        ok_lo, ok_up = torch.isfinite(lb[0]), torch.isfinite(ub[0])
+        assert bool(torch.where(ok_lo, lw[0] * x + lb[0] - fx <= tol, True).all()), th
+        assert bool(torch.where(ok_up, fx - uw[0] * x - ub[0] <= tol, True).all()), th
+        base = RELAXATIONS[type(op)](op, l[None], u[None])
+        unbounded = ~(torch.isfinite(l) & torch.isfinite(u))
+        for mine, theirs in zip((lw, lb, uw, ub), base):  # unbounded: DeepPoly's lines, untouched
+            assert torch.equal(mine.reshape(-1)[unbounded].nan_to_num(7.0), theirs.reshape(-1)[unbounded].nan_to_num(7.0))
+        finite = torch.isfinite(l) & torch.isfinite(u)
+

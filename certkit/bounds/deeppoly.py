@@ -54,12 +54,14 @@ from .interval import interval_bounds, interval_node
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
-from .relaxations import RELAXATIONS, Relax
+from .relaxations import RELAXATIONS, S_SHAPED, Relax
 
 Tensor = torch.Tensor
 
-#: ReLU-like ops whose lower slope alpha-CROWN optimises.
-ALPHA_OPS = (ops.Relu, ops.LeakyRelu)
+#: Ops whose relaxation alpha-CROWN optimises: the lower slope of ReLU-like ones, the tangent points of
+#: sigmoid and tanh (a parameter in [0, 1], starting at 0.5: the midpoint tangent of DeepPoly's lines on
+#: a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`).
+ALPHA_OPS = (ops.Relu, ops.LeakyRelu) + S_SHAPED
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
@@ -779,7 +781,8 @@ class BoundState(RowSavings):
         shared = tag != "out" and self.alpha.get("shared", False)
         if key not in self.alpha:
             R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
-            lw = _rows(base[0]).expand(b, R, n)
+            first = torch.full_like(l, 0.5) if isinstance(self.graph.nodes[i].op, S_SHAPED) else base[0]
+            lw = _rows(first).expand(b, R, n)
             start = None if self.alpha_init is None else self.alpha_init.get(key)
             if start is not None and start.shape == lw.shape:
                 lw = torch.where(torch.isnan(start), lw, start)

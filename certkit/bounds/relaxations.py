@@ -164,15 +164,89 @@ def _s_shaped(f, df, l: Tensor, u: Tensor, inflection: float = 0.0) -> Relax:
     return lw, lb, uw, ub
 
 
+#: bisection steps for the touching point of a tangent from an end point (:func:`_touching`)
+TOUCH_STEPS = 30
+#: how far past the inflection point the touching points are searched (f' there is below 1e-26 for
+#: sigmoid and tanh: the tangent there is flat, below the function at every end point)
+TOUCH_REACH = 60.0
+
+
+def _touching(f, df, a: Tensor, c: Tensor, far: Tensor) -> Tensor:
+    """A point ``t`` at or beyond (seen from the inflection point ``c``) where the tangent from
+    ``(a, f(a))`` touches ``f`` on the curved part between ``c`` and ``far`` away from ``a`` (concave past
+    ``c`` when ``a < c``, convex below ``c`` when ``a > c``). Every tangent at or beyond it stays on the
+    right side of ``f`` at ``a`` (below ``f(a)`` for a lower line, above for an upper), and so on the whole
+    interval. Bisection keeps ``far`` where the tangent is shallower than the secant from ``a``: past the
+    touching point."""
+    a, c, far = a.detach(), c.detach(), far.detach()
+    fa = f(a)
+    near = c.clone()
+    for _ in range(TOUCH_STEPS):
+        mid = (near + far) / 2
+        steep = df(mid) >= _safe_div(f(mid) - fa, mid - a)
+        near = torch.where(steep, mid, near)
+        far = torch.where(steep, far, mid)
+    return far
+
+
+def _s_shaped_tangents(f, df, l: Tensor, u: Tensor, theta: Tensor, inflection: float = 0.0) -> Relax:
+    """The relaxation of an S-shaped unit with its tangent points chosen by ``theta`` in [0, 1] (alpha-CROWN
+    for sigmoid and tanh; auto_LiRPA optimises the same tangent points). Below, a tangent at ``t`` in the
+    convex part: any ``t`` in ``[l, u]`` when ``u`` is below the inflection point; across it, ``t`` between
+    ``l`` and the touching point of the tangent from ``(u, f(u))`` (:func:`_touching`; every such tangent is
+    below ``f`` on ``[l, u]``); above the inflection point the chord. Above, the mirror. ``theta = 1`` is the
+    steepest valid tangent, 0 the one at the end point. Intervals narrower than 1e-6, and unbounded ones,
+    keep DeepPoly's lines (nothing to choose; no sloped line stays on one side of f out to infinity)."""
+    base = _s_shaped(f, df, l, u, inflection)
+    theta = theta.clamp(0.0, 1.0)
+    c = torch.full_like(l, inflection)
+    narrow = ((u - l) < 1e-6) | ~(torch.isfinite(l) & torch.isfinite(u))  # no tangent is below f up to -inf
+    convex, concave = (u <= c) & ~narrow, (l >= c) & ~narrow
+    cross = ~(convex | concave | narrow)
+    # lower tangent points: [l, u] (convex), [min(l, T), T] (across; T past the touching point)
+    T_lo = torch.where(cross, _touching(f, df, u, c, torch.minimum(l, c - TOUCH_REACH)), u)
+    lo_a, lo_b = torch.minimum(l, T_lo), T_lo
+    t_lo = lo_a + theta * (lo_b - lo_a)
+    # upper tangent points: [l, u] (concave), [T, max(u, T)] (across)
+    T_up = torch.where(cross, _touching(f, df, l, c, torch.maximum(u, c + TOUCH_REACH)), l)
+    up_a, up_b = torch.maximum(u, T_up), T_up
+    t_up = up_a + theta * (up_b - up_a)
+    dl, du = df(t_lo), df(t_up)
+    lw, lb, uw, ub = base
+    tangent_lo = convex | cross
+    tangent_up = concave | cross
+    lw = torch.where(tangent_lo, dl, lw)
+    lb = torch.where(tangent_lo, f(t_lo) - dl * t_lo, lb)
+    uw = torch.where(tangent_up, du, uw)
+    ub = torch.where(tangent_up, f(t_up) - du * t_up, ub)
+    return lw, lb, uw, ub
+
+
+def _sigmoid_d(x: Tensor) -> Tensor:
+    y = torch.sigmoid(x)
+    return y * (1 - y)
+
+
+def _tanh_d(x: Tensor) -> Tensor:
+    return 1 - torch.tanh(x) ** 2
+
+
 @relaxation(ops.Sigmoid)
 def _sigmoid(op: ops.Sigmoid, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
-    f = torch.sigmoid
-    return _s_shaped(f, lambda x: f(x) * (1 - f(x)), l, u)
+    if slope is not None:  # alpha-CROWN: the tangent points (_s_shaped_tangents)
+        return _s_shaped_tangents(torch.sigmoid, _sigmoid_d, l, u, slope)
+    return _s_shaped(torch.sigmoid, _sigmoid_d, l, u)
 
 
 @relaxation(ops.Tanh)
 def _tanh(op: ops.Tanh, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
-    return _s_shaped(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, l, u)
+    if slope is not None:
+        return _s_shaped_tangents(torch.tanh, _tanh_d, l, u, slope)
+    return _s_shaped(torch.tanh, _tanh_d, l, u)
+
+
+#: the S-shaped units whose alpha parameter is a tangent point (:func:`_s_shaped_tangents`), in [0, 1]
+S_SHAPED = (ops.Sigmoid, ops.Tanh)
 
 
 @relaxation(ops.Softplus)
