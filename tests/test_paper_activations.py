@@ -20,7 +20,7 @@ from onnx import helper
 from torch import nn
 
 from certkit.bounds.alpha import alpha_lower
-from certkit.bounds.deeppoly import BoundState, deeppoly_lower
+from certkit.bounds.deeppoly import BoundState, deeppoly_lower, deeppoly_output_bounds
 from certkit.bounds.relaxations import RELAXATIONS
 from certkit.cli import main as cli_main
 from certkit.graph import ops
@@ -261,3 +261,21 @@ def test_bound_state_tightens_max_min_inputs():
     st.lower_of(g.output, torch.eye(3, dtype=D)[None])
     j = next(n.inputs[0] for n in g.nodes if n.op.kind == "max_min")
     assert j in st.refined
+
+
+def test_max_min_uses_bounds_of_the_difference():
+    """a = x + 0.1 and b = x over x in [-1, 1]: the boxes of a and b overlap, but a - b = 0.1 decides every
+    pair, so max = a and min = b exactly (issue 13: the MaxMin relaxation with real bounds of a - b). From
+    the boxes alone, max - min was bounded by [0.1, 2.0]; with the difference's own bounds, [0.1, 0.1].
+    Random nets stay sound by sampling (test_no_point_escapes_the_bounds, test_alpha_crown_and_milp_sound)."""
+    b = Builder((1, 2), np.random.default_rng(0))
+    x = b.add(ops.Dense(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([0.1, 0.0])), 0, (1, 2))
+    m = b.add(ops.MaxMin(np.array([0]), np.array([1]), np.array([0, 1])), x, (1, 2))
+    b.add(ops.Dense(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]), np.zeros(3)), m, (1, 3))
+    g = b.graph()
+    s = InputSet.box(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
+    low = deeppoly_lower(g, s, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]], dtype=D))[0]
+    # max - min = 0.1 exactly, up to the float32 model's rounding charges (from the boxes: in [0.1, 2])
+    assert abs(float(low[0]) - 0.1) < 1e-5 and abs(float(low[1]) + 0.1) < 1e-5
+    lo, hi = deeppoly_output_bounds(g, s, True)
+    assert abs(float(lo[0, 0]) + 0.9) < 1e-5 and abs(float(hi[0, 0]) - 1.1) < 1e-5  # max = x + 0.1

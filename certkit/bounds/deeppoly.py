@@ -54,7 +54,7 @@ from .interval import interval_bounds, interval_node
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
-from .relaxations import RELAXATIONS, S_SHAPED, Relax
+from .relaxations import RELAXATIONS, S_SHAPED, PairRelax, Relax
 
 Tensor = torch.Tensor
 
@@ -305,6 +305,8 @@ class BoundState(RowSavings):
             self._tighten_output(i, [(l, u)])
             if isinstance(node.op, ops.MaxGroup):
                 self.relax[i] = _max_relax(node.op, l, u)
+            elif isinstance(node.op, ops.MaxMin):
+                self.relax[i] = PairRelax(node.op, l, u, self._pair_bounds(j, node.op, l, u))
             else:
                 fn = RELAXATIONS.get(type(node.op))
                 if fn is None:
@@ -314,6 +316,30 @@ class BoundState(RowSavings):
                     l, u = l[:, None, :], u[:, None, :]
                 self.relax[i] = fn(node.op, l, u, slope)
         return self.relax[i]
+
+    def _pair_bounds(self, j: int, op: ops.MaxMin, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Bounds (b, m) of ``a - b`` for the pairs of MaxMin ``op`` on node ``j``'s values, from rows
+        ``e_a - e_b`` back-substituted from ``j`` (for the pairs the boxes leave undecided; the others
+        keep the boxes' ``[l_a - u_b, u_a - l_b]``): the MaxMin relaxation with real bounds of the
+        difference (issue 13). None when ``j`` is the input (the boxes are exact there) or no pair is open."""
+        if j == 0:
+            return None
+        a, b = torch.as_tensor(op.a), torch.as_tensor(op.b)
+        ld, ud = l[:, a] - u[:, b], u[:, a] - l[:, b]
+        idx = torch.nonzero(((ld < 0) & (ud > 0)).any(dim=0)).flatten()
+        if idx.numel() == 0:
+            return None
+        k, n = idx.numel(), self.graph.size(j)
+        rows = torch.zeros(k, n, dtype=l.dtype)
+        rows[torch.arange(k), a[idx]] = 1.0
+        rows[torch.arange(k), b[idx]] -= 1.0
+        A = torch.cat([rows, -rows])[None].expand(l.shape[0], -1, -1)
+        step = self._row_step(l.shape[0] * self.graph.max_node_size, 2 * k)
+        low = torch.cat([self.lower_of(j, A[:, s:s + step]) for s in range(0, 2 * k, step)], dim=1).detach()
+        ld, ud = ld.clone(), ud.clone()
+        ld[:, idx] = torch.fmax(ld[:, idx], low[:, :k])
+        ud[:, idx] = torch.fmin(ud[:, idx], -low[:, k:])
+        return ld, ud
 
     def _multi_relaxation(self, i: int):
         """The relaxation of a nonlinear node of several inputs (:class:`~certkit.graph.bilinear.Bilinear`):

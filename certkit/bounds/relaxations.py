@@ -317,7 +317,9 @@ def _capped_leaky(op: ops.CappedLeakyRelu, l: Tensor, u: Tensor, slope: Tensor |
 class PairRelax:
     """Relaxation of :class:`~certkit.graph.ops.MaxMin`, per pair ``(a, b)``.
 
-    With ``d = a - b`` in ``[ld, ud] = [l_a - u_b, u_a - l_b]``, ``max(a, b) = b + relu(d)``:
+    With ``d = a - b`` in ``[ld, ud]`` (``[l_a - u_b, u_a - l_b]`` from the boxes, intersected with the
+    bounds ``d`` of the difference itself when given: :meth:`BoundState._pair_bounds`; a pair whose
+    ``a`` and ``b`` move together can be decided though the boxes overlap), ``max(a, b) = b + relu(d)``:
     when ``ld < 0 < ud``, above by the ReLU chord, ``b + s (d - ld)`` with ``s = ud / (ud - ld)``
     (``c = -s ld >= 0``), below by ``b + lam d`` for any ``lam`` in [0, 1] (a convex combination
     of a and b; DeepPoly's choice ``lam = 1`` if ``ud > -ld`` else 0); when ``d`` has one sign
@@ -326,9 +328,11 @@ class PairRelax:
     coefficients on the output to coefficients on the input plus a constant, keeping a lower bound.
     """
 
-    def __init__(self, op: ops.MaxMin, l: Tensor, u: Tensor) -> None:
+    def __init__(self, op: ops.MaxMin, l: Tensor, u: Tensor, d: tuple[Tensor, Tensor] | None = None) -> None:
         a, b = torch.as_tensor(op.a), torch.as_tensor(op.b)
         ld, ud = l[:, a] - u[:, b], u[:, a] - l[:, b]
+        if d is not None:  # sound bounds of a - b of their own (back-substituted difference rows)
+            ld, ud = torch.fmax(ld, d[0]), torch.fmin(ud, d[1])
         unstable = (ld < 0) & (ud > 0)
         one, zero = torch.ones_like(ld), torch.zeros_like(ld)
         exact = torch.where(ld >= 0, one, zero)
