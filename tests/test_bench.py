@@ -234,34 +234,18 @@ def test_sigterm_leaves_no_worker_behind(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-m", "certkit", "bench", str(csv_path), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
 
-    def descendants(pid: int) -> set[int]:
-        kids: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                kids.setdefault(ppid, []).append(int(d))
-        found, todo = set(), [pid]
-        while todo:
-            for k in kids.get(todo.pop(), []):
-                found.add(k)
-                todo.append(k)
-        return found
-
     deadline = _time.monotonic() + 60
     while _time.monotonic() < deadline:  # the first row written: the stuck worker is running
-        if out.exists() and len(read_out(out)[1]) == 1 and len(descendants(proc.pid)) >= 2:
+        if out.exists() and len(read_out(out)[1]) == 1 and len(_descendants(proc.pid)) >= 2:
             break
         _time.sleep(0.2)
-    workers = descendants(proc.pid)
+    workers = _descendants(proc.pid)
     assert len(workers) >= 2, "the worker never started"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err
     _time.sleep(0.5)
-    alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]]
+    alive = [p for p in workers if _running(p)]
     assert not alive, alive
     assert len(read_out(out)[1]) == 1
 
