@@ -204,14 +204,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {s[0] if s else ''}".rstrip(": ")[:300]
 
 
-def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int,
-            arithmetic: str = "auto", owner=None) -> None:
+def _worker(conn, owner, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int,
+            arithmetic: str = "auto") -> None:
     """Runs in a fresh process: load, certify, send one dict back. ``owner``: the read end of a pipe
     whose only write end the process that started this one holds (:func:`_exit_with_owner`)."""
     t0 = time.monotonic()
     _die_with_parent()
-    if owner is not None:
-        _exit_with_owner(owner)
+    _exit_with_owner(owner)
     from .cluster import tune_malloc
 
     tune_malloc()  # a fork of a cluster worker's fork server inherits Dask's allocator settings
@@ -239,9 +238,9 @@ def _worker(conn, onnx: str, vnnlib: str, backend: str, timeout: float, seed: in
 
 
 def _die_with_parent() -> None:
-    """Linux: be killed when the process that started this one ends (the fork server, which ends
-    with the bench run or the cluster worker that owns it), so that no instance outlives a run that
-    was killed outright."""
+    """Linux: be killed by the kernel when the fork server that forked this process ends -- a backstop
+    beside :func:`_exit_with_owner` (which needs this process's Python to run: a C routine holding the
+    GIL delays it), not a replacement: the fork server can outlive the process that asked for this one."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -326,8 +325,8 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
     ctx = _context()
     recv, send = ctx.Pipe(duplex=False)
     owner_r, owner_w = ctx.Pipe(duplex=False)  # the instance ends when this process does (_exit_with_owner)
-    proc = ctx.Process(target=_worker, args=(send, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed, arithmetic,
-                                             owner_r), name=f"certkit-bench-{inst.line}")
+    proc = ctx.Process(target=_worker, args=(send, owner_r, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed,
+                                             arithmetic), name=f"certkit-bench-{inst.line}")
     r = _Running(inst, proc, recv, time.monotonic(), timeout)
     try:
         try:

@@ -109,10 +109,31 @@ def test_weighted_bound_below_the_best_row_everywhere(net, K):
             A_in, const = st.backsub(graph.output, C.expand(1, -1, -1))
             y_lo, y_hi = st.bounds[graph.output]
             margin = row_margin(C, d, y_lo, y_hi)
-            v, _ = conjunction.weighted_bound(lambda Ct: st.backsub(graph.output, Ct), S, C, d, margin, y_lo, y_hi,
-                                              own, K, A_in, const - d - margin, refine=3)
+            v = conjunction.weighted_bound(lambda Ct: st.backsub(graph.output, Ct), S, C, d, margin, y_lo, y_hi,
+                                           own, K, A_in, const - d - margin)
         g = vals - d - margin  # (N, s)
         best = torch.full((xs.shape[0], K), float("-inf"), dtype=g.dtype).scatter_reduce(
             1, own.expand(xs.shape[0], -1), g, "amax")
         assert torch.isfinite(v).all()
         assert bool((v <= best.min(dim=0).values + 1e-9).all()), (trial, v, best.min(dim=0).values)
+
+
+def test_non_finite_rows_and_outputs_prove_nothing():
+    """A row whose linear bound is NaN or infinite gets weight 0 (and no say in the steps); an output
+    bound of inf (overflow) makes the weighted bound -inf: nothing is proven on a NaN or an overflow."""
+    own = torch.zeros(3, dtype=torch.int64)
+    A = torch.tensor([[[1.0, 0.0], [float("nan"), 1.0], [-1.0, 0.0]]], dtype=torch.float64)
+    c = torch.tensor([[0.5, 0.0, float("inf")]], dtype=torch.float64)
+    lo, hi = torch.tensor([[-1.0, -1.0]], dtype=torch.float64), torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    lam = conjunction.weights(A, c, lo, hi, own, 1)
+    assert torch.isfinite(lam).all() and float(lam[0, 1]) == 0.0 and float(lam[0, 2]) == 0.0
+    assert abs(float(lam.sum()) - 1.0) < 1e-12
+    C = torch.eye(3, dtype=torch.float64)
+    d = torch.zeros(1, 3, dtype=torch.float64)
+    Ct, D, W, E = conjunction.combined_rows(C, d, torch.zeros(1, 3, dtype=torch.float64), lam, own, 1)
+    y_lo = torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64)
+    y_hi = torch.tensor([[1.0, float("inf"), 1.0]], dtype=torch.float64)
+    v = conjunction.charge(torch.tensor([[5.0]], dtype=torch.float64), D, W, E, y_lo, y_hi, 3)
+    assert float(v) == float("-inf")
+    v = conjunction.charge(torch.tensor([[float("nan")]], dtype=torch.float64), D, W, E, y_lo, y_lo + 1, 3)
+    assert float(v) == float("-inf")

@@ -203,16 +203,17 @@ def _s_shaped_tangents(f, df, l: Tensor, u: Tensor, theta: Tensor, inflection: f
     narrow = ((u - l) < 1e-6) | ~(torch.isfinite(l) & torch.isfinite(u))  # no tangent is below f up to -inf
     convex, concave = (u <= c) & ~narrow, (l >= c) & ~narrow
     cross = ~(convex | concave | narrow)
-    # lower tangent points: [l, u] (convex), [min(l, T), T] (across; T past the touching point)
-    # the touching points moved 1e-9 (relative) further to the safe side: the bisection's comparisons
-    # round, and a point within rounding of the true touching point may sit on the wrong side of it
-    T_lo = _touching(f, df, u, c, torch.minimum(l, c - TOUCH_REACH))
-    T_lo = torch.where(cross, T_lo - 1e-9 * (1 + T_lo.abs()), u)
+    # lower tangent points: [l, u] (convex), [min(l, T), T] (across; T past the touching point), and the
+    # mirror above. The touching points are moved 1e-9 (relative) further to the safe side: the
+    # bisection's comparisons round, and a point within rounding of the true one may sit on its wrong side
+    T_lo, T_up = u, l
+    if bool(cross.any()):  # the bisections only where some unit crosses (alpha recomputes this every step)
+        T_lo = _touching(f, df, u, c, torch.minimum(l, c - TOUCH_REACH))
+        T_lo = torch.where(cross, T_lo - 1e-9 * (1 + T_lo.abs()), u)
+        T_up = _touching(f, df, l, c, torch.maximum(u, c + TOUCH_REACH))
+        T_up = torch.where(cross, T_up + 1e-9 * (1 + T_up.abs()), l)
     lo_a, lo_b = torch.minimum(l, T_lo), T_lo
     t_lo = lo_a + theta * (lo_b - lo_a)
-    # upper tangent points: [l, u] (concave), [T, max(u, T)] (across)
-    T_up = _touching(f, df, l, c, torch.maximum(u, c + TOUCH_REACH))
-    T_up = torch.where(cross, T_up + 1e-9 * (1 + T_up.abs()), l)
     up_a, up_b = torch.maximum(u, T_up), T_up
     t_up = up_a + theta * (up_b - up_a)
     dl, du = df(t_lo), df(t_up)

@@ -55,11 +55,10 @@ def disjunct_values(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: i
     return per
 
 
-def domain_value(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: int,
-                 weighted: Tensor | None = None) -> Tensor:
-    """Per domain (b,): min over disjuncts of :func:`disjunct_values`; ``-inf`` where that is not a
-    finite number. A domain is closed exactly when its value is > 0."""
-    return disjunct_values(lower, margin, owner, n_disjuncts, weighted).min(dim=1).values
+def domain_value(lower: Tensor, margin: Tensor, owner: Tensor, n_disjuncts: int) -> Tensor:
+    """Per domain (b,): min over disjuncts of the best row's ``lower - margin`` (:func:`disjunct_values`);
+    ``-inf`` where that is not a finite number. A domain is closed exactly when its value is > 0."""
+    return disjunct_values(lower, margin, owner, n_disjuncts).min(dim=1).values
 
 
 def closed(value: Tensor) -> Tensor:

@@ -97,8 +97,6 @@ class SplitConfig:
     batch_share: float | None = None
     #: bound a weighted sum of each disjunct's rows beside the rows (:mod:`certkit.bounds.conjunction`)
     conjunctions: bool = True
-    #: gradient steps on the weights of those sums (:func:`certkit.bounds.conjunction.weighted_bound`)
-    conjunction_steps: int = conjunction.REFINE
 
 
 @dataclass
@@ -172,9 +170,9 @@ class _Problem:
         self.attack_seconds = 0.0
         self.seconds = 0.0  # spent bounding domains
         self.combo_tries = self.combo_wins = 0  # open domains the weighted rows were tried on, and closed
-        self.rows_per = torch.bincount(self.own, minlength=self.K)  # rows of each disjunct
         #: a disjunct of several rows: bound their weighted sums too (:mod:`certkit.bounds.conjunction`)
-        self.conjunctions = cfg.conjunctions and self.own.numel() > 0 and int(self.rows_per.max()) > 1
+        self.conjunctions = cfg.conjunctions and self.own.numel() > 0 \
+            and int(torch.bincount(self.own, minlength=self.K).max()) > 1
 
     def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None) -> tuple[_Bounded, Witness | None]:
         """Bound a batch of boxes: DeepPoly for all, then alpha-CROWN for those still open (from the
@@ -243,9 +241,9 @@ class _Problem:
         a = A_in[torch.arange(b), guide_row(slack, self.own, self.K)]
         if not self.conjunctions or bool(closed(value).all()):
             return value, a
-        both, _ = conjunction.weighted_bound(lambda Ct: st.backsub(self.graph.output, Ct), InputSet(lo, hi),
-                                               self.C, self.d, margin, y_lo, y_hi, self.own, self.K, A_in,
-                                               const - self.d - margin, self.cfg.conjunction_steps)
+        both = conjunction.weighted_bound(lambda Ct: st.backsub(self.graph.output, Ct), InputSet(lo, hi),
+                                          self.C, self.d, margin, y_lo, y_hi, self.own, self.K, A_in,
+                                          const - self.d - margin)
         per = disjunct_values(slack, torch.zeros_like(slack), self.own, self.K, both)
         self.combo_tries += int((~closed(value)).sum())
         self.combo_wins += int((closed(per.min(dim=1).values) & ~closed(value)).sum())
