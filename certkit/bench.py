@@ -211,9 +211,9 @@ def _worker(conn, owner, onnx: str, vnnlib: str, backend: str, timeout: float, s
     t0 = time.monotonic()
     _die_with_parent()
     _exit_with_owner(owner)
-    from .cluster import tune_malloc
+    from .malloc import tune
 
-    tune_malloc()  # a fork of a cluster worker's fork server inherits Dask's allocator settings
+    tune(dedicated=True)  # a fork of a cluster worker's fork server inherits Dask's allocator settings
     try:
         import torch
 

@@ -589,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.command is None:
             parser.print_help()
             return EXIT_USAGE
-        if _FROM_CONSOLE:
+        if _FROM_CONSOLE:  # a process of its own: freed tensors are reused, not unmapped (certkit.malloc)
+            from .malloc import tune
+
+            tune(dedicated=True)
             _preload(a.command)
         from .log import setup as setup_logging
 

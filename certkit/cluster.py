@@ -166,24 +166,6 @@ def materialise(path: str, shipped: Shipped | None) -> str:
     return target
 
 
-def tune_malloc() -> None:
-    """glibc: the mmap threshold at its sliding maximum (32 MiB) and trimming only beyond 256 MiB, in
-    this process. Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which fixes the
-    mmap threshold at 128 KiB: every large tensor is then mapped afresh, and the bound computations ran
-    2x slower in a worker (ACAS Xu 4_2 prop_2 in 2 parts: 67 s against 33 s; 32 s with this). Called
-    by every task, whatever the worker's environment; a no-op elsewhere than glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return
-
-
 def daemonic() -> bool:
     """Is this process daemonic (it may then not start processes of its own)?"""
     return bool(multiprocessing.current_process().daemon)

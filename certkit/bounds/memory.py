@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import re
 
+from ..malloc import held_free
+
 #: The default budget: this fraction of the memory available (the rest is left to the system,
 #: other processes, and the allocator's slack).
 DEFAULT_FRACTION = 0.5
@@ -79,12 +81,15 @@ def format_size(n: float) -> str:
 
 
 def rss() -> int:
-    """The resident memory of this process now, in bytes (0 where /proc is missing)."""
+    """The resident memory this process uses now, in bytes: its resident set less what the allocator
+    holds free for reuse (:func:`certkit.malloc.held_free`; a process tuned by :func:`certkit.malloc.tune`
+    keeps every freed block). 0 where /proc is missing."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+    return max(resident - held_free(), 0)
 
 
 def _read_int(path: str) -> int | None:

@@ -30,10 +30,11 @@ _WORKER_ROWS: dict[tuple[str, float], object] = {}
 
 def _worker_model(graph, path: str, shipped) -> Model:
     """The model of ``graph`` on this worker (built once; every task calls this first, so it also
-    tunes the worker's allocator: :func:`certkit.cluster.tune_malloc`)."""
-    from ..cluster import materialise, tune_malloc
+    tunes the worker's allocator: :func:`certkit.malloc.tune`)."""
+    from ..cluster import materialise
+    from ..malloc import tune
 
-    tune_malloc()
+    tune(dedicated=False)
     key = (graph.sha256, path)
     if key not in _WORKER_MODELS:
         _WORKER_MODELS[key] = Model(graph, materialise(path, shipped))
