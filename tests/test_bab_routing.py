@@ -208,3 +208,61 @@ def test_batches_sized_by_measured_cost(tmp_path):
     assert out.status == "verified" and out.domains == 1 + 2 * cfg.lookahead * out.iterations, out  # one parent a batch
     q = Query.of_property(model.graph, _above(top - 0.02 * spread, lo, hi), 0, model.runner)
     assert input_split(q, Budget.of(60), cfg).status == "falsified"
+
+
+def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
+    """At most MILP_ONLY_NEURONS activation neurons and more free inputs than input splitting takes:
+    ``auto`` skips branch and bound and the MILP decides (safenlp_2024's nets, 128 ReLUs and 30 inputs);
+    a named ``bab`` still runs; a sigmoid net, a larger net or a low-dimensional box are left as before."""
+    from certkit.verify.procedures import MILP_ONLY_NEURONS, milp_alone, run_bab
+
+    model = _model(tiny_relu_onnx(3, n_in=20, hidden=(12,)), tmp_path)
+    lo, hi = -np.ones(20), np.ones(20)
+    rng = np.random.default_rng(0)
+    ys = model.graph(rng.uniform(-1, 1, (20000, 20)))[:, 0]
+    # the exact maximum of a one-layer net over the box is at a vertex; the MILP finds it exactly
+    t_sat = float(ys.max())  # some point reaches it: sat
+    q = Query.of_property(model.graph, _above(t_sat, lo, hi), 0, model.runner)
+    assert milp_alone(q)
+    assert run_bab(q, Budget.of(30), explicit=False) is None
+    assert run_bab(q, Budget.of(30), explicit=True) is not None
+    res = certify(model, Spec((_above(t_sat, lo, hi),), 20, 1), "auto", timeout=60)
+    assert res.verdict == "sat"
+    # far above every sampled value: whatever proves it, never wrongly
+    spread = float(ys.max() - ys.min())
+    res = certify(model, Spec((_above(float(ys.max()) + 2 * spread, lo, hi),), 20, 1), "auto", timeout=60)
+    assert res.verdict == "unsat"
+
+    sig = _model(tiny_relu_onnx(3, n_in=20, hidden=(12,), act="Sigmoid"), tmp_path, "s.onnx")
+    assert not milp_alone(Query.of_property(sig.graph, _above(t_sat, lo, hi), 0, sig.runner))
+    big = _model(tiny_relu_onnx(3, n_in=20, hidden=(MILP_ONLY_NEURONS + 1,)), tmp_path, "b.onnx")
+    assert not milp_alone(Query.of_property(big.graph, _above(t_sat, lo, hi), 0, big.runner))
+    few = lo.copy(), hi.copy()
+    few[0][2:], few[1][2:] = 0.0, 0.0  # 2 free inputs: input splitting's
+    assert not milp_alone(Query.of_property(model.graph, _above(t_sat, *few), 0, model.runner))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_milp_alone_decides_near_the_exact_maximum(seed, tmp_path):
+    """The maximum over the box located by bisection with the ``milp`` backend: 1% of the output's spread
+    above it ``auto`` proves unsat in the MILP stage (18 free inputs, 16 ReLUs: no branch and bound ran),
+    1% below it ``auto`` finds a counterexample (checked by onnxruntime, as every sat)."""
+    model = _model(tiny_relu_onnx(seed, n_in=18, hidden=(16,)), tmp_path)
+    lo, hi = -np.ones(18), np.ones(18)
+
+    def spec(t: float) -> Spec:
+        return Spec((_above(t, lo, hi),), 18, 1)
+
+    ys = model.graph(np.random.default_rng(1).uniform(-1, 1, (20000, 18)))[:, 0]
+    spread = float(ys.max() - ys.min())
+    a, b = float(ys.max()), float(ys.max()) + 3 * spread  # sat at a (a sampled value), unsat at b
+    assert certify(model, spec(b), "milp", timeout=30).verdict == "unsat"
+    for _ in range(8):
+        mid = (a + b) / 2
+        if certify(model, spec(mid), "milp", timeout=30).verdict == "sat":
+            a = mid
+        else:
+            b = mid
+    above = certify(model, spec(b + 0.01 * spread), "auto", timeout=60)
+    assert (above.verdict, above.stage) == ("unsat", "milp")
+    assert certify(model, spec(a - 0.01 * spread), "auto", timeout=60).verdict == "sat"

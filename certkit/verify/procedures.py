@@ -53,6 +53,12 @@ RELU_SPLIT_SHARE = 0.6
 #: time and the MILP none (on oval21's cifar_base_kw, 6244 ReLUs, the MILP's bound tightening alone
 #: used its whole 40% share without reaching the MILP, while ReLU splitting needed that time).
 MILP_MAX_NEURONS = 2048
+#: ... and on nets of at most this many, where input splitting does not apply, the MILP alone (branch and
+#: bound does not run in ``auto``): a MILP of at most this many binaries is small for a solver, while both
+#: splittings grow trees. safenlp_2024 hyperrectangle_154 (128 ReLUs, 30 free inputs): the MILP (HiGHS)
+#: proved it in 14.7 s, input splitting and ReLU splitting each timed out at 60 s (2026-12-04);
+#: alpha-beta-CROWN's configuration for that benchmark is its MIP verifier too.
+MILP_ONLY_NEURONS = 256
 #: The MILP's solver: ``auto`` is Gurobi when gurobipy is installed and its licence accepts the
 #: model (the pip wheel's size-limited one takes a few thousand rows and columns), else HiGHS.
 #: Measured on safenlp_2024 hyperrectangle_154 (30 inputs, 112 unstable ReLUs): the same
@@ -237,9 +243,29 @@ def _outcome(res, query: Query, stage: str, proof: gate.Proof | None) -> Outcome
     return Outcome(Status.OPEN, reason=getattr(res, "message", ""), stats=stats)
 
 
+def _activation_neurons(graph) -> int:
+    return sum(graph.size(i) for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Activation))
+
+
 def milp_sized(graph) -> bool:
     """Is the net small enough for the MILP to get a share of ``auto``'s time (:data:`MILP_MAX_NEURONS`)?"""
-    return sum(graph.size(i) for i, n in enumerate(graph.nodes) if isinstance(n.op, ops.Activation)) <= MILP_MAX_NEURONS
+    return _activation_neurons(graph) <= MILP_MAX_NEURONS
+
+
+def milp_alone(query: Query) -> bool:
+    """Does ``auto`` leave this query to the MILP alone (:data:`MILP_ONLY_NEURONS`): more free inputs than
+    input splitting takes, at most that many activation neurons, a piecewise-linear net and a MILP solver
+    installed?"""
+    graph = query.graph
+    if free_dims(query) <= INPUT_SPLIT_MAX_DIM or _activation_neurons(graph) > MILP_ONLY_NEURONS:
+        return False
+    from importlib.util import find_spec
+
+    if find_spec("scipy") is None or (find_spec("highspy") is None and find_spec("gurobipy") is None):
+        return False
+    from .milp.encoding import non_piecewise_linear_nodes
+
+    return not non_piecewise_linear_nodes(graph)
 
 
 def free_dims(query: Query) -> int:
@@ -250,12 +276,15 @@ def free_dims(query: Query) -> int:
 def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     """Branch and bound. Few free input dimensions: input splitting as a small portfolio
     (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise input splitting while its measured rate says it can
-    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds."""
+    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds.
+    None (not applied) in ``auto`` where the MILP decides alone (:func:`milp_alone`)."""
     from .input_split import input_split
     from .relu_split import relu_split, supports
 
     graph = query.graph
     on = active()  # a cluster (certify --cluster): the search's parts or disjuncts become its tasks
+    if not explicit and milp_alone(query):
+        return None  # the MILP stage after this one decides it (MILP_ONLY_NEURONS)
     if free_dims(query) > INPUT_SPLIT_MAX_DIM:
         rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
         first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
