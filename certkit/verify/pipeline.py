@@ -49,6 +49,10 @@ QUICK_SHARE = 0.3
 MEDIUM_ATTACK = AttackConfig(samples=512, restarts=8, steps=50, polish=4)
 MEDIUM_SHARE = 0.25
 LONG_ATTACK = AttackConfig(samples=1024, restarts=36, steps=200, polish=16)
+#: the long attack's share of the time left when a complete procedure follows it (which attacks inside
+#: its open domains too): on large nets its 36 x 200 steps took 21-37 s of a 60-120 s budget of unsat
+#: instances (cifar_biasfield, carvana, cgan), time the complete procedure needed
+LONG_SHARE = 0.25
 #: stages that cost about what an earlier one did (``deeppoly+reference`` is one more DeepPoly pass):
 #: skipped when that one took more than ``REPEAT_SHARE`` of the time left (a large conv net's DeepPoly
 #: can take most of the budget, better left to alpha-CROWN and branch and bound)
@@ -184,9 +188,9 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 results[i].time = time.monotonic() - started[i]
         _LOG.info("%s bounds: %d of %d quer%s proved in %.3f s", stage, n_open - len(open_ones()), len(ids),
                   "y" if len(ids) == 1 else "ies", time.monotonic() - t)
-    if falsify(long) and stop_on_sat:
-        return _finish(results, started)
     complete = [p for p in plan if p in COMPLETE]
+    if falsify(long, budget.share(LONG_SHARE) if complete else budget) and stop_on_sat:
+        return _finish(results, started)
     now = time.monotonic()
     for r, t0 in zip(results, started):  # decided by the batched stages: their time ends here
         if r.status != "open" and not r.time:
