@@ -4,10 +4,10 @@ elementwise op).
 
 By default glibc serves a block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
 unmaps it when freed, so every such temporary is faulted in page by page and zeroed by the kernel
-again: one DeepPoly call on cifar_biasfield prop_3 spent 47 s of its 76 s in the kernel. A process
-that runs one certkit job (the CLI, a bench instance) turns mmap off and never trims its heap, so
-freed blocks are reused: the same call took 29-33 s, 1-7 s of it in the kernel, at 1.2x the peak
-resident memory (``benchmarks/malloc_speed.py``). A process that lives on after its job (a Dask
+again: one pure CROWN call on cifar_biasfield prop_3 spent 45 s of its 72 s in the kernel. A process
+that runs one certkit job (the CLI, a bench instance) turns mmap off and trims its heap only beyond
+2 GiB of free top, so freed blocks are reused: the same call took 26.5 s, 0.9 s of it in the kernel,
+at 1.2x the peak resident memory, with the same bounds (``benchmarks/malloc_speed.py``, 2026-12-04). A process that lives on after its job (a Dask
 worker) keeps mmap for large blocks and trims beyond 256 MiB (:func:`tune` with ``dedicated=False``).
 
 ``CERTKIT_MALLOC=default`` in the environment leaves glibc's settings alone (for comparison, or
@@ -19,6 +19,7 @@ allocator keeps for reuse: :func:`held_free` is subtracted from the resident mem
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -33,8 +34,9 @@ class _Mallinfo2(ctypes.Structure):
                  "fordblks", "keepcost")]
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():
-    """glibc, or None (another platform or C library)."""
+    """glibc, or None (another platform or C library); loaded once."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -42,6 +44,8 @@ def _libc():
         libc.mallopt  # noqa: B018 - glibc's; musl has no mallopt
     except (OSError, AttributeError):
         return None
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.restype = _Mallinfo2
     return libc
 
 
@@ -69,7 +73,4 @@ def held_free() -> int:
     unknown). Freed pages it keeps stay resident, so they count in RSS without being in use."""
     libc = _libc()
     fn = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if fn is None:
-        return 0
-    fn.restype = _Mallinfo2
-    return int(fn().fordblks)
+    return 0 if fn is None else int(fn().fordblks)
