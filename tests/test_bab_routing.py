@@ -211,10 +211,11 @@ def test_batches_sized_by_measured_cost(tmp_path):
 
 
 def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
-    """At most MILP_ONLY_NEURONS activation neurons and more free inputs than input splitting takes:
+    """At most MILP_ONLY_NEURONS activation neurons and more free inputs than input splitting takes (at
+    most MILP_ONLY_MAX_INPUTS):
     ``auto`` skips branch and bound and the MILP decides (safenlp_2024's nets, 128 ReLUs and 30 inputs);
     a named ``bab`` still runs; a sigmoid net, a larger net or a low-dimensional box are left as before."""
-    from certkit.verify.procedures import MILP_ONLY_NEURONS, milp_alone, run_bab
+    from certkit.verify.procedures import MILP_ONLY_MAX_INPUTS, MILP_ONLY_NEURONS, milp_alone, run_bab
 
     model = _model(tiny_relu_onnx(3, n_in=20, hidden=(12,)), tmp_path)
     lo, hi = -np.ones(20), np.ones(20)
@@ -240,6 +241,9 @@ def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
     few = lo.copy(), hi.copy()
     few[0][2:], few[1][2:] = 0.0, 0.0  # 2 free inputs: input splitting's
     assert not milp_alone(Query.of_property(model.graph, _above(t_sat, *few), 0, model.runner))
+    wide = _model(tiny_relu_onnx(3, n_in=MILP_ONLY_MAX_INPUTS + 1, hidden=(12,)), tmp_path, "w.onnx")
+    box = -np.ones(MILP_ONLY_MAX_INPUTS + 1), np.ones(MILP_ONLY_MAX_INPUTS + 1)
+    assert not milp_alone(Query.of_property(wide.graph, _above(t_sat, *box), 0, wide.runner))  # MNIST-like
 
 
 @pytest.mark.parametrize("seed", range(2))

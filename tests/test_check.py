@@ -217,6 +217,7 @@ def test_relu_split_root_reuses_the_alpha_stage(tmp_path, capsys, monkeypatch, i
     from certkit.verify import procedures, relu_split
 
     monkeypatch.setattr(procedures, "INPUT_SPLIT_PROBE", 0.0)
+    monkeypatch.setattr(procedures, "MILP_ONLY_NEURONS", 0)  # digits_fc's 64 ReLUs would go to the MILP alone
     calls = {"n": 0}
     orig = relu_split.alpha_lower
 

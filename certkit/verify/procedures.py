@@ -57,8 +57,14 @@ MILP_MAX_NEURONS = 2048
 #: bound does not run in ``auto``): a MILP of at most this many binaries is small for a solver, while both
 #: splittings grow trees. safenlp_2024 hyperrectangle_154 (128 ReLUs, 30 free inputs): the MILP (HiGHS)
 #: proved it in 14.7 s, input splitting and ReLU splitting each timed out at 60 s (2026-12-04);
-#: alpha-beta-CROWN's configuration for that benchmark is its MIP verifier too.
+#: alpha-beta-CROWN's configuration for that benchmark is its MIP verifier too. Only up to
+#: :data:`MILP_ONLY_MAX_INPUTS` free inputs, a conservative limit: on paper 002's 2x50 and 2x100 MNIST
+#: nets (784 inputs) in data-set mode at 1 s a sample (``benchmarks/dataset_complete.py --backends auto
+#: --count 60``, two runs side by side) the MILP alone verified 45 and 37 of 60 samples against ReLU
+#: splitting's 49 and 43, but a repeat of the ReLU-splitting run gave 45 and 38: the loss is not
+#: established, and the gain is not shown there either.
 MILP_ONLY_NEURONS = 256
+MILP_ONLY_MAX_INPUTS = 64
 #: The MILP's solver: ``auto`` is Gurobi when gurobipy is installed and its licence accepts the
 #: model (the pip wheel's size-limited one takes a few thousand rows and columns), else HiGHS.
 #: Measured on safenlp_2024 hyperrectangle_154 (30 inputs, 112 unstable ReLUs): the same
@@ -254,10 +260,11 @@ def milp_sized(graph) -> bool:
 
 def milp_alone(query: Query) -> bool:
     """Does ``auto`` leave this query to the MILP alone (:data:`MILP_ONLY_NEURONS`): more free inputs than
-    input splitting takes, at most that many activation neurons, a piecewise-linear net and a MILP solver
-    installed?"""
+    input splitting takes but at most :data:`MILP_ONLY_MAX_INPUTS`, at most that many activation neurons,
+    a piecewise-linear net and a MILP solver installed?"""
     graph = query.graph
-    if free_dims(query) <= INPUT_SPLIT_MAX_DIM or _activation_neurons(graph) > MILP_ONLY_NEURONS:
+    k = free_dims(query)
+    if not INPUT_SPLIT_MAX_DIM < k <= MILP_ONLY_MAX_INPUTS or _activation_neurons(graph) > MILP_ONLY_NEURONS:
         return False
     from importlib.util import find_spec
 
