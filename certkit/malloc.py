@@ -7,11 +7,13 @@ unmaps it when freed, so every such temporary is faulted in page by page and zer
 again: one pure CROWN call on cifar_biasfield prop_3 spent 45 s of its 72 s in the kernel. A process
 that runs one certkit job (the CLI, a bench instance) turns mmap off and trims its heap only beyond
 2 GiB of free top, so freed blocks are reused: the same call took 26.5 s, 0.9 s of it in the kernel,
-at 1.2x the peak resident memory, with the same bounds (``benchmarks/malloc_speed.py``, 2026-12-04). A process that lives on after its job (a Dask
-worker) keeps mmap for large blocks and trims beyond 256 MiB (:func:`tune` with ``dedicated=False``).
+at 1.2x the peak resident memory, with the same bounds (``benchmarks/malloc_speed.py``, 2026-12-04). A
+process that lives on after its job (a Dask worker) keeps mmap for large blocks and trims beyond 256 MiB
+(:func:`tune` with ``dedicated=False``).
 
-``CERTKIT_MALLOC=default`` in the environment leaves glibc's settings alone (for comparison, or
-when the retained memory matters more than the time).
+``CERTKIT_MALLOC=default`` in the environment leaves glibc's settings alone (for comparison, or when the
+retained memory matters more than the time); ``certkit`` (or unset) applies them; any other value is a
+usage error (exit code 2).
 
 The memory budget (:mod:`certkit.bounds.memory`) counts what the process uses, not what the
 allocator keeps for reuse: :func:`held_free` is subtracted from the resident memory.
@@ -51,13 +53,18 @@ def _libc():
 
 def tune(dedicated: bool) -> bool:
     """Set this process's allocator (module docstring); True when it was set (glibc, and
-    ``CERTKIT_MALLOC`` is not ``default``). ``dedicated``: the
-    process ends with its job (mmap off, no trimming); otherwise the mmap threshold at its maximum
-    (32 MiB) and trimming beyond 256 MiB. Dask's nannies start workers with
+    ``CERTKIT_MALLOC`` is not ``default``; :class:`~certkit.errors.UsageError` for a value other than
+    ``default`` or ``certkit``). ``dedicated``: the process ends with its job (mmap off, trimming only
+    beyond 2 GiB); otherwise the mmap threshold at its maximum (32 MiB) and trimming beyond 256 MiB. Dask's nannies start workers with
     ``MALLOC_TRIM_THRESHOLD_=65536``, which fixes the mmap threshold at 128 KiB: the bound computations
     then ran 2x slower in a worker (ACAS Xu 4_2 prop_2 in 2 parts: 67 s against 33 s; 32 s tuned)."""
+    setting = os.environ.get("CERTKIT_MALLOC", "").strip().lower()
+    if setting not in ("", "certkit", "default"):
+        from .errors import UsageError
+
+        raise UsageError(f"CERTKIT_MALLOC={setting!r}: expected 'default' (glibc's settings) or 'certkit'")
     libc = _libc()
-    if libc is None or os.environ.get("CERTKIT_MALLOC", "").strip().lower() == "default":
+    if libc is None or setting == "default":
         return False
     if dedicated:
         libc.mallopt(M_MMAP_MAX, 0)

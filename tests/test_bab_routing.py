@@ -215,7 +215,8 @@ def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
     most MILP_ONLY_MAX_INPUTS):
     ``auto`` skips branch and bound and the MILP decides (safenlp_2024's nets, 128 ReLUs and 30 inputs);
     a named ``bab`` still runs; a sigmoid net, a larger net or a low-dimensional box are left as before."""
-    from certkit.verify.procedures import MILP_ONLY_MAX_INPUTS, MILP_ONLY_NEURONS, milp_alone, run_bab
+    from certkit.verify.procedures import (MILP_ONLY_MAX_INPUTS, MILP_ONLY_NEURONS, RELU_SPLIT_SHARE, bab_share,
+                                           milp_alone, run_bab)
 
     model = _model(tiny_relu_onnx(3, n_in=20, hidden=(12,)), tmp_path)
     lo, hi = -np.ones(20), np.ones(20)
@@ -224,7 +225,7 @@ def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
     # the exact maximum of a one-layer net over the box is at a vertex; the MILP finds it exactly
     t_sat = float(ys.max())  # some point reaches it: sat
     q = Query.of_property(model.graph, _above(t_sat, lo, hi), 0, model.runner)
-    assert milp_alone(q)
+    assert milp_alone(q) and bab_share(q) == 0.0
     assert run_bab(q, Budget.of(30), explicit=False) is None
     assert run_bab(q, Budget.of(30), explicit=True) is not None
     res = certify(model, Spec((_above(t_sat, lo, hi),), 20, 1), "auto", timeout=60)
@@ -237,7 +238,8 @@ def test_tiny_nets_with_many_free_inputs_go_to_the_milp_alone(tmp_path):
     sig = _model(tiny_relu_onnx(3, n_in=20, hidden=(12,), act="Sigmoid"), tmp_path, "s.onnx")
     assert not milp_alone(Query.of_property(sig.graph, _above(t_sat, lo, hi), 0, sig.runner))
     big = _model(tiny_relu_onnx(3, n_in=20, hidden=(MILP_ONLY_NEURONS + 1,)), tmp_path, "b.onnx")
-    assert not milp_alone(Query.of_property(big.graph, _above(t_sat, lo, hi), 0, big.runner))
+    qb = Query.of_property(big.graph, _above(t_sat, lo, hi), 0, big.runner)
+    assert not milp_alone(qb) and bab_share(qb) == RELU_SPLIT_SHARE  # ReLU splitting, then the MILP
     few = lo.copy(), hi.copy()
     few[0][2:], few[1][2:] = 0.0, 0.0  # 2 free inputs: input splitting's
     assert not milp_alone(Query.of_property(model.graph, _above(t_sat, *few), 0, model.runner))

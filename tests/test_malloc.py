@@ -63,3 +63,22 @@ def test_certkit_malloc_default_leaves_glibc_alone():
     r = _probe(dedicated=True, setting="default")
     assert not r["tuned"]
     assert r["held"] < 64 << 20  # glibc's default: a block this large is mapped and unmapped
+
+
+def test_a_bad_certkit_malloc_value_is_a_usage_error(monkeypatch):
+    from certkit.errors import UsageError
+    from certkit.malloc import tune
+
+    monkeypatch.setenv("CERTKIT_MALLOC", "fast")
+    with pytest.raises(UsageError, match="CERTKIT_MALLOC='fast'"):
+        tune(dedicated=True)
+
+
+def test_the_cli_names_a_bad_certkit_malloc_value_in_one_line():
+    env = dict(os.environ, CERTKIT_MALLOC="fast")
+    r = subprocess.run([sys.executable, "-m", "certkit", "certify", "models/digits_fc.onnx",
+                        "vnnlib/digits_fc_0_eps0.02.vnnlib"], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CERTKIT_MALLOC='fast'" in lines[0] and "Traceback" not in r.stderr

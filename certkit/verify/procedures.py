@@ -46,7 +46,7 @@ INPUT_SPLIT_PROBE = 0.05
 #: input splitting of a high-dimensional box (DeepPoly only: alpha-CROWN's slopes per domain cost too
 #: much there); ``give_up_after`` is set from :data:`INPUT_SPLIT_PROBE` when it runs
 HIGH_DIM_SPLIT = SplitConfig(lookahead=2, alpha_iterations=0)
-#: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest
+#: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest (:func:`bab_share`)
 #: (the MILP finds the rare counterexamples of small nets that only a tiny region holds) ...
 RELU_SPLIT_SHARE = 0.6
 #: ... on nets of at most this many activation neurons; on larger ones branch and bound gets all the
@@ -258,13 +258,23 @@ def milp_sized(graph) -> bool:
     return _activation_neurons(graph) <= MILP_MAX_NEURONS
 
 
+def bab_share(query: Query) -> float:
+    """The share of the time left that ``auto`` gives branch and bound on a box of more free inputs than
+    input splitting takes alone; the MILP stage after it gets the rest: all of it on nets above
+    :data:`MILP_MAX_NEURONS`, :data:`RELU_SPLIT_SHARE` on smaller ones, none where the MILP decides alone
+    (:func:`milp_alone`)."""
+    if not milp_sized(query.graph):
+        return 1.0
+    return 0.0 if milp_alone(query) else RELU_SPLIT_SHARE
+
+
 def milp_alone(query: Query) -> bool:
     """Does ``auto`` leave this query to the MILP alone (:data:`MILP_ONLY_NEURONS`): more free inputs than
     input splitting takes but at most :data:`MILP_ONLY_MAX_INPUTS`, at most that many activation neurons,
     a piecewise-linear net and a MILP solver installed?"""
     graph = query.graph
-    k = free_dims(query)
-    if not INPUT_SPLIT_MAX_DIM < k <= MILP_ONLY_MAX_INPUTS or _activation_neurons(graph) > MILP_ONLY_NEURONS:
+    if not INPUT_SPLIT_MAX_DIM < free_dims(query) <= MILP_ONLY_MAX_INPUTS \
+            or _activation_neurons(graph) > MILP_ONLY_NEURONS:
         return False
     from importlib.util import find_spec
 
@@ -283,17 +293,18 @@ def free_dims(query: Query) -> int:
 def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     """Branch and bound. Few free input dimensions: input splitting as a small portfolio
     (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise input splitting while its measured rate says it can
-    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds.
-    None (not applied) in ``auto`` where the MILP decides alone (:func:`milp_alone`)."""
+    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds, within
+    :func:`bab_share` of the time in ``auto`` (None, not applied, where that share is 0)."""
     from .input_split import input_split
     from .relu_split import relu_split, supports
 
     graph = query.graph
     on = active()  # a cluster (certify --cluster): the search's parts or disjuncts become its tasks
-    if not explicit and milp_alone(query):
-        return None  # the MILP stage after this one decides it (MILP_ONLY_NEURONS)
     if free_dims(query) > INPUT_SPLIT_MAX_DIM:
-        rest = budget if explicit or not milp_sized(graph) else budget.share(RELU_SPLIT_SHARE)
+        share = 1.0 if explicit else bab_share(query)
+        if share == 0.0:
+            return None  # the MILP stage after this one decides it
+        rest = budget if share == 1.0 else budget.share(share)
         first = rest if rest.deadline is not None else rest.cap(UNBOUNDED_SHARE)  # a rate needs a deadline
         res = input_split(query, first, dataclasses.replace(HIGH_DIM_SPLIT, give_up_after=INPUT_SPLIT_PROBE))
         if res.status not in ("verified", "falsified") and supports(graph):
