@@ -226,3 +226,24 @@ def test_bounds_match_exact_analysis_up_to_the_error_terms():
 def test_families_build(family):
     trap = make_trap(family, 0, samples=200)
     assert trap is not None and trap.output >= trap.threshold > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_milp_alone_never_proves_a_cancellation_trap(tmp_path, seed):
+    """The cancellation trap (weights 1e4, biases 1e5) on 24 inputs: ``auto`` hands it to the MILP alone
+    (tiny net, 17-64 free inputs), which must not answer ``unsat``; a ``sat`` holds in onnxruntime."""
+    from certkit.verify.certify import queries_of
+    from certkit.verify.procedures import milp_alone
+
+    trap = make_trap("cancel", seed, samples=400, n_in=24)
+    assert trap is not None
+    onnx_path, spec_path = tmp_path / "t.onnx", tmp_path / "t.vnnlib"
+    onnx_path.write_bytes(trap.model.SerializeToString())
+    spec_path.write_text(trap.vnnlib())
+    model = certkit.load_model(onnx_path)
+    spec = certkit.load_spec(spec_path, model)
+    assert milp_alone(queries_of(model, spec)[0])
+    res = certkit.certify(model, spec, "auto", timeout=10)
+    assert res.verdict != "unsat", res.stage
+    if res.verdict == "sat":
+        assert ort_outputs(trap.model, res.witness.x[None])[0] >= trap.threshold
