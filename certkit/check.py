@@ -183,7 +183,8 @@ def _check_region(rep: CheckReport, entry: dict, prop, model, arrays: dict, time
     if method == "bounds":
         _check_rows(rep, k, entry, prop, model)
     elif method in ("input_split", "relu_split", "milp"):
-        _check_complete(rep, f"region {k}", Query.of_property(model.graph, prop, k), proof, arrays, time_per_leaf)
+        _check_complete(rep, f"region {k}", Query.of_property(model.graph, prop, k, model.runner), proof, arrays,
+                        time_per_leaf)
     else:
         rep.fail(f"region {k}: unknown proof method '{method}'")
 

@@ -50,6 +50,10 @@ FORWARD_MAX_DIM = 64
 #: the forward pass is not (ACAS Xu, 50 a layer: input splitting's DeepPoly batches took 1.8x as long
 #: from forward bounds, 17.9 against 9.7 s for the same 53k domains of 1_1 prop_6).
 FORWARD_START_WIDTH = 1024
+#: ... and on any net when at most this many inputs are free: the forward pass then costs about three
+#: interval passes, and a tiny box leaves few neurons unstable (nn4sys's mscn_128d_dual, one free input of
+#: 308, 120 nodes: input splitting bounded ... domains a second instead of ...)
+FORWARD_START_FREE = 2
 #: Peak floats held per coefficient of one node's functions (both functions, the halves and images
 #: of a linear step, the next node's): the memory check of :func:`applies`.
 PEAK_COPIES = 16
@@ -217,4 +221,9 @@ def start_bounds(graph: Graph, inputs: InputSet, budget=None,
 def starts_forward(inputs: InputSet, graph: Graph, budget=None) -> bool:
     """Does back-substitution start from forward bounds here: forward mode applies (:func:`applies`)
     and the net has a layer of at least :data:`FORWARD_START_WIDTH` neurons?"""
-    return graph.max_node_size >= FORWARD_START_WIDTH and applies(inputs, graph, budget)
+    return (few_free(inputs) or graph.max_node_size >= FORWARD_START_WIDTH) and applies(inputs, graph, budget)
+
+
+def few_free(inputs: InputSet) -> bool:
+    """A box of at most :data:`FORWARD_START_FREE` free input dimensions?"""
+    return inputs.center is None and int(free_columns(inputs).numel()) <= FORWARD_START_FREE

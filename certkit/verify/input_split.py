@@ -34,8 +34,8 @@ import time
 from typing import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-
 
 from ..bounds import conjunction
 from ..bounds.alpha import LR_DECAY
@@ -46,6 +46,7 @@ from ..log import SearchProgress, get as logger
 from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, disjunct_values, domain_value
+from .enumeration import run_box
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
 from .witness import Witness
@@ -54,8 +55,10 @@ from .witness import Witness
 #: beyond it the search goes on without them
 WARM_SLOPES_SHARE = 0.25
 
-#: Leaf kinds of an input-splitting proof tree: which bound closed the leaf.
-LEAF_KINDS = ("deeppoly", "alpha")
+#: Leaf kinds of an input-splitting proof tree: which bound closed the leaf, or ``enumerated``: every
+#: input of the leaf was run in onnxruntime (:mod:`certkit.verify.enumeration`)
+LEAF_KINDS = ("deeppoly", "alpha", "enumerated")
+ENUMERATED = LEAF_KINDS.index("enumerated")
 
 Tensor = torch.Tensor
 
@@ -97,6 +100,9 @@ class SplitConfig:
     batch_share: float | None = None
     #: bound a weighted sum of each disjunct's rows beside the rows (:mod:`certkit.bounds.conjunction`)
     conjunctions: bool = True
+    #: run every input of an open domain that holds at most :data:`certkit.verify.enumeration.MAX_POINTS`
+    #: of them in onnxruntime (box queries with a runner; :mod:`certkit.verify.enumeration`)
+    enumerate: bool = True
 
 
 @dataclass
@@ -170,6 +176,7 @@ class _Problem:
         self.attack_seconds = 0.0
         self.seconds = 0.0  # spent bounding domains
         self.combo_tries = self.combo_wins = 0  # open domains the weighted rows were tried on, and closed
+        self.enumerated = 0  # domains closed by running their inputs
         #: a disjunct of several rows: bound their weighted sums too (:mod:`certkit.bounds.conjunction`)
         self.conjunctions = cfg.conjunctions and self.own.numel() > 0 \
             and int(torch.bincount(self.own, minlength=self.K).max()) > 1
@@ -213,6 +220,31 @@ class _Problem:
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
         return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1), slopes), w
+
+    def enumerate_open(self, b: "_Bounded") -> Witness | None:
+        """Run every input of the open domains of ``b`` that hold few enough of them
+        (:func:`certkit.verify.enumeration.run_box`): raise ``value`` to what the runs show and set
+        ``how`` to :data:`ENUMERATED` where that closes the domain; a confirmed counterexample."""
+        from . import enumeration as grid
+
+        if not self.cfg.enumerate or self.query.runner is None or not self.query.is_box:
+            return None
+        open_ = ~closed(b.value)
+        if not bool(open_.any()):
+            return None
+        dtype = getattr(self.query.runner, "dtype", np.float32)
+        few = open_.numpy() & grid.small(self.query, b.lo.numpy(), b.hi.numpy(), dtype)
+        for i in np.flatnonzero(few).tolist():
+            got = grid.run_box(self.query, b.lo[i].numpy(), b.hi[i].numpy())
+            if got is None:
+                continue
+            value, w = got
+            if w is not None:
+                return w
+            if value > 0:
+                b.value[i], b.how[i] = value, ENUMERATED
+                self.enumerated += 1
+        return None
 
     def attack_open(self, queue: "_Bounded", seed: int) -> Witness | None:
         """Attack inside the open domains of lowest value (module docstring); a confirmed witness."""
@@ -318,6 +350,9 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
         return SplitOutcome("falsified", w, pb.domains, 0, 0)
     root.ids = torch.zeros(1, dtype=torch.int64) if k0 == 1 else torch.as_tensor(log.new_ids(k0))
     out.roots = root.ids.tolist()
+    w = pb.enumerate_open(root)
+    if w is not None:
+        return SplitOutcome("falsified", w, pb.domains, 0, 0)
     shut = closed(root.value)
     if bool(shut.any()):
         log.close(root.ids[shut], root.how[shut], root.value[shut])
@@ -386,6 +421,10 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
         chosen.ids = torch.as_tensor(log.new_ids(len(pick)))
         log.split(take.ids, torch.zeros(m, dtype=torch.int64), dims.gather(1, best[:, None])[:, 0],
                   chosen.ids[0::2], chosen.ids[1::2])
+        w = pb.enumerate_open(chosen)
+        if w is not None:
+            out.status, out.witness = "falsified", w
+            break
         done = closed(chosen.value)
         log.close(chosen.ids[done], chosen.how[done], chosen.value[done])
         if bool(done.any()):
@@ -395,6 +434,9 @@ def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Ten
             queue.slopes, pb.warm = None, False  # children start from DeepPoly's slopes from now on
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains
+    if pb.enumerated:
+        logger("input_split").debug("%d domain(s) closed by running every input they hold in onnxruntime",
+                                    pb.enumerated)
     if pb.combo_tries:
         logger("input_split").debug("weighted sums of a disjunct's rows closed %d of the %d open domains they were "
                                     "tried on", pb.combo_wins, pb.combo_tries)
@@ -478,8 +520,10 @@ RECHECK_WARM_FACTOR = 4
 def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: int = 256) -> RecheckReport:
     """Re-derive an input-splitting proof: replay the splits from the property's (rounded) box
     -- so the leaves cover it by construction -- and bound every leaf again, DeepPoly first, then
-    alpha-CROWN with the recorded settings; a leaf that still does not close is searched again on
-    its own (input splitting, ``time_per_leaf`` seconds) before it counts as failed."""
+    alpha-CROWN with the recorded settings; a leaf that still does not close has its inputs run in
+    onnxruntime when it holds few enough (an ``enumerated`` leaf; the query needs its runner), else
+    is searched again on its own (input splitting, ``time_per_leaf`` seconds) before it counts as
+    failed."""
     t0 = time.monotonic()
     rep = RecheckReport()
     if not tree.well_formed():
@@ -512,9 +556,13 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
             value[open_] = torch.maximum(value[open_], v2)
             open_ = open_[~closed(value[open_])]
         rep.direct += len(value) - open_.numel()
-        for k in open_.tolist():  # re-derive the leaf by a search of its own
+        for k in open_.tolist():  # every input run again (an enumerated leaf), else a search of its own
+            got = run_box(query, lo[k].numpy(), hi[k].numpy()) if cfg.enumerate else None
+            if got is not None and got[1] is None and got[0] > 0:
+                rep.direct += 1
+                continue
             sub = Query(query.graph, InputSet(lo[k:k + 1], hi[k:k + 1]), query.C, query.d, query.owner,
-                        query.n_disjuncts, None, query.index)
+                        query.n_disjuncts, query.runner, query.index)
             res = input_split(sub, Budget.of(time_per_leaf), cfg)
             if res.status == "verified":
                 rep.resplit += 1
