@@ -102,7 +102,7 @@ def axes(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> list[np.ndarray
     size = _sizes(ka, kb, neg_zero)
     if (size == 0).any():
         return []  # no input of the query reaches this box
-    if np.prod(np.minimum(size, 2.0 * MAX_POINTS)) > MAX_POINTS:
+    if np.log(size).sum() > np.log(MAX_POINTS) + 1e-9:
         return None
     out = []
     for i in range(len(ka)):
@@ -116,8 +116,9 @@ def axes(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> list[np.ndarray
 def small(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> np.ndarray:
     """(b,) for boxes (b, n): does the box hold at most :data:`MAX_POINTS` of the inputs :func:`axes` gives?"""
     ka, kb, neg_zero, finite = _ranges(query, lo, hi, np.dtype(dtype).type)
-    size = np.minimum(_sizes(ka, kb, neg_zero), 2.0 * MAX_POINTS)
-    return finite.all(axis=1) & (np.prod(size, axis=1) <= MAX_POINTS)
+    with np.errstate(divide="ignore"):  # a coordinate of no input: log 0 = -inf, the box holds none
+        logs = np.log(_sizes(ka, kb, neg_zero)).sum(axis=1)
+    return finite.all(axis=1) & (logs <= np.log(MAX_POINTS) + 1e-9)
 
 
 def points(ax: list[np.ndarray]) -> np.ndarray:
