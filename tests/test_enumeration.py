@@ -11,6 +11,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -187,3 +188,74 @@ def test_recheck_refuses_a_forged_enumerated_leaf(tmp_path):
                      LEAF_KINDS, {}, {"alpha_iterations": 0})
     rep = recheck(q, tree, time_per_leaf=2.0)
     assert rep.failed == 1 and not rep.ok
+
+
+# --------------------------------------------------------------------------- trying to break it
+
+
+def _ulps_around(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The box of ``k`` float32 numbers either side of each coordinate of ``x``."""
+    bits = np.asarray(x, np.float32).view(np.int32)
+    a, b = (bits - k).view(np.float32).astype(np.float64), (bits + k).view(np.float32).astype(np.float64)
+    return np.minimum(a, b), np.maximum(a, b)  # (for a negative number, bits - k is the larger one)
+
+
+def _box_spec(path, lo, hi, threshold: float) -> None:
+    n = len(lo)
+    lines = [f"(declare-const X_{i} Real)" for i in range(n)] + ["(declare-const Y_0 Real)"]
+    lines += [f"(assert (>= X_{i} {float(lo[i])!r}))\n(assert (<= X_{i} {float(hi[i])!r}))" for i in range(n)]
+    lines.append(f"(assert (>= Y_0 {threshold!r}))")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("family,seed", [("cancel", 0), ("cancel", 1), ("deep", 0)])
+def test_a_trap_in_a_small_box_is_sat_never_unsat(tmp_path, family, seed):
+    """A floating-point trap (real output 0, onnxruntime's up to twice the threshold) in a box of 41 x 41
+    float32 inputs around its witness: every bound proves the real property, so only running the inputs
+    decides it, and it must find onnxruntime's counterexample."""
+    from tests.helpers.fp_traps import make_trap
+
+    trap = make_trap(family, seed, samples=400)
+    lo, hi = _ulps_around(trap.witness, 20)
+    path, spec = tmp_path / "trap.onnx", tmp_path / "trap.vnnlib"
+    onnx.save(trap.model, path)
+    _box_spec(spec, lo, hi, trap.threshold)
+    res = certkit.certify(certkit.load_model(path), spec, "bab", timeout=20)
+    assert res.verdict == "sat", res.verdict
+    assert ort_outputs(trap.model, res.witness.x[None].astype(np.float32))[0] >= trap.threshold
+
+
+def test_nan_outputs_never_close_a_box(tmp_path):
+    """Sqrt of negative inputs: onnxruntime outputs NaN, which lies in no disjunct (no counterexample)
+    and proves nothing (the box stays open)."""
+    node = helper.make_node("Sqrt", ["x"], ["y"])
+    g = helper.make_graph([node], "sqrt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path, spec = tmp_path / "sqrt.onnx", tmp_path / "sqrt.vnnlib"
+    onnx.save(m, path)
+    lo, hi = _ulps_around(np.array([-1.0]), 10)
+    _box_spec(spec, lo, hi, 5.0)
+    model = certkit.load_model(path)
+    q = Query.of_property(model.graph, certkit.load_spec(spec, model).properties[0], 0, model.runner)
+    value, w = grid.run_box(q, q.lower, q.upper)
+    assert w is None and not value > 0
+    assert certkit.certify(model, spec, "bab", timeout=5).verdict != "unsat"
+
+
+def test_running_the_inputs_stops_at_the_deadline(tmp_path):
+    """Many small open domains in one batch: the budget is checked before each one's runs."""
+    from certkit.errors import VerificationTimeout
+    from certkit.verify.input_split import _Bounded, _Problem
+
+    path, spec, _, _ = _dual_files(tmp_path)
+    model = certkit.load_model(path)
+    q = Query.of_property(model.graph, certkit.load_spec(spec, model).properties[0], 0, model.runner)
+    lo = torch.as_tensor(q.lower)[None].repeat(50, 1)
+    hi = torch.as_tensor(q.upper)[None].repeat(50, 1)
+    b = _Bounded(lo, hi, torch.full((50,), -1.0, dtype=torch.float64), torch.zeros_like(lo),
+                 torch.zeros(50, dtype=torch.int64), torch.full((50,), -1, dtype=torch.int64))
+    pb = _Problem(q, SplitConfig(), Budget.of(0.0))
+    with pytest.raises(VerificationTimeout):
+        pb.enumerate_open(b)

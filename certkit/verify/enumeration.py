@@ -37,17 +37,15 @@ MAX_POINTS = 4096
 #: the points of least margin re-run one at a time (batch independence, module docstring)
 RERUN_SINGLE = 32
 
-_INT = {np.dtype(np.float32): (np.int32, np.int64(0x7FFFFFFF)), np.dtype(np.float64): (np.int64, None)}
+_BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
 def _order(x: np.ndarray) -> np.ndarray:
-    """Monotone integer keys of floats (``-0.0`` and ``0.0`` both 0): consecutive numbers differ by 1."""
+    """Monotone integer keys of floats (``-0.0`` and ``0.0`` both 0): consecutive numbers differ by 1
+    (sign and magnitude of the bit pattern as a signed integer)."""
     x = np.asarray(x)
-    bits = x.view(_INT[x.dtype][0]).astype(np.int64)
-    if x.dtype == np.float32:
-        return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
-    # float64: the sign-magnitude map in int64 (magnitudes below 2^63, no overflow)
-    return np.where(bits < 0, -(bits & np.int64(0x7FFFFFFFFFFFFFFF)), bits)
+    bits = x.view(_BITS[x.dtype]).astype(np.int64)
+    return np.where(bits < 0, -(bits & np.int64(np.iinfo(_BITS[x.dtype]).max)), bits)
 
 
 def _from_order(k: np.ndarray, dtype) -> np.ndarray:
@@ -90,6 +88,13 @@ def _sizes(ka: np.ndarray, kb: np.ndarray, neg_zero: np.ndarray) -> np.ndarray:
     return np.clip(kb - ka + 1, 0, None).astype(np.float64) + neg_zero
 
 
+def _fits(sizes: np.ndarray) -> np.ndarray:
+    """Per box (..., n) of per-coordinate counts: at most :data:`MAX_POINTS` points in all (a coordinate
+    of none makes a box of none; summed in logs, so wide boxes do not overflow)."""
+    with np.errstate(divide="ignore"):
+        return np.log(sizes).sum(axis=-1) <= np.log(MAX_POINTS) + 1e-9
+
+
 def axes(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> list[np.ndarray] | None:
     """Per coordinate, the numbers of ``dtype`` the box ``[lo, hi]`` (n,) holds of those the query's
     inputs round to (:func:`_ranges`). None when they are more than :data:`MAX_POINTS` in all or a
@@ -102,7 +107,7 @@ def axes(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> list[np.ndarray
     size = _sizes(ka, kb, neg_zero)
     if (size == 0).any():
         return []  # no input of the query reaches this box
-    if np.log(size).sum() > np.log(MAX_POINTS) + 1e-9:
+    if not _fits(size):
         return None
     out = []
     for i in range(len(ka)):
@@ -116,9 +121,7 @@ def axes(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> list[np.ndarray
 def small(query: Query, lo: np.ndarray, hi: np.ndarray, dtype) -> np.ndarray:
     """(b,) for boxes (b, n): does the box hold at most :data:`MAX_POINTS` of the inputs :func:`axes` gives?"""
     ka, kb, neg_zero, finite = _ranges(query, lo, hi, np.dtype(dtype).type)
-    with np.errstate(divide="ignore"):  # a coordinate of no input: log 0 = -inf, the box holds none
-        logs = np.log(_sizes(ka, kb, neg_zero)).sum(axis=1)
-    return finite.all(axis=1) & (logs <= np.log(MAX_POINTS) + 1e-9)
+    return finite.all(axis=1) & _fits(_sizes(ka, kb, neg_zero))
 
 
 def points(ax: list[np.ndarray]) -> np.ndarray:

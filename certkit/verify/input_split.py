@@ -46,7 +46,7 @@ from ..log import SearchProgress, get as logger
 from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, disjunct_values, domain_value
-from .enumeration import run_box
+from . import enumeration
 from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
 from .witness import Witness
@@ -224,18 +224,18 @@ class _Problem:
     def enumerate_open(self, b: "_Bounded") -> Witness | None:
         """Run every input of the open domains of ``b`` that hold few enough of them
         (:func:`certkit.verify.enumeration.run_box`): raise ``value`` to what the runs show and set
-        ``how`` to :data:`ENUMERATED` where that closes the domain; a confirmed counterexample."""
-        from . import enumeration as grid
-
+        ``how`` to :data:`ENUMERATED` where that closes the domain; a confirmed counterexample. The
+        budget is checked before each domain (a batch may hold many of them)."""
         if not self.cfg.enumerate or self.query.runner is None or not self.query.is_box:
             return None
         open_ = ~closed(b.value)
         if not bool(open_.any()):
             return None
         dtype = getattr(self.query.runner, "dtype", np.float32)
-        few = open_.numpy() & grid.small(self.query, b.lo.numpy(), b.hi.numpy(), dtype)
+        few = open_.numpy() & enumeration.small(self.query, b.lo.numpy(), b.hi.numpy(), dtype)
         for i in np.flatnonzero(few).tolist():
-            got = grid.run_box(self.query, b.lo[i].numpy(), b.hi[i].numpy())
+            self.budget.check()
+            got = enumeration.run_box(self.query, b.lo[i].numpy(), b.hi[i].numpy())
             if got is None:
                 continue
             value, w = got
@@ -557,7 +557,7 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
             open_ = open_[~closed(value[open_])]
         rep.direct += len(value) - open_.numel()
         for k in open_.tolist():  # every input run again (an enumerated leaf), else a search of its own
-            got = run_box(query, lo[k].numpy(), hi[k].numpy()) if cfg.enumerate else None
+            got = enumeration.run_box(query, lo[k].numpy(), hi[k].numpy())
             if got is not None and got[1] is None and got[0] > 0:
                 rep.direct += 1
                 continue

@@ -70,6 +70,17 @@ FORWARD_SUPERSEDES = {"deeppoly": "deeppoly+interval"}
 SPLIT_SUPERSEDES = ("alpha",)
 
 
+def superseded(stage: str, query: Query, plan: tuple[str, ...], explicit: str | None) -> bool:
+    """Does ``plan`` skip the bound ``stage`` for ``query`` because a later stage does its work
+    cheaper there (:data:`FORWARD_SUPERSEDES`, :data:`SPLIT_SUPERSEDES`)?"""
+    forward = "forward" in plan and FORWARD_SUPERSEDES.get(stage) in plan
+    split = "bab" in plan and stage in SPLIT_SUPERSEDES and explicit != stage
+    if not (forward or split):
+        return False
+    S = query.bound_set()
+    return (forward and starts_forward(S, query.graph)) or (split and few_free(S))
+
+
 @dataclass
 class PropertyResult:
     """What was established about one query. ``status`` becomes ``verified`` only through
@@ -155,14 +166,9 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
         ids = open_ones()
         if not ids or budget.expired():
             break
-        if "forward" in plan and FORWARD_SUPERSEDES.get(stage) in plan:
-            ids = [i for i in ids if not starts_forward(queries[i].bound_set(), queries[i].graph)]
-            if not ids:
-                continue
-        if "bab" in plan and stage in SPLIT_SUPERSEDES and explicit != stage:
-            ids = [i for i in ids if not few_free(queries[i].bound_set())]
-            if not ids:
-                continue
+        ids = [i for i in ids if not superseded(stage, queries[i], plan, explicit)]
+        if not ids:
+            continue
         like = REPEATS.get(stage)
         rem = budget.remaining()
         if like in timings and rem is not None and timings[like] > REPEAT_SHARE * rem:
