@@ -1,4 +1,6 @@
-"""alpha-CROWN: DeepPoly with optimised lower ReLU slopes (DESIGN.md sections 2-3).
+"""alpha-CROWN: DeepPoly with optimised lower ReLU slopes (DESIGN.md sections 2-3), and likewise the
+tangent points of sigmoid, tanh, Exp, Log, Sqrt and Reciprocal and the weights of the two McCormick
+planes per side of a product of two variables (:data:`~certkit.bounds.deeppoly.ALPHA_OPS`).
 
 The lower relaxation ``y >= a x`` of an unstable ReLU-like unit is valid for any
 slope ``a`` in ``[s, 1]`` (s the leaky slope), so a back-substituted bound is a
@@ -22,15 +24,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..errors import VerificationTimeout
+from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
 from .relaxations import S_SHAPED
+from .relax_elementwise import TANGENT_START
 from .forward import start_bounds
 from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
 
@@ -47,6 +52,9 @@ def _slope_range(op) -> tuple[float, float]:
 #: ffnnSIGMOID 6x200 (eps 0.012, 20 iterations) rate 0.1 proved 8 of its 10 unsat instances at the root,
 #: 0.3 proved 7, its worst-row bounds lower on all 12 instances (by 0.03 to 38).
 S_SHAPED_LR = 1.0 / 3.0
+#: the ops whose parameters are tangent points (S_SHAPED_LR): sigmoid, tanh, and the convex or concave
+#: Exp, Log, Sqrt, Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`)
+CURVED = S_SHAPED + tuple(TANGENT_START)
 
 #: Copies per coefficient of the autograd tape (the coefficients and the relaxation's selections
 #: saved for the gradient) and per slope (the slope, its gradient, Adam's two moments and its step's
@@ -83,20 +91,28 @@ def alpha_bytes(graph: Graph, ibp: list, s: int, b: int, out_only: bool, shared:
     for i, n in enumerate(nodes):
         for j in n.inputs:
             anc[i] |= anc[j] | {j}
-    relus = [i for i in graph.live if type(nodes[i].op) in ALPHA_OPS]
+    relus = [i for i in graph.live if type(nodes[i].op) in ALPHA_OPS or isinstance(nodes[i].op, ops.Product)]
+    per = {r: (2 if isinstance(nodes[r].op, ops.Product) else 1) * graph.size(r) for r in relus}
+    kinked = {nodes[r].inputs[0] for r in relus if isinstance(nodes[r].op, (ops.Relu, ops.LeakyRelu))}
 
     def cost(t: int, rows: int, slope_rows: int) -> float:
         width = sum(graph.size(i) for i in anc[t] | {t})
-        slopes = sum(graph.size(r) for r in relus if r in anc[t])
+        slopes = sum(per[r] for r in relus if r in anc[t])
         return b * FLOAT_BYTES * (rows * width * TAPE_COPIES + slope_rows * slopes * SLOPE_COPIES)
+
+    def source(j: int) -> int:  # a copy is refined by refining its source once (BoundState.refine)
+        while isinstance(nodes[j].op, (ops.Select, ops.KernelRounding)) and graph.size(nodes[j].inputs[0]) <= graph.size(j):
+            j = nodes[j].inputs[0]
+        return j
 
     total = cost(graph.output, s, s)
     if not out_only:
-        for j in sorted({nodes[r].inputs[0] for r in relus}):
+        for j in sorted({source(j) for r in relus for j in nodes[r].inputs}):
             if j == 0 or ibp[j] is None:
                 continue
             lo, hi = ibp[j]
-            k = int(((lo < 0) & (hi > 0)).sum(dim=1).max()) if lo.numel() else 0
+            open_ = ((lo < 0) & (hi > 0)) if j in kinked else lo < hi  # smooth ops: every neuron not pinned
+            k = int(open_.sum(dim=1).max()) if lo.numel() else 0
             if k:
                 total += cost(j, 2 * k, 1 if shared else 2 * graph.size(j))
     return total
@@ -119,7 +135,8 @@ def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: boo
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = LR,
                 keep_state: bool = False, shared: bool = False, deadline: float | None = None,
-                budget=None, report: dict | None = None, lr_decay: float = LR_DECAY, init: dict | None = None):
+                budget=None, report: dict | None = None, lr_decay: float = LR_DECAY, init: dict | None = None,
+                enough: Callable[[Tensor], bool] | None = None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use). Optimisation stops
@@ -127,7 +144,9 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     returned (the first iterate, DeepPoly's, is always completed unless the budget ran out,
     which raises ``BudgetExpired``). Within the budget's memory (:func:`plan_alpha`): how it
     ran goes into ``report["reason"]`` when it is not the full method. ``init``: starting slopes
-    (:attr:`BoundState.alpha_init`) instead of DeepPoly's choice, e.g. those of a parent domain."""
+    (:attr:`BoundState.alpha_init`) instead of DeepPoly's choice, e.g. those of a parent domain.
+    ``enough``: the optimisation stops after the first iterate whose bounds (b, s) it accepts (a proof
+    needs no tighter ones; on a vision transformer the second iterate of twenty proved every row)."""
     if budget is not None and budget.deadline is not None:
         deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     C = torch.as_tensor(C, dtype=torch.float64)
@@ -140,14 +159,15 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
         report["reason"] = plan.reason
     if not plan.out_only:
         best, best_state, done = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
-                                           deadline, budget, init=init)
+                                           deadline, budget, init=init, enough=enough)
     else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
         best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
                                 budget=budget, alpha_out_only=True)
         parts, slopes, counts = [], {}, set()
         for k in range(0, C.shape[1], plan.rows):
             low, _, n = _optimise(graph, inputs, C[:, k:k + plan.rows], ibp, ibp_errors, iterations, lr, lr_decay,
-                                  False, deadline, budget, best_state)
+                                  False, deadline, budget, best_state,
+                                  enough=enough if plan.rows >= C.shape[1] else None)
             parts.append(low)
             counts.add(n)
             for key, a in (best_state.alpha or {}).items():
@@ -165,7 +185,8 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
 
 def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: dict, iterations: int,
               lr: float, lr_decay: float, shared: bool, deadline: float | None, budget,
-              state: BoundState | None = None, init: dict | None = None):
+              state: BoundState | None = None, init: dict | None = None,
+              enough: Callable[[Tensor], bool] | None = None):
     """The projected gradient ascent on the slopes (module docstring): (best bounds, best state, the
     number of iterates computed: ``iterations``, fewer when the deadline cut it, or when there was
     nothing to optimise -- either way the same run as ``alpha_lower`` with that many iterations).
@@ -195,11 +216,12 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                 best_state = st
             best = det if best is None else torch.maximum(best, det)
             params = [a for k, a in alphas.items() if k != "shared" and a.requires_grad]
-            if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline):
+            if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline) \
+                    or (enough is not None and enough(best)):
                 break
             if opt is None:  # the tangent points of S-shaped units at a third of the rate (S_SHAPED_LR)
                 keys = [k for k, a in alphas.items() if k != "shared" and a.requires_grad]
-                curved = {k for k in keys if isinstance(graph.nodes[k[1]].op, S_SHAPED)}
+                curved = {k for k in keys if isinstance(graph.nodes[k[1]].op, CURVED)}
                 opt = Adam([{"params": [alphas[k] for k in keys if k not in curved]},
                             {"params": [alphas[k] for k in keys if k in curved], "lr": lr * S_SHAPED_LR}],
                            lr=lr, decay=lr_decay)

@@ -55,13 +55,17 @@ from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
 from .relaxations import RELAXATIONS, S_SHAPED, PairRelax, Relax
+from .relax_bilinear import McCormick
+from .relax_elementwise import TANGENT_START
 
 Tensor = torch.Tensor
 
 #: Ops whose relaxation alpha-CROWN optimises: the lower slope of ReLU-like ones, the tangent points of
 #: sigmoid and tanh (a parameter in [0, 1], starting at 0.5: the midpoint tangent of DeepPoly's lines on
-#: a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`).
-ALPHA_OPS = (ops.Relu, ops.LeakyRelu) + S_SHAPED
+#: a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`) and of the convex or concave
+#: Exp, Log, Sqrt and Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`, starting at
+#: DeepPoly's point). Products of two variables have their own (:meth:`BoundState._mixed_planes`).
+ALPHA_OPS = (ops.Relu, ops.LeakyRelu) + S_SHAPED + tuple(TANGENT_START)
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
@@ -694,7 +698,9 @@ class BoundState(RowSavings):
                 out.scatter_add_(2, r.sel[:, None, :].expand(b, s, -1), coef)
                 parts = (out,)
             elif isinstance(op, (ops.MaxMin, ops.Bilinear)):  # coefficients per input and a constant
-                parts, c = self.relaxation(i).backsub(Ai)
+                rel = self.relaxation(i)
+                mix = self._mixed_planes(i, tag, rows, s, rel)
+                parts, c = rel.backsub(Ai) if mix is None else rel.backsub_mixed(Ai, *mix)
                 total = total + c
             else:
                 if fast is not None:  # DeepPoly/CROWN's step on the alive columns, intercepts as products
@@ -807,7 +813,10 @@ class BoundState(RowSavings):
         shared = tag != "out" and self.alpha.get("shared", False)
         if key not in self.alpha:
             R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
-            first = torch.full_like(l, 0.5) if isinstance(self.graph.nodes[i].op, S_SHAPED) else base[0]
+            op = self.graph.nodes[i].op
+            start = TANGENT_START.get(type(op))
+            first = torch.full_like(l, 0.5) if isinstance(op, S_SHAPED) else base[0] if start is None \
+                else start(l.detach(), u.detach())
             lw = _rows(first).expand(b, R, n)
             start = None if self.alpha_init is None else self.alpha_init.get(key)
             if start is not None and start.shape == lw.shape:
@@ -818,6 +827,32 @@ class BoundState(RowSavings):
             a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, n))
         fn = RELAXATIONS[type(self.graph.nodes[i].op)]
         return fn(self.graph.nodes[i].op, l[:, None, :], u[:, None, :], a)
+
+    def _mixed_planes(self, i: int, tag, rows: Tensor | None, s: int, rel) -> tuple[Tensor, Tensor] | None:
+        """alpha-CROWN's parameters of Product ``i`` for target ``tag`` (auto_LiRPA optimises its
+        BoundMul's planes the same way): per row and neuron the weights ``(a, b)`` in [0, 1] of the
+        convex combinations ``a lo1 + (1 - a) lo2`` of the two lower McCormick planes and ``b up1 +
+        (1 - b) up2`` of the upper ones (:meth:`McCormick.backsub_mixed`); every such plane is sound.
+        Stored as one tensor (b, rows, 2n), starting at McCormick's own choice. None when not optimised
+        (no alpha, a square, or the final rows only and ``tag`` is not the output)."""
+        if self.alpha is None or tag is None or not isinstance(rel, McCormick) or rel.same \
+                or (self.alpha_out_only and tag != "out"):
+            return None
+        key = (tag, i)
+        b, n = rel.pick_lo.shape
+        shared = tag != "out" and self.alpha.get("shared", False)
+        if key not in self.alpha:
+            R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
+            first = torch.cat([rel.pick_lo, rel.pick_up], dim=-1).to(torch.float64)
+            a = _rows(first).expand(b, R, 2 * n)
+            start = None if self.alpha_init is None else self.alpha_init.get(key)
+            if start is not None and start.shape == a.shape:
+                a = torch.where(torch.isnan(start), a, start)
+            self.alpha[key] = a.detach().clone().requires_grad_(True)
+        a = self.alpha[key]
+        if rows is not None and not shared:
+            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, 2 * n))
+        return a[..., :n], a[..., n:]
 
     def lower_of(self, t: int, A: Tensor, const: Tensor | None = None, tag=None,
                  rows: Tensor | None = None) -> Tensor:

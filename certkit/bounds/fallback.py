@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Callable
 from dataclasses import dataclass, is_dataclass, replace
 
 import torch
@@ -93,13 +94,14 @@ def _time_for(name: str, first: bool, budget):
 
 
 def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
-                        budget=None, on_timeout: bool = False, keep: dict | None = None) -> tuple[Tensor, Method]:
+                        budget=None, on_timeout: bool = False, keep: dict | None = None,
+                        enough: Callable[[Tensor], bool] | None = None) -> tuple[Tensor, Method]:
     """Lower bounds of ``C y`` (b, s) with the bound procedure ``stage``, or the first procedure of
     its :data:`LADDER` that fits in the budget's memory; and the :class:`Method` that produced them.
     The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
     goes on with what is left of it (module docstring). ``keep``: receives alpha-CROWN's final state
     (``state``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when ``stage`` is
-    ``alpha`` and ran as asked."""
+    ``alpha`` and ran as asked; ``enough``: alpha-CROWN's early stop (:func:`certkit.bounds.alpha.alpha_lower`)."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped
@@ -109,7 +111,7 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
         sub = _time_for(name, k == 0, budget) if on_timeout else budget
         try:
             if name == "alpha":
-                low = alpha_lower(graph, inputs, C, budget=sub, report=report)
+                low = alpha_lower(graph, inputs, C, budget=sub, report=report, enough=enough)
             else:
                 low = BACKENDS[name].lower(graph, inputs, C, budget=sub)
         except VerificationTimeout:

@@ -135,44 +135,117 @@ def _s_slopes(op, df, l: Tensor, u: Tensor) -> list:
 # --------------------------------------------------------------------------- monotone convex/concave
 
 
+#: below this magnitude Log, Sqrt and Reciprocal keep DeepPoly's lines under alpha-CROWN: their second
+#: derivative at such a tangent point overflows, and the tangent point's gradient with it
+TINY = 1e-30
+
+
+def tangent_lines(op, df, crit: Crit, l: Tensor, u: Tensor, theta: Tensor, convex: Tensor, valid: Tensor,
+                  base: Relax) -> Relax:
+    """alpha-CROWN's relaxation of a convex or concave ``f`` (issue 13: alpha for every activation, as
+    auto_LiRPA optimises the tangent points of its convex functions): the tangent side -- below where ``f``
+    is convex on the box (``convex``), above where it is concave -- is the line of slope ``k = f'(t)`` at
+    ``t = l + theta (u - l)``, ``theta`` in [0, 1]; its offset is the exact extreme of ``f - k x`` over the
+    box (end points and critical points, as :func:`best_lines`), so it is sound for every ``theta`` even
+    where rounding moves ``k`` off ``f'(t)``. The chord side and every neuron where no such line is
+    finite, within ``line_cap`` or ``valid`` keep ``base`` (DeepPoly's lines)."""
+    f = op.forward
+    with torch.no_grad():  # where no line is computed, a stand-in box of the domain: no inf or NaN
+        ok = valid & torch.isfinite(l) & torch.isfinite(u) & torch.isfinite(f(l)) & torch.isfinite(f(u))
+    # (even unselected, they would turn the gradient of theta into NaN)
+    l, u = torch.where(ok, l, torch.ones_like(l)), torch.where(ok, u, torch.full_like(u, 2.0))
+    t = l + theta.clamp(0.0, 1.0) * (u - l)
+    with torch.no_grad():
+        k0 = df(t)
+        ok = ok & torch.isfinite(k0) & (k0.abs() * _mag(l, u) <= line_cap(op, l, u))
+    k = df(torch.where(ok, t, torch.ones_like(t)))  # 1 is in every domain here
+    # the critical points without gradient: the offset's derivative in k is -x at the extreme (envelope)
+    cp = [_clamp(c, l, u).detach() for c in crit(k.detach(), l.detach(), u.detach())]
+    g = [f(l) - k * l, f(u) - k * u] + [f(q) - k * q for q in cp]
+    G = torch.stack(g)
+    off_lo, off_hi = G.amin(0), G.amax(0)
+    ok = ok & torch.isfinite(off_lo) & torch.isfinite(off_hi)
+    lw, lb, uw, ub = base
+    low, up = ok & convex, ok & ~convex
+    return (torch.where(low, k, lw), torch.where(low, off_lo, lb), torch.where(up, k, uw), torch.where(up, off_hi, ub))
+
+
+def _exp_start(l: Tensor, u: Tensor) -> Tensor:
+    """The tangent point of :func:`_exp`'s lower line as a fraction of the box: the midpoint, or
+    ``min(m, l + 1)`` where the midpoint tangent is below 0 at ``l`` (alpha-CROWN's first iterate is
+    DeepPoly's relaxation)."""
+    m = l / 2 + u / 2
+    neg = torch.exp(m) * (l - m + 1.0) < 0
+    t = torch.where(neg, torch.minimum(m, l + 1.0), m)
+    return _safe_div(t - l, u - l).clamp(0.0, 1.0)
+
+
 @relaxation(ew.Exp)
 def _exp(op: ew.Exp, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     """Convex: chord above, midpoint tangent below; ``f'(x) = k`` at ``log k``. A lower line below 0
     at ``l`` becomes the tangent at ``t = min(m, l + 1)``, ``e^t (x - t + 1)``, which is ``>= 0`` on
     the box (auto_LiRPA's BoundExp): a sum of exponentials must keep a positive lower bound through
     back-substitution, or the Reciprocal of Softmax and the Log of LogSoftmax get infinite bounds
-    under pure CROWN (no intersection with interval bounds)."""
+    under pure CROWN (no intersection with interval bounds). ``slope`` (alpha-CROWN): the lower
+    tangent's point (:func:`tangent_lines`)."""
     lw, lb, uw, ub = best_lines(op, l, u, _convex_slopes(op, torch.exp, l, u), lambda k, l, u: [torch.log(k)])
     t = torch.minimum(l / 2 + u / 2, l + 1.0)
     k = torch.exp(t)
     neg = (lw * l + lb < 0) & torch.isfinite(l) & torch.isfinite(u) & torch.isfinite(k)
-    return torch.where(neg, k, lw), torch.where(neg, k * (1.0 - t), lb), uw, ub
+    base = torch.where(neg, k, lw), torch.where(neg, k * (1.0 - t), lb), uw, ub
+    if slope is None:
+        return base
+    yes = torch.ones_like(l, dtype=torch.bool)
+    return tangent_lines(op, torch.exp, lambda k, l, u: [torch.log(k)], l, u, slope, yes, yes, base)
 
 
 @relaxation(ew.Log)
 def _log(op: ew.Log, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     """Concave on x > 0: chord below, midpoint tangent above; ``f'(x) = k`` at ``1/k``. With ``l = 0``
-    only the upper line is finite (log 0 = -inf); with ``l < 0`` neither (NaN)."""
-    return best_lines(op, l, u, _convex_slopes(op, torch.reciprocal, l, u),
-                      lambda k, l, u: [torch.reciprocal(k)], valid=l >= 0)
+    only the upper line is finite (log 0 = -inf); with ``l < 0`` neither (NaN). ``slope``: the upper
+    tangent's point."""
+    crit = lambda k, l, u: [torch.reciprocal(k)]  # noqa: E731
+    base = best_lines(op, l, u, _convex_slopes(op, torch.reciprocal, l, u), crit, valid=l >= 0)
+    if slope is None:
+        return base
+    return tangent_lines(op, torch.reciprocal, crit, l, u, slope, torch.zeros_like(l, dtype=torch.bool), l > TINY, base)
 
 
 @relaxation(ew.Sqrt)
 def _sqrt(op: ew.Sqrt, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
-    """Concave on x >= 0: chord below, midpoint tangent above; ``f'(x) = k`` at ``1 / (4 k^2)``."""
-    return best_lines(op, l, u, _convex_slopes(op, lambda x: 0.5 / torch.sqrt(x), l, u),
-                      lambda k, l, u: [0.25 / (k * k)], valid=l >= 0)
+    """Concave on x >= 0: chord below, midpoint tangent above; ``f'(x) = k`` at ``1 / (4 k^2)``.
+    ``slope``: the upper tangent's point."""
+    df = lambda x: 0.5 / torch.sqrt(x)  # noqa: E731
+    crit = lambda k, l, u: [0.25 / (k * k)]  # noqa: E731
+    base = best_lines(op, l, u, _convex_slopes(op, df, l, u), crit, valid=l >= 0)
+    if slope is None:
+        return base
+    return tangent_lines(op, df, crit, l, u, slope, torch.zeros_like(l, dtype=torch.bool), l > TINY, base)
 
 
 @relaxation(ew.Reciprocal)
 def _reciprocal(op: ew.Reciprocal, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
     """Convex for x > 0, concave for x < 0: chord and midpoint tangent; ``-1/x^2 = k`` at
-    ``+-1/sqrt(-k)``. A box containing 0 (end points included) has no finite bound."""
+    ``+-1/sqrt(-k)``. A box containing 0 (end points included) has no finite bound. ``slope``: the
+    tangent's point (below for x > 0, above for x < 0)."""
     def crit(k, l, u):
         r = torch.rsqrt(-k)
         return [r, -r]
-    return best_lines(op, l, u, _convex_slopes(op, lambda x: -1.0 / (x * x), l, u), crit,
-                      valid=(l > 0) | (u < 0))
+    df = lambda x: -1.0 / (x * x)  # noqa: E731
+    base = best_lines(op, l, u, _convex_slopes(op, df, l, u), crit, valid=(l > 0) | (u < 0))
+    if slope is None:
+        return base
+    return tangent_lines(op, df, crit, l, u, slope, l > 0, (l > TINY) | (u < -TINY), base)
+
+
+#: the ops whose tangent points alpha-CROWN optimises (:func:`tangent_lines`), with the first
+#: iterate's point as a fraction of the box (DeepPoly's choice)
+TANGENT_START: dict[type, Callable[[Tensor, Tensor], Tensor]] = {
+    ew.Exp: _exp_start,
+    ew.Log: lambda l, u: torch.full_like(l, 0.5),
+    ew.Sqrt: lambda l, u: torch.full_like(l, 0.5),
+    ew.Reciprocal: lambda l, u: torch.full_like(l, 0.5),
+}
 
 
 # --------------------------------------------------------------------------- S-shaped and periodic

@@ -147,13 +147,22 @@ def rows_and_margins(stage: str, graph, S: InputSet, C: Tensor, d: Tensor,
     :func:`certkit.bounds.fallback.lower_within_memory` (on the rows of ``C`` alone)."""
     y_lo, y_hi = interval_bounds(graph, S)[graph.output]
     if bool(torch.isfinite(y_lo).all() and torch.isfinite(y_hi).all()):
-        low, method = lower_within_memory(stage, graph, S, C, budget, keep=keep)
-        return low, row_margin(C, d, y_lo, y_hi), method
+        margin = row_margin(C, d, y_lo, y_hi)
+        low, method = lower_within_memory(stage, graph, S, C, budget, keep=keep,
+                                          enough=lambda low: bool((low - d > margin).all()))
+        return low, margin, method
     n, s = C.shape[-1], C.shape[-2]
     eye = torch.eye(n, dtype=C.dtype).expand(*C.shape[:-2], n, n)
-    low, method = lower_within_memory(stage, graph, S, torch.cat([C, eye, -eye], dim=-2), budget)
-    y_lo, y_hi = torch.maximum(y_lo, low[:, s:s + n]), torch.minimum(y_hi, -low[:, s + n:])
-    return low[:, :s], row_margin(C, d, y_lo, y_hi), method
+
+    def split(low: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi = torch.maximum(y_lo, low[:, s:s + n]), torch.minimum(y_hi, -low[:, s + n:])
+        return low[:, :s], row_margin(C, d, lo, hi)
+
+    def enough(low: Tensor) -> bool:  # alpha-CROWN may stop once every row is proven
+        rows, margin = split(low)
+        return bool((rows - d > margin).all())
+    low, method = lower_within_memory(stage, graph, S, torch.cat([C, eye, -eye], dim=-2), budget, enough=enough)
+    return (*split(low), method)
 
 
 def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
