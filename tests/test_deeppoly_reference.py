@@ -201,3 +201,29 @@ def test_pipeline_skips_a_repeat_that_would_take_too_long(monkeypatch):
         ran.clear()
         res = pipeline.decide(queries_of(model, spec), plan, Budget.of(60), quick=None, medium=None, long=None)
         assert res[0].status == "open" and ran == expected
+
+
+def test_pipeline_skips_both_repeats_of_a_slow_deeppoly(monkeypatch):
+    """After a DeepPoly pass that took more than REPEAT_SHARE of the time left, ``auto`` goes straight to
+    alpha-CROWN (whose first iterate is ``deeppoly+interval``'s bound): both repeats are skipped."""
+    import certkit
+    from certkit.verify import pipeline
+    from certkit.verify.certify import queries_of
+    from certkit.verify.query import Budget
+    from tests.helpers.examples import FC, SAT
+
+    model, spec = certkit.load_model(FC), certkit.load_spec(SAT)
+    ran = []
+    orig = pipeline.bound_rows
+
+    def spy(queries, stage, budget):
+        ran.append(stage)
+        return orig(queries, stage, budget)
+
+    monkeypatch.setattr(pipeline, "bound_rows", spy)
+    plan = ("deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
+    for share, expected in ((0.1, list(plan)), (0.0, ["deeppoly", "alpha"])):
+        monkeypatch.setattr(pipeline, "REPEAT_SHARE", share)
+        ran.clear()
+        pipeline.decide(queries_of(model, spec), plan, Budget.of(60), quick=None, medium=None, long=None)
+        assert ran == expected
