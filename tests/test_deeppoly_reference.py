@@ -177,9 +177,9 @@ def test_reference_stage_tighter_rows_on_acas_and_within_interval():
         assert bool(((g.forward(X) @ C.T) >= ref).all())
 
 
-def test_pipeline_skips_a_repeat_that_would_take_too_long(monkeypatch):
-    """A stage that repeats an earlier one's cost runs when that one was cheap, and is skipped when it
-    took more than REPEAT_SHARE of the time left (a property the bounds leave open, no attacks)."""
+def _spied_pipeline(monkeypatch):
+    """A function running the pipeline with a plan on a property the bounds leave open (no attacks),
+    returning its results and the bound stages that ran."""
     import certkit
     from certkit.verify import pipeline
     from certkit.verify.certify import queries_of
@@ -187,7 +187,7 @@ def test_pipeline_skips_a_repeat_that_would_take_too_long(monkeypatch):
     from tests.helpers.examples import FC, SAT
 
     model, spec = certkit.load_model(FC), certkit.load_spec(SAT)
-    ran = []
+    ran: list = []
     orig = pipeline.bound_rows
 
     def spy(queries, stage, budget):
@@ -195,35 +195,34 @@ def test_pipeline_skips_a_repeat_that_would_take_too_long(monkeypatch):
         return orig(queries, stage, budget)
 
     monkeypatch.setattr(pipeline, "bound_rows", spy)
+
+    def run(plan):
+        ran.clear()
+        res = pipeline.decide(queries_of(model, spec), plan, Budget.of(60), quick=None, medium=None, long=None)
+        return res, list(ran)
+    return run
+
+
+def test_pipeline_skips_a_repeat_that_would_take_too_long(monkeypatch):
+    """A stage that repeats an earlier one's cost runs when that one was cheap, and is skipped when it
+    took more than REPEAT_SHARE of the time left (a property the bounds leave open, no attacks)."""
+    from certkit.verify import pipeline
+
+    run = _spied_pipeline(monkeypatch)
     plan = ("deeppoly+interval", "deeppoly+reference")
     for share, expected in ((0.1, list(plan)), (0.0, ["deeppoly+interval"])):
         monkeypatch.setattr(pipeline, "REPEAT_SHARE", share)
-        ran.clear()
-        res = pipeline.decide(queries_of(model, spec), plan, Budget.of(60), quick=None, medium=None, long=None)
+        res, ran = run(plan)
         assert res[0].status == "open" and ran == expected
 
 
 def test_pipeline_skips_both_repeats_of_a_slow_deeppoly(monkeypatch):
     """After a DeepPoly pass that took more than REPEAT_SHARE of the time left, ``auto`` goes straight to
     alpha-CROWN (whose first iterate is ``deeppoly+interval``'s bound): both repeats are skipped."""
-    import certkit
     from certkit.verify import pipeline
-    from certkit.verify.certify import queries_of
-    from certkit.verify.query import Budget
-    from tests.helpers.examples import FC, SAT
 
-    model, spec = certkit.load_model(FC), certkit.load_spec(SAT)
-    ran = []
-    orig = pipeline.bound_rows
-
-    def spy(queries, stage, budget):
-        ran.append(stage)
-        return orig(queries, stage, budget)
-
-    monkeypatch.setattr(pipeline, "bound_rows", spy)
+    run = _spied_pipeline(monkeypatch)
     plan = ("deeppoly", "deeppoly+interval", "deeppoly+reference", "alpha")
     for share, expected in ((0.1, list(plan)), (0.0, ["deeppoly", "alpha"])):
         monkeypatch.setattr(pipeline, "REPEAT_SHARE", share)
-        ran.clear()
-        pipeline.decide(queries_of(model, spec), plan, Budget.of(60), quick=None, medium=None, long=None)
-        assert ran == expected
+        assert run(plan)[1] == expected

@@ -40,6 +40,7 @@ needed (any sound bounds give a sound ``err_i``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -807,26 +808,34 @@ class BoundState(RowSavings):
         if self.alpha is None or tag is None or type(self.graph.nodes[i].op) not in ALPHA_OPS \
                 or (self.alpha_out_only and tag != "out"):
             return base
-        key = (tag, i)
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]
-        b, n = l.shape
+        op = self.graph.nodes[i].op
+
+        def first() -> Tensor:
+            start = TANGENT_START.get(type(op))
+            return torch.full_like(l, 0.5) if isinstance(op, S_SHAPED) else base[0] if start is None \
+                else start(l.detach(), u.detach())
+        a = self._alpha_param((tag, i), tag, rows, s, first)
+        return RELAXATIONS[type(op)](op, l[:, None, :], u[:, None, :], a)
+
+    def _alpha_param(self, key: tuple, tag, rows: Tensor | None, s: int, first: Callable[[], Tensor]) -> Tensor:
+        """The alpha-CROWN parameter tensor ``key`` (b, rows of ``tag``, n), created from ``first()``
+        (b, n) -- or from ``alpha_init`` where it has values -- the first time, and its entries for the
+        refined ``rows`` (:meth:`_alpha_rows`); one row for every target's rows when slopes are shared."""
         shared = tag != "out" and self.alpha.get("shared", False)
         if key not in self.alpha:
+            f = first()
+            b, n = f.shape
             R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
-            op = self.graph.nodes[i].op
-            start = TANGENT_START.get(type(op))
-            first = torch.full_like(l, 0.5) if isinstance(op, S_SHAPED) else base[0] if start is None \
-                else start(l.detach(), u.detach())
-            lw = _rows(first).expand(b, R, n)
+            a = _rows(f).expand(b, R, n)
             start = None if self.alpha_init is None else self.alpha_init.get(key)
-            if start is not None and start.shape == lw.shape:
-                lw = torch.where(torch.isnan(start), lw, start)
-            self.alpha[key] = lw.detach().clone().requires_grad_(True)
+            if start is not None and start.shape == a.shape:
+                a = torch.where(torch.isnan(start), a, start)
+            self.alpha[key] = a.detach().clone().requires_grad_(True)
         a = self.alpha[key]
         if rows is not None and not shared:
-            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, n))
-        fn = RELAXATIONS[type(self.graph.nodes[i].op)]
-        return fn(self.graph.nodes[i].op, l[:, None, :], u[:, None, :], a)
+            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, a.shape[-1]))
+        return a
 
     def _mixed_planes(self, i: int, tag, rows: Tensor | None, s: int, rel) -> tuple[Tensor, Tensor] | None:
         """alpha-CROWN's parameters of Product ``i`` for target ``tag`` (auto_LiRPA optimises its
@@ -838,20 +847,8 @@ class BoundState(RowSavings):
         if self.alpha is None or tag is None or not isinstance(rel, McCormick) or rel.same \
                 or (self.alpha_out_only and tag != "out"):
             return None
-        key = (tag, i)
-        b, n = rel.pick_lo.shape
-        shared = tag != "out" and self.alpha.get("shared", False)
-        if key not in self.alpha:
-            R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
-            first = torch.cat([rel.pick_lo, rel.pick_up], dim=-1).to(torch.float64)
-            a = _rows(first).expand(b, R, 2 * n)
-            start = None if self.alpha_init is None else self.alpha_init.get(key)
-            if start is not None and start.shape == a.shape:
-                a = torch.where(torch.isnan(start), a, start)
-            self.alpha[key] = a.detach().clone().requires_grad_(True)
-        a = self.alpha[key]
-        if rows is not None and not shared:
-            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, 2 * n))
+        n = rel.pick_lo.shape[-1]
+        a = self._alpha_param((tag, i), tag, rows, s, lambda: torch.cat([rel.pick_lo, rel.pick_up], dim=-1))
         return a[..., :n], a[..., n:]
 
     def lower_of(self, t: int, A: Tensor, const: Tensor | None = None, tag=None,
