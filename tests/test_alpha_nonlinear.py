@@ -1,6 +1,6 @@
 """alpha-CROWN beyond ReLU (issue 13): the tangent points of the convex or concave Exp, Log, Sqrt and
-Reciprocal, and the convex combinations of McCormick's two planes per side for products of two
-variables. Every parameter value must give a sound relaxation (dense sampling, adversarial boxes,
+Reciprocal, the slopes of Clip, Abs and the paper activations, and the convex combinations of
+McCormick's two planes per side for products of two variables. Every parameter value must give a sound relaxation (dense sampling, adversarial boxes,
 parameters outside [0, 1]); the first iterate is DeepPoly's relaxation; gradients stay finite where
 no line exists; alpha-CROWN on an attention block is sound and never looser than DeepPoly; the early
 stop ends the optimisation at the first iterate that proves every row."""
@@ -15,8 +15,8 @@ from certkit.bounds.alpha import alpha_lower
 from certkit.bounds.deeppoly import deeppoly_lower
 from certkit.bounds.fperror import input_set
 from certkit.bounds.relax_bilinear import McCormick
-from certkit.bounds.relax_elementwise import TANGENT_START, line_cap
-from certkit.bounds.relaxations import RELAXATIONS
+from certkit.bounds.relax_elementwise import line_cap
+from certkit.bounds.relaxations import ALPHA_PARAMS, RELAXATIONS
 from certkit.graph import ops
 from certkit.onnx.importer import import_model
 from tests.helpers.onnx_builders import X, box_samples, graph_model, ort_run
@@ -68,7 +68,7 @@ def test_the_first_iterate_is_deeppolys_relaxation(op):
     u = l + np.exp(rng.uniform(np.log(1e-6), np.log(20.0), 400))
     lt, ut = torch.tensor(l)[None], torch.tensor(u)[None]
     base = RELAXATIONS[type(op)](op, lt, ut, None)
-    mine = RELAXATIONS[type(op)](op, lt, ut, TANGENT_START[type(op)](lt, ut))
+    mine = RELAXATIONS[type(op)](op, lt, ut, ALPHA_PARAMS[type(op)].start(op, lt, ut, base))
     for a, b in zip(mine, base):  # the same lines up to the rounding of the tangent point
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
 
@@ -164,3 +164,53 @@ def test_the_memory_estimate_counts_the_new_parameters():
     S = input_set(g, np.full((1, 12), -0.2), np.full((1, 12), 0.2))
     ibp = start_bounds(g, S, None, {})
     assert alpha_bytes(g, ibp, 3, 1, False) > alpha_bytes(g, ibp, 3, 1, True) > 0
+
+
+PWL = [ops.Clip(np.full(6, -0.5), np.full(6, 0.7)), ops.Abs(), ops.NActivation(np.full(6, -0.4), np.full(6, 0.6)),
+       ops.CappedLeakyRelu(0.1, 0.5), ops.LeakyRelu(2.0), ops.LeakyRelu(-0.3)]
+
+
+@pytest.mark.parametrize("op", PWL, ids=[f"{type(o).__name__}{k}" for k, o in enumerate(PWL)])
+def test_piecewise_linear_first_iterate_is_deeppoly(op):
+    """Every registered parameter starts where DeepPoly's lines are, for the piecewise-linear ops too
+    (Clip's one parameter is the lower slope at its lower kink and the upper slope at its upper one)."""
+    rng = np.random.default_rng(1)
+    l = torch.tensor(rng.uniform(-2, 2, (1, 6)))
+    u = l + torch.tensor(rng.uniform(0, 3, (1, 6)))
+    base = RELAXATIONS[type(op)](op, l, u, None)
+    mine = RELAXATIONS[type(op)](op, l, u, ALPHA_PARAMS[type(op)].start(op, l, u, base))
+    for a, b in zip(mine, base):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    lo, hi = ALPHA_PARAMS[type(op)].bounds(op)
+    assert lo < hi
+
+
+def _pwl_net(seed: int):
+    """x (1, 4) -> Dense 6 -> Clip -> Dense 6 -> Abs -> Dense 6 -> LeakyRelu(-0.3) -> Dense 3."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: rng.normal(0, 0.9, s).astype(np.float32)  # noqa: E731
+    consts = {"W1": w(4, 6), "W2": w(6, 6), "W3": w(6, 6), "W4": w(6, 3), "lo": np.float32(-0.5), "hi": np.float32(0.7)}
+    nodes = [helper.make_node("MatMul", [X, "W1"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["b"]),
+             helper.make_node("MatMul", ["b", "W2"], ["c"]), helper.make_node("Abs", ["c"], ["d"]),
+             helper.make_node("MatMul", ["d", "W3"], ["e"]), helper.make_node("LeakyRelu", ["e"], ["f"], alpha=-0.3),
+             helper.make_node("MatMul", ["f", "W4"], ["Y"])]
+    return graph_model(nodes, (1, 4), consts=consts)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_on_piecewise_linear_ops_is_sound_and_not_looser(seed):
+    m = _pwl_net(seed)
+    g = import_model(m)
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-1, 1, 4)
+    lo, hi = c - 0.8, c + 0.8
+    S = input_set(g, lo[None], hi[None])
+    C = torch.tensor(rng.normal(size=(5, 3)))
+    dp = deeppoly_lower(g, S, C, intersect=True)
+    report: dict = {}
+    low = alpha_lower(g, S, C, report=report)
+    assert bool((low >= dp - 1e-9).all())
+    kinds = {type(g.nodes[k[1]].op) for k in report["state"].alpha if k != "shared"}
+    assert {ops.Clip, ops.Abs, ops.LeakyRelu} <= kinds
+    y = ort_run(m, box_samples(lo, hi, 4000, seed)).astype(np.float64) @ C.numpy().T
+    assert bool((low[0].numpy() <= y.min(axis=0) + 1e-6).all())

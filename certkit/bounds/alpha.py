@@ -34,8 +34,7 @@ from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
-from .relaxations import S_SHAPED
-from .relax_elementwise import TANGENT_START
+from .relaxations import ALPHA_PARAMS
 from .forward import start_bounds
 from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
 
@@ -43,18 +42,18 @@ Tensor = torch.Tensor
 
 
 def _slope_range(op) -> tuple[float, float]:
-    s = getattr(op, "slope", 0.0)
-    return (s, 1.0) if 0.0 <= s <= 1.0 else (min(s, 1.0), max(s, 1.0))
+    """The range a parameter of ``op`` is projected onto (the weights of a product's planes: [0, 1])."""
+    p = ALPHA_PARAMS.get(type(op))
+    return (0.0, 1.0) if p is None else p.bounds(op)
 
 
-#: the learning rate of the tangent-point parameters of sigmoid and tanh relative to the slopes' (their
-#: range is [0, 1] as a slope's, but a step moves a tangent point across the whole interval): on ERAN's
-#: ffnnSIGMOID 6x200 (eps 0.012, 20 iterations) rate 0.1 proved 8 of its 10 unsat instances at the root,
-#: 0.3 proved 7, its worst-row bounds lower on all 12 instances (by 0.03 to 38).
-S_SHAPED_LR = 1.0 / 3.0
-#: the ops whose parameters are tangent points (S_SHAPED_LR): sigmoid, tanh, and the convex or concave
-#: Exp, Log, Sqrt, Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`)
-CURVED = S_SHAPED + tuple(TANGENT_START)
+def _rate(op) -> float:
+    """The learning rate's factor for the parameters of ``op`` (:attr:`AlphaParam.rate`: tangent points
+    move across the whole interval per unit, at a third of the rate; on ERAN's ffnnSIGMOID 6x200, eps
+    0.012, 20 iterations, rate 0.1 proved 8 of its 10 unsat instances at the root, 0.3 proved 7)."""
+    p = ALPHA_PARAMS.get(type(op))
+    return 1.0 if p is None else p.rate
+
 
 #: Copies per coefficient of the autograd tape (the coefficients and the relaxation's selections
 #: saved for the gradient) and per slope (the slope, its gradient, Adam's two moments and its step's
@@ -219,12 +218,11 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
             if not params or it == iterations - 1 or (deadline is not None and time.monotonic() > deadline) \
                     or (enough is not None and enough(best)):
                 break
-            if opt is None:  # the tangent points of S-shaped units at a third of the rate (S_SHAPED_LR)
+            if opt is None:  # per rate (tangent points at a third of the slopes': AlphaParam.rate)
                 keys = [k for k, a in alphas.items() if k != "shared" and a.requires_grad]
-                curved = {k for k in keys if isinstance(graph.nodes[k[1]].op, CURVED)}
-                opt = Adam([{"params": [alphas[k] for k in keys if k not in curved]},
-                            {"params": [alphas[k] for k in keys if k in curved], "lr": lr * S_SHAPED_LR}],
-                           lr=lr, decay=lr_decay)
+                rate = {k: _rate(graph.nodes[k[1]].op) for k in keys}
+                opt = Adam([{"params": [alphas[k] for k in keys if rate[k] == r], "lr": lr * r}
+                            for r in sorted(set(rate.values()), reverse=True)], lr=lr, decay=lr_decay)
             opt.zero_grad()
             (-low.sum()).backward()
             opt.step()

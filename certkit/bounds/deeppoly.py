@@ -55,18 +55,18 @@ from .interval import interval_bounds, interval_node
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
-from .relaxations import RELAXATIONS, S_SHAPED, PairRelax, Relax
+from .relaxations import ALPHA_PARAMS, RELAXATIONS, PairRelax, Relax
 from .relax_bilinear import McCormick
-from .relax_elementwise import TANGENT_START
 
 Tensor = torch.Tensor
 
-#: Ops whose relaxation alpha-CROWN optimises: the lower slope of ReLU-like ones, the tangent points of
-#: sigmoid and tanh (a parameter in [0, 1], starting at 0.5: the midpoint tangent of DeepPoly's lines on
-#: a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`) and of the convex or concave
-#: Exp, Log, Sqrt and Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`, starting at
-#: DeepPoly's point). Products of two variables have their own (:meth:`BoundState._mixed_planes`).
-ALPHA_OPS = (ops.Relu, ops.LeakyRelu) + S_SHAPED + tuple(TANGENT_START)
+#: Ops whose relaxation alpha-CROWN optimises (:data:`~certkit.bounds.relaxations.ALPHA_PARAMS`): the lower
+#: slope of ReLU-like and piecewise-linear ones (Clip: the slope of the line through its kink), the tangent
+#: points of sigmoid and tanh (a parameter in [0, 1], starting at 0.5: the midpoint tangent of DeepPoly's
+#: lines on a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`) and of the convex or
+#: concave Exp, Log, Sqrt and Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`, starting
+#: at DeepPoly's point). Products of two variables have their own (:meth:`BoundState._mixed_planes`).
+ALPHA_OPS = tuple(ALPHA_PARAMS)
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
 DENSE_FRACTION = 0.9
@@ -811,11 +811,8 @@ class BoundState(RowSavings):
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]
         op = self.graph.nodes[i].op
 
-        def first() -> Tensor:
-            start = TANGENT_START.get(type(op))
-            return torch.full_like(l, 0.5) if isinstance(op, S_SHAPED) else base[0] if start is None \
-                else start(l.detach(), u.detach())
-        a = self._alpha_param((tag, i), tag, rows, s, first)
+        a = self._alpha_param((tag, i), tag, rows, s,
+                              lambda: ALPHA_PARAMS[type(op)].start(op, l.detach(), u.detach(), base))
         return RELAXATIONS[type(op)](op, l[:, None, :], u[:, None, :], a)
 
     def _alpha_param(self, key: tuple, tag, rows: Tensor | None, s: int, first: Callable[[], Tensor]) -> Tensor:

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from ..graph import elementwise as ew
-from .relaxations import Relax, _safe_div, relaxation
+from .relaxations import ALPHA_PARAMS, TANGENT_RATE, AlphaParam, Relax, _safe_div, relaxation
 
 Tensor = torch.Tensor
 INF = float("inf")
@@ -238,14 +238,15 @@ def _reciprocal(op: ew.Reciprocal, l: Tensor, u: Tensor, slope: Tensor | None = 
     return tangent_lines(op, df, crit, l, u, slope, l > 0, (l > TINY) | (u < -TINY), base)
 
 
-#: the ops whose tangent points alpha-CROWN optimises (:func:`tangent_lines`), with the first
-#: iterate's point as a fraction of the box (DeepPoly's choice)
-TANGENT_START: dict[type, Callable[[Tensor, Tensor], Tensor]] = {
-    ew.Exp: _exp_start,
-    ew.Log: lambda l, u: torch.full_like(l, 0.5),
-    ew.Sqrt: lambda l, u: torch.full_like(l, 0.5),
-    ew.Reciprocal: lambda l, u: torch.full_like(l, 0.5),
-}
+def _half(op, l: Tensor, u: Tensor, base) -> Tensor:
+    return torch.full_like(l, 0.5)
+
+
+#: the ops whose tangent points alpha-CROWN optimises (:func:`tangent_lines`), the first iterate's point
+#: as a fraction of the box (DeepPoly's choice)
+TANGENT_OPS = (ew.Exp, ew.Log, ew.Sqrt, ew.Reciprocal)
+ALPHA_PARAMS.update({ew.Exp: AlphaParam(lambda op, l, u, base: _exp_start(l, u), rate=TANGENT_RATE)})
+ALPHA_PARAMS.update({cls: AlphaParam(_half, rate=TANGENT_RATE) for cls in TANGENT_OPS[1:]})
 
 
 # --------------------------------------------------------------------------- S-shaped and periodic
