@@ -34,25 +34,20 @@ from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState
-from .relaxations import ALPHA_PARAMS
+from .relaxations import ALPHA_PARAMS, AlphaParam
 from .forward import start_bounds
 from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
 
 Tensor = torch.Tensor
 
 
-def _slope_range(op) -> tuple[float, float]:
-    """The range a parameter of ``op`` is projected onto (the weights of a product's planes: [0, 1])."""
-    p = ALPHA_PARAMS.get(type(op))
-    return (0.0, 1.0) if p is None else p.bounds(op)
+#: the parameters of ops without a registered one: the weights of a product's McCormick planes
+_PLANE_WEIGHTS = AlphaParam(lambda op, l, u, base: base[0])
 
 
-def _rate(op) -> float:
-    """The learning rate's factor for the parameters of ``op`` (:attr:`AlphaParam.rate`: tangent points
-    move across the whole interval per unit, at a third of the rate; on ERAN's ffnnSIGMOID 6x200, eps
-    0.012, 20 iterations, rate 0.1 proved 8 of its 10 unsat instances at the root, 0.3 proved 7)."""
-    p = ALPHA_PARAMS.get(type(op))
-    return 1.0 if p is None else p.rate
+def _param(op) -> AlphaParam:
+    """How ``op``'s parameters are projected (``bounds``) and stepped (``rate``): :data:`ALPHA_PARAMS`."""
+    return ALPHA_PARAMS.get(type(op), _PLANE_WEIGHTS)
 
 
 #: Copies per coefficient of the autograd tape (the coefficients and the relaxation's selections
@@ -220,7 +215,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                 break
             if opt is None:  # per rate (tangent points at a third of the slopes': AlphaParam.rate)
                 keys = [k for k, a in alphas.items() if k != "shared" and a.requires_grad]
-                rate = {k: _rate(graph.nodes[k[1]].op) for k in keys}
+                rate = {k: _param(graph.nodes[k[1]].op).rate for k in keys}
                 opt = Adam([{"params": [alphas[k] for k in keys if rate[k] == r], "lr": lr * r}
                             for r in sorted(set(rate.values()), reverse=True)], lr=lr, decay=lr_decay)
             opt.zero_grad()
@@ -230,7 +225,8 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                 for key, a in alphas.items():
                     if key == "shared":
                         continue
-                    lo, hi = _slope_range(graph.nodes[key[1]].op)
+                    op = graph.nodes[key[1]].op
+                    lo, hi = _param(op).bounds(op)
                     a.clamp_(lo, hi)
     return best, best_state, done
 

@@ -805,8 +805,7 @@ class BoundState(RowSavings):
     def _relax_for(self, i: int, tag, rows: Tensor | None, s: int):
         """The relaxation of node ``i`` used for target ``tag`` (alpha slopes when optimised)."""
         base = self.relaxation(i)
-        if self.alpha is None or tag is None or type(self.graph.nodes[i].op) not in ALPHA_OPS \
-                or (self.alpha_out_only and tag != "out"):
+        if type(self.graph.nodes[i].op) not in ALPHA_OPS or not self._optimises(tag):
             return base
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]
         op = self.graph.nodes[i].op
@@ -814,6 +813,10 @@ class BoundState(RowSavings):
         a = self._alpha_param((tag, i), tag, rows, s,
                               lambda: ALPHA_PARAMS[type(op)].start(op, l.detach(), u.detach(), base))
         return RELAXATIONS[type(op)](op, l[:, None, :], u[:, None, :], a)
+
+    def _optimises(self, tag) -> bool:
+        """Are the relaxations of target ``tag``'s back-substitution alpha-CROWN's parameters?"""
+        return self.alpha is not None and tag is not None and not (self.alpha_out_only and tag != "out")
 
     def _alpha_param(self, key: tuple, tag, rows: Tensor | None, s: int, first: Callable[[], Tensor]) -> Tensor:
         """The alpha-CROWN parameter tensor ``key`` (b, rows of ``tag``, n), created from ``first()``
@@ -841,8 +844,7 @@ class BoundState(RowSavings):
         (1 - b) up2`` of the upper ones (:meth:`McCormick.backsub_mixed`); every such plane is sound.
         Stored as one tensor (b, rows, 2n), starting at McCormick's own choice. None when not optimised
         (no alpha, a square, or the final rows only and ``tag`` is not the output)."""
-        if self.alpha is None or tag is None or not isinstance(rel, McCormick) or rel.same \
-                or (self.alpha_out_only and tag != "out"):
+        if not isinstance(rel, McCormick) or rel.same or not self._optimises(tag):
             return None
         n = rel.pick_lo.shape[-1]
         a = self._alpha_param((tag, i), tag, rows, s, lambda: torch.cat([rel.pick_lo, rel.pick_up], dim=-1))

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Callable
 from dataclasses import dataclass, is_dataclass, replace
+from typing import Callable
 
 import torch
 

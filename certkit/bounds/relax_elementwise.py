@@ -140,8 +140,8 @@ def _s_slopes(op, df, l: Tensor, u: Tensor) -> list:
 TINY = 1e-30
 
 
-def tangent_lines(op, df, crit: Crit, l: Tensor, u: Tensor, theta: Tensor, convex: Tensor, valid: Tensor,
-                  base: Relax) -> Relax:
+def tangent_lines(op, df, crit: Crit, l: Tensor, u: Tensor, theta: Tensor, convex: Tensor | bool,
+                  valid: Tensor | bool, base: Relax) -> Relax:
     """alpha-CROWN's relaxation of a convex or concave ``f`` (issue 13: alpha for every activation, as
     auto_LiRPA optimises the tangent points of its convex functions): the tangent side -- below where ``f``
     is convex on the box (``convex``), above where it is concave -- is the line of slope ``k = f'(t)`` at
@@ -149,7 +149,7 @@ def tangent_lines(op, df, crit: Crit, l: Tensor, u: Tensor, theta: Tensor, conve
     box (end points and critical points, as :func:`best_lines`), so it is sound for every ``theta`` even
     where rounding moves ``k`` off ``f'(t)``. The chord side and every neuron where no such line is
     finite, within ``line_cap`` or ``valid`` keep ``base`` (DeepPoly's lines)."""
-    f = op.forward
+    f, convex = op.forward, torch.as_tensor(convex)
     with torch.no_grad():  # where no line is computed, a stand-in box of the domain: no inf or NaN
         ok = valid & torch.isfinite(l) & torch.isfinite(u) & torch.isfinite(f(l)) & torch.isfinite(f(u))
     # (even unselected, they would turn the gradient of theta into NaN)
@@ -170,14 +170,10 @@ def tangent_lines(op, df, crit: Crit, l: Tensor, u: Tensor, theta: Tensor, conve
     return (torch.where(low, k, lw), torch.where(low, off_lo, lb), torch.where(up, k, uw), torch.where(up, off_hi, ub))
 
 
-def _exp_start(l: Tensor, u: Tensor) -> Tensor:
-    """The tangent point of :func:`_exp`'s lower line as a fraction of the box: the midpoint, or
-    ``min(m, l + 1)`` where the midpoint tangent is below 0 at ``l`` (alpha-CROWN's first iterate is
-    DeepPoly's relaxation)."""
-    m = l / 2 + u / 2
-    neg = torch.exp(m) * (l - m + 1.0) < 0
-    t = torch.where(neg, torch.minimum(m, l + 1.0), m)
-    return _safe_div(t - l, u - l).clamp(0.0, 1.0)
+def _exp_start(op, l: Tensor, u: Tensor, base: Relax) -> Tensor:
+    """The point of DeepPoly's lower tangent (slope ``e^t``) as a fraction of the box: alpha-CROWN's
+    first iterate is DeepPoly's relaxation."""
+    return _safe_div(torch.log(base[0]) - l, u - l).nan_to_num(0.5).clamp(0.0, 1.0)
 
 
 @relaxation(ew.Exp)
@@ -195,8 +191,7 @@ def _exp(op: ew.Exp, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax
     base = torch.where(neg, k, lw), torch.where(neg, k * (1.0 - t), lb), uw, ub
     if slope is None:
         return base
-    yes = torch.ones_like(l, dtype=torch.bool)
-    return tangent_lines(op, torch.exp, lambda k, l, u: [torch.log(k)], l, u, slope, yes, yes, base)
+    return tangent_lines(op, torch.exp, lambda k, l, u: [torch.log(k)], l, u, slope, True, True, base)
 
 
 @relaxation(ew.Log)
@@ -208,7 +203,7 @@ def _log(op: ew.Log, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax
     base = best_lines(op, l, u, _convex_slopes(op, torch.reciprocal, l, u), crit, valid=l >= 0)
     if slope is None:
         return base
-    return tangent_lines(op, torch.reciprocal, crit, l, u, slope, torch.zeros_like(l, dtype=torch.bool), l > TINY, base)
+    return tangent_lines(op, torch.reciprocal, crit, l, u, slope, False, l > TINY, base)
 
 
 @relaxation(ew.Sqrt)
@@ -220,7 +215,7 @@ def _sqrt(op: ew.Sqrt, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Rel
     base = best_lines(op, l, u, _convex_slopes(op, df, l, u), crit, valid=l >= 0)
     if slope is None:
         return base
-    return tangent_lines(op, df, crit, l, u, slope, torch.zeros_like(l, dtype=torch.bool), l > TINY, base)
+    return tangent_lines(op, df, crit, l, u, slope, False, l > TINY, base)
 
 
 @relaxation(ew.Reciprocal)
@@ -245,7 +240,7 @@ def _half(op, l: Tensor, u: Tensor, base) -> Tensor:
 #: the ops whose tangent points alpha-CROWN optimises (:func:`tangent_lines`), the first iterate's point
 #: as a fraction of the box (DeepPoly's choice)
 TANGENT_OPS = (ew.Exp, ew.Log, ew.Sqrt, ew.Reciprocal)
-ALPHA_PARAMS.update({ew.Exp: AlphaParam(lambda op, l, u, base: _exp_start(l, u), rate=TANGENT_RATE)})
+ALPHA_PARAMS.update({ew.Exp: AlphaParam(_exp_start, rate=TANGENT_RATE)})
 ALPHA_PARAMS.update({cls: AlphaParam(_half, rate=TANGENT_RATE) for cls in TANGENT_OPS[1:]})
 
 

@@ -53,15 +53,10 @@ def _own_lower_slope(op, l: Tensor, u: Tensor, base: Relax) -> Tensor:
 
 
 def _clip_start(op, l: Tensor, u: Tensor, base: Relax) -> Tensor:
-    """Clip's parameter is the slope of the line through its one kink inside the box (below at the
-    lower kink, above at the upper one): DeepPoly's 0 or 1, whichever piece is longer."""
-    lo = torch.as_tensor(op.lo, dtype=l.dtype).expand_as(l)
-    hi = torch.as_tensor(op.hi, dtype=l.dtype).expand_as(l)
-    one, zero = torch.ones_like(l), torch.zeros_like(l)
-    lo_f = torch.where(torch.isfinite(lo), lo, l)
-    hi_f = torch.where(torch.isfinite(hi), hi, u)
-    low_k = (l < lo) & (u > lo) & (u <= hi)
-    return torch.where(low_k, torch.where(u - lo_f > lo_f - l, one, zero), torch.where(hi_f - l > u - hi_f, one, zero))
+    """Clip's parameter is the slope of the line through its one kink inside the box: DeepPoly's lower
+    slope where that is the lower kink (``l < lo``), its upper slope where it is the upper one (where
+    neither kink is inside, the parameter is unused)."""
+    return torch.where(l < torch.as_tensor(op.lo, dtype=l.dtype), base[0], base[2])
 
 
 def _safe_div(a: Tensor, b: Tensor) -> Tensor:

@@ -146,22 +146,22 @@ def rows_and_margins(stage: str, graph, S: InputSet, C: Tensor, d: Tensor,
     finite) the output bounds of the same procedure, from ``2 n_out`` more rows of it. ``keep``: as for
     :func:`certkit.bounds.fallback.lower_within_memory` (on the rows of ``C`` alone)."""
     y_lo, y_hi = interval_bounds(graph, S)[graph.output]
-    if bool(torch.isfinite(y_lo).all() and torch.isfinite(y_hi).all()):
-        margin = row_margin(C, d, y_lo, y_hi)
-        low, method = lower_within_memory(stage, graph, S, C, budget, keep=keep,
-                                          enough=lambda low: bool((low - d > margin).all()))
-        return low, margin, method
     n, s = C.shape[-1], C.shape[-2]
+    finite = bool(torch.isfinite(y_lo).all() and torch.isfinite(y_hi).all())
+    fixed = row_margin(C, d, y_lo, y_hi) if finite else None
     eye = torch.eye(n, dtype=C.dtype).expand(*C.shape[:-2], n, n)
+    rows = C if finite else torch.cat([C, eye, -eye], dim=-2)
 
     def split(low: Tensor) -> tuple[Tensor, Tensor]:
+        if fixed is not None:
+            return low, fixed
         lo, hi = torch.maximum(y_lo, low[:, s:s + n]), torch.minimum(y_hi, -low[:, s + n:])
         return low[:, :s], row_margin(C, d, lo, hi)
 
     def enough(low: Tensor) -> bool:  # alpha-CROWN may stop once every row is proven
-        rows, margin = split(low)
-        return bool((rows - d > margin).all())
-    low, method = lower_within_memory(stage, graph, S, torch.cat([C, eye, -eye], dim=-2), budget, enough=enough)
+        slack, margin = split(low)
+        return bool((slack - d > margin).all())
+    low, method = lower_within_memory(stage, graph, S, rows, budget, keep=keep if finite else None, enough=enough)
     return (*split(low), method)
 
 
