@@ -111,10 +111,10 @@ def test_mixed_mccormick_planes_are_sound(seed):
     assert torch.allclose(B1, M1) and torch.allclose(B2, M2) and torch.allclose(c0, c1)
 
 
-def _attention(seed: int = 0, tokens: int = 3, dim: int = 4):
+def _attention(seed: int = 0, tokens: int = 3, dim: int = 4, scale: float = 0.8):
     """x (1, tokens*dim) -> Q = x Wq, K = x Wk, V = x Wv; softmax(Q K^T) V -> Relu -> Dense (3 outputs)."""
     rng = np.random.default_rng(seed)
-    w = lambda *s: rng.normal(0, 0.8, s).astype(np.float32)  # noqa: E731
+    w = lambda *s: rng.normal(0, scale, s).astype(np.float32)  # noqa: E731
     consts = {"shape": np.array([tokens, dim], np.int64), "Wq": w(dim, dim), "Wk": w(dim, dim), "Wv": w(dim, dim),
               "flat": np.array([1, tokens * dim], np.int64), "Wo": w(tokens * dim, 3)}
     nodes = [helper.make_node("Reshape", [X, "shape"], ["t"]),
@@ -150,6 +150,28 @@ def _alpha_sound_and_not_looser(m, n_in: int, radius: float, kinds: set, seed: i
 def test_alpha_on_attention_is_sound_and_not_looser_than_deeppoly(seed):
     """The products' planes and the softmax's tangents optimised, and it gains somewhere."""
     _alpha_sound_and_not_looser(_attention(seed), 12, 0.3, {ops.Product, ops.Exp, ops.Relu}, seed, True)
+
+
+@pytest.mark.parametrize("scale,radius", [(30.0, 0.02), (30.0, 0.3), (1e-4, 0.3)])
+def test_alpha_on_attention_with_huge_and_tiny_weights(scale, radius):
+    """Scores of hundreds (saturated softmax, exp near its float32 range) and products of tiny factors:
+    still below every onnxruntime output sampled, never looser than DeepPoly."""
+    _alpha_sound_and_not_looser(_attention(3, scale=scale), 12, radius, {ops.Product}, 3, False)
+
+
+def test_mixed_planes_of_unbounded_factors_give_no_bound_never_nan():
+    """As McCormick's own planes (test_products): a row reaching a factor with an infinite or NaN bound
+    gets the constant -inf, whatever the weights; a row reaching only bounded ones stays finite."""
+    inf, nan = float("inf"), float("nan")
+    t = lambda a: torch.as_tensor(a, dtype=D)[None]  # noqa: E731
+    rel = McCormick((t([-inf, 1.0, nan, -1.0]), t([1.0, inf, 1.0, 1.0])), (t([0.0, 0.0, 0.0, 1.0]), t([0.0, 2.0, 1.0, 2.0])))
+    A = torch.zeros(1, 2, 4, dtype=D)
+    A[0, 0, 3], A[0, 1, :3] = 1.0, torch.tensor([-1.0, 2.0, 1.0], dtype=D)
+    for w in (0.0, 0.37, 1.0):
+        a = torch.full((1, 2, 4), w, dtype=D)
+        (A1, A2), c = rel.backsub_mixed(A, a, 1 - a)
+        assert torch.isfinite(c[0, 0]) and c[0, 1] == -inf
+        assert not torch.isnan(A1).any() and not torch.isnan(A2).any()
 
 
 def test_alpha_stops_at_the_first_iterate_that_is_enough():
