@@ -1,6 +1,6 @@
 """DeepPoly time per call at depth, beside auto_LiRPA's CROWN (issue 12).
 
-Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]] [--alpha]
+Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]] [--alpha] [--windows]
 
 For every instance of ../shared/benchmarks/instances.csv (ACAS Xu, mnistfc 256x2, ERAN) it times
 ``deeppoly_lower`` (pure CROWN: ``intersect=False``; the spec's C folded in, one input box, one
@@ -29,6 +29,13 @@ products (certkit.bounds.products32) in float64 and in the default arithmetic ``
 in float32): both times, the speed-up, and what the float32 products cost in the bounds (the largest
 loss of a spec-row lower bound) beside what the model's own float32 rounding costs (float64
 products, precision ``exact`` against ``float32``).
+
+``--windows``: windowed rows through convolutions (certkit/bounds/windows.py) against the dense rows, in
+the same run: the spec rows of the first instance of each wild conv model (of cifar_biasfield's nine
+nets of one architecture the first; ``intersect=True``, one call each after a warm-up), both times and the largest difference of a spec-row lower bound; then the
+intermediate bounds of carvana's 31x47 U-Net conv stack (unet_simp_small: every conv layer's unstable
+neurons, the rows DeepPoly needs before the pixel margins), the dense rows stopped after
+:data:`DENSE_CAP` seconds.
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ from certkit.bounds.backends import BACKENDS  # noqa: E402
 from certkit.bounds.deeppoly import deeppoly_lower, deeppoly_output_bounds  # noqa: E402
 from certkit.bounds.fperror import with_precision  # noqa: E402
 from certkit.bounds.products32 import with_arithmetic  # noqa: E402
+from certkit.graph import ops  # noqa: E402
 from certkit.onnx.importer import load_onnx  # noqa: E402
 from certkit.spec.sets import InputSet  # noqa: E402
 from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
@@ -131,6 +139,74 @@ def conv_table(slow: bool) -> None:
           "auto spec-row lower bound; model cost: the same for the model's float32 rounding, exact - float64)")
 
 
+#: seconds the dense rows get on carvana's conv stack in ``--windows``
+DENSE_CAP = 300.0
+
+
+def _timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def windows_table() -> None:
+    """The ``--windows`` table (module docstring)."""
+    from certkit.bounds import windows
+    from certkit.bounds.deeppoly import BoundState
+    from certkit.verify.query import Budget, BudgetExpired
+
+    def dense(self, j):
+        return None
+
+    plan = windows.WindowRows._window_plan
+    wild = os.path.join(SHARED, "wild")
+    seen: set[str] = set()
+    print(f"\n{'wild conv net (spec rows)':<52}{'dense s':>9}{'windows s':>10}{'speed-up':>9}{'max |diff|':>12}")
+    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
+        key = r["benchmark"] if r["benchmark"] == "cifar_biasfield" else r["onnx"]  # 9 nets of one shape
+        if r["benchmark"] not in CONV_BENCHMARKS + ("cifar_biasfield",) or key in seen:
+            continue
+        seen.add(key)
+        g = load_onnx(os.path.join(wild, r["onnx"]))
+        prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
+        C, S = torch.as_tensor(prop.stacked()[0]), InputSet.box(prop.lower, prop.upper)
+        times, lows = {}, {}
+        for name in ("dense", "windows"):
+            windows.WindowRows._window_plan = dense if name == "dense" else plan
+            try:
+                with torch.no_grad():
+                    deeppoly_lower(g, S, C)  # warm-up
+                    times[name], lows[name] = _timed(lambda: deeppoly_lower(g, S, C))
+            finally:
+                windows.WindowRows._window_plan = plan
+        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:51]
+        print(f"{label:<52}{times['dense']:>9.3f}{times['windows']:>10.3f}{times['dense'] / times['windows']:>8.2f}x"
+              f"{float((lows['dense'] - lows['windows']).abs().max()):>12.2e}", flush=True)
+    r = next(r for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))) if "unet_simp" in r["onnx"])
+    g = load_onnx(os.path.join(wild, r["onnx"]))
+    prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
+    S = InputSet.box(prop.lower, prop.upper)
+    relus = [i for i, n in enumerate(g.nodes) if isinstance(n.op, ops.Relu) and isinstance(g.nodes[n.inputs[0]].op, ops.Conv)]
+    print(f"\ncarvana {os.path.basename(r['onnx'])} ({os.path.basename(r['vnnlib'])}): DeepPoly's intermediate "
+          f"bounds of the {len(relus)} conv layers")
+    for name in ("windows", "dense"):
+        windows.WindowRows._window_plan = dense if name == "dense" else plan
+        st = BoundState(g, S, budget=Budget.of(DENSE_CAP) if name == "dense" else None)
+        t0, done = time.perf_counter(), []
+        try:
+            with torch.no_grad():
+                for i in relus:
+                    st.relaxation(i)
+                    lo, hi = st.bounds[g.nodes[i].inputs[0]]
+                    done.append(f"{int(((lo < 0) & (hi > 0)).sum())}/{lo.numel()} unstable "
+                                f"at {time.perf_counter() - t0:.1f} s")
+            print(f"  {name:<8} {time.perf_counter() - t0:8.1f} s: " + ", ".join(done), flush=True)
+        except BudgetExpired:
+            print(f"  {name:<8} not finished in {DENSE_CAP:.0f} s: " + (", ".join(done) or "no layer done"), flush=True)
+        finally:
+            windows.WindowRows._window_plan = plan
+
+
 def alpha_table() -> None:
     """The ``--alpha`` table (module docstring)."""
     from certkit.bounds.alpha import LR, LR_DECAY, alpha_lower
@@ -163,6 +239,7 @@ def main() -> None:
     ap.add_argument("--conv", action="store_true", help="also time the wild conv nets in both arithmetics")
     ap.add_argument("--alpha", action="store_true", help="also alpha-CROWN beside auto_LiRPA's stored bounds")
     ap.add_argument("--slow", action="store_true", help="with --conv: also SLOW_CONV_BENCHMARKS (minutes per call)")
+    ap.add_argument("--windows", action="store_true", help="windowed against dense rows on the wild conv nets")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not os.path.isdir(SHARED):
@@ -194,6 +271,8 @@ def main() -> None:
         conv_table(a.slow)
     if a.alpha:
         alpha_table()
+    if a.windows:
+        windows_table()
     if a.no_agreement:
         return
     print("\nagreement with auto_LiRPA CROWN (reference_bounds/, real arithmetic), max |diff| / max bound width:")

@@ -55,6 +55,7 @@ from .interval import interval_bounds, interval_node
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
+from .windows import WindowRows
 from .relaxations import ALPHA_PARAMS, RELAXATIONS, PairRelax, Relax
 from .relax_bilinear import McCormick
 
@@ -138,7 +139,7 @@ def _max_relax(op: ops.MaxGroup, l: Tensor, u: Tensor) -> MaxRelax:
 
 
 @dataclass
-class BoundState(RowSavings):
+class BoundState(RowSavings, WindowRows):
     """Bounds of every node and the relaxations derived from them, for one input set.
 
     ``slopes`` optionally fixes the lower slope of ReLU-like nodes (node index ->
@@ -503,18 +504,19 @@ class BoundState(RowSavings):
             return
         # rows are back-substituted in chunks within the memory budget and MAX_COEFFICIENTS floats
         # (a conv net's [I; -I] over 16k neurons is GBs otherwise), the time budget checked between them
-        step = rows_within(self.budget, 2 * l.shape[0] * self.graph.max_node_size, MAX_COEFFICIENTS,
-                           need=union.numel())
+        counts = mask.sum(dim=1)
+        k_max = int(counts.max())
+        per_sample = l.shape[0] > 1 and union.numel() > 1.5 * k_max  # rows (b, k): never windowed
+        width = self.graph.max_node_size if per_sample else (self._window_floats(j) or self.graph.max_node_size)
+        step = rows_within(self.budget, 2 * l.shape[0] * width, MAX_COEFFICIENTS, need=union.numel())
         if union.numel() == l.shape[1] and step >= union.numel() and bool(mask.all()):
             lb, ub = self.bound_rows(j, union)  # every neuron, in one chunk
             if self.intersect:
                 lb, ub = torch.maximum(lb, l), torch.minimum(ub, u)
             self.bounds[j] = (lb, ub)
             return
-        counts = mask.sum(dim=1)
-        k_max = int(counts.max())
         l, u = l.clone(), u.clone()
-        if l.shape[0] > 1 and union.numel() > 1.5 * k_max:
+        if per_sample:
             # rows differ between batch elements: each gets its own k_max rows (padded)
             order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
             for s in range(0, k_max, step):
@@ -627,6 +629,12 @@ class BoundState(RowSavings):
                 ej = e[:, idx] if idx.dim() == 1 else e.gather(1, idx)
                 lower = lower - torch.cat([ej, ej], -1)
         else:
+            low = None
+            if idx.dim() == 1 and not self._optimises(j):
+                sign = torch.cat([torch.ones(k, dtype=torch.float64), -torch.ones(k, dtype=torch.float64)])
+                low = self._window_lower(j, torch.cat([idx, idx]), sign)
+            if low is not None:
+                return low[:, :k], -low[:, k:]
             eye = torch.zeros(b, 2 * k, n, dtype=torch.float64)
             ix = idx.expand(b, -1) if idx.dim() == 1 else idx
             eye.scatter_(2, ix[:, :, None], 1.0)

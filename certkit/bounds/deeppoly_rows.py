@@ -79,7 +79,7 @@ class RowSavings:
         kb, ku = both.numel(), up.numel()
         sel = torch.cat([both, both, up])
         sign = torch.cat([torch.ones(kb, dtype=l.dtype), -torch.ones(kb + ku, dtype=l.dtype)])
-        step = self._row_step(l.shape[0] * self.graph.max_node_size, sel.numel())
+        step = self._row_step(l.shape[0] * (self._window_floats(j) or self.graph.max_node_size), sel.numel())
         low = torch.cat([self._signed_rows(j, sel[s:s + step], sign[s:s + step])
                          for s in range(0, sel.numel(), step)], dim=1)
         l, u = l.clone(), u.clone()
@@ -156,6 +156,9 @@ class RowSavings:
             if e is None:
                 return low
             return low - (e.index_select(1, sel) if shared else e.gather(1, sel))
+        low = self._window_lower(j, sel, sign)
+        if low is not None:
+            return low
         r = sel.shape[-1]
         eye = torch.zeros(b, r, n, dtype=torch.float64)
         eye.scatter_(2, sel.expand(b, r)[:, :, None], sign.expand(b, r)[:, :, None].contiguous())

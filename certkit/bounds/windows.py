@@ -1,0 +1,221 @@
+"""Windowed back-substitution of single-neuron rows through convolutions (auto_LiRPA's "patches"
+mode; Xu et al. 2020, section 3.2, DESIGN.md section 2), a mixin of
+:class:`certkit.bounds.deeppoly.BoundState`: the same bounds as the dense steps, with less work.
+
+A row ``+-e_k`` on a neuron of a convolution's output depends, one node down, on the neurons of the
+kernel's receptive field only, and after ``d`` convolutions on a window of the feature map that
+grows by the kernel's reach at each of them. The dense steps carry every row over the whole map
+(a 31x47 U-Net layer: 1457 positions for a 3x3 receptive field); here each row carries its window
+(b, rows, C, h, w) and the map coordinates of the window's top-left corner, per row:
+
+* **Conv** (any stride, dilation, padding, groups): ``conv_transpose2d`` of the window with no
+  padding gives the input window, its corner at ``corner * stride - pad``; the entries that fall on
+  the padding (outside the map) are set to 0, exactly the cropping of the dense step. The bias adds
+  ``sum_c bias_c * (sum of the window's channel c)``.
+* **Scale** (per-neuron affine) and **elementwise activations** with per-neuron relaxations (ReLU,
+  LeakyReLU, sigmoid, ...): the per-neuron tensors are gathered on each row's window (zero outside
+  the map, where every coefficient is 0), and the step is the dense step's, entry by entry.
+* **Floating point**: the error of every node passed (:meth:`BoundState._charged_error`, the same
+  tensors) is charged on the window as in the dense step (``|A| err``, nothing where a coefficient is
+  0); products are float64 (a float32 product's error is in ``error(i)`` either way, so this only
+  drops the float32 bracket the dense step would add: the bound is the dense float64 step's).
+
+The windows stop before a node that is none of these (a residual Sum, a Dense, the input) or once a
+window would cover most of its map (no work left to save): the rows are scattered onto the dense
+coefficients of that node and the dense steps go on from there (:meth:`BoundState.lower_of`), with
+the constant gathered so far. Never for rows whose relaxations alpha-CROWN optimises, with beta
+multipliers on intermediate rows, or with per-row relaxations (each row has parameters of its own
+there): those keep the dense steps. Measured in ``benchmarks/``
+(README, "Windowed rows"); ``tests/test_windows.py`` checks the bounds against the dense steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..graph import ops
+
+Tensor = torch.Tensor
+
+#: A window stops growing once it would cover more than this share of its feature map.
+MAX_COVER = 0.5
+#: Windows only where the windowed rows hold at most this share of the dense rows' coefficients over
+#: the nodes they pass (they are float64 and gathered per row, the dense products float32 on large
+#: convolutions): on cifar_biasfield's 32x32 CNN (share 0.16-0.6) windows were no faster, on the
+#: 31x47 carvana U-Net (share 0.003-0.02) they make DeepPoly's intermediate rows finish.
+MAX_WORK = 0.1
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One node of a windowed chain: the node, its output's (C, H, W) and the window (h, w) the rows
+    have on that output."""
+
+    node: int
+    shape: tuple[int, int, int]
+    win: tuple[int, int]
+
+
+def _elementwise(op) -> bool:
+    return isinstance(op, (ops.Activation, ops.Scale))
+
+
+class WindowRows:
+    """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
+
+    def _window_plan(self, j: int) -> tuple[list[_Step], int] | None:
+        """``(steps, stop, shape)``: the nodes from ``j`` down whose rows go as windows, and the node whose
+        output receives them as dense coefficients, of (C, H, W) ``shape``; None where windows do not apply (module docstring).
+        Cached per node."""
+        cache = self._cache.setdefault("window_plan", {})
+        if j in cache:
+            return cache[j]
+        cache[j] = None
+        op = self.graph.nodes[j].op
+        if self._optimises(j) or (self.beta and self.beta_everywhere) or not isinstance(op, ops.Conv):
+            return None
+        steps: list[_Step] = []
+        i, shape, win = j, tuple(op.out_shape), (1, 1)
+        while i != 0 and len(self.graph.nodes[i].inputs) == 1:
+            op = self.graph.nodes[i].op
+            if isinstance(op, ops.Conv):
+                if tuple(op.out_shape) != shape:
+                    break
+                kh, kw = op.weight.shape[2:]
+                (sh, sw), (dh, dw) = op.strides, op.dilations
+                nxt = ((win[0] - 1) * sh + dh * (kh - 1) + 1, (win[1] - 1) * sw + dw * (kw - 1) + 1)
+                below = tuple(op.in_shape)
+                if nxt[0] * nxt[1] > MAX_COVER * below[1] * below[2]:
+                    break
+            elif _elementwise(op):
+                below, nxt = shape, win
+            else:
+                break
+            steps.append(_Step(i, shape, win))
+            i, shape, win = self.graph.nodes[i].inputs[0], below, nxt
+        # never end on a linear node whose ReLU is charged at it: that allowance is charged only for
+        # coefficients that came through the ReLU (BoundState._charged_error); end on the ReLU instead
+        cons = self.graph.consumers[i] if i != 0 else ()
+        if steps and len(cons) == 1 and self._relu_charged_below(cons[0]):
+            last = steps.pop()
+            i, shape = last.node, last.shape
+        if not any(isinstance(self.graph.nodes[s.node].op, ops.Conv) for s in steps) \
+                or self.graph.size(i) != shape[0] * shape[1] * shape[2]:
+            return None
+        windowed = sum(s.shape[0] * s.win[0] * s.win[1] for s in steps)
+        dense = sum(s.shape[0] * s.shape[1] * s.shape[2] for s in steps)
+        if windowed > MAX_WORK * dense:
+            return None
+        cache[j] = (steps, i, shape)
+        return cache[j]
+
+    def _window_floats(self, j: int) -> int | None:
+        """Floats per row of the windowed rows of ``j`` (the largest window, or the dense
+        coefficients they end on); None where windows do not apply."""
+        plan = self._window_plan(j)
+        if plan is None:
+            return None
+        steps, stop, _ = plan
+        most = max(s.shape[0] * s.win[0] * s.win[1] for s in steps)
+        return max(most, self.graph.size(stop))
+
+    def _gather(self, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
+        """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows: (b, r, C, h, w), 0 off the map;
+        ``ys`` (r, h) and ``xs`` (r, w) the windows' map coordinates."""
+        b = t.shape[0]
+        C, H, W = shape
+        inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]  # (r, h, w)
+        yc, xc = ys.clamp(0, H - 1), xs.clamp(0, W - 1)
+        g = t.reshape(b, C, H, W)[:, :, yc[:, :, None], xc[:, None, :]]  # (b, C, r, h, w)
+        g = g.permute(0, 2, 1, 3, 4)
+        return torch.where(inside[None, :, None], g, torch.zeros((), dtype=g.dtype))
+
+    def _window_lower(self, j: int, sel: Tensor, sign: Tensor) -> Tensor | None:
+        """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` by windowed rows (module docstring), as
+        :meth:`BoundState._signed_rows` gives them; None where windows do not apply."""
+        plan = self._window_plan(j)
+        if plan is None:
+            return None
+        steps, stop, (Cs, Hs, Ws) = plan
+        b = self.bounds[j][0].shape[0]
+        C, H, W = steps[0].shape
+        r = sel.shape[-1]
+        if sel.dim() == 2:  # rows per sample: windows need one corner per row, shared by the batch
+            return None
+        for i in sorted(self._ancestors(j)):  # as BoundState.backsub: relaxations first
+            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+                self.relaxation(i)
+            else:
+                self._refresh(i)
+        for s in steps:  # per-neuron relaxations only (no per-row slopes)
+            op = self.graph.nodes[s.node].op
+            if isinstance(op, ops.Activation):
+                rel = self._relax_for(s.node, j, None, 2 * r)
+                if not isinstance(rel, tuple) or any(t.dim() != 2 for t in rel):
+                    return None
+        ch, pos = sel // (H * W), sel % (H * W)
+        y0, x0 = pos // W, pos % W  # (r,) corners of the 1x1 windows
+        A = torch.zeros(b, r, C, 1, 1, dtype=torch.float64)
+        A[:, torch.arange(r), ch, 0, 0] = sign.to(torch.float64)
+        total = torch.zeros(b, r, dtype=torch.float64)
+        for s in steps:
+            if self.budget is not None:
+                self.budget.check()
+            i = s.node
+            node = self.graph.nodes[i]
+            op = node.op
+            h, w = s.win
+            ys = y0[:, None] + torch.arange(h)[None, :]
+            xs = x0[:, None] + torch.arange(w)[None, :]
+            e = self._charged_error(i, j)
+            if e is not None:
+                ew = self._gather(e, s.shape, ys, xs)
+                fin = torch.isfinite(ew)
+                Aa = A.abs()
+                total = total - (Aa * torch.where(fin, ew, torch.zeros_like(ew))).sum((2, 3, 4))
+                hit = ((Aa > 0) & ~fin).any(dim=(2, 3, 4)) if not bool(fin.all()) else None
+                if hit is not None:
+                    total = torch.where(hit, torch.full_like(total, float("-inf")), total)
+            if isinstance(op, ops.Conv):
+                if op.bias is not None:
+                    bias = torch.as_tensor(op.bias, dtype=A.dtype)
+                    total = total + (A.sum((3, 4)) * bias).sum(-1)
+                wt = op._w(A)[0]
+                t, l = op.pads[0], op.pads[1]
+                Ci, Hi, Wi = op.in_shape
+                out = F.conv_transpose2d(A.reshape(b * r, *A.shape[2:]), wt, None, op.strides, 0, 0,
+                                         op.groups, op.dilations)
+                y0, x0 = y0 * op.strides[0] - t, x0 * op.strides[1] - l
+                hh, ww = out.shape[-2:]
+                ys = y0[:, None] + torch.arange(hh)[None, :]
+                xs = x0[:, None] + torch.arange(ww)[None, :]
+                inside = ((ys >= 0) & (ys < Hi))[:, :, None] & ((xs >= 0) & (xs < Wi))[:, None, :]
+                A = out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype)
+            elif isinstance(op, ops.Scale):
+                if op.shift is not None:
+                    total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
+                                                      s.shape, ys, xs)).sum((2, 3, 4))
+                A = A * self._gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs)
+            else:
+                rel = self._relax_for(i, j, None, 2 * r)
+                lw, lb, uw, ub = (self._gather(t, s.shape, ys, xs) for t in rel)
+                nonneg = A >= 0
+                prod = A * torch.where(nonneg, lb, ub)
+                if not self._finite_relax(i, rel[1], rel[3]):  # an infinite intercept costs nothing where A is 0
+                    prod = torch.where(A == 0, torch.zeros_like(prod), prod)
+                total = total + prod.sum((2, 3, 4))
+                A = A * torch.where(nonneg, lw, uw)
+        # onto the dense coefficients of the node below the windows
+        hh, ww = A.shape[-2:]
+        ys = y0[:, None] + torch.arange(hh)[None, :]
+        xs = x0[:, None] + torch.arange(ww)[None, :]
+        inside = ((ys >= 0) & (ys < Hs))[:, :, None] & ((xs >= 0) & (xs < Ws))[:, None, :]  # (r, hh, ww)
+        flat = (torch.arange(Cs)[None, :, None, None] * (Hs * Ws)
+                + (ys.clamp(0, Hs - 1) * Ws)[:, None, :, None] + xs.clamp(0, Ws - 1)[:, None, None, :])
+        flat = torch.where(inside[:, None], flat, torch.zeros_like(flat))  # (r, C, hh, ww)
+        vals = torch.where(inside[None, :, None], A, torch.zeros((), dtype=A.dtype))
+        dense = torch.zeros(b, r, Cs * Hs * Ws, dtype=A.dtype)
+        dense.scatter_add_(2, flat.reshape(1, r, -1).expand(b, -1, -1), vals.reshape(b, r, -1))
+        return self.lower_of(stop, dense, total, tag=j)

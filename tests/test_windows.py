@@ -1,0 +1,143 @@
+"""Windowed rows through convolutions (``certkit/bounds/windows.py``) give the dense steps' bounds.
+
+Each net is bounded by DeepPoly twice, windows forced on (every chain, whatever its share of the
+map) and switched off; the bounds agree to 1e-9 relative, hold on sampled points, and the windows
+were used. Strides, dilations, asymmetric padding, groups, LeakyReLU/sigmoid/Scale in the chain, a
+residual Sum (windows stop before it), batches, and overflowing weights (-inf, never NaN).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from certkit.bounds import windows
+from certkit.bounds.deeppoly import BoundState, deeppoly_output_bounds
+from certkit.graph import ops
+from certkit.spec.sets import InputSet
+from tests.helpers import random_nets
+from tests.helpers.random_nets import Builder
+
+D = torch.float64
+
+
+def chain_net(seed: int, gain: float = 1.5):
+    """Conv(pad 1) -> relu -> Conv(stride 2, asymmetric pads, groups 2) -> leaky_relu -> Scale ->
+    Conv(dilation 2, pad 2) -> sigmoid -> Conv(1x1) -> relu -> Dense, on a 2x11x13 input."""
+    rng = np.random.default_rng(seed)
+    b = Builder((1, 2, 11, 13), rng)
+    x = b.act(b.conv(0, 4, 3, 1, (1, 1, 1, 1), gain=gain), "relu")
+    x = b.act(b.conv(x, 4, 3, 2, (1, 0, 0, 1), groups=2, gain=gain), "leaky_relu")
+    n = b.size(x)
+    x = b.add(ops.Scale(rng.normal(1, 0.5, n), rng.normal(0, 0.3, n)), x, b.shapes[x])
+    x = b.act(b.conv(x, 3, 3, 1, (2, 2, 2, 2), dil=2, gain=gain), "sigmoid")
+    x = b.act(b.conv(x, 3, 1, 1, gain=gain), "relu")
+    b.dense(x, 4)
+    return b.graph()
+
+
+def residual_conv_net(seed: int):
+    """Conv -> relu -> Conv -> Sum with the first conv's output -> relu -> Conv -> Dense."""
+    rng = np.random.default_rng(seed)
+    b = Builder((1, 2, 9, 9), rng)
+    c1 = b.conv(0, 3, 3, 1, (1, 1, 1, 1))
+    x = b.act(c1, "relu")
+    c2 = b.conv(x, 3, 3, 1, (1, 1, 1, 1))
+    s = b.add(ops.Sum((1.0, 1.0)), (c2, c1), b.shapes[c2])
+    x = b.act(s, "relu")
+    x = b.act(b.conv(x, 2, 3, 1, (0, 0, 0, 0)), "relu")
+    b.dense(x, 3)
+    return b.graph()
+
+
+NETS = {
+    "chain": chain_net,
+    "conv_net": random_nets.conv_net,
+    "conv_net2": random_nets.conv_net2,
+    "residual": residual_conv_net,
+}
+
+
+def _box(g, seed: int, batch: int, width: float):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 1, (batch, g.n_inputs))
+    r = rng.uniform(0.01, width, (batch, g.n_inputs))
+    return InputSet(torch.tensor(c - r, dtype=D), torch.tensor(c + r, dtype=D))
+
+
+def _bounds(g, S, intersect: bool, use: bool, monkeypatch) -> tuple[torch.Tensor, torch.Tensor, int]:
+    calls = {"windowed": 0}
+    orig = windows.WindowRows._window_lower
+
+    def counting(self, j, sel, sign):
+        low = orig(self, j, sel, sign)
+        calls["windowed"] += low is not None
+        return low
+
+    with monkeypatch.context() as m:
+        m.setattr(windows, "MAX_WORK", 1.0)
+        m.setattr(windows, "MAX_COVER", 1.0)
+        if use:
+            m.setattr(windows.WindowRows, "_window_lower", counting)
+        else:
+            m.setattr(windows.WindowRows, "_window_plan", lambda self, j: None)
+        st = BoundState(g, S, intersect=intersect)
+        lo, hi = deeppoly_output_bounds(g, S, intersect=intersect, state=st)
+    return lo, hi, calls["windowed"]
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("intersect", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_windows_equal_dense_steps(name, intersect, seed, monkeypatch):
+    g = NETS[name](seed)
+    S = _box(g, seed, batch=2, width=0.3)
+    lo_w, hi_w, used = _bounds(g, S, intersect, True, monkeypatch)
+    lo_d, hi_d, _ = _bounds(g, S, intersect, False, monkeypatch)
+    assert used > 0
+    scale = 1e-9 * (1 + torch.maximum(lo_d.abs(), hi_d.abs()))
+    assert torch.all((lo_w - lo_d).abs() <= scale) and torch.all((hi_w - hi_d).abs() <= scale)
+    x = S.lower[:, None, :] + (S.upper - S.lower)[:, None, :] * torch.rand(2, 2000, g.n_inputs, dtype=D)
+    y = g.forward(x.reshape(-1, g.n_inputs)).reshape(2, 2000, -1)
+    assert torch.all(y >= lo_w[:, None, :] - 1e-9) and torch.all(y <= hi_w[:, None, :] + 1e-9)
+
+
+def test_plan_stops_before_residual_sum_and_never_on_a_charged_conv():
+    g = residual_conv_net(0)
+    S = _box(g, 0, batch=1, width=0.2)
+    st = BoundState(g, S)
+    plans = {j: st._window_plan(j) for j in range(len(g.nodes))}
+    for j, plan in plans.items():
+        if plan is None:
+            continue
+        steps, stop, shape = plan
+        assert all(not isinstance(g.nodes[s.node].op, ops.Sum) for s in steps)
+        assert g.size(stop) == int(np.prod(shape))
+        cons = g.consumers[stop]
+        assert not (stop != 0 and len(cons) == 1 and st._relu_charged_below(cons[0]))
+
+
+def test_default_gate_skips_small_maps_and_windows_large_ones():
+    """With the default thresholds a 6x6 net keeps the dense rows beyond its first conv (whose rows
+    end on the input at once); a conv stack on a 40x40 map windows."""
+    small = random_nets.conv_net(0)
+    st = BoundState(small, _box(small, 0, 1, 0.1))
+    assert all(st._window_plan(j) is None for j in range(2, len(small.nodes)))
+    rng = np.random.default_rng(0)
+    b = Builder((1, 1, 40, 40), rng)
+    x = b.act(b.conv(0, 3, 3, 1, (1, 1, 1, 1)), "relu")
+    x = b.act(b.conv(x, 3, 3, 1, (1, 1, 1, 1)), "relu")
+    b.conv(x, 2, 3, 1, (1, 1, 1, 1))
+    big = b.graph()
+    st = BoundState(big, _box(big, 0, 1, 0.1))
+    assert st._window_plan(3) is not None and st._window_plan(5) is not None
+
+
+def test_overflowing_weights_give_minus_inf_never_nan(monkeypatch):
+    g = chain_net(0, gain=1e120)
+    S = _box(g, 0, batch=1, width=0.3)
+    lo_w, hi_w, used = _bounds(g, S, True, True, monkeypatch)
+    lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)
+    assert used > 0
+    assert not torch.isnan(lo_w).any() and not torch.isnan(hi_w).any()
+    assert torch.equal(torch.isinf(lo_w), torch.isinf(lo_d)) and torch.equal(torch.isinf(hi_w), torch.isinf(hi_d))
