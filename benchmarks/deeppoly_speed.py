@@ -155,7 +155,7 @@ def windows_table() -> None:
     from certkit.bounds.deeppoly import BoundState
     from certkit.verify.query import Budget, BudgetExpired
 
-    def dense(self, j):
+    def dense(self, j, start=(1, 1)):
         return None
 
     plan = windows.WindowRows._window_plan

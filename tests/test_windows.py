@@ -1,7 +1,7 @@
 """Windowed rows through convolutions (``certkit/bounds/windows.py``) give the dense steps' bounds.
 
 Each net is bounded by DeepPoly twice, windows forced on (every chain, whatever its share of the
-map) and switched off; the bounds agree to 1e-9 relative, hold on sampled points, and the windows
+map; rows of a later node that reach a conv within half its map handed over to windows) and switched off; the bounds agree to 1e-9 relative, hold on sampled points, and the windows
 were used. Strides, dilations, asymmetric padding, groups, LeakyReLU/sigmoid/Scale in the chain, a
 residual Sum (windows stop before it), batches, and overflowing weights (-inf, never NaN).
 """
@@ -50,7 +50,26 @@ def residual_conv_net(seed: int):
     return b.graph()
 
 
+def margin_net(seed: int):
+    """A segmentation-like net (carvana's shape): Conv -> relu -> Conv(2 channels) on a 2x10x12 map, then
+    per-pixel margins (a Dense whose rows read one pixel's two channels: local rows, handed over to
+    windows at the conv), sigmoid, and a Dense summing them."""
+    rng = np.random.default_rng(seed)
+    b = Builder((1, 2, 10, 12), rng)
+    x = b.act(b.conv(0, 4, 3, 1, (1, 1, 1, 1)), "relu")
+    x = b.act(b.conv(x, 4, 3, 1, (1, 1, 1, 1)), "relu")
+    c = b.conv(x, 2, 1, 1)
+    n = 10 * 12
+    w = np.zeros((n, 2 * n))
+    w[np.arange(n), np.arange(n)], w[np.arange(n), n + np.arange(n)] = 1.0, -1.0
+    d = b.add(ops.Dense(w, None), c, (1, n))
+    s = b.act(d, "sigmoid")
+    b.dense(s, 3)
+    return b.graph()
+
+
 NETS = {
+    "margins": margin_net,
     "chain": chain_net,
     "conv_net": random_nets.conv_net,
     "conv_net2": random_nets.conv_net2,
@@ -67,20 +86,27 @@ def _box(g, seed: int, batch: int, width: float):
 
 def _bounds(g, S, intersect: bool, use: bool, monkeypatch) -> tuple[torch.Tensor, torch.Tensor, int]:
     calls = {"windowed": 0}
-    orig = windows.WindowRows._window_lower
+    orig, hand = windows.WindowRows._window_lower, windows.WindowRows._window_hand_over
 
     def counting(self, j, sel, sign):
         low = orig(self, j, sel, sign)
         calls["windowed"] += low is not None
         return low
 
+    def counting_handover(self, i, A, t, tag):
+        got = hand(self, i, A, t, tag)
+        calls["windowed"] += got is not None
+        return got
+
     with monkeypatch.context() as m:
         m.setattr(windows, "MAX_WORK", 1.0)
         m.setattr(windows, "MAX_COVER", 1.0)
+        m.setattr(windows, "HANDOVER_COVER", 0.5)
         if use:
             m.setattr(windows.WindowRows, "_window_lower", counting)
+            m.setattr(windows.WindowRows, "_window_hand_over", counting_handover)
         else:
-            m.setattr(windows.WindowRows, "_window_plan", lambda self, j: None)
+            m.setattr(windows.WindowRows, "_window_plan", lambda self, j, start=(1, 1): None)
         st = BoundState(g, S, intersect=intersect)
         lo, hi = deeppoly_output_bounds(g, S, intersect=intersect, state=st)
     return lo, hi, calls["windowed"]
@@ -100,6 +126,29 @@ def test_windows_equal_dense_steps(name, intersect, seed, monkeypatch):
     x = S.lower[:, None, :] + (S.upper - S.lower)[:, None, :] * torch.rand(2, 2000, g.n_inputs, dtype=D)
     y = g.forward(x.reshape(-1, g.n_inputs)).reshape(2, 2000, -1)
     assert torch.all(y >= lo_w[:, None, :] - 1e-9) and torch.all(y <= hi_w[:, None, :] + 1e-9)
+
+
+def test_margin_rows_are_handed_over_to_windows(monkeypatch):
+    """The per-pixel margin rows reach the conv with one pixel each: windows from there (default
+    thresholds), the dense steps' bounds."""
+    g = margin_net(0)
+    S = _box(g, 0, batch=1, width=0.2)
+    used = {"n": 0}
+    hand = windows.WindowRows._window_hand_over
+
+    def counting(self, i, A, t, tag):
+        got = hand(self, i, A, t, tag)
+        used["n"] += got is not None
+        return got
+
+    with monkeypatch.context() as m:
+        m.setattr(windows.WindowRows, "_window_hand_over", counting)
+        lo_w, hi_w = deeppoly_output_bounds(g, S, state=BoundState(g, S))
+    with monkeypatch.context() as m:
+        m.setattr(windows.WindowRows, "_window_plan", lambda self, j, start=(1, 1): None)
+        lo_d, hi_d = deeppoly_output_bounds(g, S, state=BoundState(g, S))
+    assert used["n"] > 0
+    assert torch.allclose(lo_w, lo_d, rtol=1e-9, atol=1e-12) and torch.allclose(hi_w, hi_d, rtol=1e-9, atol=1e-12)
 
 
 def test_plan_stops_before_residual_sum_and_never_on_a_charged_conv():

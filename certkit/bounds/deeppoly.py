@@ -678,6 +678,13 @@ class BoundState(RowSavings, WindowRows):
                 self.budget.check()
             node = self.graph.nodes[i]
             op = node.op
+            if isinstance(op, ops.Conv):  # rows local to a window of the map go on as windows (windows.py)
+                got = self._window_hand_over(i, Ai, t, tag)
+                if got is not None:
+                    stop, Ak, c = got
+                    total = total + c
+                    acc[stop] = acc[stop] + Ak if stop in acc else Ak
+                    continue
             if i in beta_at:  # Lagrangian term of the split constraints sign * z_i >= 0
                 r = beta_at[i]
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)

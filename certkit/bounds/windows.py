@@ -1,4 +1,4 @@
-"""Windowed back-substitution of single-neuron rows through convolutions (auto_LiRPA's "patches"
+"""Windowed back-substitution of local rows through convolutions (auto_LiRPA's "patches"
 mode; Xu et al. 2020, section 3.2, DESIGN.md section 2), a mixin of
 :class:`certkit.bounds.deeppoly.BoundState`: the same bounds as the dense steps, with less work.
 
@@ -23,10 +23,19 @@ grows by the kernel's reach at each of them. The dense steps carry every row ove
 The windows stop before a node that is none of these (a residual Sum, a Dense, the input) or once a
 window would cover most of its map (no work left to save): the rows are scattered onto the dense
 coefficients of that node and the dense steps go on from there (:meth:`BoundState.lower_of`), with
-the constant gathered so far. Never for rows whose relaxations alpha-CROWN optimises, with beta
-multipliers on intermediate rows, or with per-row relaxations (each row has parameters of its own
-there): those keep the dense steps. Measured in ``benchmarks/``
-(README, "Windowed rows"); ``tests/test_windows.py`` checks the bounds against the dense steps.
+the constant gathered so far.
+
+**Hand-over** (:meth:`WindowRows._window_hand_over`): rows of a later node whose coefficients reach a
+convolution within a small window of its map (a segmentation net's per-pixel margin, a softmax's
+difference of two logits of one pixel) go on as windows from there, each row's window at its own
+nonzero entries; only where no node of the windows' chain passes coefficients to a node outside it
+(the dense step would sum them before relaxing).
+
+Never for rows whose relaxations alpha-CROWN optimises, with beta multipliers (ReLU splitting's final
+rows, or every row with ``beta_everywhere``), with recorded coefficients, or with per-row relaxations
+(each row has parameters of its own there): those keep the dense steps. Measured with
+``benchmarks/deeppoly_speed.py --windows`` (README, "Windowed rows through convolutions");
+``tests/test_windows.py`` checks the bounds against the dense steps.
 """
 from __future__ import annotations
 
@@ -43,9 +52,12 @@ Tensor = torch.Tensor
 MAX_COVER = 0.5
 #: Windows only where the windowed rows hold at most this share of the dense rows' coefficients over
 #: the nodes they pass (they are float64 and gathered per row, the dense products float32 on large
-#: convolutions): on cifar_biasfield's 32x32 CNN (share 0.16-0.6) windows were no faster, on the
-#: 31x47 carvana U-Net (share 0.003-0.02) they make DeepPoly's intermediate rows finish.
+#: convolutions): per 512 rows of cifar_biasfield's CNN, share 0.001-0.09: 3-30x faster than dense,
+#: share 0.24-0.27 (its 8x8 and 4x4 layers): 1.3x slower.
 MAX_WORK = 0.1
+#: Coefficients reaching a convolution in a back-substitution go on as windows where every row's
+#: nonzero entries lie in a window of at most this share of the map.
+HANDOVER_COVER = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -65,19 +77,20 @@ def _elementwise(op) -> bool:
 class WindowRows:
     """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
 
-    def _window_plan(self, j: int) -> tuple[list[_Step], int] | None:
+    def _window_plan(self, j: int, start: tuple[int, int] = (1, 1)) -> tuple[list[_Step], int, tuple] | None:
         """``(steps, stop, shape)``: the nodes from ``j`` down whose rows go as windows, and the node whose
-        output receives them as dense coefficients, of (C, H, W) ``shape``; None where windows do not apply (module docstring).
-        Cached per node."""
+        output receives them as dense coefficients, of (C, H, W) ``shape``; None where windows do not
+        apply (module docstring). ``start``: the rows' window on ``j``'s output. Cached per node and start."""
         cache = self._cache.setdefault("window_plan", {})
-        if j in cache:
-            return cache[j]
-        cache[j] = None
+        key = j if start == (1, 1) else (j, start)
+        if key in cache:
+            return cache[key]
+        cache[key] = None
         op = self.graph.nodes[j].op
-        if self._optimises(j) or (self.beta and self.beta_everywhere) or not isinstance(op, ops.Conv):
+        if (self.beta and self.beta_everywhere) or not isinstance(op, ops.Conv):
             return None
         steps: list[_Step] = []
-        i, shape, win = j, tuple(op.out_shape), (1, 1)
+        i, shape, win = j, tuple(op.out_shape), start
         while i != 0 and len(self.graph.nodes[i].inputs) == 1:
             op = self.graph.nodes[i].op
             if isinstance(op, ops.Conv):
@@ -108,13 +121,13 @@ class WindowRows:
         dense = sum(s.shape[0] * s.shape[1] * s.shape[2] for s in steps)
         if windowed > MAX_WORK * dense:
             return None
-        cache[j] = (steps, i, shape)
-        return cache[j]
+        cache[key] = (steps, i, shape)
+        return cache[key]
 
     def _window_floats(self, j: int) -> int | None:
         """Floats per row of the windowed rows of ``j`` (the largest window, or the dense
         coefficients they end on); None where windows do not apply."""
-        plan = self._window_plan(j)
+        plan = None if self._optimises(j) else self._window_plan(j)
         if plan is None:
             return None
         steps, stop, _ = plan
@@ -135,31 +148,40 @@ class WindowRows:
     def _window_lower(self, j: int, sel: Tensor, sign: Tensor) -> Tensor | None:
         """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` by windowed rows (module docstring), as
         :meth:`BoundState._signed_rows` gives them; None where windows do not apply."""
-        plan = self._window_plan(j)
-        if plan is None:
+        plan = None if self._optimises(j) else self._window_plan(j)
+        if plan is None or sel.dim() == 2:  # rows per sample: one corner per row, shared by the batch
             return None
-        steps, stop, (Cs, Hs, Ws) = plan
         b = self.bounds[j][0].shape[0]
-        C, H, W = steps[0].shape
+        C, H, W = plan[0][0].shape
         r = sel.shape[-1]
-        if sel.dim() == 2:  # rows per sample: windows need one corner per row, shared by the batch
-            return None
         for i in sorted(self._ancestors(j)):  # as BoundState.backsub: relaxations first
             if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
                 self.relaxation(i)
             else:
                 self._refresh(i)
-        for s in steps:  # per-neuron relaxations only (no per-row slopes)
-            op = self.graph.nodes[s.node].op
-            if isinstance(op, ops.Activation):
-                rel = self._relax_for(s.node, j, None, 2 * r)
-                if not isinstance(rel, tuple) or any(t.dim() != 2 for t in rel):
-                    return None
+        if not self._per_neuron(plan[0], j, r):
+            return None
         ch, pos = sel // (H * W), sel % (H * W)
-        y0, x0 = pos // W, pos % W  # (r,) corners of the 1x1 windows
         A = torch.zeros(b, r, C, 1, 1, dtype=torch.float64)
         A[:, torch.arange(r), ch, 0, 0] = sign.to(torch.float64)
-        total = torch.zeros(b, r, dtype=torch.float64)
+        stop, dense, total = self._window_steps(plan, j, A, pos // W, pos % W, torch.zeros(b, r, dtype=torch.float64))
+        return self.lower_of(stop, dense, total, tag=j)
+
+    def _per_neuron(self, steps: list[_Step], tag, s: int) -> bool:
+        """Are the relaxations of the activations on the way per neuron (not per row)?"""
+        for st in steps:
+            if isinstance(self.graph.nodes[st.node].op, ops.Activation):
+                rel = self._relax_for(st.node, tag, None, s)
+                if not isinstance(rel, tuple) or any(v.dim() != 2 for v in rel):
+                    return False
+        return True
+
+    def _window_steps(self, plan, t, A: Tensor, y0: Tensor, x0: Tensor, total: Tensor) -> tuple[int, Tensor, Tensor]:
+        """Push windowed rows ``A`` (b, r, C, h, w), corners ``(y0, x0)`` (r,), through the steps of
+        ``plan`` (back-substitution from target ``t``): ``(stop, dense coefficients on stop's output
+        (b, r, n_stop), constant)``."""
+        steps, stop, (Cs, Hs, Ws) = plan
+        b, r = A.shape[:2]
         for s in steps:
             if self.budget is not None:
                 self.budget.check()
@@ -169,7 +191,7 @@ class WindowRows:
             h, w = s.win
             ys = y0[:, None] + torch.arange(h)[None, :]
             xs = x0[:, None] + torch.arange(w)[None, :]
-            e = self._charged_error(i, j)
+            e = self._charged_error(i, t)
             if e is not None:
                 ew = self._gather(e, s.shape, ys, xs)
                 fin = torch.isfinite(ew)
@@ -183,11 +205,10 @@ class WindowRows:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
                 wt = op._w(A)[0]
-                t, l = op.pads[0], op.pads[1]
                 Ci, Hi, Wi = op.in_shape
                 out = F.conv_transpose2d(A.reshape(b * r, *A.shape[2:]), wt, None, op.strides, 0, 0,
                                          op.groups, op.dilations)
-                y0, x0 = y0 * op.strides[0] - t, x0 * op.strides[1] - l
+                y0, x0 = y0 * op.strides[0] - op.pads[0], x0 * op.strides[1] - op.pads[1]
                 hh, ww = out.shape[-2:]
                 ys = y0[:, None] + torch.arange(hh)[None, :]
                 xs = x0[:, None] + torch.arange(ww)[None, :]
@@ -199,8 +220,8 @@ class WindowRows:
                                                       s.shape, ys, xs)).sum((2, 3, 4))
                 A = A * self._gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs)
             else:
-                rel = self._relax_for(i, j, None, 2 * r)
-                lw, lb, uw, ub = (self._gather(t, s.shape, ys, xs) for t in rel)
+                rel = self._relax_for(i, t, None, r)
+                lw, lb, uw, ub = (self._gather(v, s.shape, ys, xs) for v in rel)
                 nonneg = A >= 0
                 prod = A * torch.where(nonneg, lb, ub)
                 if not self._finite_relax(i, rel[1], rel[3]):  # an infinite intercept costs nothing where A is 0
@@ -218,4 +239,47 @@ class WindowRows:
         vals = torch.where(inside[None, :, None], A, torch.zeros((), dtype=A.dtype))
         dense = torch.zeros(b, r, Cs * Hs * Ws, dtype=A.dtype)
         dense.scatter_add_(2, flat.reshape(1, r, -1).expand(b, -1, -1), vals.reshape(b, r, -1))
-        return self.lower_of(stop, dense, total, tag=j)
+        return stop, dense, total
+
+    def _window_hand_over(self, i: int, A: Tensor, t: int, tag) -> tuple[int, Tensor, Tensor] | None:
+        """In a back-substitution from ``t`` that reaches conv node ``i`` with coefficients ``A``
+        (b, s, n_i) whose every row lies in a small window of ``i``'s map (a margin row of one pixel, a
+        softmax's difference of two logits: :data:`HANDOVER_COVER`), those rows go on as windows:
+        ``(stop, dense coefficients on stop's output, constant)``, exactly the dense steps' result. None
+        where that does not apply: no plan, per-row relaxations, alpha-CROWN's rows, beta multipliers or
+        recorded coefficients (the final rows of ReLU splitting), or a node of the windows' chain that
+        also passes coefficients to a node outside it (the dense step sums them before relaxing)."""
+        if not isinstance(self.graph.nodes[i].op, ops.Conv) or self._optimises(tag) \
+                or (self.beta and (tag == "out" or self.beta_everywhere)) or (self.record is not None and tag == "out"):
+            return None
+        b, s = A.shape[:2]
+        C, H, W = self.graph.nodes[i].op.out_shape
+        nz = (A != 0).reshape(b, s, C, H, W).any(dim=2).any(dim=0)  # (s, H, W)
+        rows_y, rows_x = nz.any(dim=2), nz.any(dim=1)  # (s, H), (s, W)
+        ar_y, ar_x = torch.arange(H), torch.arange(W)
+        big = torch.tensor(10 ** 9)
+        y_lo = torch.where(rows_y, ar_y, big).min(dim=1).values
+        y_hi = torch.where(rows_y, ar_y, -big).max(dim=1).values
+        x_lo = torch.where(rows_x, ar_x, big).min(dim=1).values
+        x_hi = torch.where(rows_x, ar_x, -big).max(dim=1).values
+        empty = y_hi < 0
+        h = int((y_hi - y_lo).clamp(min=0).max()) + 1
+        w = int((x_hi - x_lo).clamp(min=0).max()) + 1
+        if h * w > HANDOVER_COVER * H * W:
+            return None
+        plan = self._window_plan(i, (h, w))
+        if plan is None or not self._per_neuron(plan[0], tag, s):
+            return None
+        chain = {st.node for st in plan[0]}
+        anc = self._ancestors(t)
+        if any(c not in chain for st in plan[0][1:] for c in self.graph.consumers[st.node] if c in anc):
+            return None
+        y0 = torch.where(empty, 0, y_lo).clamp(max=H - h)
+        x0 = torch.where(empty, 0, x_lo).clamp(max=W - w)
+        ys = y0[:, None] + torch.arange(h)[None, :]
+        xs = x0[:, None] + torch.arange(w)[None, :]
+        A5 = A.reshape(b, s, C, H, W).permute(1, 3, 4, 0, 2)  # (s, H, W, b, C)
+        win = A5[torch.arange(s)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (s, h, w, b, C)
+        win = win.permute(3, 0, 4, 1, 2)
+        return self._window_steps(plan, t, win, y0, x0, torch.zeros(b, s, dtype=A.dtype))
+
