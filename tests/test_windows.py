@@ -190,3 +190,16 @@ def test_overflowing_weights_give_minus_inf_never_nan(monkeypatch):
     assert used > 0
     assert not torch.isnan(lo_w).any() and not torch.isnan(hi_w).any()
     assert torch.equal(torch.isinf(lo_w), torch.isinf(lo_d)) and torch.equal(torch.isinf(hi_w), torch.isinf(hi_d))
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0])
+def test_balls_equal_dense_steps(p, monkeypatch):
+    """An L_2 / L_1 ball: the first conv's rows are back-substituted too (a ball is not a box), windows
+    end on the input and are concretised over the ball."""
+    g = chain_net(3)
+    rng = np.random.default_rng(3)
+    S = InputSet.ball(rng.uniform(0, 1, (2, g.n_inputs)), [0.3, 0.6], p)
+    lo_w, hi_w, used = _bounds(g, S, True, True, monkeypatch)
+    lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)
+    assert used > 0
+    assert torch.allclose(lo_w, lo_d, rtol=1e-9, atol=1e-12) and torch.allclose(hi_w, hi_d, rtol=1e-9, atol=1e-12)
