@@ -115,8 +115,9 @@ class WindowRows:
             last = steps.pop()
             i, shape = last.node, last.shape
         if not any(isinstance(self.graph.nodes[s.node].op, ops.Conv) for s in steps) \
-                or self.graph.size(i) != shape[0] * shape[1] * shape[2]:
-            return None
+                or self.graph.size(i) != shape[0] * shape[1] * shape[2] \
+                or any(self.slopes.get(s.node) is not None and self.slopes[s.node].dim() == 3 for s in steps):
+            return None  # no convolution, a layout that is not (C, H, W), or slopes per row
         windowed = sum(s.shape[0] * s.win[0] * s.win[1] for s in steps)
         dense = sum(s.shape[0] * s.shape[1] * s.shape[2] for s in steps)
         if windowed > MAX_WORK * dense:
