@@ -629,10 +629,8 @@ class BoundState(RowSavings, WindowRows):
                 ej = e[:, idx] if idx.dim() == 1 else e.gather(1, idx)
                 lower = lower - torch.cat([ej, ej], -1)
         else:
-            low = None
-            if idx.dim() == 1 and not self._optimises(j):
-                sign = torch.cat([torch.ones(k, dtype=torch.float64), -torch.ones(k, dtype=torch.float64)])
-                low = self._window_lower(j, torch.cat([idx, idx]), sign)
+            sign = torch.cat([torch.ones(k, dtype=torch.float64), -torch.ones(k, dtype=torch.float64)])
+            low = self._window_lower(j, torch.cat([idx, idx], dim=-1), sign)
             if low is not None:
                 return low[:, :k], -low[:, k:]
             eye = torch.zeros(b, 2 * k, n, dtype=torch.float64)
@@ -662,13 +660,7 @@ class BoundState(RowSavings, WindowRows):
         acc: dict[int, Tensor] = {t: A}
         narrow: set[int] = set()  # activations whose coefficients arrive on their alive columns only
         total = torch.zeros(b, s, dtype=A.dtype) if const is None else const.expand(b, s).clone()
-        # relaxations are needed for nodes on the way; compute them first (they may
-        # themselves run back-substitutions) in topological order
-        for i in sorted(self._ancestors(t)):
-            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
-                self.relaxation(i)
-            else:
-                self._refresh(i)
+        self._prepare(t)
         beta_at = self._beta_nodes() if (tag == "out" or self.beta_everywhere) else {}
         for i in range(t, 0, -1):
             Ai = acc.pop(i, None)
@@ -781,6 +773,15 @@ class BoundState(RowSavings, WindowRows):
         if A_in is None:  # the target does not depend on the input
             A_in = A.new_zeros(b, s, self.graph.n_inputs)
         return A_in, total
+
+    def _prepare(self, t: int) -> None:
+        """The relaxations (and refreshed bounds) of the nodes a back-substitution from ``t`` passes,
+        computed first, in topological order (they may themselves run back-substitutions)."""
+        for i in sorted(self._ancestors(t)):
+            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+                self.relaxation(i)
+            else:
+                self._refresh(i)
 
     def _beta_nodes(self) -> dict[int, int]:
         """Pre-activation node -> ReLU node, for the splits with beta multipliers."""

@@ -74,6 +74,14 @@ def _elementwise(op) -> bool:
     return isinstance(op, (ops.Activation, ops.Scale))
 
 
+def _grid(y0: Tensor, x0: Tensor, h: int, w: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Map coordinates of the rows' (h, w) windows with corners ``(y0, x0)`` (r,): ``ys`` (r, h), ``xs``
+    (r, w), and which entries lie on the (H, W) map, (r, h, w)."""
+    ys = y0[:, None] + torch.arange(h)[None, :]
+    xs = x0[:, None] + torch.arange(w)[None, :]
+    return ys, xs, ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
+
+
 class WindowRows:
     """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
 
@@ -135,12 +143,11 @@ class WindowRows:
         most = max(s.shape[0] * s.win[0] * s.win[1] for s in steps)
         return max(most, self.graph.size(stop))
 
-    def _gather(self, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
-        """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows: (b, r, C, h, w), 0 off the map;
-        ``ys`` (r, h) and ``xs`` (r, w) the windows' map coordinates."""
+    def _gather(self, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor, inside: Tensor) -> Tensor:
+        """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows (:func:`_grid`): (b, r, C, h, w), 0 off
+        the map."""
         b = t.shape[0]
         C, H, W = shape
-        inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]  # (r, h, w)
         yc, xc = ys.clamp(0, H - 1), xs.clamp(0, W - 1)
         g = t.reshape(b, C, H, W)[:, :, yc[:, :, None], xc[:, None, :]]  # (b, C, r, h, w)
         g = g.permute(0, 2, 1, 3, 4)
@@ -155,27 +162,12 @@ class WindowRows:
         b = self.bounds[j][0].shape[0]
         C, H, W = plan[0][0].shape
         r = sel.shape[-1]
-        for i in sorted(self._ancestors(j)):  # as BoundState.backsub: relaxations first
-            if isinstance(self.graph.nodes[i].op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
-                self.relaxation(i)
-            else:
-                self._refresh(i)
-        if not self._per_neuron(plan[0], j, r):
-            return None
+        self._prepare(j)
         ch, pos = sel // (H * W), sel % (H * W)
         A = torch.zeros(b, r, C, 1, 1, dtype=torch.float64)
         A[:, torch.arange(r), ch, 0, 0] = sign.to(torch.float64)
         stop, dense, total = self._window_steps(plan, j, A, pos // W, pos % W, torch.zeros(b, r, dtype=torch.float64))
         return self.lower_of(stop, dense, total, tag=j)
-
-    def _per_neuron(self, steps: list[_Step], tag, s: int) -> bool:
-        """Are the relaxations of the activations on the way per neuron (not per row)?"""
-        for st in steps:
-            if isinstance(self.graph.nodes[st.node].op, ops.Activation):
-                rel = self._relax_for(st.node, tag, None, s)
-                if not isinstance(rel, tuple) or any(v.dim() != 2 for v in rel):
-                    return False
-        return True
 
     def _window_steps(self, plan, t, A: Tensor, y0: Tensor, x0: Tensor, total: Tensor) -> tuple[int, Tensor, Tensor]:
         """Push windowed rows ``A`` (b, r, C, h, w), corners ``(y0, x0)`` (r,), through the steps of
@@ -189,12 +181,10 @@ class WindowRows:
             i = s.node
             node = self.graph.nodes[i]
             op = node.op
-            h, w = s.win
-            ys = y0[:, None] + torch.arange(h)[None, :]
-            xs = x0[:, None] + torch.arange(w)[None, :]
+            ys, xs, inside = _grid(y0, x0, *s.win, *s.shape[1:])
             e = self._charged_error(i, t)
             if e is not None:
-                ew = self._gather(e, s.shape, ys, xs)
+                ew = self._gather(e, s.shape, ys, xs, inside)
                 fin = torch.isfinite(ew)
                 Aa = A.abs()
                 total = total - (Aa * torch.where(fin, ew, torch.zeros_like(ew))).sum((2, 3, 4))
@@ -211,18 +201,16 @@ class WindowRows:
                                          op.groups, op.dilations)
                 y0, x0 = y0 * op.strides[0] - op.pads[0], x0 * op.strides[1] - op.pads[1]
                 hh, ww = out.shape[-2:]
-                ys = y0[:, None] + torch.arange(hh)[None, :]
-                xs = x0[:, None] + torch.arange(ww)[None, :]
-                inside = ((ys >= 0) & (ys < Hi))[:, :, None] & ((xs >= 0) & (xs < Wi))[:, None, :]
+                inside = _grid(y0, x0, hh, ww, Hi, Wi)[2]
                 A = out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
-                                                      s.shape, ys, xs)).sum((2, 3, 4))
-                A = A * self._gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs)
-            else:
+                                                      s.shape, ys, xs, inside)).sum((2, 3, 4))
+                A = A * self._gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs, inside)
+            else:  # the four per-neuron tensors (b, n) of the relaxation, gathered at once
                 rel = self._relax_for(i, t, None, r)
-                lw, lb, uw, ub = (self._gather(v, s.shape, ys, xs) for v in rel)
+                lw, lb, uw, ub = self._gather(torch.cat(torch.broadcast_tensors(*rel)), s.shape, ys, xs, inside).chunk(4)
                 nonneg = A >= 0
                 prod = A * torch.where(nonneg, lb, ub)
                 if not self._finite_relax(i, rel[1], rel[3]):  # an infinite intercept costs nothing where A is 0
@@ -230,10 +218,7 @@ class WindowRows:
                 total = total + prod.sum((2, 3, 4))
                 A = A * torch.where(nonneg, lw, uw)
         # onto the dense coefficients of the node below the windows
-        hh, ww = A.shape[-2:]
-        ys = y0[:, None] + torch.arange(hh)[None, :]
-        xs = x0[:, None] + torch.arange(ww)[None, :]
-        inside = ((ys >= 0) & (ys < Hs))[:, :, None] & ((xs >= 0) & (xs < Ws))[:, None, :]  # (r, hh, ww)
+        ys, xs, inside = _grid(y0, x0, *A.shape[-2:], Hs, Ws)
         flat = (torch.arange(Cs)[None, :, None, None] * (Hs * Ws)
                 + (ys.clamp(0, Hs - 1) * Ws)[:, None, :, None] + xs.clamp(0, Ws - 1)[:, None, None, :])
         flat = torch.where(inside[:, None], flat, torch.zeros_like(flat))  # (r, C, hh, ww)
@@ -251,34 +236,30 @@ class WindowRows:
         recorded coefficients (the final rows of ReLU splitting), or a node of the windows' chain that
         also passes coefficients to a node outside it (the dense step sums them before relaxing)."""
         if not isinstance(self.graph.nodes[i].op, ops.Conv) or self._optimises(tag) \
-                or (self.beta and (tag == "out" or self.beta_everywhere)) or (self.record is not None and tag == "out"):
+                or (self.beta and (tag == "out" or self.beta_everywhere)) or (self.record is not None and tag == "out") \
+                or self._window_plan(i) is None:  # not even one neuron's rows go as windows (a cheap test first)
             return None
         b, s = A.shape[:2]
         C, H, W = self.graph.nodes[i].op.out_shape
         nz = (A != 0).reshape(b, s, C, H, W).any(dim=2).any(dim=0)  # (s, H, W)
-        rows_y, rows_x = nz.any(dim=2), nz.any(dim=1)  # (s, H), (s, W)
-        ar_y, ar_x = torch.arange(H), torch.arange(W)
-        big = torch.tensor(10 ** 9)
-        y_lo = torch.where(rows_y, ar_y, big).min(dim=1).values
-        y_hi = torch.where(rows_y, ar_y, -big).max(dim=1).values
-        x_lo = torch.where(rows_x, ar_x, big).min(dim=1).values
-        x_hi = torch.where(rows_x, ar_x, -big).max(dim=1).values
-        empty = y_hi < 0
-        h = int((y_hi - y_lo).clamp(min=0).max()) + 1
-        w = int((x_hi - x_lo).clamp(min=0).max()) + 1
+
+        def extent(hit: Tensor, n: int) -> tuple[Tensor, Tensor]:  # first and last True per row (0, 0 if none)
+            first = hit.to(torch.int8).argmax(dim=1)
+            return first, torch.where(hit.any(dim=1), n - 1 - hit.flip(1).to(torch.int8).argmax(dim=1), first)
+        y_lo, y_hi = extent(nz.any(dim=2), H)
+        x_lo, x_hi = extent(nz.any(dim=1), W)
+        h, w = int((y_hi - y_lo).max()) + 1, int((x_hi - x_lo).max()) + 1
         if h * w > HANDOVER_COVER * H * W:
             return None
         plan = self._window_plan(i, (h, w))
-        if plan is None or not self._per_neuron(plan[0], tag, s):
+        if plan is None:
             return None
         chain = {st.node for st in plan[0]}
         anc = self._ancestors(t)
         if any(c not in chain for st in plan[0][1:] for c in self.graph.consumers[st.node] if c in anc):
             return None
-        y0 = torch.where(empty, 0, y_lo).clamp(max=H - h)
-        x0 = torch.where(empty, 0, x_lo).clamp(max=W - w)
-        ys = y0[:, None] + torch.arange(h)[None, :]
-        xs = x0[:, None] + torch.arange(w)[None, :]
+        y0, x0 = y_lo.clamp(max=H - h), x_lo.clamp(max=W - w)
+        ys, xs, _ = _grid(y0, x0, h, w, H, W)
         A5 = A.reshape(b, s, C, H, W).permute(1, 3, 4, 0, 2)  # (s, H, W, b, C)
         win = A5[torch.arange(s)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (s, h, w, b, C)
         win = win.permute(3, 0, 4, 1, 2)
