@@ -109,7 +109,8 @@ def test_kept_slopes_within_their_memory_share(tmp_path, monkeypatch):
     q = Query.of_property(model.graph, prop, 0, model.runner)
     seen = []
     bound = split._Problem.bound
-    monkeypatch.setattr(split._Problem, "bound", lambda self, lo, hi, init=None: (seen.append(init), bound(self, lo, hi, init))[1])
+    monkeypatch.setattr(split._Problem, "bound",
+                        lambda self, lo, hi, init=None, kept=None: (seen.append(init), bound(self, lo, hi, init, kept))[1])
     out = input_split(q, Budget.of(60), WARM)
     assert out.status == "verified" and recheck(q, out.tree).failed == 0
     assert len(seen) > 2 and all(i is None for i in seen[2:])  # no slopes handed on after the first children

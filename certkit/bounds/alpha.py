@@ -130,7 +130,7 @@ def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: boo
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = LR,
                 keep_state: bool = False, shared: bool = False, deadline: float | None = None,
                 budget=None, report: dict | None = None, lr_decay: float = LR_DECAY, init: dict | None = None,
-                enough: Callable[[Tensor], bool] | None = None):
+                enough: Callable[[Tensor], bool] | None = None, start: tuple[list, dict] | None = None):
     """Lower bounds of ``C y`` (b, s) with optimised slopes; never looser than DeepPoly
     (with interval-intersected intermediate bounds). With ``keep_state`` also return the
     final BoundState (its intermediate bounds are sound for later use). Optimisation stops
@@ -140,14 +140,17 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     ran goes into ``report["reason"]`` when it is not the full method. ``init``: starting slopes
     (:attr:`BoundState.alpha_init`) instead of DeepPoly's choice, e.g. those of a parent domain.
     ``enough``: the optimisation stops after the first iterate whose bounds (b, s) it accepts (a proof
-    needs no tighter ones; on a vision transformer the second iterate of twenty proved every row)."""
+    needs no tighter ones; on a vision transformer the second iterate of twenty proved every row).
+    ``start``: the bounds every iterate starts from and their rounding errors, instead of
+    :func:`~certkit.bounds.forward.start_bounds`'s (bounds that hold on the set: a parent domain's)."""
     if budget is not None and budget.deadline is not None:
         deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
-    ibp_errors: dict = {}
-    ibp = start_bounds(graph, inputs, budget, ibp_errors)  # the same at every iterate
+    ibp, ibp_errors = start if start is not None else (None, {})
+    if ibp is None:
+        ibp = start_bounds(graph, inputs, budget, ibp_errors)  # the same at every iterate
     plan = plan_alpha(graph, ibp, C.shape[1], inputs.batch, budget, shared)
     if report is not None and plan.reason:
         report["reason"] = plan.reason

@@ -424,7 +424,7 @@ class BoundState(RowSavings, WindowRows):
         mask = torch.zeros_like(l, dtype=torch.bool)
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
-            if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+            if isinstance(op, ops.RELAXED):
                 mask = mask | _needs_refine(op, l, u)
         if self.refine_all:
             mask = torch.ones_like(mask)

@@ -453,7 +453,7 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
         with torch.no_grad():
             for i in sorted(graph.live):
                 op = graph.nodes[i].op
-                if isinstance(op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+                if isinstance(op, ops.RELAXED):
                     st.relaxation(i)  # refines its input, tightens its output
                 elif i != 0:
                     st.refine(i, None)

@@ -634,5 +634,8 @@ from .sparse import SparseLinear  # noqa: E402,F401
 from .bilinear import Bilinear, Product  # noqa: E402,F401
 # the rounding budget of fused onnxruntime kernels (Softmax, LayerNormalization), registered on import
 from .rounding import KernelRounding  # noqa: E402,F401
+
+#: the ops relaxed with the bounds of their inputs: back-substitution refines those inputs' neurons
+RELAXED = (Activation, MaxGroup, MaxMin, Bilinear)
 # the implicit-bias layer of paper 003 (identity plus an enclosed deviation), registered on import
 from .implicit import ImplicitLayer  # noqa: E402,F401

@@ -94,7 +94,7 @@ INPUT_SPLIT_PORTFOLIO = (
 #: bounds, :func:`certkit.bounds.forward.starts_forward`: a layer of >= 1024 neurons): one run, one
 #: look-ahead dimension, batches sized to a quarter of the time left (the portfolio's first phase alone
 #: would bound 640 children at 10 s each on cgan_2023)
-WIDE_SPLIT = SplitConfig(lookahead=1, alpha_iterations=0, batch_share=0.25)
+WIDE_SPLIT = SplitConfig(lookahead=1, alpha_iterations=0, batch_share=0.25, inherit=True)
 #: A share of the portfolio when there is no deadline at all, in seconds.
 UNBOUNDED_SHARE = 20.0
 

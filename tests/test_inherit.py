@@ -1,0 +1,128 @@
+"""Input splitting with inherited intermediate bounds (``SplitConfig.inherit``): children start from
+their parent's bounds. The bounds they carry hold on sampled points of the children's boxes (on nets of
+every op kind, DeepPoly alone and with alpha-CROWN), verdicts agree with a grid oracle, the proof trees
+record it and re-derive leaf by leaf, and past their memory share the kept bounds are dropped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import certkit.verify.input_split as split
+from certkit.spec.spec import Disjunct, Property
+from certkit.verify.input_split import SplitConfig, children, input_split, recheck, root_box
+from certkit.verify.proof import leaves_in_preorder
+from certkit.verify.query import Budget, Query
+from tests.helpers.onnx_builders import saved_model, tiny_relu_onnx
+from tests.helpers.random_nets import ALL_NETS
+from tests.test_complete import grid_top
+
+NETS = ("mlp_relu_deep", "mlp_mixed", "conv", "conv2", "residual", "max", "scale", "onnx_conv", "onnx_mlp")
+
+
+def _inside(vals: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    tol = 1e-6 * (1 + vals.abs())
+    return bool(((vals >= lo - tol) & (vals <= hi + tol)).all())
+
+
+@pytest.mark.parametrize("alpha", [0, 2])
+@pytest.mark.parametrize("net", NETS)
+def test_inherited_bounds_hold_on_the_children(net, alpha):
+    """Two generations of children from kept bounds: every kept bound holds on 4000 samples and the
+    corners of its box, a child's bounds lie within its parent's, and the children's values are never
+    above what the samples show (their lower bound on the property's row)."""
+    graph = ALL_NETS[net](1)
+    rng = np.random.default_rng(2)
+    n = graph.n_inputs
+    c = rng.uniform(0.2, 0.8, n)
+    C = rng.choice([-1.0, 1.0], size=(1, graph.n_outputs))
+    prop = Property(c - 0.2, c + 0.2, (Disjunct(C, np.array([-1e6])),))
+    q = Query.of_property(graph, prop, 0)
+    pb = split._Problem(q, SplitConfig(alpha_iterations=alpha, inherit=True, conjunctions=False), Budget())
+    lo, hi = root_box(q)
+    parent, _ = pb.bound(lo, hi)
+    assert parent.kept  # the nodes before activations
+    for _ in range(2):
+        dims = (parent.hi - parent.lo).argmax(dim=1, keepdim=True)
+        c_lo, c_hi = children(parent.lo, parent.hi, dims)
+        kept = {k: v.repeat_interleave(2, dim=0) for k, v in parent.kept.items()}
+        kids, _ = pb.bound(c_lo.reshape(-1, n), c_hi.reshape(-1, n), None, kept)
+        for k in range(kids.lo.shape[0]):
+            x = torch.as_tensor(rng.uniform(kids.lo[k].numpy(), kids.hi[k].numpy(), size=(4000, n)))
+            x = torch.cat([x, kids.lo[k:k + 1], kids.hi[k:k + 1]])
+            with torch.no_grad():
+                vals = graph.forward(x, keep=True)
+            for j, v in kids.kept.items():
+                assert _inside(vals[j], v[k, 0], v[k, 1]), (net, j)
+                assert bool((v[k, 0] >= kept[j][k, 0]).all() and (v[k, 1] <= kept[j][k, 1]).all())
+            y = vals[graph.output] @ torch.as_tensor(C).T - torch.as_tensor(prop.disjuncts[0].d)
+            assert float(kids.value[k]) <= float(y.min()) + 1e-6 * (1 + float(y.abs().max()))
+        parent = kids
+
+
+def test_inherit_off_keeps_nothing():
+    graph = ALL_NETS["conv"](0)
+    n = graph.n_inputs
+    prop = Property(np.full(n, 0.4), np.full(n, 0.6), (Disjunct(np.ones((1, graph.n_outputs)), np.array([-1e6])),))
+    pb = split._Problem(Query.of_property(graph, prop, 0), SplitConfig(alpha_iterations=0), Budget())
+    b, _ = pb.bound(*root_box(pb.query))
+    assert b.kept is None
+
+
+@pytest.mark.parametrize("alpha", [0, 2])
+@pytest.mark.parametrize("seed", range(3))
+def test_inherited_search_agrees_with_grid_and_rechecks(seed, alpha, tmp_path):
+    model = saved_model(tiny_relu_onnx(seed, hidden=(12, 12, 12)), tmp_path)
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    top, spread = grid_top(model)
+    cfg = SplitConfig(lookahead=1, alpha_iterations=alpha, inherit=True)
+    for t, expect in ((top + 0.02 * spread, "verified"), (top - 0.02 * spread, "falsified")):
+        prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+        q = Query.of_property(model.graph, prop, 0, model.runner)
+        out = input_split(q, Budget.of(60), cfg)
+        assert out.status == expect, (seed, t, top)
+        if expect == "verified":
+            assert out.tree.meta["inherit"]
+            rep = recheck(q, out.tree)
+            assert rep.failed == 0 and rep.leaves == out.tree.n_leaves
+            assert rep.direct == rep.leaves  # the replay bounds every leaf as the search did
+
+
+def test_links_follow_the_preorder(tmp_path):
+    """``_links`` (the replay's tree structure) visits the leaves in the order ``leaves_in_preorder`` does."""
+    model = saved_model(tiny_relu_onnx(4, hidden=(12, 12, 12)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
+                    (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.01 * spread)])),))
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    out = input_split(q, Budget.of(60), SplitConfig(lookahead=1, alpha_iterations=0))
+    assert out.status == "verified" and out.tree.n_leaves > 3
+    left, right = split._links(out.tree)
+    order, stack = [], [0]
+    while stack:
+        i = stack.pop()
+        if left[i] < 0:
+            order.append(i)
+        else:
+            stack += [right[i], left[i]]
+    expect = [k for k, _ in enumerate(leaves_in_preorder(out.tree, 0, lambda *a: 0))]
+    assert len(order) == len(expect) == out.tree.n_leaves
+    assert all(out.tree.codes[i, 0] < 0 for i in order) and order == sorted(order)
+
+
+def test_kept_bounds_within_their_memory_share(tmp_path, monkeypatch):
+    """Past their share of the memory headroom the kept bounds are dropped and the children start from
+    their own: the same verdict, a proof that rechecks."""
+    monkeypatch.setattr(split, "KEPT_BOUNDS_SHARE", 1e-12)
+    model = saved_model(tiny_relu_onnx(1, hidden=(12, 12, 12)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
+                    (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.02 * spread)])),))
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    seen = []
+    bound = split._Problem.bound
+    monkeypatch.setattr(split._Problem, "bound",
+                        lambda self, lo, hi, init=None, kept=None: (seen.append(kept), bound(self, lo, hi, init, kept))[1])
+    out = input_split(q, Budget.of(60), SplitConfig(lookahead=1, alpha_iterations=0, inherit=True))
+    assert out.status == "verified" and recheck(q, out.tree).failed == 0
+    assert len(seen) > 2 and all(k is None for k in seen[2:])
