@@ -134,14 +134,17 @@ class WindowRows:
         return cache[key]
 
     def _window_floats(self, j: int) -> int | None:
-        """Floats per row of the windowed rows of ``j`` (the largest window, or the dense
-        coefficients they end on); None where windows do not apply."""
+        """Floats per row of the windowed rows of ``j`` (the largest window, or the widest dense
+        coefficients of the steps below the node they end on); None where windows do not apply."""
         plan = None if self._optimises(j) else self._window_plan(j)
         if plan is None:
             return None
         steps, stop, _ = plan
         most = max(s.shape[0] * s.win[0] * s.win[1] for s in steps)
-        return max(most, self.graph.size(stop))
+        # the dense steps from ``stop`` down carry the same rows: cGAN 64x64's conv rows ended on a 4096-wide
+        # node above a 61504-wide one, and chunks sized by the former held 1 GB there (a step outlasting the
+        # deadline by 15 s)
+        return max(most, max(self.graph.size(a) for a in self._ancestors(stop)))
 
     def _gather(self, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor, inside: Tensor) -> Tensor:
         """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows (:func:`_grid`): (b, r, C, h, w), 0 off
