@@ -14,6 +14,7 @@ import torch
 from certkit.bounds import windows
 from certkit.bounds.deeppoly import BoundState, deeppoly_output_bounds
 from certkit.graph import ops
+from certkit.graph.conv_transpose import ConvTranspose
 from certkit.spec.sets import InputSet
 from tests.helpers import random_nets
 from tests.helpers.random_nets import Builder
@@ -68,7 +69,37 @@ def margin_net(seed: int):
     return b.graph()
 
 
+def convt(b: Builder, x: int, c_out: int, k: int, stride=(2, 2), begin=(0, 0), dil=(1, 1), groups: int = 1,
+          extra=(0, 0)) -> int:
+    """A ConvTranspose node: output = the full result's window at ``begin``, ``extra`` rows/columns longer
+    (positive: output padding past the full result; negative: cropped)."""
+    c_in, h, w = b.shapes[x][1:]
+    wt = b.rng.normal(0, 1.5 / np.sqrt(c_in // groups * k * k), (c_in, c_out // groups, k, k))
+    full = [(n - 1) * s + d * (k - 1) + 1 for n, s, d in zip((h, w), stride, dil)]
+    ho, wo = full[0] - begin[0] + extra[0], full[1] - begin[1] + extra[1]
+    op = ConvTranspose(wt, b.rng.normal(0, 0.3, c_out), (c_in, h, w), (c_out, ho, wo), tuple(stride), tuple(begin),
+                       tuple(dil), groups)
+    return b.add(op, x, (1, c_out, ho, wo))
+
+
+def generator_net(seed: int):
+    """cGAN-like: ConvTranspose(k4, s2) -> relu -> ConvTranspose(k3, strides (2, 1), begin (1, 2), groups 2,
+    cropped) -> leaky_relu -> Scale -> ConvTranspose(k3, s1, dilation 2, output padding) -> relu -> Conv(s2)
+    -> relu -> Dense, on a 2x3x4 input."""
+    rng = np.random.default_rng(seed)
+    b = Builder((1, 2, 3, 4), rng)
+    x = b.act(convt(b, 0, 4, 4), "relu")
+    x = b.act(convt(b, x, 4, 3, (2, 1), (1, 2), groups=2, extra=(-1, 0)), "leaky_relu")
+    n = b.size(x)
+    x = b.add(ops.Scale(rng.normal(1, 0.5, n), rng.normal(0, 0.3, n)), x, b.shapes[x])
+    x = b.act(convt(b, x, 3, 3, (1, 1), (0, 0), (2, 2), extra=(1, 2)), "relu")
+    x = b.act(b.conv(x, 3, 3, 2, (1, 1, 1, 1)), "relu")
+    b.dense(x, 4)
+    return b.graph()
+
+
 NETS = {
+    "generator": generator_net,
     "margins": margin_net,
     "chain": chain_net,
     "conv_net": random_nets.conv_net,

@@ -55,7 +55,7 @@ from .interval import interval_bounds, interval_node
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
-from .windows import WindowRows
+from .windows import WINDOWED, WindowRows
 from .relaxations import ALPHA_PARAMS, RELAXATIONS, PairRelax, Relax
 from .relax_bilinear import McCormick
 
@@ -670,7 +670,7 @@ class BoundState(RowSavings, WindowRows):
                 self.budget.check()
             node = self.graph.nodes[i]
             op = node.op
-            if isinstance(op, ops.Conv):  # rows local to a window of the map go on as windows (windows.py)
+            if isinstance(op, WINDOWED):  # rows local to a window of the map go on as windows (windows.py)
                 got = self._window_hand_over(i, Ai, t, tag)
                 if got is not None:
                     stop, Ak, c = got

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..graph import ops
+from ..graph.conv_transpose import ConvTranspose
 
 Tensor = torch.Tensor
 
@@ -68,6 +69,43 @@ class _Step:
     node: int
     shape: tuple[int, int, int]
     win: tuple[int, int]
+
+
+#: the ops whose rows go as windows (and that start them)
+WINDOWED = (ops.Conv, ConvTranspose)
+
+
+def _convt_window(op: ConvTranspose, win: tuple[int, int]) -> tuple[int, int]:
+    """The input window of rows on an (h, w) window of a transposed convolution's output
+    (:func:`_convt_back`)."""
+    return tuple((h + s - 2 + d * (k - 1)) // s + 1
+                 for h, s, d, k in zip(win, op.strides, op.dilations, op.weight.shape[2:]))
+
+
+def _convt_back(op: ConvTranspose, A: Tensor, y0: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Windowed rows ``A`` (b, r, C, h, w) with corners ``(y0, x0)`` on a transposed convolution's output,
+    back to its input: ``y[Y] = sum_{X s + k d = Y + t} w[k] x[X]`` (``t`` = ``op.begin``), so the input
+    window's coefficients are ``B[X] = sum_k A[X s - t + k d]``, a ``conv2d`` with the same kernel, stride
+    and dilation. Its phase depends on the corner: each row's window is first widened on the top/left by
+    ``(Y0 + t - (K - 1) d) mod s`` zeros (to ``h + s - 1`` in all), after which every row's input corner
+    is ``X0 = (Y0' + t - (K - 1) d) / s`` exactly, and the ``conv2d`` padded by ``(K - 1) d`` gives the
+    window of :func:`_convt_window`. Entries off the input map are 0 (no input there)."""
+    b, r, C, h, w = A.shape
+    (sh, sw), (dh, dw), (t, l) = op.strides, op.dilations, op.begin
+    kh, kw = op.weight.shape[2:]
+    py, px = (y0 + t - (kh - 1) * dh) % sh, (x0 + l - (kw - 1) * dw) % sw
+    H2, W2 = h + sh - 1, w + sw - 1
+    yi = py[:, None] + torch.arange(h)[None, :]  # (r, h): each row's entries in its widened window
+    xi = px[:, None] + torch.arange(w)[None, :]
+    Ap = A.new_zeros(r, H2, W2, b, C)
+    Ap[torch.arange(r)[:, None, None], yi[:, :, None], xi[:, None, :]] = A.permute(1, 3, 4, 0, 2)
+    Ap = Ap.permute(3, 0, 4, 1, 2).reshape(b * r, C, H2, W2)
+    out = F.conv2d(Ap, op._w(A)[0], None, op.strides, ((kh - 1) * dh, (kw - 1) * dw), op.dilations, op.groups)
+    Y0, X0 = (y0 - py + t - (kh - 1) * dh) // sh, (x0 - px + l - (kw - 1) * dw) // sw
+    Ci, Hi, Wi = op.in_shape
+    hh, ww = out.shape[-2:]
+    inside = _grid(Y0, X0, hh, ww, Hi, Wi)[2]
+    return out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype), Y0, X0
 
 
 def _elementwise(op) -> bool:
@@ -95,7 +133,7 @@ class WindowRows:
             return cache[key]
         cache[key] = None
         op = self.graph.nodes[j].op
-        if (self.beta and self.beta_everywhere) or not isinstance(op, ops.Conv):
+        if (self.beta and self.beta_everywhere) or not isinstance(op, WINDOWED):
             return None
         steps: list[_Step] = []
         i, shape, win = j, tuple(op.out_shape), start
@@ -107,6 +145,13 @@ class WindowRows:
                 kh, kw = op.weight.shape[2:]
                 (sh, sw), (dh, dw) = op.strides, op.dilations
                 nxt = ((win[0] - 1) * sh + dh * (kh - 1) + 1, (win[1] - 1) * sw + dw * (kw - 1) + 1)
+                below = tuple(op.in_shape)
+                if nxt[0] * nxt[1] > MAX_COVER * below[1] * below[2]:
+                    break
+            elif isinstance(op, ConvTranspose):
+                if tuple(op.out_shape) != shape:
+                    break
+                nxt = _convt_window(op, win)
                 below = tuple(op.in_shape)
                 if nxt[0] * nxt[1] > MAX_COVER * below[1] * below[2]:
                     break
@@ -122,7 +167,7 @@ class WindowRows:
         if steps and len(cons) == 1 and self._relu_charged_below(cons[0]):
             last = steps.pop()
             i, shape = last.node, last.shape
-        if not any(isinstance(self.graph.nodes[s.node].op, ops.Conv) for s in steps) \
+        if not any(isinstance(self.graph.nodes[s.node].op, WINDOWED) for s in steps) \
                 or self.graph.size(i) != shape[0] * shape[1] * shape[2] \
                 or any(self.slopes.get(s.node) is not None and self.slopes[s.node].dim() == 3 for s in steps):
             return None  # no convolution, a layout that is not (C, H, W), or slopes per row
@@ -206,6 +251,11 @@ class WindowRows:
                 hh, ww = out.shape[-2:]
                 inside = _grid(y0, x0, hh, ww, Hi, Wi)[2]
                 A = out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype)
+            elif isinstance(op, ConvTranspose):
+                if op.bias is not None:
+                    bias = torch.as_tensor(op.bias, dtype=A.dtype)
+                    total = total + (A.sum((3, 4)) * bias).sum(-1)
+                A, y0, x0 = _convt_back(op, A, y0, x0)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
@@ -238,7 +288,7 @@ class WindowRows:
         where that does not apply: no plan, per-row relaxations, alpha-CROWN's rows, beta multipliers or
         recorded coefficients (the final rows of ReLU splitting), or a node of the windows' chain that
         also passes coefficients to a node outside it (the dense step sums them before relaxing)."""
-        if not isinstance(self.graph.nodes[i].op, ops.Conv) or self._optimises(tag) \
+        if not isinstance(self.graph.nodes[i].op, WINDOWED) or self._optimises(tag) \
                 or (self.beta and (tag == "out" or self.beta_everywhere)) or (self.record is not None and tag == "out") \
                 or self._window_plan(i) is None:  # not even one neuron's rows go as windows (a cheap test first)
             return None
