@@ -12,6 +12,9 @@ grows by the kernel's reach at each of them. The dense steps carry every row ove
   padding gives the input window, its corner at ``corner * stride - pad``; the entries that fall on
   the padding (outside the map) are set to 0, exactly the cropping of the dense step. The bias adds
   ``sum_c bias_c * (sum of the window's channel c)``.
+* **ConvTranspose**: the adjoint is a ``conv2d`` with the same kernel, stride and dilation, whose
+  phase depends on the window's corner; each row's window is widened by up to ``stride - 1`` zeros on
+  the top/left to a common phase first (:func:`_convt_back`), then one ``conv2d`` serves all rows.
 * **Scale** (per-neuron affine) and **elementwise activations** with per-neuron relaxations (ReLU,
   LeakyReLU, sigmoid, ...): the per-neuron tensors are gathered on each row's window (zero outside
   the map, where every coefficient is 0), and the step is the dense step's, entry by entry.
