@@ -126,3 +126,77 @@ def test_kept_bounds_within_their_memory_share(tmp_path, monkeypatch):
     out = input_split(q, Budget.of(60), SplitConfig(lookahead=1, alpha_iterations=0, inherit=True))
     assert out.status == "verified" and recheck(q, out.tree).failed == 0
     assert len(seen) > 2 and all(k is None for k in seen[2:])
+
+
+def _wide_query(top_margin: float = 0.05):
+    """A net with a 1024-wide layer and 3 inputs (back-substitution starts from forward bounds: input
+    splitting inherits there) and a property ``y_0 <= max + margin`` over a box."""
+    from certkit.graph import ops
+    from tests.helpers.random_nets import Builder
+
+    rng = np.random.default_rng(5)
+    b = Builder((1, 3), rng)
+    x = b.act(b.dense(0, 1024), "relu")
+    x = b.act(b.dense(x, 16), "relu")
+    b.dense(x, 2)
+    g = b.graph()
+    lo, hi = np.full(3, 0.3), np.full(3, 0.7)
+    grid = np.stack(np.meshgrid(*[np.linspace(0.3, 0.7, 41)] * 3), -1).reshape(-1, 3)
+    y = g(grid)[:, 0]
+    prop = Property(lo, hi, (Disjunct(np.array([[-1.0, 0.0]]), np.array([-(y.max() + top_margin * np.ptp(y))])),))
+    assert isinstance(g.nodes[1].op, ops.Dense)
+    return Query.of_property(g, prop, 0)
+
+
+def test_wide_split_supersedes_root_alpha_and_reference():
+    from certkit.verify.pipeline import superseded
+    from certkit.verify.procedures import inherits
+
+    q = _wide_query()
+    assert inherits(q)
+    plan = ("interval", "forward", "deeppoly+interval", "deeppoly+reference", "alpha", "bab")
+    assert superseded("alpha", q, plan, None) and superseded("deeppoly+reference", q, plan, None)
+    assert not superseded("deeppoly+interval", q, plan, None)
+    assert not superseded("alpha", q, plan, "alpha")  # asked for by name
+    assert not superseded("alpha", q, plan[:-1], None)  # no input splitting after it
+    narrow = Query.of_property(ALL_NETS["mlp_relu_deep"](0), Property(np.zeros(4), np.full(4, 0.5), (
+        Disjunct(np.ones((1, 3)), np.array([-1e3])),)), 0)
+    assert not inherits(narrow) and not superseded("alpha", narrow, plan, None)
+
+
+def test_root_starts_from_the_remembered_deeppoly_and_rechecks():
+    """The pipeline's DeepPoly of the root box (``remember_bounds``) is the root's start: the proof tree
+    says so and its recheck runs that DeepPoly first; bounds of another box are not used."""
+    from certkit.bounds.deeppoly import BoundState
+    from certkit.spec.sets import InputSet
+    from certkit.verify.procedures import WIDE_SPLIT
+
+    q = _wide_query()
+    lo, hi = root_box(q)
+    S = InputSet(lo, hi)
+    st = BoundState(q.graph, S, intersect=True)
+    st.lower_of(q.graph.output, torch.as_tensor(q.C)[None])
+    split.remember_bounds(q, S, st.bounds)
+    out = input_split(q, Budget.of(120), WIDE_SPLIT)
+    assert out.status == "verified" and out.tree.meta["root_from_deeppoly"] and out.tree.meta["inherit"]
+    rep = recheck(q, out.tree)
+    assert rep.failed == 0 and rep.direct == rep.leaves
+    split.remember_bounds(q, InputSet(lo, hi + 1e-3), st.bounds)  # not this box: ignored
+    again = input_split(q, Budget.of(120), WIDE_SPLIT)
+    assert again.status == "verified" and not again.tree.meta["root_from_deeppoly"]
+
+
+def test_pipeline_hands_its_deeppoly_to_the_root(monkeypatch):
+    from certkit.verify.pipeline import decide
+
+    q = _wide_query(0.3)
+    calls = []
+    orig = split.remember_bounds
+    monkeypatch.setattr(split, "remember_bounds", lambda *a: (calls.append(a[0]), orig(*a)))
+    used = []
+    take = split._remembered
+    monkeypatch.setattr(split, "_remembered", lambda *a: (lambda r: (used.append(r is not None), r)[1])(take(*a)))
+    res = decide([q], ("deeppoly+interval", "bab"), Budget.of(120), quick=None, medium=None, long=None)
+    assert calls == [q]
+    assert res[0].status == "verified" and res[0].stage == "bab"  # DeepPoly alone does not prove it
+    assert used == [True]  # the search started from its bounds

@@ -73,11 +73,19 @@ register_backend(BoundBackend("interval", "interval bound propagation (IBP)", in
 register_backend(BoundBackend(
     "deeppoly", "DeepPoly/CROWN back-substitution (the relaxation of auto_LiRPA's CROWN)",
     lambda g, s, C, budget=None: deeppoly_lower(g, s, C, intersect=False, budget=budget), _has_relaxation))
+def deeppoly_interval_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None, keep: dict | None = None) -> Tensor:
+    """DeepPoly with every intermediate bound intersected with IBP, and IBP's bound where that is higher;
+    ``keep`` receives the final state (``state``: its intermediate bounds hold on ``inputs``)."""
+    st = BoundState(graph, inputs, intersect=True, budget=budget)
+    low = torch.maximum(deeppoly_lower(graph, inputs, C, True, st), interval_lower(graph, inputs, C))
+    if keep is not None:
+        keep["state"] = st
+    return low
+
+
 register_backend(BoundBackend(
     "deeppoly+interval", "DeepPoly with every intermediate bound intersected with IBP (used by auto)",
-    lambda g, s, C, budget=None: torch.maximum(deeppoly_lower(g, s, C, intersect=True, budget=budget),
-                                               interval_lower(g, s, C)),
-    _has_relaxation))
+    deeppoly_interval_lower, _has_relaxation))
 register_backend(BoundBackend(
     "deeppoly+reference", "deeppoly+interval also intersecting every refined layer with the interval image of the "
     "back-substituted layer before (auto_LiRPA's reference bounds; used by auto)",

@@ -32,7 +32,7 @@ import torch
 from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
-from .backends import BACKENDS
+from .backends import BACKENDS, deeppoly_interval_lower
 from .memory import MemoryExceeded, describe
 
 Tensor = torch.Tensor
@@ -101,7 +101,7 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
     The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
     goes on with what is left of it (module docstring). ``keep``: receives alpha-CROWN's final state
     (``state``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when ``stage`` is
-    ``alpha`` and ran as asked; ``enough``: alpha-CROWN's early stop (:func:`certkit.bounds.alpha.alpha_lower`)."""
+    ``alpha`` and ran as asked, DeepPoly's (``state``) when it is ``deeppoly+interval``; ``enough``: alpha-CROWN's early stop (:func:`certkit.bounds.alpha.alpha_lower`)."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped
@@ -112,6 +112,8 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
         try:
             if name == "alpha":
                 low = alpha_lower(graph, inputs, C, budget=sub, report=report, enough=enough)
+            elif name == "deeppoly+interval" and keep is not None:
+                low = deeppoly_interval_lower(graph, inputs, C, budget=sub, keep=report)
             else:
                 low = BACKENDS[name].lower(graph, inputs, C, budget=sub)
         except VerificationTimeout:
@@ -129,7 +131,7 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
             del e
             gc.collect()
             continue
-        if keep is not None and name == stage == "alpha":
+        if keep is not None and name == stage and name in ("alpha", "deeppoly+interval"):
             keep.update(report)
         text = [f"{', '.join(names)}: {why}" for why, names in reasons.items()]
         return low, Method(stage, name, "; ".join(text + ([report["reason"]] if "reason" in report else [])))

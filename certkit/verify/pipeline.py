@@ -36,7 +36,7 @@ from ..log import get as get_logger
 from . import gate
 from .falsify import AttackConfig
 from .plan import BOUND_PROCEDURES
-from .procedures import COMPLETE, INPUT_SPLIT_MAX_DIM, attack_queries, bound_rows, free_dims
+from .procedures import COMPLETE, INPUT_SPLIT_MAX_DIM, attack_queries, bound_rows, free_dims, inherits
 from .query import Budget, BudgetExpired, Query, Status
 from .witness import Witness
 
@@ -75,6 +75,13 @@ FORWARD_SUPERSEDES = {"deeppoly": "deeppoly+interval"}
 #: forward bounds in milliseconds, where alpha-CROWN at the root gains little (nn4sys's mscn_128d_dual,
 #: one free input: 6.7 s of a 20 s budget, no row proved)
 SPLIT_SUPERSEDES = ("alpha",)
+#: stages a plan with ``bab`` skips where input splitting's domains inherit their parents' bounds (back-
+#: substitution starts from forward bounds and at most ``INPUT_SPLIT_MAX_DIM`` inputs are free:
+#: :data:`certkit.verify.procedures.WIDE_SPLIT`): a child domain costs a fraction of a root DeepPoly there,
+#: while alpha-CROWN at the root is cut to the output rows' slopes by the memory budget. On the 25 wild
+#: unsat instances of that kind (cgan_2023, cifar_biasfield, nn4sys, nn4sys_2023) neither stage proved
+#: one; alpha-CROWN took 7-12 s of cgan's and cifar_biasfield's budgets, deeppoly+reference 6.4 s of cgan's
+WIDE_SPLIT_SUPERSEDES = ("deeppoly+reference", "alpha")
 
 
 def superseded(stage: str, query: Query, plan: tuple[str, ...], explicit: str | None) -> bool:
@@ -82,10 +89,12 @@ def superseded(stage: str, query: Query, plan: tuple[str, ...], explicit: str | 
     cheaper there (:data:`FORWARD_SUPERSEDES`, :data:`SPLIT_SUPERSEDES`)?"""
     forward = "forward" in plan and FORWARD_SUPERSEDES.get(stage) in plan
     split = "bab" in plan and stage in SPLIT_SUPERSEDES and explicit != stage
-    if not (forward or split):
+    wide = "bab" in plan and stage in WIDE_SPLIT_SUPERSEDES and explicit != stage
+    if not (forward or split or wide):
         return False
     S = query.bound_set()
-    return (forward and starts_forward(S, query.graph)) or (split and few_free(S))
+    return ((forward and starts_forward(S, query.graph)) or (split and few_free(S))
+            or (wide and inherits(query)))
 
 
 @dataclass

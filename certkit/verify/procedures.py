@@ -177,13 +177,18 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
         S = stack_sets([q.bound_set() for q in qs])
         C = torch.as_tensor(np.stack([q.C for q in qs]))
         d = torch.as_tensor(np.stack([q.d for q in qs]))
-        keep: dict | None = {} if stage == "alpha" and len(qs) == 1 else None
+        keep: dict | None = {} if len(qs) == 1 and (stage == "alpha" or (
+            stage == "deeppoly+interval" and inherits(qs[0]))) else None
         with torch.no_grad():
             low, margin, method = rows_and_margins(stage, graph, S, C, d, budget, keep)
         if keep and keep.get("iterations") and keep.get("state") is not None:  # ReLU splitting's root, ready
             from .relu_split import remember_root
 
             remember_root(qs[0], S, C[0], low, keep["state"], int(keep["iterations"]))
+        elif keep and keep.get("state") is not None:  # input splitting's root starts from its bounds
+            from .input_split import remember_bounds
+
+            remember_bounds(qs[0], S, keep["state"].bounds)
         for r, i in enumerate(idx):
             out[i] = Rows((low[r] - d[r]).numpy(), margin[r].numpy(), None, method)
     return out
@@ -335,6 +340,11 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     if res.status not in ("verified", "falsified") and budget.expired():
         res.status = "timeout"
     return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
+
+
+def inherits(query: Query) -> bool:
+    """Does input splitting of ``query`` run :data:`WIDE_SPLIT` (its domains inherit their parents' bounds)?"""
+    return free_dims(query) <= INPUT_SPLIT_MAX_DIM and starts_forward(query.bound_set(), query.graph)
 
 
 def split_portfolio(query: Query, budget: Budget, root=None, portfolio=None, handoff=None, scale: float = 1.0):
