@@ -86,9 +86,13 @@ MILP_SOLVER = "auto"
 #: instead of 33 (both boxes spent 15% there first), 2_7 / 3_9 prop_1 still 4.3 / 4.0 s, and all 186 VNN-COMP
 #: 2021 instances solved in one ``bench --jobs 2`` run (410 s). Ending the turn by its measured rate
 #: (``give_up_after=0.05``) instead left 1_1 prop_6 in it until the timeout.
+#: The alpha-CROWN run's children inherit their parents' intermediate bounds (``SplitConfig.inherit``):
+#: benchmarks/acas_hard.py's three proofs in 30.0 / 18.0 / 23.2 s instead of 66.6 / 37.9 / 27.3 s (the same
+#: script, both runs at once, one thread each, 2026-12-05). Not the DeepPoly turn: inheriting there too,
+#: 1_9 prop_7's counterexample (found among the first 11 domains' candidates) was missed for 116 s.
 INPUT_SPLIT_PORTFOLIO = (
     (0.05, SplitConfig(lookahead=5, alpha_iterations=0)),
-    (None, SplitConfig(lookahead=1, alpha_iterations=2, alpha_shared=True, alpha_warm=True)),
+    (None, SplitConfig(lookahead=1, alpha_iterations=2, alpha_shared=True, alpha_warm=True, inherit=True)),
 )
 #: Input splitting where one domain costs seconds (nets whose back-substitution starts from forward
 #: bounds, :func:`certkit.bounds.forward.starts_forward`: a layer of >= 1024 neurons): one run, one
