@@ -1,7 +1,8 @@
 """Input splitting with inherited intermediate bounds (``SplitConfig.inherit``): children start from
 their parent's bounds. The bounds they carry hold on sampled points of the children's boxes (on nets of
 every op kind, DeepPoly alone and with alpha-CROWN), verdicts agree with a grid oracle, the proof trees
-record it and re-derive leaf by leaf, and past their memory share the kept bounds are dropped."""
+record it and re-derive leaf by leaf (past their memory share the kept bounds are dropped:
+``tests/test_input_split_branching.py``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -108,24 +109,6 @@ def test_links_follow_the_preorder(tmp_path):
     expect = [k for k, _ in enumerate(leaves_in_preorder(out.tree, 0, lambda *a: 0))]
     assert len(order) == len(expect) == out.tree.n_leaves
     assert all(out.tree.codes[i, 0] < 0 for i in order) and order == sorted(order)
-
-
-def test_kept_bounds_within_their_memory_share(tmp_path, monkeypatch):
-    """Past their share of the memory headroom the kept bounds are dropped and the children start from
-    their own: the same verdict, a proof that rechecks."""
-    monkeypatch.setattr(split, "KEPT_BOUNDS_SHARE", 1e-12)
-    model = saved_model(tiny_relu_onnx(1, hidden=(12, 12, 12)), tmp_path)
-    top, spread = grid_top(model)
-    prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
-                    (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.02 * spread)])),))
-    q = Query.of_property(model.graph, prop, 0, model.runner)
-    seen = []
-    bound = split._Problem.bound
-    monkeypatch.setattr(split._Problem, "bound",
-                        lambda self, lo, hi, init=None, kept=None: (seen.append(kept), bound(self, lo, hi, init, kept))[1])
-    out = input_split(q, Budget.of(60), SplitConfig(lookahead=1, alpha_iterations=0, inherit=True))
-    assert out.status == "verified" and recheck(q, out.tree).failed == 0
-    assert len(seen) > 2 and all(k is None for k in seen[2:])
 
 
 def _wide_query(top_margin: float = 0.05):

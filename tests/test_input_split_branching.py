@@ -96,24 +96,29 @@ def test_warm_start_needs_shared_slopes(tmp_path):
                     SplitConfig(alpha_warm=True))
 
 
-def test_kept_slopes_within_their_memory_share(tmp_path, monkeypatch):
-    """Past their share of the memory headroom the kept slopes are dropped and the search goes on from
-    DeepPoly's slopes: the same verdict, a proof that rechecks."""
+@pytest.mark.parametrize("share, cfg, arg", [
+    ("WARM_SLOPES_SHARE", WARM, "init"),
+    ("KEPT_BOUNDS_SHARE", SplitConfig(lookahead=1, alpha_iterations=0, inherit=True), "kept"),
+])
+def test_kept_state_within_its_memory_share(share, cfg, arg, tmp_path, monkeypatch):
+    """Past their share of the memory headroom the kept slopes (the kept intermediate bounds) are dropped and
+    the search goes on from DeepPoly's slopes (the children's own bounds): the same verdict, a proof that
+    rechecks."""
     import certkit.verify.input_split as split
 
-    monkeypatch.setattr(split, "WARM_SLOPES_SHARE", 1e-12)
-    model = saved_model(tiny_relu_onnx(1), tmp_path)
+    monkeypatch.setattr(split, share, 1e-12)
+    model = saved_model(tiny_relu_onnx(1, hidden=(12, 12, 12) if arg == "kept" else (8, 8)), tmp_path)
     top, spread = grid_top(model)
     prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
                     (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.02 * spread)])),))
     q = Query.of_property(model.graph, prop, 0, model.runner)
     seen = []
     bound = split._Problem.bound
-    monkeypatch.setattr(split._Problem, "bound",
-                        lambda self, lo, hi, init=None, kept=None: (seen.append(init), bound(self, lo, hi, init, kept))[1])
-    out = input_split(q, Budget.of(60), WARM)
+    monkeypatch.setattr(split._Problem, "bound", lambda self, lo, hi, init=None, kept=None: (
+        seen.append({"init": init, "kept": kept}[arg]), bound(self, lo, hi, init, kept))[1])
+    out = input_split(q, Budget.of(60), cfg)
     assert out.status == "verified" and recheck(q, out.tree).failed == 0
-    assert len(seen) > 2 and all(i is None for i in seen[2:])  # no slopes handed on after the first children
+    assert len(seen) > 2 and all(i is None for i in seen[2:])  # nothing handed on after the first children
 
 
 def test_lookahead_only_along_free_inputs(tmp_path):
