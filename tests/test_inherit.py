@@ -133,10 +133,10 @@ def _wide_query(top_margin: float = 0.05):
 
 def test_wide_split_supersedes_root_alpha_and_reference():
     from certkit.verify.pipeline import superseded
-    from certkit.verify.procedures import inherits
+    from certkit.verify.procedures import wide_split
 
     q = _wide_query()
-    assert inherits(q)
+    assert wide_split(q)
     plan = ("interval", "forward", "deeppoly+interval", "deeppoly+reference", "alpha", "bab")
     assert superseded("alpha", q, plan, None) and superseded("deeppoly+reference", q, plan, None)
     assert not superseded("deeppoly+interval", q, plan, None)
@@ -144,7 +144,7 @@ def test_wide_split_supersedes_root_alpha_and_reference():
     assert not superseded("alpha", q, plan[:-1], None)  # no input splitting after it
     narrow = Query.of_property(ALL_NETS["mlp_relu_deep"](0), Property(np.zeros(4), np.full(4, 0.5), (
         Disjunct(np.ones((1, 3)), np.array([-1e3])),)), 0)
-    assert not inherits(narrow) and not superseded("alpha", narrow, plan, None)
+    assert not wide_split(narrow) and not superseded("alpha", narrow, plan, None)
 
 
 def test_root_starts_from_the_remembered_deeppoly_and_rechecks():

@@ -98,6 +98,14 @@ def generator_net(seed: int):
     return b.graph()
 
 
+def _scaled(g, gain: float):
+    """``g`` with every ConvTranspose kernel times ``gain`` (overflowing products)."""
+    for n in g.nodes:
+        if isinstance(n.op, ConvTranspose):
+            object.__setattr__(n.op, "weight", n.op.weight * gain)
+    return g
+
+
 NETS = {
     "generator": generator_net,
     "margins": margin_net,
@@ -213,8 +221,9 @@ def test_default_gate_skips_small_maps_and_windows_large_ones():
     assert st._window_plan(3) is not None and st._window_plan(5) is not None
 
 
-def test_overflowing_weights_give_minus_inf_never_nan(monkeypatch):
-    g = chain_net(0, gain=1e120)
+@pytest.mark.parametrize("net", ["chain", "generator"])
+def test_overflowing_weights_give_minus_inf_never_nan(net, monkeypatch):
+    g = chain_net(0, gain=1e120) if net == "chain" else _scaled(generator_net(0), 1e120)
     S = _box(g, 0, batch=1, width=0.3)
     lo_w, hi_w, used = _bounds(g, S, True, True, monkeypatch)
     lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)

@@ -148,9 +148,11 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     C = torch.as_tensor(C, dtype=torch.float64)
     if C.dim() == 2:
         C = C.expand(inputs.batch, -1, -1)
-    ibp, ibp_errors = start if start is not None else (None, {})
-    if ibp is None:
+    if start is None:
+        ibp_errors: dict = {}
         ibp = start_bounds(graph, inputs, budget, ibp_errors)  # the same at every iterate
+    else:
+        ibp, ibp_errors = start
     plan = plan_alpha(graph, ibp, C.shape[1], inputs.batch, budget, shared)
     if report is not None and plan.reason:
         report["reason"] = plan.reason

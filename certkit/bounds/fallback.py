@@ -112,7 +112,7 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
         try:
             if name == "alpha":
                 low = alpha_lower(graph, inputs, C, budget=sub, report=report, enough=enough)
-            elif name == "deeppoly+interval" and keep is not None:
+            elif name == "deeppoly+interval":
                 low = deeppoly_interval_lower(graph, inputs, C, budget=sub, keep=report)
             else:
                 low = BACKENDS[name].lower(graph, inputs, C, budget=sub)

@@ -78,6 +78,31 @@ class _Step:
 WINDOWED = (ops.Conv, ConvTranspose)
 
 
+def _conv_window(op: ops.Conv, win: tuple[int, int]) -> tuple[int, int]:
+    """The input window of rows on an (h, w) window of a convolution's output (its receptive field)."""
+    return tuple((h - 1) * s + d * (k - 1) + 1 for h, s, d, k in zip(win, op.strides, op.dilations, op.weight.shape[2:]))
+
+
+def _conv_back(op: ops.Conv, A: Tensor, y0: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Windowed rows ``A`` (b, r, C, h, w) with corners ``(y0, x0)`` on a convolution's output, back to its
+    input: ``conv_transpose2d`` with no padding, the corner at ``corner * stride - pad``, entries on the
+    padding set to 0 (the dense step's crop)."""
+    b, r = A.shape[:2]
+    out = F.conv_transpose2d(A.reshape(b * r, *A.shape[2:]), op._w(A)[0], None, op.strides, 0, 0, op.groups,
+                             op.dilations)
+    Y0, X0 = y0 * op.strides[0] - op.pads[0], x0 * op.strides[1] - op.pads[1]
+    return _on_map(out, b, r, Y0, X0, op.in_shape), Y0, X0
+
+
+def _on_map(out: Tensor, b: int, r: int, y0: Tensor, x0: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """``out`` (b * r, C, hh, ww), the rows' windows with corners ``(y0, x0)`` on a (C, H, W) map, as
+    (b, r, C, hh, ww) with 0 off the map (``where``, not a product: an infinite coefficient there is no NaN)."""
+    C, H, W = shape
+    hh, ww = out.shape[-2:]
+    inside = _grid(y0, x0, hh, ww, H, W)[2]
+    return torch.where(inside[None, :, None], out.reshape(b, r, C, hh, ww), torch.zeros((), dtype=out.dtype))
+
+
 def _convt_window(op: ConvTranspose, win: tuple[int, int]) -> tuple[int, int]:
     """The input window of rows on an (h, w) window of a transposed convolution's output
     (:func:`_convt_back`)."""
@@ -105,10 +130,7 @@ def _convt_back(op: ConvTranspose, A: Tensor, y0: Tensor, x0: Tensor) -> tuple[T
     Ap = Ap.permute(3, 0, 4, 1, 2).reshape(b * r, C, H2, W2)
     out = F.conv2d(Ap, op._w(A)[0], None, op.strides, ((kh - 1) * dh, (kw - 1) * dw), op.dilations, op.groups)
     Y0, X0 = (y0 - py + t - (kh - 1) * dh) // sh, (x0 - px + l - (kw - 1) * dw) // sw
-    Ci, Hi, Wi = op.in_shape
-    hh, ww = out.shape[-2:]
-    inside = _grid(Y0, X0, hh, ww, Hi, Wi)[2]
-    return out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype), Y0, X0
+    return _on_map(out, b, r, Y0, X0, op.in_shape), Y0, X0
 
 
 def _elementwise(op) -> bool:
@@ -142,19 +164,10 @@ class WindowRows:
         i, shape, win = j, tuple(op.out_shape), start
         while i != 0 and len(self.graph.nodes[i].inputs) == 1:
             op = self.graph.nodes[i].op
-            if isinstance(op, ops.Conv):
+            if isinstance(op, WINDOWED):
                 if tuple(op.out_shape) != shape:
                     break
-                kh, kw = op.weight.shape[2:]
-                (sh, sw), (dh, dw) = op.strides, op.dilations
-                nxt = ((win[0] - 1) * sh + dh * (kh - 1) + 1, (win[1] - 1) * sw + dw * (kw - 1) + 1)
-                below = tuple(op.in_shape)
-                if nxt[0] * nxt[1] > MAX_COVER * below[1] * below[2]:
-                    break
-            elif isinstance(op, ConvTranspose):
-                if tuple(op.out_shape) != shape:
-                    break
-                nxt = _convt_window(op, win)
+                nxt = (_conv_window if isinstance(op, ops.Conv) else _convt_window)(op, win)
                 below = tuple(op.in_shape)
                 if nxt[0] * nxt[1] > MAX_COVER * below[1] * below[2]:
                     break
@@ -242,23 +255,11 @@ class WindowRows:
                 hit = ((Aa > 0) & ~fin).any(dim=(2, 3, 4)) if not bool(fin.all()) else None
                 if hit is not None:
                     total = torch.where(hit, torch.full_like(total, float("-inf")), total)
-            if isinstance(op, ops.Conv):
+            if isinstance(op, WINDOWED):
                 if op.bias is not None:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
-                wt = op._w(A)[0]
-                Ci, Hi, Wi = op.in_shape
-                out = F.conv_transpose2d(A.reshape(b * r, *A.shape[2:]), wt, None, op.strides, 0, 0,
-                                         op.groups, op.dilations)
-                y0, x0 = y0 * op.strides[0] - op.pads[0], x0 * op.strides[1] - op.pads[1]
-                hh, ww = out.shape[-2:]
-                inside = _grid(y0, x0, hh, ww, Hi, Wi)[2]
-                A = out.reshape(b, r, Ci, hh, ww) * inside[None, :, None].to(out.dtype)
-            elif isinstance(op, ConvTranspose):
-                if op.bias is not None:
-                    bias = torch.as_tensor(op.bias, dtype=A.dtype)
-                    total = total + (A.sum((3, 4)) * bias).sum(-1)
-                A, y0, x0 = _convt_back(op, A, y0, x0)
+                A, y0, x0 = (_conv_back if isinstance(op, ops.Conv) else _convt_back)(op, A, y0, x0)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],

@@ -42,9 +42,9 @@ from ..bounds import conjunction
 from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
 from ..bounds.forward import start_bounds
-from ..graph.ops import RELAXED
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..bounds.memory import headroom
+from ..graph.ops import RELAXED
 from ..log import SearchProgress, get as logger
 from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective

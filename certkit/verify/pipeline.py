@@ -36,7 +36,7 @@ from ..log import get as get_logger
 from . import gate
 from .falsify import AttackConfig
 from .plan import BOUND_PROCEDURES
-from .procedures import COMPLETE, INPUT_SPLIT_MAX_DIM, attack_queries, bound_rows, free_dims, inherits
+from .procedures import COMPLETE, INPUT_SPLIT_MAX_DIM, attack_queries, bound_rows, free_dims, wide_split
 from .query import Budget, BudgetExpired, Query, Status
 from .witness import Witness
 
@@ -86,7 +86,7 @@ WIDE_SPLIT_SUPERSEDES = ("deeppoly+reference", "alpha")
 
 def superseded(stage: str, query: Query, plan: tuple[str, ...], explicit: str | None) -> bool:
     """Does ``plan`` skip the bound ``stage`` for ``query`` because a later stage does its work
-    cheaper there (:data:`FORWARD_SUPERSEDES`, :data:`SPLIT_SUPERSEDES`)?"""
+    cheaper there (:data:`FORWARD_SUPERSEDES`, :data:`SPLIT_SUPERSEDES`, :data:`WIDE_SPLIT_SUPERSEDES`)?"""
     forward = "forward" in plan and FORWARD_SUPERSEDES.get(stage) in plan
     split = "bab" in plan and stage in SPLIT_SUPERSEDES and explicit != stage
     wide = "bab" in plan and stage in WIDE_SPLIT_SUPERSEDES and explicit != stage
@@ -94,7 +94,7 @@ def superseded(stage: str, query: Query, plan: tuple[str, ...], explicit: str | 
         return False
     S = query.bound_set()
     return ((forward and starts_forward(S, query.graph)) or (split and few_free(S))
-            or (wide and inherits(query)))
+            or (wide and wide_split(query)))
 
 
 @dataclass

@@ -182,7 +182,7 @@ def bound_rows(queries: list[Query], stage: str, budget: Budget) -> list[Rows]:
         C = torch.as_tensor(np.stack([q.C for q in qs]))
         d = torch.as_tensor(np.stack([q.d for q in qs]))
         keep: dict | None = {} if len(qs) == 1 and (stage == "alpha" or (
-            stage == "deeppoly+interval" and inherits(qs[0]))) else None
+            stage == "deeppoly+interval" and wide_split(qs[0]))) else None
         with torch.no_grad():
             low, margin, method = rows_and_margins(stage, graph, S, C, d, budget, keep)
         if keep and keep.get("iterations") and keep.get("state") is not None:  # ReLU splitting's root, ready
@@ -346,8 +346,9 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
 
 
-def inherits(query: Query) -> bool:
-    """Does input splitting of ``query`` run :data:`WIDE_SPLIT` (its domains inherit their parents' bounds)?"""
+def wide_split(query: Query) -> bool:
+    """Does branch and bound of ``query`` run :data:`WIDE_SPLIT` (input splitting whose root starts from the
+    pipeline's ``deeppoly+interval`` bounds: :func:`certkit.verify.input_split.remember_bounds`)?"""
     return free_dims(query) <= INPUT_SPLIT_MAX_DIM and starts_forward(query.bound_set(), query.graph)
 
 
