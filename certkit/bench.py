@@ -8,7 +8,9 @@ columns are carried over to the output. Paths are relative to the CSV's folder;
 does is read from the ``.gz`` (VNN-COMP benchmark repositories ship them so).
 
 Each instance runs in a fresh worker process (``forkserver`` context where the
-platform has it, else ``spawn``; one torch thread; :func:`run_instance`), with the
+platform has it, else ``spawn``; :func:`run_instance`) with ``--threads`` torch threads (default:
+the usable CPUs divided by the instances run at once, so ``--jobs 1`` uses the whole machine as the
+competition's tools do, and one per worker on a remote cluster), with the
 row's timeout times ``timeout_scale``: one after the other in this process, or as
 one task each on a Dask cluster (``--cluster``; ``--jobs N`` > 1 is a local
 cluster of N workers; :mod:`certkit.cluster`), rows appended as they finish and
@@ -45,6 +47,7 @@ from typing import Callable, TextIO
 
 from .bounds import ARITHMETICS
 from .cli_paths import output_path
+from .cluster import parse_cluster, threads_per_job
 from .errors import DataError, UsageError
 from .log import progress
 
@@ -205,7 +208,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _worker(conn, owner, onnx: str, vnnlib: str, backend: str, timeout: float, seed: int,
-            arithmetic: str = "auto") -> None:
+            arithmetic: str = "auto", threads: int = 1) -> None:
     """Runs in a fresh process: load, certify, send one dict back. ``owner``: the read end of a pipe
     whose only write end the process that started this one holds (:func:`_exit_with_owner`)."""
     t0 = time.monotonic()
@@ -217,7 +220,7 @@ def _worker(conn, owner, onnx: str, vnnlib: str, backend: str, timeout: float, s
     try:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         from . import api
 
         t0 = time.monotonic()
@@ -307,9 +310,9 @@ def _row(inst: Instance, timeout: float, verdict: str, stage: str, time_s: float
 
 
 def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: int = 0, arithmetic: str = "auto",
-                 files: tuple | None = None) -> dict:
-    """One instance in a fresh process (a fork of a server that imported certkit once; one torch
-    thread), killed :data:`GRACE` seconds past ``timeout``; its result row. Runs in this process or
+                 files: tuple | None = None, threads: int = 1) -> dict:
+    """One instance in a fresh process (a fork of a server that imported certkit once; ``threads``
+    torch threads), killed :data:`GRACE` seconds past ``timeout``; its result row. Runs in this process or
     as a cluster task (``files``: the model's and spec's bytes, :func:`certkit.cluster.ship`, for a
     worker that does not share this file system)."""
     from .cluster import DAEMON_HINT, daemonic, materialise
@@ -326,7 +329,7 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
     recv, send = ctx.Pipe(duplex=False)
     owner_r, owner_w = ctx.Pipe(duplex=False)  # the instance ends when this process does (_exit_with_owner)
     proc = ctx.Process(target=_worker, args=(send, owner_r, inst.onnx_path, inst.vnnlib_path, backend, timeout, seed,
-                                             arithmetic), name=f"certkit-bench-{inst.line}")
+                                             arithmetic, threads), name=f"certkit-bench-{inst.line}")
     r = _Running(inst, proc, recv, time.monotonic(), timeout)
     try:
         try:
@@ -349,11 +352,12 @@ def run_instance(inst: Instance, timeout: float, backend: str = "auto", seed: in
 
 def run(instances: list[Instance], backend: str = "auto", timeout_scale: float = 1.0, jobs: int = 1,
         on_row: Callable[[dict, int], None] | None = None, seed: int = 0, arithmetic: str = "auto",
-        cluster: str | None = None, log: TextIO | None = None) -> list[dict]:
+        cluster: str | None = None, log: TextIO | None = None, threads: int | None = None) -> list[dict]:
     """Run every instance, each in a fresh process (:func:`run_instance`): one after the other in
     this process, or as one Dask task each on ``cluster`` (``--jobs N`` > 1: a local cluster of N
-    workers; :mod:`certkit.cluster`). ``on_row(row, k)`` is called as rows finish, in the order they
-    finish."""
+    workers; :mod:`certkit.cluster`). ``threads``: torch threads per instance; None: the usable CPUs
+    shared among the instances run at once on this machine (:func:`certkit.cluster.threads_per_job`,
+    :func:`task_threads`). ``on_row(row, k)`` is called as rows finish, in the order they finish."""
     rows: list[dict] = []
 
     def finish(row: dict) -> None:
@@ -364,26 +368,36 @@ def run(instances: list[Instance], backend: str = "auto", timeout_scale: float =
     previous = _terminate_as_interrupt()
     try:
         if cluster is None and jobs == 1:
+            t = threads_per_job(threads, 1)
             for inst in instances:
-                finish(run_instance(inst, inst.timeout * timeout_scale, backend, seed, arithmetic))
+                finish(run_instance(inst, inst.timeout * timeout_scale, backend, seed, arithmetic, threads=t))
         else:
             _run_on_cluster(instances, cluster or f"local:{jobs}", finish, log, backend=backend,
-                            timeout_scale=timeout_scale, seed=seed, arithmetic=arithmetic)
+                            timeout_scale=timeout_scale, seed=seed, arithmetic=arithmetic, threads=threads)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return rows
 
 
+def task_threads(spec, threads: int | None) -> int:
+    """torch threads of one instance run as a task on the cluster ``spec``: ``threads`` when given, else
+    the usable CPUs shared among a local cluster's workers, and one on a remote cluster (its machines'
+    CPUs are not this one's)."""
+    return threads_per_job(threads, spec.workers) if spec.local else (threads or 1)
+
+
 def _run_on_cluster(instances: list[Instance], cluster: str, finish: Callable[[dict], None], log: TextIO | None,
-                    backend: str, timeout_scale: float, seed: int, arithmetic: str) -> None:
+                    backend: str, timeout_scale: float, seed: int, arithmetic: str,
+                    threads: int | None = None) -> None:
     """One task per instance on the cluster, at most :data:`IN_FLIGHT` per worker submitted at a time
     (a stopped run leaves little queued; a remote cluster's files are read as their turn comes);
     rows as the tasks finish. A task whose worker died twice (:class:`distributed.KilledWorker`) or
     that failed is an ``error`` row naming why."""
-    from .cluster import open_cluster, parse_cluster, shares_files, ship, worker_count
+    from .cluster import open_cluster, shares_files, ship, worker_count
 
     spec = parse_cluster(cluster)
+    per = task_threads(spec, threads)
     with open_cluster(spec, log) as client:
         from dask.distributed import as_completed
 
@@ -406,7 +420,7 @@ def _run_on_cluster(instances: list[Instance], cluster: str, finish: Callable[[d
         def submit():
             k, inst = todo.pop()
             t = inst.timeout * timeout_scale
-            fut = client.submit(run_instance, inst, t, backend, seed, arithmetic, files(inst), pure=False,
+            fut = client.submit(run_instance, inst, t, backend, seed, arithmetic, files(inst), per, pure=False,
                                 key=f"certkit-bench-{k}-{inst.line}-{uuid.uuid4().hex[:8]}")
             of[fut.key] = (inst, t)
             return fut
@@ -605,8 +619,6 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
         raise UsageError("--resume needs --out RESULTS.csv (the rows to keep)")
     cluster = a.cluster
     if cluster is not None:
-        from .cluster import parse_cluster
-
         parse_cluster(cluster)  # a bad value is a usage error before anything runs
     instances, extra = read_instances(a.instances)
     chosen = select(instances, a.filter, a.limit, a.expected)
@@ -630,7 +642,9 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
             if not a.resume:
                 writer.writeheader()
             out_f.flush()
-        how = f"cluster {cluster}" if cluster else f"{a.jobs} job(s)"
+        threads = getattr(a, "threads", None)
+        how = (f"cluster {cluster}, {task_threads(parse_cluster(cluster), threads)} thread(s) per instance" if cluster
+               else f"{a.jobs} job(s), {threads_per_job(threads, a.jobs)} thread(s) each")
         print(f"bench: {len(chosen)} of {len(instances)} instance(s) from {a.instances}, backend {a.backend}, "
               f"timeout x{a.timeout_scale:g}, {how}" + (f", results to {a.out}" if a.out else "")
               + (f"; {len(kept)} kept from the earlier run" if a.resume else ""), file=stdout, flush=True)
@@ -661,7 +675,8 @@ def run_cli(a, stdout: TextIO | None = None) -> int:
             bar.update(1)
 
         try:
-            rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout)
+            rows = run(chosen, a.backend, a.timeout_scale, a.jobs, on_row, a.seed, a.arithmetic, cluster, stdout,
+                       threads)
         finally:
             if bar is not None:
                 bar.close()

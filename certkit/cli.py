@@ -78,11 +78,23 @@ def _memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _thread_count(text: str) -> int | None:
+    """``--threads``: a count, or ``auto`` (None: :func:`certkit.cluster.usable_cpus`, resolved when run)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or auto (got {text!r})") from None
+
+
 def _global_options(p: argparse.ArgumentParser, top: bool) -> None:
     """``--threads``, ``-v``, ``-q``, ``--log-file``: accepted before the sub-command and after it (a
     sub-command's copy has no default, so it does not undo the value given before it)."""
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)  # noqa: E731
-    p.add_argument("--threads", type=int, default=d(1), help="CPU threads for torch (default 1)")
+    p.add_argument("--threads", type=_thread_count, default=d(None), metavar="N|auto",
+                   help="CPU threads for torch (default auto: every CPU this process may use; certkit bench "
+                        "shares them among its --jobs)")
     p.add_argument("-v", "--verbose", action="count", default=d(0),
                    help="log what each stage decided (-vv: also the searches' progress), on stderr")
     p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="errors only; no progress bars")
@@ -599,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(-1 if a.quiet else a.verbose, a.log_file)
         import torch
 
-        torch.set_num_threads(a.threads)
+        from .cluster import threads_per_job
+
+        torch.set_num_threads(threads_per_job(a.threads, 1))
         with _quiet(debug):
             if a.command in _BUILTIN:
                 rc = _BUILTIN[a.command](a)

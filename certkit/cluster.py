@@ -7,10 +7,11 @@ same tasks run: one per suite instance (:mod:`certkit.bench`), one per batch of 
 (:mod:`certkit.verify.dataset`), one per sub-box of an input-splitting search
 (:mod:`certkit.verify.distributed`).
 
-Workers run one task at a time (one thread each, torch on one thread). A task whose worker dies is
-retried once on another worker (``distributed.scheduler.allowed-failures = 1``), then reported
-(:class:`~distributed.KilledWorker`). A local cluster's workers are started non-daemonic, so that a
-task can start the fresh process that runs one suite instance; on a cluster started by hand the
+Workers run one task at a time (one thread each, torch on one thread; a suite instance's own process
+on a local cluster of N workers gets the usable CPUs divided by N, :func:`threads_per_job`). A task
+whose worker dies is retried once on another worker (``distributed.scheduler.allowed-failures = 1``),
+then reported (:class:`~distributed.KilledWorker`). A local cluster's workers are started non-daemonic,
+so that a task can start the fresh process that runs one suite instance; on a cluster started by hand the
 workers need the same (``DASK_DISTRIBUTED__WORKER__DAEMON=False``, or ``dask worker --no-nanny``).
 
 What reaches the workers: model and spec files by path on a local cluster (the same file system),
@@ -59,13 +60,28 @@ class ClusterSpec:
         return self.address is None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one: a container's or
+    ``taskset``'s limit, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this system
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_job(threads: int | None, jobs: int) -> int:
+    """torch threads for each of ``jobs`` instances run at once on this machine: ``threads`` when given,
+    else the usable CPUs shared among the jobs (one each at least)."""
+    return threads if threads else max(1, usable_cpus() // max(1, jobs))
+
+
 def parse_cluster(text: str) -> ClusterSpec:
     """``local``, ``local:N`` (N >= 1) or a scheduler address ``SCHEME://HOST:PORT``; a UsageError
     (exit 2) naming the value otherwise."""
     t = text.strip()
     m = _LOCAL.match(t)
     if m:
-        n = int(m.group(1)) if m.group(1) else (os.cpu_count() or 1)
+        n = int(m.group(1)) if m.group(1) else usable_cpus()
         if n < 1:
             raise UsageError(f"--cluster {text}: a local cluster needs at least 1 worker")
         return ClusterSpec(None, n)

@@ -46,9 +46,10 @@ def verdicts(path: Path) -> dict[str, str]:
     return {r["note"]: r["verdict"] for r in read_out(path)[1]}
 
 
-@pytest.mark.parametrize("text, want", [("local:3", ClusterSpec(None, 3)), ("local", ClusterSpec(None, os.cpu_count() or 1)),
+@pytest.mark.parametrize("text, want", [("local:3", ClusterSpec(None, 3)), ("local", ClusterSpec(None, 5)),
                                         ("tcp://10.0.0.1:8786", ClusterSpec("tcp://10.0.0.1:8786", 0))])
-def test_parse_cluster(text, want):
+def test_parse_cluster(text, want, monkeypatch):
+    monkeypatch.setattr("certkit.cluster.usable_cpus", lambda: 5)  # local: one worker per usable CPU
     assert parse_cluster(text) == want
 
 
