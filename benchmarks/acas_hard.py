@@ -35,7 +35,8 @@ def paths(net: str, prop: str) -> tuple[str, str]:
 def run_certkit(onnx: str, spec: str, timeout: float) -> tuple[str, float]:
     t = time.monotonic()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "certkit", "certify", onnx, spec, "--timeout", str(timeout)],
+    out = subprocess.run([sys.executable, "-m", "certkit", "certify", onnx, spec, "--timeout", str(timeout),
+                          "--threads", "1"],
                          capture_output=True, text=True, env=env, timeout=timeout + 60,
                          cwd=os.path.join(HERE, ".."))
     verdict = (out.stdout.strip().splitlines() or ["error"])[0]

@@ -32,7 +32,9 @@ SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "benchmarks"))
 def certkit(*args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
     t = time.monotonic()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "certkit", *args], capture_output=True, text=True, env=env,
+    # one torch thread everywhere (the default is every CPU): one process and each worker alike
+    out = subprocess.run([sys.executable, "-m", "certkit", "--threads", "1", *args], capture_output=True, text=True,
+                         env=env,
                          timeout=timeout, cwd=ROOT)
     return out, time.monotonic() - t
 
