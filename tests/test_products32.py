@@ -84,6 +84,21 @@ def _hard_A(rng, s, n, kind):
     return torch.tensor(A, dtype=D)
 
 
+def _within_charge(op, A, rng, kind, ref):
+    """Assert |fl32 product - ref| |y| <= |A| per_neuron + floor over a random box of the op's input;
+    the float32 product and the reference ``ref`` (float64 ``A M``)."""
+    n_in = ref.shape[-1]
+    lo = torch.tensor(-rng.uniform(0, 3, (1, n_in)), dtype=D)
+    hi = torch.tensor(rng.uniform(0, 3, (1, n_in)), dtype=D)
+    out, in32 = product(lambda a: op.backward(a)[0], A)
+    assert in32
+    charge = product_charge(op, lo, hi)
+    err = ((out - ref).abs() * torch.maximum(lo.abs(), hi.abs())[:, None, :]).sum(-1)
+    allowed = torch.einsum("bsk,bk->bs", A.abs(), charge.per_neuron) + charge.floor
+    assert bool((err <= allowed).all()), (op.kind, kind, float((err / allowed).max()))
+    return out, ref
+
+
 @pytest.mark.parametrize("kind", ["plain", "cancel", "tiny", "huge", "mixed"])
 def test_float32_products_within_the_charge(kind):
     """|fl32 product - A M| |y| <= |A| per_neuron + floor, for y in the box the charge is given, on
@@ -93,18 +108,34 @@ def test_float32_products_within_the_charge(kind):
         M = _matrix(op)
         n_out, n_in = M.shape
         A = _hard_A(rng, 16, n_out, kind)
-        lo = torch.tensor(-rng.uniform(0, 3, (1, n_in)), dtype=D)
-        hi = torch.tensor(rng.uniform(0, 3, (1, n_in)), dtype=D)
-        out, in32 = product(lambda a: op.backward(a)[0], A)
-        assert in32
-        ref = torch.einsum("bsk,kc->bsc", A, M)
-        charge = product_charge(op, lo, hi)
-        err = ((out - ref).abs() * torch.maximum(lo.abs(), hi.abs())[:, None, :]).sum(-1)
-        allowed = torch.einsum("bsk,bk->bs", A.abs(), charge.per_neuron) + charge.floor
-        assert bool((err <= allowed).all()), (op.kind, kind, float((err / allowed).max()))
+        out, ref = _within_charge(op, A, rng, kind, torch.einsum("bsk,kc->bsc", A, M))
         # the largest per-entry error against the bound's form: gamma_{K+3} |A| |M|
         bound = gamma(adjoint_terms(op) + 3, U32) * torch.einsum("bsk,kc->bsc", A.abs(), M.abs()) + 1e-37
         assert bool(((out - ref).abs() <= bound * (1 + 1e-9) + 4 * TINY32 * adjoint_terms(op)).all())
+
+
+@pytest.fixture(params=[2, 4])
+def threads(request):
+    """torch on several threads (certkit's default is every CPU): GEMMs and oneDNN convolutions split their
+    work, and their sums, across threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("kind", ["cancel", "mixed"])
+def test_float32_products_within_the_charge_on_threads(kind, threads):
+    """The charge holds for products large enough to be split across threads (a 1024x1024 Dense, a 3x3
+    convolution of 16 -> 32 channels on 16x16 and its transpose); the reference is the float64 product."""
+    rng = np.random.default_rng(7)
+    big = [ops.Dense(rng.standard_normal((1024, 1024)), None),
+           _conv(rng, cin=16, cout=32, k=3, hw=16), _conv(rng, cin=16, cout=32, k=3, stride=2, hw=16),
+           _convt(rng, cin=16, cout=8, k=4, stride=2, hw=16)]
+    for op in big:
+        n_out = int(np.prod(op.out_shape)) if hasattr(op, "out_shape") else op.weight.shape[0]
+        A = _hard_A(rng, 64, n_out, kind)
+        _within_charge(op, A, rng, kind, op.backward(A)[0])
 
 
 def test_float32_overflow_falls_back_to_float64():

@@ -73,6 +73,8 @@ register_backend(BoundBackend("interval", "interval bound propagation (IBP)", in
 register_backend(BoundBackend(
     "deeppoly", "DeepPoly/CROWN back-substitution (the relaxation of auto_LiRPA's CROWN)",
     lambda g, s, C, budget=None: deeppoly_lower(g, s, C, intersect=False, budget=budget), _has_relaxation))
+
+
 def deeppoly_interval_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None, keep: dict | None = None) -> Tensor:
     """DeepPoly with every intermediate bound intersected with IBP, and IBP's bound where that is higher;
     ``keep`` receives the final state (``state``: its intermediate bounds hold on ``inputs``)."""

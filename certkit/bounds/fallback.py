@@ -101,7 +101,8 @@ def lower_within_memory(stage: str, graph: Graph, inputs: InputSet, C: Tensor,
     The time budget running out raises ``BudgetExpired``, unless ``on_timeout``: then the ladder
     goes on with what is left of it (module docstring). ``keep``: receives alpha-CROWN's final state
     (``state``, ``iterations``: :func:`certkit.bounds.alpha.alpha_lower`'s report) when ``stage`` is
-    ``alpha`` and ran as asked, DeepPoly's (``state``) when it is ``deeppoly+interval``; ``enough``: alpha-CROWN's early stop (:func:`certkit.bounds.alpha.alpha_lower`)."""
+    ``alpha`` and ran as asked, DeepPoly's (``state``) when it is ``deeppoly+interval``; ``enough``:
+    alpha-CROWN's early stop (:func:`certkit.bounds.alpha.alpha_lower`)."""
     from .alpha import alpha_lower
 
     reasons: dict[str, list[str]] = {}  # reason -> the procedures it stopped
