@@ -656,7 +656,7 @@ _RANGES = {
     "domain": (lambda v: all(map(math.isfinite, v)) and v[0] <= v[1], "finite, with LO <= HI"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "limit": (lambda v: v >= 0, ">= 0"),
-    "threads": (lambda v: 1 <= v <= MAX_THREADS, f"in [1, {MAX_THREADS}]"),
+    "threads": (lambda v: 1 <= v <= MAX_THREADS, f"in [1, {MAX_THREADS}] or auto"),
     "time_per_leaf": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
     "total_timeout": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
 }
