@@ -87,7 +87,7 @@ class RowSavings:
             lb, ub = low[:, :kb], -low[:, kb:2 * kb]
             li, ui = l[:, both], u[:, both]
             if self.intersect:
-                lb, ub = torch.maximum(lb, li), torch.minimum(ub, ui)
+                lb, ub = self._meet(lb, ub, li, ui)
             m = mask[:, both]
             l[:, both] = torch.where(m, lb, li)
             u[:, both] = torch.where(m, ub, ui)
@@ -95,7 +95,7 @@ class RowSavings:
         if ku:
             ub, ui = -low[:, 2 * kb:], u[:, up]
             if self.intersect:
-                ub = torch.minimum(ub, ui)
+                ub = self._meet(ub, ub, ui, ui)[1]
             m = mask[:, up]
             u[:, up] = torch.where(m, ub, ui)
             back[:, up] = m & (u[:, up] > 0)
@@ -126,7 +126,7 @@ class RowSavings:
         vals = torch.zeros(b, 2 * n, dtype=l.dtype).scatter_(1, order, low)
         lb, ub = vals[:, :n], -vals[:, n:]
         if self.intersect:
-            lb, ub = torch.maximum(lb, l), torch.minimum(ub, u)
+            lb, ub = self._meet(lb, ub, l, u)
         l, u = torch.where(mask & ~off, lb, l), torch.where(mask, ub, u)
         self.bounds[j] = (l, u)
         back = off & (u > 0)
