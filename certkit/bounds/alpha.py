@@ -11,7 +11,8 @@ Starting from DeepPoly's choice, all slopes are optimised jointly by projected
 gradient ascent (Adam, learning rate :data:`LR` decayed by :data:`LR_DECAY` per step) on the sum of
 the final lower bounds; intermediate
 bounds are recomputed with their slopes at every iterate (and intersected with
-interval bounds). Every iterate is sound, and the best bound of any iterate is
+interval bounds, the gradient reaching the row's slopes also where the interval bound wins:
+:meth:`~certkit.bounds.deeppoly.BoundState._meet`). Every iterate is sound, and the best bound of any iterate is
 kept row by row, so the result is never looser than DeepPoly's.
 
 Memory (:mod:`certkit.bounds.memory`): the slopes of every (target, ReLU) pair, their gradients and
