@@ -95,7 +95,7 @@ class RowSavings:
         if ku:
             ub, ui = -low[:, 2 * kb:], u[:, up]
             if self.intersect:
-                ub = self._meet(ub, ub, ui, ui)[1]
+                ub = self._meet(None, ub, None, ui)[1]
             m = mask[:, up]
             u[:, up] = torch.where(m, ub, ui)
             back[:, up] = m & (u[:, up] > 0)

@@ -11,7 +11,8 @@ For a list of queries and a plan (:mod:`certkit.verify.plan`):
    skipped when that one took more than :data:`REPEAT_SHARE` of the time left; after the first
    stage, a medium attack within a quarter of the time left (the later stages can take the whole
    budget on a large net);
-3. a longer attack on the queries still open;
+3. a longer attack on the queries still open (right after the bound stage, when one took more than
+   :data:`EARLY_LONG_SHARE` of the time left and more follow it);
 4. the plan's complete procedures in order, query by query, each within its own budget
    (``query_budget``) and the overall one.
 
@@ -65,6 +66,11 @@ SPLIT_LONG_SHARE = 0.1
 #: proves the query: vit_2023 ibp_3_3_8, 17 s a DeepPoly pass)
 REPEATS = {"deeppoly+interval": ("deeppoly",), "deeppoly+reference": ("deeppoly+interval", "deeppoly")}
 REPEAT_SHARE = 0.1
+#: the long attack runs right after a bound stage that took more than this share of the time left before
+#: it and left a query open, ahead of the bound stages still to come (which cost at least as much: alpha-CROWN
+#: after a slow DeepPoly), not after them: on traffic_signs_recognition_2023's model_30 idx_8258 eps 5 (sat)
+#: DeepPoly took 37 s and alpha-CROWN 52 s of 120 before the long attack, which the run then cut short
+EARLY_LONG_SHARE = 0.1
 #: a stage a plan with ``forward`` skips for the queries whose back-substitution starts from forward
 #: bounds (:func:`certkit.bounds.forward.starts_forward`): pure CROWN refines every neuron the interval
 #: bounds leave unstable, while ``deeppoly+interval`` refines only those the forward bounds leave
@@ -175,8 +181,18 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
             results[i].status, results[i].witness, results[i].stage = "falsified", w, "attack"
         return bool(found)
 
+    complete = [p for p in plan if p in COMPLETE]
+
+    def long_budget(early: bool) -> Budget:
+        """The long attack's: a share of the time left when more follows it, else all of it."""
+        if not complete and not early:
+            return budget
+        split = "bab" in complete and all(free_dims(queries[i]) <= INPUT_SPLIT_MAX_DIM for i in open_ones())
+        return budget.share(SPLIT_LONG_SHARE if split else LONG_SHARE)
+
     if falsify(quick, budget.share(QUICK_SHARE)) and stop_on_sat:
         return _finish(results, started)
+    early = False  # the long attack ran after a slow bound stage (EARLY_LONG_SHARE)
     stages = [p for p in plan if p in BOUND_PROCEDURES or p == "lipschitz"]
     for k, stage in enumerate(stages):
         ids = open_ones()
@@ -207,6 +223,7 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
             continue
         tick(stage, t)
         timings["bounds"] = timings.get("bounds", 0.0) + time.monotonic() - t
+        slow = rem is not None and time.monotonic() - t > EARLY_LONG_SHARE * rem and k + 1 < len(stages)
         n_open = len(open_ones())
         for i, row in zip(ids, got):
             method = getattr(row, "method", None)
@@ -218,9 +235,11 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 results[i].time = time.monotonic() - started[i]
         _LOG.info("%s bounds: %d of %d quer%s proved in %.3f s", stage, n_open - len(open_ones()), len(ids),
                   "y" if len(ids) == 1 else "ies", time.monotonic() - t)
-    complete = [p for p in plan if p in COMPLETE]
-    split = "bab" in complete and all(free_dims(queries[i]) <= INPUT_SPLIT_MAX_DIM for i in open_ones())
-    if falsify(long, budget.share(SPLIT_LONG_SHARE if split else LONG_SHARE) if complete else budget) and stop_on_sat:
+        if slow and long is not None and open_ones():
+            early = True
+            if falsify(long, long_budget(True)) and stop_on_sat:
+                return _finish(results, started)
+    if not early and falsify(long, long_budget(False)) and stop_on_sat:
         return _finish(results, started)
     now = time.monotonic()
     for r, t0 in zip(results, started):  # decided by the batched stages: their time ends here
