@@ -47,6 +47,23 @@ def test_meet_is_the_intersection_to_the_last_bit(alpha):
         assert bool((lb.grad[lb.detach() < l] == 0).all()) and bool((lb.grad[lb.detach() > l] == 1).all())
 
 
+@pytest.mark.parametrize("alpha", [False, True])
+def test_meet_keeps_nan_and_the_upper_side_alone(alpha):
+    """A NaN row stays NaN (no bound; never closes anything) and passes no NaN gradient; the upper side
+    alone (``lb`` None: rows whose lower bound is not wanted) is the same minimum."""
+    nan, inf = float("nan"), float("inf")
+    ub = torch.tensor([nan, 1.0, inf, -2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    u = torch.tensor([0.0, nan, 3.0, -1.0, inf], dtype=torch.float64)
+    st = _state(alpha)
+    none, hi = st._meet(None, ub, None, u)
+    assert none is None
+    assert torch.allclose(hi, torch.minimum(ub, u), rtol=0, atol=0, equal_nan=True)
+    _, hi2 = st._meet(ub, ub, u, u)
+    assert torch.allclose(hi2, hi, rtol=0, atol=0, equal_nan=True)
+    hi[torch.isfinite(hi)].sum().backward()
+    assert bool(torch.isfinite(ub.grad).all())
+
+
 def _alpha_both_ways(monkeypatch, g, S, C):
     steered = alpha_lower(g, S, C)
     with monkeypatch.context() as m:

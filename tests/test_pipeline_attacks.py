@@ -37,7 +37,6 @@ def _open(queries):
     raise pipeline.BudgetExpired("no bounds in this test")  # the stages end; the long attack comes next
 
 
-
 def _run(monkeypatch, plan, stage_seconds):
     """``decide`` on a fake clock, its bound stages taking ``stage_seconds[stage]`` (default 0.1 s) and
     proving nothing: the stages and attacks in order, each attack as (restarts, its share of the time left)."""
