@@ -1,7 +1,9 @@
 """ReLU-splitting branch and bound on its own: verdicts, domains and time per instance, for
 configurations side by side (the figures behind ReluSplitConfig's defaults).
 
-Usage: python benchmarks/relu_split.py [--budget 30] [--count 6]
+Usage: python benchmarks/relu_split.py [--budget 30] [--count 6] [--configs default,milp-leaves]
+
+Each cell: verdict, domains bounded, MILP leaves closed / tried (when any), seconds.
 
 Instances: the shared mnistfc ones that bounds alone leave open, and robustness properties of
 paper 002's 5x100 and 8x100 nets on MNIST test images 200.. that alpha-CROWN does not prove and
@@ -28,7 +30,8 @@ from certkit.verify.relu_split import ReluSplitConfig, relu_split  # noqa: E402
 from certkit.verify.query import Budget, Query  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
-CONFIGS = {"default": ReluSplitConfig(), "refine": ReluSplitConfig(refine_intermediate=True)}
+CONFIGS = {"default": ReluSplitConfig(), "milp-leaves": ReluSplitConfig(milp_leaves=True),
+           "refine": ReluSplitConfig(refine_intermediate=True)}
 MNISTFC = [("mnistfc_2021", "prop_1_0.03"), ("mnistfc_2021", "prop_9_0.05"), ("mnistfc_2021", "prop_0_0.03"),
            ("mnistfc_2022", "prop_10_0.05"), ("mnistfc_2021", "prop_5_0.03")]
 
@@ -58,7 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=30.0, help="seconds per instance and configuration")
     ap.add_argument("--count", type=int, default=6, help="open images per paper-002 net")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     a = ap.parse_args()
+    configs = {c: CONFIGS[c] for c in a.configs.split(",")}
     torch.set_num_threads(1)
     cases = []
     for bench, name in MNISTFC:
@@ -74,17 +79,18 @@ def main() -> None:
             cases += [(f"paper 002 {net} d={eps}", name, m, p) for name, p in _open_images(m, eps, a.count)]
     if not cases:
         sys.exit("../shared is absent: nothing to run")
-    print(f"{'net':<24}{'instance':<14}" + "".join(f"{c:>28}" for c in CONFIGS))
-    totals = {c: [0, 0.0] for c in CONFIGS}
+    print(f"{'net':<24}{'instance':<14}" + "".join(f"{c:>28}" for c in configs))
+    totals = {c: [0, 0.0] for c in configs}
     for net, name, m, prop in cases:
         cells = []
-        for c, cfg in CONFIGS.items():
+        for c, cfg in configs.items():
             t = time.monotonic()
             r = relu_split(Query.of_property(m.graph, prop, 0, m.runner), Budget.of(a.budget), cfg)
             dt = time.monotonic() - t
             totals[c][0] += r.status in ("verified", "falsified")
             totals[c][1] += dt
-            cells.append(f"{r.status:>10} {r.domains:>7} {dt:6.1f} s")
+            milp = f" {r.milp_closed}/{r.milp_tried}" if r.milp_tried else ""
+            cells.append(f"{r.status:>10} {r.domains:>7}{milp} {dt:6.1f} s")
         print(f"{net:<24}{name:<14}" + "".join(f"{x:>28}" for x in cells), flush=True)
     print(f"{'decided / total time':<38}" + "".join(f"{f'{n} of {len(cases)}, {t:.0f} s':>28}"
                                                    for n, t in totals.values()))

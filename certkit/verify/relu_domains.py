@@ -53,6 +53,13 @@ class Domains:
     value: Tensor  # (N,) best row slack minus margin (> 0: closed)
     branch: Tensor  # (N, 2) (position in the ReLU list, neuron); (-1, -1) when none is left
     ids: Tensor  # (N,) int64: domain ids in the proof log
+    #: (N,) int64: generations in a row whose bound rose by less than ReluSplitConfig.milp_gain of the
+    #: deficit (a domain that stops improving goes to the MILP); -1 once its MILP was tried
+    stall: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.stall is None:
+            self.stall = torch.zeros(self.value.shape[0], dtype=torch.int64)
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -69,7 +76,7 @@ class Domains:
                         {j: (fn(lu[0]), fn(lu[1])) for j, lu in self.bounds.items()},
                         {r: fn(t) for r, t in self.alpha.items()},
                         {r: fn(t) for r, t in self.beta.items()},
-                        fn(self.value), fn(self.branch), fn(self.ids))
+                        fn(self.value), fn(self.branch), fn(self.ids), fn(self.stall))
 
     @staticmethod
     def cat(a: "Domains | None", b: "Domains") -> "Domains":
@@ -81,7 +88,16 @@ class Domains:
                         {r: torch.cat([a.alpha[r], t]) for r, t in b.alpha.items()},
                         {r: torch.cat([a.beta[r], t]) for r, t in b.beta.items()},
                         torch.cat([a.value, b.value]), torch.cat([a.branch, b.branch]),
-                        torch.cat([a.ids, b.ids]))
+                        torch.cat([a.ids, b.ids]), torch.cat([a.stall, b.stall]))
+
+
+def free_unstable(dom: Domains, relus: list[int], pre: list[int]) -> Tensor:
+    """(N,) the unstable ReLUs each domain leaves unsplit (the binaries of its MILP)."""
+    n = torch.zeros(len(dom), dtype=torch.int64)
+    for r, j in zip(relus, pre):
+        l, u = dom.bounds[j]
+        n += ((l < 0) & (u > 0) & (dom.splits[r] == 0)).sum(dim=1)
+    return n
 
 
 def branch_scores(dom: Domains, record: dict, relus: list[int], pre: list[int]) -> Tensor:

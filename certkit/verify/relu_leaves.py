@@ -1,4 +1,6 @@
-"""The leaves of ReLU splitting where every ReLU is fixed (DESIGN.md section 3).
+"""The leaves of ReLU splitting decided by linear programming (DESIGN.md section 3).
+
+*Every ReLU fixed* (:func:`lp_leaves`):
 
 On such a domain the net is affine, so ``min_x max_i (C_i y - d_i)`` over the domain is a linear
 program. Its minimiser is tried as a counterexample (:meth:`certkit.verify.query.Query.confirm`);
@@ -6,8 +8,19 @@ its duals become the beta multipliers of a bound that is then re-derived soundly
 bounding (LP duality: with exact multipliers the beta-CROWN bound equals the LP minimum), and an
 empty domain is certified by a phase-1 combination of its split constraints, re-derived the same way.
 The LP is only a source of multipliers and candidates: nothing it says is trusted.
+
+*A domain that stops improving* (:func:`milp_leaf`; issue 13's "MILP on hard leaves"): when
+splitting a domain no longer raises its bound, the exact MILP of the net on that domain -- its split
+constraints as the bounds of the split pre-activations, every other intermediate bound the domain's
+own (already computed, clamped by the splits), one binary per unstable ReLU left unsplit -- decides
+it (:func:`certkit.verify.milp.solve_disjunct`, the LP relaxation first). It closes the domain on the
+same tolerance argument as the ``milp`` backend (the solver's dual bound above ``tau``), and a
+MILP solution is a counterexample only when onnxruntime confirms it. ``certkit check`` solves
+such a leaf's MILP again.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -107,3 +120,31 @@ def _emptiness_multipliers(rows, rhs, box, value: float) -> np.ndarray | None:
         return None
     y = np.maximum(-np.asarray(res.marginals), 0.0)
     return y * 2.0 * (abs(value) + 1.0) / res.objective
+
+
+def milp_leaf(tree, dom, seconds: float, solver: str = "auto") -> tuple[str, Witness | None, float]:
+    """Decide one domain (batch 1) of a piecewise-linear net by its MILP, within ``seconds``:
+    ``("verified", None, value)`` (the dual bound minus the solver tolerance, > 0),
+    ``("falsified", witness, value)`` or ``("open", None, value)``."""
+    from ..solvers import solver_available
+    from .milp import encode, solve_disjunct
+
+    if not solver_available("highs"):
+        return "open", None, float("-inf")
+    deadline = time.monotonic() + max(0.0, seconds)
+    bounds = [None if b is None else (b[0].detach(), b[1].detach()) for b in tree._bounds(dom)]
+    lo, hi = tree.lo[0].numpy(), tree.hi[0].numpy()
+    enc = encode(tree.graph, lo, hi, bounds, "none", deadline)
+    known = float(dom.value[0])
+    known = known if np.isfinite(known) else float("-inf")
+
+    def confirm(x: np.ndarray) -> Witness | None:
+        return tree.query.confirm(x[None])
+
+    r = solve_disjunct(enc, tree.C.numpy(), tree.d.numpy(), known, None if tree.query.runner is None else confirm,
+                       deadline, solver)
+    if r.status == "witness":
+        return "falsified", r.witness, r.bound
+    if r.status in ("lp", "milp"):
+        return "verified", None, r.bound - r.tolerance
+    return "open", None, r.bound

@@ -4,8 +4,9 @@ The root's intermediate bounds are recomputed by the same alpha-CROWN run as the
 disjunct's tree is replayed from the root -- the two children of a split cover their parent, so the
 leaves cover the root -- and every leaf is bounded again with its recorded slopes and multipliers
 (any slopes in [0, 1] and multipliers >= 0 give a sound bound, so nothing recorded is trusted); an
-``empty`` leaf must show its clamped bounds contradicting its splits. A leaf that does not close
-that way gets a fresh search of its own before it counts as failed.
+``empty`` leaf must show its clamped bounds contradicting its splits; a ``milp`` leaf (a hard leaf the
+search's MILP decided) has its MILP solved again. A leaf that does not close that way gets a fresh
+search of its own before it counts as failed.
 """
 from __future__ import annotations
 
@@ -17,18 +18,20 @@ import torch
 from .gate import closed
 from .proof import ProofTree, RecheckReport, leaves_in_preorder
 from .query import Budget, BudgetExpired, Query
+from .relu_leaves import milp_leaf
 from .relu_split import ReluSplitConfig, _Domains, _root, _Tree, relu_nodes, supports
 
 
 def recheck(query: Query, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSplitConfig(),
-            batch: int = 128, time_per_leaf: float = 5.0) -> RecheckReport:
+            batch: int = 128, time_per_leaf: float = 5.0, milp_seconds: float = 20.0) -> RecheckReport:
     """Re-derive a ReLU-splitting proof (one tree per disjunct): recompute the root's
     intermediate bounds (the same alpha-CROWN run as the search), replay each tree's splits --
     the two children of a split cover their parent, so the leaves cover the root -- and bound
     every leaf again with its recorded slopes and multipliers (any slopes in [0, 1] and any
     multipliers >= 0 give a sound bound, so nothing recorded is trusted); an ``empty`` leaf must
-    show its clamped bounds contradicting its splits. A leaf that does not close that way gets
-    a fresh search of its own (``time_per_leaf`` seconds) before it counts as failed."""
+    show its clamped bounds contradicting its splits; a ``milp`` leaf has its MILP solved again
+    (``milp_seconds``). A leaf that does not close that way gets a fresh search of its own
+    (``time_per_leaf`` seconds) before it counts as failed."""
     t0 = time.monotonic()
     rep = RecheckReport()
     graph = query.graph
@@ -77,8 +80,11 @@ def recheck(query: Query, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSpl
             dom, _ = tree.bound(dom, None, optimise=False)
             ok = closed(dom.value)
             rep.direct += int(ok.sum())
-            for b in torch.nonzero(~ok).flatten().tolist():  # a fresh search under this leaf
-                if _research(tree, dom.map(lambda x: x[b:b + 1]), cfg, time_per_leaf):
+            for b in torch.nonzero(~ok).flatten().tolist():  # the MILP again, or a fresh search under this leaf
+                one = dom.map(lambda x: x[b:b + 1])
+                if part[b][1] == "milp" and tree.piecewise and milp_leaf(tree, one, milp_seconds)[0] == "verified":
+                    rep.direct += 1
+                elif _research(tree, one, cfg, time_per_leaf):
                     rep.resplit += 1
                 else:
                     rep.failed += 1

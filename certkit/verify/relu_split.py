@@ -23,7 +23,11 @@ relaxation gap it costs the final bound (``|coefficient| x intercept``, Bunel et
 al. 2020). The worst open domains are split first, many per batch; children
 warm-start from their parent's slopes and multipliers. The minimiser of each
 domain's linear bound over the box is tried as a counterexample (confirmed
-with onnxruntime). Each disjunct of the property gets its own tree.
+with onnxruntime). A domain of a piecewise-linear net whose bound stops rising
+(``milp_stall`` generations in a row below ``milp_gain`` of its deficit) goes to the
+exact MILP of that domain, with its splits and intermediate bounds
+(:func:`~certkit.verify.relu_leaves.milp_leaf`). Each disjunct of the property gets
+its own tree.
 
 Soundness for the model as onnxruntime runs it: the box is rounded outward and every bound
 carries the floating-point error terms (:mod:`certkit.bounds.fperror`); a domain closes only
@@ -36,6 +40,7 @@ re-derives such a proof from the root.
 """
 from __future__ import annotations
 
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -54,12 +59,13 @@ from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import Domains as _Domains, branch_candidates, fixed_nodes, piecewise_linear, relu_nodes, supports
-from .relu_leaves import _f32, lp_leaves
+from .relu_domains import (Domains as _Domains, branch_candidates, fixed_nodes, free_unstable, piecewise_linear,
+                           relu_nodes, supports)
+from .relu_leaves import _f32, lp_leaves, milp_leaf
 from .witness import Witness
 
 #: Leaf kinds of a ReLU-splitting proof tree.
-LEAF_KINDS = ("bound", "lp", "empty")
+LEAF_KINDS = ("bound", "lp", "empty", "milp")
 
 Tensor = torch.Tensor
 
@@ -91,6 +97,23 @@ class ReluSplitConfig:
     #: branching, De Palma et al. 2021)
     branching: str = "babsr"
     fsb_candidates: int = 4
+    #: MILP on hard leaves (piecewise-linear nets, HiGHS installed): a domain whose bound rose by less
+    #: than ``milp_gain`` of its deficit ``milp_stall`` generations in a row, with at most
+    #: ``milp_max_binaries`` unstable ReLUs left unsplit, is decided by its MILP within ``milp_seconds``
+    #: (at most ``milp_per_batch`` per batch, and the MILPs' time within ``milp_share`` of the search's
+    #: time so far plus one solve; none with less than half a solve's time left); an undecided one goes
+    #: on splitting and is not tried again. Off by default: on the open mnistfc instances and paper
+    #: 002's 5x100 and 8x100 nets the leaves that stop improving still hold 200-300 unstable ReLUs and
+    #: their MILPs take 10-20 s each where splitting spends about a millisecond per domain
+    #: (``benchmarks/relu_split.py``: the same 11 of 17 decided, 228 s against 204 s)
+    milp_leaves: bool = False
+    milp_stall: int = 3
+    milp_gain: float = 0.1
+    milp_max_binaries: int = 300
+    milp_seconds: float = 5.0
+    milp_per_batch: int = 2
+    milp_share: float = 0.5
+    milp_solver: str = "auto"
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHINGS:
@@ -105,6 +128,9 @@ class ReluSplitOutcome:
     iterations: int = 0
     max_queue: int = 0
     trees: list[ProofTree] | None = None  # one per disjunct, when verified
+    milp_tried: int = 0  # hard leaves sent to the MILP
+    milp_closed: int = 0  # ... and closed by it
+    milp_time: float = 0.0
 
 
 class _Tree:
@@ -126,6 +152,8 @@ class _Tree:
         self.exact = with_precision(graph, "exact")  # FSB's estimates: no rounding-error terms
         self.domains = 0
         self.attacks = 0
+        self.milp_time = 0.0  # seconds spent in MILPs of hard leaves
+        self.milp_tried = self.milp_closed = 0
         self.log = TreeLog(LEAF_KINDS)
 
     def close(self, dom: _Domains, kind: str | None = None) -> None:
@@ -431,6 +459,9 @@ def _relu_split(query: Query, budget: Budget, cfg: ReluSplitConfig, disjuncts: l
         res = _decide_disjunct(query, rows, budget, cfg, shared)
         out.domains += res.domains
         out.iterations += res.iterations
+        out.milp_tried += res.milp_tried
+        out.milp_closed += res.milp_closed
+        out.milp_time += res.milp_time
         out.max_queue = max(out.max_queue, res.max_queue)
         if res.status != "verified":
             out.status, out.witness, out.trees = res.status, res.witness, None
@@ -452,48 +483,100 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
     else:
         queue = root
     prog = SearchProgress("ReLU splitting", by_volume=False)
-    while queue is not None and len(queue):
-        prog.update(tree.domains, len(queue))
-        if budget.expired():
-            out.status = "timeout"
-            break
-        if tree.domains > cfg.max_domains:
-            out.status = "unknown"
-            break
-        out.iterations += 1
-        m = min(cfg.batch, len(queue))
-        order = torch.argsort(queue.value)
-        take, rest = order[:m], order[m:]
-        parents = queue.map(lambda t: t[take])
-        queue = queue.map(lambda t: t[rest])
-        stuck = parents.branch[:, 0] < 0
-        if bool(stuck.any()) and not tree.piecewise:
-            out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
-            break
-        if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
-            status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
-            if status != "verified":
-                out.status, out.witness = status, w
+    t_start = time.monotonic()
+    try:
+        while queue is not None and len(queue):
+            prog.update(tree.domains, len(queue))
+            if budget.expired():
+                out.status = "timeout"
                 break
-            parents = parents.map(lambda t: t[~stuck])
-            if len(parents) == 0:
-                continue
-        kids, first = tree.children(parents)
-        kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
-        tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
-        floor = kids.value.clone()
-        kids, w = tree.bound(kids, first)
-        if w is not None:
-            out.status, out.witness = "falsified", w
-            break
-        kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent (open: no closing)
-        done = closed(kids.value)
-        tree.close(kids.map(lambda t: t[done]))
-        queue = _Domains.cat(queue, kids.map(lambda t: t[~done]))
-        out.max_queue = max(out.max_queue, len(queue))
+            if tree.domains > cfg.max_domains:
+                out.status = "unknown"
+                break
+            out.iterations += 1
+            m = min(cfg.batch, len(queue))
+            order = torch.argsort(queue.value)
+            take, rest = order[:m], order[m:]
+            parents = queue.map(lambda t: t[take])
+            queue = queue.map(lambda t: t[rest])
+            stuck = parents.branch[:, 0] < 0
+            if bool(stuck.any()) and not tree.piecewise:
+                out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
+                break
+            if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
+                status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
+                if status != "verified":
+                    out.status, out.witness = status, w
+                    break
+                parents = parents.map(lambda t: t[~stuck])
+                if len(parents) == 0:
+                    continue
+            kids, first = tree.children(parents)
+            kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
+            tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
+            floor = kids.value.clone()
+            kids, w = tree.bound(kids, first)
+            if w is not None:
+                out.status, out.witness = "falsified", w
+                break
+            kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent (open: no closing)
+            done = closed(kids.value)
+            tree.close(kids.map(lambda t: t[done]))
+            kids = kids.map(lambda t: t[~done])
+            kids.stall = _stalled(kids, floor[~done], cfg)
+            kids, w = _hard_leaves(tree, kids, cfg, t_start)
+            if w is not None:
+                out.status, out.witness = "falsified", w
+                break
+            queue = _Domains.cat(queue, kids)
+            out.max_queue = max(out.max_queue, len(queue))
+    except BudgetExpired:  # inside a bound computation: the counts so far stay
+        out.status = "timeout"
     out.domains = tree.domains
+    out.milp_tried, out.milp_closed, out.milp_time = tree.milp_tried, tree.milp_closed, tree.milp_time
     if out.status == "verified":
         out.trees = [tree.log.tree("relu_split", meta={"rows": rows.tolist(), "domains": tree.domains,
                                                         "root_iterations": shared.iterations})]
     prog.close(out.status, tree.domains)
     return out
+
+
+def _stalled(kids: _Domains, floor: Tensor, cfg: ReluSplitConfig) -> Tensor:
+    """The children's stall counters: their parent's plus one where the bound rose by less than
+    ``milp_gain`` of the parent's deficit, else 0; -1 (MILP already tried) stays."""
+    gain = kids.value - floor
+    slow = gain < cfg.milp_gain * (-floor).clamp(min=0.0)  # NaN or an infinite floor: not slow
+    return torch.where(kids.stall < 0, kids.stall, torch.where(slow, kids.stall + 1, torch.zeros_like(kids.stall)))
+
+
+def _hard_leaves(tree: _Tree, kids: _Domains, cfg: ReluSplitConfig, t_start: float) -> tuple[_Domains, Witness | None]:
+    """Send the open children that stopped improving to their MILP (ReluSplitConfig.milp_*); the
+    closed ones leave ``kids`` as ``milp`` leaves."""
+    if not (cfg.milp_leaves and tree.piecewise and len(kids)):
+        return kids, None
+    ready = (kids.stall >= cfg.milp_stall) & (free_unstable(kids, tree.relus, tree.pre) <= cfg.milp_max_binaries)
+    cand = torch.nonzero(ready).flatten()
+    if cand.numel() == 0:
+        return kids, None
+    cand = cand[kids.value[cand].argsort(descending=True)][:cfg.milp_per_batch]  # nearest to closing first
+    done = torch.zeros(len(kids), dtype=torch.bool)
+    for k in cand.tolist():
+        allowed = cfg.milp_share * (time.monotonic() - t_start) + cfg.milp_seconds - tree.milp_time
+        rem = tree.budget.remaining()
+        seconds = min(cfg.milp_seconds, allowed, rem if rem is not None else cfg.milp_seconds)
+        if seconds < 0.5 * cfg.milp_seconds:
+            break
+        one = kids.map(lambda t: t[k:k + 1])
+        t0 = time.monotonic()
+        status, w, value = milp_leaf(tree, one, seconds, cfg.milp_solver)
+        tree.milp_time += time.monotonic() - t0
+        tree.milp_tried += 1
+        kids.stall[k] = -1
+        if status == "falsified":
+            return kids, w
+        if status == "verified":
+            one.value = torch.full_like(one.value, value)
+            tree.close(one, "milp")
+            tree.milp_closed += 1
+            done[k] = True
+    return kids.map(lambda t: t[~done]), None

@@ -18,10 +18,12 @@ tolerance times the big-M constants).
   stops), the soundness-tolerance argument, and sound minima of ``c.y``.
 """
 from .builder import BOUND_WIDEN, MipBuilder, linear_matrices
-from .decide import SOLVER_ABS, SOLVER_SAFETY, MilpMinimum, MilpOutcome, milp_bound, milp_decide, milp_minimize
+from .decide import (SOLVER_ABS, SOLVER_SAFETY, DisjunctMilp, MilpMinimum, MilpOutcome, milp_bound, milp_decide,
+                     milp_minimize, solve_disjunct)
 from .encoding import Encoding, check_encodable, encode, intermediate_bounds, non_piecewise_linear_nodes
 from .lp import LpRelaxation, safe_lp_min
 
-__all__ = ["BOUND_WIDEN", "SOLVER_ABS", "SOLVER_SAFETY", "Encoding", "LpRelaxation", "MilpMinimum",
+__all__ = ["BOUND_WIDEN", "SOLVER_ABS", "SOLVER_SAFETY", "DisjunctMilp", "Encoding", "LpRelaxation", "MilpMinimum",
            "MilpOutcome", "MipBuilder", "check_encodable", "encode", "intermediate_bounds", "linear_matrices",
-           "milp_bound", "milp_decide", "milp_minimize", "non_piecewise_linear_nodes", "safe_lp_min"]
+           "milp_bound", "milp_decide", "milp_minimize", "non_piecewise_linear_nodes", "safe_lp_min",
+           "solve_disjunct"]

@@ -196,6 +196,91 @@ def milp_bound(graph: Graph, inputs_box, c_row, solver: str = "highs", time_limi
     return milp_minimize(graph, inputs_box, c_row, solver, time_limit, threads, tighten).bound
 
 
+@dataclass
+class DisjunctMilp:
+    """Result of :func:`solve_disjunct`. ``status``: ``lp`` or ``milp`` (ruled out: ``bound >
+    tolerance``), ``witness`` (a confirmed counterexample), ``timeout`` or ``open`` (neither;
+    ``reason`` says why)."""
+
+    status: str
+    bound: float = -math.inf
+    tolerance: float = math.nan
+    witness: Witness | None = None
+    reason: str = ""
+    nodes: int = 0
+    solver: str = ""
+    native_status: list[str] = field(default_factory=list)
+
+
+def solve_disjunct(enc, C: np.ndarray, d: np.ndarray, known_low: float, confirm, deadline: float | None,
+                   solver: str = "highs", threads: int = 1, verbose: bool = False) -> DisjunctMilp:
+    """Rule out one disjunct ``C y <= d`` on an encoding (module doc, steps 2 and 3): the LP
+    relaxation, its point tried as a counterexample, then the MILP with its early stops.
+    ``known_low``: a sound lower bound of ``max_i (C_i y - d_i)`` already known (DeepPoly's),
+    which bounds the objective below; ``confirm(x)``: onnxruntime's check of an input (a
+    :class:`Witness` or None), or None where no counterexample can be confirmed; ``deadline``: absolute ``time.monotonic()`` time, or None."""
+    yl, yu = enc.bounds[enc.output]
+    lo_r, hi_r = row_range(C, d, yl, yu)
+    t_lo = max(float(lo_r.max()), known_low)
+    t_lo -= BOUND_WIDEN * (1 + abs(t_lo))
+    t_hi = float(hi_r.max())
+    t_hi += BOUND_WIDEN * (1 + abs(t_hi))
+    p = with_objective(enc, C, d, t_lo, t_hi)
+    # the float64 error of evaluating the rows on the output (the model's rounding is in the
+    # encoding: every affine row is ranged by its error bound)
+    tau_fp = float(row_margin(torch.as_tensor(C), torch.as_tensor(d), torch.as_tensor(yl)[None],
+                              torch.as_tensor(yu)[None]).max())
+    # the LP relaxation first: its bound is made rigorous from the duals, so only the
+    # floating-point margin applies
+    lpr = LpRelaxation(p)
+    lp_low = lpr.minimum({p.n_cols - 1: 1.0})
+    if lp_low > tau_fp:
+        return DisjunctMilp("lp", lp_low, tau_fp)
+    x_lp = lpr.x()
+    xin = enc.cols[0]
+    if x_lp is not None and confirm is not None:  # the LP's point is a free candidate
+        w = confirm(x_lp[xin])
+        if w is not None:
+            return DisjunctMilp("witness", lp_low, tau_fp, w,
+                                "the LP relaxation's point is a counterexample (confirmed by onnxruntime)")
+    tau = tau_fp + _lp_error(p, solver)
+    found: dict = {"w": None, "tried": 0}
+
+    def on_solution(x: np.ndarray, obj: float) -> bool:
+        if confirm is None or obj > tau:
+            return False
+        found["tried"] += 1
+        found["w"] = confirm(x[xin])
+        return found["w"] is not None
+
+    rem = None if deadline is None else deadline - time.monotonic()
+    res: MipResult = solve_mip(p, solver, rem, threads, stop_bound=tau, on_solution=on_solution,
+                               cutoff=2 * tau + 10 * tolerances(solver)[1], verbose=verbose)
+    if found["w"] is None and res.x is not None and res.objective <= tau and confirm is not None \
+            and res.status != "stopped":
+        on_solution(res.x, res.objective)
+    bound = max(res.bound, lp_low, known_low)
+    out = DisjunctMilp("open", bound, tau, nodes=res.nodes, solver=res.solver, native_status=[res.native_status])
+    if found["w"] is not None:
+        out.status, out.witness = "witness", found["w"]
+        out.reason = f"MILP solution confirmed by onnxruntime ({res.solver}, {res.nodes} nodes)"
+    elif res.bound > tau:
+        out.status = "milp"
+    elif res.status == "time_limit" or (deadline is not None and time.monotonic() >= deadline):
+        out.status = "timeout"
+        out.reason = f"time limit with dual bound {res.bound:.6g} <= tolerance {tau:.3g}"
+    elif res.status == "error":
+        out.reason = f"solver error ({res.message})"
+    elif found["tried"]:
+        out.reason = (f"MILP optimum {res.objective:.6g} <= {tau:.3g} but its input is not a "
+                      "counterexample under onnxruntime (float32 rounding / solver tolerance)")
+    elif res.objective <= tau and confirm is None:
+        out.reason = f"MILP optimum {res.objective:.6g} <= {tau:.3g}; no runner to confirm it"
+    else:
+        out.reason = f"MILP bound {res.bound:.6g} within tolerance {tau:.3g} of 0 ({res.message})"
+    return out
+
+
 def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline: float | None,
                 solver: str = "highs", threads: int = 1, tighten: str = "lp",
                 verbose: bool = False) -> MilpOutcome:
@@ -212,9 +297,6 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
     out = MilpOutcome("unknown", bounds=[-math.inf] * n_dj, tolerances=[math.nan] * n_dj,
                       methods=["open"] * n_dj, solver=solver)
     lower, upper = round_outward(prop.lower, prop.upper, precision_of(graph))
-
-    def remaining() -> float | None:
-        return None if deadline is None else deadline - time.monotonic()
 
     def finish(status: str, msg: str) -> MilpOutcome:
         out.status, out.message, out.time = status, msg, time.monotonic() - t0
@@ -247,8 +329,11 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
     # 2. the network's MILP, shared by the disjuncts
     enc = encode(graph, lower, upper, sb, tighten, deadline)
     out.n_binaries = enc.n_binaries
-    yl, yu = enc.bounds[enc.output]
     timed_out = False
+
+    def confirm(x: np.ndarray) -> Witness | None:
+        return validate(runner, prop, prop_index, x[None])
+
     for k, dj in enumerate(prop.disjuncts):
         if out.methods[k] == "deeppoly":
             continue
@@ -257,81 +342,26 @@ def milp_decide(graph: Graph, prop: Property, prop_index: int, runner, deadline:
             reasons.append(f"disjunct {k}: no atoms and no runner to confirm a witness")
             continue
         dp_low = lowC[owner == k] - d
-        rem = remaining()
-        if rem is not None and rem <= 0:
+        if deadline is not None and deadline - time.monotonic() <= 0:
             timed_out = True
             break
-        lo_r, hi_r = row_range(C, d, yl, yu)
-        t_lo = max(float(lo_r.max()), float(dp_low.max()))
-        t_lo -= BOUND_WIDEN * (1 + abs(t_lo))
-        t_hi = float(hi_r.max())
-        t_hi += BOUND_WIDEN * (1 + abs(t_hi))
-        p = with_objective(enc, C, d, t_lo, t_hi)
-        # the float64 error of evaluating the rows on the output (the model's rounding is in the
-        # encoding: every affine row is ranged by its error bound)
-        tau_fp = float(row_margin(torch.as_tensor(C), torch.as_tensor(d), torch.as_tensor(yl)[None],
-                                  torch.as_tensor(yu)[None]).max())
-        # the LP relaxation first: its bound is made rigorous from the duals, so only the
-        # floating-point margin applies
-        lpr = LpRelaxation(p)
-        lp_low = lpr.minimum({p.n_cols - 1: 1.0})
-        if lp_low > tau_fp:
-            out.bounds[k], out.tolerances[k], out.methods[k] = lp_low, tau_fp, "lp"
+        r = solve_disjunct(enc, C, d, float(dp_low.max()), None if runner is None else confirm, deadline,
+                           solver, threads, verbose)
+        out.solver = r.solver or out.solver
+        out.nodes += r.nodes
+        out.native_status += r.native_status
+        out.bounds[k] = max(out.bounds[k], r.bound)
+        out.tolerances[k] = r.tolerance
+        if r.status == "witness":
+            out.witness, out.methods[k] = r.witness, "witness"
+            return finish("falsified", f"disjunct {k}: {r.reason}")
+        if r.status in ("lp", "milp"):
+            out.methods[k] = r.status
             continue
-        x_lp = lpr.x()
-        if runner is not None and x_lp is not None:  # the LP's point is a free candidate
-            w = validate(runner, prop, prop_index, x_lp[enc.cols[0]][None])
-            if w is not None:
-                out.witness, out.methods[k] = w, "witness"
-                return finish("falsified", f"disjunct {k}: the LP relaxation's point is a counterexample "
-                                           f"(confirmed by onnxruntime)")
-        tau = tau_fp + _lp_error(p, solver)
-        out.tolerances[k] = tau
-        xin = enc.cols[0]
-        found: dict = {"w": None, "tried": 0, "best_bad": math.inf}
-
-        def on_solution(x: np.ndarray, obj: float) -> bool:
-            if runner is None or obj > tau:
-                return False
-            found["tried"] += 1
-            w = validate(runner, prop, prop_index, x[xin][None])
-            if w is not None:
-                found["w"] = w
-                return True
-            found["best_bad"] = min(found["best_bad"], obj)
-            return False
-
-        res: MipResult = solve_mip(p, solver, rem, threads, stop_bound=tau, on_solution=on_solution,
-                                   cutoff=2 * tau + 10 * tolerances(solver)[1], verbose=verbose)
-        out.solver = res.solver
-        out.nodes += res.nodes
-        out.native_status.append(res.native_status)
-        if found["w"] is None and res.x is not None and res.objective <= tau and runner is not None \
-                and res.status != "stopped":
-            on_solution(res.x, res.objective)
-        if found["w"] is not None:
-            out.witness, out.methods[k] = found["w"], "witness"
-            out.bounds[k] = max(out.bounds[k], res.bound)
-            return finish("falsified", f"disjunct {k}: MILP solution confirmed by onnxruntime "
-                                       f"({res.solver}, {res.nodes} nodes)")
-        out.bounds[k] = max(res.bound, lp_low, float(dp_low.max()))
-        if res.bound > tau:
-            out.methods[k] = "milp"
-            continue
-        if res.status == "time_limit" or (deadline is not None and time.monotonic() >= deadline):
+        reasons.append(f"disjunct {k}: {r.reason}")
+        if r.status == "timeout":
             timed_out = True
-            reasons.append(f"disjunct {k}: time limit with dual bound {res.bound:.6g} <= tolerance {tau:.3g}")
             break
-        if res.status == "error":
-            reasons.append(f"disjunct {k}: solver error ({res.message})")
-        elif found["tried"]:
-            reasons.append(f"disjunct {k}: MILP optimum {res.objective:.6g} <= {tau:.3g} but its input is not a "
-                           f"counterexample under onnxruntime (float32 rounding / solver tolerance)")
-        elif res.objective <= tau and runner is None:
-            reasons.append(f"disjunct {k}: MILP optimum {res.objective:.6g} <= {tau:.3g}; no runner to confirm it")
-        else:
-            reasons.append(f"disjunct {k}: MILP bound {res.bound:.6g} within tolerance {tau:.3g} of 0 "
-                           f"({res.message})")
     if all(m in ("deeppoly", "lp", "milp") for m in out.methods):
         strongest = max(out.methods, key=["deeppoly", "lp", "milp"].index)
         how = {"deeppoly": "DeepPoly", "lp": "the LP relaxation"}.get(strongest, f"MILP ({out.solver})")
