@@ -20,10 +20,10 @@ pytest.importorskip("highspy")
 EAGER = ReluSplitConfig(batch=4, milp_leaves=True, milp_stall=0, milp_per_batch=8, milp_seconds=20.0, milp_share=10.0)
 
 
-def _net(tmp_path, seed=40):
+def _net(tmp_path, seed=40, scale=1.0):
     from certkit.verify.milp import milp_bound
 
-    model = _model(_tiny_relu_onnx(seed, n_in=20, hidden=(12, 12)), tmp_path)
+    model = _model(_tiny_relu_onnx(seed, n_in=20, hidden=(12, 12), scale=scale), tmp_path)
     lo, hi = -0.3 * np.ones(20), 0.3 * np.ones(20)
     top = -milp_bound(model.graph, (lo, hi), np.array([-1.0]), time_limit=30)
     bottom = milp_bound(model.graph, (lo, hi), np.array([1.0]), time_limit=30)
@@ -67,6 +67,29 @@ def test_milp_leaf_finds_counterexample(tmp_path):
     assert out.status == "falsified"
     x = out.witness.x.astype(np.float64)
     assert (x >= lo).all() and (x <= hi).all() and out.witness.y[0] >= t
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e-3])
+def test_milp_leaves_never_prove_a_false_property_on_extreme_weights(scale, tmp_path):
+    """Weights scaled by 1e2 (huge, cancelling pre-activations) or 1e-3 (margins near the rounding):
+    just below the exact maximum the leaves' MILPs find a counterexample or leave it open, never
+    ``verified``; a found counterexample is re-run in onnxruntime; dense sampling agrees with a proof
+    just above."""
+    model, lo, hi, top, spread = _net(tmp_path, 43, scale)
+    below = relu_split(_query(model, lo, hi, top - 0.01 * spread), Budget.of(30), EAGER)
+    assert below.status != "verified"
+    if below.status == "falsified":
+        y = model.runner(below.witness.x[None].astype(np.float32))[0]
+        assert y[0] >= top - 0.01 * spread
+    above = relu_split(_query(model, lo, hi, top + 0.01 * spread), Budget.of(30), EAGER)
+    if above.status == "verified":
+        x = np.random.default_rng(0).uniform(lo, hi, (20000, 20)).astype(np.float32)
+        assert float(model.runner(x)[:, 0].max()) < top + 0.01 * spread
+
+
+def test_bad_milp_solver_is_refused():
+    with pytest.raises(ValueError, match="unknown MILP solver 'cplex'"):
+        ReluSplitConfig(milp_solver="cplex")
 
 
 def test_milp_leaves_off(tmp_path):

@@ -72,6 +72,8 @@ Tensor = torch.Tensor
 
 #: the branching rules of ReLU splitting (ReluSplitConfig.branching)
 BRANCHINGS = ("babsr", "fsb")
+#: the solvers of MILP leaves (ReluSplitConfig.milp_solver; ``auto``: Gurobi when licensed for the model, else HiGHS)
+MILP_SOLVERS = ("auto", "highs", "gurobi")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class ReluSplitConfig:
     def __post_init__(self) -> None:
         if self.branching not in BRANCHINGS:
             raise ValueError(f"unknown branching '{self.branching}' (choose from {', '.join(BRANCHINGS)})")
+        if self.milp_solver not in MILP_SOLVERS:
+            raise ValueError(f"unknown MILP solver '{self.milp_solver}' (choose from {', '.join(MILP_SOLVERS)})")
 
 
 @dataclass
@@ -483,53 +487,8 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
     else:
         queue = root
     prog = SearchProgress("ReLU splitting", by_volume=False)
-    t_start = time.monotonic()
     try:
-        while queue is not None and len(queue):
-            prog.update(tree.domains, len(queue))
-            if budget.expired():
-                out.status = "timeout"
-                break
-            if tree.domains > cfg.max_domains:
-                out.status = "unknown"
-                break
-            out.iterations += 1
-            m = min(cfg.batch, len(queue))
-            order = torch.argsort(queue.value)
-            take, rest = order[:m], order[m:]
-            parents = queue.map(lambda t: t[take])
-            queue = queue.map(lambda t: t[rest])
-            stuck = parents.branch[:, 0] < 0
-            if bool(stuck.any()) and not tree.piecewise:
-                out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
-                break
-            if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
-                status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
-                if status != "verified":
-                    out.status, out.witness = status, w
-                    break
-                parents = parents.map(lambda t: t[~stuck])
-                if len(parents) == 0:
-                    continue
-            kids, first = tree.children(parents)
-            kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
-            tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
-            floor = kids.value.clone()
-            kids, w = tree.bound(kids, first)
-            if w is not None:
-                out.status, out.witness = "falsified", w
-                break
-            kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent (open: no closing)
-            done = closed(kids.value)
-            tree.close(kids.map(lambda t: t[done]))
-            kids = kids.map(lambda t: t[~done])
-            kids.stall = _stalled(kids, floor[~done], cfg)
-            kids, w = _hard_leaves(tree, kids, cfg, t_start)
-            if w is not None:
-                out.status, out.witness = "falsified", w
-                break
-            queue = _Domains.cat(queue, kids)
-            out.max_queue = max(out.max_queue, len(queue))
+        _search(tree, queue, cfg, budget, out, prog)
     except BudgetExpired:  # inside a bound computation: the counts so far stay
         out.status = "timeout"
     out.domains = tree.domains
@@ -541,6 +500,56 @@ def _decide_disjunct(query: Query, rows: np.ndarray, budget: Budget, cfg: ReluSp
     return out
 
 
+def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: Budget, out: ReluSplitOutcome,
+            prog: SearchProgress) -> None:
+    """The loop of one disjunct's branch and bound: worst domains first, ``out.status`` set when it stops
+    short of closing every domain."""
+    t_start = time.monotonic()
+    while queue is not None and len(queue):
+        prog.update(tree.domains, len(queue))
+        if budget.expired():
+            out.status = "timeout"
+            break
+        if tree.domains > cfg.max_domains:
+            out.status = "unknown"
+            break
+        out.iterations += 1
+        m = min(cfg.batch, len(queue))
+        order = torch.argsort(queue.value)
+        take, rest = order[:m], order[m:]
+        parents = queue.map(lambda t: t[take])
+        queue = queue.map(lambda t: t[rest])
+        stuck = parents.branch[:, 0] < 0
+        if bool(stuck.any()) and not tree.piecewise:
+            out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
+            break
+        if bool(stuck.any()):  # every ReLU fixed: the net is affine there, an LP decides
+            status, w = lp_leaves(tree, parents.map(lambda t: t[stuck]))
+            if status != "verified":
+                out.status, out.witness = status, w
+                break
+            parents = parents.map(lambda t: t[~stuck])
+            if len(parents) == 0:
+                continue
+        kids, first = tree.children(parents)
+        kids.ids = torch.as_tensor(tree.log.new_ids(len(kids)))
+        tree.log.split(parents.ids, parents.branch[:, 0], parents.branch[:, 1], kids.ids[0::2], kids.ids[1::2])
+        floor = kids.value.clone()
+        kids, w = tree.bound(kids, first)
+        if w is not None:
+            out.status, out.witness = "falsified", w
+            break
+        kids.value = torch.maximum(kids.value, floor)  # a child lies inside its parent (open: no closing)
+        done = closed(kids.value)
+        tree.close(kids.map(lambda t: t[done]))
+        kids, w = _hard_leaves(tree, kids.map(lambda t: t[~done]), floor[~done], cfg, t_start)
+        if w is not None:
+            out.status, out.witness = "falsified", w
+            break
+        queue = _Domains.cat(queue, kids)
+        out.max_queue = max(out.max_queue, len(queue))
+
+
 def _stalled(kids: _Domains, floor: Tensor, cfg: ReluSplitConfig) -> Tensor:
     """The children's stall counters: their parent's plus one where the bound rose by less than
     ``milp_gain`` of the parent's deficit, else 0; -1 (MILP already tried) stays."""
@@ -549,11 +558,14 @@ def _stalled(kids: _Domains, floor: Tensor, cfg: ReluSplitConfig) -> Tensor:
     return torch.where(kids.stall < 0, kids.stall, torch.where(slow, kids.stall + 1, torch.zeros_like(kids.stall)))
 
 
-def _hard_leaves(tree: _Tree, kids: _Domains, cfg: ReluSplitConfig, t_start: float) -> tuple[_Domains, Witness | None]:
-    """Send the open children that stopped improving to their MILP (ReluSplitConfig.milp_*); the
-    closed ones leave ``kids`` as ``milp`` leaves."""
+def _hard_leaves(tree: _Tree, kids: _Domains, floor: Tensor, cfg: ReluSplitConfig,
+                 t_start: float) -> tuple[_Domains, Witness | None]:
+    """Count how long the open children (their parents' values ``floor``) have stopped improving and
+    send those that did long enough to their MILP (ReluSplitConfig.milp_*); the closed ones leave
+    ``kids`` as ``milp`` leaves."""
     if not (cfg.milp_leaves and tree.piecewise and len(kids)):
         return kids, None
+    kids.stall = _stalled(kids, floor, cfg)
     ready = (kids.stall >= cfg.milp_stall) & (free_unstable(kids, tree.relus, tree.pre) <= cfg.milp_max_binaries)
     cand = torch.nonzero(ready).flatten()
     if cand.numel() == 0:
