@@ -107,7 +107,7 @@ class ReluSplitConfig:
     #: on splitting and is not tried again. Off by default: on the open mnistfc instances and paper
     #: 002's 5x100 and 8x100 nets the leaves that stop improving still hold 200-300 unstable ReLUs and
     #: their MILPs take 10-20 s each where splitting spends about a millisecond per domain
-    #: (``benchmarks/relu_split.py``: the same 11 of 17 decided, 228 s against 204 s)
+    #: (``benchmarks/relu_split.py``: the same 11 of 17 decided, 228 s against 203 s)
     milp_leaves: bool = False
     milp_stall: int = 3
     milp_gain: float = 0.1
