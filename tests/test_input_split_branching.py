@@ -137,3 +137,29 @@ def test_lookahead_only_along_free_inputs(tmp_path):
     assert one.status == five.status == "verified"
     assert five.domains == one.domains
     assert recheck(q, five.tree).failed == 0
+
+
+def test_timeout_inside_a_bound_keeps_the_domain_count(tmp_path, monkeypatch):
+    """The budget running out inside a bound computation ends the search with ``timeout`` and the
+    domains bounded so far (it reported 0: nn4sys's mscn_128d_dual query 11 bounded 38 batches in 30 s)."""
+    import certkit.verify.input_split as split
+
+    model = saved_model(tiny_relu_onnx(1, hidden=(8, 8)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(np.array([-1.0, -1.0]), np.array([1.0, 1.0]),
+                    (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.02 * spread)])),))
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    calls = {"n": 0, "domains": 0}
+    inner = split._Problem._bound
+
+    def bound(self, lo, hi, init, kept):
+        calls["n"] += 1
+        calls["domains"] += lo.shape[0]
+        if calls["n"] == 3:
+            raise split.BudgetExpired("the test's deadline")
+        return inner(self, lo, hi, init, kept)
+
+    monkeypatch.setattr(split._Problem, "_bound", bound)
+    out = input_split(q, Budget.of(60), SplitConfig(lookahead=1, alpha_iterations=0))
+    assert out.status == "timeout"
+    assert out.domains == calls["domains"] > 3  # the root, its children, and the batch the deadline stopped
