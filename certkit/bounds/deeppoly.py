@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..graph import ops
+from ..graph.bilinear import Product
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..tolerances import COMPUTE_SAFETY, U64, gamma
@@ -434,7 +435,7 @@ class BoundState(RowSavings, WindowRows):
         for c in self.graph.consumers[j]:
             op = self.graph.nodes[c].op
             if isinstance(op, ops.RELAXED):
-                mask = mask | _needs_refine(op, l, u)
+                mask = mask | self._depends(c, j, l, u)
         if self.refine_all:
             mask = torch.ones_like(mask)
         elif relus and self.intersect:
@@ -450,6 +451,17 @@ class BoundState(RowSavings, WindowRows):
             self._refine_mask(j, mask)
             return
         self._refine_with_upper(j, mask, off)
+
+    def _depends(self, c: int, j: int, l: Tensor, u: Tensor) -> Tensor:
+        """(b, n) the neurons of ``j`` whose bounds ``[l, u]`` the relaxation of consumer ``c`` depends on
+        (:func:`_needs_refine`), except for a product of two nodes: its McCormick planes are exact
+        (``m x``) where the other factor is one finite point ``m``, whatever ``x``'s bounds (nn4sys's MSCN:
+        every set feature times a mask the property pins), so those need no rows."""
+        node = self.graph.nodes[c]
+        if isinstance(node.op, Product) and len(set(node.inputs)) == 2:
+            lo, hi = self.bounds[node.inputs[1] if node.inputs[0] == j else node.inputs[0]]
+            return ~((lo == hi) & torch.isfinite(lo))
+        return _needs_refine(node.op, l, u)
 
     def _reference(self, j: int) -> tuple[Tensor, Tensor] | None:
         """Reference bounds of linear node ``j`` (auto_LiRPA's ``sparse_intermediate_bounds_with_ibp``,
