@@ -2,6 +2,8 @@
 pins every free input of a query to one value, beside the float32 output onnxruntime gives there.
 
 Usage: python benchmarks/rounding_allowance.py [--model M.onnx --spec S.vnnlib --region K --set I=V ...]
+Exit codes: 0, 2 (a bad --region or --set), 3 (a model certkit cannot read), 4 (a missing model or spec,
+or one certkit cannot read).
 
 The box keeps the query's pinned inputs as certkit bounds them (a decimal with no float32 is the interval
 between its two float32 neighbours) and pins each free one to the value given by ``--set`` (else its
@@ -43,8 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     from certkit.verify.certify import queries_of
     from certkit.verify.gate import domain_value
 
-    model = load_model(a.model)
-    queries = queries_of(model, load_spec(a.spec, model))
+    from certkit.errors import CertkitError
+
+    try:
+        model = load_model(a.model)
+        queries = queries_of(model, load_spec(a.spec, model))
+    except CertkitError as e:  # a model or spec certkit cannot read: its one line and exit code
+        print(f"rounding_allowance: {e}", file=sys.stderr)
+        return e.exit_code
+    if not 0 <= a.region < len(queries):
+        print(f"rounding_allowance: --region {a.region}: the spec has regions 0..{len(queries) - 1}", file=sys.stderr)
+        return 2
     q = queries[a.region]
     S = q.bound_set()
     lo, hi = S.lower.clone(), S.upper.clone()
@@ -53,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
                                             else [])
     x = (lo + hi)[0] / 2
     for item in sets:
-        i, v = item.split("=")
-        x[int(i)] = float(v)
+        try:
+            i, v = item.split("=")
+            x[int(i)] = float(v)
+        except (ValueError, IndexError):
+            print(f"rounding_allowance: --set {item}: expected INPUT=VALUE with INPUT in 0..{x.numel() - 1}",
+                  file=sys.stderr)
+            return 2
     free = torch.as_tensor(given)
     lo[0, free], hi[0, free] = x[free], x[free]
     box = InputSet(lo, hi)

@@ -366,23 +366,21 @@ def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig(),
     searches a part of the root box made by :func:`children`, exactly as a proof replay makes it.
     ``handoff``: asked between iterations; when it says yes with at least two domains open, the search
     stops with status ``handed_off``, its record and its open domains."""
-    seen: dict = {}
-    try:
-        return _input_split(query, budget, cfg, root, handoff, seen)
-    except BudgetExpired:  # inside a bound computation: the domains bounded before it still count
-        return SplitOutcome("timeout", domains=seen["pb"].domains if "pb" in seen else 0)
-
-
-def _input_split(query: Query, budget: Budget, cfg: SplitConfig, root: tuple[Tensor, Tensor] | None,
-                 handoff: Callable[[], bool] | None = None, seen: dict | None = None) -> SplitOutcome:
     if query.C.shape[0] == 0:
         return SplitOutcome("unknown")
+    pb = _Problem(query, cfg, budget)
+    try:
+        return _input_split(pb, root, handoff)
+    except BudgetExpired:  # inside a bound computation: the domains bounded before it still count
+        return SplitOutcome("timeout", domains=pb.domains)
+
+
+def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
+                 handoff: Callable[[], bool] | None = None) -> SplitOutcome:
+    query, cfg, budget = pb.query, pb.cfg, pb.budget
     graph = query.graph
     batch, lookahead, max_domains = cfg.batch, cfg.lookahead, cfg.max_domains
     started = time.monotonic()
-    pb = _Problem(query, cfg, budget)
-    if seen is not None:
-        seen["pb"] = pb
     log = TreeLog(LEAF_KINDS)
     out = SplitOutcome("verified")
     lo0, hi0 = root_box(query) if root is None else root

@@ -566,8 +566,10 @@ def _hard_leaves(tree: _Tree, kids: _Domains, floor: Tensor, cfg: ReluSplitConfi
     if not (cfg.milp_leaves and tree.piecewise and len(kids)):
         return kids, None
     kids.stall = _stalled(kids, floor, cfg)
-    ready = (kids.stall >= cfg.milp_stall) & (free_unstable(kids, tree.relus, tree.pre) <= cfg.milp_max_binaries)
-    cand = torch.nonzero(ready).flatten()
+    ready = kids.stall >= cfg.milp_stall
+    if not bool(ready.any()):  # the unstable ReLUs are counted only for domains that stalled long enough
+        return kids, None
+    cand = torch.nonzero(ready & (free_unstable(kids, tree.relus, tree.pre) <= cfg.milp_max_binaries)).flatten()
     if cand.numel() == 0:
         return kids, None
     cand = cand[kids.value[cand].argsort(descending=True)][:cfg.milp_per_batch]  # nearest to closing first
