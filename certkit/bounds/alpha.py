@@ -211,7 +211,7 @@ def _optimise(graph: Graph, inputs: InputSet, C: Tensor, ibp: list, ibp_errors: 
                     raise
                 break  # the best iterate so far stands
             done = it + 1
-            det = low.detach()
+            det = torch.maximum(low.detach(), st.image_lower(C))
             if best is None or bool((det > best).any()):
                 best_state = st
             best = det if best is None else torch.maximum(best, det)

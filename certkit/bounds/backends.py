@@ -18,7 +18,7 @@ from .alpha import alpha_lower
 from .deeppoly import BoundState, deeppoly_lower
 from .forward import applies as forward_applies
 from .forward import forward_bounds
-from .interval import interval_bounds
+from .interval import interval_bounds, rows_lower
 from .relaxations import RELAXATIONS
 
 Tensor = torch.Tensor
@@ -48,17 +48,7 @@ def _as_batch(C: Tensor, b: int) -> Tensor:
 def interval_lower(graph: Graph, inputs: InputSet, C: Tensor, budget=None) -> Tensor:
     """``C+ l + C- u`` from the interval bounds of the output."""
     lo, hi = interval_bounds(graph, inputs)[graph.output]
-    C = _as_batch(C, inputs.batch)
-    Cp, Cn = C.clamp(min=0), C.clamp(max=0)
-    if bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all()):
-        return torch.einsum("bsn,bn->bs", Cp, lo) + torch.einsum("bsn,bn->bs", Cn, hi)
-    # an infinite bound (overflow, a pole) gives -inf to the rows that use it, nothing (not NaN) to others
-    fl, fh = torch.isfinite(lo), torch.isfinite(hi)
-    low = torch.einsum("bsn,bn->bs", Cp, torch.where(fl, lo, torch.zeros_like(lo))) \
-        + torch.einsum("bsn,bn->bs", Cn, torch.where(fh, hi, torch.zeros_like(hi)))
-    hit = torch.einsum("bsn,bn->bs", (Cp > 0).to(C.dtype), (~fl).to(C.dtype)) \
-        + torch.einsum("bsn,bn->bs", (Cn < 0).to(C.dtype), (~fh).to(C.dtype))
-    return torch.where(hit > 0, torch.full_like(low, float("-inf")), low)
+    return rows_lower(_as_batch(C, inputs.batch), lo, hi)
 
 
 def _has_interval(op: ops.Op) -> bool:

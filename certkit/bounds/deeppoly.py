@@ -52,7 +52,7 @@ from ..spec.sets import InputSet
 from ..tolerances import COMPUTE_SAFETY, U64, gamma
 from .forward import start_bounds
 from .fperror import compute_steps, interval_with_error, magnitude, node_error, precision_of
-from .interval import interval_bounds, interval_node
+from .interval import interval_bounds, interval_node, rows_lower
 from .memory import rows_within
 from .products32 import in_float32, product, product_charge
 from .deeppoly_rows import RowSavings
@@ -424,6 +424,8 @@ class BoundState(RowSavings, WindowRows):
         if isinstance(node.op, (ops.Dense, ops.Conv, ops.Scale)) and node.inputs[0] == 0 \
                 and self.inputs.center is None:
             return  # one affine map of a box: interval bounds are exact
+        if isinstance(node.op, ops.LinearOp):
+            self.refresh(j)  # the neurons its inputs' bounds decide need no rows
         l, u = self.bounds[j]
         ref = self._reference(j) if self.reference else None
         relus = ref is not None and all(type(self.graph.nodes[c].op) is ops.Relu for c in self.graph.consumers[j])
@@ -451,6 +453,46 @@ class BoundState(RowSavings, WindowRows):
             self._refine_mask(j, mask)
             return
         self._refine_with_upper(j, mask, off)
+
+    def refresh(self, j: int) -> None:
+        """Intersect the bounds of linear node ``j`` with the error-widened interval image of its inputs'
+        bounds as they are now, first doing the same for the linear nodes between ``j`` and the nearest
+        refined or nonlinear nodes (whose outputs :meth:`relaxation` tightens): once per node, under
+        ``intersect``. A linear node nothing refines keeps its start bounds otherwise, however tight the
+        bounds before it became: a softmax's copies and sums (KernelRounding, Select, the Dense of
+        ``1 + e^d``) kept bounds of +-4.6e24 on carvana's U-Net while the reciprocals they copy were
+        within [0.9997, 0.9999], and the comparisons after them got back-substituted bounds only (1170
+        of its pixels' indicators decided instead of 20). Sound as any interval image of sound bounds."""
+        if not self.intersect:
+            return
+        done = self._cache.setdefault("refreshed", set())
+        stack, chain = [j], []
+        while stack:
+            k = stack.pop()
+            if k in done or k == 0:
+                continue
+            done.add(k)
+            node = self.graph.nodes[k]
+            if not isinstance(node.op, ops.LinearOp) or (k != j and k in self.refined):
+                if isinstance(node.op, (ops.Activation, ops.MaxGroup, ops.MaxMin, ops.Bilinear)):
+                    self.relaxation(k)  # refines its input and tightens its output
+                continue
+            chain.append(k)
+            stack.extend(node.inputs)
+        for k in sorted(chain):  # node indices are topological
+            if all(i == 0 for i in self.graph.nodes[k].inputs):
+                continue  # fed by the input alone: the start bounds are that image
+            lo, hi = self._image(k)
+            l, u = self.bounds[k]
+            self.bounds[k] = (torch.fmax(l, lo), torch.fmin(u, hi))  # a NaN image bound (inf - inf) is no bound
+
+    def image_lower(self, C: Tensor) -> Tensor:
+        """``C+ l + C- u`` (b, s) over the output's bounds after :meth:`refresh` (``C``: (b, s, n_out)):
+        a count of indicators is bounded below by its decided ones, where the back-substituted row
+        through the indicators' steps can be far lower (carvana: 1170 against 883)."""
+        self.refresh(self.graph.output)
+        lo, hi = (t.detach() for t in self.bounds[self.graph.output])
+        return rows_lower(C, lo, hi)
 
     def _depends(self, c: int, j: int, l: Tensor, u: Tensor) -> Tensor:
         """(b, n) the neurons of ``j`` whose bounds ``[l, u]`` the relaxation of consumer ``c`` depends on
@@ -500,9 +542,14 @@ class BoundState(RowSavings, WindowRows):
             mask = mask & ~done
         if not bool(mask.any()):
             return
-        rows_done[j] = mask if done is None else done | mask
         node = self.graph.nodes[j]
         op = node.op
+        if self.intersect and isinstance(op, ops.LinearOp):
+            self.refresh(j)
+            mask = mask & (self.bounds[j][0] < self.bounds[j][1])  # a point needs no rows
+            if not bool(mask.any()):
+                return
+        rows_done[j] = mask if done is None else done | mask
         if isinstance(op, (ops.Dense, ops.Conv, ops.Scale)) and node.inputs[0] == 0 and self.inputs.center is None:
             return  # one affine map of a box: interval bounds are exact
         through = self._through(j, mask)
@@ -938,8 +985,10 @@ def deeppoly_lower(graph: Graph, inputs: InputSet, C: Tensor, intersect: bool = 
     step = rows_within(st.budget, b * graph.max_node_size, MAX_COEFFICIENTS, "back-substitution of the output rows",
                        need=s)
     if step >= s:
-        return st.lower_of(graph.output, C)
-    return torch.cat([st.lower_of(graph.output, C[:, k:k + step]) for k in range(0, s, step)], dim=1)
+        low = st.lower_of(graph.output, C)
+    else:
+        low = torch.cat([st.lower_of(graph.output, C[:, k:k + step]) for k in range(0, s, step)], dim=1)
+    return torch.maximum(low, st.image_lower(C)) if st.intersect else low
 
 
 def deeppoly_output_bounds(graph: Graph, inputs: InputSet, intersect: bool = True,

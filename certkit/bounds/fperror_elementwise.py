@@ -104,5 +104,32 @@ def _step(op, ins, mag_out: Tensor, p: Precision):
     return model, _terms(op, ins, mag_out, p)
 
 
+def _relative_hull(ulps: int):
+    """The computed output's range for a monotone op whose model error is relative (``ulps ulp(|y|) +
+    tiny`` with ``ulp(|y|) <= 2 u |y|``): at each point the computed value is within ``y - r |y| - tiny``
+    and ``y + r |y| + tiny`` (``r = 2 ulps u``), both increasing in ``y``, so over the box they are
+    taken at the ends of the exact image (``op.interval``). Tighter than the image widened by the
+    box's largest error (an Exp over [-20, 20] has the error of ``e^20`` everywhere: ``-2969`` below
+    ``e^-20``; a softmax's small entries then leave its comparisons undecided). The ends are float64
+    values, ``2^-50`` relative added for their own rounding; beyond the largest finite number the
+    computed value may be infinite, and a Reciprocal of an input that may be subnormal (flushed to 0
+    under denormals-are-zero) too."""
+
+    def hull(op, box: tuple[Tensor, Tensor], p: Precision) -> tuple[Tensor, Tensor]:
+        lo, hi = op.interval(*box)
+        r = 2.0 * ulps * p.u + 2.0 ** -50
+        a, b = lo - r * lo.abs() - p.tiny, hi + r * hi.abs() + p.tiny
+        over = ~(b <= p.max)
+        if isinstance(op, ew.Reciprocal) and p.tiny > 0:
+            near = (box[0] < p.tiny) & (box[1] > -p.tiny)
+            a = torch.where(near & ~(box[1] < 0), torch.full_like(a, -float("inf")), a)
+            over = over | (near & ~(box[0] > 0))
+        return a, torch.where(over, torch.full_like(b, float("inf")), b)
+
+    return hull
+
+
 COMPUTED_HULLS[ew.Sign] = _step_hull
 COMPUTED_HULLS[ew.Floor] = _step_hull
+COMPUTED_HULLS[ew.Exp] = _relative_hull(ELEMENTWISE_ULPS)
+COMPUTED_HULLS[ew.Reciprocal] = _relative_hull(ROUNDED_ULPS)

@@ -60,3 +60,17 @@ def interval_bounds(graph: Graph, inputs: InputSet, known: list | None = None,
         if errors is not None and err is not None:
             errors[i] = err
     return out
+
+
+def rows_lower(C: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``C+ lo + C- hi`` (b, s) for rows ``C`` (b, s, n) over the box ``[lo, hi]`` (b, n). An infinite
+    bound gives ``-inf`` to the rows that use it and nothing (not NaN) to the others."""
+    Cp, Cn = C.clamp(min=0), C.clamp(max=0)
+    if bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all()):
+        return torch.einsum("bsn,bn->bs", Cp, lo) + torch.einsum("bsn,bn->bs", Cn, hi)
+    fl, fh = torch.isfinite(lo), torch.isfinite(hi)
+    low = torch.einsum("bsn,bn->bs", Cp, torch.where(fl, lo, torch.zeros_like(lo))) \
+        + torch.einsum("bsn,bn->bs", Cn, torch.where(fh, hi, torch.zeros_like(hi)))
+    hit = torch.einsum("bsn,bn->bs", (Cp > 0).to(C.dtype), (~fl).to(C.dtype)) \
+        + torch.einsum("bsn,bn->bs", (Cn < 0).to(C.dtype), (~fh).to(C.dtype))
+    return torch.where(hit > 0, torch.full_like(low, float("-inf")), low)
