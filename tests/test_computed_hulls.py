@@ -22,7 +22,7 @@ from certkit.graph import elementwise as ew
 from certkit.graph import ops
 from certkit.onnx.importer import import_model
 from certkit.spec.sets import InputSet
-from tests.helpers.onnx_builders import X, graph_model, ort_run
+from tests.helpers.onnx_builders import X, count_model, graph_model, ort_run
 
 N = helper.make_node
 F32 = np.float32
@@ -112,24 +112,6 @@ def test_nonnegative_dense_hull_contains_onnxruntime():
     assert float(interval_and_error(one, [box], FLOAT32, 4)[0]) > 3.5
 
 
-def _count_model(n_h: int, n_w: int, w: np.ndarray):
-    """A carvana-style tail on a 1x1 conv: logits (2 classes) -> Softmax -> ArgMax -> OneHot -> Gather
-    class 1 -> Equal with the mask channel -> Cast -> ReduceSum."""
-    from onnx import TensorProto
-    nodes = [
-        N("Slice", [X, "z", "two", "one"], ["img"]), N("Gather", [X, "two_s"], ["mask"], axis=1),
-        N("Conv", ["img", "w"], ["logits"]), N("Softmax", ["logits"], ["p"], axis=1),
-        N("Gather", ["p", "zero_s"], ["p0"], axis=0), N("ArgMax", ["p0"], ["am"], axis=0, keepdims=0),
-        N("OneHot", ["am", "depth", "vals"], ["oh"], axis=0), N("Gather", ["oh", "one_s"], ["cls1"], axis=0),
-        N("Cast", ["cls1"], ["c32"], to=TensorProto.INT32), N("Cast", ["mask"], ["m32"], to=TensorProto.INT32),
-        N("Equal", ["c32", "m32"], ["eq"]), N("Cast", ["eq"], ["eqi"], to=TensorProto.INT64),
-        N("ReduceSum", ["eqi"], ["cnt"], keepdims=0), N("Cast", ["cnt"], ["Y"], to=TensorProto.FLOAT),
-    ]
-    consts = {"z": np.array([0]), "two": np.array([2]), "one": np.array([1]), "two_s": np.array(2),
-              "zero_s": np.array(0), "one_s": np.array(1), "w": w, "depth": np.array(2), "vals": np.array([0, 1])}
-    return graph_model(nodes, (1, 3, n_h, n_w), consts=consts)
-
-
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_count_of_pixels_is_bounded_by_its_decided_pixels(scale):
     """10x12 pixels, logit margins exact intervals (a 1x1 conv of a box): deeppoly+interval and
@@ -143,7 +125,7 @@ def test_count_of_pixels_is_bounded_by_its_decided_pixels(scale):
     x = rng.uniform(-1, 1, (1, 3, h, w_)).astype(F32)
     logits = np.einsum("oc,chw->ohw", W[:, :, 0, 0].astype(np.float64), x[0, :2].astype(np.float64))
     x[0, 2] = logits.argmax(0) == 1
-    m = _count_model(h, w_, W)
+    m = count_model((1, 3, h, w_), W)
     g = import_model(m)
     eps = 0.05
     lo, hi = x.reshape(-1).astype(np.float64).copy(), x.reshape(-1).astype(np.float64).copy()

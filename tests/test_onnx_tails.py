@@ -14,7 +14,7 @@ from certkit.bounds.backends import BACKENDS
 from certkit.errors import UnsupportedOpError
 from certkit.onnx.importer import import_model
 from certkit.spec.sets import InputSet
-from tests.helpers.onnx_builders import X, const, graph_model, ort_run
+from tests.helpers.onnx_builders import X, const, count_model, graph_model, ort_run
 
 N = helper.make_node
 
@@ -110,20 +110,8 @@ W = np.random.default_rng(3).normal(size=(2, 2, 1, 1)).astype(np.float32)
 
 
 def _count_model():
-    """A carvana-style tail: 1x1 conv logits (2 classes) -> Softmax -> ArgMax -> OneHot -> Gather
-    class 1 -> Equal with the mask channel of the input -> Cast -> ReduceSum (a pixel count)."""
-    nodes = [
-        N("Slice", [X, "z", "two", "one"], ["img"]), N("Gather", [X, "two_s"], ["mask"], axis=1),
-        N("Conv", ["img", "w"], ["logits"]), N("Softmax", ["logits"], ["p"], axis=1),
-        N("Gather", ["p", "zero_s"], ["p0"], axis=0), N("ArgMax", ["p0"], ["am"], axis=0, keepdims=0),
-        N("OneHot", ["am", "depth", "vals"], ["oh"], axis=0), N("Gather", ["oh", "one_s"], ["cls1"], axis=0),
-        N("Cast", ["cls1"], ["c32"], to=TensorProto.INT32), N("Cast", ["mask"], ["m32"], to=TensorProto.INT32),
-        N("Equal", ["c32", "m32"], ["eq"]), N("Cast", ["eq"], ["eqi"], to=TensorProto.INT64),
-        N("ReduceSum", ["eqi"], ["Y"], keepdims=0),
-    ]
-    consts = {"z": np.array([0]), "two": np.array([2]), "one": np.array([1]), "two_s": np.array(2),
-              "zero_s": np.array(0), "one_s": np.array(1), "w": W, "depth": np.array(2), "vals": np.array([0, 1])}
-    return graph_model(_float_out(nodes), (1, 3, 3, 4), consts=consts)
+    """A carvana-style tail (:func:`tests.helpers.onnx_builders.count_model`) on a 3x4 image."""
+    return count_model((1, 3, 3, 4), W)
 
 
 def test_count_tail_matches_and_certifies(tmp_path):

@@ -244,3 +244,23 @@ def saved_model(proto: onnx.ModelProto, folder, name: str = "model.onnx"):
     path = folder / name
     onnx.save(proto, path)
     return Model(import_model(proto, str(path)), str(path))
+
+
+def count_model(shape: Sequence[int], w: np.ndarray) -> onnx.ModelProto:
+    """A carvana-style tail on an input of ``shape`` (1, 3, H, W): a 1x1 conv of weights ``w`` (2, 2, 1, 1)
+    on the first two channels gives 2-class logits -> Softmax -> ArgMax -> OneHot -> Gather class 1 ->
+    Equal with the mask (the third channel) -> Cast -> ReduceSum (the count of pixels whose class is the
+    mask's), cast to float."""
+    N = helper.make_node
+    nodes = [
+        N("Slice", [X, "z", "two", "one"], ["img"]), N("Gather", [X, "two_s"], ["mask"], axis=1),
+        N("Conv", ["img", "w"], ["logits"]), N("Softmax", ["logits"], ["p"], axis=1),
+        N("Gather", ["p", "zero_s"], ["p0"], axis=0), N("ArgMax", ["p0"], ["am"], axis=0, keepdims=0),
+        N("OneHot", ["am", "depth", "vals"], ["oh"], axis=0), N("Gather", ["oh", "one_s"], ["cls1"], axis=0),
+        N("Cast", ["cls1"], ["c32"], to=TensorProto.INT32), N("Cast", ["mask"], ["m32"], to=TensorProto.INT32),
+        N("Equal", ["c32", "m32"], ["eq"]), N("Cast", ["eq"], ["eqi"], to=TensorProto.INT64),
+        N("ReduceSum", ["eqi"], ["cnt"], keepdims=0), N("Cast", ["cnt"], ["Y"], to=TensorProto.FLOAT),
+    ]
+    consts = {"z": np.array([0]), "two": np.array([2]), "one": np.array([1]), "two_s": np.array(2),
+              "zero_s": np.array(0), "one_s": np.array(1), "w": w, "depth": np.array(2), "vals": np.array([0, 1])}
+    return graph_model(nodes, shape, consts=consts)
