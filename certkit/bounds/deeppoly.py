@@ -13,14 +13,15 @@ the neurons whose relaxation is not already exact under the interval bounds
 ``intersect`` the result is intersected with the interval bounds (always
 sound, and usually tighter -- but not always: tighter intermediate bounds can
 flip DeepPoly's adaptive lower slope, so a final bound may get looser); without
-it the figures are CROWN's exactly, as in auto_LiRPA. With ``reference`` (the bound
+it the figures are CROWN's exactly, as in auto_LiRPA. Under ``intersect`` every refined node, and every
+linear node between refined ones, also meets the interval image of its inputs' bounds as they are then
+(:meth:`BoundState.refresh`), and the output rows the image of the output's bounds
+(:meth:`BoundState.image_lower`). With ``reference`` (the bound
 procedure ``deeppoly+reference``) each refined layer also uses the reference bounds of
 :meth:`BoundState._reference` (the interval image of the back-substituted layer
-before): intersected with its bounds under ``intersect``; without it, as auto_LiRPA's
-default CROWN, the neurons the reference bounds show stable keep them (so a deeper
-layer can be tighter than textbook CROWN's). Tighter intermediate bounds can again
-make a final bound looser, which is why it is a stage of its own: the pipeline keeps
-the best bound of every row across stages. A node of several inputs (a
+before): under ``intersect`` that is what :meth:`BoundState.refresh` does anyway (the same
+bounds); without it, as auto_LiRPA's default CROWN, the neurons the reference bounds show
+stable keep them (so a deeper layer can be tighter than textbook CROWN's). A node of several inputs (a
 :class:`~certkit.graph.bilinear.Bilinear` product) refines all of them and passes one
 coefficient tensor to each. The neurons of a copy (Select, KernelRounding) or of an
 elementwise op needed by a consumer are not back-substituted themselves: their inputs' neurons
