@@ -148,3 +148,19 @@ def test_count_of_pixels_is_bounded_by_its_decided_pixels(scale):
         low = float(BACKENDS[name].lower(g, S, C))
         assert low > decided - 0.01, (name, low, decided)  # the IR charges the sum a float rounding
         assert np.all(y >= low), name
+
+
+def test_reciprocal_hull_covers_flushed_subnormal_inputs():
+    """Under denormals-are-zero (which onnxruntime can be asked for) a subnormal input is read as +-0 and
+    its reciprocal is +-inf: a positive box reaching below the smallest normal has no finite upper bound,
+    a negative one no finite lower bound, even where 1/x of the subnormal itself is finite (2^127); a
+    box of normal numbers keeps finite ends."""
+    tiny = FLOAT32.tiny
+    lo = torch.tensor([[2.0 ** -127, -1.0, 2.0 * tiny, -1.0, 2.0 ** -140]], dtype=torch.float64)
+    hi = torch.tensor([[1.0, -(2.0 ** -127), 1.0, -2.0 * tiny, 2.0 ** -139]], dtype=torch.float64)
+    a, b, _ = interval_and_error(ew.Reciprocal(), [(lo, hi)], FLOAT32, 1)
+    a, b = a[0].tolist(), b[0].tolist()
+    assert b[0] == float("inf") and a[0] > 0.99  # 1/+0: +inf; the normal end still bounds below
+    assert a[1] == -float("inf") and b[1] < -0.99  # 1/-0: -inf
+    assert all(np.isfinite([a[2], b[2], a[3], b[3]]))
+    assert b[4] == float("inf")  # beyond the largest float32 even without the flush

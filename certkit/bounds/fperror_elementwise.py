@@ -119,12 +119,12 @@ def _relative_hull(ulps: int):
         lo, hi = op.interval(*box)
         r = 2.0 * ulps * p.u + 2.0 ** -50
         a, b = lo - r * lo.abs() - p.tiny, hi + r * hi.abs() + p.tiny
-        over = ~(b <= p.max)
-        if isinstance(op, ew.Reciprocal) and p.tiny > 0:
-            near = (box[0] < p.tiny) & (box[1] > -p.tiny)
-            a = torch.where(near & ~(box[1] < 0), torch.full_like(a, -float("inf")), a)
-            over = over | (near & ~(box[0] > 0))
-        return a, torch.where(over, torch.full_like(b, float("inf")), b)
+        over, under = ~(b <= p.max), ~(a >= -p.max)
+        if isinstance(op, ew.Reciprocal) and p.tiny > 0:  # a flushed +-subnormal input gives +-inf
+            over = over | ((box[1] > 0) & (box[0] < p.tiny))
+            under = under | ((box[0] < 0) & (box[1] > -p.tiny))
+        return (torch.where(under, torch.full_like(a, -float("inf")), a),
+                torch.where(over, torch.full_like(b, float("inf")), b))
 
     return hull
 
