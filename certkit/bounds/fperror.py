@@ -325,9 +325,11 @@ def interval_and_error(op, ins: list[tuple[Tensor, Tensor]], p: Precision,
 
     if isinstance(op, (ops.Dense, ops.Conv, ops.ConvTranspose)) and not op.fp_extra and op.fp_bias is None:
         lo, hi, err = _dot_interval(op, ins[0], p, steps)
-        if _nonnegative(op) and bool((ins[0][0] >= 0).all()):
-            lo = torch.maximum(lo, _dot_interval(op, (ins[0][0], ins[0][0]), p, steps)[0])
-            hi = torch.minimum(hi, _dot_interval(op, (ins[0][1], ins[0][1]), p, steps)[1])
+        if _nonnegative(op) and bool((ins[0][0] >= 0).all()):  # the two corners as points, in one call
+            corners = torch.cat(ins[0])
+            a, b, _ = _dot_interval(op, (corners, corners), p, steps)
+            n = lo.shape[0]
+            lo, hi = torch.maximum(lo, a[:n]), torch.minimum(hi, b[n:])
         return lo, hi, err
     lo, hi = interval_node(op, ins)
     if isinstance(op, EXACT_INTERVAL):
