@@ -164,3 +164,21 @@ def test_reciprocal_hull_covers_flushed_subnormal_inputs():
     assert a[1] == -float("inf") and b[1] < -0.99  # 1/-0: -inf
     assert all(np.isfinite([a[2], b[2], a[3], b[3]]))
     assert b[4] == float("inf")  # beyond the largest float32 even without the flush
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_softmax_sum_reciprocal_bounds_contain_onnxruntime(scale):
+    """Huge, cancelling logit weights (columns ``w`` and ``-w + 1e-3``) -> Softmax -> a Gemm of nonnegative
+    weights and bias -> Reciprocal: the refreshed images and the hulls of every node on the way keep
+    onnxruntime's outputs inside the bounds of deeppoly+interval and alpha-CROWN at 300 points."""
+    from tests.helpers.onnx_builders import assert_bounds_contain_ort
+
+    rng = np.random.default_rng(7)
+    w = scale * rng.normal(size=(4, 3))
+    W1 = np.concatenate([w, -w + 1e-3], axis=1).astype(F32)
+    W2 = np.abs(rng.normal(size=(6, 3))).astype(F32)
+    W2[:, 0] = 0.0
+    m = graph_model([N("Gemm", [X, "W1"], ["z"]), N("Softmax", ["z"], ["p"], axis=1),
+                     N("Gemm", ["p", "W2", "b2"], ["s"]), N("Reciprocal", ["s"], ["Y"])], (1, 4),
+                    consts={"W1": W1, "W2": W2, "b2": np.array([0.5, 1e-3, 2.0], F32)})
+    assert_bounds_contain_ort(m, -2.0, 2.0, n=300, backends=("deeppoly+interval", "alpha"))
