@@ -13,6 +13,7 @@ import torch
 
 from certkit.bounds import windows
 from certkit.bounds.deeppoly import BoundState, deeppoly_output_bounds
+from certkit.bounds.products32 import with_arithmetic
 from certkit.graph import ops
 from certkit.graph.conv_transpose import ConvTranspose
 from certkit.spec.sets import InputSet
@@ -243,3 +244,37 @@ def test_balls_equal_dense_steps(p, monkeypatch):
     lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)
     assert used > 0
     assert torch.allclose(lo_w, lo_d, rtol=1e-9, atol=1e-12) and torch.allclose(hi_w, hi_d, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["generator", "chain", "margins", "conv_net2"])
+@pytest.mark.parametrize("gain", [1.0, 40.0])
+def test_float32_windowed_products_hold_and_match_dense_float32(name, gain, monkeypatch):
+    """With the bound products in float32 (``with_arithmetic(g, "float32")``) the windowed convolutions
+    run in float32 with their bracket (:meth:`WindowRows._window_product`): the bounds hold on sampled
+    points (large gains: big, cancelling coefficients), differ from the dense float32 steps' only by
+    rounding, and the float32 path was taken."""
+    g = NETS[name](1)
+    if gain != 1.0:
+        for n in g.nodes:
+            if isinstance(n.op, (ops.Conv, ConvTranspose)):
+                object.__setattr__(n.op, "weight", n.op.weight * gain)
+    g = with_arithmetic(g, "float32")
+    S = _box(g, 1, batch=2, width=0.3)
+    in32 = {"n": 0}
+    orig = windows.WindowRows._window_product
+
+    def counting(self, i, *args):
+        in32["n"] += self._in_float32(i)
+        return orig(self, i, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(windows.WindowRows, "_window_product", counting)
+        lo_w, hi_w, used = _bounds(g, S, True, True, monkeypatch)
+    lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)
+    assert used > 0 and in32["n"] > 0
+    scale = 1e-5 * (1 + torch.maximum(lo_d.abs(), hi_d.abs()))
+    assert torch.all((lo_w - lo_d).abs() <= scale) and torch.all((hi_w - hi_d).abs() <= scale)
+    x = S.lower[:, None, :] + (S.upper - S.lower)[:, None, :] * torch.rand(2, 2000, g.n_inputs, dtype=D)
+    y = g.forward(x.reshape(-1, g.n_inputs)).reshape(2, 2000, -1)
+    tol = 1e-9 * (1 + y.abs())
+    assert torch.all(y >= lo_w[:, None, :] - tol) and torch.all(y <= hi_w[:, None, :] + tol)

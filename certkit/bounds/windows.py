@@ -20,8 +20,11 @@ grows by the kernel's reach at each of them. The dense steps carry every row ove
   the map, where every coefficient is 0), and the step is the dense step's, entry by entry.
 * **Floating point**: the error of every node passed (:meth:`BoundState._charged_error`, the same
   tensors) is charged on the window as in the dense step (``|A| err``, nothing where a coefficient is
-  0); products are float64 (a float32 product's error is in ``error(i)`` either way, so this only
-  drops the float32 bracket the dense step would add: the bound is the dense float64 step's).
+  0). A convolution whose product is in float32 (:mod:`certkit.bounds.products32`) runs its windowed
+  ``conv2d`` / ``conv_transpose2d`` on the rows' float32 rounding too, and the constant takes the dense
+  step's bracket ``A (M c) - A' c`` on the windows, less its floor (:meth:`WindowRows._window_product`):
+  torch's float64 convolutions on the CPU are 5-10x slower than oneDNN's float32 ones, and these were
+  most of the time of cgan_2023's input splitting.
 
 The windows stop before a node that is none of these (a residual Sum, a Dense, the input) or once a
 window would cover most of its map (no work left to save): the rows are scattered onto the dense
@@ -55,7 +58,7 @@ Tensor = torch.Tensor
 #: A window stops growing once it would cover more than this share of its feature map.
 MAX_COVER = 0.5
 #: Windows only where the windowed rows hold at most this share of the dense rows' coefficients over
-#: the nodes they pass (they are float64 and gathered per row, the dense products float32 on large
+#: the nodes they pass (they are gathered per row; measured before their products ran in float32 too, on large
 #: convolutions): per 512 rows of cifar_biasfield's CNN, share 0.001-0.09: 3-30x faster than dense,
 #: share 0.24-0.27 (its 8x8 and 4x4 layers): 1.3x slower.
 MAX_WORK = 0.1
@@ -143,6 +146,17 @@ def _grid(y0: Tensor, x0: Tensor, h: int, w: int, H: int, W: int) -> tuple[Tenso
     ys = y0[:, None] + torch.arange(h)[None, :]
     xs = x0[:, None] + torch.arange(w)[None, :]
     return ys, xs, ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
+
+
+def _dot_on_windows(A: Tensor, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
+    """``sum A * t`` over each row's window (b, r): ``A`` (b, r, C, h, w) the rows' windows, 0 off the (C, H,
+    W) map, ``t`` (b, C*H*W) a finite per-neuron tensor, ``(ys, xs)`` the windows' map coordinates
+    (:func:`_grid`); the entries off the map meet a clamped neighbour of ``t``, times 0."""
+    b = t.shape[0]
+    C, H, W = shape
+    flat = ys.clamp(0, H - 1)[:, :, None] * W + xs.clamp(0, W - 1)[:, None, :]  # (r, h, w)
+    g = t.reshape(b, C, H * W)[:, :, flat]  # (b, C, r, h, w)
+    return (A.detach().transpose(1, 2) * g).sum((1, 3, 4))
 
 
 class WindowRows:
@@ -259,7 +273,7 @@ class WindowRows:
                 if op.bias is not None:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
-                A, y0, x0 = (_conv_back if isinstance(op, ops.Conv) else _convt_back)(op, A, y0, x0)
+                A, y0, x0, total = self._window_product(i, s, A, y0, x0, ys, xs, inside, total)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
@@ -283,6 +297,32 @@ class WindowRows:
         dense = torch.zeros(b, r, Cs * Hs * Ws, dtype=A.dtype)
         dense.scatter_add_(2, flat.reshape(1, r, -1).expand(b, -1, -1), vals.reshape(b, r, -1))
         return stop, dense, total
+
+    def _window_product(self, i: int, s: _Step, A: Tensor, y0: Tensor, x0: Tensor, ys: Tensor, xs: Tensor,
+                        inside: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Windowed rows ``A`` on convolution ``i``'s output back to its input: ``(A', y0', x0', total)``.
+        Where the product at ``i`` is in float32 (:meth:`BoundState._in_float32`) the (transposed)
+        convolution runs on ``A``'s float32 rounding and ``total`` gains the bracket of
+        :class:`~certkit.bounds.products32.ProductCharge` on the windows, ``A (M c) - A' c`` (``M c`` gathered
+        on the output window, ``c`` on the input window; both 0 off the map, where the dense step has no
+        coefficient either), less its ``floor``; the per-neuron part is in :meth:`BoundState.error`, charged
+        at ``i`` already. Otherwise, where the charge is not finite, or on a float32 overflow, float64."""
+        op = self.graph.nodes[i].op
+        back = _conv_back if isinstance(op, ops.Conv) else _convt_back
+        if not self._in_float32(i):
+            return (*back(op, A, y0, x0), total)
+        self.error(i)
+        charge = self._cache["charge"][i]
+        if not self._finite(charge.floor):
+            return (*back(op, A, y0, x0), total)
+        out, Y0, X0 = back(op, A.to(torch.float32), y0, x0)
+        if not bool(torch.isfinite(out.sum())):  # float32 overflowed: the float64 product, no bracket
+            return (*back(op, A, y0, x0), total)
+        out = out.to(A.dtype)
+        with torch.no_grad():  # A and out are 0 off the map, M c and c finite (the charge is)
+            bracket = _dot_on_windows(A, charge.image, s.shape, ys, xs) \
+                - _dot_on_windows(out, charge.centre, tuple(op.in_shape), *_grid(Y0, X0, *out.shape[-2:], *op.in_shape[1:])[:2])
+        return out, Y0, X0, total + bracket - charge.floor
 
     def _window_hand_over(self, i: int, A: Tensor, t: int, tag) -> tuple[int, Tensor, Tensor] | None:
         """In a back-substitution from ``t`` that reaches conv node ``i`` with coefficients ``A``
