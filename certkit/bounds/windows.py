@@ -23,8 +23,8 @@ grows by the kernel's reach at each of them. The dense steps carry every row ove
   0). A convolution whose product is in float32 (:mod:`certkit.bounds.products32`) runs its windowed
   ``conv2d`` / ``conv_transpose2d`` on the rows' float32 rounding too, and the constant takes the dense
   step's bracket ``A (M c) - A' c`` on the windows, less its floor (:meth:`WindowRows._window_product`):
-  torch's float64 convolutions on the CPU are 5-10x slower than oneDNN's float32 ones, and these were
-  most of the time of cgan_2023's input splitting.
+  torch's float64 convolutions on the CPU are several times slower than oneDNN's float32 ones (profiles
+  of cgan_2023's 64x64 input splitting: 51 ms per windowed ConvTranspose step in float64, 8.4 ms now).
 
 The windows stop before a node that is none of these (a residual Sum, a Dense, the input) or once a
 window would cover most of its map (no work left to save): the rows are scattered onto the dense
@@ -273,7 +273,7 @@ class WindowRows:
                 if op.bias is not None:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
-                A, y0, x0, total = self._window_product(i, s, A, y0, x0, ys, xs, inside, total)
+                A, y0, x0, total = self._window_product(i, s, A, y0, x0, ys, xs, total)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
@@ -299,7 +299,7 @@ class WindowRows:
         return stop, dense, total
 
     def _window_product(self, i: int, s: _Step, A: Tensor, y0: Tensor, x0: Tensor, ys: Tensor, xs: Tensor,
-                        inside: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        total: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Windowed rows ``A`` on convolution ``i``'s output back to its input: ``(A', y0', x0', total)``.
         Where the product at ``i`` is in float32 (:meth:`BoundState._in_float32`) the (transposed)
         convolution runs on ``A``'s float32 rounding and ``total`` gains the bracket of
