@@ -222,9 +222,11 @@ def test_default_gate_skips_small_maps_and_windows_large_ones():
     assert st._window_plan(3) is not None and st._window_plan(5) is not None
 
 
+@pytest.mark.parametrize("arithmetic", ["auto", "float32"])
 @pytest.mark.parametrize("net", ["chain", "generator"])
-def test_overflowing_weights_give_minus_inf_never_nan(net, monkeypatch):
+def test_overflowing_weights_give_minus_inf_never_nan(net, arithmetic, monkeypatch):
     g = chain_net(0, gain=1e120) if net == "chain" else _scaled(generator_net(0), 1e120)
+    g = with_arithmetic(g, arithmetic)
     S = _box(g, 0, batch=1, width=0.3)
     lo_w, hi_w, used = _bounds(g, S, True, True, monkeypatch)
     lo_d, hi_d, _ = _bounds(g, S, True, False, monkeypatch)

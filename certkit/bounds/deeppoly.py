@@ -244,19 +244,21 @@ class BoundState(RowSavings, WindowRows):
         return cache[i]
 
     def _product(self, i: int, fn, A: Tensor, total: Tensor, rows: Tensor | None = None,
-                 cols: Tensor | None = None, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 cols: Tensor | None = None, w: Tensor | None = None, bracket=None) -> tuple[Tensor, Tensor]:
         """``(fn(A), total)`` for affine node ``i`` whose product is in float32 (:meth:`_in_float32`):
         ``fn`` maps ``A`` to ``A M_i`` (``w = M_i[rows][:, cols]`` when it uses part of the matrix). Where
         the charge of :class:`~certkit.bounds.products32.ProductCharge` is finite, ``fn`` runs on float32
         and ``total`` gains its bracket less its ``floor`` (the per-neuron part is in :meth:`error`,
-        charged at ``i``); otherwise, or on a float32 overflow, the product is float64."""
+        charged at ``i``); otherwise, or on a float32 overflow, the product is float64. ``bracket(charge,
+        out)``: the bracket where ``A`` and ``out`` are not dense rows (windowed rows, ``windows.py``)."""
         self.error(i)
         charge = self._cache["charge"][i]
         if not self._finite(charge.floor):
             return fn(A), total
         out, in32 = product(fn, A)
         if in32:
-            total = total + charge.bracket(A, out, rows, cols, w) - charge.floor
+            got = charge.bracket(A, out, rows, cols, w) if bracket is None else bracket(charge, out)
+            total = total + got - charge.floor
         return out, total
 
     def _matmul(self, i: int, A: Tensor, w: Tensor, total: Tensor, rows: Tensor | None,

@@ -148,17 +148,6 @@ def _grid(y0: Tensor, x0: Tensor, h: int, w: int, H: int, W: int) -> tuple[Tenso
     return ys, xs, ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
 
 
-def _dot_on_windows(A: Tensor, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
-    """``sum A * t`` over each row's window (b, r): ``A`` (b, r, C, h, w) the rows' windows, 0 off the (C, H,
-    W) map, ``t`` (b, C*H*W) a finite per-neuron tensor, ``(ys, xs)`` the windows' map coordinates
-    (:func:`_grid`); the entries off the map meet a clamped neighbour of ``t``, times 0."""
-    b = t.shape[0]
-    C, H, W = shape
-    flat = ys.clamp(0, H - 1)[:, :, None] * W + xs.clamp(0, W - 1)[:, None, :]  # (r, h, w)
-    g = t.reshape(b, C, H * W)[:, :, flat]  # (b, C, r, h, w)
-    return (A.detach().transpose(1, 2) * g).sum((1, 3, 4))
-
-
 class WindowRows:
     """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
 
@@ -273,7 +262,7 @@ class WindowRows:
                 if op.bias is not None:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
-                A, y0, x0, total = self._window_product(i, s, A, y0, x0, ys, xs, total)
+                A, y0, x0, total = self._window_product(i, s, A, y0, x0, (ys, xs, inside), total)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
                     total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
@@ -298,31 +287,34 @@ class WindowRows:
         dense.scatter_add_(2, flat.reshape(1, r, -1).expand(b, -1, -1), vals.reshape(b, r, -1))
         return stop, dense, total
 
-    def _window_product(self, i: int, s: _Step, A: Tensor, y0: Tensor, x0: Tensor, ys: Tensor, xs: Tensor,
-                        total: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Windowed rows ``A`` on convolution ``i``'s output back to its input: ``(A', y0', x0', total)``.
-        Where the product at ``i`` is in float32 (:meth:`BoundState._in_float32`) the (transposed)
-        convolution runs on ``A``'s float32 rounding and ``total`` gains the bracket of
-        :class:`~certkit.bounds.products32.ProductCharge` on the windows, ``A (M c) - A' c`` (``M c`` gathered
-        on the output window, ``c`` on the input window; both 0 off the map, where the dense step has no
-        coefficient either), less its ``floor``; the per-neuron part is in :meth:`BoundState.error`, charged
-        at ``i`` already. Otherwise, where the charge is not finite, or on a float32 overflow, float64."""
+    def _window_product(self, i: int, s: _Step, A: Tensor, y0: Tensor, x0: Tensor, grid: tuple, total: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Windowed rows ``A`` on convolution ``i``'s output (window coordinates ``grid``, :func:`_grid`) back
+        to its input: ``(A', y0', x0', total)``. Where the product at ``i`` is in float32 this is
+        :meth:`BoundState._product` (float32 on ``A``'s rounding, float64 where the charge is not finite or
+        float32 overflows), with the bracket ``A (M c) - A' c`` on the windows: ``M c`` gathered on the
+        output window, ``c`` on the input window, both 0 off the map, where the dense step has no
+        coefficient either."""
         op = self.graph.nodes[i].op
         back = _conv_back if isinstance(op, ops.Conv) else _convt_back
+        corner: list[Tensor] = []
+
+        def conv(a: Tensor) -> Tensor:
+            out, y, x = back(op, a, y0, x0)
+            corner[:] = (y, x)  # the input window's corners (the same in either precision)
+            return out
+
         if not self._in_float32(i):
-            return (*back(op, A, y0, x0), total)
-        self.error(i)
-        charge = self._cache["charge"][i]
-        if not self._finite(charge.floor):
-            return (*back(op, A, y0, x0), total)
-        out, Y0, X0 = back(op, A.to(torch.float32), y0, x0)
-        if not bool(torch.isfinite(out.sum())):  # float32 overflowed: the float64 product, no bracket
-            return (*back(op, A, y0, x0), total)
-        out = out.to(A.dtype)
-        with torch.no_grad():  # A and out are 0 off the map, M c and c finite (the charge is)
-            bracket = _dot_on_windows(A, charge.image, s.shape, ys, xs) \
-                - _dot_on_windows(out, charge.centre, tuple(op.in_shape), *_grid(Y0, X0, *out.shape[-2:], *op.in_shape[1:])[:2])
-        return out, Y0, X0, total + bracket - charge.floor
+            return (conv(A), *corner, total)
+
+        def bracket(charge, out: Tensor) -> Tensor:
+            with torch.no_grad():
+                image = self._gather(charge.image, s.shape, *grid)
+                centre = self._gather(charge.centre, tuple(op.in_shape), *_grid(*corner, *out.shape[-2:], *op.in_shape[1:]))
+                return (A.detach() * image).sum((2, 3, 4)) - (out.detach() * centre).sum((2, 3, 4))
+
+        out, total = self._product(i, conv, A, total, bracket=bracket)
+        return (out, *corner, total)
 
     def _window_hand_over(self, i: int, A: Tensor, t: int, tag) -> tuple[int, Tensor, Tensor] | None:
         """In a back-substitution from ``t`` that reaches conv node ``i`` with coefficients ``A``
