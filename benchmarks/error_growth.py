@@ -1,6 +1,7 @@
 """How the float32 error terms grow through a VGG16-sized net (vggnet16_2023's architecture), at one point.
 
 Usage: python benchmarks/error_growth.py [--seed 0] [--keep DIR]
+Exit codes: 0, 2 (bad arguments, or a --keep folder that cannot be written).
 
 Builds VGG16 (13 convolutions, 5 max-pools, 3 dense layers, 224x224x3 input, 138M weights) with He-normal
 random weights in torch, exports it to ONNX (553 MB, in a temporary folder unless ``--keep``), and bounds it
@@ -54,11 +55,33 @@ def build(path: str, seed: int) -> np.ndarray:
     return x.numpy()
 
 
+def _seed(text: str) -> int:
+    n = int(text)
+    if not 0 <= n < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=_seed, default=0)
     ap.add_argument("--keep", metavar="DIR", help="write the model here and keep it")
     a = ap.parse_args(argv)
+    if a.keep is None:
+        with tempfile.TemporaryDirectory(prefix="certkit_vgg_") as folder:  # 553 MB: removed afterwards
+            return _run(os.path.join(folder, "vgg16_random.onnx"), a.seed)
+    try:
+        os.makedirs(a.keep, exist_ok=True)
+        path = os.path.join(a.keep, "vgg16_random.onnx")
+        open(path, "ab").close()
+    except OSError as e:
+        print(f"error_growth: cannot write the model in {a.keep}: {e.strerror}", file=sys.stderr)
+        return 2
+    return _run(path, a.seed)
+
+
+def _run(path: str, seed: int) -> int:
+    """Build the net at ``path``, bound it, print the table (module docstring)."""
     import onnxruntime as ort
     import torch
 
@@ -68,11 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from certkit.spec.sets import InputSet
 
     torch.set_num_threads(2)
-    folder = a.keep or tempfile.mkdtemp(prefix="certkit_vgg_")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "vgg16_random.onnx")
     t = time.monotonic()
-    x = build(path, a.seed)
+    x = build(path, seed)
     print(f"built and exported {path} ({os.path.getsize(path) / 1e6:.0f} MB) in {time.monotonic() - t:.1f} s")
     y = ort.InferenceSession(path).run(None, {"data": x})[0].ravel()
     top1, top2 = (int(i) for i in np.argsort(-y)[:2])
@@ -95,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     C = torch.zeros(1, 1, y.size, dtype=torch.float64)
     C[0, 0, top1], C[0, 0, top2] = 1.0, -1.0
     print(f"lower bound of y_top1 - y_top2 at the point, interval: {float(interval_lower(g, InputSet(point, point), C)):.4g}")
-    rng = np.random.default_rng(a.seed)
+    rng = np.random.default_rng(seed)
     free = rng.choice(point.shape[1], 5, replace=False)
     r = torch.zeros_like(point)
     r[0, free] = 1e-3
