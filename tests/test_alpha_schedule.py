@@ -29,6 +29,32 @@ def test_decay_matches_torch_exponential_lr():
     assert abs(opt.groups[0]["lr"] - 0.3 * 0.9 ** 6) < 1e-15
 
 
+def test_fused_kernel_matches_the_written_out_update(monkeypatch):
+    """The fused kernel (contiguous parameters) and the written-out update (the rest, or a torch
+    without the kernel) take the same steps, per group rate and decay included."""
+    import importlib
+
+    adam = importlib.import_module("certkit.bounds.adam")  # ``certkit.bounds`` is also the API function
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        start = [torch.randn(1000, dtype=dtype), torch.randn(3, 5, dtype=dtype), torch.randn(7, 4, dtype=dtype).t()]
+        runs = []
+        for fused in (True, False):
+            monkeypatch.setattr(adam, "_FUSED", fused)
+            ps = [t.clone().requires_grad_(True) for t in start]
+            opt = Adam([{"params": ps[:2], "lr": 0.3}, {"params": ps[2:], "lr": 0.01}], decay=0.98)
+            for _ in range(25):
+                opt.zero_grad()
+                sum(((p - 0.3) ** 2 * torch.arange(p.numel(), dtype=dtype).reshape(p.shape)).sum()
+                    for p in ps).backward()
+                opt.step()
+            runs.append([p.detach() for p in ps])
+        for a, b in zip(*runs):
+            assert torch.allclose(a, b, rtol=tol, atol=tol)
+    assert not adam._fusable(torch.zeros(4, 3).t(), torch.zeros(3, 4))  # a transposed parameter: written out
+
+
 def test_default_schedule_is_sound_and_not_looser_than_deeppoly():
     assert 0 < LR_DECAY <= 1 and LR > 0
     for seed in range(3):

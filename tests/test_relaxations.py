@@ -327,3 +327,29 @@ def test_s_shaped_tangents_sound_on_unbounded_and_extreme_intervals(op):
             assert torch.equal(mine.reshape(-1)[unbounded].nan_to_num(7.0), theirs.reshape(-1)[unbounded].nan_to_num(7.0))
         finite = torch.isfinite(l) & torch.isfinite(u)
 
+
+def test_relu_alpha_fast_path_equals_relu_like():
+    """alpha-CROWN's ReLU lines (DeepPoly's with the lower slope replaced on unstable neurons) are
+    relu_like's with ``slope=a``: values and gradients, on degenerate and non-finite bounds too."""
+    from certkit.bounds.deeppoly import _relu_slopes
+    from certkit.bounds.relaxations import relu_like
+
+    torch.manual_seed(0)
+    special = torch.tensor([0.0, -0.0, 1e-300, -1e-300, float("inf"), float("-inf"), float("nan"), 2.0, -2.0])
+    l = torch.cat([torch.randn(3, 40, dtype=torch.float64), special.double().expand(3, -1)], dim=1)
+    u = torch.cat([torch.randn(3, 40, dtype=torch.float64), special.double().flip(0).expand(3, -1)], dim=1)
+    l, u = torch.minimum(l, u), torch.maximum(l, u)
+    l[:, -1], u[:, -3] = float("nan"), float("nan")
+    base = relu_like(l, u)
+    a1 = (torch.rand(3, 5, l.shape[1], dtype=torch.float64) * 1.6 - 0.3).requires_grad_(True)
+    a2 = a1.detach().clone().requires_grad_(True)
+    fast = _relu_slopes(l, u, base, a1)
+    ref = relu_like(l[:, None, :], u[:, None, :], 0.0, a2)
+    w = torch.randn(3, 5, l.shape[1], dtype=torch.float64)
+    for f, r in zip(fast, ref):
+        assert f.shape == r.shape
+        assert torch.equal(torch.isnan(f.expand_as(r)), torch.isnan(r.expand_as(f)))
+        assert torch.equal(f.expand_as(r).nan_to_num(), r.expand_as(f).nan_to_num())
+    (fast[0] * w).sum().backward()
+    (ref[0] * w).sum().backward()
+    assert torch.equal(a1.grad, a2.grad)
