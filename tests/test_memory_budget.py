@@ -132,8 +132,19 @@ def test_alpha_plans_fewer_slopes_when_they_do_not_fit(no_rss):
     g, S, C = _case("mlp_relu_deep", batch=1)
     ibp = interval_bounds(g, S)
     s = C.shape[0]
-    assert not plan_alpha(g, ibp, s, 1, Budget(memory=memory.UNLIMITED)).out_only
+    assert plan_alpha(g, ibp, s, 1, Budget(memory=memory.UNLIMITED)).form == "full"
     from certkit.bounds.alpha import alpha_bytes
+    shared = alpha_bytes(g, ibp, s, 1, False, True)
+    assert shared < alpha_bytes(g, ibp, s, 1, False)
+    plan = plan_alpha(g, ibp, s, 1, Budget(memory=int(shared / memory.WORKING_SHARE) + 1))  # shared slopes fit
+    assert plan.form == "shared" and not plan.out_only and "shared across each node's rows" in plan.reason
+    report: dict = {}
+    low = alpha_lower(g, S, C, iterations=5, budget=Budget(memory=int(shared / memory.WORKING_SHARE) + 1),
+                      report=report)
+    assert report["form"] == "shared" and "shared" in report["reason"]
+    dp = deeppoly_lower(g, S, C, True)
+    assert bool((low >= dp - 1e-9 * (1 + dp.abs())).all())
+    _assert_sound(g, S, C, low)
     one = alpha_bytes(g, ibp, 1, 1, True)
     budget = Budget(memory=int(2 * one / memory.WORKING_SHARE) + 1)  # two output rows per pass
     plan = plan_alpha(g, ibp, s, 1, budget)

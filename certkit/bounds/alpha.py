@@ -17,9 +17,14 @@ kept row by row, so the result is never looser than DeepPoly's.
 
 Memory (:mod:`certkit.bounds.memory`): the slopes of every (target, ReLU) pair, their gradients and
 Adam moments, and the autograd tape of every back-substitution of an iterate are estimated before
-the first one (:func:`plan_alpha`). When they do not fit in the budget, only the slopes of the final
-rows are optimised (the intermediate bounds are DeepPoly's, computed once: one bound state serves
-every iterate), on fewer rows per pass when needed; when not even one row fits, ``MemoryExceeded``.
+the first one (:func:`plan_alpha`). When they do not fit in the budget, each intermediate node's
+bounds share one slope tensor across its rows (``shared``, auto_LiRPA's alpha without
+``full_conv_alpha``: the intermediate bounds are still optimised, the final rows keep their own
+slopes); when that does not fit either, only the slopes of the final rows are optimised (the
+intermediate bounds are DeepPoly's, computed once: one bound state serves every iterate), on fewer
+rows per pass when needed; when not even one row fits, ``MemoryExceeded``. On sri_resnet_a 5696 the
+per-row slopes were estimated at 11.9 GB against 9 GB of headroom (7.2 GB measured); the shared ones fit,
+and ReLU splitting then proves it (2026-12-06; before, the final rows' slopes only and a timeout).
 """
 from __future__ import annotations
 
@@ -68,12 +73,19 @@ LR, LR_DECAY = 0.3, 0.98
 
 @dataclass(frozen=True)
 class AlphaPlan:
-    """How alpha-CROWN runs within the memory budget: all slopes (``out_only`` False), or the
-    final rows' only, ``rows`` of them per pass; ``reason`` says why it is not the full method."""
+    """How alpha-CROWN runs within the memory budget: all slopes (``out_only`` False; ``shared``: one
+    slope tensor per intermediate node, for all its rows), or the final rows' only, ``rows`` of them
+    per pass; ``reason`` says why it is not the full method."""
 
     out_only: bool
     rows: int
     reason: str = ""
+    shared: bool = False
+
+    @property
+    def form(self) -> str:
+        """``full``, ``shared`` or ``out_only``."""
+        return "out_only" if self.out_only else "shared" if self.shared else "full"
 
 
 def alpha_bytes(graph: Graph, ibp: list, s: int, b: int, out_only: bool, shared: bool = False) -> float:
@@ -119,13 +131,16 @@ def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: boo
     free = WORKING_SHARE * headroom(budget)
     full = alpha_bytes(graph, ibp, s, b, False, shared)
     if full <= free:
-        return AlphaPlan(False, s)
+        return AlphaPlan(False, s, shared=shared)
+    why = f"alpha-CROWN with all slopes needs about {format_size(full)}; {describe(budget)}"
+    if not shared and alpha_bytes(graph, ibp, s, b, False, True) <= free:
+        return AlphaPlan(False, s, why + ": the intermediate bounds' slopes shared across each node's rows", True)
     per_row = alpha_bytes(graph, ibp, 1, b, True)
     rows = int(free // per_row)
     if rows < 1:
         raise MemoryExceeded(f"alpha-CROWN needs {format_size(per_row)} per output row; {describe(budget)}")
-    why = f"alpha-CROWN with all slopes needs about {format_size(full)}; {describe(budget)}: slopes of the output rows only"
-    return AlphaPlan(True, min(rows, s), why + (f", {rows} rows per pass" if rows < s else ""))
+    return AlphaPlan(True, min(rows, s), why + ": slopes of the output rows only"
+                     + (f", {rows} rows per pass" if rows < s else ""))
 
 
 def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20, lr: float = LR,
@@ -158,7 +173,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
     if report is not None and plan.reason:
         report["reason"] = plan.reason
     if not plan.out_only:
-        best, best_state, done = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, shared,
+        best, best_state, done = _optimise(graph, inputs, C, ibp, ibp_errors, iterations, lr, lr_decay, plan.shared,
                                            deadline, budget, init=init, enough=enough)
     else:  # one state (DeepPoly's intermediate bounds) for every pass and iterate
         best_state = BoundState(graph, inputs, intersect=True, bounds=list(ibp), ibp_errors=ibp_errors,
@@ -177,7 +192,7 @@ def alpha_lower(graph: Graph, inputs: InputSet, C: Tensor, iterations: int = 20,
         best_state.alpha = {key: torch.cat(v, dim=1) for key, v in slopes.items()}
     if report is not None:  # the state, for a search that starts where this run ended (ReLU splitting's root):
         # the run is deterministic given its number of iterates, which a recheck repeats
-        report.update(state=best_state, iterations=done)
+        report.update(state=best_state, iterations=done, form=plan.form)
     if keep_state:
         return best, best_state
     return best
