@@ -142,6 +142,11 @@ def test_alpha_plans_fewer_slopes_when_they_do_not_fit(no_rss):
     low = alpha_lower(g, S, C, iterations=5, budget=Budget(memory=int(shared / memory.WORKING_SHARE) + 1),
                       report=report)
     assert report["form"] == "shared" and "shared" in report["reason"]
+    from certkit.bounds.alpha import SHARED_ITERATIONS
+    report = {}
+    alpha_lower(g, S, C, iterations=SHARED_ITERATIONS + 10, budget=Budget(memory=int(shared / memory.WORKING_SHARE) + 1),
+                report=report)
+    assert report["iterations"] <= SHARED_ITERATIONS  # the memory-chosen shared form runs fewer iterates
     dp = deeppoly_lower(g, S, C, True)
     assert bool((low >= dp - 1e-9 * (1 + dp.abs())).all())
     _assert_sound(g, S, C, low)

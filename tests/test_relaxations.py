@@ -325,7 +325,6 @@ def test_s_shaped_tangents_sound_on_unbounded_and_extreme_intervals(op):
         unbounded = ~(torch.isfinite(l) & torch.isfinite(u))
         for mine, theirs in zip((lw, lb, uw, ub), base):  # unbounded: DeepPoly's lines, untouched
             assert torch.equal(mine.reshape(-1)[unbounded].nan_to_num(7.0), theirs.reshape(-1)[unbounded].nan_to_num(7.0))
-        finite = torch.isfinite(l) & torch.isfinite(u)
 
 
 def test_relu_alpha_fast_path_equals_relu_like():
