@@ -330,8 +330,7 @@ def test_s_shaped_tangents_sound_on_unbounded_and_extreme_intervals(op):
 def test_relu_alpha_fast_path_equals_relu_like():
     """alpha-CROWN's ReLU lines (DeepPoly's with the lower slope replaced on unstable neurons) are
     relu_like's with ``slope=a``: values and gradients, on degenerate and non-finite bounds too."""
-    from certkit.bounds.deeppoly import _relu_slopes
-    from certkit.bounds.relaxations import relu_like
+    from certkit.bounds.relaxations import ALPHA_PARAMS, relu_like
 
     torch.manual_seed(0)
     special = torch.tensor([0.0, -0.0, 1e-300, -1e-300, float("inf"), float("-inf"), float("nan"), 2.0, -2.0])
@@ -342,7 +341,7 @@ def test_relu_alpha_fast_path_equals_relu_like():
     base = relu_like(l, u)
     a1 = (torch.rand(3, 5, l.shape[1], dtype=torch.float64) * 1.6 - 0.3).requires_grad_(True)
     a2 = a1.detach().clone().requires_grad_(True)
-    fast = _relu_slopes(l, u, base, a1)
+    fast = ALPHA_PARAMS[ops.Relu].from_base(ops.Relu(), l, u, base, a1)
     ref = relu_like(l[:, None, :], u[:, None, :], 0.0, a2)
     w = torch.randn(3, 5, l.shape[1], dtype=torch.float64)
     for f, r in zip(fast, ref):

@@ -911,10 +911,10 @@ class BoundState(RowSavings, WindowRows):
         l, u = self.bounds[self.graph.nodes[i].inputs[0]]
         op = self.graph.nodes[i].op
 
-        a = self._alpha_param((tag, i), tag, rows, s,
-                              lambda: ALPHA_PARAMS[type(op)].start(op, l.detach(), u.detach(), base))
-        if type(op) is ops.Relu and isinstance(base, tuple) and base[0].dim() == 2:
-            return _relu_slopes(l, u, base, a)
+        param = ALPHA_PARAMS[type(op)]
+        a = self._alpha_param((tag, i), tag, rows, s, lambda: param.start(op, l.detach(), u.detach(), base))
+        if param.from_base is not None and isinstance(base, tuple) and base[0].dim() == 2:
+            return param.from_base(op, l, u, base, a)
         return RELAXATIONS[type(op)](op, l[:, None, :], u[:, None, :], a)
 
     def _optimises(self, tag) -> bool:
@@ -1009,13 +1009,3 @@ def deeppoly_output_bounds(graph: Graph, inputs: InputSet, intersect: bool = Tru
         lo, hi = torch.maximum(lo, st_ibp[0]), torch.minimum(hi, st_ibp[1])
     return lo, hi
 
-
-def _relu_slopes(l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
-    """A ReLU's relaxation with the alpha slopes ``a`` (b, rows, n): DeepPoly's lines ``base`` (b, n)
-    with the lower slope replaced by ``a`` clamped to [0, 1] on the unstable neurons -- the same lines
-    as :func:`~certkit.bounds.relaxations.relu_like` with ``slope=a`` (the upper chord and the stable
-    neurons' lines do not depend on the slope), in two elementwise passes over the rows instead of
-    fifteen (relu_like was 15% of oval21's branch-and-bound time, 2026-12-06)."""
-    unstable = ~((l >= 0) | (u <= 0))[:, None, :]
-    lw = torch.where(unstable, a.clamp(min=0.0, max=1.0), base[0][:, None, :])
-    return lw, base[1][:, None, :], base[2][:, None, :], base[3][:, None, :]

@@ -36,11 +36,15 @@ class AlphaParam:
     """How alpha-CROWN parametrises the relaxation of one op class (its ``slope`` argument):
     ``start(op, l, u, base)`` the first iterate's value (b, n), which gives DeepPoly's lines ``base``;
     ``bounds(op)`` the range the optimiser projects onto (the relaxation clamps too, so any value is
-    sound); ``rate`` the learning rate's factor (tangent points move a whole interval per unit)."""
+    sound); ``rate`` the learning rate's factor (tangent points move a whole interval per unit);
+    ``from_base(op, l, u, base, a)``, when given, the lines for the parameters ``a`` (b, rows, n) built from
+    DeepPoly's ``base`` (b, n) on the same bounds -- the relaxation's own lines, cheaper than rebuilding them
+    at every alpha iterate."""
 
     start: Callable[..., Tensor]
     bounds: Callable[..., tuple[float, float]] = lambda op: (0.0, 1.0)
     rate: float = 1.0
+    from_base: Callable[..., Relax] | None = None
 
 
 #: op class -> its alpha-CROWN parameter (:class:`AlphaParam`); registered beside the relaxations
@@ -88,6 +92,17 @@ def relu_like(l: Tensor, u: Tensor, s: float = 0.0, slope: Tensor | None = None)
     uw = torch.where(active, one, torch.where(inactive, s * one, ch))
     ub = torch.where(unstable, ch_b, zero)
     return lw, zero, uw, ub
+
+
+def relu_slopes(op, l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
+    """A ReLU's lines for the alpha slopes ``a`` (b, rows, n): DeepPoly's lines ``base`` (b, n) with the
+    lower slope replaced by ``a`` clamped to [0, 1] on the unstable neurons -- :func:`relu_like`'s lines
+    with ``slope=a`` (the upper chord and the stable neurons' lines do not depend on the slope), in two
+    elementwise passes over the rows instead of fifteen (relu_like was 15% of oval21's branch-and-bound
+    time, 2026-12-06)."""
+    unstable = ~((l >= 0) | (u <= 0))[:, None, :]
+    lw = torch.where(unstable, a.clamp(min=0.0, max=1.0), base[0][:, None, :])
+    return lw, base[1][:, None, :], base[2][:, None, :], base[3][:, None, :]
 
 
 @relaxation(ops.Relu)
@@ -300,7 +315,7 @@ def _leaky_start(op, l: Tensor, u: Tensor, base: Relax) -> Tensor:
 #: eps 0.012, 20 iterations, rate 0.1 proved 8 of its 10 unsat instances at the root, 0.3 proved 7)
 TANGENT_RATE = 1.0 / 3.0
 ALPHA_PARAMS.update({
-    ops.Relu: AlphaParam(_own_lower_slope),
+    ops.Relu: AlphaParam(_own_lower_slope, from_base=relu_slopes),
     ops.LeakyRelu: AlphaParam(_leaky_start, _leaky_bounds),
     ops.Sigmoid: AlphaParam(lambda op, l, u, base: torch.full_like(l, 0.5), rate=TANGENT_RATE),
     ops.Tanh: AlphaParam(lambda op, l, u, base: torch.full_like(l, 0.5), rate=TANGENT_RATE),
