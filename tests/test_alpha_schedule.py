@@ -92,3 +92,60 @@ def test_input_split_records_the_schedule(tmp_path):
                       SplitConfig(alpha_iterations=3))
     assert out.status == "verified"
     assert out.tree.meta["alpha_lr_decay"] == SplitConfig().alpha_lr_decay
+
+
+def _boxes(g, seed: int, b: int = 2, r: float = 0.3) -> InputSet:
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-1, 1, (b, g.n_inputs))
+    return InputSet(torch.tensor(c - r), torch.tensor(c + r))
+
+
+def test_compact_intermediate_slopes_give_the_same_bounds(monkeypatch):
+    """An intermediate target's slope tensors hold rows only for the neurons its ReLUs leave unstable
+    under the start bounds (BoundState._compact_rows): the same iterates, hence the same bounds, as
+    rows for every neuron, on a batch of two boxes (positions per box); a node that also feeds another
+    op (a residual net's Sum) keeps rows for all."""
+    from certkit.bounds.deeppoly import BoundState
+
+    for build, seed in ((lambda s: random_nets.mlp("relu", s, (4, 16, 16, 16, 3)), 0),
+                        (random_nets.conv_net, 1), (random_nets.residual_net, 2)):
+        g = build(seed)
+        S = _boxes(g, 1, r=0.1)  # where the intermediate slopes move the final bound
+        C = torch.tensor(np.random.default_rng(1).normal(size=(3, g.n_outputs)))
+        low, st = alpha_lower(g, S, C, iterations=8, keep_state=True)
+        n_rows = {k: a.shape[1] for k, a in st.alpha.items() if k[0] != "out"}
+        with monkeypatch.context() as m:
+            m.setattr(BoundState, "_compact_rows", lambda self, j: None)
+            full, st_full = alpha_lower(g, S, C, iterations=8, keep_state=True)
+        assert torch.equal(low, full)
+        rows_full = {k: a.shape[1] for k, a in st_full.alpha.items() if k[0] != "out"}
+        assert n_rows.keys() == rows_full.keys() and n_rows
+        assert all(n_rows[k] <= rows_full[k] for k in n_rows)
+        # some neuron is stable at the start (the residual net's pre-activations also feed a Sum: all rows)
+        assert any(n_rows[k] < rows_full[k] for k in n_rows) == (build is not random_nets.residual_net)
+
+
+def test_a_row_outside_the_compact_ones_keeps_deeppolys_slope(monkeypatch):
+    """A row the start bounds did not foresee (not expected) gets DeepPoly's slope, fixed: the bound
+    stays sound and not looser than DeepPoly's."""
+    from certkit.bounds import deeppoly
+
+    real = deeppoly.BoundState._compact_rows
+
+    def drop_first(self, j):
+        pos = real(self, j)
+        if pos is None:
+            return None
+        first = (pos >= 0).long().argmax(dim=1, keepdim=True)  # each box's first held neuron: no row
+        return pos.scatter(1, first, -1)
+
+    monkeypatch.setattr(deeppoly.BoundState, "_compact_rows", drop_first)
+    g = random_nets.mlp("relu", 3, (4, 16, 16, 16, 3))
+    S = _boxes(g, 3, r=0.4)
+    C = torch.tensor(np.random.default_rng(3).normal(size=(3, 3)))
+    low = alpha_lower(g, S, C, iterations=8)
+    assert bool((low >= deeppoly_lower(g, S, C, intersect=True) - 1e-9).all())
+    rng = np.random.default_rng(4)
+    for b in range(2):
+        x = torch.tensor(rng.uniform(S.lower[b].numpy(), S.upper[b].numpy(), (4000, 4)))
+        assert bool((low[b] <= (g.forward(x) @ C.T).min(dim=0).values + 1e-9).all())

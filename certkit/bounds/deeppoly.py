@@ -97,6 +97,11 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
     return torch.ones_like(l, dtype=torch.bool)
 
 
+#: ops whose relaxation depends on the bounds of the neurons :func:`_needs_refine` names only (the
+#: compact rows of alpha-CROWN's intermediate slopes: :meth:`BoundState._compact_rows`)
+_KINKED = (ops.Relu, ops.LeakyRelu, ops.Abs, ops.Clip)
+
+
 def _charge(A: Tensor, err: Tensor, finite: bool | None = None) -> Tensor:
     """``|A| err`` (b, s): the most the errors ``err`` (b, n) can lower ``A y``. Computed without
     gradient: alpha/beta optimisation steers by the relaxation, and the value is the same. An
@@ -168,6 +173,10 @@ class BoundState(RowSavings, WindowRows):
     #: starting slopes for ``alpha`` entries as they are created (same keys and shapes; NaN where
     #: DeepPoly's choice stands): a child domain starts from its parent's optimised slopes
     alpha_init: dict | None = None
+    #: the bounds every alpha-CROWN iterate starts from (:func:`certkit.bounds.alpha.alpha_lower`'s): an
+    #: intermediate target's slope tensor then holds rows for the neurons that can need them only, those
+    #: whose consumers' relaxations depend on these bounds (:meth:`_compact_rows`); None: rows for all
+    alpha_start: list | None = None
     bounds: list = field(default_factory=list)
     relax: dict = field(default_factory=dict)
     refined: set = field(default_factory=set)
@@ -926,19 +935,57 @@ class BoundState(RowSavings, WindowRows):
         (b, n) -- or from ``alpha_init`` where it has values -- the first time, and its entries for the
         refined ``rows`` (:meth:`_alpha_rows`); one row for every target's rows when slopes are shared."""
         shared = tag != "out" and self.alpha.get("shared", False)
+        pos = self._compact_rows(tag) if rows is not None and not shared and tag != "out" else None
         if key not in self.alpha:
             f = first()
             b, n = f.shape
-            R = 1 if shared else (s if rows is None else (2 * self.graph.size(tag) if tag != "out" else s))
+            if shared:
+                R = 1
+            elif rows is None or tag == "out":
+                R = s
+            else:
+                R = 2 * (self.graph.size(tag) if pos is None else max(int(pos.max()) + 1, 1))
             a = _rows(f).expand(b, R, n)
             start = None if self.alpha_init is None else self.alpha_init.get(key)
             if start is not None and start.shape == a.shape:
                 a = torch.where(torch.isnan(start), a, start)
             self.alpha[key] = a.detach().clone().requires_grad_(True)
         a = self.alpha[key]
-        if rows is not None and not shared:
-            a = a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, a.shape[-1]))
-        return a
+        if rows is None or shared:
+            return a
+        if pos is None:
+            return a[:, rows] if rows.dim() == 1 else a.gather(1, rows[:, :, None].expand(-1, -1, a.shape[-1]))
+        n_t = pos.shape[1]
+        r = rows.expand(pos.shape[0], -1) if rows.dim() == 1 else rows
+        p = pos.gather(1, r % n_t)
+        held = p >= 0
+        got = a.gather(1, (torch.where(held, p, 0) + (r >= n_t) * (a.shape[1] // 2))[:, :, None].expand(-1, -1, a.shape[-1]))
+        if bool(held.all()):
+            return got
+        # a row outside the start bounds' needs (not expected: bounds only tighten): DeepPoly's slopes,
+        # fixed (every slope in the parameter's range is sound)
+        return torch.where(held[:, :, None], got, _rows(first()).detach())
+
+    def _compact_rows(self, j: int) -> Tensor | None:
+        """(b, n) the row of each neuron of target ``j`` in its compact slope tensors (lower rows; the
+        upper ones follow them), -1 for the neurons that need no rows under :attr:`alpha_start`: when every
+        consumer of ``j`` is a kinked op (:data:`_KINKED`), those that none of them leaves unstable there
+        (:func:`_needs_refine`; bounds only tighten, so no iterate asks for them). None: no compaction (no
+        start bounds, ``refine_all``, another consumer -- a copy's rows follow its own consumers' needs --
+        or no neuron to leave out)."""
+        if self.alpha_start is None or self.refine_all or self.alpha_start[j] is None:
+            return None
+        cache = self._cache.setdefault("compact", {})
+        if j not in cache:
+            cons = [self.graph.nodes[c].op for c in self.graph.consumers[j]]
+            lo, hi = self.alpha_start[j]
+            need = None
+            if cons and all(type(op) in _KINKED for op in cons):
+                need = torch.zeros_like(lo, dtype=torch.bool)
+                for op in cons:
+                    need = need | _needs_refine(op, lo, hi)
+            cache[j] = None if need is None or bool(need.all()) else torch.where(need, need.long().cumsum(1) - 1, -1)
+        return cache[j]
 
     def _mixed_planes(self, i: int, tag, rows: Tensor | None, s: int, rel) -> tuple[Tensor, Tensor] | None:
         """alpha-CROWN's parameters of Product ``i`` for target ``tag`` (auto_LiRPA optimises its
