@@ -272,3 +272,59 @@ def test_milp_alone_decides_near_the_exact_maximum(seed, tmp_path):
     above = certify(model, spec(b + 0.01 * spread), "auto", timeout=60)
     assert (above.verdict, above.stage) == ("unsat", "milp")
     assert certify(model, spec(a - 0.01 * spread), "auto", timeout=60).verdict == "sat"
+
+
+@pytest.mark.parametrize("arithmetic", ["auto", "float32"])
+@pytest.mark.parametrize("seed", range(3))
+def test_root_error_terms_hold_for_the_domains_below(seed, arithmetic, tmp_path):
+    """Domains below the root are bounded with the root's rounding-error terms (and float32 product
+    charges, ``_Tree._root_terms``): within a hair of the bounds with their own, and sound on the
+    points of each domain (a box of width 200 and weights of 30 make the terms count)."""
+    import torch
+
+    from certkit.bounds.products32 import with_arithmetic
+    from certkit.verify.relu_split import _root, _Tree
+
+    model = _model(tiny_relu_onnx(seed + 40, n_in=3, hidden=(12, 12), scale=30.0), tmp_path)
+    graph = with_arithmetic(model.graph, arithmetic)
+    lo, hi = -100 * np.ones(3), 100 * np.ones(3)
+    q = Query.of_property(graph, _above(0.0, lo, hi), 0, model.runner)
+    cfg = ReluSplitConfig()
+    tree = _Tree(q, np.array([0]), cfg)
+    dom, _ = tree.root(_root(q, tree.relus, cfg))
+    assert tree._terms is not None and any(e is not None and bool((e > 0).any()) for e in tree._terms[0].values())
+    if arithmetic == "float32":
+        assert tree._terms[1]["charge"]  # the float32 products' charges are among them
+    kids, _ = tree.children(dom)
+    kids = kids.map(lambda t: t.repeat(8, *(1,) * (t.dim() - 1)))  # 16 domains: their splits deepened below
+    rng = np.random.default_rng(seed)
+    for b in range(2, len(kids)):
+        for _ in range(3):
+            r = tree.relus[rng.integers(len(tree.relus))]
+            kids.splits[r][b, rng.integers(graph.size(r))] = int(rng.choice([-1, 1]))
+    own_tree = _Tree(q, np.array([0]), cfg)
+    own_tree.root(_root(q, own_tree.relus, cfg))
+    own_tree._root_terms = lambda bounds, n: ({}, {})  # each batch its own terms
+    mine, _ = tree.bound(kids.map(lambda t: t.clone()), 0, optimise=False)
+    own, _ = own_tree.bound(kids.map(lambda t: t.clone()), 0, optimise=False)
+    finite = torch.isfinite(own.value)
+    assert bool(finite.any())
+    if arithmetic == "auto":  # error terms only grow with the bounds they rest on
+        assert bool((mine.value[finite] <= own.value[finite] + 1e-12).all())
+    # apart by about the error terms themselves (a few float32 ulps of the magnitudes), no more (a float32
+    # product's bracket about the root's centre can also come out a little tighter)
+    assert bool(((mine.value[finite] - own.value[finite]).abs() <= 1e-5 * (1 + own.value[finite].abs())).all())
+    # sound: onnxruntime's output at every sampled point of a domain is within the domain's bound
+    x = rng.uniform(lo, hi, (20000, 3))
+    vals = graph.forward(torch.as_tensor(x), keep=True)
+    y = model.runner(x.astype(np.float32))[:, 0].astype(np.float64)
+    checked = 0
+    for b in torch.nonzero(torch.isfinite(mine.value)).flatten().tolist():
+        inside = np.ones(len(x), dtype=bool)
+        for r in tree.relus:
+            pre = vals[graph.nodes[r].inputs[0]].numpy()
+            sign = kids.splits[r][b].numpy().astype(np.float64)
+            inside &= ((sign * pre > 1e-6 * (1 + np.abs(pre))) | (sign == 0)).all(axis=1)
+        checked += int(inside.sum())
+        assert bool((-y[inside] >= float(mine.value[b])).all()), b
+    assert checked > 0
