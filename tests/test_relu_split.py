@@ -190,3 +190,55 @@ def test_relu_split_on_mnistfc_hard_instance():
     spec = api.load_spec(base / "vnnlib" / "prop_0_0.03.vnnlib", m)
     res = certify(m, spec, "bab", timeout=100)
     assert res.verdict == "unsat"
+
+
+@pytest.mark.parametrize("net", ["residual", "concat", "scale", "max", "onnx_mlp", "conv"])
+def test_other_relaxations_built_once_per_batch(net, monkeypatch):
+    """The relaxations of the nonlinear ops that are not split (Sigmoid, Tanh, Abs, MaxPool, ...) rest on
+    the root's bounds of their inputs: built once per batch of domains for all its iterates (before,
+    by every iterate: 70% of a vision transformer's ReLU splitting), with exactly the same bounds."""
+    from types import SimpleNamespace
+
+    import certkit.verify.relu_split as rs
+    from certkit.verify.relu_split import _root, _Tree
+
+    graph = ALL_NETS[net](0)
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-0.5, 0.5, graph.n_inputs)
+    C = rng.normal(size=(1, graph.n_outputs))
+    prop = Property(c - 0.3, c + 0.3, (Disjunct(C, np.array([1e3])),))
+    q = Query.of_property(graph, prop, 0)
+    other = [i for i in graph.live if isinstance(graph.nodes[i].op, ops.RELAXED)
+             and type(graph.nodes[i].op) is not ops.Relu]
+    assert other
+
+    builds: dict = {}
+    real = BoundState.relaxation
+
+    def counted(self, i):
+        if i not in self.relax and i in other:
+            builds[i] = builds.get(i, 0) + 1
+        return real(self, i)
+
+    def bound_kids(patch_ops):
+        with monkeypatch.context() as m:
+            m.setattr(BoundState, "relaxation", counted)
+            if patch_ops:  # the iterates build their own, as before
+                m.setattr(rs, "ops", SimpleNamespace(RELAXED=(), Input=ops.Input, LinearOp=ops.LinearOp))
+            cfg = ReluSplitConfig(iterations=6)
+            tree = _Tree(q, np.array([0]), cfg)
+            dom, _ = tree.root(_root(q, tree.relus, cfg))
+            if int(dom.branch[0, 0]) < 0:
+                pytest.skip("no unstable ReLU at the root")
+            kids, _ = tree.children(dom)
+            builds.clear()
+            kids, _ = tree.bound(kids, 0)
+            return kids, dict(builds)
+
+    once, n_once = bound_kids(False)
+    each, n_each = bound_kids(True)
+    assert torch.equal(once.value, each.value)
+    for r in once.alpha:
+        assert torch.equal(once.alpha[r], each.alpha[r]) and torch.equal(once.beta[r], each.beta[r])
+    assert n_once and all(v == 1 for v in n_once.values())
+    assert max(n_each.values()) > 1
