@@ -2,8 +2,6 @@
 multipliers, and the verdicts agree with a grid oracle and with the MILP (issue 3)."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnx
 import pytest
