@@ -304,7 +304,8 @@ def test_root_error_terms_hold_for_the_domains_below(seed, arithmetic, tmp_path)
             kids.splits[r][b, rng.integers(graph.size(r))] = int(rng.choice([-1, 1]))
     own_tree = _Tree(q, np.array([0]), cfg)
     own_tree.root(_root(q, own_tree.relus, cfg))
-    own_tree._root_terms = lambda bounds, n: ({}, {})  # each batch its own terms
+    own_tree._root_terms = lambda n: ({}, {})  # each batch its own terms
+    own_tree._root_bounds = None  # ... and its own interval pass
     mine, _ = tree.bound(kids.map(lambda t: t.clone()), 0, optimise=False)
     own, _ = own_tree.bound(kids.map(lambda t: t.clone()), 0, optimise=False)
     finite = torch.isfinite(own.value)
@@ -328,3 +329,16 @@ def test_root_error_terms_hold_for_the_domains_below(seed, arithmetic, tmp_path)
         checked += int(inside.sum())
         assert bool((-y[inside] >= float(mine.value[b])).all()), b
     assert checked > 0
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e20])
+def test_relu_splitting_never_proves_an_overflowing_net(scale, tmp_path):
+    """Weights that overflow float32 (infinite and NaN outputs in onnxruntime, infinite error terms at the
+    root that every domain then inherits): never ``verified``, whatever the threshold."""
+    model = _model(tiny_relu_onnx(41, n_in=3, hidden=(12, 12), scale=scale), tmp_path)
+    lo, hi = -100 * np.ones(3), 100 * np.ones(3)
+    y = model.runner(np.random.default_rng(0).uniform(lo, hi, (20000, 3)).astype(np.float32))[:, 0]
+    assert not np.isfinite(y).all() or np.abs(y).max() > 1e30
+    for t in (0.0, 3e38):
+        q = Query.of_property(model.graph, _above(t, lo, hi), 0, model.runner)
+        assert relu_split(q, Budget.of(5), ReluSplitConfig()).status != "verified"

@@ -45,7 +45,7 @@ from ..graph import ops
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from .adam import Adam
-from .deeppoly import _KINKED, ALPHA_OPS, BoundState
+from .deeppoly import ALPHA_OPS, BoundState, compact_target
 from .relaxations import ALPHA_PARAMS, AlphaParam
 from .forward import start_bounds
 from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
@@ -131,10 +131,8 @@ def alpha_bytes(graph: Graph, ibp: list, s: int, b: int, out_only: bool, shared:
             lo, hi = ibp[j]
             open_ = ((lo < 0) & (hi > 0)) if j in kinked else lo < hi  # smooth ops: every neuron not pinned
             k = int(open_.sum(dim=1).max()) if lo.numel() else 0
-            cons = graph.consumers[j]
-            compact = bool(cons) and all(type(nodes[c].op) in _KINKED for c in cons)  # BoundState._compact_rows
             if k:
-                total += cost(j, 2 * k, 1 if shared else 2 * (k if compact else graph.size(j)))
+                total += cost(j, 2 * k, 1 if shared else 2 * (k if compact_target(graph, j) else graph.size(j)))
     return total
 
 

@@ -98,8 +98,16 @@ def _needs_refine(op, l: Tensor, u: Tensor) -> Tensor:
 
 
 #: ops whose relaxation depends on the bounds of the neurons :func:`_needs_refine` names only (the
-#: compact rows of alpha-CROWN's intermediate slopes: :meth:`BoundState._compact_rows`)
+#: compact rows of alpha-CROWN's intermediate slopes: :func:`compact_target`)
 _KINKED = (ops.Relu, ops.LeakyRelu, ops.Abs, ops.Clip)
+
+
+def compact_target(graph: Graph, j: int) -> bool:
+    """Do node ``j``'s alpha-CROWN slope tensors hold rows only for the neurons its consumers leave
+    unstable (:meth:`BoundState._compact_rows`)? When every consumer is a kinked op (:data:`_KINKED`); a
+    copy or any other consumer asks for rows by its own needs."""
+    cons = graph.consumers[j]
+    return bool(cons) and all(type(graph.nodes[c].op) in _KINKED for c in cons)
 
 
 def _charge(A: Tensor, err: Tensor, finite: bool | None = None) -> Tensor:
@@ -968,23 +976,20 @@ class BoundState(RowSavings, WindowRows):
 
     def _compact_rows(self, j: int) -> Tensor | None:
         """(b, n) the row of each neuron of target ``j`` in its compact slope tensors (lower rows; the
-        upper ones follow them), -1 for the neurons that need no rows under :attr:`alpha_start`: when every
-        consumer of ``j`` is a kinked op (:data:`_KINKED`), those that none of them leaves unstable there
-        (:func:`_needs_refine`; bounds only tighten, so no iterate asks for them). None: no compaction (no
-        start bounds, ``refine_all``, another consumer -- a copy's rows follow its own consumers' needs --
-        or no neuron to leave out)."""
-        if self.alpha_start is None or self.refine_all or self.alpha_start[j] is None:
+        upper ones follow them), -1 for the neurons that need no rows under :attr:`alpha_start`: for a
+        :func:`compact_target`, those that none of its consumers leaves unstable there (:func:`_needs_refine`;
+        bounds only tighten, so no iterate asks for them). None: no compaction (no start bounds,
+        ``refine_all``, not a compact target, or no neuron to leave out)."""
+        if self.alpha_start is None or self.refine_all or self.alpha_start[j] is None \
+                or not compact_target(self.graph, j):
             return None
         cache = self._cache.setdefault("compact", {})
         if j not in cache:
-            cons = [self.graph.nodes[c].op for c in self.graph.consumers[j]]
             lo, hi = self.alpha_start[j]
-            need = None
-            if cons and all(type(op) in _KINKED for op in cons):
-                need = torch.zeros_like(lo, dtype=torch.bool)
-                for op in cons:
-                    need = need | _needs_refine(op, lo, hi)
-            cache[j] = None if need is None or bool(need.all()) else torch.where(need, need.long().cumsum(1) - 1, -1)
+            need = torch.zeros_like(lo, dtype=torch.bool)
+            for c in self.graph.consumers[j]:
+                need = need | _needs_refine(self.graph.nodes[c].op, lo, hi)
+            cache[j] = None if bool(need.all()) else torch.where(need, need.long().cumsum(1) - 1, -1)
         return cache[j]
 
     def _mixed_planes(self, i: int, tag, rows: Tensor | None, s: int, rel) -> tuple[Tensor, Tensor] | None:

@@ -40,6 +40,7 @@ re-derives such a proof from the root.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import weakref
 from dataclasses import dataclass
@@ -51,7 +52,6 @@ from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin, with_precision
-from ..bounds.products32 import ProductCharge
 from ..graph import ops
 from ..log import SearchProgress
 from ..spec.sets import InputSet
@@ -70,10 +70,6 @@ LEAF_KINDS = ("bound", "lp", "empty", "milp")
 
 Tensor = torch.Tensor
 
-
-#: the caches of a bound state (:class:`BoundState`'s ``_cache``) that hold rounding-error terms: the
-#: root's serve every domain (:meth:`_Tree._root_terms`)
-ROOT_TERMS = ("fresh", "charge")
 
 #: the branching rules of ReLU splitting (ReluSplitConfig.branching)
 BRANCHINGS = ("babsr", "fsb")
@@ -164,8 +160,9 @@ class _Tree:
         self.milp_time = 0.0  # seconds spent in MILPs of hard leaves
         self.milp_tried = self.milp_closed = 0
         self.log = TreeLog(LEAF_KINDS)
-        #: the root domain's rounding-error terms and the bounds they rest on (:meth:`_root_terms`)
-        self._terms: tuple[dict, dict, list] | None = None
+        #: the root domain's rounding-error terms (:meth:`_root_terms`) and its bounds of every node (:meth:`_bounds`)
+        self._terms: tuple[dict, dict] | None = None
+        self._root_bounds: list | None = None
 
     def close(self, dom: _Domains, kind: str | None = None) -> None:
         """Record the domains of ``dom`` as closed leaves, with the multipliers that closed them
@@ -211,11 +208,11 @@ class _Tree:
         n = len(dom)
         self.domains += n
         S = self._inputs(n)
-        bounds = self._bounds(dom)
+        bounds = self._bounds(dom, others=True)
         # every iterate has the same bounds and base relaxations, so the same rounding-error terms
         # (and the caches derived from bounds alone): computed by the first iterate, shared after;
         # after the root, the root's (:meth:`_root_terms`)
-        errors, cache = self._root_terms(bounds, n)
+        errors, cache = self._root_terms(n)
         refined = set(range(len(self.graph.nodes)))
         if self.cfg.refine_intermediate and first_changed is not None:
             refined = {j for j in refined if j <= self.pre[first_changed]}
@@ -275,44 +272,47 @@ class _Tree:
                     for r in self.relus:
                         alpha[("out", r)].copy_(_f32(alpha[("out", r)].clamp(0.0, 1.0)))
                         beta[r].copy_(_f32(beta[r].clamp(min=0.0)))
-        if self._terms is None:  # the root: its terms serve every domain below it
-            self._terms = (dict(errors), {k: dict(cache.get(k, {})) for k in ROOT_TERMS}, list(st0.bounds))
+        if self._terms is None:  # the root: its terms and bounds serve every domain below it
+            self._terms = (dict(errors), {k: dict(cache.get(k, {})) for k in ("fresh", "charge")})
+            self._root_bounds = list(st0.bounds)
         best = torch.where(empty, torch.full_like(best, float("inf")), best)
         dom.value, dom.alpha, dom.beta = best, best_alpha, best_beta
         dom.branch = self._choose(dom, record, st0.bounds)
         return dom, self._try_counterexamples(A_best, best)
 
-    def _root_terms(self, bounds: list, n: int) -> tuple[dict, dict]:
-        """The rounding-error terms (:mod:`certkit.bounds.fperror`, :mod:`certkit.bounds.products32`) a
-        batch of ``n`` domains starts from, and ``bounds`` completed: empty before the root is bounded;
-        after it, the root's, for every domain. They bound the errors over the root's bounds, which
-        contain every domain's (a domain's bounds are the root's clamped by its splits), so they hold
-        for each domain, a little wider than its own would be. Computed once instead of per batch of
-        children (sri_resnet_b 5807: 20 of the 70 s of ReLU splitting went to the interval passes and
-        error terms of each batch). The nodes left without bounds (neither pre-activations nor the
-        inputs of other nonlinear ops) take the root's instead of an interval pass."""
+    def _root_terms(self, n: int) -> tuple[dict, dict]:
+        """The rounding-error terms (:mod:`certkit.bounds.fperror`) and float32 product charges
+        (:mod:`certkit.bounds.products32`) a batch of ``n`` domains starts from: none before the root is
+        bounded; after it, the root's, for every domain. They bound the errors over the root's bounds,
+        which contain every domain's (a domain's bounds are the root's clamped by its splits), so they
+        hold for each domain, a little wider than its own would be. Computed once instead of per batch
+        of children (sri_resnet_b 5807: 20 of the 70 s of ReLU splitting went to the interval passes
+        and error terms of each batch)."""
         if self._terms is None:
             return {}, {}
-        errors, cache, root_bounds = self._terms
+        errors, cache = self._terms
 
         def wide(t):
             return t.expand(n, *t.shape[1:])
 
-        for j, b in enumerate(root_bounds):
-            if bounds[j] is None and b is not None:
-                bounds[j] = (wide(b[0]), wide(b[1]))
         out = {"fresh": {j: (wide(lo), wide(hi)) for j, (lo, hi) in cache["fresh"].items()},
-               "charge": {j: ProductCharge(*(wide(t) for t in (c.per_neuron, c.floor, c.centre, c.image)))
+               "charge": {j: dataclasses.replace(c, **{f.name: wide(getattr(c, f.name)) for f in dataclasses.fields(c)})
                           for j, c in cache["charge"].items()}}
         return {j: None if e is None else wide(e) for j, e in errors.items()}, out
 
-    def _bounds(self, dom: _Domains) -> list:
+    def _bounds(self, dom: _Domains, others: bool = False) -> list:
         """The domains' bounds of the pre-activation nodes, and the root's of the other nonlinear
-        ops' inputs (:func:`~certkit.verify.relu_domains.fixed_nodes`); None elsewhere."""
+        ops' inputs (:func:`~certkit.verify.relu_domains.fixed_nodes`); None elsewhere -- or, with
+        ``others`` once the root is bounded, the root's there too (they hold on every domain: the bound
+        computations of a batch then need no interval pass; a MILP leaf derives its own from the domain's)."""
         bounds = dom.bounds_list(len(self.graph.nodes))
+        n = len(dom)
         for j, (l, u) in self.fixed.items():
             if bounds[j] is None:
-                bounds[j] = (l.expand(len(dom), -1), u.expand(len(dom), -1))
+                bounds[j] = (l.expand(n, -1), u.expand(n, -1))
+        for j, b in enumerate(self._root_bounds if others and self._root_bounds else ()):
+            if bounds[j] is None and b is not None:
+                bounds[j] = (b[0].expand(n, *b[0].shape[1:]), b[1].expand(n, *b[1].shape[1:]))
         return bounds
 
     # -- branching ---------------------------------------------------------------
