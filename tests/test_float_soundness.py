@@ -157,6 +157,69 @@ def test_dot_product_rule_at_points():
             assert np.all(np.abs(s_ - exact) <= err), (n, sign, np.abs(s_ - exact).max(), err.min())
 
 
+def _conv_transpose_model(w: np.ndarray, b: np.ndarray, side: int, strides: int, pads: int, dilations: int = 1):
+    from onnx import TensorProto, helper, numpy_helper
+    cin, cout = w.shape[:2]
+    node = helper.make_node("ConvTranspose", ["x", "W", "b"], ["y"], strides=[strides] * 2, pads=[pads] * 4,
+                            dilations=[dilations] * 2)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("k,s,pads,dil", [(4, 2, 1, 1), (3, 2, 0, 1), (5, 3, 2, 1), (3, 1, 1, 1), (2, 2, 0, 1),
+                                          (4, 4, 0, 1), (3, 2, 1, 2), (3, 3, 0, 2)])
+def test_conv_transpose_fan_in_bounds_the_products_of_an_output(tmp_path, k, s, pads, dil):
+    """ConvTranspose.fan_in (the n of the rounding rule) is at least the number of products onnxruntime
+    sums into any one output: with ones for the kernel and the input, the output counts them. Without
+    dilation the bound is attained (stride 2, kernel 4: 2 x 2 taps of the 16)."""
+    import onnxruntime as ort
+
+    cin = 3
+    w, b = np.ones((cin, 2, k, k), np.float32), np.zeros(2, np.float32)
+    m = _conv_transpose_model(w, b, 7, s, pads, dil)
+    counts = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones((1, cin, 7, 7), np.float32)})[0]
+    path = tmp_path / "ct.onnx"
+    path.write_bytes(m.SerializeToString())
+    op = [n.op for n in certkit.load_model(path).graph.nodes if type(n.op).__name__ == "ConvTranspose"][0]
+    assert op.fan_in >= counts.max()
+    if dil == 1:
+        assert op.fan_in == counts.max() == cin * min(k, -(-k // s)) ** 2
+
+
+def test_conv_transpose_rounding_rule_against_onnxruntime():
+    """The rounding rule with ConvTranspose's fan-in (the taps that reach an output, a quarter of the
+    kernel at stride 2) bounds onnxruntime's float32 error on one-signed terms of mixed magnitudes,
+    where the partial sums are largest, at every output."""
+    import onnxruntime as ort
+    import torch as th
+
+    from certkit.bounds.fperror import node_error
+    from certkit.graph import ops as irops
+
+    rng = np.random.default_rng(5)
+    for sign in (1, 0):
+        cin, cout, k, side = 256, 4, 4, 6
+        w = (rng.uniform(0, 1, (cin, cout, k, k)) * 10.0 ** rng.integers(-2, 3, (cin, cout, k, k))).astype(np.float32)
+        if not sign:
+            w = (w * rng.choice([-1, 1], w.shape)).astype(np.float32)
+        b = (rng.standard_normal(cout) * 100).astype(np.float32)
+        x = rng.uniform(0, 3, (1, cin, side, side)).astype(np.float32)
+        m = _conv_transpose_model(w, b, side, 2, 1)
+        got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        exact = th.nn.functional.conv_transpose2d(th.as_tensor(x, dtype=th.float64), th.as_tensor(w, dtype=th.float64),
+                                                  th.as_tensor(b, dtype=th.float64), 2, 1).numpy()
+        op = irops.ConvTranspose(w.astype(np.float64), b.astype(np.float64), (cin, side, side), exact.shape[1:],
+                                 (2, 2), (1, 1))
+        assert op.fan_in == cin * 4
+        xt = th.as_tensor(x.astype(np.float64)).reshape(1, -1)
+        err = node_error(op, [(xt, xt)], None, FLOAT32, op.fan_in + 16)[0].numpy().reshape(exact.shape[1:])
+        diff = np.abs(got[0].astype(np.float64) - exact[0])
+        assert np.all(diff <= err), (sign, float((diff / err).max()))
+
+
 def test_round_outward():
     lo, hi = round_outward(np.array([0.1, -0.1, 1.0]), np.array([0.2, 0.3, 1.0]), FLOAT32)
     assert np.all(lo <= [0.1, -0.1, 1.0]) and np.all(hi >= [0.2, 0.3, 1.0])

@@ -19,6 +19,7 @@ uses the same identity): back-substitution never forms a dense matrix.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,6 +30,13 @@ import torch.nn.functional as F
 from .ops import LinearOp, _split_weights, register_op
 
 Tensor = torch.Tensor
+
+
+def _taps(k: int, s: int, d: int) -> int:
+    """The most kernel taps of size ``k`` (stride ``s``, dilation ``d``) that reach one output position
+    of a transposed convolution along one dimension (:attr:`ConvTranspose.fan_in`)."""
+    period = s // math.gcd(s, d)
+    return min(k, -(-k // period))
 
 
 @register_op
@@ -74,9 +82,18 @@ class ConvTranspose(LinearOp):
     @property
     def fan_in(self) -> int:
         """An upper bound on the number of products summed into one output (the floating-point
-        error model): the kernel entries of one group's input channels."""
+        error model, :mod:`certkit.bounds.fperror`): one group's input channels times the kernel taps
+        that reach one output position. Along a dimension of kernel size ``k``, stride ``s`` and
+        dilation ``d``, tap ``p`` reaches output ``o`` from input ``i`` when ``s i + d p = o``, so
+        the taps reaching ``o`` satisfy ``d p = o (mod s)``: one residue class modulo
+        ``s / gcd(s, d)``, at most ``ceil(k / (s / gcd(s, d)))`` of the ``k`` taps (2 of 4 for
+        the usual 4x4 kernel of stride 2: a quarter of ``k_h k_w`` over both dimensions). The
+        other taps' products are structural zeros: however an implementation forms the sum
+        (onnxruntime: a Gemm over the input channels, then col2im adding the columns that reach
+        each output), adding an exact zero rounds nothing."""
         cin, _, kh, kw = self.weight.shape
-        return int(cin // self.groups * kh * kw)
+        return int(cin // self.groups * _taps(kh, self.strides[0], self.dilations[0])
+                   * _taps(kw, self.strides[1], self.dilations[1]))
 
     # -- weights -------------------------------------------------------------------
     def _w(self, like: Tensor) -> tuple[Tensor, Tensor]:
