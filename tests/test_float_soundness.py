@@ -177,16 +177,73 @@ def test_conv_transpose_fan_in_bounds_the_products_of_an_output(tmp_path, k, s, 
     import onnxruntime as ort
 
     cin = 3
-    w, b = np.ones((cin, 2, k, k), np.float32), np.zeros(2, np.float32)
-    m = _conv_transpose_model(w, b, 7, s, pads, dil)
-    counts = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": np.ones((1, cin, 7, 7), np.float32)})[0]
-    path = tmp_path / "ct.onnx"
-    path.write_bytes(m.SerializeToString())
-    op = [n.op for n in certkit.load_model(path).graph.nodes if type(n.op).__name__ == "ConvTranspose"][0]
-    assert op.fan_in >= counts.max()
-    if dil == 1:
-        assert op.fan_in == counts.max() == cin * min(k, -(-k // s)) ** 2
+    rng = np.random.default_rng(k * 100 + s * 10 + dil)
+    for sparse in (False, True):  # the kernel's zeros are structural zeros too
+        w = np.ones((cin, 2, k, k), np.float32)
+        if sparse:
+            w = (rng.uniform(size=w.shape) < 0.4).astype(np.float32)
+        m = _conv_transpose_model(w, np.zeros(2, np.float32), 7, s, pads, dil)
+        counts = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": np.ones((1, cin, 7, 7), np.float32)})[0]
+        path = tmp_path / "ct.onnx"
+        path.write_bytes(m.SerializeToString())
+        op = [n.op for n in certkit.load_model(path).graph.nodes if type(n.op).__name__ == "ConvTranspose"][0]
+        assert op.fan_in >= counts.max()
+        if dil == 1:
+            assert op.fan_in == counts.max()
+            if not sparse:
+                assert op.fan_in == cin * min(k, -(-k // s)) ** 2
+
+
+def _one_node_model(node, x_shape, inits: dict):
+    from onnx import TensorProto, helper, numpy_helper
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_pruned_weights_rounding_rule_against_onnxruntime(tmp_path):
+    """A zero weight's product is an exact zero and adds no rounding, so the fan-in of the rounding rule
+    is the most nonzero weights of an output (ops.nonzero_fan_in): 8 of 512 for a block-diagonal Gemm,
+    the surviving taps of a pruned Conv. The rule with that n bounds onnxruntime's float32 error on
+    one-signed terms of mixed magnitudes, where partial sums are largest."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from certkit.bounds.fperror import node_error, own_steps
+    from certkit.graph import ops as irops
+
+    rng = np.random.default_rng(11)
+    big = lambda shape: (rng.uniform(0, 1, shape) * 10.0 ** rng.integers(-2, 4, shape)).astype(np.float32)
+    # block-diagonal Gemm: 64 blocks of 8 x 8
+    W = np.zeros((512, 512), np.float32)
+    for blk in range(64):
+        W[blk * 8:(blk + 1) * 8, blk * 8:(blk + 1) * 8] = big((8, 8))
+    b = (rng.standard_normal(512) * 100).astype(np.float32)
+    x = rng.uniform(0, 3, (1, 512)).astype(np.float32)
+    gemm = _one_node_model(helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1), (1, 512), {"W": W, "b": b})
+    # pruned Conv: 64 input channels, 3x3, 90% of the kernel zero
+    K = big((8, 64, 3, 3)) * (rng.uniform(size=(8, 64, 3, 3)) < 0.1)
+    cb = (rng.standard_normal(8) * 100).astype(np.float32)
+    xc = rng.uniform(0, 3, (1, 64, 6, 6)).astype(np.float32)
+    conv = _one_node_model(helper.make_node("Conv", ["x", "K", "cb"], ["y"], pads=[1] * 4), (1, 64, 6, 6),
+                           {"K": K.astype(np.float32), "cb": cb})
+    for model, xin, kind in ((gemm, x, irops.Dense), (conv, xc, irops.Conv)):
+        path = tmp_path / "m.onnx"
+        path.write_bytes(model.SerializeToString())
+        op = [n.op for n in certkit.load_model(path).graph.nodes if isinstance(n.op, kind)][0]
+        w = np.asarray(op.weight)
+        full = w.shape[1] if kind is irops.Dense else int(np.prod(w.shape[1:]))
+        assert op.fan_in == int((w != 0).reshape(w.shape[0], -1).sum(1).max()) < full / 5
+        assert own_steps(op) == op.fan_in + 1 + 4 + op.fp_extra
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": xin})[0].astype(np.float64).reshape(-1)
+        xt = torch.as_tensor(xin.astype(np.float64)).reshape(1, -1)
+        exact = op.apply(xt)[0].numpy() + (0 if op.bias_vector() is None else np.asarray(op.bias_vector()))
+        err = node_error(op, [(xt, xt)], None, FLOAT32, full + 16)[0].numpy()
+        ratio = float((np.abs(got - exact) / err).max())
+        assert 0 < ratio <= 1, (kind.__name__, ratio)
 
 
 def test_conv_transpose_rounding_rule_against_onnxruntime():

@@ -125,12 +125,9 @@ def fp_error(*classes: type):
 
 
 def own_steps(op: ops.LinearOp) -> int:
-    """Roundings of the affine op itself: fan-in + 1 for a dot product, 0 for a copy."""
-    if isinstance(op, ops.Dense):
-        return int(op.weight.shape[1]) + 1 + PARAM_STEPS + op.fp_extra
-    if isinstance(op, ops.Conv):
-        return int(np.prod(op.weight.shape[1:])) + 1 + PARAM_STEPS + op.fp_extra
-    if isinstance(op, ops.ConvTranspose):  # fan-in: the kernel entries of a group's input channels
+    """Roundings of the affine op itself: fan-in + 1 for a dot product (the fan-in counts the products
+    that can be nonzero: :func:`certkit.graph.ops.nonzero_fan_in`), 0 for a copy."""
+    if isinstance(op, (ops.Dense, ops.Conv, ops.ConvTranspose)):  # fan-in: the nonzero products of an output
         return op.fan_in + 1 + PARAM_STEPS + op.fp_extra
     if isinstance(op, ops.SparseLinear):  # interpolation: onnxruntime rounds its weights (PARAM_STEPS)
         return op.fan_in + 1 + PARAM_STEPS

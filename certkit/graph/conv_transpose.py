@@ -19,7 +19,6 @@ uses the same identity): back-substitution never forms a dense matrix.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,16 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops import LinearOp, _split_weights, register_op
+from .ops import LinearOp, _split_weights, nonzero_fan_in, register_op
 
 Tensor = torch.Tensor
-
-
-def _taps(k: int, s: int, d: int) -> int:
-    """The most kernel taps of size ``k`` (stride ``s``, dilation ``d``) that reach one output position
-    of a transposed convolution along one dimension (:attr:`ConvTranspose.fan_in`)."""
-    period = s // math.gcd(s, d)
-    return min(k, -(-k // period))
 
 
 @register_op
@@ -81,19 +73,26 @@ class ConvTranspose(LinearOp):
 
     @property
     def fan_in(self) -> int:
-        """An upper bound on the number of products summed into one output (the floating-point
-        error model, :mod:`certkit.bounds.fperror`): one group's input channels times the kernel taps
-        that reach one output position. Along a dimension of kernel size ``k``, stride ``s`` and
-        dilation ``d``, tap ``p`` reaches output ``o`` from input ``i`` when ``s i + d p = o``, so
-        the taps reaching ``o`` satisfy ``d p = o (mod s)``: one residue class modulo
-        ``s / gcd(s, d)``, at most ``ceil(k / (s / gcd(s, d)))`` of the ``k`` taps (2 of 4 for
-        the usual 4x4 kernel of stride 2: a quarter of ``k_h k_w`` over both dimensions). The
-        other taps' products are structural zeros: however an implementation forms the sum
-        (onnxruntime: a Gemm over the input channels, then col2im adding the columns that reach
-        each output), adding an exact zero rounds nothing."""
-        cin, _, kh, kw = self.weight.shape
-        return int(cin // self.groups * _taps(kh, self.strides[0], self.dilations[0])
-                   * _taps(kw, self.strides[1], self.dilations[1]))
+        """An upper bound on the number of nonzero products summed into one output (the floating-point
+        error model, :func:`~certkit.graph.ops.nonzero_fan_in`). Along a dimension of stride ``s`` and
+        dilation ``d``, tap ``p`` reaches output ``o`` from input ``i`` when ``s i + d p = o``, so the
+        taps reaching ``o`` are those with ``d p = o (mod s)``: one residue class. The count is the
+        most nonzero kernel entries of one output channel, over one group's input channels, in one
+        class per dimension (2 x 2 of a 4 x 4 kernel at stride 2). The other taps' products are
+        structural zeros: however an implementation forms the sum (onnxruntime: a Gemm over the input
+        channels, then col2im adding the columns that reach each output), adding an exact zero
+        rounds nothing."""
+        return nonzero_fan_in(self, self._class_counts)
+
+    def _class_counts(self, nz: np.ndarray) -> np.ndarray:
+        """Nonzero entries of ``nz`` (C_in, C_out / groups, kh, kw) per (group, output channel, residue
+        class of the rows' taps, of the columns' taps)."""
+        cin, cog, kh, kw = nz.shape
+        per = nz.reshape(self.groups, cin // self.groups, cog, kh, kw).sum(axis=1)  # (g, cog, kh, kw)
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        rh, rw = (dh * np.arange(kh)) % sh, (dw * np.arange(kw)) % sw
+        return np.stack([per[:, :, rh == a][:, :, :, rw == c].sum(axis=(2, 3))
+                         for a in np.unique(rh) for c in np.unique(rw)])
 
     # -- weights -------------------------------------------------------------------
     def _w(self, like: Tensor) -> tuple[Tensor, Tensor]:

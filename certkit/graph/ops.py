@@ -43,6 +43,19 @@ def _t(a: np.ndarray | float, like: Tensor) -> Tensor:
     return torch.as_tensor(a, dtype=like.dtype, device=like.device)
 
 
+def nonzero_fan_in(op, count) -> int:
+    """The most nonzero weights any one output of ``op`` sums (``count(weight != 0)``: one count per
+    output channel or row), computed once per op. The ``n`` of the floating-point error model
+    (:mod:`certkit.bounds.fperror`): a product with an exact zero weight is an exact zero, and adding an
+    exact zero rounds nothing, so along any summation tree only the additions that join two subtrees
+    each holding a nonzero term can round, at most ``nnz - 1`` of them above any one term (pruned
+    weights; ml4acopf_2024's power-flow layers sum 1-9 of their 54-411 inputs)."""
+    cache = op.__dict__.setdefault("_cache", {})
+    if "fan_in" not in cache:
+        cache["fan_in"] = int(np.max(count(np.asarray(op.weight) != 0), initial=0))
+    return cache["fan_in"]
+
+
 def _split_weights(op, like: Tensor) -> tuple[Tensor, Tensor]:
     """``(max(W, 0), max(-W, 0))`` of a Dense or Conv, kept with its other weight forms."""
     cache = op.__dict__.setdefault("_cache", {})
@@ -140,6 +153,11 @@ class Dense(LinearOp):
             cache[key] = (w, w.abs())
         return cache[key]
 
+    @property
+    def fan_in(self) -> int:
+        """The most nonzero weights of one output (:func:`nonzero_fan_in`)."""
+        return nonzero_fan_in(self, lambda nz: nz.sum(axis=1))
+
     def matrix(self, like: Tensor) -> Tensor:
         """``W`` (n_out, n_in) in ``like``'s dtype and device (converted once)."""
         return self._w(like)[0]
@@ -199,6 +217,12 @@ class Conv(LinearOp):
     #: constant terms before cancellation (None: ``|bias|``).
     fp_extra: int = 0
     fp_bias: np.ndarray | None = None
+
+    @property
+    def fan_in(self) -> int:
+        """The most nonzero kernel entries of one output channel (:func:`nonzero_fan_in`; the padding's
+        products are zeros too, so border outputs sum fewer)."""
+        return nonzero_fan_in(self, lambda nz: nz.reshape(nz.shape[0], -1).sum(axis=1))
 
     def _w(self, like: Tensor) -> tuple[Tensor, Tensor]:
         cache = self.__dict__.setdefault("_cache", {})
