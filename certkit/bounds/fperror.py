@@ -14,7 +14,8 @@ float32, 2^-53 for float64):
 
 * **Affine ops** (Dense, Conv, Scale, Sum) with fan-in ``n``: any order of summation gives
   ``|fl(w.x + b) - (w.x + b)| <= gamma_{n+1} (|w|.|x| + |b|)``, ``gamma_k = k u / (1 - k u)``
-  (Higham, ch. 3); for a plain Dense or Conv the sharper ``gamma_n max(P, N) + O(u^2 + k u)(P + N)``
+  (Higham, ch. 3), ``n`` counting the products that can be nonzero (an exact zero adds no rounding:
+  :func:`certkit.graph.ops.nonzero_fan_in`); for a plain Dense or Conv the sharper ``gamma_n max(P, N) + O(u^2 + k u)(P + N)``
   holds, ``P`` and ``N`` the largest sums of the positive and negative parts of the terms
   (:func:`_dot`). Otherwise certkit charges ``gamma_S (|M| |x| + beta) + S tiny`` with
   ``S = n + 1 + PARAM_STEPS + fp_extra``: PARAM_STEPS covers onnxruntime's own constant
