@@ -157,15 +157,19 @@ def test_dot_product_rule_at_points():
             assert np.all(np.abs(s_ - exact) <= err), (n, sign, np.abs(s_ - exact).max(), err.min())
 
 
-def _conv_transpose_model(w: np.ndarray, b: np.ndarray, side: int, strides: int, pads: int, dilations: int = 1):
+def _one_node_model(node, x_shape, inits: dict):
     from onnx import TensorProto, helper, numpy_helper
-    cin, cout = w.shape[:2]
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _conv_transpose_model(w: np.ndarray, b: np.ndarray, side: int, strides: int, pads: int, dilations: int = 1):
+    from onnx import helper
     node = helper.make_node("ConvTranspose", ["x", "W", "b"], ["y"], strides=[strides] * 2, pads=[pads] * 4,
                             dilations=[dilations] * 2)
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return _one_node_model(node, (1, w.shape[0], side, side), {"W": w, "b": b})
 
 
 @pytest.mark.parametrize("k,s,pads,dil", [(4, 2, 1, 1), (3, 2, 0, 1), (5, 3, 2, 1), (3, 1, 1, 1), (2, 2, 0, 1),
@@ -193,14 +197,6 @@ def test_conv_transpose_fan_in_bounds_the_products_of_an_output(tmp_path, k, s, 
             assert op.fan_in == counts.max()
             if not sparse:
                 assert op.fan_in == cin * min(k, -(-k // s)) ** 2
-
-
-def _one_node_model(node, x_shape, inits: dict):
-    from onnx import TensorProto, helper, numpy_helper
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def test_pruned_weights_rounding_rule_against_onnxruntime(tmp_path):
