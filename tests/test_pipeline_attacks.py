@@ -37,7 +37,7 @@ def _open(queries):
     raise pipeline.BudgetExpired("no bounds in this test")  # the stages end; the long attack comes next
 
 
-def _run(monkeypatch, plan, stage_seconds):
+def _run(monkeypatch, plan, stage_seconds, long=pipeline.LONG_ATTACK):
     """``decide`` on a fake clock, its bound stages taking ``stage_seconds[stage]`` (default 0.1 s) and
     proving nothing: the stages and attacks in order, each attack as (restarts, its share of the time left)."""
     model, spec = certkit.load_model(FC), certkit.load_spec(SAT)
@@ -58,7 +58,7 @@ def _run(monkeypatch, plan, stage_seconds):
 
     monkeypatch.setattr(pipeline, "attack_queries", spy)
     monkeypatch.setattr(pipeline, "merge_rows", lambda *a, **k: False)
-    pipeline.decide(queries_of(model, spec), plan, budget, quick=None, medium=None, rows=rows)
+    pipeline.decide(queries_of(model, spec), plan, budget, quick=None, medium=None, long=long, rows=rows)
     return events
 
 
@@ -76,3 +76,16 @@ def test_long_attack_after_the_stages_otherwise(monkeypatch, seconds):
     assert [e[0] for e in events[:3]] == ["stage"] * 3
     assert events[3] == ("attack", pipeline.LONG_ATTACK.restarts, pipeline.LONG_SHARE)
     assert sum(e[0] == "attack" for e in events) == 1
+
+
+def test_smaller_long_attack_where_input_splitting_decides(monkeypatch):
+    """At most INPUT_SPLIT_MAX_DIM free inputs and ``bab`` in the plan: input splitting attacks inside every
+    domain it leaves open, and the long attack before it is the smaller one, within SPLIT_LONG_SHARE."""
+    monkeypatch.setattr(pipeline, "free_dims", lambda q: 3)
+    events = _run(monkeypatch, ("interval", "deeppoly", "bab"), {})
+    assert events[2] == ("attack", pipeline.SPLIT_LONG_ATTACK.restarts, pipeline.SPLIT_LONG_SHARE)
+    assert pipeline.SPLIT_LONG_ATTACK.restarts * pipeline.SPLIT_LONG_ATTACK.steps \
+        < pipeline.LONG_ATTACK.restarts * pipeline.LONG_ATTACK.steps
+    custom = pipeline.AttackConfig(samples=64, restarts=5, steps=7)  # a budget the caller chose is kept
+    events = _run(monkeypatch, ("interval", "deeppoly", "bab"), {}, long=custom)
+    assert events[2] == ("attack", 5, pipeline.SPLIT_LONG_SHARE)

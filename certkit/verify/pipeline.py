@@ -59,6 +59,9 @@ LONG_SHARE = 0.25
 #: domains: cgan_2023's 32x32 prop_3 (5 inputs, unsat), the long attack took 26.6 s of 48 s, input
 #: splitting 5.3 s
 SPLIT_LONG_SHARE = 0.1
+#: ... and its size there: a third of the restarts and half the steps (input splitting attacks inside
+#: every domain it leaves open, from the minimisers of its bounds)
+SPLIT_LONG_ATTACK = AttackConfig(samples=1024, restarts=12, steps=100, polish=8)
 #: stages that cost about what an earlier one did (``deeppoly+interval`` and ``deeppoly+reference`` are
 #: one more DeepPoly pass each): skipped when one of those took more than ``REPEAT_SHARE`` of the time
 #: left (a large conv net's DeepPoly can take most of the budget, better left to alpha-CROWN and branch
@@ -183,12 +186,15 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
 
     complete = [p for p in plan if p in COMPLETE]
 
-    def long_budget(early: bool) -> Budget:
-        """The long attack's: a share of the time left when more follows it, else all of it."""
+    def long_attack(early: bool) -> bool:
+        """The long attack, within a share of the time left when more follows it, else all of it; the
+        smaller one (:data:`SPLIT_LONG_ATTACK`) where input splitting decides every open query."""
         if not complete and not early:
-            return budget
+            return falsify(long, budget)
         split = "bab" in complete and all(free_dims(queries[i]) <= INPUT_SPLIT_MAX_DIM for i in open_ones())
-        return budget.share(SPLIT_LONG_SHARE if split else LONG_SHARE)
+        if not split:
+            return falsify(long, budget.share(LONG_SHARE))
+        return falsify(SPLIT_LONG_ATTACK if long is LONG_ATTACK else long, budget.share(SPLIT_LONG_SHARE))
 
     if falsify(quick, budget.share(QUICK_SHARE)) and stop_on_sat:
         return _finish(results, started)
@@ -237,9 +243,9 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                   "y" if len(ids) == 1 else "ies", time.monotonic() - t)
         if slow and long is not None and open_ones():
             early = True
-            if falsify(long, long_budget(True)) and stop_on_sat:
+            if long is not None and long_attack(True) and stop_on_sat:
                 return _finish(results, started)
-    if not early and falsify(long, long_budget(False)) and stop_on_sat:
+    if not early and long is not None and long_attack(False) and stop_on_sat:
         return _finish(results, started)
     now = time.monotonic()
     for r, t0 in zip(results, started):  # decided by the batched stages: their time ends here
