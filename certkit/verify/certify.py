@@ -50,8 +50,11 @@ class CertifyResult:
     degraded: list[dict] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        """One line per entry of ``degraded``, for the user."""
-        return [degraded_note(d) for d in self.degraded]
+        """One line per entry of ``degraded``, and per open input box whose search found an error floor
+        (:meth:`certkit.verify.input_split._Problem.check_floor`), for the user."""
+        floors = [f"note: input region {p.index}: {p.extra['floor']}" for p in self.properties
+                  if p.status == "open" and p.extra.get("floor")]
+        return [degraded_note(d) for d in self.degraded] + floors
 
     def _line(self) -> str:
         stage = f", stage {self.stage}" if self.stage else ""
@@ -82,6 +85,7 @@ class CertifyResult:
             "reason": self.reason, "precision": self.precision,
             "properties": [{"index": int(p.index), "status": p.status, "stage": p.stage,
                             "timed_out": bool(p.timed_out), "time": round(float(p.time), 6),
+                            **({"floor": p.extra["floor"]} if p.status == "open" and p.extra.get("floor") else {}),
                             "spec_lower_min": (json_number(np.min(p.spec_lower)) if p.spec_lower is not None
                                                and len(p.spec_lower) else None)}
                            for p in self.properties],

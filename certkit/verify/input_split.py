@@ -132,10 +132,17 @@ class SplitOutcome:
     log: TreeLog | None = None
     open: tuple[Tensor, Tensor, Tensor] | None = None
     roots: list | None = None  # the roots' ids in ``log`` (several: ``input_split(root=...)`` of k boxes)
+    #: not verified: why splitting cannot close the worst open domain, when the floating-point error terms
+    #: are the reason (:meth:`_Problem.check_floor`); "" otherwise
+    floor: str = ""
 
 
 #: SplitOutcome.message when input splitting gave up on its measured cost (SplitConfig.give_up_after)
 HOPELESS = "input splitting would not finish in time at its measured rate"
+#: once the search has used this share of its time (or, without a deadline, after FLOOR_ITERATIONS
+#: iterations), the worst open domain's guide vertex is bounded as a single point (:meth:`_Problem.check_floor`),
+#: where the search's mean seconds per domain is at most FLOOR_SHARE of the time left, and within that share
+FLOOR_CHECK, FLOOR_ITERATIONS, FLOOR_SHARE = 0.5, 64, 0.25
 
 
 @dataclass
@@ -206,6 +213,54 @@ class _Problem:
         #: a disjunct of several rows: bound their weighted sums too (:mod:`certkit.bounds.conjunction`)
         self.conjunctions = cfg.conjunctions and self.own.numel() > 0 \
             and int(torch.bincount(self.own, minlength=self.K).max()) > 1
+        self.floor, self.floor_checked = "", False  # :meth:`check_floor`
+
+    def check_floor(self, queue: "_Bounded") -> None:
+        """Does an error floor keep the worst open domain open? Its vertex ``x`` that minimises its guide
+        row (where its bound is lowest) is bounded as a single point, from the domain's intermediate bounds
+        where the search keeps them (as its children would be): where the model satisfies the property at
+        ``x`` (a float64 evaluation) but the sound bounds of ``{x}`` -- the model's floating-point error
+        terms and the float32 tie margin of the verdict gate included -- do not, no domain around ``x`` can
+        close, however small: ``floor`` says so (cgan_2023's 64x64 nCh_3 prop_1 had spent its time splitting
+        around such a corner before the ConvTranspose fan-in was counted right; nn4sys's mscn_128d_dual
+        cardinality_1_120 says so now). A diagnostic: it decides nothing and stops nothing. Once per search,
+        where the search's mean seconds per domain are at most :data:`FLOOR_SHARE` of the time left, and
+        within that share (a fresh DeepPoly of a point took 19 s on cgan_2023's 64x64 generator, where a
+        domain that inherits its parent's bounds takes about 2 s)."""
+        self.floor_checked = True
+        rem = self.budget.remaining()
+        if rem is not None and self.seconds / max(self.domains, 1) > FLOOR_SHARE * rem:
+            return
+        i = int(queue.value.argmin())
+        lo, hi = queue.lo[i:i + 1], queue.hi[i:i + 1]
+        x = torch.where(queue.a[i:i + 1] >= 0, lo, hi).to(torch.float32).to(torch.float64)  # an input onnxruntime takes
+        kept = None if queue.kept is None or not self.inherit else {k: v[i:i + 1] for k, v in queue.kept.items()}
+        with torch.no_grad():
+            y = self.graph.forward(x)
+            holds = float(objective(y[:, None, :], self.C[None], self.d[None], self.owner, self.K)[0, 0])
+            if not holds > 0:
+                return  # a counterexample candidate or a tie: the attacks' business
+            search, self.budget = self.budget, self.budget.share(FLOOR_SHARE)
+            try:
+                point = float(self._crown(x, x, kept)[0][0])  # from the domain's bounds, as its children
+            except BudgetExpired:
+                return
+            finally:
+                self.budget = search
+        if point > 0:
+            return
+        free = np.flatnonzero(np.asarray(self.query.upper) > np.asarray(self.query.lower))
+        if 0 < free.size < x.shape[1]:  # name the inputs the property leaves free
+            shown = ", ".join(f"X_{k} = {float(x[0, k]):.9g}" for k in free[:6]) + (", ..." if free.size > 6 else "")
+            where = f"the input with {shown} (the others pinned)"
+        else:
+            shown = ", ".join(f"{v:.9g}" for v in x[0, :6].tolist()) + (", ..." if x.shape[1] > 6 else "")
+            where = f"x = [{shown}]"
+        self.floor = (f"input splitting cannot close the domains around {where}: the property holds there "
+                      f"by {holds:.3g} (float64 evaluation), but the sound bound of that single point, with the "
+                      f"model's floating-point error terms and the float32 tie margin, is {point:.3g}: the error "
+                      "terms exceed the margin there, so the property may not be provable for the model as "
+                      "onnxruntime computes it in its precision")
 
     def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None,
               kept: dict | None = None) -> tuple[_Bounded, Witness | None]:
@@ -372,7 +427,7 @@ def input_split(query: Query, budget: Budget, cfg: SplitConfig = SplitConfig(),
     try:
         return _input_split(pb, root, handoff)
     except BudgetExpired:  # inside a bound computation: the domains bounded before it still count
-        return SplitOutcome("timeout", domains=pb.domains)
+        return SplitOutcome("timeout", domains=pb.domains, floor=pb.floor)
 
 
 def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
@@ -428,6 +483,9 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
         if pb.domains > max_domains:
             out.status = "unknown"
             break
+        if not pb.floor_checked and (out.iterations >= FLOOR_ITERATIONS if whole is None
+                                     else time.monotonic() - started >= FLOOR_CHECK * whole):
+            pb.check_floor(queue)
         m = batch
         if give_up_at is not None:  # judged at the end of the probe, or when its next batch would overrun it
             m = min(m, int((give_up_at - time.monotonic()) / (2 * L * pb.seconds / max(pb.domains, 1))))
@@ -455,6 +513,8 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
         lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
         if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
             out.status = "unknown"  # a domain too small to bisect that the bounds cannot close
+            if not pb.floor_checked:
+                pb.check_floor(_Bounded.cat(queue, take))
             break
         lo, hi = children(take.lo, take.hi, dims)  # (m, L, 2, n)
         init = None if take.slopes is None else {k: v.repeat_interleave(2 * L, dim=0) for k, v in take.slopes.items()}
@@ -493,6 +553,8 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
             queue.kept, pb.inherit = None, False  # children start from their own bounds from now on
         out.max_queue = max(out.max_queue, queue.lo.shape[0])
     out.domains = pb.domains
+    if out.status not in ("verified", "falsified", "handed_off"):
+        out.floor = pb.floor
     if pb.enumerated:
         logger("input_split").debug("%d domain(s) closed by running every input they hold in onnxruntime",
                                     pb.enumerated)

@@ -291,6 +291,8 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 res.timed_out = True
             if out.reason:
                 res.reason = out.reason
+            if out.stats.get("floor") and res.status == "open":
+                res.extra["floor"] = out.stats["floor"]
         res.time = batched + time.monotonic() - searched_from
         if budget.expired():
             break

@@ -258,6 +258,8 @@ def _proof_of_split(res, query: Query, stage: str) -> gate.Proof | None:
 def _outcome(res, query: Query, stage: str, proof: gate.Proof | None) -> Outcome:
     """A search's own result as an :class:`Outcome`."""
     stats = {"domains": getattr(res, "domains", 0)}
+    if getattr(res, "floor", ""):  # input splitting: the error terms exceed the margin somewhere
+        stats["floor"] = res.floor
     if res.status == "falsified" and res.witness is not None:
         return Outcome(Status.FALSIFIED, witness=res.witness, stats=stats)
     if res.status == "verified" and proof is not None:
