@@ -4,7 +4,7 @@
 The net sums 2000 ReLUs of about 5 each: at the box's lowest corner the output is ``m`` in exact
 arithmetic and onnxruntime's float32 value is within 0.01 of it, while the sound any-order rounding
 allowance of the 2000-term sum is about 1.2. With the property ``y > m - 0.2`` the error terms exceed
-the margin around that corner: no split closes it, and certify's timeout carries a note naming the point.
+the margin around that corner: splitting is stuck there, and certify's timeout carries a note naming the point.
 With ``y > m - 5`` the same net is proved, without a note."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_floor_is_reported_where_the_error_terms_exceed_the_margin(tmp_path):
     res = certkit.certify(m, s, "bab", timeout=4)
     assert res.verdict == "timeout"  # never unsat: the bounds cannot show it, and never sat: it holds
     notes = [n for n in res.notes() if "error terms exceed the margin" in n]
-    assert len(notes) == 1 and notes[0].startswith("note: input region 0: input splitting cannot close")
+    assert len(notes) == 1 and notes[0].startswith("note: input region 0: input splitting is stuck around")
     x = [float(v) for v in notes[0].split("x = [")[1].split("]")[0].split(",")]
     assert all(abs(v) <= 0.1 + 1e-7 for v in x)
     value = float(ort_run(onnx.load(model_path), np.array([x], np.float32))[0, 0])
@@ -89,4 +89,4 @@ def test_floor_note_on_the_command_line(tmp_path, capsys):
     code = main(["certify", str(model_path), str(spec_path), "--backend", "bab", "--timeout", "4", "-q"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0] == "timeout"
-    assert any(line.startswith("note: input region 0: input splitting cannot close") for line in out)
+    assert any(line.startswith("note: input region 0: input splitting is stuck around") for line in out)

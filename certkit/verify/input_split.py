@@ -132,7 +132,7 @@ class SplitOutcome:
     log: TreeLog | None = None
     open: tuple[Tensor, Tensor, Tensor] | None = None
     roots: list | None = None  # the roots' ids in ``log`` (several: ``input_split(root=...)`` of k boxes)
-    #: not verified: why splitting cannot close the worst open domain, when the floating-point error terms
+    #: not verified: why splitting is stuck at the worst open domain, when the floating-point error terms
     #: are the reason (:meth:`_Problem.check_floor`); "" otherwise
     floor: str = ""
 
@@ -220,8 +220,9 @@ class _Problem:
         row (where its bound is lowest) is bounded as a single point, from the domain's intermediate bounds
         where the search keeps them (as its children would be): where the model satisfies the property at
         ``x`` (a float64 evaluation) but the sound bounds of ``{x}`` -- the model's floating-point error
-        terms and the float32 tie margin of the verdict gate included -- do not, no domain around ``x`` can
-        close, however small: ``floor`` says so (cgan_2023's 64x64 nCh_3 prop_1 had spent its time splitting
+        terms and the float32 tie margin of the verdict gate included -- do not, a domain around ``x``, however
+        small, closes only where its bound beats that of its own point (DeepPoly's at a point, where every
+        ReLU the error terms do not straddle is stable, is hard to beat): ``floor`` says so (cgan_2023's 64x64 nCh_3 prop_1 had spent its time splitting
         around such a corner before the ConvTranspose fan-in was counted right; nn4sys's mscn_128d_dual
         cardinality_1_120 says so now). A diagnostic: it decides nothing and stops nothing. Once per search,
         where the search's mean seconds per domain are at most :data:`FLOOR_SHARE` of the time left, and
@@ -256,11 +257,11 @@ class _Problem:
         else:
             shown = ", ".join(f"{v:.9g}" for v in x[0, :6].tolist()) + (", ..." if x.shape[1] > 6 else "")
             where = f"x = [{shown}]"
-        self.floor = (f"input splitting cannot close the domains around {where}: the property holds there "
+        self.floor = (f"input splitting is stuck around {where}: the property holds there "
                       f"by {holds:.3g} (float64 evaluation), but the sound bound of that single point, with the "
                       f"model's floating-point error terms and the float32 tie margin, is {point:.3g}: the error "
-                      "terms exceed the margin there, so the property may not be provable for the model as "
-                      "onnxruntime computes it in its precision")
+                      "terms exceed the margin there, and a domain around it closes only where its bound beats its point's, so "
+                      "the property may not be provable for the model as onnxruntime computes it in its precision")
 
     def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None,
               kept: dict | None = None) -> tuple[_Bounded, Witness | None]:
