@@ -143,6 +143,8 @@ HOPELESS = "input splitting would not finish in time at its measured rate"
 #: iterations), the worst open domain's guide vertex is bounded as a single point (:meth:`_Problem.check_floor`),
 #: where the search's mean seconds per domain is at most FLOOR_SHARE of the time left, and within that share
 FLOOR_CHECK, FLOOR_ITERATIONS, FLOOR_SHARE = 0.5, 64, 0.25
+#: the open domains checked: this many of the lowest value and this many of the smallest
+FLOOR_DOMAINS = 4
 
 
 @dataclass
@@ -216,52 +218,60 @@ class _Problem:
         self.floor, self.floor_checked = "", False  # :meth:`check_floor`
 
     def check_floor(self, queue: "_Bounded") -> None:
-        """Does an error floor keep the worst open domain open? Its vertex ``x`` that minimises its guide
-        row (where its bound is lowest) is bounded as a single point, from the domain's intermediate bounds
-        where the search keeps them (as its children would be): where the model satisfies the property at
-        ``x`` (a float64 evaluation) but the sound bounds of ``{x}`` -- the model's floating-point error
-        terms and the float32 tie margin of the verdict gate included -- do not, a domain around ``x``, however
-        small, closes only where its bound beats that of its own point (DeepPoly's at a point, where every
-        ReLU the error terms do not straddle is stable, is hard to beat): ``floor`` says so (cgan_2023's 64x64 nCh_3 prop_1 had spent its time splitting
-        around such a corner before the ConvTranspose fan-in was counted right; nn4sys's mscn_128d_dual
-        cardinality_1_120 says so now). A diagnostic: it decides nothing and stops nothing. Once per search,
-        where the search's mean seconds per domain are at most :data:`FLOOR_SHARE` of the time left, and
-        within that share (a fresh DeepPoly of a point took 19 s on cgan_2023's 64x64 generator, where a
-        domain that inherits its parent's bounds takes about 2 s)."""
+        """Does an error floor keep open domains open? For the open domains of lowest value and the
+        smallest ones (:data:`FLOOR_DOMAINS` each; a floor's domains are deep and low), the vertex ``x`` that
+        minimises the domain's guide row (where its bound is lowest) is bounded as a single point, from the
+        domain's intermediate bounds where the search keeps them (as its children would be): where the model
+        satisfies the property at ``x`` (a float64 evaluation) but the sound bound of ``{x}`` -- the model's
+        floating-point error terms and the float32 tie margin of the verdict gate included -- does not, a
+        domain around ``x``, however small, closes only where its bound beats that of its own point
+        (DeepPoly's at a point, where every ReLU the error terms do not straddle is stable, is hard to beat):
+        ``floor`` says so (cgan_2023's 64x64 nCh_3 prop_1 had spent its time splitting around such a corner
+        before the ConvTranspose fan-in was counted right; nn4sys's mscn_128d_dual cardinality_1_120 says so
+        now). A diagnostic: it decides nothing and stops nothing. Once per search, where the search's mean
+        seconds per domain are at most :data:`FLOOR_SHARE` of the time left, and within that share (a fresh
+        DeepPoly of a point took 19 s on cgan_2023's 64x64 generator, where a domain that inherits its
+        parent's bounds takes about 2 s)."""
         self.floor_checked = True
         rem = self.budget.remaining()
         if rem is not None and self.seconds / max(self.domains, 1) > FLOOR_SHARE * rem:
             return
-        i = int(queue.value.argmin())
-        lo, hi = queue.lo[i:i + 1], queue.hi[i:i + 1]
-        x = torch.where(queue.a[i:i + 1] >= 0, lo, hi).to(torch.float32).to(torch.float64)  # an input onnxruntime takes
-        kept = None if queue.kept is None or not self.inherit else {k: v[i:i + 1] for k, v in queue.kept.items()}
+        k = min(FLOOR_DOMAINS, queue.lo.shape[0])
+        size = torch.log((queue.hi - queue.lo).clamp(min=1e-300)).sum(dim=1)
+        idx = torch.unique(torch.cat([queue.value.topk(k, largest=False).indices, size.topk(k, largest=False).indices]))
+        lo, hi = queue.lo[idx], queue.hi[idx]
+        x = torch.where(queue.a[idx] >= 0, lo, hi).to(torch.float32).to(torch.float64)  # inputs onnxruntime takes
+        kept = None if queue.kept is None or not self.inherit else {j: v[idx] for j, v in queue.kept.items()}
         with torch.no_grad():
             y = self.graph.forward(x)
-            holds = float(objective(y[:, None, :], self.C[None], self.d[None], self.owner, self.K)[0, 0])
-            if not holds > 0:
-                return  # a counterexample candidate or a tie: the attacks' business
+            holds = objective(y[:, None, :], self.C.expand(len(idx), -1, -1), self.d.expand(len(idx), -1),
+                              self.owner, self.K)[:, 0]
+            if not bool((holds > 0).any()):
+                return  # counterexample candidates or ties: the attacks' business
             search, self.budget = self.budget, self.budget.share(FLOOR_SHARE)
             try:
-                point = float(self._crown(x, x, kept)[0][0])  # from the domain's bounds, as its children
+                point = self._crown(x, x, kept)[0]  # from the domains' bounds, as their children
             except BudgetExpired:
                 return
             finally:
                 self.budget = search
-        if point > 0:
+        stuck = torch.nonzero((holds > 0) & ~closed(point)).flatten()
+        if stuck.numel() == 0:
             return
+        r = int(stuck[holds[stuck].argmin()])  # the one of least margin
         free = np.flatnonzero(np.asarray(self.query.upper) > np.asarray(self.query.lower))
         if 0 < free.size < x.shape[1]:  # name the inputs the property leaves free
-            shown = ", ".join(f"X_{k} = {float(x[0, k]):.9g}" for k in free[:6]) + (", ..." if free.size > 6 else "")
+            shown = ", ".join(f"X_{j} = {float(x[r, j]):.9g}" for j in free[:6]) + (", ..." if free.size > 6 else "")
             where = f"the input with {shown} (the others pinned)"
         else:
-            shown = ", ".join(f"{v:.9g}" for v in x[0, :6].tolist()) + (", ..." if x.shape[1] > 6 else "")
+            shown = ", ".join(f"{v:.9g}" for v in x[r, :6].tolist()) + (", ..." if x.shape[1] > 6 else "")
             where = f"x = [{shown}]"
-        self.floor = (f"input splitting is stuck around {where}: the property holds there "
-                      f"by {holds:.3g} (float64 evaluation), but the sound bound of that single point, with the "
-                      f"model's floating-point error terms and the float32 tie margin, is {point:.3g}: the error "
-                      "terms exceed the margin there, and a domain around it closes only where its bound beats its point's, so "
-                      "the property may not be provable for the model as onnxruntime computes it in its precision")
+        self.floor = (f"input splitting is stuck around {where}: the property holds there by {float(holds[r]):.3g} "
+                      "(float64 evaluation), but the sound bound of that single point, with the model's "
+                      f"floating-point error terms and the float32 tie margin, is {float(point[r]):.3g}: the error "
+                      "terms exceed the margin there, and a domain around it closes only where its bound beats its "
+                      "point's, so the property may not be provable for the model as onnxruntime computes it in its "
+                      "precision")
 
     def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None,
               kept: dict | None = None) -> tuple[_Bounded, Witness | None]:
