@@ -1,10 +1,11 @@
 """Input splitting says when the floating-point error terms, not the search, keep a domain open
 (issue 13; :meth:`certkit.verify.input_split._Problem.check_floor`).
 
-The net sums 2000 ReLUs of about 5 each: at the box's lowest corner the output is ``m`` in exact
-arithmetic and onnxruntime's float32 value is within 0.01 of it, while the sound any-order rounding
-allowance of the 2000-term sum is about 1.2. With the property ``y > m - 0.2`` the error terms exceed
-the margin around that corner: splitting is stuck there, and certify's timeout carries a note naming the point.
+The net sums 2000 ReLUs of about 5 each of 6 inputs: at the box's lowest corner the output is ``m`` in
+exact arithmetic and onnxruntime's float32 value is within 0.01 of it, while the sound any-order rounding
+allowance of the 2000-term sum is about 1.2. With the property ``y > m - 0.2`` the error terms exceed the
+margin around that corner: bounds cannot close the domains there (and with 6 free inputs no domain gets
+small enough to run all its inputs in onnxruntime), and certify's timeout carries a note naming the point.
 With ``y > m - 5`` the same net is proved, without a note."""
 from __future__ import annotations
 
@@ -21,34 +22,36 @@ from certkit.certificate import certificate
 from tests.helpers.onnx_builders import X, graph_model, ort_run
 
 RNG = np.random.default_rng(0)
-W1 = RNG.standard_normal((2000, 2)).astype(np.float32)
-#: the exact minimum of the net over [-0.1, 0.1]^2 (every ReLU active there: |W1 x| < 0.8 < 5)
+N_IN = 6
+W1 = (RNG.standard_normal((2000, N_IN)) / 2).astype(np.float32)
+#: the exact minimum of the net over [-0.1, 0.1]^6 (every ReLU active there: |W1 x| < 5)
 LOWEST = 2000 * 5.0 - 0.1 * float(np.abs(W1.astype(np.float64).sum(axis=0)).sum())
 
 
 def _files(tmp_path: Path, margin: float) -> tuple[Path, Path]:
     nodes = [helper.make_node("Gemm", [X, "W1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Gemm", ["r", "W2"], ["Y"], transB=1)]
-    m = graph_model(nodes, (1, 2), consts={"W1": W1, "b1": np.full(2000, 5.0, np.float32),
+    m = graph_model(nodes, (1, N_IN), consts={"W1": W1, "b1": np.full(2000, 5.0, np.float32),
                                            "W2": np.ones((1, 2000), np.float32)})
     onnx.save(m, tmp_path / "sum2000.onnx")
     spec = tmp_path / "floor.vnnlib"
-    spec.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
-                    "(assert (>= X_0 -0.1))\n(assert (<= X_0 0.1))\n(assert (>= X_1 -0.1))\n(assert (<= X_1 0.1))\n"
-                    f"(assert (<= Y_0 {LOWEST - margin!r}))\n")
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(N_IN)) + "(declare-const Y_0 Real)\n"
+                    + "".join(f"(assert (>= X_{i} -0.1))\n(assert (<= X_{i} 0.1))\n" for i in range(N_IN))
+                    + f"(assert (<= Y_0 {LOWEST - margin!r}))\n")
     return tmp_path / "sum2000.onnx", spec
 
 
 def test_floor_is_reported_where_the_error_terms_exceed_the_margin(tmp_path):
     model_path, spec_path = _files(tmp_path, 0.2)
-    corners = np.array([[a, b] for a in (-0.1, 0.1) for b in (-0.1, 0.1)], np.float32)
+    corners = np.array(np.meshgrid(*[(-0.1, 0.1)] * N_IN)).reshape(N_IN, -1).T.astype(np.float32)
     assert float(ort_run(onnx.load(model_path), corners).min()) > LOWEST - 0.19  # the property holds in float32
     m = certkit.load_model(model_path)
     s = certkit.load_spec(spec_path, m)
     res = certkit.certify(m, s, "bab", timeout=4)
     assert res.verdict == "timeout"  # never unsat: the bounds cannot show it, and never sat: it holds
     notes = [n for n in res.notes() if "error terms exceed the margin" in n]
-    assert len(notes) == 1 and notes[0].startswith("note: input region 0: input splitting is stuck around")
+    assert len(notes) == 1 and notes[0].startswith("note: input region 0: input splitting's bounds cannot close the domains around")
+    assert "running every input" in notes[0] and "may not be provable" not in notes[0]  # enumeration applies here
     x = [float(v) for v in notes[0].split("x = [")[1].split("]")[0].split(",")]
     assert all(abs(v) <= 0.1 + 1e-7 for v in x)
     value = float(ort_run(onnx.load(model_path), np.array([x], np.float32))[0, 0])
@@ -89,4 +92,4 @@ def test_floor_note_on_the_command_line(tmp_path, capsys):
     code = main(["certify", str(model_path), str(spec_path), "--backend", "bab", "--timeout", "4", "-q"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0] == "timeout"
-    assert any(line.startswith("note: input region 0: input splitting is stuck around") for line in out)
+    assert any(line.startswith("note: input region 0: input splitting's bounds cannot close the domains around") for line in out)
