@@ -98,8 +98,8 @@ def certificate(result: CertifyResult, model, spec, options: dict[str, Any] | No
                 for k in range(len(prop.disjuncts))]
         if pr.status == "verified" and pr.proof is not None:
             entry["proof"] = _proof_entry(pr.proof, f"p{pr.index}", arrays)
-        if pr.status == "open" and pr.extra.get("floor"):
-            entry["floor"] = pr.extra["floor"]
+        if pr.floor:
+            entry["floor"] = pr.floor
         props.append(entry)
     doc: dict[str, Any] = {
         "format": FORMAT,

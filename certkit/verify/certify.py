@@ -52,8 +52,7 @@ class CertifyResult:
     def notes(self) -> list[str]:
         """One line per entry of ``degraded``, and per open input box whose search found an error floor
         (:meth:`certkit.verify.input_split._Problem.check_floor`), for the user."""
-        floors = [f"note: input region {p.index}: {p.extra['floor']}" for p in self.properties
-                  if p.status == "open" and p.extra.get("floor")]
+        floors = [f"note: input region {p.index}: {p.floor}" for p in self.properties if p.floor]
         return [degraded_note(d) for d in self.degraded] + floors
 
     def _line(self) -> str:
@@ -85,7 +84,7 @@ class CertifyResult:
             "reason": self.reason, "precision": self.precision,
             "properties": [{"index": int(p.index), "status": p.status, "stage": p.stage,
                             "timed_out": bool(p.timed_out), "time": round(float(p.time), 6),
-                            **({"floor": p.extra["floor"]} if p.status == "open" and p.extra.get("floor") else {}),
+                            **({"floor": p.floor} if p.floor else {}),
                             "spec_lower_min": (json_number(np.min(p.spec_lower)) if p.spec_lower is not None
                                                and len(p.spec_lower) else None)}
                            for p in self.properties],

@@ -126,6 +126,11 @@ class PropertyResult:
     time: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    @property
+    def floor(self) -> str:
+        """Open: where input splitting found the error terms above the margin (``extra["floor"]``), else ""."""
+        return self.extra.get("floor", "") if self.status == "open" else ""
+
 
 def merge_rows(res: PropertyResult, query: Query, stage: str, slack: np.ndarray, margin: np.ndarray) -> bool:
     """Keep the best of the stages, row by row (by slack beyond the margin), and ask the gate to
@@ -243,9 +248,9 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                   "y" if len(ids) == 1 else "ies", time.monotonic() - t)
         if slow and long is not None and open_ones():
             early = True
-            if long is not None and long_attack(True) and stop_on_sat:
+            if long_attack(True) and stop_on_sat:
                 return _finish(results, started)
-    if not early and long is not None and long_attack(False) and stop_on_sat:
+    if not early and long_attack(False) and stop_on_sat:
         return _finish(results, started)
     now = time.monotonic()
     for r, t0 in zip(results, started):  # decided by the batched stages: their time ends here
@@ -291,7 +296,7 @@ def decide(queries: list[Query], plan: tuple[str, ...], budget: Budget, *, seed:
                 res.timed_out = True
             if out.reason:
                 res.reason = out.reason
-            if out.stats.get("floor") and res.status == "open":
+            if out.stats.get("floor"):
                 res.extra["floor"] = out.stats["floor"]
         res.time = batched + time.monotonic() - searched_from
         if budget.expired():
