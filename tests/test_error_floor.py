@@ -93,3 +93,29 @@ def test_floor_note_on_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0] == "timeout"
     assert any(line.startswith("note: input region 0: input splitting's bounds cannot close the domains around") for line in out)
+
+
+def test_check_floor_reads_several_parts_with_their_kept_bounds(tmp_path):
+    """The check over a queue and a batch of children, each with the intermediate bounds they keep
+    (``SplitConfig.inherit``), selected in place: it names the floor from either part."""
+    import torch
+
+    from certkit.verify.certify import queries_of
+    from certkit.verify.input_split import SplitConfig, _Problem, children, root_box
+    from certkit.verify.query import Budget
+
+    m = certkit.load_model(_files(tmp_path, 0.2)[0])
+    q = queries_of(m, certkit.load_spec(tmp_path / "floor.vnnlib", m))[0]
+    pb = _Problem(q, SplitConfig(inherit=True), Budget.of(60))
+    lo, hi = root_box(q)
+    root, _ = pb.bound(lo, hi)
+    assert root.kept is not None
+    clo, chi = children(lo, hi, torch.tensor([[0]]))
+    kids, _ = pb.bound(clo.reshape(-1, lo.shape[1]), chi.reshape(-1, lo.shape[1]),
+                       kept={k: v.repeat_interleave(2, dim=0) for k, v in root.kept.items()})
+    assert kids.kept is not None and kids.lo.shape[0] == 2
+    pb.check_floor(root.rows(slice(0, 0)), kids, root)  # an empty part too
+    assert "error terms exceed the margin" in pb.floor
+    floor = pb.floor
+    pb.check_floor(kids)  # once per search
+    assert pb.floor == floor

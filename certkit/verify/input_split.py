@@ -41,7 +41,7 @@ import torch
 from ..bounds import conjunction
 from ..bounds.alpha import LR_DECAY
 from ..bounds.deeppoly import BoundState
-from ..bounds.forward import start_bounds
+from ..bounds.forward import free_columns, start_bounds
 from ..bounds.fperror import precision_of, round_outward, row_margin
 from ..bounds.memory import headroom
 from ..graph.ops import RELAXED
@@ -217,9 +217,9 @@ class _Problem:
             and int(torch.bincount(self.own, minlength=self.K).max()) > 1
         self.floor, self.floor_checked = "", False  # :meth:`check_floor`
 
-    def check_floor(self, queue: "_Bounded") -> None:
-        """Does an error floor keep open domains open? For the open domains of lowest value and the
-        smallest ones (:data:`FLOOR_DOMAINS` each; a floor's domains are deep and low), the vertex ``x`` that
+    def check_floor(self, *parts: "_Bounded") -> None:
+        """Does an error floor keep open domains open? For the open domains (of ``parts``, read in place:
+        the kept bounds of a whole queue are not copied) of lowest value and the smallest ones (:data:`FLOOR_DOMAINS` each; a floor's domains are deep and low), the vertex ``x`` that
         minimises the domain's guide row (where its bound is lowest) is bounded as a single point, from the
         domain's intermediate bounds where the search keeps them (as its children would be): where the model
         satisfies the property at ``x`` (a float64 evaluation) but the sound bound of ``{x}`` -- the model's
@@ -233,36 +233,40 @@ class _Problem:
         seconds per domain are at most :data:`FLOOR_SHARE` of the time left, and within that share (a fresh
         DeepPoly of a point took 19 s on cgan_2023's 64x64 generator, where a domain that inherits its
         parent's bounds takes about 2 s)."""
+        if self.floor_checked:
+            return
         self.floor_checked = True
         rem = self.budget.remaining()
         if rem is not None and self.seconds / max(self.domains, 1) > FLOOR_SHARE * rem:
             return
-        k = min(FLOOR_DOMAINS, queue.lo.shape[0])
-        size = torch.log((queue.hi - queue.lo).clamp(min=1e-300)).sum(dim=1)
-        idx = torch.unique(torch.cat([queue.value.topk(k, largest=False).indices, size.topk(k, largest=False).indices]))
-        lo, hi = queue.lo[idx], queue.hi[idx]
-        x = torch.where(queue.a[idx] >= 0, lo, hi).to(torch.float32).to(torch.float64)  # inputs onnxruntime takes
-        kept = None if queue.kept is None or not self.inherit else {j: v[idx] for j, v in queue.kept.items()}
+        parts = [p for p in parts if p.lo.shape[0]]
+        if not parts:
+            return
+        lo, hi, value, a = (torch.cat([getattr(p, f) for p in parts]) for f in ("lo", "hi", "value", "a"))
+        k = min(FLOOR_DOMAINS, lo.shape[0])
+        size = torch.log((hi - lo).clamp(min=1e-300)).sum(dim=1)
+        idx = torch.unique(torch.cat([value.topk(k, largest=False).indices, size.topk(k, largest=False).indices]))
+        x = torch.where(a[idx] >= 0, lo[idx], hi[idx]).to(torch.float32).to(torch.float64)  # inputs onnxruntime takes
+        kept = None
+        if self.inherit and all(p.kept is not None for p in parts):  # each part's selected rows, in idx's order
+            offsets = np.cumsum([0] + [p.lo.shape[0] for p in parts])
+            rows = [idx[(idx >= o) & (idx < e)] - o for o, e in zip(offsets[:-1], offsets[1:])]
+            kept = {j: torch.cat([p.kept[j][r] for p, r in zip(parts, rows)]) for j in parts[0].kept}
         with torch.no_grad():
-            y = self.graph.forward(x)
-            holds = objective(y[:, None, :], self.C.expand(len(idx), -1, -1), self.d.expand(len(idx), -1),
-                              self.owner, self.K)[:, 0]
+            holds = self._objective(self.graph.forward(x))
             if not bool((holds > 0).any()):
                 return  # counterexample candidates or ties: the attacks' business
-            search, self.budget = self.budget, self.budget.share(FLOOR_SHARE)
             try:
-                point = self._crown(x, x, kept)[0]  # from the domains' bounds, as their children
+                point = self._crown(x, x, kept, self.budget.share(FLOOR_SHARE))[0]  # as the domains' children
             except BudgetExpired:
                 return
-            finally:
-                self.budget = search
         stuck = torch.nonzero((holds > 0) & ~closed(point)).flatten()
         if stuck.numel() == 0:
             return
         r = int(stuck[holds[stuck].argmin()])  # the one of least margin
-        free = np.flatnonzero(np.asarray(self.query.upper) > np.asarray(self.query.lower))
-        if 0 < free.size < x.shape[1]:  # name the inputs the property leaves free
-            shown = ", ".join(f"X_{j} = {float(x[r, j]):.9g}" for j in free[:6]) + (", ..." if free.size > 6 else "")
+        free = free_columns(self.query.region).tolist()
+        if 0 < len(free) < x.shape[1]:  # name the inputs the property leaves free
+            shown = ", ".join(f"X_{j} = {float(x[r, j]):.9g}" for j in free[:6]) + (", ..." if len(free) > 6 else "")
             where = f"the input with {shown} (the others pinned)"
         else:
             shown = ", ".join(f"{v:.9g}" for v in x[r, :6].tolist()) + (", ..." if x.shape[1] > 6 else "")
@@ -274,6 +278,12 @@ class _Problem:
                       f"{float(holds[r]):.3g} (float64 evaluation), but the sound bound of that single point, with the "
                       f"model's floating-point error terms and the float32 tie margin, is {float(point[r]):.3g}: the "
                       f"error terms exceed the margin there; {then}")
+
+    def _objective(self, y: Tensor) -> Tensor:
+        """v (b,) of outputs ``y`` (b, n_out): the property's value (:func:`~certkit.verify.falsify.objective`;
+        <= 0: the point is in the unsafe set)."""
+        b = y.shape[0]
+        return objective(y[:, None, :], self.C.expand(b, -1, -1), self.d.expand(b, -1), self.owner, self.K)[:, 0]
 
     def bound(self, lo: Tensor, hi: Tensor, init: dict | None = None,
               kept: dict | None = None) -> tuple[_Bounded, Witness | None]:
@@ -313,9 +323,7 @@ class _Problem:
         with torch.no_grad():  # counterexample candidates: each centre and worst-row minimiser
             vert = torch.where(a >= 0, lo, hi)
             cand = torch.cat([mid, vert])
-            y = torch.cat([y_c, self.graph.forward(vert)])
-            v = objective(y[:, None, :], self.C.expand(cand.shape[0], -1, -1),
-                          self.d.expand(cand.shape[0], -1), self.owner, self.K)[:, 0]
+            v = self._objective(torch.cat([y_c, self.graph.forward(vert)]))
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
         return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1), slopes, mine), w
@@ -383,11 +391,11 @@ class _Problem:
         # prop_2 timed out at 116 s instead of closing in 93 s
         return per.min(dim=1).values, a
 
-    def _start(self, S: InputSet, kept: dict | None) -> tuple[list, dict]:
+    def _start(self, S: InputSet, kept: dict | None, budget: Budget | None = None) -> tuple[list, dict]:
         """The bounds a back-substitution over ``S`` starts from (:func:`certkit.bounds.forward.start_bounds`)
         intersected with ``kept`` (per node (b, 2, n)), and their rounding errors."""
         errors: dict = {}
-        bounds = start_bounds(self.graph, S, self.budget, errors)
+        bounds = start_bounds(self.graph, S, self.budget if budget is None else budget, errors)
         for j, v in (kept or {}).items():
             if bounds[j] is not None:
                 bounds[j] = (torch.maximum(bounds[j][0], v[:, 0]), torch.minimum(bounds[j][1], v[:, 1]))
@@ -400,12 +408,14 @@ class _Problem:
         return {j: torch.stack([st.bounds[j][0].detach().expand(b, -1), st.bounds[j][1].detach().expand(b, -1)], dim=1)
                 for j in self.keep if st.bounds[j] is not None}
 
-    def _crown(self, lo: Tensor, hi: Tensor, kept: dict | None = None) -> tuple[Tensor, Tensor, dict | None]:
+    def _crown(self, lo: Tensor, hi: Tensor, kept: dict | None = None,
+               budget: Budget | None = None) -> tuple[Tensor, Tensor, dict | None]:
         """value and guide coefficients (as :meth:`_value`) by DeepPoly from the start bounds intersected
-        with ``kept``; the bounds children inherit (:meth:`_kept`)."""
+        with ``kept``, within ``budget`` (default: the search's); the bounds children inherit (:meth:`_kept`)."""
+        budget = self.budget if budget is None else budget
         S = InputSet(lo, hi)
-        bounds, errors = self._start(S, kept)
-        st = BoundState(self.graph, S, intersect=True, budget=self.budget, bounds=bounds, ibp_errors=errors)
+        bounds, errors = self._start(S, kept, budget)
+        st = BoundState(self.graph, S, intersect=True, budget=budget, bounds=bounds, ibp_errors=errors)
         A_in, const = st.backsub(self.graph.output, self.C.expand(lo.shape[0], -1, -1))
         return (*self._value(st, S.concretize_lower(A_in, const), A_in, const, lo, hi), self._kept(st, lo.shape[0]))
 
@@ -529,8 +539,7 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
         lo_d, hi_d = take.lo.gather(1, dims[:, :1]), take.hi.gather(1, dims[:, :1])
         if bool(((lo_d + hi_d) / 2 <= lo_d).any() or ((lo_d + hi_d) / 2 >= hi_d).any()):
             out.status = "unknown"  # a domain too small to bisect that the bounds cannot close
-            if not pb.floor_checked:
-                pb.check_floor(_Bounded.cat(queue, take))
+            pb.check_floor(queue, take)
             break
         lo, hi = children(take.lo, take.hi, dims)  # (m, L, 2, n)
         init = None if take.slopes is None else {k: v.repeat_interleave(2 * L, dim=0) for k, v in take.slopes.items()}
@@ -555,7 +564,7 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
         log.split(take.ids, torch.zeros(m, dtype=torch.int64), dims.gather(1, best[:, None])[:, 0],
                   chosen.ids[0::2], chosen.ids[1::2])
         if floor_due():  # enumerating the batch's small domains can take the rest of the budget near a floor
-            pb.check_floor(_Bounded.cat(queue, chosen))
+            pb.check_floor(queue, chosen)
         w = pb.enumerate_open(chosen)
         if w is not None:
             out.status, out.witness = "falsified", w
