@@ -1,13 +1,18 @@
 """ReLU-splitting branch and bound on its own: verdicts, domains and time per instance, for
 configurations side by side (the figures behind ReluSplitConfig's defaults).
 
-Usage: python benchmarks/relu_split.py [--budget 30] [--count 6] [--configs default,milp-leaves]
+Usage: python benchmarks/relu_split.py [--budget 30] [--count 6] [--configs default,milp-leaves,refined]
+                                       [--threads 1] [--only eran]
 
-Each cell: verdict, domains bounded, MILP leaves closed / tried (when any), seconds.
+Each cell: verdict, domains bounded, MILP leaves closed / tried (when any), seconds. ``refined``:
+the search of :mod:`certkit.verify.relu_refine` (every domain's intermediate bounds re-optimised);
+``portfolio``: what ``certkit certify`` runs (:func:`certkit.verify.procedures.relu_portfolio`).
 
-Instances: the shared mnistfc ones that bounds alone leave open, and robustness properties of
-paper 002's 5x100 and 8x100 nets on MNIST test images 200.. that alpha-CROWN does not prove and
-PGD does not break (delta 0.015 and 0.012). One thread.
+Instances: the shared mnistfc ones that bounds alone leave open, ERAN 2021's mnist_relu_9_200
+instances that alpha-beta-CROWN needed more than 120 s for (263-293 s; VeriNet 10-48 s on three),
+and robustness properties of paper 002's 5x100 and 8x100 nets on MNIST test images 200.. that
+alpha-CROWN does not prove and PGD does not break (delta 0.015 and 0.012). One thread unless
+``--threads``.
 """
 from __future__ import annotations
 
@@ -26,14 +31,18 @@ from certkit.spec.spec import Disjunct, Property  # noqa: E402
 from certkit.spec.vnnlib import parse_vnnlib  # noqa: E402
 from certkit.verify.certify import prove_rows  # noqa: E402
 from certkit.verify.falsify import attack  # noqa: E402
+from certkit.verify.procedures import relu_portfolio  # noqa: E402
+from certkit.verify.relu_refine import RefineConfig, refine_split  # noqa: E402
 from certkit.verify.relu_split import ReluSplitConfig, relu_split  # noqa: E402
 from certkit.verify.query import Budget, Query  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 CONFIGS = {"default": ReluSplitConfig(), "milp-leaves": ReluSplitConfig(milp_leaves=True),
-           "refine": ReluSplitConfig(refine_intermediate=True)}
+           "refine": ReluSplitConfig(refine_intermediate=True), "refined": RefineConfig(),
+           "portfolio": None}
 MNISTFC = [("mnistfc_2021", "prop_1_0.03"), ("mnistfc_2021", "prop_9_0.05"), ("mnistfc_2021", "prop_0_0.03"),
            ("mnistfc_2022", "prop_10_0.05"), ("mnistfc_2021", "prop_5_0.03")]
+ERAN = ["1385", "2697", "2954", "5520"]
 
 
 def _open_images(model, eps: float, count: int):
@@ -62,17 +71,26 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=30.0, help="seconds per instance and configuration")
     ap.add_argument("--count", type=int, default=6, help="open images per paper-002 net")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", choices=("mnistfc", "eran", "paper002"), help="one group of instances")
     a = ap.parse_args()
     configs = {c: CONFIGS[c] for c in a.configs.split(",")}
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     cases = []
-    for bench, name in MNISTFC:
+    for bench, name in MNISTFC if a.only in (None, "mnistfc") else ():
         base = os.path.join(SHARED, "benchmarks", bench)
         if os.path.exists(base):
             m = load_model(os.path.join(base, "onnx", "mnist-net_256x2.onnx"))
             spec = parse_vnnlib(os.path.join(base, "vnnlib", name + ".vnnlib"), m.n_inputs, m.n_outputs)
             cases.append((f"{bench} 256x2", name, m, spec.properties[0]))
-    for net, eps in (("5_100", 0.015), ("8_100", 0.012)):
+    eran = os.path.join(SHARED, "benchmarks", "eran_2021")
+    if os.path.exists(eran) and a.only in (None, "eran"):
+        m = load_model(os.path.join(eran, "onnx", "mnist_relu_9_200.onnx"))
+        for idx in ERAN:
+            spec = parse_vnnlib(os.path.join(eran, "vnnlib", f"mnist_spec_idx_{idx}_eps_0.01500.vnnlib"),
+                                m.n_inputs, m.n_outputs)
+            cases.append(("ERAN 9x200", idx, m, spec.properties[0]))
+    for net, eps in (("5_100", 0.015), ("8_100", 0.012)) if a.only in (None, "paper002") else ():
         path = os.path.join(SHARED, "data", "vnn_models", f"mnist_relu_{net}.onnx")
         if os.path.exists(path):
             m = load_model(path)
@@ -85,11 +103,17 @@ def main() -> None:
         cells = []
         for c, cfg in configs.items():
             t = time.monotonic()
-            r = relu_split(Query.of_property(m.graph, prop, 0, m.runner), Budget.of(a.budget), cfg)
+            query = Query.of_property(m.graph, prop, 0, m.runner)
+            if cfg is None:  # what certify runs: beta-CROWN's search, then the refined one on deep MLPs
+                r = relu_portfolio(query, Budget.of(a.budget))
+            elif isinstance(cfg, RefineConfig):
+                r = refine_split(query, Budget.of(a.budget), cfg)
+            else:
+                r = relu_split(query, Budget.of(a.budget), cfg)
             dt = time.monotonic() - t
             totals[c][0] += r.status in ("verified", "falsified")
             totals[c][1] += dt
-            milp = f" {r.milp_closed}/{r.milp_tried}" if r.milp_tried else ""
+            milp = f" {r.milp_closed}/{r.milp_tried}" if getattr(r, "milp_tried", 0) else ""
             cells.append(f"{r.status:>10} {r.domains:>7}{milp} {dt:6.1f} s")
         print(f"{net:<24}{name:<14}" + "".join(f"{x:>28}" for x in cells), flush=True)
     print(f"{'decided / total time':<38}" + "".join(f"{f'{n} of {len(cases)}, {t:.0f} s':>28}"

@@ -49,6 +49,15 @@ HIGH_DIM_SPLIT = SplitConfig(lookahead=2, alpha_iterations=0)
 #: In ``auto``, ReLU splitting gets this share of the remaining time, the MILP the rest (:func:`bab_share`)
 #: (the MILP finds the rare counterexamples of small nets that only a tiny region holds) ...
 RELU_SPLIT_SHARE = 0.6
+#: ReLU splitting of a fully connected net of at least this many ReLU layers hands over to the search that
+#: re-optimises every domain's intermediate bounds when beta-CROWN's has closed hardly any domain after
+#: :data:`REFINE_PROBE` of its time (:func:`relu_portfolio`). ``benchmarks/relu_split.py``, 30 s a query,
+#: one thread: on ERAN's mnist_relu_9_200 only the second proved any (beta-CROWN's domains never close
+#: there); on mnistfc's 256x2 (two ReLU layers) only the first (5 of 5 against 1: a split there tightens
+#: no later layer); on paper 002's 5x100 and 8x100 nets each proved instances the other did not; on the
+#: repo's trained 4x256 and 6x256 MLPs beta-CROWN proved 10 of 14, the other 2 (2026-12-06).
+REFINE_MIN_LAYERS = 3
+REFINE_PROBE = 0.25
 #: ... on nets of at most this many activation neurons; on larger ones branch and bound gets all the
 #: time and the MILP none (on oval21's cifar_base_kw, 6244 ReLUs, the MILP's bound tightening alone
 #: used its whole 40% share without reaching the MILP, while ReLU splitting needed that time).
@@ -250,8 +259,9 @@ def _proof_of_split(res, query: Query, stage: str) -> gate.Proof | None:
     K = query.n_disjuncts
     if getattr(res, "tree", None) is not None:  # input splitting: one tree for all disjuncts
         return gate.Proof("input_split", stage, trees=[res.tree], groups=[list(range(K))])
-    if getattr(res, "trees", None):  # ReLU splitting: one tree per disjunct
-        return gate.Proof("relu_split", stage, trees=list(res.trees), groups=[[k] for k in range(K)])
+    if getattr(res, "trees", None):  # ReLU splitting: one tree per disjunct (refined: one for all)
+        groups = getattr(res, "groups", None) or [[k] for k in range(K)]
+        return gate.Proof("relu_split", stage, trees=list(res.trees), groups=groups)
     return None
 
 
@@ -313,10 +323,10 @@ def free_dims(query: Query) -> int:
 def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     """Branch and bound. Few free input dimensions: input splitting as a small portfolio
     (:data:`INPUT_SPLIT_PORTFOLIO`); otherwise input splitting while its measured rate says it can
-    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting with beta-CROWN bounds, within
+    finish (:data:`INPUT_SPLIT_PROBE`), then, on ReLU nets, ReLU splitting (:func:`relu_portfolio`), within
     :func:`bab_share` of the time in ``auto`` (None, not applied, where that share is 0)."""
     from .input_split import input_split
-    from .relu_split import relu_split, supports
+    from .relu_split import supports
 
     graph = query.graph
     on = active()  # a cluster (certify --cluster): the search's parts or disjuncts become its tasks
@@ -333,7 +343,7 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
 
                 res = relu_split_on_cluster(query, rest, on)
             else:
-                res = relu_split(query, rest)
+                res = relu_portfolio(query, rest, budget)
         if res.status == "timeout" and not budget.expired():
             res.status = "unknown"
         return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
@@ -346,6 +356,37 @@ def run_bab(query: Query, budget: Budget, explicit: bool) -> Outcome | None:
     if res.status not in ("verified", "falsified") and budget.expired():
         res.status = "timeout"
     return _outcome(res, query, "bab", _proof_of_split(res, query, "bab"))
+
+
+def refine_applies(graph) -> bool:
+    """Does ReLU splitting of this net also run the search with re-optimised intermediate bounds
+    (:mod:`certkit.verify.relu_refine`)? On fully connected ReLU nets of at least
+    :data:`REFINE_MIN_LAYERS` ReLU layers: measured there (``benchmarks/relu_split.py``), not on conv nets."""
+    from .relu_domains import piecewise_linear, relu_nodes
+
+    live = [graph.nodes[i].op for i in graph.live]
+    return piecewise_linear(graph) and not any(isinstance(op, ops.Conv) for op in live) \
+        and len(relu_nodes(graph)) >= REFINE_MIN_LAYERS
+
+
+def relu_portfolio(query: Query, budget: Budget, whole: Budget | None = None):
+    """ReLU splitting: beta-CROWN's search (:func:`certkit.verify.relu_split.relu_split`) within ``budget``;
+    on the nets :func:`refine_applies` to, where hardly any domain of it has closed after :data:`REFINE_PROBE`
+    of that time (``ReluSplitConfig.hopeless_closed``), the search with re-optimised intermediate bounds (:mod:`certkit.verify.relu_refine`) for the
+    rest of ``whole`` (default ``budget``; ``auto`` passes the MILP's share too: where beta-CROWN's domains
+    never close, neither does the MILP's search on the same relaxation, 1800 ReLUs of ERAN's 9x200)."""
+    from .relu_refine import refine_split
+    from .relu_split import ReluSplitConfig, relu_split
+
+    if not refine_applies(query.graph):
+        return relu_split(query, budget)
+    res = relu_split(query, budget, ReluSplitConfig(hopeless_after=REFINE_PROBE))
+    whole = budget if whole is None else whole
+    if not res.hopeless or whole.expired():
+        return res
+    ref = refine_split(query, whole)
+    ref.domains += res.domains
+    return ref
 
 
 def wide_split(query: Query) -> bool:

@@ -6,7 +6,8 @@ leaves cover the root -- and every leaf is bounded again with its recorded slope
 (any slopes in [0, 1] and multipliers >= 0 give a sound bound, so nothing recorded is trusted); an
 ``empty`` leaf must show its clamped bounds contradicting its splits; a ``milp`` leaf (a hard leaf the
 search's MILP decided) has its MILP solved again. A leaf that does not close that way gets a fresh
-search of its own before it counts as failed.
+search of its own before it counts as failed. A tree of the search that re-optimises every domain's
+intermediate bounds (meta ``refine``) is replayed by :func:`certkit.verify.relu_refine.recheck`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def recheck(query: Query, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSpl
     show its clamped bounds contradicting its splits; a ``milp`` leaf has its MILP solved again
     (``milp_seconds``). A leaf that does not close that way gets a fresh search of its own
     (``time_per_leaf`` seconds) before it counts as failed."""
+    if trees and trees[0].meta.get("refine"):  # one tree of the search with re-optimised intermediate bounds
+        from .relu_refine import recheck as refine_recheck
+
+        return refine_recheck(query, trees[0], time_per_leaf) if len(trees) == 1 else RecheckReport(failed=1)
     t0 = time.monotonic()
     rep = RecheckReport()
     graph = query.graph
