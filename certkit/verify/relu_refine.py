@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from ..bounds.alpha import alpha_lower
+from ..bounds.forward import start_bounds
 from ..bounds.fperror import row_margin
 from ..bounds.memory import limit_of
-from ..bounds.forward import start_bounds
 from ..graph import ops
 from ..log import SearchProgress
 from ..spec.sets import InputSet
