@@ -112,6 +112,17 @@ def test_a_false_property_is_never_proven(seed, tmp_path):
     assert bad.status in ("timeout", "unknown") and bad.trees is None
 
 
+@pytest.mark.parametrize("scale", [1e15, 1e-12])
+def test_huge_and_tiny_weights_never_prove_a_false_property(scale, tmp_path):
+    """Weights scaled by 1e15 (float32 rounding far above the margins) or 1e-12 (everything cancels to
+    the biases): a threshold the box's centre already reaches (its counterexample) is never proven."""
+    model = saved_model(tiny_relu_onnx(73, n_in=8, hidden=DEEP, scale=scale), tmp_path)
+    lo, hi = -0.5 * np.ones(8), 0.5 * np.ones(8)
+    y0 = float(model.graph(np.zeros((1, 8)))[0, 0])
+    out = refine_split(_query(model, lo, hi, y0 - 1e-6 * (1 + abs(y0))), Budget.of(5))
+    assert out.status in ("timeout", "unknown") and out.trees is None
+
+
 def test_forged_proof_not_rederived(tmp_path):
     """A tree that claims the root closes on a property that does not hold: the re-check bounds the root
     itself, searches under it for the time it is given, and reports the leaf failed."""
@@ -160,6 +171,15 @@ def test_portfolio_proof_in_a_certificate_checks(tmp_path, capsys, monkeypatch):
     assert proof["trees"][0]["meta"]["refine"] == RefineConfig().iterations
     capsys.readouterr()
     assert main(["check", str(cert)]) == 0
+    for forged in (10 ** 9, "x", -3, 2.5):  # a count the re-check would repeat: one line, exit 4, no traceback
+        doc = json.loads(cert.read_text())
+        doc["properties"][0]["proof"]["trees"][0]["meta"]["refine"] = forged
+        bad = tmp_path / "forged.json"
+        bad.write_text(json.dumps(doc))
+        capsys.readouterr()
+        assert main(["check", str(bad)]) == 4, forged
+        err = capsys.readouterr().err
+        assert "malformed certificate" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_beta_crown_gives_up_where_no_domain_closes(monkeypatch):

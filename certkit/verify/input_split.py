@@ -50,7 +50,7 @@ from ..spec.sets import InputSet
 from .falsify import AttackConfig, attack, near_miss, objective
 from .gate import closed, disjunct_values, domain_value
 from . import enumeration
-from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder
+from .proof import ProofTree, RecheckReport, TreeLog, leaves_in_preorder, meta_count
 from .query import Budget, BudgetExpired, Query
 from .witness import Witness
 
@@ -711,7 +711,7 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
     # a search whose children started from their parents' slopes is re-derived from DeepPoly's, with
     # more steps (RECHECK_WARM_FACTOR times as many) to make up for the start
     warm = bool(tree.meta.get("alpha_warm", False))
-    cfg = SplitConfig(alpha_iterations=int(tree.meta.get("alpha_iterations", 5)) * (RECHECK_WARM_FACTOR if warm else 1),
+    cfg = SplitConfig(alpha_iterations=meta_count(tree, "alpha_iterations", 5) * (RECHECK_WARM_FACTOR if warm else 1),
                       alpha_lr=float(tree.meta.get("alpha_lr", 0.3)),
                       alpha_lr_decay=float(tree.meta.get("alpha_lr_decay", 1.0)),
                       alpha_shared=bool(tree.meta.get("alpha_shared", False)),

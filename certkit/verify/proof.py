@@ -126,6 +126,20 @@ def leaves_in_preorder(tree: ProofTree, root, child):
             leaf += 1
 
 
+#: the largest iteration count a proof tree's meta may record (a re-check repeats that many alpha-CROWN steps)
+MAX_META_ITERATIONS = 10_000
+
+
+def meta_count(tree: ProofTree, key: str, default: int) -> int:
+    """An iteration count recorded in ``tree.meta``: an integer in [0, :data:`MAX_META_ITERATIONS`];
+    ``ValueError`` (a malformed certificate) otherwise -- a forged huge count would keep the re-check
+    running for ever."""
+    v = tree.meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 0 <= v <= MAX_META_ITERATIONS:
+        raise ValueError(f"proof tree meta '{key}' must be an integer in [0, {MAX_META_ITERATIONS}], not {v!r}")
+    return int(v)
+
+
 @dataclass
 class RecheckReport:
     """What a re-derivation of proof trees established: leaves closed by their recorded bound,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .gate import closed
-from .proof import ProofTree, RecheckReport, leaves_in_preorder
+from .proof import ProofTree, RecheckReport, leaves_in_preorder, meta_count
 from .query import Budget, BudgetExpired, Query
 from .relu_leaves import milp_leaf
 from .relu_split import ReluSplitConfig, _Domains, _root, _Tree, relu_nodes, supports
@@ -44,7 +44,7 @@ def recheck(query: Query, trees: list[ProofTree], cfg: ReluSplitConfig = ReluSpl
     if not supports(graph) or not trees:
         rep.failed = 1
         return rep
-    cfg = ReluSplitConfig(root_iterations=int(trees[0].meta.get("root_iterations", cfg.root_iterations)))
+    cfg = ReluSplitConfig(root_iterations=meta_count(trees[0], "root_iterations", cfg.root_iterations))
     shared = _root(query, relus, cfg)
     sizes = [graph.size(r) for r in relus]
     for t in trees:

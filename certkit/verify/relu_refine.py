@@ -43,7 +43,7 @@ from ..log import SearchProgress
 from ..spec.sets import InputSet
 from .gate import disjunct_values
 from .input_split import root_box
-from .proof import ProofTree, RecheckReport, TreeLog
+from .proof import ProofTree, RecheckReport, TreeLog, meta_count
 from .query import Budget, BudgetExpired, Query
 from .relu_domains import relu_nodes, supports
 
@@ -95,12 +95,15 @@ class _Batch:
                       self.open[idx], self.value[idx], self.ids[idx])
 
     @staticmethod
-    def cat(a: "_Batch | None", b: "_Batch") -> "_Batch":
-        if a is None or len(a) == 0:
-            return b
-        return _Batch([None if x is None else (torch.cat([x[0], y[0]]), torch.cat([x[1], y[1]]))
-                       for x, y in zip(a.bounds, b.bounds)],
-                      torch.cat([a.open, b.open]), torch.cat([a.value, b.value]), torch.cat([a.ids, b.ids]))
+    def join(parts: "list[_Batch]") -> "_Batch":
+        """The domains of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return _Batch([None if b is None else (torch.cat([p.bounds[j][0] for p in parts]),
+                                               torch.cat([p.bounds[j][1] for p in parts]))
+                       for j, b in enumerate(parts[0].bounds)],
+                      torch.cat([p.open for p in parts]), torch.cat([p.value for p in parts]),
+                      torch.cat([p.ids for p in parts]))
 
 
 class _Problem:
@@ -114,6 +117,7 @@ class _Problem:
         self.relus = relu_nodes(self.graph)
         self.pre = [self.graph.nodes[r].inputs[0] for r in self.relus]
         self.domains = 0
+        self._errors: dict | None = None  # the input-fed nodes' rounding errors over the box (:meth:`bound`)
 
     def _set(self, n: int) -> InputSet:
         return InputSet(self.lo.expand(n, -1), self.hi.expand(n, -1))
@@ -124,9 +128,10 @@ class _Problem:
         S = self._set(n)
         start = None
         if bounds is not None:
-            errors: dict = {}
-            start_bounds(self.graph, S, self.budget, errors)  # the input-fed nodes' rounding errors
-            start = (bounds, errors)
+            if self._errors is None:  # they depend on the box only (BoundState.error): the same for every domain
+                self._errors = {}
+                start_bounds(self.graph, self._set(1), self.budget, self._errors)
+            start = (bounds, {j: None if e is None else e.expand(n, *e.shape[1:]) for j, e in self._errors.items()})
         low, st = alpha_lower(self.graph, S, self.C, iterations=iterations, keep_state=True,
                               start=start, budget=self.budget)
         with torch.no_grad():
@@ -201,6 +206,19 @@ class _Problem:
             uf[2 * p + 1, k] = torch.clamp(uf[2 * p + 1, k], max=0.0)
         return kids
 
+    def root(self) -> tuple[_Batch, Tensor, Tensor]:
+        """The root domain (id 0), bounded by alpha-CROWN with ``root_iterations`` steps (as :meth:`expand`)."""
+        values, bounds, empty = self.bound(None, 1, self.cfg.root_iterations)
+        still, worst = self.settle(values, torch.ones_like(values, dtype=torch.bool), empty)
+        return _Batch(bounds, still, worst, torch.zeros(1, dtype=torch.int64)), values, empty
+
+    def expand(self, parents: _Batch, split: Tensor, ids: Tensor) -> tuple[_Batch, Tensor, Tensor]:
+        """Both children of every parent (interleaved, active first), bounded, with ``ids``: (children,
+        their values per disjunct (2N, K), empty (2N,)); a child with no open disjunct is closed."""
+        values, bounds, empty = self.bound(self.children(parents, split), 2 * len(parents), self.cfg.iterations)
+        still, worst = self.settle(values, parents.open.repeat_interleave(2, 0), empty)
+        return _Batch(bounds, still, worst, ids), values, empty
+
     def settle(self, values: Tensor, parent_open: Tensor, empty: Tensor) -> tuple[Tensor, Tensor]:
         """(the disjuncts still open, the domain value): a disjunct closed on the parent stays closed;
         the value is the worst open disjunct's (+inf where none is left or the domain is empty)."""
@@ -225,14 +243,16 @@ def refine_split(query: Query, budget: Budget, cfg: RefineConfig = RefineConfig(
         return RefineOutcome("timeout", prob.domains)
 
 
-def _search(prob: _Problem, cfg: RefineConfig, budget: Budget) -> RefineOutcome:
+def _search(prob: _Problem, cfg: RefineConfig, budget: Budget, start: _Batch | None = None) -> RefineOutcome:
+    """The search from ``start`` (default: the root), worst domains first; its proof tree when it closes
+    every domain."""
     log = TreeLog(LEAF_KINDS)
-    values, bounds, empty = prob.bound(None, 1, cfg.root_iterations)
-    still, worst = prob.settle(values, torch.ones_like(values, dtype=torch.bool), empty)
-    queue = _Batch(bounds, still, worst, torch.zeros(1, dtype=torch.int64))
-    if not bool(still.any()):
-        log.close([0], [LEAF_KINDS.index("empty" if bool(empty[0]) else "bound")], [_leaf_value(values[0], empty[0])])
-        queue = queue.take(torch.zeros(0, dtype=torch.int64))
+    queue = start
+    if queue is None:
+        queue, values, empty = prob.root()
+        if not bool(queue.open.any()):
+            log.close([0], [LEAF_KINDS.index("empty") if bool(empty[0]) else 0], [_leaf_value(values[0], empty[0])])
+            queue = queue.take(torch.zeros(0, dtype=torch.int64))
     prog = SearchProgress("ReLU splitting (refined bounds)", by_volume=False)
     status = "verified"
     while len(queue):
@@ -251,14 +271,12 @@ def _search(prob: _Problem, cfg: RefineConfig, budget: Budget) -> RefineOutcome:
             break
         ids = torch.as_tensor(log.new_ids(2 * len(parents)))
         log.split(parents.ids, split[:, 0], split[:, 1], ids[0::2], ids[1::2])
-        values, bounds, empty = prob.bound(prob.children(parents, split), 2 * len(parents), cfg.iterations)
-        still, worst = prob.settle(values, parents.open.repeat_interleave(2, 0), empty)
-        done = ~still.any(dim=1)
+        kids, values, empty = prob.expand(parents, split, ids)
+        done = ~kids.open.any(dim=1)
         if bool(done.any()):
             log.close(ids[done].numpy(), np.where(empty[done].numpy(), LEAF_KINDS.index("empty"), 0),
                       [_leaf_value(v, e) for v, e in zip(values[done], empty[done])])
-        kids = _Batch(bounds, still, worst, ids).take(torch.nonzero(~done).flatten())
-        queue = _Batch.cat(queue, kids)
+        queue = _Batch.join([queue, kids.take(torch.nonzero(~done).flatten())])
     prog.close(status, prob.domains)
     if status != "verified":
         return RefineOutcome(status, prob.domains)
@@ -286,8 +304,8 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
     if not supports(query.graph) or not tree.well_formed():
         rep.failed = 1
         return rep
-    cfg = RefineConfig(iterations=int(tree.meta.get("refine", RefineConfig.iterations)),
-                       root_iterations=int(tree.meta.get("root_iterations", RefineConfig.root_iterations)))
+    cfg = RefineConfig(iterations=meta_count(tree, "refine", RefineConfig.iterations),
+                       root_iterations=meta_count(tree, "root_iterations", RefineConfig.root_iterations))
     prob = _Problem(query, cfg, Budget())
     # the children of every split (rows of the preorder codes: the active child's subtree first)
     codes = tree.codes.tolist()
@@ -300,9 +318,7 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
                 stack.pop()
         if pos >= 0:
             stack.append(i)
-    values, bounds, empty = prob.bound(None, 1, cfg.root_iterations)
-    still, worst = prob.settle(values, torch.ones_like(values, dtype=torch.bool), empty)
-    level = [(0, _Batch(bounds, still, worst, torch.zeros(1, dtype=torch.int64)))]
+    level = [(0, prob.root()[0])]
     while level:
         nxt = []
         for s in range(0, len(level), batch):
@@ -319,13 +335,9 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
                         rep.failed += 1
             if not internal:
                 continue
-            par = _Batch.cat(None, internal[0][1])
-            for _, b in internal[1:]:
-                par = _Batch.cat(par, b)
             split = torch.as_tensor([codes[i] for i, _ in internal], dtype=torch.int64)
-            values, bounds, empty = prob.bound(prob.children(par, split), 2 * len(internal), cfg.iterations)
-            still, worst = prob.settle(values, par.open.repeat_interleave(2, 0), empty)
-            ch = _Batch(bounds, still, worst, torch.zeros(2 * len(internal), dtype=torch.int64))
+            ch = prob.expand(_Batch.join([b for _, b in internal]), split,
+                             torch.zeros(2 * len(internal), dtype=torch.int64))[0]
             for q, (i, _) in enumerate(internal):
                 active, inactive = kids[i]
                 nxt.append((active, ch.take(torch.as_tensor([2 * q]))))
@@ -336,23 +348,11 @@ def recheck(query: Query, tree: ProofTree, time_per_leaf: float = 5.0, batch: in
 
 
 def _research(query: Query, leaf: _Batch, cfg: RefineConfig, seconds: float) -> bool:
-    """The refined search below one re-derived leaf that did not close, for ``seconds``."""
+    """The refined search below one re-derived leaf that did not close (as the root of its own tree), for
+    ``seconds``."""
     budget = Budget.of(seconds)
-    prob = _Problem(query, cfg, budget)
-    queue = leaf
+    leaf.ids = torch.zeros(1, dtype=torch.int64)
     try:
-        while len(queue):
-            if budget.expired():
-                return False
-            order = torch.argsort(queue.value)
-            parents, queue = queue.take(order[:cfg.batch]), queue.take(order[cfg.batch:])
-            split = prob.choose(parents)
-            if bool((split[:, 0] < 0).any()):
-                return False
-            values, bounds, empty = prob.bound(prob.children(parents, split), 2 * len(parents), cfg.iterations)
-            still, worst = prob.settle(values, parents.open.repeat_interleave(2, 0), empty)
-            keep = torch.nonzero(still.any(dim=1)).flatten()
-            queue = _Batch.cat(queue, _Batch(bounds, still, worst, torch.zeros(len(worst), dtype=torch.int64)).take(keep))
+        return _search(_Problem(query, cfg, budget), cfg, budget, start=leaf).status == "verified"
     except BudgetExpired:
         return False
-    return True
