@@ -53,6 +53,22 @@ def test_highs_options_are_checked():
     assert solvers.solve_mip(p, options={"solver": "ipm"}).status == "optimal"
 
 
+def test_highs_thread_counts_can_change_in_one_process():
+    """HiGHS's task scheduler is process-wide and kept the first solve's thread count: a 2-thread MIP after a
+    1-thread one (the MILP backend's LP relaxation, then its MIP) failed with ``kError`` and no node solved."""
+    pytest.importorskip("highspy")
+    p = _random_lp(np.random.default_rng(1), 3, 2)[0]
+    p.row_hi = np.full(p.n_rows, 1e3)
+    p.integer = np.array([True, False, False])
+    answers = [solvers.solve_mip(p, "highs", threads=t) for t in (1, 2, 1, 0, 2)]
+    assert [r.status for r in answers] == ["optimal"] * 5
+    assert len({round(r.objective, 9) for r in answers}) == 1
+    from certkit.solvers.highs import HighsLpSession
+
+    lp = HighsLpSession(solvers.BACKENDS["highs"], _random_lp(np.random.default_rng(2), 4, 3, "free_t")[0], threads=2)
+    assert lp.solve() == "optimal"
+
+
 def _random_lp(rng, n: int, m: int, kind: str = "box"):
     """``min c.x, A x <= b`` over a box (relu_split's leaf LPs: a free last column ``t``)."""
     A = rng.normal(size=(m, n))
@@ -147,7 +163,7 @@ def test_ground_floor():
     import at module level) and on a fresh interpreter (what importing it adds)."""
     import ast
 
-    allowed = {"__future__", "dataclasses", "importlib", "math", "os", "sys", "time", "typing", "numpy",
+    allowed = {"__future__", "dataclasses", "importlib", "math", "os", "sys", "threading", "time", "typing", "numpy",
                "scipy"}
     pkg = os.path.join(ROOT, "certkit", "solvers")
     for fn in sorted(os.listdir(pkg)):

@@ -7,6 +7,7 @@ Every HiGHS model certkit solves is built by :func:`build_lp`, whether a MIP
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Mapping
 
@@ -23,6 +24,24 @@ from .problem import FEAS_TOL, INT_TOL, MipProblem, MipResult, SolutionCallback,
 #: also sets the tolerances of the MIP's LPs), a fixed seed.
 MIP_OPTIONS = {"mip_rel_gap": 0.0, "mip_abs_gap": 0.0, "primal_feasibility_tolerance": FEAS_TOL,
                "dual_feasibility_tolerance": FEAS_TOL, "mip_feasibility_tolerance": INT_TOL, "random_seed": 0}
+
+
+#: the thread count HiGHS's process-wide task scheduler was started with (None: not started yet)
+_SCHEDULER = {"threads": None}
+_SCHEDULER_LOCK = threading.Lock()
+
+
+def set_threads(highspy, h, threads: int) -> None:
+    """Run ``h`` on ``threads`` threads. HiGHS starts one task scheduler per process, with the thread
+    count of the first solve, and then refuses any other count (``kError`` at ``run()``: found by a
+    2-thread MILP after a 1-thread LP in the same process, which ended "open" with no node solved):
+    a different count restarts the scheduler first. 0 is HiGHS's own choice."""
+    threads = int(threads)
+    with _SCHEDULER_LOCK:
+        if _SCHEDULER["threads"] not in (None, threads):
+            highspy.Highs.resetGlobalScheduler(True)
+        _SCHEDULER["threads"] = threads
+    h.setOptionValue("threads", threads)
 
 
 def build_lp(highspy, p: MipProblem, integrality: bool = True):
@@ -100,8 +119,7 @@ class Highs(Backend):
         highspy = self._import()
         h = self.new(highspy)
         h.setOptionValue("output_flag", bool(verbose))
-        if threads and threads > 0:
-            h.setOptionValue("threads", int(threads))
+        set_threads(highspy, h, threads if threads and threads > 0 else 0)
         if time_limit is not None:
             h.setOptionValue("time_limit", float(max(time_limit, 1e-3)))
         for k, v in MIP_OPTIONS.items():
@@ -184,7 +202,7 @@ class HighsLpSession:
         highspy = backend._import()
         self.problem = problem
         self._h = backend.new(highspy)
-        self._h.setOptionValue("threads", int(threads))
+        set_threads(highspy, self._h, threads)
         self._loaded = self._h.passModel(build_lp(highspy, problem, integrality=False)) != highspy.HighsStatus.kError
         self._cost = {int(j): float(problem.c[j]) for j in np.flatnonzero(problem.c)}
         self._map = backend.STATUS_MAP
