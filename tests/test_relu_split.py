@@ -240,3 +240,47 @@ def test_other_relaxations_built_once_per_batch(net, monkeypatch):
         assert torch.equal(once.alpha[r], each.alpha[r]) and torch.equal(once.beta[r], each.beta[r])
     assert n_once and all(v == 1 for v in n_once.values())
     assert max(n_each.values()) > 1
+
+
+def test_domain_queue_pops_the_worst_like_a_sorted_list():
+    """DomainQueue against a plain list: random pushes (also empty ones) and pops of random sizes, NaN and
+    infinite values among them; every pop returns the least values in increasing order (NaN last), every
+    field of a domain travels with it, and the queue packs its slots as it grows."""
+    from certkit.verify.relu_domains import DomainQueue, Domains
+
+    rng = np.random.default_rng(0)
+    q, ref, next_id = DomainQueue(), [], 0
+
+    def batch(k):
+        nonlocal next_id
+        ids = torch.arange(next_id, next_id + k)
+        next_id += k
+        v = torch.as_tensor(rng.normal(size=k))
+        v[torch.as_tensor(rng.random(k) < 0.05)] = float("nan")
+        v[torch.as_tensor(rng.random(k) < 0.05)] = float("-inf")
+        f = ids.double()
+        return Domains({7: (ids % 3 - 1).to(torch.int8)[:, None].repeat(1, 4)}, {6: (f[:, None].repeat(1, 4), f[:, None] + 1)},
+                       {7: f[:, None, None].repeat(1, 2, 4).float()}, {7: -f[:, None, None].repeat(1, 2, 4).float()},
+                       v, torch.stack([ids, -ids], 1), ids, ids * 2)
+
+    for step in range(300):
+        k = int(rng.integers(0, 40))
+        d = batch(k)
+        q.push(d)
+        ref += [(float(d.value[i]), int(d.ids[i])) for i in range(k)]
+        assert len(q) == len(ref)
+        if len(q) and rng.random() < 0.6:
+            m = int(rng.integers(1, 30))
+            out = q.pop(m)
+            key = lambda t: (np.isnan(t[0]), t[0] if not np.isnan(t[0]) else 0.0)  # noqa: E731
+            want = sorted(ref, key=key)[:m]
+            got = [(float(out.value[i]), int(out.ids[i])) for i in range(len(out))]
+            assert [key(g) for g in got] == [key(w) for w in want]
+            ids = out.ids
+            assert torch.equal(out.stall, ids * 2) and torch.equal(out.branch[:, 1], -ids)
+            assert torch.equal(out.bounds[6][0][:, 0], ids.double()) and torch.equal(out.alpha[7][:, 1, 3], ids.float())
+            assert torch.equal(out.splits[7][:, 2], (ids % 3 - 1).to(torch.int8))
+            taken = {i for _, i in got}
+            ref = [r for r in ref if r[1] not in taken]
+            assert len(q) == len(ref)
+    assert len(q.values()) == len(ref)

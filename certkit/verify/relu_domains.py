@@ -91,6 +91,89 @@ class Domains:
                         torch.cat([a.ids, b.ids]), torch.cat([a.stall, b.stall]))
 
 
+def _pairs(a: Domains, b: Domains):
+    """The tensors of ``a`` and ``b`` side by side (the same fields and keys)."""
+    for r in a.splits:
+        yield a.splits[r], b.splits[r]
+    for j in a.bounds:
+        yield a.bounds[j][0], b.bounds[j][0]
+        yield a.bounds[j][1], b.bounds[j][1]
+    for r in a.alpha:
+        yield a.alpha[r], b.alpha[r]
+    for r in a.beta:
+        yield a.beta[r], b.beta[r]
+    yield a.value, b.value
+    yield a.branch, b.branch
+    yield a.ids, b.ids
+    yield a.stall, b.stall
+
+
+class DomainQueue:
+    """The open domains of a branch-and-bound search, taken worst first, without copying the whole queue
+    at every step: the domains sit in slots of tensors whose capacity doubles, a taken one is marked dead,
+    and the live ones are packed together only when the slots run out (amortised, a domain is copied a
+    constant number of times). Before, every step re-indexed the whole queue to take a batch and
+    concatenated the children to it: on oval21's cifar_wide_kw (img3458) those copies were 38% of a 100 s
+    search (``torch.cat`` 17.4 s, the re-indexing 17.1 s; 11,444 domains)."""
+
+    MIN_CAPACITY = 64
+
+    def __init__(self, doms: Domains | None = None) -> None:
+        self._store: Domains | None = None
+        self._alive = torch.zeros(0, dtype=torch.bool)
+        self._used = 0  # slots written since the last packing
+        self._count = 0  # live domains
+        self.push(doms)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, doms: Domains | None) -> None:
+        """Add ``doms`` (any number, also none)."""
+        k = 0 if doms is None else len(doms)
+        if k == 0:
+            return
+        if self._store is None or self._used + k > len(self._alive):
+            self._pack(doms, k)
+        sl = slice(self._used, self._used + k)
+        for dst, src in _pairs(self._store, doms):
+            dst[sl] = src
+        self._alive[sl] = True
+        self._used += k
+        self._count += k
+
+    def _pack(self, like: Domains, k: int) -> None:
+        """New slots for the live domains and ``k`` more (twice as many), the live ones first."""
+        cap = max(self.MIN_CAPACITY, 2 * (self._count + k))
+        store = like.map(lambda t: t.new_empty((cap, *t.shape[1:])))
+        if self._store is not None and self._count:
+            live = torch.nonzero(self._alive[:self._used]).flatten()
+            for dst, src in _pairs(store, self._store):
+                dst[:self._count] = src[live]
+        self._store = store
+        self._alive = torch.zeros(cap, dtype=torch.bool)
+        self._alive[:self._count] = True
+        self._used = self._count
+
+    def pop(self, m: int) -> Domains:
+        """The ``m`` live domains of least value (fewer when fewer are left), in increasing value; they
+        leave the queue."""
+        if self._count == 0:
+            raise IndexError("pop from an empty DomainQueue")
+        live = torch.nonzero(self._alive[:self._used]).flatten()
+        take = live[torch.argsort(self._store.value[live], stable=True)[:m]]
+        out = self._store.map(lambda t: t[take])
+        self._alive[take] = False
+        self._count -= len(take)
+        return out
+
+    def values(self) -> Tensor:
+        """The live domains' values (no order)."""
+        if self._store is None:
+            return torch.zeros(0, dtype=torch.float64)
+        return self._store.value[:self._used][self._alive[:self._used]]
+
+
 def free_unstable(dom: Domains, relus: list[int], pre: list[int]) -> Tensor:
     """(N,) the unstable ReLUs each domain leaves unsplit (the binaries of its MILP)."""
     n = torch.zeros(len(dom), dtype=torch.int64)

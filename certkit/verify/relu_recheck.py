@@ -19,6 +19,7 @@ import torch
 from .gate import closed
 from .proof import ProofTree, RecheckReport, leaves_in_preorder, meta_count
 from .query import Budget, BudgetExpired, Query
+from .relu_domains import DomainQueue
 from .relu_leaves import milp_leaf
 from .relu_split import ReluSplitConfig, _Domains, _root, _Tree, relu_nodes, supports
 
@@ -110,17 +111,16 @@ def _research(tree: _Tree, leaf: _Domains, cfg: ReluSplitConfig, seconds: float)
 
 def _search(tree: _Tree, leaf: _Domains, cfg: ReluSplitConfig) -> bool:
     leaf, _ = tree.bound(leaf, None, optimise=True)
-    queue = None if bool(closed(leaf.value)[0]) else leaf
-    while queue is not None and len(queue):
+    queue = DomainQueue(None if bool(closed(leaf.value)[0]) else leaf)
+    while len(queue):
         if tree.budget.expired():
             return False
-        parents = queue.map(lambda t: t[:cfg.batch])
-        queue = queue.map(lambda t: t[cfg.batch:])
+        parents = queue.pop(cfg.batch)
         if bool((parents.branch[:, 0] < 0).any()):
             return False  # fully split and still open: not re-derived here
         kids, first = tree.children(parents)
         floor = kids.value.clone()
         kids, _ = tree.bound(kids, first)
         kids.value = torch.maximum(kids.value, floor)
-        queue = _Domains.cat(queue, kids.map(lambda t: t[~closed(kids.value)]))
+        queue.push(kids.map(lambda t: t[~closed(kids.value)]))
     return True

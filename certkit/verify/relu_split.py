@@ -60,8 +60,8 @@ from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import (Domains as _Domains, branch_candidates, fixed_nodes, free_unstable, piecewise_linear,
-                           relu_nodes, supports)
+from .relu_domains import (DomainQueue, Domains as _Domains, branch_candidates, fixed_nodes, free_unstable,
+                           piecewise_linear, relu_nodes, supports)
 from .relu_leaves import _f32, lp_leaves, milp_leaf
 from .witness import Witness
 
@@ -556,7 +556,8 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
     short of closing every domain. ``probe``: the time (``time.monotonic()``) by which some of the domains must
     have closed (ReluSplitConfig.hopeless_after, hopeless_closed)."""
     t_start = time.monotonic()
-    while queue is not None and len(queue):
+    queue = DomainQueue(queue)
+    while len(queue):
         prog.update(tree.domains, len(queue))
         if budget.expired():
             out.status = "timeout"
@@ -570,11 +571,7 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
             out.status = "unknown"
             break
         out.iterations += 1
-        m = min(cfg.batch, len(queue))
-        order = torch.argsort(queue.value)
-        take, rest = order[:m], order[m:]
-        parents = queue.map(lambda t: t[take])
-        queue = queue.map(lambda t: t[rest])
+        parents = queue.pop(cfg.batch)
         stuck = parents.branch[:, 0] < 0
         if bool(stuck.any()) and not tree.piecewise:
             out.status = "unknown"  # every ReLU split and other nonlinear ops still open: nothing left to split
@@ -602,7 +599,7 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
         if w is not None:
             out.status, out.witness = "falsified", w
             break
-        queue = _Domains.cat(queue, kids)
+        queue.push(kids)
         out.max_queue = max(out.max_queue, len(queue))
 
 
