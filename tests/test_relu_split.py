@@ -284,3 +284,18 @@ def test_domain_queue_pops_the_worst_like_a_sorted_list():
             ref = [r for r in ref if r[1] not in taken]
             assert len(q) == len(ref)
     assert len(q.values()) == len(ref)
+
+
+def test_queue_beyond_its_memory_share_stops_unknown(tmp_path, monkeypatch):
+    """The open domains' slots beyond ``QUEUE_MEMORY`` of the memory limit end the search ``unknown`` (not
+    an out-of-memory crash); with the default share the same search decides."""
+    from certkit.verify import relu_split as rs
+
+    model = _model(_tiny_relu_onnx(21, n_in=2, hidden=(10, 10)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.05 * spread)])),))
+    q = Query.of_property(model.graph, prop, 0, model.runner)
+    assert relu_split(q, Budget.of(60), ReluSplitConfig(batch=8)).status == "verified"
+    monkeypatch.setattr(rs, "QUEUE_MEMORY", 1e-12)
+    out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=8))
+    assert out.status == "unknown" and out.trees is None

@@ -167,6 +167,12 @@ class DomainQueue:
         self._count -= len(take)
         return out
 
+    def nbytes(self) -> int:
+        """Bytes the slots hold (dead and spare ones included)."""
+        if self._store is None:
+            return 0
+        return sum(t.element_size() * t.numel() for t, _ in _pairs(self._store, self._store))
+
     def values(self) -> Tensor:
         """The live domains' values (no order)."""
         if self._store is None:

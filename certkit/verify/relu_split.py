@@ -52,6 +52,7 @@ from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin, with_precision
+from ..bounds.memory import limit_of
 from ..graph import ops
 from ..log import SearchProgress
 from ..spec.sets import InputSet
@@ -71,6 +72,9 @@ LEAF_KINDS = ("bound", "lp", "empty", "milp")
 Tensor = torch.Tensor
 
 
+#: the open domains (their slots in the :class:`DomainQueue`) may take this share of the memory limit; beyond it
+#: the search stops ``unknown`` instead of running out of memory (bounding a batch needs the rest)
+QUEUE_MEMORY = 0.4
 #: the branching rules of ReLU splitting (ReluSplitConfig.branching)
 BRANCHINGS = ("babsr", "fsb")
 #: the solvers of MILP leaves (ReluSplitConfig.milp_solver; ``auto``: Gurobi when licensed for the model, else HiGHS)
@@ -567,8 +571,8 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
                 out.status, out.hopeless = "unknown", True
                 break
             probe = None
-        if tree.domains > cfg.max_domains:
-            out.status = "unknown"
+        if tree.domains > cfg.max_domains or queue.nbytes() > QUEUE_MEMORY * limit_of(budget):
+            out.status = "unknown"  # too many domains, or their slots outgrew their share of the memory
             break
         out.iterations += 1
         parents = queue.pop(cfg.batch)
