@@ -299,3 +299,22 @@ def test_queue_beyond_its_memory_share_stops_unknown(tmp_path, monkeypatch):
     monkeypatch.setattr(rs, "QUEUE_MEMORY", 1e-12)
     out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=8))
     assert out.status == "unknown" and out.trees is None
+
+
+def test_domain_queue_never_rounds_a_bound_into_a_narrower_dtype():
+    """Domains of float32 and float64 bounds in one queue: the slots take the wider dtype (as ``torch.cat``
+    does), so a float64 bound comes back to the last bit whichever came first."""
+    from certkit.verify.relu_domains import DomainQueue, Domains
+
+    def doms(dtype, v):
+        b = torch.full((2, 3), v, dtype=dtype)
+        return Domains({1: torch.zeros(2, 3, dtype=torch.int8)}, {0: (b, b + 1)}, {1: torch.zeros(2, 1, 3)},
+                       {1: torch.zeros(2, 1, 3)}, torch.tensor([0.5, -0.5], dtype=torch.float64),
+                       torch.zeros(2, 2, dtype=torch.int64), torch.arange(2))
+
+    for first, second in ((torch.float32, torch.float64), (torch.float64, torch.float32)):
+        q = DomainQueue(doms(first, 0.1))
+        q.push(doms(second, 0.1))
+        out = q.pop(4)
+        assert out.bounds[0][0].dtype == torch.float64
+        assert sorted(set(out.bounds[0][0][:, 0].tolist())) == sorted({0.1, float(torch.tensor(0.1, dtype=torch.float32))})

@@ -133,7 +133,8 @@ class DomainQueue:
         k = 0 if doms is None else len(doms)
         if k == 0:
             return
-        if self._store is None or self._used + k > len(self._alive):
+        if self._store is None or self._used + k > len(self._alive) or \
+                any(d.dtype != t.dtype for d, t in _pairs(self._store, doms)):
             self._pack(doms, k)
         sl = slice(self._used, self._used + k)
         for dst, src in _pairs(self._store, doms):
@@ -143,9 +144,15 @@ class DomainQueue:
         self._count += k
 
     def _pack(self, like: Domains, k: int) -> None:
-        """New slots for the live domains and ``k`` more (twice as many), the live ones first."""
+        """New slots for the live domains and ``k`` more (twice as many), the live ones first; each tensor
+        of the dtype that holds both the live domains' and ``like``'s (as ``torch.cat`` would: a float64
+        bound is never rounded into a float32 slot)."""
         cap = max(self.MIN_CAPACITY, 2 * (self._count + k))
         store = like.map(lambda t: t.new_empty((cap, *t.shape[1:])))
+        if self._store is not None:
+            for dst, old in _pairs(store, self._store):
+                if dst.dtype != old.dtype:
+                    dst.data = dst.to(torch.promote_types(dst.dtype, old.dtype))
         if self._store is not None and self._count:
             live = torch.nonzero(self._alive[:self._used]).flatten()
             for dst, src in _pairs(store, self._store):
