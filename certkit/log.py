@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Callable
 
 LOGGER = "certkit"
 _STATE = {"progress": None}  # None: decide by the terminal; False: -q
@@ -83,18 +84,27 @@ class SearchProgress:
         self._shown = 0.0
         self._log = get("search")
 
-    def update(self, domains: int, open_: int, fraction: float | None = None) -> None:
+    def update(self, domains: int, open_: int, fraction: float | None = None,
+               worst: Callable[[], float] | None = None) -> None:
+        """``worst``: the lowest value of an open domain (a domain closes above 0), asked for only when a
+        record or the bar is due (alpha-beta-CROWN prints the same as its "global lb")."""
         now = self._time()
-        if self.bar is not None and now - self._last_bar >= self.REFRESH:
+        bar_due = self.bar is not None and now - self._last_bar >= self.REFRESH
+        log_due = now - self._last_log >= self.EVERY
+        low = worst() if worst is not None and open_ and (bar_due or log_due) else None
+        if bar_due:
             self._last_bar = now
             target = 100.0 * (fraction or 0.0) if self.by_volume else float(domains)
             if target > self._shown:
                 self.bar.update(target - self._shown)
                 self._shown = target
-            self.bar.set_postfix(domains=domains, open=open_, refresh=True)
-        if now - self._last_log >= self.EVERY:
+            extra = {} if low is None else {"worst": f"{low:.4g}"}
+            self.bar.set_postfix(domains=domains, open=open_, refresh=True, **extra)
+        if log_due:
             self._last_log = now
             extra = f", {100.0 * fraction:.2f}% of the volume closed" if fraction is not None else ""
+            if low is not None:
+                extra += f", worst open domain {low:.4g} (> 0 closes it)"
             self._log.debug("%s: %d domains bounded, %d open after %.1f s%s", self.kind, domains, open_,
                             now - self.t0, extra)
 

@@ -284,6 +284,8 @@ def test_domain_queue_pops_the_worst_like_a_sorted_list():
             ref = [r for r in ref if r[1] not in taken]
             assert len(q) == len(ref)
     assert len(q.values()) == len(ref)
+    finite = [v for v, _ in ref if not np.isnan(v)]
+    assert (q.lowest() == min(finite)) if finite else np.isnan(q.lowest())
 
 
 def test_queue_beyond_its_memory_share_stops_unknown(tmp_path, monkeypatch):
@@ -318,3 +320,23 @@ def test_domain_queue_never_rounds_a_bound_into_a_narrower_dtype():
         out = q.pop(4)
         assert out.bounds[0][0].dtype == torch.float64
         assert sorted(set(out.bounds[0][0][:, 0].tolist())) == sorted({0.1, float(torch.tensor(0.1, dtype=torch.float32))})
+
+
+def test_search_progress_reports_the_worst_open_domain(tmp_path, monkeypatch, caplog):
+    """-vv's progress records of ReLU splitting name the lowest open domain value (alpha-beta-CROWN's global
+    lower bound), a number below 0 while the search runs."""
+    import logging
+    import re
+
+    from certkit.log import SearchProgress
+
+    monkeypatch.setattr(SearchProgress, "EVERY", 0.0)
+    model = _model(_tiny_relu_onnx(21, n_in=2, hidden=(10, 10)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.05 * spread)])),))
+    with caplog.at_level(logging.DEBUG, logger="certkit"):
+        assert relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60),
+                          ReluSplitConfig(batch=8)).status == "verified"
+    worst = [float(m.group(1)) for r in caplog.records
+             for m in [re.search(r"worst open domain (\S+) \(> 0 closes it\)", r.getMessage())] if m]
+    assert worst and all(w <= 0 for w in worst)

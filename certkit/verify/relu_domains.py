@@ -180,6 +180,12 @@ class DomainQueue:
             return 0
         return sum(t.element_size() * t.numel() for t, _ in _pairs(self._store, self._store))
 
+    def lowest(self) -> float:
+        """The least value of a live domain (NaN ones aside; NaN when there is none)."""
+        v = self.values()
+        v = v[~torch.isnan(v)]
+        return float(v.min()) if v.numel() else float("nan")
+
     def values(self) -> Tensor:
         """The live domains' values (no order)."""
         if self._store is None:

@@ -256,7 +256,7 @@ def _search(prob: _Problem, cfg: RefineConfig, budget: Budget, start: _Batch | N
     prog = SearchProgress("ReLU splitting (refined bounds)", by_volume=False)
     status = "verified"
     while len(queue):
-        prog.update(prob.domains, len(queue))
+        prog.update(prob.domains, len(queue), worst=lambda: float(queue.value.min()))
         if budget.expired():
             status = "timeout"
             break

@@ -562,7 +562,7 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
     t_start = time.monotonic()
     queue = DomainQueue(queue)
     while len(queue):
-        prog.update(tree.domains, len(queue))
+        prog.update(tree.domains, len(queue), worst=queue.lowest)
         if budget.expired():
             out.status = "timeout"
             break
