@@ -171,7 +171,7 @@ def test_portfolio_proof_in_a_certificate_checks(tmp_path, capsys, monkeypatch):
     assert proof["trees"][0]["meta"]["refine"] == RefineConfig().iterations
     capsys.readouterr()
     assert main(["check", str(cert)]) == 0
-    for forged in (10 ** 9, "x", -3, 2.5):  # a count the re-check would repeat: one line, exit 4, no traceback
+    for forged in (10 ** 9, "x", -3, 2.5, float("inf"), float("nan")):  # a count the re-check would repeat: one line, exit 4, no traceback
         doc = json.loads(cert.read_text())
         doc["properties"][0]["proof"]["trees"][0]["meta"]["refine"] = forged
         bad = tmp_path / "forged.json"

@@ -135,7 +135,7 @@ def meta_count(tree: ProofTree, key: str, default: int) -> int:
     ``ValueError`` (a malformed certificate) otherwise -- a forged huge count would keep the re-check
     running for ever."""
     v = tree.meta.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 0 <= v <= MAX_META_ITERATIONS:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_META_ITERATIONS or v != int(v):
         raise ValueError(f"proof tree meta '{key}' must be an integer in [0, {MAX_META_ITERATIONS}], not {v!r}")
     return int(v)
 
