@@ -147,7 +147,7 @@ class ReluSplitOutcome:
     milp_tried: int = 0  # hard leaves sent to the MILP
     milp_closed: int = 0  # ... and closed by it
     milp_time: float = 0.0
-    hopeless: bool = False  # stopped by ReluSplitConfig.hopeless_after: no domain closed in that time
+    hopeless: bool = False  # stopped by ReluSplitConfig.hopeless_after: too few domains closed in that time
 
 
 class _Tree:
