@@ -181,16 +181,21 @@ class DomainQueue:
         return sum(t.element_size() * t.numel() for t, _ in _pairs(self._store, self._store))
 
     def lowest(self) -> float:
-        """The least value of a live domain (NaN ones aside; NaN when there is none)."""
-        v = self.values()
-        v = v[~torch.isnan(v)]
-        return float(v.min()) if v.numel() else float("nan")
+        """The least value of a live domain (:func:`lowest`)."""
+        return lowest(self.values())
 
     def values(self) -> Tensor:
         """The live domains' values (no order)."""
         if self._store is None:
             return torch.zeros(0, dtype=torch.float64)
         return self._store.value[:self._used][self._alive[:self._used]]
+
+
+def lowest(values: Tensor) -> float:
+    """The least of the domains' values, NaN ones aside (NaN when none is left): the figure a search's
+    progress records show, which must pass 0 for every open domain to close."""
+    v = values[~torch.isnan(values)]
+    return float(v.min()) if v.numel() else float("nan")
 
 
 def free_unstable(dom: Domains, relus: list[int], pre: list[int]) -> Tensor:

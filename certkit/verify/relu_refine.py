@@ -45,7 +45,7 @@ from .gate import disjunct_values
 from .input_split import root_box
 from .proof import ProofTree, RecheckReport, TreeLog, meta_count
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import relu_nodes, supports
+from .relu_domains import lowest, relu_nodes, supports
 
 Tensor = torch.Tensor
 
@@ -256,7 +256,7 @@ def _search(prob: _Problem, cfg: RefineConfig, budget: Budget, start: _Batch | N
     prog = SearchProgress("ReLU splitting (refined bounds)", by_volume=False)
     status = "verified"
     while len(queue):
-        prog.update(prob.domains, len(queue), worst=lambda: float(queue.value.min()))
+        prog.update(prob.domains, len(queue), worst=lambda: lowest(queue.value))
         if budget.expired():
             status = "timeout"
             break
