@@ -1,6 +1,7 @@
 """DeepPoly time per call at depth, beside auto_LiRPA's CROWN (issue 12).
 
 Usage: python benchmarks/deeppoly_speed.py [--repeat N] [--no-agreement] [--conv [--slow]] [--alpha] [--windows]
+[--fold]
 
 For every instance of ../shared/benchmarks/instances.csv (ACAS Xu, mnistfc 256x2, ERAN) it times
 ``deeppoly_lower`` (pure CROWN: ``intersect=False``; the spec's C folded in, one input box, one
@@ -36,6 +37,11 @@ nets of one architecture the first; ``intersect=True``, one call each after a wa
 intermediate bounds of carvana's 31x47 U-Net conv stack (unet_simp_small: every conv layer's unstable
 neurons, the rows DeepPoly needs before the pixel margins), the dense rows stopped after
 :data:`DENSE_CAP` seconds.
+
+``--fold``: the rounding error of a Conv feeding a ReLU alone charged in the ReLU's fast step
+(``RowSavings._folds_below``) against charged at the Conv (``|A| err``: an ``abs`` of the rows and a
+product), on the same models as ``--windows``, in the same run (a warm-up, then the two alternated twice,
+the faster call of each): both times and the largest difference of a spec-row lower bound.
 """
 from __future__ import annotations
 
@@ -208,6 +214,43 @@ def windows_table() -> None:
             windows.WindowRows._window_plan = plan
 
 
+def fold_table() -> None:
+    """The ``--fold`` table (module docstring)."""
+    from certkit.bounds.deeppoly import BoundState
+
+    folds = BoundState._folds_below
+    wild = os.path.join(SHARED, "wild")
+    seen: set[str] = set()
+    print(f"\n{'wild conv net (spec rows)':<52}{'at conv s':>10}{'folded s':>10}{'speed-up':>9}{'max |diff|':>12}")
+    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
+        key = r["benchmark"] if r["benchmark"] == "cifar_biasfield" else r["onnx"]  # 9 nets of one shape
+        if r["benchmark"] not in CONV_BENCHMARKS + ("cifar_biasfield", "cgan_2023") or key in seen \
+                or "imgSz64" in r["onnx"]:  # cgan's 64x64 nets: minutes a call
+            continue
+        seen.add(key)
+        g = load_onnx(os.path.join(wild, r["onnx"]))
+        prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
+        C, S = torch.as_tensor(prop.stacked()[0]), InputSet.box(prop.lower, prop.upper)
+        times: dict[str, list[float]] = {"conv": [], "folded": []}
+        lows = {}
+        with torch.no_grad():
+            deeppoly_lower(g, S, C)  # warm-up
+            for _ in range(2):  # alternated, the faster of two calls each
+                for name in ("conv", "folded"):
+                    BoundState._folds_below = folds if name == "folded" else (lambda self, *a: False)
+                    try:
+                        dt, lows[name] = _timed(lambda: deeppoly_lower(g, S, C))
+                    finally:
+                        BoundState._folds_below = folds
+                    times[name].append(dt)
+        t_conv, t_fold = min(times["conv"]), min(times["folded"])
+        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:51]
+        print(f"{label:<52}{t_conv:>10.3f}{t_fold:>10.3f}{t_conv / t_fold:>8.2f}x"
+              f"{float((lows['conv'] - lows['folded']).abs().max()):>12.2e}", flush=True)
+    print("(at conv: a Conv's rounding error charged at the Conv, |A| err, as before; folded: in the fast step of "
+          "the ReLU it feeds alone, RowSavings._folds_below)")
+
+
 def alpha_table() -> None:
     """The ``--alpha`` table (module docstring)."""
     from certkit.bounds.alpha import LR, LR_DECAY, alpha_lower
@@ -241,6 +284,7 @@ def main() -> None:
     ap.add_argument("--alpha", action="store_true", help="also alpha-CROWN beside auto_LiRPA's stored bounds")
     ap.add_argument("--slow", action="store_true", help="with --conv: also SLOW_CONV_BENCHMARKS (minutes per call)")
     ap.add_argument("--windows", action="store_true", help="windowed against dense rows on the wild conv nets")
+    ap.add_argument("--fold", action="store_true", help="conv errors charged in the ReLU step against at the conv")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not os.path.isdir(SHARED):
@@ -274,6 +318,8 @@ def main() -> None:
         alpha_table()
     if a.windows:
         windows_table()
+    if a.fold:
+        fold_table()
     if a.no_agreement:
         return
     print("\nagreement with auto_LiRPA CROWN (reference_bounds/, real arithmetic), max |diff| / max bound width:")

@@ -14,6 +14,7 @@ import torch
 
 from certkit.bounds import deeppoly_rows
 from certkit.bounds.deeppoly import BoundState, deeppoly_lower
+from certkit.bounds.products32 import with_arithmetic
 from certkit.spec.sets import InputSet
 from tests.helpers import random_nets
 
@@ -136,3 +137,28 @@ def test_batch_rows_per_sample(monkeypatch):
     fast, n_fast, ref, _ = _fast_and_generic(monkeypatch, g, S, C)
     assert calls["per_sample"] > 0 and n_fast > 0
     assert torch.allclose(fast, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arithmetic", ["float64", "float32"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv_error_charged_in_the_activation_step(monkeypatch, arithmetic, seed):
+    """The rounding error of a Conv feeding a ReLU alone is charged in the ReLU's fast step
+    (``RowSavings._folds_below``: ``|A'| e = A+ lw e - A- uw e``) instead of at the Conv: the bounds of
+    the charge at the Conv, to 1e-12, with the bound products in float64 and in float32."""
+    g = with_arithmetic(random_nets.conv_net(seed), arithmetic)
+    S, C = _case(g, seed)
+    taken = {"n": 0}
+    orig = BoundState._folds_below
+
+    def spy(self, *a):
+        got = orig(self, *a)
+        taken["n"] += int(got)
+        return got
+
+    monkeypatch.setattr(BoundState, "_folds_below", spy)
+    folded = deeppoly_lower(g, S, C, True)
+    monkeypatch.setattr(BoundState, "_folds_below", lambda self, *a: False)
+    ref = deeppoly_lower(g, S, C, True)
+    assert taken["n"] > 0
+    assert bool(torch.isfinite(folded).all())
+    assert torch.allclose(folded, ref, rtol=1e-12, atol=1e-12)

@@ -761,6 +761,7 @@ class BoundState(RowSavings, WindowRows):
         b, s = A.shape[:2]
         acc: dict[int, Tensor] = {t: A}
         narrow: set[int] = set()  # activations whose coefficients arrive on their alive columns only
+        folded: set[int] = set()  # affine nodes whose error the activation step above charged (_folds_below)
         total = torch.zeros(b, s, dtype=A.dtype) if const is None else const.expand(b, s).clone()
         self._prepare(t)
         beta_at = self._beta_nodes() if (tag == "out" or self.beta_everywhere) else {}
@@ -772,7 +773,8 @@ class BoundState(RowSavings, WindowRows):
                 self.budget.check()
             node = self.graph.nodes[i]
             op = node.op
-            if isinstance(op, WINDOWED):  # rows local to a window of the map go on as windows (windows.py)
+            # rows local to a window of the map go on as windows (windows.py); not once the error is charged
+            if isinstance(op, WINDOWED) and i not in folded:
                 got = self._window_hand_over(i, Ai, t, tag)
                 if got is not None:
                     stop, Ak, c = got
@@ -783,7 +785,7 @@ class BoundState(RowSavings, WindowRows):
                 r = beta_at[i]
                 Ai = Ai - self.beta[r] * self.splits[r][:, None, :].to(Ai.dtype)
             fast = self._fast_step(i) if self.alpha is None and isinstance(op, ops.Activation) else None
-            e = self._charged_error(i, t)
+            e = None if i in folded else self._charged_error(i, t)
             fold = e is not None and fast is not None and fast[0] is None and self._finite(e)
             if e is not None and not fold:  # y_i = op(...) + e_i with |e_i| <= err_i
                 total = total - _charge(Ai, e, self._finite(e))
@@ -819,7 +821,8 @@ class BoundState(RowSavings, WindowRows):
                         Ai = Ai.index_select(-1, cols)
                     neg, pos = Ai.clamp(max=0), Ai.clamp(min=0)
                     Ar = torch.addcmul(pos * lw, neg, uw)  # = Ai * (lw where Ai >= 0, else uw)
-                    e_in = None if fused is None else self._charged_cols(node.inputs[0], cols)
+                    below = fused is not None or (cols is None and self._folds_below(i, acc, beta_at))
+                    e_in = self._charged_cols(node.inputs[0], cols) if below else None
                     fold_in = e_in is not None and fast[4] and self._finite(e_in)
                     vp, vn = self._folded(i, e if fold else None, e_in if fold_in else None)
                     if vn is not None:
@@ -828,6 +831,8 @@ class BoundState(RowSavings, WindowRows):
                         total = total + (pos @ vp)[..., 0]
                     if fused is None:
                         parts = (Ar,)
+                        if fold_in:
+                            folded.add(node.inputs[0])
                     else:  # through the Dense at once (on the alive columns: a smaller product)
                         k, w, bias = fused
                         if e_in is not None and not fold_in:

@@ -4,7 +4,8 @@
 * **The fast step** through an activation (no alpha slopes; :meth:`RowSavings._fast_step`): the
   coefficients' positive and negative parts times the slopes (``A+ lw + A- uw``), on the alive columns
   only (those with a nonzero line), the intercepts and the error charges of the activation and of
-  the Dense before it folded into two matrix-vector products (:meth:`RowSavings._folded`), and the
+  the affine node before it (a Dense, or a Conv feeding the activation alone:
+  :meth:`RowSavings._folds_below`) folded into two matrix-vector products (:meth:`RowSavings._folded`), and the
   Dense passed at once, its product landing on the alive columns of the activation below
   (:meth:`RowSavings._narrowed`).
 * **Reference bounds** (auto_LiRPA's ``sparse_intermediate_bounds_with_ibp``): the neurons of an affine
@@ -201,6 +202,17 @@ class RowSavings:
         nonneg = not bool((lw < 0).any()) and not bool((uw < 0).any())
         cache[i] = (cols, lw[:, None, :], uw[:, None, :], fused, nonneg, lb, ub)
         return cache[i]
+
+    def _folds_below(self, i: int, acc: dict, beta_at: dict) -> bool:
+        """Does the fast step through activation ``i`` (all columns, no fused Dense) charge the error of
+        its input ``j`` as well (:meth:`_folded`'s ``e_in``)? Where ``j`` is an affine node feeding ``i``
+        alone (nothing else reaches ``acc[j]``, so the coefficients there are ``i``'s ``A'``) with no
+        beta term at ``j`` (which would change them): the back-substitution then skips ``j``'s own charge
+        (``|A'|`` once more, a matrix-vector product and an ``abs`` of the rows saved) and, the error
+        being charged, its windowed hand-over (which would charge it again)."""
+        j = self.graph.nodes[i].inputs[0]
+        return j != 0 and j not in acc and j not in beta_at and self.graph.consumers[j] == (i,) \
+            and isinstance(self.graph.nodes[j].op, ops.LinearOp)
 
     def _narrowed(self, i: int) -> Tensor | None:
         """``W[cols_i][:, cols_k]``: the fused Dense of activation ``i`` (:meth:`_fast_step`) restricted to
