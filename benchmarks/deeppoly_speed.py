@@ -41,7 +41,8 @@ neurons, the rows DeepPoly needs before the pixel margins), the dense rows stopp
 ``--fold``: the rounding error of a Conv feeding a ReLU alone charged in the ReLU's fast step
 (``RowSavings._folds_below``) against charged at the Conv (``|A| err``: an ``abs`` of the rows and a
 product), on the same models as ``--windows``, in the same run (a warm-up, then the two alternated twice,
-the faster call of each): both times and the largest difference of a spec-row lower bound.
+the faster call of each), with the allocator set as the CLI sets it (:mod:`certkit.malloc`; the other
+tables run with glibc's defaults): both times and the largest difference of a spec-row lower bound.
 """
 from __future__ import annotations
 
@@ -216,7 +217,10 @@ def windows_table() -> None:
 
 def fold_table() -> None:
     """The ``--fold`` table (module docstring)."""
+    from certkit import malloc
     from certkit.bounds.deeppoly import BoundState
+
+    malloc.tune(dedicated=True)  # as the CLI runs (certkit.malloc): the rest of this process too
 
     folds = BoundState._folds_below
     wild = os.path.join(SHARED, "wild")

@@ -162,3 +162,24 @@ def test_conv_error_charged_in_the_activation_step(monkeypatch, arithmetic, seed
     assert taken["n"] > 0
     assert bool(torch.isfinite(folded).all())
     assert torch.allclose(folded, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act,gain", [("leaky_relu", 1.5), ("relu", 1e38)])
+def test_conv_error_charged_at_the_conv_where_it_cannot_fold(monkeypatch, act, gain):
+    """No fold where it would not be ``|A'| e``: a LeakyReLU's negative slope, or an error that
+    overflows (weights of 1e38: ``inf`` errors, charged at the Conv, ``-inf`` rather than NaN bounds
+    where they reach). The bounds are those of the charge at the Conv, and no NaN."""
+    rng = np.random.default_rng(0)
+    b = random_nets.Builder((1, 2, 5, 5), rng)
+    x = b.act(b.conv(0, 3, 3, 1, (1, 1, 1, 1), gain=gain), act)
+    x = b.act(b.conv(x, 3, 3, 2, (1, 1, 1, 1)), act)
+    b.dense(x, 2)
+    g = b.graph()
+    S, C = _case(g, 0, width=0.05)
+    folded = deeppoly_lower(g, S, C, True)
+    monkeypatch.setattr(BoundState, "_folds_below", lambda self, *a: False)
+    ref = deeppoly_lower(g, S, C, True)
+    assert not bool(torch.isnan(folded).any())
+    assert torch.equal(torch.isinf(folded), torch.isinf(ref))
+    fin = torch.isfinite(ref)
+    assert torch.allclose(folded[fin], ref[fin], rtol=1e-12, atol=1e-12)
