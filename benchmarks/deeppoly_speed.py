@@ -156,6 +156,24 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def _spec_rows_models():
+    """``(label, graph, input set, C)`` for the first spec of each wild conv model the ``--windows`` and
+    ``--fold`` tables time (of cifar_biasfield's nine nets of one architecture the first; not cgan's 64x64
+    nets, minutes a dense call)."""
+    wild = os.path.join(SHARED, "wild")
+    seen: set[str] = set()
+    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
+        key = r["benchmark"] if r["benchmark"] == "cifar_biasfield" else r["onnx"]
+        if r["benchmark"] not in CONV_BENCHMARKS + ("cifar_biasfield", "cgan_2023") or key in seen \
+                or "imgSz64" in r["onnx"]:
+            continue
+        seen.add(key)
+        g = load_onnx(os.path.join(wild, r["onnx"]))
+        prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
+        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:51]
+        yield label, g, InputSet.box(prop.lower, prop.upper), torch.as_tensor(prop.stacked()[0])
+
+
 def windows_table() -> None:
     """The ``--windows`` table (module docstring)."""
     from certkit.bounds import windows
@@ -167,17 +185,8 @@ def windows_table() -> None:
 
     plan = windows.WindowRows._window_plan
     wild = os.path.join(SHARED, "wild")
-    seen: set[str] = set()
     print(f"\n{'wild conv net (spec rows)':<52}{'dense s':>9}{'windows s':>10}{'speed-up':>9}{'max |diff|':>12}")
-    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
-        key = r["benchmark"] if r["benchmark"] == "cifar_biasfield" else r["onnx"]  # 9 nets of one shape
-        if r["benchmark"] not in CONV_BENCHMARKS + ("cifar_biasfield", "cgan_2023") or key in seen \
-                or "imgSz64" in r["onnx"]:  # cgan's 64x64 nets: minutes a dense call
-            continue
-        seen.add(key)
-        g = load_onnx(os.path.join(wild, r["onnx"]))
-        prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
-        C, S = torch.as_tensor(prop.stacked()[0]), InputSet.box(prop.lower, prop.upper)
+    for label, g, S, C in _spec_rows_models():
         times, lows = {}, {}
         for name in ("dense", "windows"):
             windows.WindowRows._window_plan = dense if name == "dense" else plan
@@ -187,7 +196,6 @@ def windows_table() -> None:
                     times[name], lows[name] = _timed(lambda: deeppoly_lower(g, S, C))
             finally:
                 windows.WindowRows._window_plan = plan
-        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:51]
         print(f"{label:<52}{times['dense']:>9.3f}{times['windows']:>10.3f}{times['dense'] / times['windows']:>8.2f}x"
               f"{float((lows['dense'] - lows['windows']).abs().max()):>12.2e}", flush=True)
     r = next(r for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))) if "unet_simp" in r["onnx"])
@@ -223,18 +231,8 @@ def fold_table() -> None:
     malloc.tune(dedicated=True)  # as the CLI runs (certkit.malloc): the rest of this process too
 
     folds = BoundState._folds_below
-    wild = os.path.join(SHARED, "wild")
-    seen: set[str] = set()
     print(f"\n{'wild conv net (spec rows)':<52}{'at conv s':>10}{'folded s':>10}{'speed-up':>9}{'max |diff|':>12}")
-    for r in csv.DictReader(open(os.path.join(wild, "instances.csv"))):
-        key = r["benchmark"] if r["benchmark"] == "cifar_biasfield" else r["onnx"]  # 9 nets of one shape
-        if r["benchmark"] not in CONV_BENCHMARKS + ("cifar_biasfield", "cgan_2023") or key in seen \
-                or "imgSz64" in r["onnx"]:  # cgan's 64x64 nets: minutes a call
-            continue
-        seen.add(key)
-        g = load_onnx(os.path.join(wild, r["onnx"]))
-        prop = parse_vnnlib(os.path.join(wild, r["vnnlib"]), g.n_inputs, g.n_outputs).properties[0]
-        C, S = torch.as_tensor(prop.stacked()[0]), InputSet.box(prop.lower, prop.upper)
+    for label, g, S, C in _spec_rows_models():
         times: dict[str, list[float]] = {"conv": [], "folded": []}
         lows = {}
         with torch.no_grad():
@@ -248,7 +246,6 @@ def fold_table() -> None:
                         BoundState._folds_below = folds
                     times[name].append(dt)
         t_conv, t_fold = min(times["conv"]), min(times["folded"])
-        label = f"{r['benchmark']}/{os.path.basename(r['onnx'])}"[:51]
         print(f"{label:<52}{t_conv:>10.3f}{t_fold:>10.3f}{t_conv / t_fold:>8.2f}x"
               f"{float((lows['conv'] - lows['folded']).abs().max()):>12.2e}", flush=True)
     print("(at conv: a Conv's rounding error charged at the Conv, |A| err, as before; folded: in the fast step of "
