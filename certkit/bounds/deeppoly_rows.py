@@ -4,7 +4,7 @@
 * **The fast step** through an activation (no alpha slopes; :meth:`RowSavings._fast_step`): the
   coefficients' positive and negative parts times the slopes (``A+ lw + A- uw``), on the alive columns
   only (those with a nonzero line), the intercepts and the error charges of the activation and of
-  the affine node before it (a Dense, or a Conv feeding the activation alone:
+  the affine node before it (a Dense, or any affine node feeding the activation alone:
   :meth:`RowSavings._folds_below`) folded into two matrix-vector products (:meth:`RowSavings._folded`), and the
   Dense passed at once, its product landing on the alive columns of the activation below
   (:meth:`RowSavings._narrowed`).
