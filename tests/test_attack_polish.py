@@ -19,6 +19,7 @@ from certkit.verify.falsify import AttackConfig, attack
 from certkit.verify.input_split import SplitConfig, _Bounded, _Problem, input_split
 from certkit.verify.polish import polish
 from certkit.verify.query import Budget, Query
+from tests.helpers.examples import SHARED
 from tests.helpers.onnx_builders import X, graph_model
 
 
@@ -213,3 +214,50 @@ def test_polish_stops_at_its_deadline():
     x, v = polish(f, -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), start,
                   deadline=time.monotonic() - 1.0)
     assert torch.equal(x, start[0]) and float(v) == float(f(start).max())
+
+
+def test_lattice_enumerates_corners_edge_and_face_centres_of_the_free_inputs():
+    from certkit.verify.falsify import lattice
+
+    free = torch.tensor([[True, False, True, True]])
+    grid = lattice(free, 27)
+    assert grid.shape == (27, 4) and bool((grid[:, 1] == 0).all())
+    assert {tuple(p) for p in grid[:, [0, 2, 3]].tolist()} == \
+        {(a, b, c) for a in (0, .5, 1) for b in (0, .5, 1) for c in (0, .5, 1)}
+    assert lattice(free, 26) is None  # too many: the attack keeps its random samples
+    assert lattice(torch.zeros(1, 3, dtype=torch.bool), 1).shape == (1, 3)  # a point: its centre
+
+
+def test_attack_finds_a_counterexample_only_a_face_centre_holds():
+    """y = 10 |x_2| + sum of the other inputs' distances to their upper bounds, unsafe below 0.01: only
+    points within 1e-3 of the centre of a face violate it, a set random samples never hit; the samples
+    hold every point of the lattice {lo, mid, hi}^5, so the attack's sampling phase finds it."""
+    w = np.zeros((5, 1), dtype=np.float32)
+    w[[0, 1, 3, 4], 0] = -1.0
+    consts = {"W": w, "c": np.float32([[4.0]]), "e": np.float32([[0, 0, 10, 0, 0]]).T}
+    nodes = [helper.make_node("Abs", [X], ["a"]), helper.make_node("MatMul", ["a", "e"], ["p"]),
+             helper.make_node("MatMul", [X, "W"], ["q"]), helper.make_node("Add", ["p", "q"], ["r"]),
+             helper.make_node("Add", ["r", "c"], ["Y"])]
+    g = import_model(graph_model(nodes, (1, 5), consts=consts))
+    lo, hi = torch.full((1, 5), -1.0, dtype=torch.float64), torch.ones(1, 5, dtype=torch.float64)
+    C, d = torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.01], dtype=torch.float64)
+    x, v = attack(g, InputSet(lo, hi), C, d, np.zeros(1, dtype=np.int64),
+                  AttackConfig(samples=512, restarts=0, steps=0, polish=0), seed=3)
+    assert v[0] <= 0 and np.allclose(x[0], [1, 1, 0, 1, 1])
+
+
+@pytest.mark.skipif(not (SHARED / "benchmarks" / "acasxu").is_dir(), reason="needs ../shared/benchmarks/acasxu")
+def test_acas_1_9_prop_7_counterexample_is_found_by_the_medium_attack():
+    """Its counterexample sits at a face centre of the box (X_3 at its midpoint, the other inputs at their
+    bounds); a regression: it had been found only by luck among input splitting's first candidates."""
+    import certkit
+    from certkit.verify.certify import queries_of
+    from certkit.verify.pipeline import MEDIUM_ATTACK
+
+    acas = SHARED / "benchmarks" / "acasxu"
+    model = certkit.load_model(acas / "onnx" / "ACASXU_run2a_1_9_batch_2000.onnx")
+    q = queries_of(model, certkit.load_spec(acas / "vnnlib" / "prop_7.vnnlib"))[0]
+    S = q.region
+    x, v = attack(q.graph, S, q.C, q.d, q.owner, MEDIUM_ATTACK, seed=0)
+    assert v[0] <= 0
+    assert q.confirm(torch.as_tensor(x)) is not None

@@ -108,12 +108,31 @@ def near_miss(v, d) -> bool | np.ndarray:
     return v <= 1e-6 * (1 + float(np.abs(np.asarray(d)).max(initial=0)))
 
 
+def lattice(free: Tensor, most: int) -> Tensor | None:
+    """The points ``{0, 1/2, 1}^k`` of the ``k`` inputs free in any box of the batch (``free`` (b, n)), as
+    fractions of the box (``lo + t (hi - lo)``; the others 0), when there are at most ``most`` of them:
+    the vertices, the centres of the edges and faces and the centre, which random samples and gradient
+    steps rarely reach exactly. ACAS Xu 1_9 prop_7's counterexample lies there (X_3 at its midpoint, the
+    other inputs at bounds: input splitting had hit it among its first domains' candidates, until a
+    tighter root bound sent the search elsewhere and the instance timed out). None: too many."""
+    cols = torch.nonzero(free.any(dim=0)).flatten()
+    k = int(cols.numel())
+    if 3 ** k > most:
+        return None
+    levels = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    pts = torch.cartesian_prod(*([levels] * k)).reshape(-1, k) if k else torch.zeros(1, 0, dtype=torch.float64)
+    out = torch.zeros(pts.shape[0], free.shape[1], dtype=torch.float64)
+    out[:, cols] = pts
+    return out
+
+
 def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarray,
            cfg: AttackConfig = AttackConfig(), deadline: float | None = None,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Search each set of the batch for a violating point.
 
-    Random samples (centre, vertices, uniform points) first; then PGD from the
+    Random samples (centre, vertices, uniform points; every point of :func:`lattice` on boxes of few
+    free inputs) first; then PGD from the
     best samples and from random points, each restart aimed at one disjunct (a min
     over disjuncts only has gradient for the current best one; with more disjuncts
     than restarts, the most promising disjuncts, ranked by the samples' best value).
@@ -151,6 +170,9 @@ def attack(graph: Graph, inputs: InputSet, C: Tensor, d: Tensor, owner: np.ndarr
     r = max(cfg.samples, 2)
     u = torch.rand(b, r, n, generator=gen, dtype=torch.float64)
     u[:, : r // 4] = torch.round(u[:, : r // 4])  # vertices
+    grid = lattice(hi > lo, r // 2)
+    if grid is not None:  # every corner, edge and face centre of a box of few free inputs
+        u[:, r // 4: r // 4 + grid.shape[0]] = grid
     x = project(lo[:, None] + u * (hi - lo)[:, None])
     x[:, 0] = inputs.center if inputs.center is not None else (lo + hi) / 2
     with torch.no_grad():
