@@ -1,6 +1,7 @@
 """alpha-CROWN: DeepPoly with optimised lower ReLU slopes (DESIGN.md sections 2-3), and likewise the
-tangent points of sigmoid, tanh, Exp, Log, Sqrt and Reciprocal and the weights of the two McCormick
-planes per side of a product of two variables (:data:`~certkit.bounds.deeppoly.ALPHA_OPS`).
+tangent points of sigmoid, tanh, Exp, Log, Sqrt and Reciprocal, the slopes of the lines of Erf, Sin, Cos,
+Pow, Sign and Floor (:func:`~certkit.bounds.relax_elementwise.moved_lines`) and the weights of the two
+McCormick planes per side of a product of two variables (:data:`~certkit.bounds.deeppoly.ALPHA_OPS`).
 
 The lower relaxation ``y >= a x`` of an unstable ReLU-like unit is valid for any
 slope ``a`` in ``[s, 1]`` (s the leaky slope), so a back-substituted bound is a

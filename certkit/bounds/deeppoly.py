@@ -68,7 +68,11 @@ Tensor = torch.Tensor
 #: points of sigmoid and tanh (a parameter in [0, 1], starting at 0.5: the midpoint tangent of DeepPoly's
 #: lines on a curved part; :func:`certkit.bounds.relaxations._s_shaped_tangents`) and of the convex or
 #: concave Exp, Log, Sqrt and Reciprocal (:func:`certkit.bounds.relax_elementwise.tangent_lines`, starting
-#: at DeepPoly's point). Products of two variables have their own (:meth:`BoundState._mixed_planes`).
+#: at DeepPoly's point); the slopes of the lines of the S-shaped, periodic and step ops relaxed by
+#: :func:`certkit.bounds.relax_elementwise.best_lines` (Erf, Sin, Cos, Pow, Sign, Floor: a parameter in [-1, 1]
+#: moving each side's slope from DeepPoly's toward the extreme candidates, the offsets exact:
+#: :func:`certkit.bounds.relax_elementwise.moved_lines`). Products of two variables have their own
+#: (:meth:`BoundState._mixed_planes`).
 ALPHA_OPS = tuple(ALPHA_PARAMS)
 
 #: Above this fraction of unstable neurons, pure CROWN refines every neuron of the layer.
@@ -898,11 +902,15 @@ class BoundState(RowSavings, WindowRows):
 
     def _alive_columns(self, i: int, j: int) -> Tensor | None:
         """Columns of activation ``i`` with a nonzero relaxation, when its input ``j`` is a
-        plain Dense used only by ``i`` and enough columns are dead to pay off; else None."""
+        plain Dense used only by ``i`` and enough columns are dead to pay off; else None. Never under
+        alpha-CROWN for an op whose parameters can give a flat neuron a slope (``AlphaParam.revives``)."""
         cache = self._cache.setdefault("alive", {})
         if i not in cache:
             cache[i] = None
             op = self.graph.nodes[j].op
+            param = ALPHA_PARAMS.get(type(self.graph.nodes[i].op))
+            if self.alpha is not None and param is not None and param.revives:
+                return None
             if isinstance(op, ops.Dense) and op.rows == 1 and self.graph.consumers[j] == (i,) \
                     and not (self.beta and i in self.beta):  # beta terms enter at node j
                 lw, _, uw, _ = self.relaxation(i)

@@ -35,6 +35,7 @@ sampling in ``tests/test_elementwise_ops.py``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -244,11 +245,108 @@ ALPHA_PARAMS.update({ew.Exp: AlphaParam(_exp_start, rate=TANGENT_RATE)})
 ALPHA_PARAMS.update({cls: AlphaParam(_half, rate=TANGENT_RATE) for cls in TANGENT_OPS[1:]})
 
 
-# --------------------------------------------------------------------------- S-shaped and periodic
+# --------------------------------------------------------------------------- lines with moving slopes
 
 
-@relaxation(ew.Pow)
-def _pow(op: ew.Pow, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+#: ``(op, l, u) -> Lines``: how :func:`best_lines` relaxes an op of this class (S-shaped, periodic, steps);
+#: alpha-CROWN moves the slopes of the same lines (:func:`moved_lines`)
+FAMILIES: dict[type, Callable] = {}
+
+
+@dataclass(frozen=True)
+class Lines:
+    """The inputs of :func:`best_lines` for one op on one box: the box itself (a Sign of an integer-valued
+    input rounds it inward), the candidate slopes, and the critical points ``crit`` or the extreme values
+    ``values`` of ``f - k x``; ``valid`` where finite lines may be used at all."""
+
+    l: Tensor
+    u: Tensor
+    slopes: list
+    crit: Crit | None = None
+    values: Callable | None = None
+    valid: Tensor | None = None
+
+
+def family(cls: type):
+    """Register ``fn(op, l, u) -> Lines`` for ``cls``: its relaxation is :func:`best_lines` on those lines,
+    and alpha-CROWN's parameter moves their slopes (:func:`moved_lines`; 0: DeepPoly's lines)."""
+    def deco(fn):
+        FAMILIES[cls] = fn
+
+        def relax(op, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+            d = fn(op, l, u)
+            base = best_lines(op, d.l, d.u, d.slopes, d.crit, d.valid, d.values)
+            return base if slope is None else moved_lines(op, l, u, base, slope)
+        relax.__doc__ = fn.__doc__
+        relaxation(cls)(relax)
+        ALPHA_PARAMS[cls] = AlphaParam(_zero, lambda op: (-1.0, 1.0), rate=TANGENT_RATE, from_base=moved_lines,
+                                       revives=True)
+        return fn
+    return deco
+
+
+def _zero(op, l: Tensor, u: Tensor, base) -> Tensor:
+    return torch.zeros_like(l)
+
+
+def _extremes(op, d: Lines, k: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """min and max of ``f - k x`` over [l, u] (the critical points without gradient: the extreme's
+    derivative in ``k`` is ``-x`` there, the envelope theorem)."""
+    if d.values is not None:
+        G = torch.stack(d.values(k, l, u))
+    else:
+        f = op.forward
+        cp = [_clamp(c, l, u).detach() for c in d.crit(k.detach(), l.detach(), u.detach())]
+        G = torch.stack([f(l) - k * l, f(u) - k * u] + [f(q) - k * q for q in cp])
+    return G.amin(0), G.amax(0)
+
+
+def moved_lines(op, l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
+    """alpha-CROWN's lines of a :func:`family` op (issue 13: alpha for every activation): each side's slope
+    moves from DeepPoly's (``base``) by ``a`` in [-1, 1] (clamped) toward the largest (``a > 0``) or the
+    smallest (``a < 0``) of the candidate slopes :func:`best_lines` tried, and takes the exact extreme of
+    ``f - k x`` over the box as its offset (:func:`_extremes`), so it is sound for every ``a``; every slope
+    stays within ``line_cap``, as the floating-point rule assumes. ``a = 0`` gives DeepPoly's lines. Where
+    no finite line is found (off the domain, infinite ends, overflow) the side keeps ``base``; the gradient
+    stays finite there (stand-in boxes: a NaN in an unselected branch would poison it). ``l``, ``u``,
+    ``base`` (b, n) or (b, 1, n); ``a`` (b, rows, n)."""
+    if base[0].dim() < a.dim():
+        l, u, base = l.unsqueeze(-2), u.unsqueeze(-2), tuple(t.unsqueeze(-2) for t in base)
+    lw, lb, uw, ub = base
+    d = FAMILIES[type(op)](op, l, u)
+    with torch.no_grad():  # the cap on both the box given and the one the lines use (a Sign's rounded inward)
+        k_max = torch.minimum(line_cap(op, l, u) / _mag(l, u), line_cap(op, d.l, d.u) / _mag(d.l, d.u))
+    l, u, f = d.l, d.u, op.forward
+    with torch.no_grad():
+        ok = torch.isfinite(l) & torch.isfinite(u) & torch.isfinite(f(l)) & torch.isfinite(f(u))
+        if d.valid is not None:
+            ok = ok & d.valid
+        k_lo, k_hi = torch.minimum(lw, uw).detach(), torch.maximum(lw, uw).detach()
+        for k in d.slopes:
+            k = torch.where(ok & torch.isfinite(k) & (k.abs() <= k_max), k, k_lo)
+            k_lo, k_hi = torch.minimum(k_lo, k), torch.maximum(k_hi, k)
+    a = a.clamp(-1.0, 1.0)
+
+    def slope(k0: Tensor) -> Tensor:
+        return k0 + torch.where(a >= 0, a * (k_hi - k0), a * (k0 - k_lo))
+    kl, ku = slope(lw), slope(uw)
+    one, two = torch.ones_like(l), torch.full_like(u, 2.0)
+    use_l = use_u = ok
+    off_l = _extremes(op, d, kl, torch.where(ok, l, one), torch.where(ok, u, two))[0]
+    off_u = _extremes(op, d, ku, torch.where(ok, l, one), torch.where(ok, u, two))[1]
+    if not all(bool(torch.isfinite(torch.where(ok, t, 0.0)).all()) for t in (off_l, off_u)):  # overflow: again
+        use_l, use_u = ok & torch.isfinite(off_l).detach(), ok & torch.isfinite(off_u).detach()
+        off_l = _extremes(op, d, kl, torch.where(use_l, l, one), torch.where(use_l, u, two))[0]
+        off_u = _extremes(op, d, ku, torch.where(use_u, l, one), torch.where(use_u, u, two))[1]
+    # at DeepPoly's own slope its offset holds too: keep the tighter of the two
+    off_l = torch.where(kl == lw, torch.maximum(off_l, lb), off_l)
+    off_u = torch.where(ku == uw, torch.minimum(off_u, ub), off_u)
+    return (torch.where(use_l, kl, lw), torch.where(use_l, off_l, lb),
+            torch.where(use_u, ku, uw), torch.where(use_u, off_u, ub))
+
+
+@family(ew.Pow)
+def _pow(op: ew.Pow, l: Tensor, u: Tensor) -> Lines:
     """``x^p``: convex, concave or (odd p across 0) S-shaped; ``p |x|^(p-1) = |k|`` at
     ``|x| = |k/p|^(1/(p-1))``, both signs. No finite bound on a box reaching a pole or NaN."""
     p = op.exponent
@@ -259,16 +357,16 @@ def _pow(op: ew.Pow, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax
     def crit(k, l, u):
         r = torch.pow((k / p).abs(), 1.0 / (p - 1))
         return [r, -r]
-    return best_lines(op, l, u, _s_slopes(op, df, l, u), crit, valid=op.valid(l, u))
+    return Lines(l, u, _s_slopes(op, df, l, u), crit, valid=op.valid(l, u))
 
 
-@relaxation(ew.Erf)
-def _erf(op: ew.Erf, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+@family(ew.Erf)
+def _erf(op: ew.Erf, l: Tensor, u: Tensor) -> Lines:
     """S-shaped; ``erf'(x) = c e^(-x^2) = k`` at ``+-sqrt(log(c / k))``."""
     def crit(k, l, u):
         r = torch.sqrt(torch.log(ew.ERF_SLOPE / k))
         return [r, -r]
-    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit)
+    return Lines(l, u, _s_slopes(op, op.derivative, l, u), crit)
 
 
 def _periodic_crit(first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor]) -> Crit:
@@ -284,25 +382,25 @@ def _periodic_crit(first: Callable[[Tensor], Tensor], second: Callable[[Tensor],
     return crit
 
 
-@relaxation(ew.Sin)
-def _sin(op: ew.Sin, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+@family(ew.Sin)
+def _sin(op: ew.Sin, l: Tensor, u: Tensor) -> Lines:
     """``cos x = k`` at ``+-acos k + 2 pi n``; boxes of width >= 2 pi keep [-1, 1]."""
     crit = _periodic_crit(torch.acos, lambda k: -torch.acos(k))
-    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
+    return Lines(l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
 
 
-@relaxation(ew.Cos)
-def _cos(op: ew.Cos, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+@family(ew.Cos)
+def _cos(op: ew.Cos, l: Tensor, u: Tensor) -> Lines:
     """``-sin x = k`` at ``asin(-k) + 2 pi n`` and ``pi - asin(-k) + 2 pi n``."""
     crit = _periodic_crit(lambda k: torch.asin(-k), lambda k: math.pi - torch.asin(-k))
-    return best_lines(op, l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
+    return Lines(l, u, _s_slopes(op, op.derivative, l, u), crit, valid=u - l < TWO_PI)
 
 
 # --------------------------------------------------------------------------- steps
 
 
-@relaxation(ew.Sign)
-def _sign(op: ew.Sign, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+@family(ew.Sign)
+def _sign(op: ew.Sign, l: Tensor, u: Tensor) -> Lines:
     """Piecewise constant: ``g = sign - k x`` is linear on x < 0 and x > 0, so its extremes over
     [l, u] are among its values at l, u and the limits at 0 (-1, 0, 1, where 0 is in [l, u]).
     Slopes: 0 and the lines through the corners, ``2/u``, ``-2/l``, ``1/u``, ``-1/l``. An integer-valued
@@ -317,11 +415,11 @@ def _sign(op: ew.Sign, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Rel
     one = torch.ones_like(l)
     slopes = [torch.zeros_like(l), _safe_div(2 * one, u), _safe_div(-2 * one, l), _safe_div(one, u),
               _safe_div(-one, l)]
-    return best_lines(op, l, u, slopes, None, values=values)
+    return Lines(l, u, slopes, values=values)
 
 
-@relaxation(ew.Floor)
-def _floor(op: ew.Floor, l: Tensor, u: Tensor, slope: Tensor | None = None) -> Relax:
+@family(ew.Floor)
+def _floor(op: ew.Floor, l: Tensor, u: Tensor) -> Lines:
     """Piecewise constant with jumps at the integers: ``g = floor - k x`` is linear on every piece,
     so its extremes are at l, u, at the integers ``n`` of [l, u] (value ``n``) and of (l, u] (left
     limit ``n - 1``); those are linear in ``n``, so the first and the last integer of each suffice. Slopes: 0, 1
@@ -337,4 +435,4 @@ def _floor(op: ew.Floor, l: Tensor, u: Tensor, slope: Tensor | None = None) -> R
     n1, n2 = torch.ceil(l), fu
     slopes = [torch.zeros_like(l), torch.ones_like(l), _safe_div(fu - fl, u - l),
               _safe_div(fu - fl, u - n1), _safe_div(fu - fl - 1, n2 - l), _safe_div(fu - fl - 1, n2 - n1)]
-    return best_lines(op, l, u, slopes, None, values=values)
+    return Lines(l, u, slopes, values=values)

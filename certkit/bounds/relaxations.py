@@ -45,6 +45,10 @@ class AlphaParam:
     bounds: Callable[..., tuple[float, float]] = lambda op: (0.0, 1.0)
     rate: float = 1.0
     from_base: Callable[..., Relax] | None = None
+    #: some parameter values give a slope where DeepPoly's two lines are flat (a step constant on its box):
+    #: the back-substitution must not skip such "dead" columns under alpha-CROWN
+    #: (:meth:`~certkit.bounds.deeppoly.BoundState._alive_columns`)
+    revives: bool = False
 
 
 #: op class -> its alpha-CROWN parameter (:class:`AlphaParam`); registered beside the relaxations
