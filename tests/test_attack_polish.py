@@ -147,7 +147,7 @@ def test_input_split_attacks_its_open_domains(tmp_path):
     pb = _Problem(q, SplitConfig(), Budget.of(30))
     boxes = torch.tensor([[0.2, -0.5, 0.4, -0.3], [-1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
     queue = _Bounded(boxes[:, :2], boxes[:, 2:], torch.tensor([-1.0, -5.0]), torch.zeros(2, 2),
-                     torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+                     torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), torch.ones(2))
     # only the first domain holds x*, but it is the second that has the lowest value: with one domain
     # attacked the attack misses, with both it finds the point
     assert pb.attack_open(queue.rows(slice(0, 2)), seed=0) is not None
@@ -261,3 +261,19 @@ def test_acas_1_9_prop_7_counterexample_is_found_by_the_medium_attack():
     x, v = attack(q.graph, S, q.C, q.d, q.owner, MEDIUM_ATTACK, seed=0)
     assert v[0] <= 0
     assert q.confirm(torch.as_tensor(x)) is not None
+
+
+@pytest.mark.skipif(not (SHARED / "benchmarks" / "acasxu").is_dir(), reason="needs ../shared/benchmarks/acasxu")
+def test_acas_5_3_prop_2_sliver_is_found_by_input_splitting_nearest_first():
+    """Its unsafe set is a sliver (the witness's margin is 1e-6) that no attack finds; input splitting finds
+    it among its domains' candidate points. With the open children stacked nearest-to-a-counterexample on
+    top, the DeepPoly configuration reaches it within 8000 domains (5901); in the parents' order it took
+    more than 8000 (the pipeline found it only in its alpha-CROWN run, after 13649)."""
+    import certkit
+    from certkit.verify.certify import queries_of
+
+    acas = SHARED / "benchmarks" / "acasxu"
+    model = certkit.load_model(acas / "onnx" / "ACASXU_run2a_5_3_batch_2000.onnx")
+    q = queries_of(model, certkit.load_spec(acas / "vnnlib" / "prop_2.vnnlib"))[0]
+    out = input_split(q, Budget.of(600), SplitConfig(lookahead=5, alpha_iterations=0, max_domains=8000))
+    assert out.status == "falsified", (out.status, out.domains)

@@ -255,7 +255,7 @@ def test_running_the_inputs_stops_at_the_deadline(tmp_path):
     lo = torch.as_tensor(q.lower)[None].repeat(50, 1)
     hi = torch.as_tensor(q.upper)[None].repeat(50, 1)
     b = _Bounded(lo, hi, torch.full((50,), -1.0, dtype=torch.float64), torch.zeros_like(lo),
-                 torch.zeros(50, dtype=torch.int64), torch.full((50,), -1, dtype=torch.int64))
+                 torch.zeros(50, dtype=torch.int64), torch.full((50,), -1, dtype=torch.int64), torch.ones(50))
     pb = _Problem(q, SplitConfig(), Budget.of(0.0))
     with pytest.raises(VerificationTimeout):
         pb.enumerate_open(b)

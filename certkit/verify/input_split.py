@@ -13,7 +13,8 @@ dimension (the ``lookahead`` dimensions with the largest ``|a_i| * width_i``,
 ``a`` being the input coefficients of the worst row's linear bound, the
 "gradient x width" score) and all the children are bounded in one batch; the
 dimension whose worse child has the best value is kept, and only its open
-children are queued (with their bounds already known). The minimiser of each
+children are queued (with their bounds already known), on a stack: the child whose
+candidate points came nearest to a counterexample on top. The minimiser of each
 worst row's linear bound and the centre of every child are tried as
 counterexamples; so are, every few iterations, the points an attack (PGD, then LP
 polishing) finds inside the open domains of lowest value, where a counterexample
@@ -157,6 +158,9 @@ class _Bounded:
     a: Tensor  # (b, n) input coefficients of the guide row's linear bound (:func:`guide_row`)
     how: Tensor  # (b,) int64: index in LEAF_KINDS of the bound that gave ``value``
     ids: Tensor  # (b,) int64: domain ids in the proof log
+    #: (b,) the property's value at the domain's candidate points (its centre and its guide row's minimiser,
+    #: float64): how close the samples came to a counterexample there
+    near: Tensor
     #: alpha-CROWN's slopes per key (:attr:`BoundState.alpha`), (b, R, n), NaN where a domain has none
     #: (``SplitConfig.alpha_warm``)
     slopes: dict | None = None
@@ -169,7 +173,7 @@ class _Bounded:
         return _Bounded(*(t[idx] for t in self.fields()), slopes=slopes, kept=kept)
 
     def fields(self) -> tuple[Tensor, ...]:
-        return self.lo, self.hi, self.value, self.a, self.how, self.ids
+        return self.lo, self.hi, self.value, self.a, self.how, self.ids, self.near
 
     @staticmethod
     def cat(a: "_Bounded", b: "_Bounded") -> "_Bounded":
@@ -326,7 +330,8 @@ class _Problem:
             v = self._objective(torch.cat([y_c, self.graph.forward(vert)]))
         hits = torch.nonzero(v <= 1e-6 * (1 + v.abs())).flatten()
         w = self.query.confirm(cand[hits[:64]]) if hits.numel() else None
-        return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1), slopes, mine), w
+        near = torch.minimum(v[:lo.shape[0]], v[lo.shape[0]:])
+        return _Bounded(lo, hi, value, a, how, torch.full_like(how, -1), near, slopes, mine), w
 
     def enumerate_open(self, b: "_Bounded") -> Witness | None:
         """Run every input of the open domains of ``b`` that hold few enough of them
@@ -573,7 +578,14 @@ def _input_split(pb: "_Problem", root: tuple[Tensor, Tensor] | None,
         log.close(chosen.ids[done], chosen.how[done], chosen.value[done])
         if bool(done.any()):
             out.closed_volume += volume(chosen.rows(done))
-        queue = _Bounded.cat(queue, chosen.rows(~done))
+        # the open children go on top of the stack, the one whose candidate points came nearest to a
+        # counterexample last (expanded first): the order decides nothing about a proof (every open domain is
+        # split until it closes) but how soon a counterexample turns up. ACAS Xu 5_3 prop_2, whose unsafe set
+        # is a sliver (margin 1e-6 at the witness): 2.6 s instead of 25.4 s (in the parents' order), 1.4 s
+        # before 998f00f's tighter bounds changed the search's path
+        keep = torch.nonzero(~done).flatten()
+        keep = keep[torch.argsort(chosen.near[keep], descending=True, stable=True)]
+        queue = _Bounded.cat(queue, chosen.rows(keep))
         if queue.slopes and sum(v.numel() * v.element_size() for v in queue.slopes.values()) > pb.slope_bytes:
             queue.slopes, pb.warm = None, False  # children start from DeepPoly's slopes from now on
         if queue.kept is not None and queue.kept_bytes() > pb.kept_bytes:
