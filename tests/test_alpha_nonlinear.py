@@ -43,14 +43,26 @@ def _thetas(n: int, kind: str, seed: int = 4) -> torch.Tensor:
 def test_tangent_lines_are_sound_for_every_parameter(op, kind, seed):
     l, u = _intervals(op, seed)
     lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
-    lw, lb, uw, ub = RELAXATIONS[type(op)](op, lt, ut, _thetas(l.size, kind, seed)[None])
+    lines = RELAXATIONS[type(op)](op, lt, ut, _thetas(l.size, kind, seed)[None])
+    _lines_hold(op, kind, l, u, lines)
+
+
+def _lines_hold(op, kind: str, l: np.ndarray, u: np.ndarray, lines) -> None:
+    """Dense sampling of the lines (lw, lb, uw, ub), each (1, n), on the boxes [l, u] (n,): no NaN, and
+    ``f`` between them within the rounding allowance (an integer-valued input's op: at the integers only)."""
+    lw, lb, uw, ub = lines
     assert not any(bool(torch.isnan(t).any()) for t in (lw, lb, uw, ub))
+    lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
     x = torch.tensor(_samples(l, u), dtype=D)
+    defined = torch.ones_like(x, dtype=torch.bool)
+    if getattr(op, "integer_input", False):  # its input takes integer values only: sample those
+        x = torch.round(x)
+        defined = (x >= lt) & (x <= ut)
     fx = op.forward(x)
     lo, hi = op.interval(lt, ut)
     allow = ALLOW * (line_cap(op, lt, ut) + torch.maximum(lo.abs(), hi.abs()))
     allow = torch.where(torch.isfinite(allow), allow, torch.zeros_like(allow))
-    defined = ~torch.isnan(fx)
+    defined = defined & ~torch.isnan(fx)
     with np.errstate(all="ignore"):
         for side, v in (("lower", lw * x + lb - fx - allow), ("upper", fx - uw * x - ub - allow)):
             v = torch.nan_to_num(torch.where(defined, v, torch.zeros_like(v)), nan=0.0, neginf=0.0)
@@ -255,30 +267,12 @@ def test_moved_lines_are_sound_for_every_parameter(op, kind, seed):
     slope within ``line_cap`` (the floating-point rule's assumption)."""
     l, u = _intervals(op, seed)
     lt, ut = torch.tensor(l, dtype=D)[None], torch.tensor(u, dtype=D)[None]
-    lw, lb, uw, ub = RELAXATIONS[type(op)](op, lt[:, None], ut[:, None], _moves(l.size, kind, seed)[None, None])
-    lw, lb, uw, ub = (t[:, 0] for t in (lw, lb, uw, ub))
-    assert not any(bool(torch.isnan(t).any()) for t in (lw, lb, uw, ub))
-    lo, hi = op.interval(lt, ut)
-    cap = line_cap(op, lt, ut)
+    lines = RELAXATIONS[type(op)](op, lt[:, None], ut[:, None], _moves(l.size, kind, seed)[None, None])
+    lines = tuple(t[:, 0] for t in lines)
     mag = torch.maximum(lt.abs(), ut.abs())
-    for k in (lw, uw):
-        assert bool(((k.abs() * mag <= cap * (1 + 1e-12)) | (k == 0)).all())
-    x = torch.tensor(_samples(l, u), dtype=D)
-    defined = torch.ones_like(x, dtype=torch.bool)
-    if getattr(op, "integer_input", False):  # its input takes integer values only: sample those
-        x = torch.round(x)
-        defined = (x >= lt) & (x <= ut)
-    fx = op.forward(x)
-    allow = ALLOW * (cap + torch.maximum(lo.abs(), hi.abs()))
-    allow = torch.where(torch.isfinite(allow), allow, torch.zeros_like(allow))
-    defined = defined & ~torch.isnan(fx)
-    with np.errstate(all="ignore"):
-        for side, v in (("lower", lw * x + lb - fx - allow), ("upper", fx - uw * x - ub - allow)):
-            v = torch.nan_to_num(torch.where(defined, v, torch.zeros_like(v)), nan=0.0, neginf=0.0)
-            if bool((v > 0).any()):
-                r, c = np.unravel_index(int(torch.argmax(v)), v.shape)
-                pytest.fail(f"{type(op).__name__} {kind}: {side} line violated on [{l[c]!r}, {u[c]!r}] "
-                            f"at x={x[r, c].item()!r}")
+    for k in (lines[0], lines[2]):
+        assert bool(((k.abs() * mag <= line_cap(op, lt, ut) * (1 + 1e-12)) | (k == 0)).all())
+    _lines_hold(op, kind, l, u, lines)
 
 
 @pytest.mark.parametrize("op", MOVED_OPS, ids=MOVED_IDS)
