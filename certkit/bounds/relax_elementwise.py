@@ -72,6 +72,25 @@ def _clamp(p: Tensor, l: Tensor, u: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(p, l), u)
 
 
+def extremes(op, k: Tensor, l: Tensor, u: Tensor, crit: Crit | None, values: Callable | None = None,
+             ends: tuple[Tensor, Tensor] | None = None, detach: bool = False) -> tuple[Tensor, Tensor]:
+    """min and max of ``f - k x`` over [l, u]: at the end points (``ends``: ``f(l)``, ``f(u)`` when known) and
+    the critical points ``crit(k, l, u)`` clamped into the box, or the values ``values(k, l, u)`` (steps).
+    ``detach``: the critical points without gradient (alpha-CROWN: the extreme's derivative in ``k`` is ``-x``
+    there, the envelope theorem)."""
+    if values is not None:
+        G = torch.stack(values(k, l, u))
+    else:
+        f = op.forward
+        fl, fu = (f(l), f(u)) if ends is None else ends
+        if detach:
+            pts = [_clamp(c, l, u).detach() for c in crit(k.detach(), l.detach(), u.detach())]
+        else:
+            pts = [_clamp(c, l, u) for c in crit(k, l, u)]
+        G = torch.stack([fl - k * l, fu - k * u] + [f(q) - k * q for q in pts])
+    return G.amin(0), G.amax(0)
+
+
 def best_lines(op, l: Tensor, u: Tensor, slopes: list, crit: Crit, valid: Tensor | None = None,
                values: Callable | None = None) -> Relax:
     """The relaxation of the module docstring: per side, the best line at the midpoint among the
@@ -97,12 +116,7 @@ def best_lines(op, l: Tensor, u: Tensor, slopes: list, crit: Crit, valid: Tensor
     nan = torch.full_like(l, float("nan"))
     for k in slopes:
         k = torch.where(ok & torch.isfinite(k) & (k.abs() * m_in <= cap), k, nan)
-        if values is not None:
-            g = values(k, l, u)
-        else:
-            g = [fl - k * l, fu - k * u] + [f(q) - k * q for q in (_clamp(c, l, u) for c in crit(k, l, u))]
-        G = torch.stack(g)
-        off_lo, off_hi = G.amin(0), G.amax(0)  # NaN propagates: such a candidate is never taken
+        off_lo, off_hi = extremes(op, k, l, u, crit, values, ends=(fl, fu))  # NaN propagates: never taken
         c_lo, c_hi = k * m + off_lo, k * m + off_hi
         take = c_lo > v_lo
         lw, lb, v_lo = torch.where(take, k, lw), torch.where(take, off_lo, lb), torch.where(take, c_lo, v_lo)
@@ -289,23 +303,13 @@ def _zero(op, l: Tensor, u: Tensor, base) -> Tensor:
     return torch.zeros_like(l)
 
 
-def _extremes(op, d: Lines, k: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """min and max of ``f - k x`` over [l, u] (the critical points without gradient: the extreme's
-    derivative in ``k`` is ``-x`` there, the envelope theorem)."""
-    if d.values is not None:
-        G = torch.stack(d.values(k, l, u))
-    else:
-        f = op.forward
-        cp = [_clamp(c, l, u).detach() for c in d.crit(k.detach(), l.detach(), u.detach())]
-        G = torch.stack([f(l) - k * l, f(u) - k * u] + [f(q) - k * q for q in cp])
-    return G.amin(0), G.amax(0)
 
 
 def moved_lines(op, l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
     """alpha-CROWN's lines of a :func:`family` op (issue 13: alpha for every activation): each side's slope
     moves from DeepPoly's (``base``) by ``a`` in [-1, 1] (clamped) toward the largest (``a > 0``) or the
     smallest (``a < 0``) of the candidate slopes :func:`best_lines` tried, and takes the exact extreme of
-    ``f - k x`` over the box as its offset (:func:`_extremes`), so it is sound for every ``a``; every slope
+    ``f - k x`` over the box as its offset (:func:`extremes`), so it is sound for every ``a``; every slope
     stays within ``line_cap``, as the floating-point rule assumes. ``a = 0`` gives DeepPoly's lines. Where
     no finite line is found (off the domain, infinite ends, overflow) the side keeps ``base``; the gradient
     stays finite there (stand-in boxes: a NaN in an unselected branch would poison it). ``l``, ``u``,
@@ -331,13 +335,14 @@ def moved_lines(op, l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
         return k0 + torch.where(a >= 0, a * (k_hi - k0), a * (k0 - k_lo))
     kl, ku = slope(lw), slope(uw)
     one, two = torch.ones_like(l), torch.full_like(u, 2.0)
+
+    def ext(k: Tensor, use: Tensor) -> tuple[Tensor, Tensor]:  # on the boxes where ``use``, stand-ins elsewhere
+        return extremes(op, k, torch.where(use, l, one), torch.where(use, u, two), d.crit, d.values, detach=True)
     use_l = use_u = ok
-    off_l = _extremes(op, d, kl, torch.where(ok, l, one), torch.where(ok, u, two))[0]
-    off_u = _extremes(op, d, ku, torch.where(ok, l, one), torch.where(ok, u, two))[1]
+    off_l, off_u = ext(kl, ok)[0], ext(ku, ok)[1]
     if not all(bool(torch.isfinite(torch.where(ok, t, 0.0)).all()) for t in (off_l, off_u)):  # overflow: again
         use_l, use_u = ok & torch.isfinite(off_l).detach(), ok & torch.isfinite(off_u).detach()
-        off_l = _extremes(op, d, kl, torch.where(use_l, l, one), torch.where(use_l, u, two))[0]
-        off_u = _extremes(op, d, ku, torch.where(use_u, l, one), torch.where(use_u, u, two))[1]
+        off_l, off_u = ext(kl, use_l)[0], ext(ku, use_u)[1]
     # at DeepPoly's own slope its offset holds too: keep the tighter of the two
     off_l = torch.where(kl == lw, torch.maximum(off_l, lb), off_l)
     off_u = torch.where(ku == uw, torch.minimum(off_u, ub), off_u)

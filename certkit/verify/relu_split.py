@@ -252,7 +252,6 @@ class _Tree:
         alpha = {("out", r): dom.alpha[r].clone().requires_grad_(True) for r in self.relus}
         beta = {r: dom.beta[r].clone().requires_grad_(True) for r in self.relus}
         best = dom.value.clone()
-        start = best.clone()
         best_alpha = {r: dom.alpha[r].clone() for r in self.relus}
         best_beta = {r: dom.beta[r].clone() for r in self.relus}
         record: dict = {}
@@ -300,7 +299,7 @@ class _Tree:
         # batch whose few steps never beat their start (Adam's first steps often dip) handed the same
         # parameters down forever: mnistfc 256x2 prop_0_0.05 (sat) had a disjunct that 15 steps closed in
         # 137 domains and 5 steps did not in 40,000 (c79f958); now `auto` finds the counterexample in ~6 s
-        stuck = ~(best > start)[:, None, None]
+        stuck = ~(best > dom.value)[:, None, None]  # dom.value: the parent's, until set below
         dom.value = best
         dom.alpha = {r: torch.where(stuck, alpha[("out", r)].detach(), best_alpha[r]) for r in self.relus}
         dom.beta = {r: torch.where(stuck, beta[r].detach(), best_beta[r]) for r in self.relus}
