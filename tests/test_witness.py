@@ -164,6 +164,40 @@ def test_validate_returns_first_real_counterexample(fc):
     np.testing.assert_array_equal(w.y, m.runner(w.x[None])[0])
 
 
+class _BatchRounds:
+    """A runner that rounds an input one way in a batch and the other way alone, as onnxruntime's kernels
+    can (benchmarks/fuzz_certify.py found a net whose two outputs tie in every batch and differ by 1 ulp
+    alone): y = (x_0 + bump, x_1), bump 0 in a batch and 1.2e-7 alone."""
+
+    dtype = np.float32
+
+    def __init__(self, bump_alone: float = 1.2e-7) -> None:
+        self.bump_alone = bump_alone
+
+    def __call__(self, x):
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        y = x[:, :2].copy()
+        if len(x) == 1:
+            y[:, 0] += np.float32(self.bump_alone)
+        return y
+
+
+@pytest.mark.parametrize("bump", [1.2e-7, 0.0])
+def test_witness_must_hold_when_run_alone(bump):
+    from certkit.verify.query import Query
+
+    prop = _box_prop(np.zeros(2), np.ones(2), np.array([[1.0, -1.0]]), 0.0)  # unsafe: y_0 <= y_1
+    cands = np.array([[0.5, 0.5], [0.25, 0.25], [0.75, 0.75]])  # y_0 = y_1 in a batch
+    runner = _BatchRounds(bump)
+    for w in (validate(runner, prop, 0, cands),
+              Query.of_property(None, prop, 0, runner).confirm(cands)):
+        if bump:  # a checker runs the witness alone: y_0 > y_1 there, so none of these is a counterexample
+            assert w is None
+        else:
+            assert w is not None and np.array_equal(w.x, cands[0].astype(np.float32))
+            np.testing.assert_array_equal(w.y, runner(w.x)[0])  # the output run alone is recorded
+
+
 def test_satisfied_disjunct_zero_tolerance():
     C = np.array([[1.0, -1.0]])
     prop = Property(np.zeros(2), np.ones(2), (Disjunct(C, np.array([0.0])), Disjunct(np.array([[0.0, 1.0]]),

@@ -28,7 +28,7 @@ from ..errors import VerificationTimeout
 from ..graph.graph import Graph
 from ..spec.sets import InputSet
 from ..spec.spec import Disjunct, Property
-from .witness import Witness, inside_rounded, satisfied_disjunct, to_float32_inside
+from .witness import Witness, first_witness, inside_rounded, to_float32_inside
 
 Tensor = torch.Tensor
 
@@ -199,7 +199,8 @@ class Query:
     def confirm(self, candidates) -> Witness | None:
         """The single counterexample check: each candidate (m, n) is rounded to the model's precision
         inside the region's box (and must lie in the region), run with onnxruntime, and accepted
-        when its output lies in a disjunct with zero tolerance. The first accepted one, or None."""
+        when its output lies in a disjunct with zero tolerance, in the batch and run alone
+        (:func:`~certkit.verify.witness.first_witness`). The first accepted one, or None."""
         if self.runner is None:
             return None
         cand = np.atleast_2d(np.asarray(candidates.detach().numpy() if isinstance(candidates, Tensor)
@@ -212,10 +213,4 @@ class Query:
         x = x[keep]
         if len(x) == 0:
             return None
-        ys = self.runner(x)
-        prop = self.property()
-        for xi, yi in zip(x, ys):
-            k = satisfied_disjunct(prop, yi)
-            if k >= 0:
-                return Witness(np.asarray(xi).copy(), np.asarray(yi).copy(), self.index, k)
-        return None
+        return first_witness(self.runner, self.property(), self.index, x, self.runner(x))

@@ -1,0 +1,273 @@
+"""Hunt wrong verdicts end to end: `certify` on random ONNX nets with properties set at the edge.
+
+Usage: python benchmarks/fuzz_certify.py [--cases 200] [--seed 0] [--timeout 5] [--samples 200000]
+                                         [--keep DIR] [--acts Relu,Sin,...] [--backend auto]
+
+Each case is a random net built with ``onnx.helper`` -- an MLP (2-8 inputs, or 17-24 so that ReLU
+splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn from ``--acts``: piecewise
+linear, S-shaped, periodic, steps) or, one case in four, a small conv net (Conv, BatchNorm, residual add,
+pooling) -- some with adversarial weights (huge scales, exact cancellations w and -w, zero rows), a random
+box (some inputs fixed), and one property, ``Y_i <= Y_j`` or ``Y_i <= t``, placed at the edge of the true
+minimum as dense sampling in onnxruntime sees it: just below it (the property most likely holds, a proof has
+to be tight) or just above it (a counterexample exists, maybe a needle). ``certkit.api.certify`` runs with
+``--timeout`` seconds; its verdict is then checked in onnxruntime against ``--samples`` points of the box
+(the {lo, mid, hi} lattice or random corners, and uniform points): an ``unsat`` that a sampled point
+contradicts, run alone as a checker runs a counterexample, is a WRONG verdict (the worst bug), so is a ``sat`` whose witness does not violate the property
+in onnxruntime, and any crash. Prints the verdict counts and every wrong case (its model and VNN-LIB kept in
+``--keep``); exit 1 on any wrong verdict, 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+#: activations and how each is written (the node list for input name x, output name y, a prefix)
+ACTS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Abs", "Clip", "Sin", "Cos", "Erf", "Sign",
+        "Floor", "Square", "Max")
+
+
+def _act_nodes(kind: str, x: str, y: str, p: str, n: int, inits: list, rng: np.random.Generator) -> list:
+    """The nodes of activation ``kind`` on ``x`` (``n`` neurons) into ``y``, constants into ``inits``."""
+    if kind == "LeakyRelu":
+        return [helper.make_node("LeakyRelu", [x], [y], alpha=float(rng.choice([0.01, 0.3, -0.5])))]
+    if kind == "Clip":
+        lo, hi = sorted(rng.normal(0, 1, 2))
+        inits += [numpy_helper.from_array(np.float32(lo), p + "lo"), numpy_helper.from_array(np.float32(hi), p + "hi")]
+        return [helper.make_node("Clip", [x, p + "lo", p + "hi"], [y])]
+    if kind == "Square":
+        inits.append(numpy_helper.from_array(np.float32(2.0), p + "two"))
+        return [helper.make_node("Pow", [x, p + "two"], [y])]
+    if kind == "Max":  # max(x, c) with a random constant per neuron (c = 0 on a fifth of them)
+        c = rng.normal(0, 0.5, (1, n)) * (rng.random((1, n)) > 0.2)
+        inits.append(numpy_helper.from_array(c.astype(np.float32), p + "c"))
+        return [helper.make_node("Max", [x, p + "c"], [y])]
+    return [helper.make_node(kind, [x], [y])]
+
+
+def _finish(nodes: list, inits: list, n_in: int, x: str, n: int) -> onnx.ModelProto:
+    nodes.append(helper.make_node("Identity", [x], ["Y"]))
+    g = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_in])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", n])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model
+
+
+def _init(inits: list, name: str, a) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(a, dtype=np.int64 if name.endswith("shape") else np.float32),
+                                         name))
+    return name
+
+
+def random_conv_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
+    """A random small conv net on a flat input: Reshape -> Conv (3x3, pad 1, stride 1 or 2) [-> BatchNorm] ->
+    activation [-> a residual Conv branch added] [-> MaxPool / AveragePool 2x2] -> Flatten -> Gemm."""
+    c, h, w = int(rng.integers(1, 3)), int(rng.integers(3, 5)), int(rng.integers(3, 5))
+    k, stride, n_out = int(rng.integers(2, 5)), int(rng.choice([1, 2])), int(rng.integers(2, 5))
+    nodes, inits, desc = [], [], [f"{c}x{h}x{w}"]
+    nodes.append(helper.make_node("Reshape", ["X", _init(inits, "shape", [-1, c, h, w])], ["img"]))
+    nodes.append(helper.make_node("Conv", ["img", _init(inits, "K", rng.normal(0, 1.5 / np.sqrt(9 * c), (k, c, 3, 3))),
+                                           _init(inits, "kb", rng.normal(0, 0.3, k))], ["conv"],
+                                  pads=[1, 1, 1, 1], strides=[stride, stride]))
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x = "conv"
+    if rng.random() < 0.4:
+        nodes.append(helper.make_node("BatchNormalization", [x] + [_init(inits, f"bn{i}", v) for i, v in enumerate(
+            (rng.normal(1, 0.5, k), rng.normal(0, 0.3, k), rng.normal(0, 0.3, k), rng.uniform(0.2, 2, k)))],
+            ["bn"], epsilon=1e-5))
+        x, desc = "bn", desc + ["BN"]
+    kind = str(rng.choice(acts))
+    nodes += _act_nodes(kind, x, "act", "a_", k * ho * wo, inits, rng) if kind != "Max" else \
+        [helper.make_node("Relu", [x], ["act"])]
+    x, desc = "act", desc + [f"conv{k}s{stride}{kind if kind != 'Max' else 'Relu'}"]
+    if stride == 1 and rng.random() < 0.4:  # a residual branch: act + Conv(img)
+        nodes.append(helper.make_node("Conv", ["img", _init(inits, "K2", rng.normal(0, 1.0 / np.sqrt(9 * c), (k, c, 3, 3)))],
+                                      ["skip"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Add", [x, "skip"], ["res"]))
+        x, desc = "res", desc + ["+skip"]
+    pool = str(rng.choice(["none", "MaxPool", "AveragePool"]))
+    if pool != "none" and ho >= 2 and wo >= 2:
+        nodes.append(helper.make_node(pool, [x], ["pool"], kernel_shape=[2, 2], strides=[1, 1]))
+        x, ho, wo, desc = "pool", ho - 1, wo - 1, desc + [pool]
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    m = k * ho * wo
+    nodes.append(helper.make_node("Gemm", ["flat", _init(inits, "W", rng.normal(0, 1.5 / np.sqrt(m), (n_out, m))),
+                                           _init(inits, "l9_b", rng.normal(0, 0.5, n_out))], ["out"], transB=1))
+    return _finish(nodes, inits, c * h * w, "out", n_out), n_out, "-".join(desc) + f"-{n_out} (conv)"
+
+
+def random_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
+    """A random MLP (or, one case in four, a small conv net: :func:`random_conv_model`) with a dynamic batch
+    dimension, its number of outputs, and a one-line description."""
+    if rng.random() < 0.25:
+        return random_conv_model(rng, acts)
+    # few inputs (input splitting decides) or, one case in four, more than 16 (ReLU splitting, the MILP)
+    n_in = int(rng.integers(2, 9)) if rng.random() < 0.75 else int(rng.integers(17, 25))
+    widths = [int(rng.integers(3, 17)) for _ in range(int(rng.integers(1, 4)))] + [int(rng.integers(2, 5))]
+    style = rng.choice(["plain", "huge", "cancel", "zero"], p=[0.55, 0.15, 0.2, 0.1])
+    nodes, inits, desc = [], [], []
+    x, n = "X", n_in
+    for k, m in enumerate(widths):
+        w = rng.normal(0, 1.5 / np.sqrt(n), (m, n))
+        b = rng.normal(0, 0.5, m)
+        if style == "huge" and k == 0:
+            w *= 10.0 ** rng.integers(2, 5)
+        if style == "cancel" and m >= 2:  # pairs of rows w, -w (and equal biases): exact cancellations later
+            w[1::2] = -w[0::2][:len(w[1::2])]
+            b[1::2] = b[0::2][:len(b[1::2])]
+        if style == "zero":
+            w[rng.random(m) < 0.3] = 0.0
+        p = f"l{k}_"
+        inits += [numpy_helper.from_array(w.astype(np.float32), p + "W"), numpy_helper.from_array(b.astype(np.float32), p + "b")]
+        nodes.append(helper.make_node("Gemm", [x, p + "W", p + "b"], [p + "z"], transB=1))
+        x, n = p + "z", m
+        if k < len(widths) - 1:
+            kind = str(rng.choice(acts))
+            nodes += _act_nodes(kind, x, p + "a", p, m, inits, rng)
+            desc.append(f"{m}{kind}")
+            x = p + "a"
+    return _finish(nodes, inits, n_in, x, n), n, f"{n_in}-{'-'.join(desc)}-{n} ({style})"
+
+
+def box_points(lo: np.ndarray, hi: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The {lo, mid, hi} lattice (up to 8 inputs; beyond, random corners), then uniform points: (n', d)."""
+    d = lo.shape[0]
+    grid = np.array(list(itertools.product((0.0, 0.5, 1.0), repeat=d))) if d <= 8 else \
+        rng.integers(0, 2, (min(n // 4, 4096), d)).astype(np.float64)
+    u = rng.random((max(0, n - len(grid)), d))
+    t = np.concatenate([grid, u])
+    return (lo + t * (hi - lo)).astype(np.float32)
+
+
+def write_vnnlib(path: str, lo: np.ndarray, hi: np.ndarray, i: int, j: int | None, t: float, n_out: int) -> None:
+    """The property's negation (VNN-LIB asserts the counterexample): ``Y_i <= Y_j`` (``j`` given, ``t`` 0) or
+    ``Y_i <= t`` somewhere in the box."""
+    lines = [f"(declare-const X_{k} Real)" for k in range(len(lo))]
+    lines += [f"(declare-const Y_{k} Real)" for k in range(n_out)]
+    for k in range(len(lo)):
+        lines += [f"(assert (>= X_{k} {float(lo[k])!r}))", f"(assert (<= X_{k} {float(hi[k])!r}))"]
+    lines.append(f"(assert (<= Y_{i} Y_{j}))" if j is not None else f"(assert (<= Y_{i} {t!r}))")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def objective(sess, x: np.ndarray, row: np.ndarray) -> np.ndarray:
+    out = np.concatenate([sess.run(None, {"X": x[k:k + 50000]})[0] for k in range(0, len(x), 50000)])
+    return out.astype(np.float64) @ row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=5.0, help="certify's timeout per case (s)")
+    ap.add_argument("--samples", type=int, default=200_000, help="onnxruntime points per box")
+    ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
+    ap.add_argument("--backend", default="auto", help="certify backend (default auto)")
+    ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one)")
+    a = ap.parse_args()
+    acts = [s for s in a.acts.split(",") if s]
+    bad = [s for s in acts if s not in ACTS]
+    if bad or not acts or a.cases < 1 or a.timeout <= 0 or a.samples < 1:
+        print(f"fuzz_certify: bad arguments ({', '.join(bad) or 'counts must be positive'}); activations: "
+              f"{', '.join(ACTS)}", file=sys.stderr)
+        return 2
+    import torch
+
+    from certkit.api import certify
+    from certkit.errors import CertkitError
+
+    torch.set_num_threads(1)
+    keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
+    os.makedirs(keep, exist_ok=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    counts: collections.Counter = collections.Counter()
+    wrong: list[str] = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in range(a.cases):
+            rng = np.random.default_rng([a.seed, case])
+            model, n_out, desc = random_model(rng, acts)
+            mpath, spath = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "p.vnnlib")
+            onnx.save(model, mpath)
+            sess = ort.InferenceSession(mpath, opts, providers=["CPUExecutionProvider"])
+            last_bias = [k.name for k in model.graph.initializer if k.name.endswith("_b")][-1]
+            d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+            c = rng.normal(0, 1, d)
+            r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
+            r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
+            lo, hi = (c - r).astype(np.float32), (c + r).astype(np.float32)
+            i, j = (int(k) for k in rng.choice(n_out, 2, replace=False))
+            pair = rng.random() < 0.6
+            row = np.zeros(n_out)
+            row[i] = 1.0
+            if pair:
+                row[j] = -1.0
+            x = box_points(lo, hi, a.samples, rng)
+            v = objective(sess, x, row)
+            vmin = float(v.min())
+            gap = max(1e-6, 1e-3 * (float(v.max()) - vmin))
+            side = "below" if rng.random() < 0.6 else "above"
+            t = vmin - gap if side == "below" else vmin + gap * float(rng.choice([0.01, 1.0]))
+            if pair:  # Y_i - Y_j <= t as Y_i <= Y_j: move t into output i's bias, then measure again
+                b = [k for k in model.graph.initializer if k.name == last_bias][0]
+                bias = numpy_helper.to_array(b).copy()
+                bias[i] -= np.float32(t)
+                b.CopyFrom(numpy_helper.from_array(bias, last_bias))
+                onnx.save(model, mpath)
+                sess = ort.InferenceSession(mpath, opts, providers=["CPUExecutionProvider"])
+                v, t = objective(sess, x, row), 0.0
+            write_vnnlib(spath, lo, hi, i, j if pair else None, t, n_out)
+            try:
+                res = certify(mpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
+                verdict = res.verdict
+            except CertkitError as e:
+                verdict = f"error: {e}"
+            except Exception as e:  # noqa: BLE001 -- any crash is a finding
+                verdict = f"crash: {type(e).__name__}: {e}"
+            counts[verdict.split(":")[0]] += 1
+            problem = None
+            if verdict == "unsat" and (v <= t).any():  # the violating points once more, each run alone (as a
+                # checker runs a counterexample: onnxruntime may round a row of a batch differently)
+                low = x[np.argsort(v)[:64]]
+                alone = np.array([objective(sess, p[None], row)[0] for p in low])
+                if (alone <= t).any():
+                    problem = f"unsat, but onnxruntime gives {float(alone.min())!r} <= {t!r} at a sampled point"
+            elif verdict == "sat":
+                w = np.asarray(res.witness.x, dtype=np.float32).reshape(1, -1)
+                wv = float(objective(sess, w, row)[0])
+                inside = bool(((w >= lo) & (w <= hi)).all())
+                if not (wv <= t and inside):
+                    problem = f"sat, but the witness gives {wv!r} (threshold {t!r}), inside the box: {inside}"
+            elif verdict.startswith("crash"):
+                problem = verdict
+            if problem:
+                name = f"case{a.seed}_{case}"
+                onnx.save(model, os.path.join(keep, name + ".onnx"))
+                write_vnnlib(os.path.join(keep, name + ".vnnlib"), lo, hi, i, j if pair else None, t, n_out)
+                wrong.append(f"WRONG {name} {desc} threshold {side} the sampled minimum: {problem}")
+                print(wrong[-1], flush=True)
+            print(f"\r{case + 1}/{a.cases} cases, {len(wrong)} wrong", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print(f"{a.cases} cases in {time.monotonic() - t0:.1f} s (timeout {a.timeout:g} s, {a.samples} points a box): "
+          + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+    print(f"wrong verdicts: {len(wrong)}" + (f" (models and properties in {keep})" if wrong else ""))
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
