@@ -31,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from certkit import bench  # noqa: E402
+from certkit.errors import CertkitError  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "benchmarks"))
@@ -139,7 +140,11 @@ def main() -> int:
     def on_row(row: dict, k: int) -> None:
         print(f"\r{k}/{len(runs)} instances", end="", file=sys.stderr, flush=True)
 
-    out_rows = bench.run(runs, jobs=a.jobs, on_row=on_row)
+    try:
+        out_rows = bench.run(runs, jobs=a.jobs, on_row=on_row)
+    except CertkitError as e:  # e.g. --jobs 2 without Dask
+        print(f"\nregression_gate: {e}", file=sys.stderr)
+        return 2
     print(file=sys.stderr)
     rows = [(r["set"], r) for r in out_rows]
     order = {key(s, r): i for i, (s, r, _) in enumerate(chosen)}

@@ -259,3 +259,28 @@ def test_running_the_inputs_stops_at_the_deadline(tmp_path):
     pb = _Problem(q, SplitConfig(), Budget.of(0.0))
     with pytest.raises(VerificationTimeout):
         pb.enumerate_open(b)
+
+
+def test_a_point_that_violates_only_when_run_alone_keeps_the_box_open():
+    """onnxruntime can round an input alone differently from the same input in a batch (a net of
+    benchmarks/fuzz_certify.py: 1 ulp). Here a mock runner gives y = 1 - x in any batch and -1 for the
+    box's smallest input run alone -- the point of *largest* margin in the batch, which the former rule
+    (only the 32 points of least margin re-run alone) never re-ran: the box must not close, and that
+    input, run alone as a checker runs it, is the counterexample."""
+    from certkit.spec.spec import Disjunct, Property
+
+    lo, hi = 0.5, 0.5 + 1e-5  # about 168 float32 inputs
+    prop = Property(np.array([lo]), np.array([hi]), (Disjunct(np.array([[1.0]]), np.array([0.0])),))  # y <= 0
+
+    def runner(x):
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        y = (1.0 - x.astype(np.float64)).astype(np.float32)
+        if len(x) == 1 and x[0, 0] == np.float32(lo):
+            y[0, 0] = -1.0
+        return y
+
+    q = Query.of_property(None, prop, 0, runner)
+    assert len(grid.points(grid.axes(q, q.lower, q.upper, np.float32))) > 100
+    value, w = grid.run_box(q, q.lower, q.upper)
+    assert not value > 0
+    assert w is not None and w.x[0] == np.float32(lo) and w.y[0] == -1.0

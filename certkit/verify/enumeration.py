@@ -17,10 +17,12 @@ input splitting bisected that corner forever. Counted, the corner holds a few th
 inputs, which onnxruntime runs in milliseconds.
 
 What an enumerated leaf asserts, stated: onnxruntime, as certkit's runner calls it (CPU provider,
-one thread), computes those outputs for those inputs; it is deterministic, and a point's output
-does not depend on the batch it is run in. The last is checked where it matters: the
-:data:`RERUN_SINGLE` points of least margin are run again one at a time and the leaf keeps the
-smaller value. ``certkit check`` re-runs every enumerated leaf (:func:`certkit.verify.input_split.recheck`).
+one thread), computes those outputs for those inputs, deterministically, both for the input alone (a
+batch of 1, as a counterexample checker runs it) and in the batch of the box's inputs: every point is run
+both ways and the leaf keeps the smaller value of the two. A point's output can depend on its batch:
+onnxruntime rounded a row of a batch 1 ulp away from the same input alone (a net of
+``benchmarks/fuzz_certify.py``); until 2026-12-07 only the 32 points of least margin were re-run alone.
+``certkit check`` re-runs every enumerated leaf (:func:`certkit.verify.input_split.recheck`).
 """
 from __future__ import annotations
 
@@ -34,8 +36,6 @@ from .witness import Witness
 
 #: boxes holding at most this many model-precision inputs are run point by point
 MAX_POINTS = 4096
-#: the points of least margin re-run one at a time (batch independence, module docstring)
-RERUN_SINGLE = 32
 
 _BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
@@ -159,10 +159,8 @@ def run_box(query: Query, lo: np.ndarray, hi: np.ndarray) -> tuple[float, Witnes
         return float(np.finfo(np.float64).max), None
     x = points(ax)
     v = values(query, runner(x))
-    low = np.argsort(v)[:RERUN_SINGLE]
-    if len(x) > 1:  # the same points one at a time: the leaf keeps the worse of the two
-        single = np.concatenate([runner(x[i:i + 1]) for i in low])
-        v[low] = np.minimum(v[low], values(query, single))
+    if len(x) > 1:  # every point once more alone (module docstring): the leaf keeps the worse of the two
+        v = np.minimum(v, values(query, np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])))
     bad = np.flatnonzero(~(v > 0))
     if bad.size:
         bad = bad[np.argsort(v[bad])]
