@@ -7,8 +7,9 @@ Each case is a random net built with ``onnx.helper`` -- an MLP (2-8 inputs, or 1
 splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn from ``--acts``: piecewise
 linear, S-shaped, periodic, steps) or, one case in four, a small conv net (Conv, BatchNorm, residual add,
 pooling) -- some with adversarial weights (huge scales, exact cancellations w and -w, zero rows), a random
-box (some inputs fixed), and one property, ``Y_i <= Y_j`` or ``Y_i <= t``, placed at the edge of the true
-minimum as dense sampling in onnxruntime sees it: just below it (the property most likely holds, a proof has
+box (some inputs fixed), and one property -- ``Y_i <= Y_j``, ``Y_i <= t`` or ``Y_i >= t``, or a disjunction of
+2-3 conjunctions of such threshold atoms -- placed at the edge of the true minimum as dense sampling in
+onnxruntime sees it (every threshold moved by one shift): just below it (the property most likely holds, a proof has
 to be tight) or just above it (a counterexample exists, maybe a needle). ``certkit.api.certify`` runs with
 ``--timeout`` seconds; its verdict is then checked in onnxruntime against ``--samples`` points of the box
 (the {lo, mid, hi} lattice or random corners, and uniform points): an ``unsat`` that a sampled point
@@ -151,21 +152,58 @@ def box_points(lo: np.ndarray, hi: np.ndarray, n: int, rng: np.random.Generator)
     return (lo + t * (hi - lo)).astype(np.float32)
 
 
-def write_vnnlib(path: str, lo: np.ndarray, hi: np.ndarray, i: int, j: int | None, t: float, n_out: int) -> None:
-    """The property's negation (VNN-LIB asserts the counterexample): ``Y_i <= Y_j`` (``j`` given, ``t`` 0) or
-    ``Y_i <= t`` somewhere in the box."""
+def atom_text(atom: tuple) -> str:
+    kind, i, j, t = atom
+    return {"le_out": f"(<= Y_{i} Y_{j})", "le": f"(<= Y_{i} {t!r})", "ge": f"(>= Y_{i} {t!r})"}[kind]
+
+
+def write_vnnlib(path: str, lo: np.ndarray, hi: np.ndarray, disjuncts: list, n_out: int) -> None:
+    """The property's negation (VNN-LIB asserts the counterexample): a disjunction of conjunctions of atoms
+    ``(kind, i, j, t)``: ``le_out`` Y_i <= Y_j, ``le`` Y_i <= t, ``ge`` Y_i >= t; somewhere in the box."""
     lines = [f"(declare-const X_{k} Real)" for k in range(len(lo))]
     lines += [f"(declare-const Y_{k} Real)" for k in range(n_out)]
     for k in range(len(lo)):
         lines += [f"(assert (>= X_{k} {float(lo[k])!r}))", f"(assert (<= X_{k} {float(hi[k])!r}))"]
-    lines.append(f"(assert (<= Y_{i} Y_{j}))" if j is not None else f"(assert (<= Y_{i} {t!r}))")
+    if len(disjuncts) == 1:
+        lines += [f"(assert {atom_text(at)})" for at in disjuncts[0]]
+    else:
+        lines.append("(assert (or " + " ".join("(and " + " ".join(atom_text(at) for at in dj) + ")"
+                                               for dj in disjuncts) + "))")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def objective(sess, x: np.ndarray, row: np.ndarray) -> np.ndarray:
-    out = np.concatenate([sess.run(None, {"X": x[k:k + 50000]})[0] for k in range(0, len(x), 50000)])
-    return out.astype(np.float64) @ row
+def outputs(sess, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([sess.run(None, {"X": x[k:k + 50000]})[0] for k in range(0, len(x), 50000)]
+                          ).astype(np.float64)
+
+
+def value(y: np.ndarray, disjuncts: list) -> np.ndarray:
+    """min over disjuncts of max over their atoms of the atom's slack (<= 0: the point violates the property)."""
+    def slack(atom):
+        kind, i, j, t = atom
+        return y[:, i] - y[:, j] if kind == "le_out" else y[:, i] - t if kind == "le" else t - y[:, i]
+    return np.min([np.max([slack(at) for at in dj], axis=0) for dj in disjuncts], axis=0)
+
+
+def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[list, float, str]:
+    """A property of threshold atoms (one atom, or 2-3 disjuncts of 1-2 atoms each) whose thresholds all move
+    by one shift so that the sampled minimum of :func:`value` is ``+gap`` (``below``: likely unsat) or
+    ``-gap`` / ``-gap/100`` (``above``: violated, maybe by a needle): (disjuncts, the shift, side)."""
+    multi = rng.random() < 0.35
+    shape = [int(rng.integers(1, 3)) for _ in range(int(rng.integers(2, 4)))] if multi else [1]
+    djs = []
+    for m in shape:  # each atom's threshold starts at a random quantile of its output over the samples
+        outs = rng.integers(n_out, size=m)
+        djs.append([("le" if rng.random() < 0.5 else "ge", int(i), None, float(np.quantile(y[:, i], rng.random())))
+                    for i in outs])
+    g = value(y, djs)
+    gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
+    side = "below" if rng.random() < 0.6 else "above"
+    target = gap if side == "below" else -gap * float(rng.choice([0.01, 1.0]))
+    sh = float(g.min()) - target  # every atom's slack drops by sh
+    djs = [[(kind, i, None, t + sh if kind == "le" else t - sh) for kind, i, _, t in dj] for dj in djs]
+    return djs, sh, side
 
 
 def main() -> int:
@@ -211,27 +249,25 @@ def main() -> int:
             r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
             r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
             lo, hi = (c - r).astype(np.float32), (c + r).astype(np.float32)
-            i, j = (int(k) for k in rng.choice(n_out, 2, replace=False))
-            pair = rng.random() < 0.6
-            row = np.zeros(n_out)
-            row[i] = 1.0
-            if pair:
-                row[j] = -1.0
             x = box_points(lo, hi, a.samples, rng)
-            v = objective(sess, x, row)
-            vmin = float(v.min())
-            gap = max(1e-6, 1e-3 * (float(v.max()) - vmin))
-            side = "below" if rng.random() < 0.6 else "above"
-            t = vmin - gap if side == "below" else vmin + gap * float(rng.choice([0.01, 1.0]))
-            if pair:  # Y_i - Y_j <= t as Y_i <= Y_j: move t into output i's bias, then measure again
+            y = outputs(sess, x)
+            if rng.random() < 0.4:  # Y_i <= Y_j at the edge: Y_i - Y_j's shift moved into output i's bias
+                i, j = (int(k) for k in rng.choice(n_out, 2, replace=False))
+                g = y[:, i] - y[:, j]
+                gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
+                side = "below" if rng.random() < 0.6 else "above"
+                t = float(g.min()) - gap if side == "below" else float(g.min()) + gap * float(rng.choice([0.01, 1.0]))
                 b = [k for k in model.graph.initializer if k.name == last_bias][0]
                 bias = numpy_helper.to_array(b).copy()
                 bias[i] -= np.float32(t)
                 b.CopyFrom(numpy_helper.from_array(bias, last_bias))
                 onnx.save(model, mpath)
                 sess = ort.InferenceSession(mpath, opts, providers=["CPUExecutionProvider"])
-                v, t = objective(sess, x, row), 0.0
-            write_vnnlib(spath, lo, hi, i, j if pair else None, t, n_out)
+                y, prop = outputs(sess, x), [[("le_out", i, j, 0.0)]]
+            else:
+                prop, _, side = edge_property(rng, y, n_out)
+            v = value(y, prop)
+            write_vnnlib(spath, lo, hi, prop, n_out)
             try:
                 res = certify(mpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
                 verdict = res.verdict
@@ -241,24 +277,24 @@ def main() -> int:
                 verdict = f"crash: {type(e).__name__}: {e}"
             counts[verdict.split(":")[0]] += 1
             problem = None
-            if verdict == "unsat" and (v <= t).any():  # the violating points once more, each run alone (as a
+            if verdict == "unsat" and (v <= 0).any():  # the violating points once more, each run alone (as a
                 # checker runs a counterexample: onnxruntime may round a row of a batch differently)
                 low = x[np.argsort(v)[:64]]
-                alone = np.array([objective(sess, p[None], row)[0] for p in low])
-                if (alone <= t).any():
-                    problem = f"unsat, but onnxruntime gives {float(alone.min())!r} <= {t!r} at a sampled point"
+                alone = np.array([value(outputs(sess, p[None]), prop)[0] for p in low])
+                if (alone <= 0).any():
+                    problem = f"unsat, but a sampled point violates it by {float(alone.min())!r} in onnxruntime"
             elif verdict == "sat":
                 w = np.asarray(res.witness.x, dtype=np.float32).reshape(1, -1)
-                wv = float(objective(sess, w, row)[0])
+                wv = float(value(outputs(sess, w), prop)[0])
                 inside = bool(((w >= lo) & (w <= hi)).all())
-                if not (wv <= t and inside):
-                    problem = f"sat, but the witness gives {wv!r} (threshold {t!r}), inside the box: {inside}"
+                if not (wv <= 0 and inside):
+                    problem = f"sat, but the witness's slack is {wv!r} (> 0: no violation), inside the box: {inside}"
             elif verdict.startswith("crash"):
                 problem = verdict
             if problem:
                 name = f"case{a.seed}_{case}"
                 onnx.save(model, os.path.join(keep, name + ".onnx"))
-                write_vnnlib(os.path.join(keep, name + ".vnnlib"), lo, hi, i, j if pair else None, t, n_out)
+                write_vnnlib(os.path.join(keep, name + ".vnnlib"), lo, hi, prop, n_out)
                 wrong.append(f"WRONG {name} {desc} threshold {side} the sampled minimum: {problem}")
                 print(wrong[-1], flush=True)
             print(f"\r{case + 1}/{a.cases} cases, {len(wrong)} wrong", end="", file=sys.stderr, flush=True)
