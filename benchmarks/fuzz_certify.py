@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/fuzz_certify.py [--cases 200] [--seed 0] [--timeout 5] [--samples 200000]
                                          [--keep DIR] [--acts Relu,Sin,...] [--backend auto]
+                                         [--dataset linf|l2|l1]
 
 Each case is a random net built with ``onnx.helper`` -- an MLP (2-8 inputs, or 17-24 so that ReLU
 splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn from ``--acts``: piecewise
@@ -15,7 +16,9 @@ to be tight) or just above it (a counterexample exists, maybe a needle). ``certk
 (the {lo, mid, hi} lattice or random corners, and uniform points): an ``unsat`` that a sampled point
 contradicts, run alone as a checker runs a counterexample, is a WRONG verdict (the worst bug), so is a ``sat`` whose witness does not violate the property
 in onnxruntime, and any crash. Prints the verdict counts and every wrong case (its model and VNN-LIB kept in
-``--keep``); exit 1 on any wrong verdict, 2 on bad arguments.
+``--keep``); exit 1 on any wrong verdict, 2 on bad arguments. With ``--dataset NORM``, data-set mode instead
+(:func:`fuzz_dataset`): per case 8 samples labelled by the net and one radius, every certified sample attacked
+by ``--samples`` float32 points of its ball.
 """
 from __future__ import annotations
 
@@ -206,6 +209,66 @@ def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[
     return djs, sh, side
 
 
+def ball_points(x0: np.ndarray, eps: float, norm: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 points of the ``norm`` ball of radius ``eps`` around ``x0`` (half on its surface, half inside;
+    for linf also its corners), only those whose float32 values lie in the ball (exact float64 check)."""
+    d = x0.shape[0]
+    if norm == "linf":
+        u = rng.choice([-1.0, 1.0], (n // 2, d))
+        pts = np.concatenate([u, rng.uniform(-1, 1, (n - n // 2, d))])
+    else:
+        g = rng.normal(0, 1, (n, d)) if norm == "l2" else rng.laplace(0, 1, (n, d))
+        g /= np.linalg.norm(g, ord=2 if norm == "l2" else 1, axis=1, keepdims=True)
+        r = np.ones((n, 1))
+        r[n // 2:] = rng.random((n - n // 2, 1)) ** (1.0 / d)
+        pts = g * r
+    x = (x0 + eps * pts).astype(np.float32)
+    dist = np.linalg.norm(x.astype(np.float64) - x0, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
+    return x[dist <= eps]
+
+
+def fuzz_dataset(a, acts: list[str], certify_dataset, sess_of) -> tuple[collections.Counter, list[str]]:
+    """Data-set mode: per case a random net, 8 samples labelled by the net itself and one radius; every sample
+    certified (``verified``) is attacked by ``--samples`` float32 points of its ball in onnxruntime (the
+    violating ones re-run alone): one whose class changes (a tie counts, as certkit's unsafe set) is WRONG."""
+    counts: collections.Counter = collections.Counter()
+    wrong: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in range(a.cases):
+            rng = np.random.default_rng([a.seed, case])
+            model, n_out, desc = random_model(rng, acts)
+            mpath = os.path.join(tmp, "m.onnx")
+            onnx.save(model, mpath)
+            sess = sess_of(mpath)
+            d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+            x = rng.normal(0, 1, (8, d)).astype(np.float32)
+            y = outputs(sess, x).argmax(axis=1)
+            eps = float(10.0 ** rng.uniform(-3, 0))
+            try:
+                res = certify_dataset(mpath, x, y, eps, norm=a.dataset, backend=a.backend, timeout=a.timeout)
+                verdicts = [smp.verdict for smp in res.samples]
+            except Exception as e:  # noqa: BLE001 -- any crash is a finding
+                verdicts = [f"crash: {type(e).__name__}: {e}"]
+            counts.update(v.split(":")[0] for v in verdicts)
+            for k, v in enumerate(verdicts):
+                problem = v if v.startswith("crash") else None
+                if v == "verified":
+                    pts = ball_points(x[k].astype(np.float64), eps, a.dataset, a.samples, rng)
+                    out = outputs(sess, pts)
+                    bad = pts[np.delete(out, y[k], axis=1).max(axis=1) >= out[:, y[k]]]
+                    alone = [outputs(sess, p[None])[0] for p in bad[:64]]
+                    if any(np.delete(o, y[k]).max() >= o[y[k]] for o in alone):
+                        problem = f"sample {k} certified at {a.dataset} radius {eps!r}, but its class changes in the ball"
+                if problem:
+                    name = f"dataset{a.seed}_{case}"
+                    onnx.save(model, os.path.join(a.keep, name + ".onnx"))
+                    np.savez(os.path.join(a.keep, name + ".npz"), x=x, y=y, eps=eps)
+                    wrong.append(f"WRONG {name} {desc}: {problem}")
+                    print(wrong[-1], flush=True)
+            print(f"\r{case + 1}/{a.cases} cases, {len(wrong)} wrong", end="", file=sys.stderr, flush=True)
+    return counts, wrong
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=200)
@@ -215,6 +278,8 @@ def main() -> int:
     ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
     ap.add_argument("--backend", default="auto", help="certify backend (default auto)")
     ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one)")
+    ap.add_argument("--dataset", choices=("linf", "l2", "l1"),
+                    help="data-set mode instead: certified samples of this norm attacked in their balls")
     a = ap.parse_args()
     acts = [s for s in a.acts.split(",") if s]
     bad = [s for s in acts if s not in ACTS]
@@ -224,15 +289,24 @@ def main() -> int:
         return 2
     import torch
 
-    from certkit.api import certify
+    from certkit.api import certify, certify_dataset
     from certkit.errors import CertkitError
 
     torch.set_num_threads(1)
-    keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
+    a.keep = keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
     os.makedirs(keep, exist_ok=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
+    if a.dataset:
+        t0 = time.monotonic()
+        counts, wrong = fuzz_dataset(a, acts, certify_dataset,
+                                     lambda p: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]))
+        print(file=sys.stderr)
+        print(f"{a.cases} cases (8 samples each, {a.dataset}) in {time.monotonic() - t0:.1f} s: "
+              + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+        print(f"wrong verdicts: {len(wrong)}" + (f" (models and samples in {keep})" if wrong else ""))
+        return 1 if wrong else 0
     counts: collections.Counter = collections.Counter()
     wrong: list[str] = []
     t0 = time.monotonic()

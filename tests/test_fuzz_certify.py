@@ -92,3 +92,27 @@ def test_bad_arguments_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--acts", "Relu,Nope"])
     assert fuzz.main() == 2
     assert "Nope" in capsys.readouterr().err
+
+
+def test_dataset_mode_flags_a_wrong_certificate(monkeypatch, capsys, tmp_path):
+    # every sample "certified" at radii up to 1: some balls hold a point of another class
+    import certkit.api
+
+    def all_verified(model, x, y, eps, **kw):
+        return SimpleNamespace(samples=[SimpleNamespace(verdict="verified") for _ in range(len(x))])
+
+    monkeypatch.setattr(certkit.api, "certify_dataset", all_verified)
+    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--samples", "4000", "--cases", "12", "--dataset", "l2",
+                                      "--keep", str(tmp_path)])
+    assert fuzz.main() == 1
+    assert "certified at l2 radius" in capsys.readouterr().out
+    assert list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_ball_points_lie_in_the_ball_and_reach_its_surface(norm):
+    rng = np.random.default_rng(0)
+    x0, eps = rng.normal(0, 1, 5), 0.3
+    pts = fuzz.ball_points(x0, eps, norm, 4000, rng)
+    dist = np.linalg.norm(pts.astype(np.float64) - x0, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
+    assert len(pts) > 1000 and (dist <= eps).all() and dist.max() > 0.99 * eps
