@@ -100,8 +100,8 @@ def satisfied_disjunct(prop: Property, y: np.ndarray) -> int:
 def run_alone(runner, x: np.ndarray) -> np.ndarray:
     """The output of one input run alone (a batch of 1), as a counterexample checker runs it (VNN-COMP's,
     ``certkit check``): onnxruntime's kernels may round a row of a batch differently from the same input
-    alone (measured, onnxruntime 1.2x on this machine: a random Gemm/Floor/Cos/Abs net whose two outputs are
-    equal for an input in batches of 2 to 50,000 and 1 ulp apart, the wrong way, alone --
+    alone (measured with onnxruntime 1.32 on this machine: a random Gemm/Floor/Cos/Abs net whose two
+    outputs are equal for an input in batches of 2 to 50,000 and 1 ulp apart, the wrong way, alone --
     ``benchmarks/fuzz_certify.py``)."""
     return np.asarray(runner(np.asarray(x)[None]))[0]
 
