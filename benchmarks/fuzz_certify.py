@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/fuzz_certify.py [--cases 200] [--seed 0] [--timeout 5] [--samples 200000]
                                          [--keep DIR] [--acts Relu,Sin,...] [--backend auto]
-                                         [--dataset linf|l2|l1]
+                                         [--check] [--dataset linf|l2|l1]
 
 Each case is a random net built with ``onnx.helper`` -- an MLP (2-8 inputs, or 17-24 so that ReLU
 splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn from ``--acts``: piecewise
@@ -18,7 +18,8 @@ contradicts, run alone as a checker runs a counterexample, is a WRONG verdict (t
 in onnxruntime, and any crash. Prints the verdict counts and every wrong case (its model and VNN-LIB kept in
 ``--keep``); exit 1 on any wrong verdict, 2 on bad arguments. With ``--dataset NORM``, data-set mode instead
 (:func:`fuzz_dataset`): per case 8 samples labelled by the net and one radius, every certified sample attacked
-by ``--samples`` float32 points of its ball.
+by ``--samples`` float32 points of its ball. With ``--check`` every ``sat``/``unsat`` certificate also goes
+through ``certkit check`` (one it cannot re-derive is reported).
 """
 from __future__ import annotations
 
@@ -227,6 +228,26 @@ def ball_points(x0: np.ndarray, eps: float, norm: str, n: int, rng: np.random.Ge
     return x[dist <= eps]
 
 
+def recheck(res, mpath: str, spath: str, tmp: str) -> str | None:
+    """``certkit check`` on the certificate of a decided run: None when it re-derives it (exit 0), else why not
+    (``--check``: a proof or witness that certkit cannot re-derive is a finding too)."""
+    import contextlib
+    import io
+
+    from certkit.api import load_model, load_spec
+    from certkit.certificate import certificate, dump
+    from certkit.cli import main as cli
+
+    model = load_model(mpath)
+    cert = os.path.join(tmp, "c.json")
+    dump(certificate(res, model, load_spec(spath, model)), cert)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = cli(["check", cert, "--model", str(mpath), "--spec", str(spath)])
+    return None if rc == 0 else f"certkit check exit {rc} on the {res.verdict} certificate: " + \
+        " | ".join(out.getvalue().strip().splitlines()[-3:])
+
+
 def fuzz_dataset(a, acts: list[str], certify_dataset, sess_of) -> tuple[collections.Counter, list[str]]:
     """Data-set mode: per case a random net, 8 samples labelled by the net itself and one radius; every sample
     certified (``verified``) is attacked by ``--samples`` float32 points of its ball in onnxruntime (the
@@ -278,6 +299,8 @@ def main() -> int:
     ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
     ap.add_argument("--backend", default="auto", help="certify backend (default auto)")
     ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one)")
+    ap.add_argument("--check", action="store_true",
+                    help="also run certkit check on every sat/unsat certificate (one that fails is reported)")
     ap.add_argument("--dataset", choices=("linf", "l2", "l1"),
                     help="data-set mode instead: certified samples of this norm attacked in their balls")
     a = ap.parse_args()
@@ -365,6 +388,8 @@ def main() -> int:
                     problem = f"sat, but the witness's slack is {wv!r} (> 0: no violation), inside the box: {inside}"
             elif verdict.startswith("crash"):
                 problem = verdict
+            if a.check and not problem and verdict in ("sat", "unsat"):
+                problem = recheck(res, mpath, spath, tmp)
             if problem:
                 name = f"case{a.seed}_{case}"
                 onnx.save(model, os.path.join(keep, name + ".onnx"))

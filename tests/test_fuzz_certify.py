@@ -116,3 +116,19 @@ def test_ball_points_lie_in_the_ball_and_reach_its_surface(norm):
     pts = fuzz.ball_points(x0, eps, norm, 4000, rng)
     dist = np.linalg.norm(pts.astype(np.float64) - x0, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
     assert len(pts) > 1000 and (dist <= eps).all() and dist.max() > 0.99 * eps
+
+
+def test_recheck_passes_a_real_certificate_and_reports_a_forged_one(tmp_path):
+    import dataclasses
+
+    import certkit
+    from tests.helpers.examples import FC, SAT, UNSAT
+
+    res = certkit.certify(FC, UNSAT, timeout=60)
+    assert res.verdict == "unsat"
+    assert fuzz.recheck(res, FC, UNSAT, str(tmp_path)) is None
+    sat = certkit.certify(FC, SAT, timeout=60)
+    assert sat.verdict == "sat"
+    forged = dataclasses.replace(sat, verdict="unsat", witness=None)  # "unsat" with no proof behind it
+    msg = fuzz.recheck(forged, FC, SAT, str(tmp_path))
+    assert msg is not None and msg.startswith("certkit check exit")
