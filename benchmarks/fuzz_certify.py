@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -147,12 +147,16 @@ def random_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelP
 
 
 def box_points(lo: np.ndarray, hi: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """The {lo, mid, hi} lattice (up to 8 inputs; beyond, random corners), then uniform points: (n', d)."""
+    """The {lo, mid, hi} lattice (:func:`certkit.verify.falsify.lattice`, when it has at most ``n / 2`` points;
+    else random corners), then uniform points: (n', d) float32."""
+    import torch
+
+    from certkit.verify.falsify import lattice
+
     d = lo.shape[0]
-    grid = np.array(list(itertools.product((0.0, 0.5, 1.0), repeat=d))) if d <= 8 else \
-        rng.integers(0, 2, (min(n // 4, 4096), d)).astype(np.float64)
-    u = rng.random((max(0, n - len(grid)), d))
-    t = np.concatenate([grid, u])
+    grid = lattice(torch.ones(1, d, dtype=torch.bool), n // 2)
+    grid = rng.integers(0, 2, (min(n // 4, 4096), d)).astype(np.float64) if grid is None else grid.numpy()
+    t = np.concatenate([grid, rng.random((max(0, n - len(grid)), d))])
     return (lo + t * (hi - lo)).astype(np.float32)
 
 
@@ -177,6 +181,14 @@ def write_vnnlib(path: str, lo: np.ndarray, hi: np.ndarray, disjuncts: list, n_o
         f.write("\n".join(lines) + "\n")
 
 
+def session(path: str) -> ort.InferenceSession:
+    """onnxruntime on one thread, CPU provider, quiet: the oracle (independent of certkit's own runner)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def outputs(sess, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"X": x[k:k + 50000]})[0] for k in range(0, len(x), 50000)]
                           ).astype(np.float64)
@@ -190,10 +202,18 @@ def value(y: np.ndarray, disjuncts: list) -> np.ndarray:
     return np.min([np.max([slack(at) for at in dj], axis=0) for dj in disjuncts], axis=0)
 
 
-def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[list, float, str]:
-    """A property of threshold atoms (one atom, or 2-3 disjuncts of 1-2 atoms each) whose thresholds all move
-    by one shift so that the sampled minimum of :func:`value` is ``+gap`` (``below``: likely unsat) or
-    ``-gap`` / ``-gap/100`` (``above``: violated, maybe by a needle): (disjuncts, the shift, side)."""
+def edge(rng: np.random.Generator, g: np.ndarray) -> tuple[float, str]:
+    """How far to lower a property's slack ``g`` (sampled) so that its minimum becomes ``+gap`` (``below``:
+    likely unsat) or ``-gap`` / ``-gap/100`` (``above``: violated, maybe by a needle); gap is 1e-3 of g's
+    range (at least 1e-6): (the shift, the side)."""
+    gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
+    side = "below" if rng.random() < 0.6 else "above"
+    return float(g.min()) - (gap if side == "below" else -gap * float(rng.choice([0.01, 1.0]))), side
+
+
+def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[list, str]:
+    """A property of threshold atoms (one atom, or 2-3 disjuncts of 1-2 atoms each), every threshold moved by
+    one shift to the edge (:func:`edge`): (disjuncts, side)."""
     multi = rng.random() < 0.35
     shape = [int(rng.integers(1, 3)) for _ in range(int(rng.integers(2, 4)))] if multi else [1]
     djs = []
@@ -201,13 +221,8 @@ def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[
         outs = rng.integers(n_out, size=m)
         djs.append([("le" if rng.random() < 0.5 else "ge", int(i), None, float(np.quantile(y[:, i], rng.random())))
                     for i in outs])
-    g = value(y, djs)
-    gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
-    side = "below" if rng.random() < 0.6 else "above"
-    target = gap if side == "below" else -gap * float(rng.choice([0.01, 1.0]))
-    sh = float(g.min()) - target  # every atom's slack drops by sh
-    djs = [[(kind, i, None, t + sh if kind == "le" else t - sh) for kind, i, _, t in dj] for dj in djs]
-    return djs, sh, side
+    sh, side = edge(rng, value(y, djs))  # every atom's slack drops by sh
+    return [[(kind, i, None, t + sh if kind == "le" else t - sh) for kind, i, _, t in dj] for dj in djs], side
 
 
 def ball_points(x0: np.ndarray, eps: float, norm: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -248,10 +263,93 @@ def recheck(res, mpath: str, spath: str, tmp: str) -> str | None:
         " | ".join(out.getvalue().strip().splitlines()[-3:])
 
 
-def fuzz_dataset(a, acts: list[str], certify_dataset, sess_of) -> tuple[collections.Counter, list[str]]:
-    """Data-set mode: per case a random net, 8 samples labelled by the net itself and one radius; every sample
-    certified (``verified``) is attacked by ``--samples`` float32 points of its ball in onnxruntime (the
-    violating ones re-run alone): one whose class changes (a tie counts, as certkit's unsafe set) is WRONG."""
+def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+    """One VNN-LIB case (module docstring): (its verdict, the problem found or None, a function writing its
+    property to a folder)."""
+    from certkit.api import certify
+    from certkit.errors import CertkitError
+
+    sess = session(mpath)
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    c = rng.normal(0, 1, d)
+    r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
+    r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
+    lo, hi = (c - r).astype(np.float32), (c + r).astype(np.float32)
+    x = box_points(lo, hi, a.samples, rng)
+    y = outputs(sess, x)
+    if rng.random() < 0.4:  # Y_i <= Y_j at the edge: Y_i - Y_j's shift moved into output i's bias
+        i, j = (int(k) for k in rng.choice(n_out, 2, replace=False))
+        t, side = edge(rng, y[:, i] - y[:, j])
+        b = [k for k in model.graph.initializer if k.name.endswith("_b")][-1]
+        bias = numpy_helper.to_array(b).copy()
+        bias[i] -= np.float32(t)
+        b.CopyFrom(numpy_helper.from_array(bias, b.name))
+        onnx.save(model, mpath)
+        sess = session(mpath)
+        y, prop = outputs(sess, x), [[("le_out", i, j, 0.0)]]
+    else:
+        prop, side = edge_property(rng, y, n_out)
+    v = value(y, prop)
+    spath = os.path.join(tmp, "p.vnnlib")
+    write_vnnlib(spath, lo, hi, prop, n_out)
+    try:
+        res = certify(mpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
+        verdict = res.verdict
+    except CertkitError as e:
+        verdict = f"error: {e}"
+    except Exception as e:  # noqa: BLE001 -- any crash is a finding
+        verdict = f"crash: {type(e).__name__}: {e}"
+    problem = None
+    if verdict == "unsat" and (v <= 0).any():  # the violating points once more, each run alone (as a
+        # checker runs a counterexample: onnxruntime may round a row of a batch differently)
+        alone = np.array([value(outputs(sess, p[None]), prop)[0] for p in x[np.argsort(v)[:64]]])
+        if (alone <= 0).any():
+            problem = f"unsat, but a sampled point violates it by {float(alone.min())!r} in onnxruntime"
+    elif verdict == "sat":
+        w = np.asarray(res.witness.x, dtype=np.float32).reshape(1, -1)
+        wv = float(value(outputs(sess, w), prop)[0])
+        inside = bool(((w >= lo) & (w <= hi)).all())
+        if not (wv <= 0 and inside):
+            problem = f"sat, but the witness's slack is {wv!r} (> 0: no violation), inside the box: {inside}"
+    elif verdict.startswith("crash"):
+        problem = verdict
+    if a.check and not problem and verdict in ("sat", "unsat"):
+        problem = recheck(res, mpath, spath, tmp)
+    if problem:
+        problem = f"threshold {side} the sampled minimum: {problem}"
+    return [verdict], problem, lambda base: write_vnnlib(base + ".vnnlib", lo, hi, prop, n_out)
+
+
+def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+    """One data-set case: 8 samples labelled by the net itself and one radius; every sample certified
+    (``verified``) is attacked by ``--samples`` float32 points of its ball in onnxruntime (the violating ones
+    re-run alone): one whose class changes (a tie counts, as certkit's unsafe set) is a problem."""
+    from certkit.api import certify_dataset
+
+    sess = session(mpath)
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = rng.normal(0, 1, (8, d)).astype(np.float32)
+    y = outputs(sess, x).argmax(axis=1)
+    eps = float(10.0 ** rng.uniform(-3, 0))
+    try:
+        res = certify_dataset(mpath, x, y, eps, norm=a.dataset, backend=a.backend, timeout=a.timeout)
+        verdicts = [smp.verdict for smp in res.samples]
+    except Exception as e:  # noqa: BLE001 -- any crash is a finding
+        return [f"crash: {type(e).__name__}: {e}"], f"crash: {type(e).__name__}: {e}", lambda base: None
+    problem = None
+    for k in (k for k, v in enumerate(verdicts) if v == "verified"):
+        pts = ball_points(x[k].astype(np.float64), eps, a.dataset, a.samples, rng)
+        out = outputs(sess, pts)
+        bad = pts[np.delete(out, y[k], axis=1).max(axis=1) >= out[:, y[k]]]
+        if any(np.delete(o, y[k]).max() >= o[y[k]] for o in (outputs(sess, p[None])[0] for p in bad[:64])):
+            problem = f"sample {k} certified at {a.dataset} radius {eps!r}, but its class changes in the ball"
+            break
+    return verdicts, problem, lambda base: np.savez(base + ".npz", x=x, y=y, eps=eps)
+
+
+def run_cases(a, acts: list[str], one_case: Callable) -> tuple[collections.Counter, list[str]]:
+    """The loop both modes share: per case a random model (seeded by ``--seed`` and the case), ``one_case``
+    on it (:func:`vnnlib_case`, :func:`dataset_case`); a case with a problem is printed and kept in ``--keep`` (its model and its property or samples)."""
     counts: collections.Counter = collections.Counter()
     wrong: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,44 +358,29 @@ def fuzz_dataset(a, acts: list[str], certify_dataset, sess_of) -> tuple[collecti
             model, n_out, desc = random_model(rng, acts)
             mpath = os.path.join(tmp, "m.onnx")
             onnx.save(model, mpath)
-            sess = sess_of(mpath)
-            d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-            x = rng.normal(0, 1, (8, d)).astype(np.float32)
-            y = outputs(sess, x).argmax(axis=1)
-            eps = float(10.0 ** rng.uniform(-3, 0))
-            try:
-                res = certify_dataset(mpath, x, y, eps, norm=a.dataset, backend=a.backend, timeout=a.timeout)
-                verdicts = [smp.verdict for smp in res.samples]
-            except Exception as e:  # noqa: BLE001 -- any crash is a finding
-                verdicts = [f"crash: {type(e).__name__}: {e}"]
+            verdicts, problem, save = one_case(a, case, rng, model, n_out, mpath, tmp)
             counts.update(v.split(":")[0] for v in verdicts)
-            for k, v in enumerate(verdicts):
-                problem = v if v.startswith("crash") else None
-                if v == "verified":
-                    pts = ball_points(x[k].astype(np.float64), eps, a.dataset, a.samples, rng)
-                    out = outputs(sess, pts)
-                    bad = pts[np.delete(out, y[k], axis=1).max(axis=1) >= out[:, y[k]]]
-                    alone = [outputs(sess, p[None])[0] for p in bad[:64]]
-                    if any(np.delete(o, y[k]).max() >= o[y[k]] for o in alone):
-                        problem = f"sample {k} certified at {a.dataset} radius {eps!r}, but its class changes in the ball"
-                if problem:
-                    name = f"dataset{a.seed}_{case}"
-                    onnx.save(model, os.path.join(a.keep, name + ".onnx"))
-                    np.savez(os.path.join(a.keep, name + ".npz"), x=x, y=y, eps=eps)
-                    wrong.append(f"WRONG {name} {desc}: {problem}")
-                    print(wrong[-1], flush=True)
+            if problem:
+                name = f"{'dataset' if a.dataset else 'case'}{a.seed}_{case}"
+                onnx.save(model, os.path.join(a.keep, name + ".onnx"))
+                save(os.path.join(a.keep, name))
+                wrong.append(f"WRONG {name} {desc}: {problem}")
+                print(wrong[-1], flush=True)
             print(f"\r{case + 1}/{a.cases} cases, {len(wrong)} wrong", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     return counts, wrong
 
 
 def main() -> int:
+    from certkit.verify.plan import PLANS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=5.0, help="certify's timeout per case (s)")
     ap.add_argument("--samples", type=int, default=200_000, help="onnxruntime points per box")
     ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
-    ap.add_argument("--backend", default="auto", help="certify backend (default auto)")
+    ap.add_argument("--backend", default="auto", choices=(*PLANS, "lipschitz"), help="certify backend (default auto)")
     ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one)")
     ap.add_argument("--check", action="store_true",
                     help="also run certkit check on every sat/unsat certificate (one that fails is reported)")
@@ -312,95 +395,16 @@ def main() -> int:
         return 2
     import torch
 
-    from certkit.api import certify, certify_dataset
-    from certkit.errors import CertkitError
-
     torch.set_num_threads(1)
-    a.keep = keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
-    os.makedirs(keep, exist_ok=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    if a.dataset:
-        t0 = time.monotonic()
-        counts, wrong = fuzz_dataset(a, acts, certify_dataset,
-                                     lambda p: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]))
-        print(file=sys.stderr)
-        print(f"{a.cases} cases (8 samples each, {a.dataset}) in {time.monotonic() - t0:.1f} s: "
-              + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
-        print(f"wrong verdicts: {len(wrong)}" + (f" (models and samples in {keep})" if wrong else ""))
-        return 1 if wrong else 0
-    counts: collections.Counter = collections.Counter()
-    wrong: list[str] = []
+    a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
+    os.makedirs(a.keep, exist_ok=True)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in range(a.cases):
-            rng = np.random.default_rng([a.seed, case])
-            model, n_out, desc = random_model(rng, acts)
-            mpath, spath = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "p.vnnlib")
-            onnx.save(model, mpath)
-            sess = ort.InferenceSession(mpath, opts, providers=["CPUExecutionProvider"])
-            last_bias = [k.name for k in model.graph.initializer if k.name.endswith("_b")][-1]
-            d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-            c = rng.normal(0, 1, d)
-            r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
-            r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
-            lo, hi = (c - r).astype(np.float32), (c + r).astype(np.float32)
-            x = box_points(lo, hi, a.samples, rng)
-            y = outputs(sess, x)
-            if rng.random() < 0.4:  # Y_i <= Y_j at the edge: Y_i - Y_j's shift moved into output i's bias
-                i, j = (int(k) for k in rng.choice(n_out, 2, replace=False))
-                g = y[:, i] - y[:, j]
-                gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
-                side = "below" if rng.random() < 0.6 else "above"
-                t = float(g.min()) - gap if side == "below" else float(g.min()) + gap * float(rng.choice([0.01, 1.0]))
-                b = [k for k in model.graph.initializer if k.name == last_bias][0]
-                bias = numpy_helper.to_array(b).copy()
-                bias[i] -= np.float32(t)
-                b.CopyFrom(numpy_helper.from_array(bias, last_bias))
-                onnx.save(model, mpath)
-                sess = ort.InferenceSession(mpath, opts, providers=["CPUExecutionProvider"])
-                y, prop = outputs(sess, x), [[("le_out", i, j, 0.0)]]
-            else:
-                prop, _, side = edge_property(rng, y, n_out)
-            v = value(y, prop)
-            write_vnnlib(spath, lo, hi, prop, n_out)
-            try:
-                res = certify(mpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
-                verdict = res.verdict
-            except CertkitError as e:
-                verdict = f"error: {e}"
-            except Exception as e:  # noqa: BLE001 -- any crash is a finding
-                verdict = f"crash: {type(e).__name__}: {e}"
-            counts[verdict.split(":")[0]] += 1
-            problem = None
-            if verdict == "unsat" and (v <= 0).any():  # the violating points once more, each run alone (as a
-                # checker runs a counterexample: onnxruntime may round a row of a batch differently)
-                low = x[np.argsort(v)[:64]]
-                alone = np.array([value(outputs(sess, p[None]), prop)[0] for p in low])
-                if (alone <= 0).any():
-                    problem = f"unsat, but a sampled point violates it by {float(alone.min())!r} in onnxruntime"
-            elif verdict == "sat":
-                w = np.asarray(res.witness.x, dtype=np.float32).reshape(1, -1)
-                wv = float(value(outputs(sess, w), prop)[0])
-                inside = bool(((w >= lo) & (w <= hi)).all())
-                if not (wv <= 0 and inside):
-                    problem = f"sat, but the witness's slack is {wv!r} (> 0: no violation), inside the box: {inside}"
-            elif verdict.startswith("crash"):
-                problem = verdict
-            if a.check and not problem and verdict in ("sat", "unsat"):
-                problem = recheck(res, mpath, spath, tmp)
-            if problem:
-                name = f"case{a.seed}_{case}"
-                onnx.save(model, os.path.join(keep, name + ".onnx"))
-                write_vnnlib(os.path.join(keep, name + ".vnnlib"), lo, hi, prop, n_out)
-                wrong.append(f"WRONG {name} {desc} threshold {side} the sampled minimum: {problem}")
-                print(wrong[-1], flush=True)
-            print(f"\r{case + 1}/{a.cases} cases, {len(wrong)} wrong", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    print(f"{a.cases} cases in {time.monotonic() - t0:.1f} s (timeout {a.timeout:g} s, {a.samples} points a box): "
+    counts, wrong = run_cases(a, acts, dataset_case if a.dataset else vnnlib_case)
+    what = f"8 samples each, {a.dataset}" if a.dataset else f"{a.samples} points a box"
+    print(f"{a.cases} cases in {time.monotonic() - t0:.1f} s (timeout {a.timeout:g} s, {what}): "
           + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
-    print(f"wrong verdicts: {len(wrong)}" + (f" (models and properties in {keep})" if wrong else ""))
+    print(f"wrong verdicts: {len(wrong)}" + (f" (models and {'samples' if a.dataset else 'properties'} in "
+                                              f"{a.keep})" if wrong else ""))
     return 1 if wrong else 0
 
 

@@ -75,7 +75,7 @@ def test_written_properties_mean_what_the_fuzzer_checks(seed, tmp_path):
     onnx.save(model, path)
     d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
     y = rng.normal(0, 1, (500, n_out))
-    prop, _, _ = fuzz.edge_property(rng, y, n_out)
+    prop, _ = fuzz.edge_property(rng, y, n_out)
     fuzz.write_vnnlib(str(tmp_path / "p.vnnlib"), np.zeros(d, np.float32), np.ones(d, np.float32), prop, n_out)
     parsed = load_spec(str(tmp_path / "p.vnnlib"), load_model(str(path))).properties[0]
     y2 = rng.normal(0, 1, (500, n_out))

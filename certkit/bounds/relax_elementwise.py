@@ -303,8 +303,6 @@ def _zero(op, l: Tensor, u: Tensor, base) -> Tensor:
     return torch.zeros_like(l)
 
 
-
-
 def moved_lines(op, l: Tensor, u: Tensor, base: Relax, a: Tensor) -> Relax:
     """alpha-CROWN's lines of a :func:`family` op (issue 13: alpha for every activation): each side's slope
     moves from DeepPoly's (``base``) by ``a`` in [-1, 1] (clamped) toward the largest (``a > 0``) or the

@@ -32,7 +32,7 @@ import torch
 from ..bounds.fperror import row_margin
 from .gate import domain_value
 from .query import Query
-from .witness import Witness
+from .witness import Witness, run_alone
 
 #: boxes holding at most this many model-precision inputs are run point by point
 MAX_POINTS = 4096
@@ -160,7 +160,7 @@ def run_box(query: Query, lo: np.ndarray, hi: np.ndarray) -> tuple[float, Witnes
     x = points(ax)
     v = values(query, runner(x))
     if len(x) > 1:  # every point once more alone (module docstring): the leaf keeps the worse of the two
-        v = np.minimum(v, values(query, np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])))
+        v = np.minimum(v, values(query, np.stack([run_alone(runner, p) for p in x])))
     bad = np.flatnonzero(~(v > 0))
     if bad.size:
         bad = bad[np.argsort(v[bad])]
