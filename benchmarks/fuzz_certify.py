@@ -396,8 +396,12 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
-    os.makedirs(a.keep, exist_ok=True)
+    try:
+        a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
+        os.makedirs(a.keep, exist_ok=True)
+    except OSError as e:
+        print(f"fuzz_certify: cannot use --keep {a.keep}: {e.strerror or e}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     counts, wrong = run_cases(a, acts, dataset_case if a.dataset else vnnlib_case)
     what = f"8 samples each, {a.dataset}" if a.dataset else f"{a.samples} points a box"

@@ -77,10 +77,21 @@ def key(s: str, r: dict | bench.Instance) -> tuple[str, str, str]:
 
 
 def read_baseline(path: str) -> dict[tuple[str, str, str], dict]:
+    """The baseline's rows by (set, onnx, vnnlib); {} when there is none. ValueError: not a gate baseline."""
     if not os.path.exists(path):
         return {}
     with open(path, newline="") as f:
-        return {key(r["set"], r): r for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        missing = [c for c in FIELDS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a gate baseline (no column {', '.join(missing)})")
+        rows = list(reader)
+    try:
+        for r in rows:
+            float(r["time_s"]), float(r["timeout"])
+    except ValueError as e:
+        raise ValueError(f"{path}: not a gate baseline ({e})") from None
+    return {key(r["set"], r): r for r in rows}
 
 
 def compare(rows: list[tuple[str, dict]], base: dict) -> tuple[list[str], list[str], list[str]]:
@@ -134,7 +145,11 @@ def main() -> int:
         r.timeout = t
         r.extra["set"] = s
         runs.append(r)
-    base = read_baseline(a.baseline)
+    try:
+        base = read_baseline(a.baseline)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        print(f"regression_gate: {e}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
 
     def on_row(row: dict, k: int) -> None:

@@ -132,3 +132,11 @@ def test_recheck_passes_a_real_certificate_and_reports_a_forged_one(tmp_path):
     forged = dataclasses.replace(sat, verdict="unsat", witness=None)  # "unsat" with no proof behind it
     msg = fuzz.recheck(forged, FC, SAT, str(tmp_path))
     assert msg is not None and msg.startswith("certkit check exit")
+
+
+def test_an_unusable_keep_folder_exits_2(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--cases", "1", "--keep", str(blocker / "sub")])
+    assert fuzz.main() == 2
+    assert "cannot use --keep" in capsys.readouterr().err

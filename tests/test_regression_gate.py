@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("regression_gate", ROOT / "benchmarks" / "regression_gate.py")
 gate = importlib.util.module_from_spec(_spec)
@@ -38,3 +40,12 @@ def test_acas186_is_the_competition_set():
     inst = gate.acas186({})
     assert len(inst) == 186 and len({(r.onnx, r.vnnlib) for r in inst}) == 186
     assert all(r.timeout == 116.0 for r in inst)
+
+
+@pytest.mark.parametrize("text", ["x,y\n1,2\n", "set,onnx,vnnlib,verdict,time_s,timeout\nacas186,a,b,unsat,abc,116\n"])
+def test_a_malformed_baseline_is_one_line(text, tmp_path):
+    path = tmp_path / "base.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not a gate baseline"):
+        gate.read_baseline(str(path))
+    assert gate.read_baseline(str(tmp_path / "none.csv")) == {}
