@@ -1,24 +1,29 @@
 """Hunt wrong verdicts end to end: `certify` on random ONNX nets with properties set at the edge.
 
 Usage: python benchmarks/fuzz_certify.py [--cases 200] [--seed 0] [--timeout 5] [--samples 200000]
-                                         [--keep DIR] [--acts Relu,Sin,...] [--backend auto]
-                                         [--check] [--dataset linf|l2|l1]
+                                         [--keep DIR] [--acts Relu,Sin,...] [--families mlp,conv,...]
+                                         [--backend auto] [--check] [--dataset linf|l2|l1 | --bounds]
 
-Each case is a random net built with ``onnx.helper`` -- an MLP (2-8 inputs, or 17-24 so that ReLU
-splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn from ``--acts``: piecewise
-linear, S-shaped, periodic, steps) or, one case in four, a small conv net (Conv, BatchNorm, residual add,
-pooling) -- some with adversarial weights (huge scales, exact cancellations w and -w, zero rows), a random
-box (some inputs fixed), and one property -- ``Y_i <= Y_j``, ``Y_i <= t`` or ``Y_i >= t``, or a disjunction of
-2-3 conjunctions of such threshold atoms -- placed at the edge of the true minimum as dense sampling in
-onnxruntime sees it (every threshold moved by one shift): just below it (the property most likely holds, a proof has
-to be tight) or just above it (a counterexample exists, maybe a needle). ``certkit.api.certify`` runs with
-``--timeout`` seconds; its verdict is then checked in onnxruntime against ``--samples`` points of the box
-(the {lo, mid, hi} lattice or random corners, and uniform points): an ``unsat`` that a sampled point
-contradicts, run alone as a checker runs a counterexample, is a WRONG verdict (the worst bug), so is a ``sat`` whose witness does not violate the property
-in onnxruntime, and any crash. Prints the verdict counts and every wrong case (its model and VNN-LIB kept in
-``--keep``); exit 1 on any wrong verdict, 2 on bad arguments. With ``--dataset NORM``, data-set mode instead
-(:func:`fuzz_dataset`): per case 8 samples labelled by the net and one radius, every certified sample attacked
-by ``--samples`` float32 points of its ball. With ``--check`` every ``sat``/``unsat`` certificate also goes
+Each case is a random net built with ``onnx.helper``, of one of four families (``--families``): an MLP (2-8
+inputs, or 17-24 so that ReLU splitting and the MILP run; 1-3 hidden layers of Gemm and an activation drawn
+from ``--acts``: piecewise linear, S-shaped, periodic, steps), a small conv net (Conv, BatchNorm, residual add,
+pooling), a self-attention block (products of two variables, Softmax, LayerNormalization or its ops written
+out), or a net of products, quotients, roots, Exp/Log/Reciprocal, Max/Min of two variables, reductions and
+Where (:data:`BLOCKS`) -- some with adversarial weights (huge scales, exact cancellations w and -w, zero rows,
+denominators near 0, a softmax near argmax), a random box (some inputs fixed), and one property -- ``Y_i <=
+Y_j``, ``Y_i <= t`` or ``Y_i >= t``, or a disjunction of 2-3 conjunctions of such threshold atoms -- placed at
+the edge of the true minimum as dense sampling in onnxruntime sees it (every threshold moved by one shift):
+just below it (the property most likely holds, a proof has to be tight) or just above it (a counterexample
+exists, maybe a needle). ``certkit.api.certify`` runs with ``--timeout`` seconds; its verdict is then checked
+in onnxruntime against ``--samples`` points of the box (the {lo, mid, hi} lattice or random corners, and
+uniform points): an ``unsat`` that a sampled point contradicts, run alone as a checker runs a counterexample,
+is a WRONG verdict (the worst bug), so is a ``sat`` whose witness does not violate the property in
+onnxruntime, and any crash. Prints the verdict counts, every wrong case (its model and VNN-LIB kept in
+``--keep``) and every refusal (``ERROR``, not counted as wrong); exit 1 on any wrong verdict, 2 on bad
+arguments. With ``--dataset NORM``, data-set mode instead (:func:`dataset_case`): per case 8 samples labelled
+by the net and one radius, every certified sample attacked by ``--samples`` float32 points of its ball. With
+``--bounds``, bounds mode instead (:func:`bounds_case`): every registered bound procedure's output bounds
+over the box against the sampled outputs. With ``--check`` every ``sat``/``unsat`` certificate also goes
 through ``certkit check`` (one it cannot re-derive is reported).
 """
 from __future__ import annotations
@@ -61,18 +66,17 @@ def _act_nodes(kind: str, x: str, y: str, p: str, n: int, inits: list, rng: np.r
     return [helper.make_node(kind, [x], [y])]
 
 
-def _finish(nodes: list, inits: list, n_in: int, x: str, n: int) -> onnx.ModelProto:
+def _finish(nodes: list, inits: list, n_in: int, x: str, n: int, opset: int = 13) -> onnx.ModelProto:
     nodes.append(helper.make_node("Identity", [x], ["Y"]))
     g = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_in])],
                           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", n])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     return model
 
 
-def _init(inits: list, name: str, a) -> str:
-    inits.append(numpy_helper.from_array(np.asarray(a, dtype=np.int64 if name.endswith("shape") else np.float32),
-                                         name))
+def _init(inits: list, name: str, a, dtype=np.float32) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(a, dtype=dtype), name))
     return name
 
 
@@ -82,7 +86,7 @@ def random_conv_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.M
     c, h, w = int(rng.integers(1, 3)), int(rng.integers(3, 5)), int(rng.integers(3, 5))
     k, stride, n_out = int(rng.integers(2, 5)), int(rng.choice([1, 2])), int(rng.integers(2, 5))
     nodes, inits, desc = [], [], [f"{c}x{h}x{w}"]
-    nodes.append(helper.make_node("Reshape", ["X", _init(inits, "shape", [-1, c, h, w])], ["img"]))
+    nodes.append(helper.make_node("Reshape", ["X", _init(inits, "shape", [-1, c, h, w], np.int64)], ["img"]))
     nodes.append(helper.make_node("Conv", ["img", _init(inits, "K", rng.normal(0, 1.5 / np.sqrt(9 * c), (k, c, 3, 3))),
                                            _init(inits, "kb", rng.normal(0, 0.3, k))], ["conv"],
                                   pads=[1, 1, 1, 1], strides=[stride, stride]))
@@ -113,11 +117,144 @@ def random_conv_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.M
     return _finish(nodes, inits, c * h * w, "out", n_out), n_out, "-".join(desc) + f"-{n_out} (conv)"
 
 
-def random_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
-    """A random MLP (or, one case in four, a small conv net: :func:`random_conv_model`) with a dynamic batch
-    dimension, its number of outputs, and a one-line description."""
-    if rng.random() < 0.25:
-        return random_conv_model(rng, acts)
+def _gemm(nodes: list, inits: list, x: str, y: str, n: int, m: int, rng: np.random.Generator, scale: float = 1.5) -> str:
+    """``y = x W^T + b`` with ``W`` (m, n) of standard deviation ``scale / sqrt(n)``: the node's output name."""
+    nodes.append(helper.make_node("Gemm", [x, _init(inits, y + "_W", rng.normal(0, scale / np.sqrt(n), (m, n))),
+                                           _init(inits, y + "_c", rng.normal(0, 0.5, m))], [y], transB=1))
+    return y
+
+
+def _out(nodes: list, inits: list, x: str, n: int, rng: np.random.Generator) -> tuple[str, int]:
+    """The output layer: a Gemm to 2-4 outputs whose bias (``out_b``, the last ``*_b`` initializer: the one
+    :func:`vnnlib_case` moves a pair property's threshold into) is added last."""
+    n_out = int(rng.integers(2, 5))
+    nodes.append(helper.make_node("Gemm", [x, _init(inits, "out_W", rng.normal(0, 1.5 / np.sqrt(n), (n_out, n))),
+                                           _init(inits, "out_b", rng.normal(0, 0.5, n_out))], ["out"], transB=1))
+    return "out", n_out
+
+
+def random_attention_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
+    """One self-attention block on T = 2-3 tokens of width d = 2-4 (a flat input of T d): Reshape -> Q, K, V
+    (MatMul + Add) -> Softmax(Q K^T / sqrt(d)) V (products of two variables, a softmax) [-> + the tokens] [->
+    LayerNormalization, or the same written out: ReduceMean, Sub, Mul, Sqrt, Div] [-> a MatMul and an
+    activation] -> Flatten -> Gemm; ``sharp``: Q and K's weights 10-30 times larger (a softmax near argmax)."""
+    T, d = int(rng.integers(2, 4)), int(rng.integers(2, 5))
+    sharp = rng.random() < 0.25
+    nodes, inits, desc = [], [], [f"{T}x{d}"]
+    nodes.append(helper.make_node("Reshape", ["X", _init(inits, "shape", [-1, T, d], np.int64)], ["tok"]))
+    for name in "qkv":
+        s = float(rng.uniform(10, 30)) if sharp and name != "v" else 1.0
+        nodes.append(helper.make_node("MatMul", ["tok", _init(inits, name + "W", s * rng.normal(0, 1 / np.sqrt(d), (d, d)))],
+                                      [name + "m"]))
+        nodes.append(helper.make_node("Add", [name + "m", _init(inits, name + "c", rng.normal(0, 0.3, d))], [name]))
+    nodes.append(helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]))
+    nodes.append(helper.make_node("MatMul", ["q", "kt"], ["qk"]))
+    nodes.append(helper.make_node("Mul", ["qk", _init(inits, "scale", np.float32(1 / np.sqrt(d)))], ["scores"]))
+    nodes.append(helper.make_node("Softmax", ["scores"], ["att"], axis=-1))
+    nodes.append(helper.make_node("MatMul", ["att", "v"], ["ctx"]))
+    x, desc = "ctx", desc + ["sharp-attention" if sharp else "attention"]
+    if rng.random() < 0.6:
+        nodes.append(helper.make_node("Add", ["tok", x], ["res"]))
+        x, desc = "res", desc + ["+tokens"]
+    norm = str(rng.choice(["none", "LayerNormalization", "manual"]))
+    eps = float(rng.choice([1e-5, 1e-2]))
+    if norm == "LayerNormalization":
+        nodes.append(helper.make_node("LayerNormalization", [x, _init(inits, "gamma", rng.normal(1, 0.5, d)),
+                                                             _init(inits, "beta", rng.normal(0, 0.3, d))],
+                                      ["ln"], axis=-1, epsilon=eps))
+        x, desc = "ln", desc + [f"LN{eps:g}"]
+    elif norm == "manual":
+        nodes += [helper.make_node("ReduceMean", [x], ["mu"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", [x, "mu"], ["cen"]),
+                  helper.make_node("Mul", ["cen", "cen"], ["sq"]),
+                  helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1], keepdims=1),
+                  helper.make_node("Add", ["var", _init(inits, "eps", np.float32(eps))], ["ve"]),
+                  helper.make_node("Sqrt", ["ve"], ["sd"]),
+                  helper.make_node("Div", ["cen", "sd"], ["ln"])]
+        x, desc = "ln", desc + [f"norm{eps:g}"]
+    if rng.random() < 0.5:
+        kind = str(rng.choice(acts))
+        nodes.append(helper.make_node("MatMul", [x, _init(inits, "fW", rng.normal(0, 1.5 / np.sqrt(d), (d, d)))], ["ff"]))
+        nodes += _act_nodes(kind, "ff", "ffa", "f_", d, inits, rng) if kind != "Max" else \
+            [helper.make_node("Relu", ["ff"], ["ffa"])]
+        x, desc = "ffa", desc + [f"ff{kind if kind != 'Max' else 'Relu'}"]
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    out, n_out = _out(nodes, inits, "flat", T * d, rng)
+    return _finish(nodes, inits, T * d, out, n_out, opset=17), n_out, "-".join(desc) + f"-{n_out} (attention)"
+
+
+#: the blocks of :func:`random_ops_model`
+BLOCKS = ("mul", "div", "sqrt", "log", "exp", "recip", "max", "min", "softmax", "reduce", "where", "cube")
+
+
+def random_ops_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
+    """Gemm -> 1-3 blocks of the ops transformers and physics-informed nets use, each on two Gemms ``a``, ``b`` of
+    the layer before (:data:`BLOCKS`: ``a b``, ``a / (|b| + c)``, ``sqrt(a^2 + c)``, ``log(softplus(a) + c)``,
+    ``exp(a)``, ``1 / (exp(a) + c)``, ``max(a, b)``, ``min(a, b)``, ``softmax(a)``, ``a`` with its
+    ReduceSum/Mean/Max/Min appended, ``where(a > b, a, b / 2)``, ``a^3``; ``c`` in {1e-3, 0.1, 1}: denominators and
+    square roots near 0) -> Gemm. 2-6 inputs; the first layer's weights 10-1000 times larger in a fifth of them."""
+    n_in, m = int(rng.integers(2, 7)), int(rng.integers(3, 9))
+    huge = float(10.0 ** rng.integers(1, 4)) if rng.random() < 0.2 else 1.0  # first layer 10-1000x (overflows)
+    nodes, inits, desc = [], [], [] if huge == 1 else [f"x{huge:g}"]
+    x = _gemm(nodes, inits, "X", "h0", n_in, m, rng, 1.5 * huge)
+    for k in range(int(rng.integers(1, 4))):
+        kind = str(rng.choice(BLOCKS))
+        p = f"k{k}"
+        a = _gemm(nodes, inits, x, p + "a", m, m, rng, 0.7 if kind in ("exp", "recip") else 1.5)
+        b = _gemm(nodes, inits, x, p + "bb", m, m, rng)
+        c = _init(inits, p + "cst", np.float32(rng.choice([1e-3, 0.1, 1.0])))
+        y, width = p + "y", m
+        if kind in ("mul", "max", "min"):
+            nodes.append(helper.make_node(kind.capitalize(), [a, b], [y]))
+        elif kind == "div":
+            nodes += [helper.make_node("Abs", [b], [p + "ab"]), helper.make_node("Add", [p + "ab", c], [p + "den"]),
+                      helper.make_node("Div", [a, p + "den"], [y])]
+        elif kind == "sqrt":
+            nodes += [helper.make_node("Mul", [a, a], [p + "sq"]), helper.make_node("Add", [p + "sq", c], [p + "r"]),
+                      helper.make_node("Sqrt", [p + "r"], [y])]
+        elif kind == "log":
+            nodes += [helper.make_node("Softplus", [a], [p + "sp"]), helper.make_node("Add", [p + "sp", c], [p + "r"]),
+                      helper.make_node("Log", [p + "r"], [y])]
+        elif kind == "exp":
+            nodes.append(helper.make_node("Exp", [a], [y]))
+        elif kind == "recip":
+            nodes += [helper.make_node("Exp", [a], [p + "e"]), helper.make_node("Add", [p + "e", c], [p + "r"]),
+                      helper.make_node("Reciprocal", [p + "r"], [y])]
+        elif kind == "softmax":
+            nodes.append(helper.make_node("Softmax", [a], [y], axis=1))
+        elif kind == "reduce":
+            red = str(rng.choice(["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"]))
+            nodes += [helper.make_node(red, [a, _init(inits, p + "axes", [1], np.int64)], [p + "r"], keepdims=1)
+                      if red == "ReduceSum" else  # (its axes an input from opset 13, the others' from 18)
+                      helper.make_node(red, [a], [p + "r"], axes=[1], keepdims=1),
+                      helper.make_node("Concat", [a, p + "r"], [y], axis=1)]
+            kind, width = red, m + 1
+        elif kind == "where":
+            nodes += [helper.make_node("Greater", [a, b], [p + "gt"]),
+                      helper.make_node("Mul", [b, _init(inits, p + "half", np.float32(0.5))], [p + "hb"]),
+                      helper.make_node("Where", [p + "gt", a, p + "hb"], [y])]
+        else:  # cube
+            nodes.append(helper.make_node("Pow", [a, _init(inits, p + "three", np.float32(3.0))], [y]))
+        x, desc = y, desc + [kind]
+        if width != m:  # back to m neurons
+            x = _gemm(nodes, inits, x, p + "w", width, m, rng)
+    out, n_out = _out(nodes, inits, x, m, rng)
+    return _finish(nodes, inits, n_in, out, n_out, opset=17), n_out, f"{n_in}-{m}-{'-'.join(desc)}-{n_out} (ops)"
+
+
+#: the model families and the share of cases each gets (among those chosen with ``--families``)
+FAMILIES = {"mlp": 0.5, "conv": 0.2, "attention": 0.15, "ops": 0.15}
+
+
+def random_model(rng: np.random.Generator, acts: list[str], families=tuple(FAMILIES)) -> tuple[onnx.ModelProto, int, str]:
+    """A random net of one of ``families`` (:data:`FAMILIES`: an MLP, a small conv net
+    (:func:`random_conv_model`), a self-attention block (:func:`random_attention_model`), a net of products,
+    quotients, roots, exponentials and reductions (:func:`random_ops_model`)) with a dynamic batch dimension, its
+    number of outputs, and a one-line description."""
+    w = np.array([FAMILIES[f] for f in families])
+    fam = families[int(rng.choice(len(families), p=w / w.sum()))]
+    if fam != "mlp":
+        return {"conv": random_conv_model, "attention": random_attention_model, "ops": random_ops_model}[fam](rng, acts)
     # few inputs (input splitting decides) or, one case in four, more than 16 (ReLU splitting, the MILP)
     n_in = int(rng.integers(2, 9)) if rng.random() < 0.75 else int(rng.integers(17, 25))
     widths = [int(rng.integers(3, 17)) for _ in range(int(rng.integers(1, 4)))] + [int(rng.integers(2, 5))]
@@ -206,9 +343,18 @@ def edge(rng: np.random.Generator, g: np.ndarray) -> tuple[float, str]:
     """How far to lower a property's slack ``g`` (sampled) so that its minimum becomes ``+gap`` (``below``:
     likely unsat) or ``-gap`` / ``-gap/100`` (``above``: violated, maybe by a needle); gap is 1e-3 of g's
     range (at least 1e-6): (the shift, the side)."""
+    g = g[np.isfinite(g)]  # (a net may overflow to inf at some points: the edge is set by the finite ones)
+    if not g.size:
+        return 0.0, "below"
     gap = max(1e-6, 1e-3 * (float(g.max()) - float(g.min())))
     side = "below" if rng.random() < 0.6 else "above"
     return float(g.min()) - (gap if side == "below" else -gap * float(rng.choice([0.01, 1.0]))), side
+
+
+def _quantile(y: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of the finite values of ``y`` (0 when none is finite)."""
+    y = y[np.isfinite(y)]
+    return float(np.quantile(y, q)) if y.size else 0.0
 
 
 def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[list, str]:
@@ -219,7 +365,7 @@ def edge_property(rng: np.random.Generator, y: np.ndarray, n_out: int) -> tuple[
     djs = []
     for m in shape:  # each atom's threshold starts at a random quantile of its output over the samples
         outs = rng.integers(n_out, size=m)
-        djs.append([("le" if rng.random() < 0.5 else "ge", int(i), None, float(np.quantile(y[:, i], rng.random())))
+        djs.append([("le" if rng.random() < 0.5 else "ge", int(i), None, _quantile(y[:, i], rng.random()))
                     for i in outs])
     sh, side = edge(rng, value(y, djs))  # every atom's slack drops by sh
     return [[(kind, i, None, t + sh if kind == "le" else t - sh) for kind, i, _, t in dj] for dj in djs], side
@@ -263,6 +409,57 @@ def recheck(res, mpath: str, spath: str, tmp: str) -> str | None:
         " | ".join(out.getvalue().strip().splitlines()[-3:])
 
 
+def random_box(rng: np.random.Generator, model) -> tuple[np.ndarray, np.ndarray]:
+    """A random float32 box of the model's input: centre N(0, 1), half-widths up to 1e-3 .. 1, a fifth of the
+    inputs fixed."""
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    c = rng.normal(0, 1, d)
+    r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
+    r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
+    return (c - r).astype(np.float32), (c + r).astype(np.float32)
+
+
+def bounds_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+    """One bounds case (``--bounds``): every registered bound procedure's output bounds over a random box
+    (:func:`certkit.bounds.fallback.lower_within_memory`, as ``certkit bounds`` runs them) against ``--samples``
+    onnxruntime points of it; a sampled output outside a procedure's bounds (re-run alone) is a problem. Its
+    verdicts: ``sound`` per procedure, ``error: ...`` where one refused."""
+    import torch
+
+    from certkit.api import load_model
+    from certkit.bounds.backends import BACKENDS
+    from certkit.bounds.fallback import lower_within_memory
+    from certkit.bounds.fperror import input_set
+    from certkit.verify.query import Budget
+
+    lo, hi = random_box(rng, model)
+    sess = session(mpath)
+    x = box_points(lo, hi, a.samples, rng)
+    y = outputs(sess, x)
+    g = load_model(mpath).graph
+    eye = torch.eye(n_out, dtype=torch.float64)
+    verdicts, problem = [], None
+    for name in BACKENDS:
+        try:
+            low, _ = lower_within_memory(name, g, input_set(g, lo, hi), torch.cat([eye, -eye]),
+                                         Budget.of(a.timeout), on_timeout=True)
+        except Exception as e:  # noqa: BLE001 -- a refusal is reported, a crash is a finding
+            verdicts.append(f"error: {name}: {type(e).__name__}: {e}")
+            continue
+        low = low[0].numpy()
+        lower, upper = low[:n_out], -low[n_out:]
+        out = (y < lower) | (y > upper)
+        bad = np.nonzero(out.any(axis=1))[0][:64]
+        alone = [outputs(sess, x[k][None])[0] for k in bad]
+        if any(((o < lower) | (o > upper)).any() for o in alone):
+            k = int(np.argmax([((lower - o).max() if (o < lower).any() else (o - upper).max()) for o in alone]))
+            problem = (f"{name}: output bounds [{lower.tolist()}, {upper.tolist()}], but onnxruntime gives "
+                       f"{alone[k].tolist()} at a point of the box")
+            break
+        verdicts.append("sound")
+    return verdicts, problem, lambda base: np.savez(base + ".npz", lo=lo, hi=hi)
+
+
 def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
     """One VNN-LIB case (module docstring): (its verdict, the problem found or None, a function writing its
     property to a folder)."""
@@ -270,11 +467,7 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
     from certkit.errors import CertkitError
 
     sess = session(mpath)
-    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    c = rng.normal(0, 1, d)
-    r = rng.choice([1e-3, 0.05, 0.3, 1.0]) * rng.random(d)
-    r[rng.random(d) < 0.2] = 0.0  # some inputs fixed
-    lo, hi = (c - r).astype(np.float32), (c + r).astype(np.float32)
+    lo, hi = random_box(rng, model)
     x = box_points(lo, hi, a.samples, rng)
     y = outputs(sess, x)
     if rng.random() < 0.4:  # Y_i <= Y_j at the edge: Y_i - Y_j's shift moved into output i's bias
@@ -355,13 +548,16 @@ def run_cases(a, acts: list[str], one_case: Callable) -> tuple[collections.Count
     with tempfile.TemporaryDirectory() as tmp:
         for case in range(a.cases):
             rng = np.random.default_rng([a.seed, case])
-            model, n_out, desc = random_model(rng, acts)
+            model, n_out, desc = random_model(rng, acts, a.families)
             mpath = os.path.join(tmp, "m.onnx")
             onnx.save(model, mpath)
             verdicts, problem, save = one_case(a, case, rng, model, n_out, mpath, tmp)
             counts.update(v.split(":")[0] for v in verdicts)
+            for v in {v for v in verdicts if v.startswith("error")}:  # a refusal is not wrong, but worth a look
+                print(f"ERROR case{a.seed}_{case} {desc}: {v[len('error: '):]}", flush=True)
             if problem:
-                name = f"{'dataset' if a.dataset else 'case'}{a.seed}_{case}"
+                name = f"{'bounds' if a.bounds else 'dataset' if a.dataset else 'case'}{a.seed}_{case}"
+                a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")  # made when first needed
                 onnx.save(model, os.path.join(a.keep, name + ".onnx"))
                 save(os.path.join(a.keep, name))
                 wrong.append(f"WRONG {name} {desc}: {problem}")
@@ -380,34 +576,43 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="certify's timeout per case (s)")
     ap.add_argument("--samples", type=int, default=200_000, help="onnxruntime points per box")
     ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help=f"comma-separated subset of the model families {','.join(FAMILIES)} (default all)")
     ap.add_argument("--backend", default="auto", choices=(*PLANS, "lipschitz"), help="certify backend (default auto)")
-    ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one)")
+    ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one, made "
+                                   "when the first wrong case is found)")
     ap.add_argument("--check", action="store_true",
                     help="also run certkit check on every sat/unsat certificate (one that fails is reported)")
-    ap.add_argument("--dataset", choices=("linf", "l2", "l1"),
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--bounds", action="store_true",
+                    help="bounds mode instead: every bound procedure's output bounds over a random box against "
+                         "the sampled outputs")
+    mode.add_argument("--dataset", choices=("linf", "l2", "l1"),
                     help="data-set mode instead: certified samples of this norm attacked in their balls")
     a = ap.parse_args()
     acts = [s for s in a.acts.split(",") if s]
-    bad = [s for s in acts if s not in ACTS]
-    if bad or not acts or a.cases < 1 or a.timeout <= 0 or a.samples < 1:
+    a.families = tuple(s for s in a.families.split(",") if s)
+    bad = [s for s in acts if s not in ACTS] + [s for s in a.families if s not in FAMILIES]
+    if bad or not acts or not a.families or a.cases < 1 or a.timeout <= 0 or a.samples < 1:
         print(f"fuzz_certify: bad arguments ({', '.join(bad) or 'counts must be positive'}); activations: "
-              f"{', '.join(ACTS)}", file=sys.stderr)
+              f"{', '.join(ACTS)}; families: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
     import torch
 
     torch.set_num_threads(1)
     try:
-        a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")
-        os.makedirs(a.keep, exist_ok=True)
+        if a.keep:
+            os.makedirs(a.keep, exist_ok=True)
     except OSError as e:
         print(f"fuzz_certify: cannot use --keep {a.keep}: {e.strerror or e}", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    counts, wrong = run_cases(a, acts, dataset_case if a.dataset else vnnlib_case)
+    counts, wrong = run_cases(a, acts, bounds_case if a.bounds else dataset_case if a.dataset else vnnlib_case)
     what = f"8 samples each, {a.dataset}" if a.dataset else f"{a.samples} points a box"
     print(f"{a.cases} cases in {time.monotonic() - t0:.1f} s (timeout {a.timeout:g} s, {what}): "
           + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
-    print(f"wrong verdicts: {len(wrong)}" + (f" (models and {'samples' if a.dataset else 'properties'} in "
+    kept = "boxes" if a.bounds else "samples" if a.dataset else "properties"
+    print(f"wrong verdicts: {len(wrong)}" + (f" (models and {kept} in "
                                               f"{a.keep})" if wrong else ""))
     return 1 if wrong else 0
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from certkit.api import load_model
 
@@ -18,8 +19,14 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 
+@pytest.fixture(autouse=True)
+def _temporary_files_in_tmp_path(monkeypatch, tmp_path):
+    """The fuzzer's temporary folders (and one for wrong cases without ``--keep``) go to the test's folder."""
+    monkeypatch.setattr(fuzz.tempfile, "tempdir", str(tmp_path))
+
+
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("build", ["random_model", "random_conv_model"])
+@pytest.mark.parametrize("build", ["random_model", "random_conv_model", "random_attention_model", "random_ops_model"])
 def test_random_models_match_onnxruntime(seed, build, tmp_path):
     import onnxruntime as ort
 
@@ -83,13 +90,40 @@ def test_written_properties_mean_what_the_fuzzer_checks(seed, tmp_path):
         assert (satisfied_disjunct(parsed, row) >= 0) == (v <= 0)
 
 
-def test_unknown_is_never_wrong(monkeypatch, capsys):
+def test_unknown_is_never_wrong(monkeypatch, capsys, tmp_path):
     assert _run(monkeypatch, "unknown", "--cases", "5") == 0
     assert "unknown 5" in capsys.readouterr().out
+    assert not list(tmp_path.glob("fuzz_certify_*"))  # no folder for wrong cases when there is none
 
 
-def test_bad_arguments_exit_2(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--acts", "Relu,Nope"])
+@pytest.mark.parametrize("family", ["mlp", "conv", "attention", "ops"])
+def test_the_last_b_initializer_is_the_output_bias(family, tmp_path):
+    """vnnlib_case moves a pair property's threshold into the last ``*_b`` initializer: in every family that
+    must shift output i alone, by exactly the amount moved."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    for seed in range(4):
+        model, n_out, _ = fuzz.random_model(np.random.default_rng(seed), list(fuzz.ACTS), (family,))
+        d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+        x = np.random.default_rng(seed).normal(0, 1, (50, d)).astype(np.float32)
+        runs = []
+        for shift in (0.0, 0.5):
+            b = [k for k in model.graph.initializer if k.name.endswith("_b")][-1]
+            bias = numpy_helper.to_array(b).copy()
+            bias[0] -= np.float32(shift)
+            b.CopyFrom(numpy_helper.from_array(bias, b.name))
+            onnx.save(model, tmp_path / "m.onnx")
+            runs.append(ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+                        .run(None, {"X": x})[0].astype(np.float64))
+        fin = np.isfinite(runs[0][:, 0])  # (an overflowing net's inf stays inf)
+        assert (np.abs(runs[0][fin, 0] - runs[1][fin, 0] - 0.5) <= 1e-5 * (1 + np.abs(runs[0][fin, 0]))).all()
+        np.testing.assert_array_equal(runs[0][:, 1:], runs[1][:, 1:])
+
+
+@pytest.mark.parametrize("args", [["--acts", "Relu,Nope"], ["--families", "mlp,Nope"]])
+def test_bad_arguments_exit_2(monkeypatch, capsys, args):
+    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", *args])
     assert fuzz.main() == 2
     assert "Nope" in capsys.readouterr().err
 
@@ -140,3 +174,27 @@ def test_an_unusable_keep_folder_exits_2(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--cases", "1", "--keep", str(blocker / "sub")])
     assert fuzz.main() == 2
     assert "cannot use --keep" in capsys.readouterr().err
+
+
+def test_bounds_mode_passes_real_bounds_and_flags_too_tight_ones(monkeypatch, capsys, tmp_path):
+    """``--bounds``: certkit's procedures pass on a few random nets; a procedure whose bounds exclude part of
+    the box's outputs (here: every output's bounds shrunk to a point) is flagged, and the box is kept."""
+    from certkit.bounds import fallback
+
+    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--bounds", "--cases", "3", "--samples", "2000",
+                                      "--keep", str(tmp_path / "keep")])
+    assert fuzz.main() == 0
+    assert "sound 21" in capsys.readouterr().out  # 3 cases x 7 procedures
+
+    real = fallback.lower_within_memory
+
+    def point(stage, graph, inputs, C, *args, **kwargs):
+        low, method = real(stage, graph, inputs, C, *args, **kwargs)
+        n = C.shape[0] // 2
+        mid = (low[:, :n] - low[:, n:]) / 2  # (lower + upper) / 2 of every output
+        return torch.cat([mid, -mid], dim=1), method
+
+    monkeypatch.setattr(fallback, "lower_within_memory", point)
+    assert fuzz.main() == 1
+    assert "but onnxruntime gives" in capsys.readouterr().out
+    assert list((tmp_path / "keep").glob("bounds0_*.npz"))
