@@ -510,7 +510,9 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
         problem = recheck(res, mpath, spath, tmp)
     if problem:
         problem = f"threshold {side} the sampled minimum: {problem}"
-    return [verdict], problem, lambda base: write_vnnlib(base + ".vnnlib", lo, hi, prop, n_out)
+    # not wrong, but a measure of the falsifier: a sampled point violates the property, certify did not say so
+    missed = ["missed"] if verdict in ("timeout", "unknown") and (v <= 0).any() else []
+    return [verdict] + missed, problem, lambda base: write_vnnlib(base + ".vnnlib", lo, hi, prop, n_out)
 
 
 def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
