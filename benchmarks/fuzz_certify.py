@@ -183,6 +183,55 @@ def random_attention_model(rng: np.random.Generator, acts: list[str]) -> tuple[o
     return _finish(nodes, inits, T * d, out, n_out, opset=17), n_out, "-".join(desc) + f"-{n_out} (attention)"
 
 
+def random_unet_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.ModelProto, int, str]:
+    """A random small encoder-decoder on a flat input (the ops of U-Nets and GAN generators): Reshape -> Conv
+    (3x3; stride 2, or stride 1 with dilation 2 or 2 groups) -> activation -> up again (ConvTranspose stride 2,
+    Resize nearest x2 or Pad) -> Slice to the input's size -> Concat with the input (a skip, channel-wise) ->
+    Conv 1x1 -> GlobalAveragePool or Flatten -> Gemm."""
+    c, h, w = int(rng.choice([1, 2])), int(rng.choice([4, 6])), int(rng.choice([4, 6]))
+    k = 2 * int(rng.integers(1, 3))
+    down = str(rng.choice(["stride", "dilation", "groups"])) if c == 2 else str(rng.choice(["stride", "dilation"]))
+    nodes, inits, desc = [], [], [f"{c}x{h}x{w}", down]
+    nodes.append(helper.make_node("Reshape", ["X", _init(inits, "shape", [-1, c, h, w], np.int64)], ["img"]))
+    groups = 2 if down == "groups" else 1
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]} if down == "stride" else \
+        {"dilations": [2, 2], "pads": [2, 2, 2, 2]} if down == "dilation" else {"group": 2, "pads": [1, 1, 1, 1]}
+    nodes.append(helper.make_node("Conv", ["img", _init(inits, "K", rng.normal(0, 1.5 / np.sqrt(9 * c / groups),
+                                                                                (k, c // groups, 3, 3))),
+                                           _init(inits, "kc", rng.normal(0, 0.3, k))], ["enc"], **attrs))
+    hh, ww = ((h + 1) // 2, (w + 1) // 2) if down == "stride" else (h, w)
+    kind = str(rng.choice([a for a in acts if a != "Max"] or ["Relu"]))
+    nodes += _act_nodes(kind, "enc", "ea", "e_", k * hh * ww, inits, rng)
+    up = str(rng.choice(["ConvTranspose", "Resize", "Pad"])) if down == "stride" else "none"
+    x = "ea"
+    if up == "ConvTranspose":  # (hh - 1) 2 + 2 = 2 hh >= h
+        nodes.append(helper.make_node("ConvTranspose", [x, _init(inits, "T", rng.normal(0, 1.0 / np.sqrt(k), (k, k, 2, 2)))],
+                                      ["up"], strides=[2, 2]))
+    elif up == "Resize":
+        nodes.append(helper.make_node("Resize", [x, "", _init(inits, "scales", [1, 1, 2, 2])], ["up"], mode="nearest"))
+    elif up == "Pad":
+        nodes.append(helper.make_node("Pad", [x, _init(inits, "pads", [0, 0, 0, 0, 0, 0, h - hh, w - ww], np.int64),
+                                           _init(inits, "padv", np.float32(rng.normal()))], ["up"], mode="constant"))
+    if up != "none":
+        nodes.append(helper.make_node("Slice", ["up", _init(inits, "starts", [0, 0], np.int64),
+                                                _init(inits, "ends", [h, w], np.int64),
+                                                _init(inits, "axes", [2, 3], np.int64)], ["dec"]))
+        x, desc = "dec", desc + [up]
+    desc.append(kind)
+    nodes.append(helper.make_node("Concat", [x, "img"], ["cat"], axis=1))
+    nodes.append(helper.make_node("Conv", ["cat", _init(inits, "K1", rng.normal(0, 1.0 / np.sqrt(k + c), (k, k + c, 1, 1)))],
+                                  ["mix"]))
+    if rng.random() < 0.5:
+        nodes += [helper.make_node("GlobalAveragePool", ["mix"], ["gap"]),
+                  helper.make_node("Flatten", ["gap"], ["flat"], axis=1)]
+        m, desc = k, desc + ["GAP"]
+    else:
+        nodes.append(helper.make_node("Flatten", ["mix"], ["flat"], axis=1))
+        m = k * h * w
+    out, n_out = _out(nodes, inits, "flat", m, rng)
+    return _finish(nodes, inits, c * h * w, out, n_out), n_out, "-".join(desc) + f"-{n_out} (unet)"
+
+
 #: the blocks of :func:`random_ops_model`
 BLOCKS = ("mul", "div", "sqrt", "log", "exp", "recip", "max", "min", "softmax", "reduce", "where", "cube")
 
@@ -243,7 +292,7 @@ def random_ops_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.Mo
 
 
 #: the model families and the share of cases each gets (among those chosen with ``--families``)
-FAMILIES = {"mlp": 0.5, "conv": 0.2, "attention": 0.15, "ops": 0.15}
+FAMILIES = {"mlp": 0.45, "conv": 0.15, "unet": 0.1, "attention": 0.15, "ops": 0.15}
 
 
 def random_model(rng: np.random.Generator, acts: list[str], families=tuple(FAMILIES)) -> tuple[onnx.ModelProto, int, str]:
@@ -254,7 +303,8 @@ def random_model(rng: np.random.Generator, acts: list[str], families=tuple(FAMIL
     w = np.array([FAMILIES[f] for f in families])
     fam = families[int(rng.choice(len(families), p=w / w.sum()))]
     if fam != "mlp":
-        return {"conv": random_conv_model, "attention": random_attention_model, "ops": random_ops_model}[fam](rng, acts)
+        return {"conv": random_conv_model, "unet": random_unet_model, "attention": random_attention_model,
+                "ops": random_ops_model}[fam](rng, acts)
     # few inputs (input splitting decides) or, one case in four, more than 16 (ReLU splitting, the MILP)
     n_in = int(rng.integers(2, 9)) if rng.random() < 0.75 else int(rng.integers(17, 25))
     widths = [int(rng.integers(3, 17)) for _ in range(int(rng.integers(1, 4)))] + [int(rng.integers(2, 5))]
@@ -557,6 +607,8 @@ def run_cases(a, acts: list[str], one_case: Callable) -> tuple[collections.Count
             counts.update(v.split(":")[0] for v in verdicts)
             for v in {v for v in verdicts if v.startswith("error")}:  # a refusal is not wrong, but worth a look
                 print(f"ERROR case{a.seed}_{case} {desc}: {v[len('error: '):]}", flush=True)
+            if "missed" in verdicts:  # nor is a counterexample sampling found and certify did not
+                print(f"MISSED case{a.seed}_{case} {desc}: {verdicts[0]}", flush=True)
             if problem:
                 name = f"{'bounds' if a.bounds else 'dataset' if a.dataset else 'case'}{a.seed}_{case}"
                 a.keep = a.keep or tempfile.mkdtemp(prefix="fuzz_certify_")  # made when first needed

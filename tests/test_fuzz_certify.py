@@ -26,7 +26,8 @@ def _temporary_files_in_tmp_path(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("build", ["random_model", "random_conv_model", "random_attention_model", "random_ops_model"])
+@pytest.mark.parametrize("build", ["random_model", "random_conv_model", "random_unet_model", "random_attention_model",
+                                   "random_ops_model"])
 def test_random_models_match_onnxruntime(seed, build, tmp_path):
     import onnxruntime as ort
 
@@ -96,7 +97,7 @@ def test_unknown_is_never_wrong(monkeypatch, capsys, tmp_path):
     assert not list(tmp_path.glob("fuzz_certify_*"))  # no folder for wrong cases when there is none
 
 
-@pytest.mark.parametrize("family", ["mlp", "conv", "attention", "ops"])
+@pytest.mark.parametrize("family", ["mlp", "conv", "unet", "attention", "ops"])
 def test_the_last_b_initializer_is_the_output_bias(family, tmp_path):
     """vnnlib_case moves a pair property's threshold into the last ``*_b`` initializer: in every family that
     must shift output i alone, by exactly the amount moved."""
