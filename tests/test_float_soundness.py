@@ -363,3 +363,42 @@ def test_milp_alone_never_proves_a_cancellation_trap(tmp_path, seed):
     assert res.verdict != "unsat", res.stage
     if res.verdict == "sat":
         assert ort_outputs(trap.model, res.witness.x[None])[0] >= trap.threshold
+
+
+def test_a_max_group_is_charged_its_own_groups_magnitudes():
+    """The float64 allowance of a MaxGroup output uses its own group's inputs (``fperror._max``): a softmax of
+    logits hundreds apart -- lowered with guarded sums of ``e^78.9`` beside denominators ``max(sum, 1)`` of 1 --
+    has its rows (the back-substituted bounds, before any interval meets them) within 1e-4 at a point, holding for
+    onnxruntime there. With every group charged
+    the whole input's largest magnitude they were -1e18 (the fuzzer's sharp-attention nets)."""
+    from onnx import helper
+
+    from tests.helpers.onnx_builders import X, graph_model, ort_run
+
+    w = np.array([[1.0, 0.0], [300.0, 0.0], [-300.0, 1.0], [0.0, 2.0]])
+    m = graph_model([helper.make_node("MatMul", [X, "W"], ["z"]), helper.make_node("Softmax", ["z"], ["Y"], axis=1)],
+                    (1, 2), consts={"W": w.T})
+    from certkit.bounds.deeppoly import BoundState
+
+    graph = import_model(m)
+    x = np.array([[1.0, 0.5]], np.float32)
+    rows = torch.tensor([[[-1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]], dtype=torch.float64)  # +-(Y_1 - Y_0)
+    state = BoundState(graph, round_input_set(InputSet.box(x, x), FLOAT32), intersect=True)
+    low = state.lower_of(graph.output, rows)[0].numpy()
+    ref = ort_run(m, x)[0].astype(np.float64)
+    assert low[0] <= ref[1] - ref[0] <= -low[1]
+    assert -low[1] - low[0] < 1e-4
+
+
+def test_group_max_takes_each_outputs_own_group():
+    """``fperror.group_max``: per output of a MaxGroup (padded groups) or a MaxMin (pairs, permuted outputs),
+    the largest input value of its own group -- against a loop over the groups."""
+    from certkit.bounds.fperror import group_max
+    from certkit.graph import ops
+
+    v = torch.tensor([[1.0, 5.0, 2.0, 9.0, 0.5, 3.0]], dtype=torch.float64)
+    mg = ops.MaxGroup(index=np.array([[0, 1, -1], [2, 4, 5], [3, -1, -1]]))
+    assert group_max(mg, v).tolist() == [[5.0, 3.0, 9.0]]
+    mm = ops.MaxMin(a=np.array([0, 2, 4]), b=np.array([1, 3, 5]), perm=np.array([3, 0, 4, 1, 5, 2]))
+    plain = [max(v[0, a], v[0, b]).item() for a, b in zip(mm.a, mm.b)] * 2  # maxima, then minima
+    assert group_max(mm, v).tolist() == [[plain[k] for k in mm.perm]]

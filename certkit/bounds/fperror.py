@@ -245,7 +245,23 @@ def _capped(op: ops.CappedLeakyRelu, ins, mag_out: Tensor, p: Precision):
 
 @fp_error(ops.MaxGroup, ops.MaxMin)
 def _max(op, ins, mag_out: Tensor, p: Precision):
-    return None, 4.0 * (magnitude(*ins[0], p).amax(dim=-1, keepdim=True) + mag_out)
+    """Exact in floating point; the float64 allowance of a back-substitution step through the op. An output's
+    relaxation involves its own group's inputs only (:class:`~certkit.bounds.deeppoly.MaxRelax`: one member
+    and the group's largest upper bound; :class:`~certkit.bounds.relaxations.PairRelax`: its pair and a
+    constant ``|s ld| <= 2`` times their magnitude), so its terms are that group's largest magnitude
+    (:func:`group_max`), not the whole input's: a softmax's guarded denominator ``max(sum, 1)`` next to sums
+    of ``e^78.9`` was charged 1e21 where its own inputs are 1 (the fuzzer's sharp-attention nets)."""
+    return None, 4.0 * (group_max(op, magnitude(*ins[0], p)) + mag_out)
+
+
+def group_max(op, v: Tensor) -> Tensor:
+    """(b, n_out): per output of a MaxGroup or MaxMin ``op``, the largest of ``v`` (b, n_in), ``v >= 0``, over
+    the inputs it takes the max or min of (its group, its pair)."""
+    if isinstance(op, ops.MaxGroup):
+        return op.gather(v, 0.0).amax(dim=-1)
+    pair = torch.maximum(v[:, torch.as_tensor(op.a)], v[:, torch.as_tensor(op.b)])
+    plain = torch.cat([pair, pair], dim=-1)  # the maxima, then the minima (ops.MaxMin.forward)
+    return plain if op.perm is None else plain[:, torch.as_tensor(op.perm)]
 
 
 def _error_fn(op):
@@ -501,9 +517,8 @@ def propagated_error(graph: Graph, inputs: InputSet, tight: bool = False) -> tup
                 carried = op.apply_abs(*[E[j] for j in node.inputs])
                 norm = spectral_bound(op) * sum(E2[j] for j in node.inputs)
             elif isinstance(op, (ops.MaxGroup, ops.MaxMin)):
-                e_in = E[node.inputs[0]]
-                carried = op.forward(e_in) if isinstance(op, ops.MaxGroup) else \
-                    e_in.amax(dim=-1, keepdim=True).expand(-1, graph.size(i))
+                # |max(a^, b^) - max(a, b)| <= max(|a^ - a|, |b^ - b|), the same for min
+                carried = group_max(op, E[node.inputs[0]])
                 k = np.asarray(op.index).shape[1] if isinstance(op, ops.MaxGroup) else 2
                 norm = float(np.sqrt(k)) * E2[node.inputs[0]]
             elif isinstance(op, ops.Product):
