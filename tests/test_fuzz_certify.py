@@ -199,3 +199,21 @@ def test_bounds_mode_passes_real_bounds_and_flags_too_tight_ones(monkeypatch, ca
     assert fuzz.main() == 1
     assert "but onnxruntime gives" in capsys.readouterr().out
     assert list((tmp_path / "keep").glob("bounds0_*.npz"))
+
+
+def test_bounds_mode_reports_loose_rows_at_a_point_without_calling_them_wrong(monkeypatch, capsys, tmp_path):
+    """A point's DeepPoly rows wider than ``LOOSE`` print as ``LOOSE`` (a candidate looseness: the max-group
+    allowance of 2026-12-07 gave 1e18 there), exit 0; a real net's rows at a point are far narrower."""
+    from onnx import helper
+
+    from certkit.api import load_model
+    from tests.helpers.onnx_builders import X, graph_model
+
+    m = graph_model([helper.make_node("MatMul", [X, "W"], ["Y"])], (1, 2), consts={"W": np.array([[1.0, 2.0], [3.0, -1.0]])})
+    onnx.save(m, tmp_path / "lin.onnx")
+    assert fuzz.point_width(load_model(str(tmp_path / "lin.onnx")).graph, np.array([0.5, -1.0], np.float32)) < 1e-5
+    monkeypatch.setattr(fuzz, "point_width", lambda g, x0: 1e18)
+    monkeypatch.setattr(sys, "argv", ["fuzz_certify.py", "--bounds", "--cases", "2", "--samples", "500"])
+    assert fuzz.main() == 0
+    out = capsys.readouterr().out
+    assert "LOOSE case0_0" in out and "loose 2" in out
