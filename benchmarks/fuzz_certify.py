@@ -376,6 +376,21 @@ def session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+def for_certkit(model, mpath: str, fixed: bool) -> str:
+    """The path of the model certkit gets: ``mpath`` itself, or (``fixed``) a copy whose batch dimension is
+    fixed at 1, as many exported models have it (certkit then runs inputs one at a time; the oracle keeps the
+    dynamic copy)."""
+    if not fixed:
+        return mpath
+    one = onnx.ModelProto()
+    one.CopyFrom(model)
+    for v in (*one.graph.input, *one.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    path = mpath[:-len(".onnx")] + "_batch1.onnx"
+    onnx.save(one, path)
+    return path
+
+
 def outputs(sess, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"X": x[k:k + 50000]})[0] for k in range(0, len(x), 50000)]
                           ).astype(np.float64)
@@ -469,7 +484,7 @@ def random_box(rng: np.random.Generator, model) -> tuple[np.ndarray, np.ndarray]
     return (c - r).astype(np.float32), (c + r).astype(np.float32)
 
 
-def bounds_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+def bounds_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixed: bool = False) -> tuple[list[str], str | None, Callable]:
     """One bounds case (``--bounds``): every registered bound procedure's output bounds over a random box
     (:func:`certkit.bounds.fallback.lower_within_memory`, as ``certkit bounds`` runs them) against ``--samples``
     onnxruntime points of it; a sampled output outside a procedure's bounds (re-run alone) is a problem. Its
@@ -487,7 +502,7 @@ def bounds_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
     sess = session(mpath)
     x = box_points(lo, hi, a.samples, rng)
     y = outputs(sess, x)
-    g = load_model(mpath).graph
+    g = load_model(for_certkit(model, mpath, fixed)).graph
     eye = torch.eye(n_out, dtype=torch.float64)
     verdicts, problem = [], None
     for name in BACKENDS:
@@ -543,7 +558,7 @@ def point_width(g, x0: np.ndarray) -> float:
     return float(max(-low[at[(j, i)]] - low[at[(i, j)]] for i, j in pairs))
 
 
-def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixed: bool = False) -> tuple[list[str], str | None, Callable]:
     """One VNN-LIB case (module docstring): (its verdict, the problem found or None, a function writing its
     property to a folder)."""
     from certkit.api import certify
@@ -569,7 +584,8 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
     spath = os.path.join(tmp, "p.vnnlib")
     write_vnnlib(spath, lo, hi, prop, n_out)
     try:
-        res = certify(mpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
+        cpath = for_certkit(model, mpath, fixed)
+        res = certify(cpath, spath, backend=a.backend, timeout=a.timeout, seed=case)
         verdict = res.verdict
     except CertkitError as e:
         verdict = f"error: {e}"
@@ -590,7 +606,7 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
     elif verdict.startswith("crash"):
         problem = verdict
     if a.check and not problem and verdict in ("sat", "unsat"):
-        problem = recheck(res, mpath, spath, tmp)
+        problem = recheck(res, cpath, spath, tmp)
     if problem:
         problem = f"threshold {side} the sampled minimum: {problem}"
     # not wrong, but a measure of the falsifier: a sampled point violates the property, certify did not say so
@@ -598,7 +614,7 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> t
     return [verdict] + missed, problem, lambda base: write_vnnlib(base + ".vnnlib", lo, hi, prop, n_out)
 
 
-def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> tuple[list[str], str | None, Callable]:
+def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixed: bool = False) -> tuple[list[str], str | None, Callable]:
     """One data-set case: 8 samples labelled by the net itself and one radius; every sample certified
     (``verified``) is attacked by ``--samples`` float32 points of its ball in onnxruntime (the violating ones
     re-run alone): one whose class changes (a tie counts, as certkit's unsafe set) is a problem."""
@@ -610,7 +626,8 @@ def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str) -> 
     y = outputs(sess, x).argmax(axis=1)
     eps = float(10.0 ** rng.uniform(-3, 0))
     try:
-        res = certify_dataset(mpath, x, y, eps, norm=a.dataset, backend=a.backend, timeout=a.timeout)
+        res = certify_dataset(for_certkit(model, mpath, fixed), x, y, eps, norm=a.dataset, backend=a.backend,
+                              timeout=a.timeout)
         verdicts = [smp.verdict for smp in res.samples]
     except Exception as e:  # noqa: BLE001 -- any crash is a finding
         return [f"crash: {type(e).__name__}: {e}"], f"crash: {type(e).__name__}: {e}", lambda base: None
@@ -634,9 +651,11 @@ def run_cases(a, acts: list[str], one_case: Callable) -> tuple[collections.Count
         for case in range(a.cases):
             rng = np.random.default_rng([a.seed, case])
             model, n_out, desc = random_model(rng, acts, a.families)
+            fixed = bool(np.random.default_rng([a.seed, case, 1]).random() < a.fixed_batch)  # (its own draw)
+            desc += ", batch fixed at 1" if fixed else ""
             mpath = os.path.join(tmp, "m.onnx")
             onnx.save(model, mpath)
-            verdicts, problem, save = one_case(a, case, rng, model, n_out, mpath, tmp)
+            verdicts, problem, save = one_case(a, case, rng, model, n_out, mpath, tmp, fixed)
             counts.update(v.split(":")[0] for v in verdicts)
             for v in {v for v in verdicts if v.startswith(("error", "loose"))}:  # not wrong, but worth a look
                 print(f"{v.split(':')[0].upper()} case{a.seed}_{case} {desc}: {v.split(': ', 1)[1]}", flush=True)
@@ -665,6 +684,8 @@ def main() -> int:
     ap.add_argument("--acts", default=",".join(ACTS), help=f"comma-separated subset of {','.join(ACTS)}")
     ap.add_argument("--families", default=",".join(FAMILIES),
                     help=f"comma-separated subset of the model families {','.join(FAMILIES)} (default all)")
+    ap.add_argument("--fixed-batch", type=float, default=0.2,
+                    help="share of the cases whose model certkit gets with its batch dimension fixed at 1 (default 0.2)")
     ap.add_argument("--backend", default="auto", choices=(*PLANS, "lipschitz"), help="certify backend (default auto)")
     ap.add_argument("--keep", help="folder for the wrong cases' model and VNN-LIB (default: a temporary one, made "
                                    "when the first wrong case is found)")
@@ -680,8 +701,9 @@ def main() -> int:
     acts = [s for s in a.acts.split(",") if s]
     a.families = tuple(s for s in a.families.split(",") if s)
     bad = [s for s in acts if s not in ACTS] + [s for s in a.families if s not in FAMILIES]
-    if bad or not acts or not a.families or a.cases < 1 or a.timeout <= 0 or a.samples < 1:
-        print(f"fuzz_certify: bad arguments ({', '.join(bad) or 'counts must be positive'}); activations: "
+    if bad or not acts or not a.families or a.cases < 1 or a.timeout <= 0 or a.samples < 1 \
+            or not 0 <= a.fixed_batch <= 1:
+        print(f"fuzz_certify: bad arguments ({', '.join(bad) or 'counts must be positive, --fixed-batch in [0, 1]'}); activations: "
               f"{', '.join(ACTS)}; families: {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
     import torch

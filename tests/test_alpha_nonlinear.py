@@ -333,3 +333,33 @@ def test_alpha_keeps_every_column_of_a_step_that_its_slopes_can_tilt():
     nodes = [helper.make_node("MatMul", [X, "W1"], ["a"]), helper.make_node("Sign", ["a"], ["b"]),
              helper.make_node("MatMul", ["b", "W2"], ["Y"])]
     _alpha_sound_and_not_looser(graph_model(nodes, (1, 4), consts=consts), 4, 0.05, {ops.Sign}, 0, False)
+
+
+#: a 4-12-2 sigmoid net with a first layer of weights up to 170 (the fuzzer's bounds mode, seed 52 case 239,
+#: rounded): several units cross 0 with one end beyond 37, where s' rounds to 0 and DeepPoly's lines are flat
+_SIG_W0 = [[-25.7, 45.4, 9.3, 37.5], [-15.0, 42.0, -41.6, -11.6], [76.8, -55.4, 6.8, 99.5], [-61.6, -27.1, -23.6, 167.3],
+           [-61.1, 149.0, -63.4, -19.5], [2.7, 84.4, 97.5, -90.0], [17.0, 50.7, -30.0, 128.5], [35.4, -40.3, -5.3, -88.3],
+           [-50.6, -53.0, -20.5, -26.9], [-133.4, -66.2, -39.7, -54.1], [-42.7, -148.2, 18.5, 90.1], [23.2, 52.9, 29.1, 8.7]]
+_SIG_B0 = [0.0, 0.3, 0.3, -0.4, 0.8, 0.5, 0.9, 0.3, -0.8, 0.2, -0.9, -0.7]
+_SIG_W1 = [[-0.7, -0.2, 0.7, 0.2, -0.6, -0.8, 0.7, -0.6, -0.9, 0.3, 0.3, 0.5],
+           [0.2, -0.3, -0.3, 0.7, 0.2, 0.6, -0.2, -0.7, -0.1, -0.5, -0.9, -0.6]]
+_SIG_BOX = ([-0.236, 1.033, -1.135, -0.212], [0.833, 2.315, -0.743, 0.203])
+
+
+def test_alpha_keeps_the_columns_its_tangents_revive():
+    """A sigmoid unit whose DeepPoly lines are flat (across 0, ``s'`` rounding to 0 at one end) gets a sloped
+    tangent under alpha-CROWN; the back-substitution must not skip it as a dead column (it kept the tangent's
+    intercept and dropped its slope: an upper bound 0.5625 on Y_1 where onnxruntime reaches 0.5911).
+    ``AlphaParam.revives`` is True unless an op is shown not to revive (ReLU-like units)."""
+    m = graph_model([helper.make_node("Gemm", [X, "W0", "b0"], ["z"], transB=1), helper.make_node("Sigmoid", ["z"], ["s"]),
+                     helper.make_node("Gemm", ["s", "W1"], ["Y"], transB=1)], (1, 4),
+                    consts={"W0": np.array(_SIG_W0), "b0": np.array(_SIG_B0), "W1": np.array(_SIG_W1)})
+    graph = import_model(m)
+    lo, hi = (np.array(b, np.float32) for b in _SIG_BOX)
+    x = box_samples(lo, hi, 30_000)
+    y = ort_run(m, x).astype(np.float64)
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=D)
+    low = alpha_lower(graph, input_set(graph, lo, hi), rows, iterations=20)[0].numpy()
+    assert (y.min(axis=0) >= low[:2] - 1e-6).all() and (y.max(axis=0) <= -low[2:] + 1e-6).all()
+    assert all(ALPHA_PARAMS[c].revives for c in (ops.Sigmoid, ops.Tanh, ops.Abs, ops.Clip))
+    assert not ALPHA_PARAMS[ops.Relu].revives

@@ -293,8 +293,7 @@ def family(cls: type):
             return base if slope is None else moved_lines(op, l, u, base, slope)
         relax.__doc__ = fn.__doc__
         relaxation(cls)(relax)
-        ALPHA_PARAMS[cls] = AlphaParam(_zero, lambda op: (-1.0, 1.0), rate=TANGENT_RATE, from_base=moved_lines,
-                                       revives=True)
+        ALPHA_PARAMS[cls] = AlphaParam(_zero, lambda op: (-1.0, 1.0), rate=TANGENT_RATE, from_base=moved_lines)
         return fn
     return deco
 

@@ -45,10 +45,15 @@ class AlphaParam:
     bounds: Callable[..., tuple[float, float]] = lambda op: (0.0, 1.0)
     rate: float = 1.0
     from_base: Callable[..., Relax] | None = None
-    #: some parameter values give a slope where DeepPoly's two lines are flat (a step constant on its box):
-    #: the back-substitution must not skip such "dead" columns under alpha-CROWN
-    #: (:meth:`~certkit.bounds.deeppoly.BoundState._alive_columns`)
-    revives: bool = False
+    #: can some parameter values give a slope where DeepPoly's two lines are flat? Then the back-substitution
+    #: must not skip such "dead" columns under alpha-CROWN (:meth:`~certkit.bounds.deeppoly.BoundState.
+    #: _alive_columns`): the skip drops the line's slope term and keeps its intercept. True unless shown
+    #: otherwise: a sigmoid across 0 with ``l = -132, u = 47`` has DeepPoly's slope ``min(s'(l), s'(u)) = 0`` (s'(47)
+    #: rounds to 0), alpha's tangent there has slope up to 1/4 and intercept ``s(t) - s'(t) t``, and without
+    #: its slope term that intercept is no bound (the fuzzer's bounds mode: an upper bound 0.5625 where
+    #: onnxruntime gives 0.5911). ReLU-like units are False: the parameter moves only unstable units' lower
+    #: slope, and their upper chord is never flat.
+    revives: bool = True
 
 
 #: op class -> its alpha-CROWN parameter (:class:`AlphaParam`); registered beside the relaxations
@@ -319,8 +324,8 @@ def _leaky_start(op, l: Tensor, u: Tensor, base: Relax) -> Tensor:
 #: eps 0.012, 20 iterations, rate 0.1 proved 8 of its 10 unsat instances at the root, 0.3 proved 7)
 TANGENT_RATE = 1.0 / 3.0
 ALPHA_PARAMS.update({
-    ops.Relu: AlphaParam(_own_lower_slope, from_base=relu_slopes),
-    ops.LeakyRelu: AlphaParam(_leaky_start, _leaky_bounds),
+    ops.Relu: AlphaParam(_own_lower_slope, from_base=relu_slopes, revives=False),
+    ops.LeakyRelu: AlphaParam(_leaky_start, _leaky_bounds, revives=False),
     ops.Sigmoid: AlphaParam(lambda op, l, u, base: torch.full_like(l, 0.5), rate=TANGENT_RATE),
     ops.Tanh: AlphaParam(lambda op, l, u, base: torch.full_like(l, 0.5), rate=TANGENT_RATE),
     ops.Abs: AlphaParam(_own_lower_slope, lambda op: (-1.0, 1.0)),
