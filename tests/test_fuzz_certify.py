@@ -217,3 +217,21 @@ def test_bounds_mode_reports_loose_rows_at_a_point_without_calling_them_wrong(mo
     assert fuzz.main() == 0
     out = capsys.readouterr().out
     assert "LOOSE case0_0" in out and "loose 2" in out
+
+
+def test_fixed_batch_copy_is_the_same_net_with_batch_1(tmp_path):
+    """``--fixed-batch``: certkit gets a copy whose batch dimension is 1 (input and output), the same net."""
+    import onnxruntime as ort
+
+    model, n_out, _ = fuzz.random_model(np.random.default_rng(3), list(fuzz.ACTS), ("conv",))
+    mpath = str(tmp_path / "m.onnx")
+    onnx.save(model, mpath)
+    assert fuzz.for_certkit(model, mpath, False) == mpath
+    path = fuzz.for_certkit(model, mpath, True)
+    fixed = onnx.load(path)
+    assert [v.type.tensor_type.shape.dim[0].dim_value for v in (*fixed.graph.input, *fixed.graph.output)] == [1, 1]
+    d = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = np.random.default_rng(0).normal(0, 1, (1, d)).astype(np.float32)
+    runs = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0] for p in (mpath, path)]
+    np.testing.assert_array_equal(*runs)
+    np.testing.assert_allclose(load_model(path).graph(x), runs[0], rtol=1e-4, atol=1e-4)
