@@ -66,6 +66,13 @@ def _act_nodes(kind: str, x: str, y: str, p: str, n: int, inits: list, rng: np.r
     return [helper.make_node(kind, [x], [y])]
 
 
+def _tensor_act(kind: str, x: str, y: str, p: str, inits: list, rng: np.random.Generator) -> tuple[list, str]:
+    """:func:`_act_nodes` on a tensor that is not (N, n) (conv maps, tokens): ``Max`` with its per-neuron
+    constant row becomes Relu there. (The nodes, the activation's name.)"""
+    kind = "Relu" if kind == "Max" else kind
+    return _act_nodes(kind, x, y, p, 0, inits, rng), kind
+
+
 def _finish(nodes: list, inits: list, n_in: int, x: str, n: int, opset: int = 13) -> onnx.ModelProto:
     nodes.append(helper.make_node("Identity", [x], ["Y"]))
     g = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_in])],
@@ -97,10 +104,9 @@ def random_conv_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.M
             (rng.normal(1, 0.5, k), rng.normal(0, 0.3, k), rng.normal(0, 0.3, k), rng.uniform(0.2, 2, k)))],
             ["bn"], epsilon=1e-5))
         x, desc = "bn", desc + ["BN"]
-    kind = str(rng.choice(acts))
-    nodes += _act_nodes(kind, x, "act", "a_", k * ho * wo, inits, rng) if kind != "Max" else \
-        [helper.make_node("Relu", [x], ["act"])]
-    x, desc = "act", desc + [f"conv{k}s{stride}{kind if kind != 'Max' else 'Relu'}"]
+    act, kind = _tensor_act(str(rng.choice(acts)), x, "act", "a_", inits, rng)
+    nodes += act
+    x, desc = "act", desc + [f"conv{k}s{stride}{kind}"]
     if stride == 1 and rng.random() < 0.4:  # a residual branch: act + Conv(img)
         nodes.append(helper.make_node("Conv", ["img", _init(inits, "K2", rng.normal(0, 1.0 / np.sqrt(9 * c), (k, c, 3, 3)))],
                                       ["skip"], pads=[1, 1, 1, 1]))
@@ -175,9 +181,9 @@ def random_attention_model(rng: np.random.Generator, acts: list[str]) -> tuple[o
     if rng.random() < 0.5:
         kind = str(rng.choice(acts))
         nodes.append(helper.make_node("MatMul", [x, _init(inits, "fW", rng.normal(0, 1.5 / np.sqrt(d), (d, d)))], ["ff"]))
-        nodes += _act_nodes(kind, "ff", "ffa", "f_", d, inits, rng) if kind != "Max" else \
-            [helper.make_node("Relu", ["ff"], ["ffa"])]
-        x, desc = "ffa", desc + [f"ff{kind if kind != 'Max' else 'Relu'}"]
+        act, kind = _tensor_act(kind, "ff", "ffa", "f_", inits, rng)
+        nodes += act
+        x, desc = "ffa", desc + [f"ff{kind}"]
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
     out, n_out = _out(nodes, inits, "flat", T * d, rng)
     return _finish(nodes, inits, T * d, out, n_out, opset=17), n_out, "-".join(desc) + f"-{n_out} (attention)"
@@ -200,8 +206,8 @@ def random_unet_model(rng: np.random.Generator, acts: list[str]) -> tuple[onnx.M
                                                                                 (k, c // groups, 3, 3))),
                                            _init(inits, "kc", rng.normal(0, 0.3, k))], ["enc"], **attrs))
     hh, ww = ((h + 1) // 2, (w + 1) // 2) if down == "stride" else (h, w)
-    kind = str(rng.choice([a for a in acts if a != "Max"] or ["Relu"]))
-    nodes += _act_nodes(kind, "enc", "ea", "e_", k * hh * ww, inits, rng)
+    act, kind = _tensor_act(str(rng.choice(acts)), "enc", "ea", "e_", inits, rng)
+    nodes += act
     up = str(rng.choice(["ConvTranspose", "Resize", "Pad"])) if down == "stride" else "none"
     x = "ea"
     if up == "ConvTranspose":  # (hh - 1) 2 + 2 = 2 hh >= h
@@ -396,6 +402,12 @@ def outputs(sess, x: np.ndarray) -> np.ndarray:
                           ).astype(np.float64)
 
 
+def alone(sess, x: np.ndarray) -> np.ndarray:
+    """The outputs of the points ``x`` each run alone (a batch of 1, as a checker runs a counterexample:
+    onnxruntime may round a row of a batch differently)."""
+    return np.stack([outputs(sess, p[None])[0] for p in x]) if len(x) else np.zeros((0, 0))
+
+
 def value(y: np.ndarray, disjuncts: list) -> np.ndarray:
     """min over disjuncts of max over their atoms of the atom's slack (<= 0: the point violates the property)."""
     def slack(atom):
@@ -515,12 +527,11 @@ def bounds_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixe
         low = low[0].numpy()
         lower, upper = low[:n_out], -low[n_out:]
         out = (y < lower) | (y > upper)
-        bad = np.nonzero(out.any(axis=1))[0][:64]
-        alone = [outputs(sess, x[k][None])[0] for k in bad]
-        if any(((o < lower) | (o > upper)).any() for o in alone):
-            k = int(np.argmax([((lower - o).max() if (o < lower).any() else (o - upper).max()) for o in alone]))
+        o = alone(sess, x[out.any(axis=1)][:64])
+        excess = np.maximum(lower - o, o - upper).max(axis=1) if len(o) else o
+        if (excess > 0).any():
             problem = (f"{name}: output bounds [{lower.tolist()}, {upper.tolist()}], but onnxruntime gives "
-                       f"{alone[k].tolist()} at a point of the box")
+                       f"{o[int(np.argmax(excess))].tolist()} at a point of the box")
             break
         verdicts.append("sound")
     if problem is None:  # and at one point, DeepPoly's rows must be about as tight as the error terms
@@ -548,14 +559,12 @@ def point_width(g, x0: np.ndarray) -> float:
     from certkit.bounds.fperror import input_set
 
     n = g.n_outputs
-    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-    rows = torch.zeros(1, len(pairs), n, dtype=torch.float64)
-    for k, (i, j) in enumerate(pairs):
-        rows[0, k, i], rows[0, k, j] = 1.0, -1.0
+    i, j = np.triu_indices(n, 1)
+    d = torch.zeros(len(i), n, dtype=torch.float64)
+    d[torch.arange(len(i)), torch.as_tensor(i)], d[torch.arange(len(i)), torch.as_tensor(j)] = 1.0, -1.0
     with torch.no_grad():
-        low = BoundState(g, input_set(g, x0, x0), intersect=True).lower_of(g.output, rows)[0].numpy()
-    at = {p: k for k, p in enumerate(pairs)}
-    return float(max(-low[at[(j, i)]] - low[at[(i, j)]] for i, j in pairs))
+        low = BoundState(g, input_set(g, x0, x0), intersect=True).lower_of(g.output, torch.cat([d, -d])[None])[0]
+    return float((-low[len(i):] - low[:len(i)]).max())
 
 
 def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixed: bool = False) -> tuple[list[str], str | None, Callable]:
@@ -594,9 +603,9 @@ def vnnlib_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fixe
     problem = None
     if verdict == "unsat" and (v <= 0).any():  # the violating points once more, each run alone (as a
         # checker runs a counterexample: onnxruntime may round a row of a batch differently)
-        alone = np.array([value(outputs(sess, p[None]), prop)[0] for p in x[np.argsort(v)[:64]]])
-        if (alone <= 0).any():
-            problem = f"unsat, but a sampled point violates it by {float(alone.min())!r} in onnxruntime"
+        run = value(alone(sess, x[np.argsort(v)[:64]]), prop)
+        if (run <= 0).any():
+            problem = f"unsat, but a sampled point violates it by {float(run.min())!r} in onnxruntime"
     elif verdict == "sat":
         w = np.asarray(res.witness.x, dtype=np.float32).reshape(1, -1)
         wv = float(value(outputs(sess, w), prop)[0])
@@ -636,7 +645,7 @@ def dataset_case(a, case: int, rng, model, n_out: int, mpath: str, tmp: str, fix
         pts = ball_points(x[k].astype(np.float64), eps, a.dataset, a.samples, rng)
         out = outputs(sess, pts)
         bad = pts[np.delete(out, y[k], axis=1).max(axis=1) >= out[:, y[k]]]
-        if any(np.delete(o, y[k]).max() >= o[y[k]] for o in (outputs(sess, p[None])[0] for p in bad[:64])):
+        if any(np.delete(o, y[k]).max() >= o[y[k]] for o in alone(sess, bad[:64])):
             problem = f"sample {k} certified at {a.dataset} radius {eps!r}, but its class changes in the ball"
             break
     return verdicts, problem, lambda base: np.savez(base + ".npz", x=x, y=y, eps=eps)
