@@ -148,6 +148,25 @@ def _grid(y0: Tensor, x0: Tensor, h: int, w: int, H: int, W: int) -> tuple[Tenso
     return ys, xs, ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
 
 
+def _gather(t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
+    """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows at map coordinates ``ys`` (r, h), ``xs`` (r, w)
+    (:func:`_grid`): (b, r, C, h, w), 0 off the map. One ``index_select`` of whole channel vectors from the
+    map laid out channels-last and padded with zeros until every window lies on it (the padding gives the 0
+    off the map): 3-4x faster than indexing (C, H, W) by the two coordinates, which dominated a U-Net's rows."""
+    b = t.shape[0]
+    C, H, W = shape
+    r, h = ys.shape
+    w = xs.shape[1]
+    if r == 0 or h == 0 or w == 0:
+        return t.new_zeros(b, r, C, h, w)
+    top, left = max(0, -int(ys.min())), max(0, -int(xs.min()))
+    bottom, right = max(0, int(ys.max()) - H + 1), max(0, int(xs.max()) - W + 1)
+    m = F.pad(t.reshape(b, C, H, W), (left, right, top, bottom))
+    idx = ((ys + top)[:, :, None] * (W + left + right) + (xs + left)[:, None, :]).reshape(-1)
+    m = m.reshape(b, C, -1).transpose(1, 2).contiguous()  # (b, positions, C)
+    return m.index_select(1, idx).reshape(b, r, h, w, C).permute(0, 1, 4, 2, 3)
+
+
 class WindowRows:
     """Methods of :class:`certkit.bounds.deeppoly.BoundState` (its fields and caches)."""
 
@@ -210,16 +229,6 @@ class WindowRows:
         # deadline by 15 s)
         return max(most, max(self.graph.size(a) for a in self._ancestors(stop)))
 
-    def _gather(self, t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor, inside: Tensor) -> Tensor:
-        """Per-neuron tensor ``t`` (b, C*H*W) on the rows' windows (:func:`_grid`): (b, r, C, h, w), 0 off
-        the map."""
-        b = t.shape[0]
-        C, H, W = shape
-        yc, xc = ys.clamp(0, H - 1), xs.clamp(0, W - 1)
-        g = t.reshape(b, C, H, W)[:, :, yc[:, :, None], xc[:, None, :]]  # (b, C, r, h, w)
-        g = g.permute(0, 2, 1, 3, 4)
-        return torch.where(inside[None, :, None], g, torch.zeros((), dtype=g.dtype))
-
     def _window_lower(self, j: int, sel: Tensor, sign: Tensor) -> Tensor | None:
         """Lower bounds (b, r) of ``sign_r * y_j[sel_r]`` by windowed rows (module docstring), as
         :meth:`BoundState._signed_rows` gives them; None where windows do not apply."""
@@ -248,10 +257,10 @@ class WindowRows:
             i = s.node
             node = self.graph.nodes[i]
             op = node.op
-            ys, xs, inside = _grid(y0, x0, *s.win, *s.shape[1:])
+            ys, xs, _ = _grid(y0, x0, *s.win, *s.shape[1:])
             e = self._charged_error(i, t)
             if e is not None:
-                ew = self._gather(e, s.shape, ys, xs, inside)
+                ew = _gather(e, s.shape, ys, xs)
                 fin = torch.isfinite(ew)
                 Aa = A.abs()
                 total = total - (Aa * torch.where(fin, ew, torch.zeros_like(ew))).sum((2, 3, 4))
@@ -262,15 +271,15 @@ class WindowRows:
                 if op.bias is not None:
                     bias = torch.as_tensor(op.bias, dtype=A.dtype)
                     total = total + (A.sum((3, 4)) * bias).sum(-1)
-                A, y0, x0, total = self._window_product(i, s, A, y0, x0, (ys, xs, inside), total)
+                A, y0, x0, total = self._window_product(i, s, A, y0, x0, (ys, xs), total)
             elif isinstance(op, ops.Scale):
                 if op.shift is not None:
-                    total = total + (A * self._gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
-                                                      s.shape, ys, xs, inside)).sum((2, 3, 4))
-                A = A * self._gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs, inside)
+                    total = total + (A * _gather(torch.as_tensor(op.shift, dtype=A.dtype)[None],
+                                                 s.shape, ys, xs)).sum((2, 3, 4))
+                A = A * _gather(torch.as_tensor(op.scale, dtype=A.dtype)[None], s.shape, ys, xs)
             else:  # the four per-neuron tensors (b, n) of the relaxation, gathered at once
                 rel = self._relax_for(i, t, None, r)
-                lw, lb, uw, ub = self._gather(torch.cat(torch.broadcast_tensors(*rel)), s.shape, ys, xs, inside).chunk(4)
+                lw, lb, uw, ub = _gather(torch.cat(torch.broadcast_tensors(*rel)), s.shape, ys, xs).chunk(4)
                 nonneg = A >= 0
                 prod = A * torch.where(nonneg, lb, ub)
                 if not self._finite_relax(i, rel[1], rel[3]):  # an infinite intercept costs nothing where A is 0
@@ -289,7 +298,7 @@ class WindowRows:
 
     def _window_product(self, i: int, s: _Step, A: Tensor, y0: Tensor, x0: Tensor, grid: tuple, total: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Windowed rows ``A`` on convolution ``i``'s output (window coordinates ``grid``, :func:`_grid`) back
+        """Windowed rows ``A`` on convolution ``i``'s output (window coordinates ``grid`` = ``(ys, xs)``, :func:`_grid`) back
         to its input: ``(A', y0', x0', total)``. Where the product at ``i`` is in float32 this is
         :meth:`BoundState._product` (float32 on ``A``'s rounding, float64 where the charge is not finite or
         float32 overflows), with the bracket ``A (M c) - A' c`` on the windows: ``M c`` gathered on the
@@ -309,8 +318,8 @@ class WindowRows:
 
         def bracket(charge, out: Tensor) -> Tensor:
             with torch.no_grad():
-                image = self._gather(charge.image, s.shape, *grid)
-                centre = self._gather(charge.centre, tuple(op.in_shape), *_grid(*corner, *out.shape[-2:], *op.in_shape[1:]))
+                image = _gather(charge.image, s.shape, *grid)
+                centre = _gather(charge.centre, tuple(op.in_shape), *_grid(*corner, *out.shape[-2:], *op.in_shape[1:])[:2])
                 return (A.detach() * image).sum((2, 3, 4)) - (out.detach() * centre).sum((2, 3, 4))
 
         out, total = self._product(i, conv, A, total, bracket=bracket)
