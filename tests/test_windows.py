@@ -280,3 +280,27 @@ def test_float32_windowed_products_hold_and_match_dense_float32(name, gain, monk
     y = g.forward(x.reshape(-1, g.n_inputs)).reshape(2, 2000, -1)
     tol = 1e-9 * (1 + y.abs())
     assert torch.all(y >= lo_w[:, None, :] - tol) and torch.all(y <= hi_w[:, None, :] + tol)
+
+
+def test_gather_matches_a_loop_with_windows_off_every_side():
+    """``windows._gather``: each row's (h, w) window of a per-neuron tensor, 0 off the map, on windows that hang
+    off each side of the map, lie wholly outside it, or are empty (no rows)."""
+    rng = np.random.default_rng(0)
+    b, C, H, W, h, w = 2, 3, 5, 7, 4, 3
+    t = torch.as_tensor(rng.normal(size=(b, C * H * W)))
+    t[0, 4] = float("inf")
+    y0 = torch.as_tensor([-3, -1, 0, 2, 4, 9, -6])
+    x0 = torch.as_tensor([-2, 5, 0, 6, -1, 0, 8])
+    ys, xs, _ = windows._grid(y0, x0, h, w, H, W)
+    got = windows._gather(t, (C, H, W), ys, xs)
+    want = torch.zeros(b, len(y0), C, h, w, dtype=t.dtype)
+    m = t.reshape(b, C, H, W)
+    for r in range(len(y0)):
+        for i in range(h):
+            for j in range(w):
+                y, x = int(y0[r]) + i, int(x0[r]) + j
+                if 0 <= y < H and 0 <= x < W:
+                    want[:, r, :, i, j] = m[:, :, y, x]
+    assert torch.equal(got, want)
+    empty = windows._gather(t, (C, H, W), ys[:0], xs[:0])
+    assert empty.shape == (b, 0, C, h, w)
