@@ -106,7 +106,9 @@ def dataset_certs(tmp_path_factory) -> dict[str, dict]:
                                 "--backend", "deeppoly", "--domain", "0", "1", *common),
         "alpha_l1": _certify(tmp, "alpha_l1", FC, "--dataset", DATA, "--eps", "0.5", "--norm", "l1",
                              "--backend", "alpha", *common),
-        "bab": _certify(tmp, "bab", FC, "--dataset", DATA, "--eps", "0.06", "--backend", "bab", "--timeout", "0.5",
+        # 2 s a sample: the samples the searches prove take 0.15-0.6 s each alone; 0.5 s was at that edge, and on a
+        # machine running other tests too every search stayed open (no proof tree to check the schema of)
+        "bab": _certify(tmp, "bab", FC, "--dataset", DATA, "--eps", "0.06", "--backend", "bab", "--timeout", "2",
                         *common),
         # a per-sample budget no search fits in: the samples left open by the batched stages time out
         "bab_timeout": _certify(tmp, "bab_timeout", FC, "--dataset", DATA, "--eps", "0.06", "--backend", "bab",
