@@ -102,7 +102,7 @@ def _on_map(out: Tensor, b: int, r: int, y0: Tensor, x0: Tensor, shape: tuple[in
     (b, r, C, hh, ww) with 0 off the map (``where``, not a product: an infinite coefficient there is no NaN)."""
     C, H, W = shape
     hh, ww = out.shape[-2:]
-    inside = _grid(y0, x0, hh, ww, H, W)[2]
+    inside = _inside(*_grid(y0, x0, hh, ww), H, W)
     return torch.where(inside[None, :, None], out.reshape(b, r, C, hh, ww), torch.zeros((), dtype=out.dtype))
 
 
@@ -140,12 +140,14 @@ def _elementwise(op) -> bool:
     return isinstance(op, (ops.Activation, ops.Scale))
 
 
-def _grid(y0: Tensor, x0: Tensor, h: int, w: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Map coordinates of the rows' (h, w) windows with corners ``(y0, x0)`` (r,): ``ys`` (r, h), ``xs``
-    (r, w), and which entries lie on the (H, W) map, (r, h, w)."""
-    ys = y0[:, None] + torch.arange(h)[None, :]
-    xs = x0[:, None] + torch.arange(w)[None, :]
-    return ys, xs, ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
+def _grid(y0: Tensor, x0: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """Map coordinates of the rows' (h, w) windows with corners ``(y0, x0)`` (r,): ``ys`` (r, h), ``xs`` (r, w)."""
+    return y0[:, None] + torch.arange(h)[None, :], x0[:, None] + torch.arange(w)[None, :]
+
+
+def _inside(ys: Tensor, xs: Tensor, H: int, W: int) -> Tensor:
+    """Which entries of the windows at ``ys``, ``xs`` (:func:`_grid`) lie on the (H, W) map: (r, h, w)."""
+    return ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
 
 
 def _gather(t: Tensor, shape: tuple[int, int, int], ys: Tensor, xs: Tensor) -> Tensor:
@@ -257,7 +259,7 @@ class WindowRows:
             i = s.node
             node = self.graph.nodes[i]
             op = node.op
-            ys, xs, _ = _grid(y0, x0, *s.win, *s.shape[1:])
+            ys, xs = _grid(y0, x0, *s.win)
             e = self._charged_error(i, t)
             if e is not None:
                 ew = _gather(e, s.shape, ys, xs)
@@ -287,7 +289,8 @@ class WindowRows:
                 total = total + prod.sum((2, 3, 4))
                 A = A * torch.where(nonneg, lw, uw)
         # onto the dense coefficients of the node below the windows
-        ys, xs, inside = _grid(y0, x0, *A.shape[-2:], Hs, Ws)
+        ys, xs = _grid(y0, x0, *A.shape[-2:])
+        inside = _inside(ys, xs, Hs, Ws)
         flat = (torch.arange(Cs)[None, :, None, None] * (Hs * Ws)
                 + (ys.clamp(0, Hs - 1) * Ws)[:, None, :, None] + xs.clamp(0, Ws - 1)[:, None, None, :])
         flat = torch.where(inside[:, None], flat, torch.zeros_like(flat))  # (r, C, hh, ww)
@@ -319,7 +322,7 @@ class WindowRows:
         def bracket(charge, out: Tensor) -> Tensor:
             with torch.no_grad():
                 image = _gather(charge.image, s.shape, *grid)
-                centre = _gather(charge.centre, tuple(op.in_shape), *_grid(*corner, *out.shape[-2:], *op.in_shape[1:])[:2])
+                centre = _gather(charge.centre, tuple(op.in_shape), *_grid(*corner, *out.shape[-2:]))
                 return (A.detach() * image).sum((2, 3, 4)) - (out.detach() * centre).sum((2, 3, 4))
 
         out, total = self._product(i, conv, A, total, bracket=bracket)
@@ -357,7 +360,7 @@ class WindowRows:
         if any(c not in chain for st in plan[0][1:] for c in self.graph.consumers[st.node] if c in anc):
             return None
         y0, x0 = y_lo.clamp(max=H - h), x_lo.clamp(max=W - w)
-        ys, xs, _ = _grid(y0, x0, h, w, H, W)
+        ys, xs = _grid(y0, x0, h, w)
         A5 = A.reshape(b, s, C, H, W).permute(1, 3, 4, 0, 2)  # (s, H, W, b, C)
         win = A5[torch.arange(s)[:, None, None], ys[:, :, None], xs[:, None, :]]  # (s, h, w, b, C)
         win = win.permute(3, 0, 4, 1, 2)
