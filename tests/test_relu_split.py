@@ -340,6 +340,71 @@ def test_domain_queue_never_rounds_a_bound_into_a_narrower_dtype():
         assert sorted(set(out.bounds[0][0][:, 0].tolist())) == sorted({0.1, float(torch.tensor(0.1, dtype=torch.float32))})
 
 
+def test_domain_layout_keeps_the_root_unstable_entries_and_restores_the_rest():
+    """DomainLayout: a domain that differs from the root only at the neurons unstable there comes back from
+    pack/unpack to the last bit, dtypes included; slopes and multipliers are kept in float32 only where that
+    is exact (a float64-only value stays float64); the queue's slots shrink to the kept entries."""
+    from certkit.verify.relu_domains import DomainLayout, DomainQueue, Domains
+
+    rng = np.random.default_rng(3)
+    n, s, N = 12, 2, 9
+    l = torch.as_tensor(rng.normal(size=(1, n)))
+    u = l + torch.as_tensor(rng.uniform(0, 2, size=(1, n)))
+    l[0, 0], u[0, 0] = float("nan"), 1.0  # not provably stable: kept
+    unstable = ~((l >= 0) | (u <= 0))
+    f32 = lambda t: t.float().double()  # noqa: E731
+    root = Domains({5: torch.zeros(1, n, dtype=torch.int8)}, {4: (l, u)}, {5: f32(torch.as_tensor(rng.random((1, s, n))))},
+                   {5: torch.zeros(1, s, n, dtype=torch.float64)}, torch.tensor([-1.0], dtype=torch.float64),
+                   torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+    lay = DomainLayout.of(root, [5], [4])
+    assert torch.equal(lay.keep[5], torch.nonzero(unstable[0]).flatten())
+
+    def domains(exact: bool) -> Domains:
+        m = unstable.expand(N, -1)
+        sp = torch.where(m, torch.as_tensor(rng.integers(-1, 2, (N, n)), dtype=torch.int8), torch.zeros(N, n, dtype=torch.int8))
+        lo = torch.where(m & (sp > 0), l.clamp(min=0), l.expand(N, -1))
+        hi = torch.where(m & (sp < 0), u.clamp(max=0), u.expand(N, -1))
+        a = torch.where(m[:, None], torch.as_tensor(rng.random((N, s, n))), root.alpha[5])
+        b = torch.where((sp != 0)[:, None], torch.as_tensor(rng.exponential(1.0, (N, s, n))), torch.zeros(N, s, n, dtype=torch.float64))
+        if exact:
+            a, b = f32(a), f32(b)
+        return Domains({5: sp}, {4: (lo, hi)}, {5: a}, {5: b}, torch.as_tensor(rng.normal(size=N)),
+                       torch.as_tensor(rng.integers(0, 5, (N, 2))), torch.arange(N))
+
+    for exact in (True, False):
+        d = domains(exact)
+        packed = lay.pack(d)
+        assert packed.alpha[5].dtype == (torch.float32 if exact else torch.float64)
+        back = lay.unpack(packed)
+        for x, y in ((back.splits[5], d.splits[5]), (back.alpha[5], d.alpha[5]), (back.beta[5], d.beta[5]),
+                     (back.bounds[4][0], d.bounds[4][0]), (back.bounds[4][1], d.bounds[4][1])):
+            assert x.dtype == y.dtype and torch.equal(torch.nan_to_num(x, nan=7.0), torch.nan_to_num(y, nan=7.0))
+    d = domains(True)
+    whole, kept = DomainQueue(d), DomainQueue(d, lay)
+    assert kept.nbytes() < whole.nbytes() / 2
+    a, b = whole.pop(N), kept.pop(N)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.alpha[5], b.alpha[5]) and torch.equal(a.splits[5], b.splits[5])
+
+
+def test_compact_queue_gives_the_same_search(tmp_path, monkeypatch):
+    """ReLU splitting with the queue keeping only the root's unstable entries (DomainLayout) bounds the same
+    domains to the same verdicts as with whole domains queued."""
+    from certkit.verify import relu_split as rs
+
+    model = _model(_tiny_relu_onnx(23, n_in=3, hidden=(12, 12, 12)), tmp_path)
+    lo, hi = -np.ones(3), np.ones(3)
+    ys = model.graph.forward(torch.as_tensor(np.random.default_rng(0).uniform(lo, hi, (20000, 3))))[:, 0]
+    # above the sampled top by a fifth of the spread: proved in a few hundred domains
+    prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-float(ys.max()) - 0.2 * float(ys.max() - ys.min())])),))
+    runs = []
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(rs.DomainLayout, "of", staticmethod(lambda *a: None))
+        out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=4))
+        runs.append((out.status, out.domains))
+    assert runs[0] == runs[1] and runs[0][0] == "verified" and runs[0][1] > 100, runs
+
+
 def test_search_progress_reports_the_worst_open_domain(tmp_path, monkeypatch, caplog):
     """-vv's progress records of ReLU splitting name the lowest open domain value (alpha-beta-CROWN's global
     lower bound), a number below 0 while the search runs."""

@@ -61,7 +61,7 @@ from .gate import closed, domain_value
 from .input_split import root_box
 from .proof import ProofTree, TreeLog
 from .query import Budget, BudgetExpired, Query
-from .relu_domains import (DomainQueue, Domains as _Domains, branch_candidates, fixed_nodes, free_unstable,
+from .relu_domains import (DomainLayout, DomainQueue, Domains as _Domains, branch_candidates, fixed_nodes, free_unstable,
                            piecewise_linear, relu_nodes, supports)
 from .relu_leaves import _f32, lp_leaves, milp_leaf
 from .witness import Witness
@@ -179,6 +179,7 @@ class _Tree:
         #: the root domain's rounding-error terms (:meth:`_root_terms`) and its bounds of every node (:meth:`_bounds`)
         self._terms: tuple[dict, dict] | None = None
         self._root_bounds: list | None = None
+        self.layout: DomainLayout | None = None  # how the queue keeps a domain (set by :meth:`root`)
 
     def close(self, dom: _Domains, kind: str | None = None) -> None:
         """Record the domains of ``dom`` as closed leaves, with the multipliers that closed them
@@ -217,7 +218,9 @@ class _Tree:
                        alpha, {r: torch.zeros_like(alpha[r]) for r in self.relus},
                        self._value(shared.low[:, rows], shared.y_bounds), torch.full((1, 2), -1, dtype=torch.long),
                        torch.zeros(1, dtype=torch.int64))
-        return self.bound(dom, first_changed=None, optimise=False)
+        dom, w = self.bound(dom, first_changed=None, optimise=False)
+        self.layout = DomainLayout.of(dom, self.relus, self.pre)
+        return dom, w
 
     def bound(self, dom: _Domains, first_changed: int | None, optimise: bool = True) -> tuple[_Domains, Witness | None]:
         """(Re)bound a batch of domains in place; returns it and a confirmed witness, if any."""
@@ -574,7 +577,7 @@ def _search(tree: _Tree, queue: _Domains | None, cfg: ReluSplitConfig, budget: B
     short of closing every domain. ``probe``: the time (``time.monotonic()``) by which some of the domains must
     have closed (ReluSplitConfig.hopeless_after, hopeless_closed)."""
     t_start = time.monotonic()
-    queue = DomainQueue(queue)
+    queue = DomainQueue(queue, tree.layout)
     while len(queue):
         prog.update(tree.domains, len(queue), worst=queue.lowest)
         if budget.expired():
