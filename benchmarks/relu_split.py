@@ -2,7 +2,7 @@
 configurations side by side (the figures behind ReluSplitConfig's defaults).
 
 Usage: python benchmarks/relu_split.py [--budget 30] [--count 6] [--configs default,milp-leaves,refined]
-                                       [--threads 1] [--only eran]
+                                       [--threads 1] [--only eran|mnistfc|paper002|oval21]
 
 Each cell: verdict, domains bounded, MILP leaves closed / tried (when any), seconds. ``refined``:
 the search of :mod:`certkit.verify.relu_refine` (every domain's intermediate bounds re-optimised);
@@ -11,8 +11,10 @@ the search of :mod:`certkit.verify.relu_refine` (every domain's intermediate bou
 Instances: the shared mnistfc ones that bounds alone leave open, ERAN 2021's mnist_relu_9_200
 instances that alpha-beta-CROWN needed more than 120 s for (263-293 s; VeriNet 10-48 s on three),
 and robustness properties of paper 002's 5x100 and 8x100 nets on MNIST test images 200.. that
-alpha-CROWN does not prove and PGD does not break (delta 0.015 and 0.012). One thread unless
-``--threads``.
+alpha-CROWN does not prove and PGD does not break (delta 0.015 and 0.012); with ``--only oval21`` (not in
+the default run: its searches take minutes), three wild oval21 instances that need ReLU splitting (cifar_base_kw
+img876, proved in about 10 s; cifar_wide_kw img3458 and cifar_deep_kw img9931, open at 100 s: their domain
+counts show how far a search gets). One thread unless ``--threads``.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ CONFIGS = {"default": ReluSplitConfig(), "milp-leaves": ReluSplitConfig(milp_lea
 MNISTFC = [("mnistfc_2021", "prop_1_0.03"), ("mnistfc_2021", "prop_9_0.05"), ("mnistfc_2021", "prop_0_0.03"),
            ("mnistfc_2022", "prop_10_0.05"), ("mnistfc_2021", "prop_5_0.03")]
 ERAN = ["1385", "2697", "2954", "5520"]
+OVAL21 = [("cifar_base_kw", "img876-eps0.024836601307189544"), ("cifar_wide_kw", "img3458-eps0.022875816993464054"),
+          ("cifar_deep_kw", "img9931-eps0.02496732026143791")]
 
 
 def _open_images(model, eps: float, count: int):
@@ -72,7 +76,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6, help="open images per paper-002 net")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", choices=("mnistfc", "eran", "paper002"), help="one group of instances")
+    ap.add_argument("--only", choices=("mnistfc", "eran", "paper002", "oval21"), help="one group of instances")
     a = ap.parse_args()
     configs = {c: CONFIGS[c] for c in a.configs.split(",")}
     torch.set_num_threads(a.threads)
@@ -90,6 +94,11 @@ def main() -> None:
             spec = parse_vnnlib(os.path.join(eran, "vnnlib", f"mnist_spec_idx_{idx}_eps_0.01500.vnnlib"),
                                 m.n_inputs, m.n_outputs)
             cases.append(("ERAN 9x200", idx, m, spec.properties[0]))
+    oval = os.path.join(SHARED, "benchmarks", "wild", "oval21")
+    for net, name in OVAL21 if a.only == "oval21" and os.path.exists(oval) else ():
+        m = load_model(os.path.join(oval, "onnx", net + ".onnx"))
+        spec = parse_vnnlib(os.path.join(oval, "vnnlib", f"{net}-{name}.vnnlib"), m.n_inputs, m.n_outputs)
+        cases.append((f"oval21 {net}", name.split("-")[0], m, spec.properties[0]))
     for net, eps in (("5_100", 0.015), ("8_100", 0.012)) if a.only in (None, "paper002") else ():
         path = os.path.join(SHARED, "data", "vnn_models", f"mnist_relu_{net}.onnx")
         if os.path.exists(path):
