@@ -198,7 +198,7 @@ class DomainQueue:
         if self._layout is not None:
             doms = self._layout.pack(doms)
         if self._store is None or self._used + k > len(self._alive) or \
-                any(d.dtype != t.dtype for d, t in _pairs(self._store, doms)):
+                any(torch.promote_types(d.dtype, t.dtype) != d.dtype for d, t in _pairs(self._store, doms)):
             self._pack(doms, k)
         sl = slice(self._used, self._used + k)
         for dst, src in _pairs(self._store, doms):
