@@ -417,6 +417,41 @@ def test_compact_queue_gives_the_same_search(tmp_path, monkeypatch):
     assert runs[0] == runs[1] and runs[0][0] == "verified" and runs[0][1] > 100, runs
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_lossy_queue_warm_starts_leave_verdicts_and_proofs_sound(seed, tmp_path, monkeypatch):
+    """What the queue keeps is only a warm start: with slopes and multipliers rounded to bfloat16 (and the
+    restored entries of root-stable neurons overwritten with garbage slopes) the verdicts still agree with a
+    grid oracle, a witness is a real point of the box, and every proof tree is re-derived from the root."""
+    from certkit.verify import relu_domains as rd
+    from certkit.verify.relu_recheck import recheck
+
+    monkeypatch.setattr(rd, "_narrow", lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t)
+    of = rd.DomainLayout.of
+
+    def garbage(root, relus, pre):
+        lay = of(root, relus, pre)
+        for r in relus:
+            a = lay.root.alpha[r]
+            a.copy_(torch.where(torch.rand_like(a) < 0.5, torch.zeros_like(a), torch.ones_like(a)))
+        return lay
+
+    monkeypatch.setattr(rd.DomainLayout, "of", staticmethod(garbage))
+    model = _model(_tiny_relu_onnx(seed + 40, n_in=2, hidden=(10, 10)), tmp_path)
+    lo, hi = -np.ones(2), np.ones(2)
+    top, spread = grid_top(model)
+    for t, expect in ((top + 0.05 * spread, "verified"), (top - 0.02 * spread, "falsified")):
+        prop = Property(lo, hi, (Disjunct(np.array([[-1.0]]), np.array([-t])),))
+        q = Query.of_property(model.graph, prop, 0, model.runner)
+        out = relu_split(q, Budget.of(60), ReluSplitConfig(batch=8))
+        assert out.status == expect, (seed, t, top, out)
+        if expect == "falsified":
+            x = out.witness.x.astype(np.float64)
+            assert (x >= lo).all() and (x <= hi).all() and out.witness.y[0] >= t
+        else:
+            rep = recheck(Query.of_property(model.graph, prop, 0, model.runner), out.trees)
+            assert rep.ok and rep.resplit == 0 and out.domains > 1, (rep, out.domains)
+
+
 def test_search_progress_reports_the_worst_open_domain(tmp_path, monkeypatch, caplog):
     """-vv's progress records of ReLU splitting name the lowest open domain value (alpha-beta-CROWN's global
     lower bound), a number below 0 while the search runs."""

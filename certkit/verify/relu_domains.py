@@ -144,11 +144,11 @@ class DomainLayout:
 
     def pack(self, dom: Domains) -> Domains:
         """The kept entries of ``dom`` (the slopes and multipliers narrowed to float32 where exact)."""
-        k, p = self.keep, self.pre
-        return Domains({r: t[:, k[r]] for r, t in dom.splits.items()},
-                       {j: (lu[0][:, k[r]], lu[1][:, k[r]]) for r, j in p.items() for lu in (dom.bounds[j],)},
-                       {r: _narrow(t[..., k[r]]) for r, t in dom.alpha.items()},
-                       {r: _narrow(t[..., k[r]]) for r, t in dom.beta.items()},
+        k = self.keep
+        return Domains({r: dom.splits[r][..., k[r]] for r in k},
+                       {j: tuple(b[..., k[r]] for b in dom.bounds[j]) for r, j in self.pre.items()},
+                       {r: _narrow(dom.alpha[r][..., k[r]]) for r in k},
+                       {r: _narrow(dom.beta[r][..., k[r]]) for r in k},
                        dom.value, dom.branch, dom.ids, dom.stall)
 
     def unpack(self, dom: Domains) -> Domains:
