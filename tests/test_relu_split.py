@@ -321,6 +321,28 @@ def test_queue_beyond_its_memory_share_stops_unknown(tmp_path, monkeypatch):
     assert out.status == "unknown" and out.trees is None
 
 
+def test_batch_shrinks_to_the_memory_headroom(tmp_path, monkeypatch):
+    """Parents per iteration: ``cfg.batch`` where their children's bound fits in the headroom, fewer (at least
+    one) where it does not; the search decides the same either way."""
+    from certkit.bounds.memory import WORKING_SHARE
+    from certkit.verify import relu_split as rs
+
+    model = _model(_tiny_relu_onnx(21, n_in=2, hidden=(10, 10)), tmp_path)
+    top, spread = grid_top(model)
+    prop = Property(-np.ones(2), np.ones(2), (Disjunct(np.array([[-1.0]]), np.array([-(top + 0.05 * spread)])),))
+    popped: list[int] = []
+    pop = rs.DomainQueue.pop
+    monkeypatch.setattr(rs.DomainQueue, "pop", lambda self, k: popped.append(k) or pop(self, k))
+    tree = rs._Tree(Query.of_property(model.graph, prop, 0, model.runner), np.array([0]), ReluSplitConfig(batch=16))
+    assert tree.child_bytes > 0
+    for room, want in ((1e15, 16), (2 * tree.child_bytes * 3 / WORKING_SHARE, 3), (0.0, 1), (-1e9, 1)):
+        monkeypatch.setattr(rs, "headroom", lambda budget, room=room: room)
+        assert tree.batch() == want, (room, want)
+        popped.clear()
+        out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=16))
+        assert out.status == "verified" and popped and set(popped) == {want}, (room, popped, out)
+
+
 def test_domain_queue_never_rounds_a_bound_into_a_narrower_dtype():
     """Domains of float32 and float64 bounds in one queue: the slots take the wider dtype (as ``torch.cat``
     does), so a float64 bound comes back to the last bit whichever came first."""

@@ -115,7 +115,7 @@ def _search(tree: _Tree, leaf: _Domains, cfg: ReluSplitConfig) -> bool:
     while len(queue):
         if tree.budget.expired():
             return False
-        parents = queue.pop(cfg.batch)
+        parents = queue.pop(tree.batch())
         if bool((parents.branch[:, 0] < 0).any()):
             return False  # fully split and still open: not re-derived here
         kids, first = tree.children(parents)
