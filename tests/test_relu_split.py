@@ -335,7 +335,7 @@ def test_batch_shrinks_to_the_memory_headroom(tmp_path, monkeypatch):
     monkeypatch.setattr(rs.DomainQueue, "pop", lambda self, k: popped.append(k) or pop(self, k))
     tree = rs._Tree(Query.of_property(model.graph, prop, 0, model.runner), np.array([0]), ReluSplitConfig(batch=16))
     assert tree.child_bytes > 0
-    for room, want in ((1e15, 16), (2 * tree.child_bytes * 3 / WORKING_SHARE, 3), (0.0, 1), (-1e9, 1)):
+    for room, want in ((1e15, 16), (2 * tree.child_bytes * 3.5 / WORKING_SHARE, 3), (0.0, 1), (-1e9, 1)):
         monkeypatch.setattr(rs, "headroom", lambda budget, room=room: room)
         assert tree.batch() == want, (room, want)
         popped.clear()
