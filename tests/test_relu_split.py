@@ -335,8 +335,10 @@ def test_batch_shrinks_to_the_memory_headroom(tmp_path, monkeypatch):
     monkeypatch.setattr(rs.DomainQueue, "pop", lambda self, k: popped.append(k) or pop(self, k))
     tree = rs._Tree(Query.of_property(model.graph, prop, 0, model.runner), np.array([0]), ReluSplitConfig(batch=16))
     assert tree.child_bytes > 0
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        ReluSplitConfig(batch=0)
     for room, want in ((1e15, 16), (2 * tree.child_bytes * 3.5 / WORKING_SHARE, 3), (0.0, 1), (-1e9, 1)):
-        monkeypatch.setattr(rs, "headroom", lambda budget, room=room: room)
+        monkeypatch.setattr(rs, "working_room", lambda budget, room=room: WORKING_SHARE * room)
         assert tree.batch() == want, (room, want)
         popped.clear()
         out = relu_split(Query.of_property(model.graph, prop, 0, model.runner), Budget.of(60), ReluSplitConfig(batch=16))

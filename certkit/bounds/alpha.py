@@ -49,7 +49,7 @@ from .adam import Adam
 from .deeppoly import ALPHA_OPS, BoundState, compact_target
 from .relaxations import ALPHA_PARAMS, AlphaParam
 from .forward import start_bounds
-from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, headroom, WORKING_SHARE
+from .memory import FLOAT_BYTES, MemoryExceeded, describe, format_size, working_room
 
 Tensor = torch.Tensor
 
@@ -140,7 +140,7 @@ def alpha_bytes(graph: Graph, ibp: list, s: int, b: int, out_only: bool, shared:
 def plan_alpha(graph: Graph, ibp: list, s: int, b: int, budget=None, shared: bool = False) -> AlphaPlan:
     """The largest form of alpha-CROWN that fits in the budget's headroom (:class:`AlphaPlan`);
     ``MemoryExceeded`` when not even one final row does."""
-    free = WORKING_SHARE * headroom(budget)
+    free = working_room(budget)
     full = alpha_bytes(graph, ibp, s, b, False, shared)
     if full <= free:
         return AlphaPlan(False, s, shared=shared)

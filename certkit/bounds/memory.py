@@ -155,6 +155,11 @@ def headroom(budget) -> int:
     return limit_of(budget) - rss()
 
 
+def working_room(budget) -> float:
+    """Bytes a computation may plan to hold at its peak: :data:`WORKING_SHARE` of the headroom."""
+    return WORKING_SHARE * headroom(budget)
+
+
 def describe(budget) -> str:
     """``memory budget of 11.2 GB, 310 MB in use`` -- for messages."""
     return f"memory budget of {format_size(limit_of(budget))}, {format_size(rss())} in use"
@@ -172,8 +177,7 @@ def rows_within(budget, floats_per_row: int, cap_floats: int, what: str = "back-
     if need is not None and need * per_row * FLOAT_BYTES * MULTIPLICITY <= SMALL_JOB \
             and limit_of(budget) >= SMALL_LIMIT:
         return max(1, min(int(need), max(int(cap_floats) // per_row, 1)))
-    free = WORKING_SHARE * headroom(budget)
-    k = int(free // (per_row * FLOAT_BYTES * MULTIPLICITY))
+    k = int(working_room(budget) // (per_row * FLOAT_BYTES * MULTIPLICITY))
     if k < 1:
         need = per_row * FLOAT_BYTES * MULTIPLICITY
         raise MemoryExceeded(f"{what} needs {format_size(need)} per row; {describe(budget)}")
@@ -182,4 +186,4 @@ def rows_within(budget, floats_per_row: int, cap_floats: int, what: str = "back-
 
 def fits(budget, nbytes: float) -> bool:
     """Does a computation planning to hold ``nbytes`` at its peak fit in the budget's working share?"""
-    return nbytes <= WORKING_SHARE * headroom(budget)
+    return nbytes <= working_room(budget)

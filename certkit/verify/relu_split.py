@@ -52,7 +52,7 @@ from ..bounds.adam import Adam
 from ..bounds.alpha import alpha_bytes, alpha_lower
 from ..bounds.deeppoly import BoundState
 from ..bounds.fperror import row_margin, with_precision
-from ..bounds.memory import WORKING_SHARE, headroom, limit_of
+from ..bounds.memory import limit_of, working_room
 from ..graph import ops
 from ..log import SearchProgress
 from ..spec.sets import InputSet
@@ -138,6 +138,8 @@ class ReluSplitConfig:
     hopeless_closed: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1 (got {self.batch})")
         if self.branching not in BRANCHINGS:
             raise ValueError(f"unknown branching '{self.branching}' (choose from {', '.join(BRANCHINGS)})")
         if self.milp_solver not in MILP_SOLVERS:
@@ -190,9 +192,9 @@ class _Tree:
     def batch(self) -> int:
         """Parents to split in the next iteration: ``cfg.batch``, or fewer where their ``2 x batch`` children's
         bound computation (the autograd tape and slopes of :func:`certkit.bounds.alpha.alpha_bytes` for the
-        output rows) would outgrow :data:`~certkit.bounds.memory.WORKING_SHARE` of the headroom left; at
-        least one (whose bound computation sizes its own chunks or raises ``MemoryExceeded``)."""
-        fit = int(WORKING_SHARE * headroom(self.budget) // max(2.0 * self.child_bytes, 1.0))
+        output rows) would outgrow :func:`~certkit.bounds.memory.working_room`; at least one (whose bound
+        computation sizes its own chunks or raises ``MemoryExceeded``)."""
+        fit = int(working_room(self.budget) // max(2.0 * self.child_bytes, 1.0))
         return max(1, min(self.cfg.batch, fit))
 
     def close(self, dom: _Domains, kind: str | None = None) -> None:
